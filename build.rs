@@ -1,0 +1,248 @@
+//! Build script: compiles every `kernels/*.cu` to `compute_80` PTX with nvcc and embeds it.
+//!
+//! nvcc is looked up as `$NVCC`, then `$CUDA_HOME/bin/nvcc`, then `$CUDA_PATH/bin/nvcc`, then `PATH`.
+//! Without nvcc the committed copy in `kernels/ptx/` is embedded instead (with a cargo warning), so a
+//! machine with only the NVIDIA driver still gets working kernels; `INCEPTION_CUDA_REQUIRE_NVCC=1` turns a
+//! missing nvcc into an error instead. Writes only to `OUT_DIR`: `scripts/ptx.sh regen` refreshes the
+//! committed copy from this script's output, so the flags below are the only ones.
+
+use std::env;
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+/// The variable that turns a missing nvcc into a build error.
+const REQUIRE_NVCC: &str = "INCEPTION_CUDA_REQUIRE_NVCC";
+/// The pinned toolchain (DESIGN.md, "Building kernels"): its PTX (ISA 9.0) loads on R580+ drivers.
+const PINNED_NVCC: &str = "13.0.88";
+const PINNED_INSTALL: &str = "python3 -m pip install --target DIR nvidia-cuda-nvcc==13.0.88 \
+nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88";
+/// nvcc flags: paths stay relative to the crate root and there is no -lineinfo, so the PTX is reproducible.
+const NVCC_FLAGS: &[&str] = &["--ptx", "-arch=compute_80", "-std=c++17", "-O3"];
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    for var in [REQUIRE_NVCC, "NVCC", "CUDA_HOME", "CUDA_PATH", "PATH"] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    println!("cargo:rerun-if-changed=kernels");
+    if env::var_os("CARGO_FEATURE_CUDA").is_none() {
+        return Ok(()); // CPU-only build: nothing to embed.
+    }
+
+    let root = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").ok_or("CARGO_MANIFEST_DIR unset")?);
+    let out = PathBuf::from(env::var_os("OUT_DIR").ok_or("OUT_DIR unset")?);
+    let ptx_out = out.join("ptx");
+    fs::create_dir_all(&ptx_out).map_err(|e| format!("creating {}: {e}", ptx_out.display()))?;
+
+    let kernels = list_kernels(&root)?;
+    let strict = env::var(REQUIRE_NVCC).is_ok_and(|v| !v.is_empty() && v != "0");
+    let origin = match find_nvcc()? {
+        Some(nvcc) => {
+            let version = nvcc_version(&nvcc)?;
+            if version_newer_than_13_0(&version) {
+                println!(
+                    "cargo:warning=nvcc {version} ({}) is newer than 13.0: its PTX is rejected by R580 drivers \
+                     (CUDA_ERROR_UNSUPPORTED_PTX_VERSION); the pinned nvcc is {PINNED_NVCC}",
+                    nvcc.display()
+                );
+            }
+            compile_all(&nvcc, &root, &ptx_out, &kernels)?;
+            warn_if_committed_differs(&root, &ptx_out, &kernels, &version);
+            format!("nvcc {version}")
+        }
+        None if strict => {
+            return Err(format!(
+                "{REQUIRE_NVCC} is set and nvcc was not found (looked at $NVCC, $CUDA_HOME/bin/nvcc, \
+                 $CUDA_PATH/bin/nvcc and PATH).\nInstall the pinned nvcc (no GPU needed, about 271 MB):\n    \
+                 {PINNED_INSTALL}\nthen build with NVCC=DIR/nvidia/cu13/bin/nvcc (scripts/install-nvcc.sh does \
+                 both steps and prints that path)."
+            ));
+        }
+        None => {
+            println!(
+                "cargo:warning=nvcc not found: embedding the committed PTX from kernels/ptx/ (set NVCC or \
+                 install the pinned nvcc {PINNED_NVCC} to compile the kernels; {REQUIRE_NVCC}=1 makes this an error)"
+            );
+            for k in &kernels {
+                let committed = root.join("kernels/ptx").join(format!("{k}.ptx"));
+                fs::copy(&committed, ptx_out.join(format!("{k}.ptx"))).map_err(|e| {
+                    format!(
+                        "kernels/{k}.cu has no committed PTX at {} ({e}): install nvcc or run \
+                         scripts/ptx.sh regen",
+                        committed.display()
+                    )
+                })?;
+            }
+            "committed kernels/ptx (nvcc not found at build time)".to_string()
+        }
+    };
+    write_module_table(&out, &ptx_out, &kernels, &origin)
+}
+
+/// Stems of `kernels/*.cu`, sorted.
+fn list_kernels(root: &Path) -> Result<Vec<String>, String> {
+    let dir = root.join("kernels");
+    let entries = fs::read_dir(&dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
+    let mut stems = Vec::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|e| format!("reading {}: {e}", dir.display()))?
+            .path();
+        if path.extension().is_some_and(|x| x == "cu") {
+            let stem = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .ok_or("non-UTF-8 kernel file name")?;
+            stems.push(stem.to_string());
+        }
+    }
+    stems.sort();
+    Ok(stems)
+}
+
+fn find_nvcc() -> Result<Option<PathBuf>, String> {
+    if let Some(explicit) = env::var_os("NVCC").filter(|v| !v.is_empty()) {
+        let path = PathBuf::from(&explicit);
+        return if path.is_file() {
+            Ok(Some(path))
+        } else {
+            Err(format!("NVCC={} is not a file", path.display()))
+        };
+    }
+    let homes = ["CUDA_HOME", "CUDA_PATH"]
+        .into_iter()
+        .filter_map(env::var_os);
+    let from_homes = homes.map(|h| PathBuf::from(h).join("bin").join("nvcc"));
+    let from_path = env::var_os("PATH")
+        .map(|p| {
+            env::split_paths(&p)
+                .map(|d| d.join("nvcc"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    Ok(from_homes.chain(from_path).find(|p| p.is_file()))
+}
+
+/// "13.0.88" from `nvcc --version` ("... release 13.0, V13.0.88").
+fn nvcc_version(nvcc: &Path) -> Result<String, String> {
+    let output = Command::new(nvcc)
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("running {} --version: {e}", nvcc.display()))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix('V'))
+        .filter(|v| v.starts_with(|c: char| c.is_ascii_digit()))
+        .map(str::to_string)
+        .ok_or_else(|| {
+            format!(
+                "could not read the version of {} from:\n{text}",
+                nvcc.display()
+            )
+        })
+}
+
+fn version_newer_than_13_0(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let major = parts.next().unwrap_or(0);
+    let minor = parts.next().unwrap_or(0);
+    (major, minor) > (13, 0)
+}
+
+/// Compiles every kernel (in parallel); the first failure returns nvcc's own message.
+fn compile_all(nvcc: &Path, root: &Path, ptx_out: &Path, kernels: &[String]) -> Result<(), String> {
+    let results: Vec<Result<(), String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = kernels
+            .iter()
+            .map(|k| s.spawn(move || compile_one(nvcc, root, ptx_out, k)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("nvcc thread panicked".into()))
+            })
+            .collect()
+    });
+    results.into_iter().collect()
+}
+
+fn compile_one(nvcc: &Path, root: &Path, ptx_out: &Path, kernel: &str) -> Result<(), String> {
+    let source = format!("kernels/{kernel}.cu"); // relative: no absolute path reaches the PTX
+    let target: OsString = ptx_out.join(format!("{kernel}.ptx")).into_os_string();
+    let output = Command::new(nvcc)
+        .current_dir(root)
+        .args(NVCC_FLAGS)
+        .arg("-o")
+        .arg(&target)
+        .arg(&source)
+        .output()
+        .map_err(|e| format!("running {}: {e}", nvcc.display()))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "nvcc failed to compile {source} ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+fn warn_if_committed_differs(root: &Path, ptx_out: &Path, kernels: &[String], version: &str) {
+    let stale: Vec<&str> = kernels
+        .iter()
+        .filter(|k| {
+            let fresh = fs::read(ptx_out.join(format!("{k}.ptx"))).ok();
+            let committed = fs::read(root.join("kernels/ptx").join(format!("{k}.ptx"))).ok();
+            fresh != committed
+        })
+        .map(String::as_str)
+        .collect();
+    if !stale.is_empty() {
+        let why = if version == PINNED_NVCC {
+            "run scripts/ptx.sh regen and commit the result".to_string()
+        } else {
+            format!("nvcc {version} is not the pinned {PINNED_NVCC}, whose output is what gets committed")
+        };
+        println!(
+            "cargo:warning=committed PTX differs from this build for {}: {why}",
+            stale.join(", ")
+        );
+    }
+}
+
+/// Writes `OUT_DIR/ptx_modules.rs`: the embedded modules and where their PTX came from.
+fn write_module_table(
+    out: &Path,
+    ptx_out: &Path,
+    kernels: &[String],
+    origin: &str,
+) -> Result<(), String> {
+    let mut code =
+        String::from("/// Embedded PTX modules: (module name = `kernels/<name>.cu`, PTX text).\n");
+    code.push_str("pub(crate) const MODULES: &[(&str, &str)] = &[\n");
+    for k in kernels {
+        let path = ptx_out.join(format!("{k}.ptx"));
+        let path = path.to_str().ok_or("non-UTF-8 OUT_DIR")?;
+        code.push_str(&format!("    ({k:?}, include_str!({path:?})),\n"));
+    }
+    code.push_str("];\n/// Where the embedded PTX came from.\n");
+    code.push_str(&format!(
+        "pub(crate) const PTX_ORIGIN: &str = {origin:?};\n"
+    ));
+    let table = out.join("ptx_modules.rs");
+    fs::write(&table, code).map_err(|e| format!("writing {}: {e}", table.display()))
+}

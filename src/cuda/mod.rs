@@ -1,0 +1,309 @@
+//! The CUDA backend: one safe launcher per kernel over cudarc buffers, and the device handle that owns the
+//! context, the stream and the kernels (loaded once per device from the PTX embedded at build time).
+//!
+//! All `unsafe` of the GPU path lives in this module, each block with a `// SAFETY:` line.
+
+mod add;
+mod relu;
+
+pub use add::add_fwd;
+pub use relu::{relu_bwd, relu_fwd};
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DriverError, LaunchConfig,
+};
+use cudarc::nvrtc::Ptx;
+
+use crate::backend::Backend;
+use crate::error::CudaUnavailable;
+use crate::launch::LaunchDims;
+use crate::{Error, Result};
+
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/ptx_modules.rs"));
+}
+
+/// Where the embedded PTX came from: `"nvcc <version>"`, or the committed copy when nvcc was absent.
+pub const PTX_ORIGIN: &str = embedded::PTX_ORIGIN;
+
+/// Declares every kernel module and its functions; `Kernels` gets one field per function.
+macro_rules! kernel_table {
+    ($($module:literal => [$($kernel:ident),+ $(,)?]),+ $(,)?) => {
+        /// Every kernel function of the crate, loaded once per device.
+        pub(crate) struct Kernels {
+            $($(pub(crate) $kernel: CudaFunction,)+)+
+        }
+
+        /// (module, kernels) of every `kernels/*.cu`, as the loader expects them.
+        #[cfg(test)]
+        pub(crate) const KERNEL_TABLE: &[(&str, &[&str])] = &[$(($module, &[$(stringify!($kernel)),+])),+];
+
+        impl Kernels {
+            fn load(ctx: &Arc<CudaContext>) -> Result<Self, CudaUnavailable> {
+                $(
+                    let module = load_module(ctx, $module)?;
+                    $(let $kernel = load_function(&module, $module, stringify!($kernel))?;)+
+                )+
+                Ok(Self { $($($kernel,)+)+ })
+            }
+        }
+    };
+}
+
+kernel_table! {
+    "add" => [add_fwd],
+    "relu" => [relu_fwd, relu_bwd],
+}
+
+fn load_module(
+    ctx: &Arc<CudaContext>,
+    module: &'static str,
+) -> Result<Arc<CudaModule>, CudaUnavailable> {
+    let (_, ptx) = embedded::MODULES
+        .iter()
+        .find(|(name, _)| *name == module)
+        .ok_or(CudaUnavailable::ModuleMissing { module })?;
+    ctx.load_module(Ptx::from_src(*ptx))
+        .map_err(|source| CudaUnavailable::PtxRejected {
+            module,
+            origin: PTX_ORIGIN,
+            source,
+        })
+}
+
+fn load_function(
+    module: &Arc<CudaModule>,
+    name: &'static str,
+    kernel: &'static str,
+) -> Result<CudaFunction, CudaUnavailable> {
+    module
+        .load_function(kernel)
+        .map_err(|source| CudaUnavailable::KernelMissing {
+            module: name,
+            kernel,
+            source,
+        })
+}
+
+/// One CUDA device: its context, the stream every op of this crate runs on, and the loaded kernels.
+///
+/// Obtained through [`crate::Device::cuda`]; opened once per ordinal and shared afterwards.
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    kernels: Kernels,
+    name: String,
+}
+
+impl std::fmt::Debug for CudaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cuda:{} ({})", self.ctx.ordinal(), self.name)
+    }
+}
+
+/// Devices opened so far, by ordinal: kernels are loaded once per device.
+static OPEN: Mutex<Vec<(usize, Arc<CudaBackend>)>> = Mutex::new(Vec::new());
+
+impl CudaBackend {
+    /// Opens device `ordinal` (or returns the handle opened before). Never panics: a missing driver, a
+    /// missing device or PTX the driver rejects come back as [`CudaUnavailable`].
+    pub(crate) fn open(ordinal: usize) -> Result<Arc<Self>, CudaUnavailable> {
+        let mut open = OPEN.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, dev)) = open.iter().find(|(o, _)| *o == ordinal) {
+            return Ok(dev.clone());
+        }
+        let dev = Arc::new(Self::load(ordinal)?);
+        open.push((ordinal, dev.clone()));
+        Ok(dev)
+    }
+
+    fn load(ordinal: usize) -> Result<Self, CudaUnavailable> {
+        let driver = |during| {
+            move |source| CudaUnavailable::Driver {
+                ordinal,
+                during,
+                source,
+            }
+        };
+        // cudarc panics on the first driver call when libcuda cannot be loaded, so probe for it first.
+        // SAFETY: only attempts to dlopen libcuda by its usual names; no other precondition.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(CudaUnavailable::NoDriver);
+        }
+        let count = CudaContext::device_count().map_err(driver("cuInit / cuDeviceGetCount"))?;
+        let count = usize::try_from(count).unwrap_or(0);
+        if ordinal >= count {
+            return Err(CudaUnavailable::NoDevice { ordinal, count });
+        }
+        let ctx = CudaContext::new(ordinal).map_err(driver("creating the context"))?;
+        // A stream of our own: the legacy default stream cannot be captured into a CUDA graph.
+        let stream = ctx.new_stream().map_err(driver("creating a stream"))?;
+        let name = ctx.name().map_err(driver("reading the device name"))?;
+        let kernels = Kernels::load(&ctx)?;
+        Ok(Self {
+            ctx,
+            stream,
+            kernels,
+            name,
+        })
+    }
+
+    /// The device ordinal.
+    pub fn ordinal(&self) -> usize {
+        self.ctx.ordinal()
+    }
+
+    /// The device name reported by the driver (for example "NVIDIA H200").
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The cudarc context.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The stream every op of this crate on this device is issued to.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Blocks until every op issued to [`Self::stream`] has finished.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(driver_error("synchronize"))
+    }
+
+    pub(crate) fn kernels(&self) -> &Kernels {
+        &self.kernels
+    }
+
+    /// Uploads a host slice.
+    pub fn upload(&self, data: &[f32]) -> Result<CudaSlice<f32>> {
+        self.stream.clone_htod(data).map_err(driver_error("upload"))
+    }
+
+    /// Checks that `buf` was allocated in this device's context.
+    pub(crate) fn check_buf(
+        &self,
+        op: &'static str,
+        what: &'static str,
+        buf: &CudaSlice<f32>,
+    ) -> Result<()> {
+        if buf.context().as_ref() == self.ctx.as_ref() {
+            Ok(())
+        } else {
+            Err(Error::DeviceMismatch {
+                op,
+                what,
+                expected: format!("{self:?}"),
+                got: format!("cuda:{}", buf.context().ordinal()),
+            })
+        }
+    }
+}
+
+/// Maps a driver error of `op` into [`Error::Cuda`].
+pub(crate) fn driver_error(op: &'static str) -> impl FnOnce(DriverError) -> Error {
+    move |source| Error::Cuda { op, source }
+}
+
+/// cudarc's launch configuration for the shared geometry.
+pub(crate) fn launch_config(dims: LaunchDims) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (dims.grid, 1, 1),
+        block_dim: (dims.block, 1, 1),
+        shared_mem_bytes: dims.shared_bytes,
+    }
+}
+
+impl Backend for CudaBackend {
+    type Buf = CudaSlice<f32>;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn alloc_zeros(&self, len: usize) -> Result<CudaSlice<f32>> {
+        self.stream.alloc_zeros(len).map_err(driver_error("alloc"))
+    }
+
+    fn to_host(&self, buf: &CudaSlice<f32>) -> Result<Vec<f32>> {
+        self.check_buf("to_host", "buffer", buf)?;
+        let host = self
+            .stream
+            .clone_dtoh(buf)
+            .map_err(driver_error("download"))?;
+        self.synchronize()?;
+        Ok(host)
+    }
+
+    fn relu_fwd(&self, y: &mut CudaSlice<f32>, x: &CudaSlice<f32>) -> Result<()> {
+        relu_fwd(self, y, x)
+    }
+
+    fn relu_bwd(
+        &self,
+        dx: &mut CudaSlice<f32>,
+        dy: &CudaSlice<f32>,
+        y: &CudaSlice<f32>,
+    ) -> Result<()> {
+        relu_bwd(self, dx, dy, y)
+    }
+
+    fn add_fwd(
+        &self,
+        y: &mut CudaSlice<f32>,
+        a: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+    ) -> Result<()> {
+        add_fwd(self, y, a, b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every embedded module is in the kernel table, and every `.entry` of its PTX is a table kernel.
+    #[test]
+    fn kernel_table_matches_embedded_ptx() {
+        let mut modules: Vec<&str> = embedded::MODULES.iter().map(|(m, _)| *m).collect();
+        let mut table: Vec<&str> = KERNEL_TABLE.iter().map(|(m, _)| *m).collect();
+        modules.sort_unstable();
+        table.sort_unstable();
+        assert_eq!(modules, table, "kernels/*.cu and kernel_table! disagree");
+        for (module, ptx) in embedded::MODULES {
+            let mut entries: Vec<&str> = ptx
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix(".visible .entry "))
+                .map(|l| l.split('(').next().unwrap_or(l).trim())
+                .collect();
+            let (_, kernels) = KERNEL_TABLE
+                .iter()
+                .find(|(m, _)| m == module)
+                .expect("checked above");
+            let mut kernels = kernels.to_vec();
+            entries.sort_unstable();
+            kernels.sort_unstable();
+            assert_eq!(entries, kernels, "kernels of kernels/{module}.cu");
+        }
+    }
+
+    #[test]
+    fn ptx_targets_compute_80_with_isa_9_0() {
+        for (module, ptx) in embedded::MODULES {
+            assert!(
+                ptx.contains("\n.version 9.0\n"),
+                "{module}: PTX ISA is not 9.0 (nvcc 13.0)"
+            );
+            assert!(
+                ptx.contains("\n.target sm_80\n"),
+                "{module}: PTX does not target compute_80"
+            );
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! # inception-cuda
+//!
+//! Hand-written CUDA kernels for GoogLeNet's Inception module, with safe Rust bindings, a CPU twin of every
+//! kernel behind the same API, and hand-derived backward passes.
+//!
+//! Layers (see `DESIGN.md` of the project):
+//! - `kernels/*.cu`: raw `__global__` functions, compiled to PTX by `build.rs` and embedded;
+//! - [`cpu`] and [`cuda`] (feature `cuda`, on by default): one function per kernel with the same name and
+//!   argument order, both implementing [`Backend`];
+//! - [`Tensor`], [`Device`] and [`ops`]: shape-checked ops that dispatch to a backend and record themselves
+//!   on a [`Tape`];
+//! - [`Tape`]: reverse-mode differentiation with hand-written backward passes.
+//!
+//! ```
+//! use inception_cuda::{ops, Device, Tape, Tensor};
+//!
+//! # fn main() -> inception_cuda::Result<()> {
+//! let (device, _why_not_cuda) = Device::cuda_if_available(0);
+//! let tape = Tape::new();
+//! let x = tape.watch(&Tensor::from_vec(vec![-1.0, 0.0, 2.0], &[3], &device)?);
+//! let y = ops::relu(&x)?;
+//! let grads = tape.backward(&y, &Tensor::from_vec(vec![1.0, 1.0, 1.0], &[3], &device)?)?;
+//! assert_eq!(y.to_vec()?, [0.0, 0.0, 2.0]);
+//! assert_eq!(grads.get(&x).map(|g| g.to_vec()).transpose()?, Some(vec![0.0, 0.0, 1.0]));
+//! # Ok(())
+//! # }
+//! ```
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+/// Runs `$body` on the backend of `$device`, with each `$buf` bound to the backend buffer of tensor `$t`
+/// (all on `$device`, else `DeviceMismatch` naming `$op` and the operand). `$body` yields
+/// `Result<Backend::Buf>`; the macro yields the matching `Storage` (or returns the error).
+macro_rules! dispatch {
+    ($op:expr, $device:expr, |$b:ident $(, $buf:ident = $t:ident)*| $body:expr) => {{
+        #[allow(unused_imports)]
+        use $crate::backend::Backend as _;
+        let device: &$crate::Device = $device;
+        match device {
+            $crate::Device::Cpu => {
+                let $b = &$crate::cpu::CpuBackend;
+                $(let $buf = $t.cpu_buf($op, stringify!($buf))?;)*
+                $crate::tensor::Storage::Cpu($body?)
+            }
+            #[cfg(feature = "cuda")]
+            $crate::Device::Cuda(dev) => {
+                let $b = dev.backend();
+                $(let $buf = $t.cuda_buf($op, stringify!($buf), device)?;)*
+                $crate::tensor::Storage::Cuda($body?)
+            }
+            #[cfg(not(feature = "cuda"))]
+            #[allow(unreachable_code)]
+            $crate::Device::Cuda(dev) => match dev.never() {},
+        }
+    }};
+}
+
+pub mod backend;
+pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+mod device;
+mod error;
+pub mod graph;
+pub mod launch;
+pub mod ops;
+mod tensor;
+
+pub use backend::Backend;
+pub use device::{CudaDevice, Device};
+pub use error::{CudaUnavailable, Error, Result};
+pub use graph::{Gradients, Tape};
+pub use tensor::{Tensor, TensorId};

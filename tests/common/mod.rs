@@ -1,0 +1,83 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use inception_cuda::Device;
+
+/// CUDA device 0 for a GPU test; fails the test (never skips it) when there is none.
+pub fn gpu() -> Device {
+    Device::cuda(0).unwrap_or_else(|e| panic!("this GPU test needs a CUDA GPU: {e}"))
+}
+
+/// `n` reproducible values uniform in [-1, 1) (SplitMix64), independent of the code under test.
+pub fn uniform(seed: u64, n: usize) -> Vec<f32> {
+    let mut state = seed;
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Asserts `got` and `want` are bit-identical, reporting the count and the first mismatching indices.
+pub fn assert_bits_eq(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let bad: Vec<usize> = (0..got.len())
+        .filter(|&i| got[i].to_bits() != want[i].to_bits())
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{what}: {} of {} values differ in bits; first: {}",
+        bad.len(),
+        got.len(),
+        bad.iter()
+            .take(8)
+            .map(|&i| format!("[{i}] got {:e} want {:e}", got[i], want[i]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
+
+/// Asserts `|got - want| <= atol + rtol·|want|` elementwise, reporting the max difference and first failures.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let diff = |i: usize| (got[i] - want[i]).abs();
+    let bad: Vec<usize> = (0..got.len())
+        .filter(|&i| !(diff(i) <= atol + rtol * want[i].abs()))
+        .collect();
+    let max = (0..got.len()).map(diff).fold(0.0f32, f32::max);
+    assert!(
+        bad.is_empty(),
+        "{what}: {} of {} values outside atol {atol:e} + rtol {rtol:e}; max |diff| {max:e}; first: {}",
+        bad.len(),
+        got.len(),
+        bad.iter()
+            .take(8)
+            .map(|&i| format!("[{i}] got {:e} want {:e}", got[i], want[i]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
+
+/// Defines `cpu` and `gpu` tests running the same body on each device; the GPU one is ignored by default.
+#[macro_export]
+macro_rules! on_cpu_and_gpu {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn cpu() {
+                super::$name(&inception_cuda::Device::Cpu);
+            }
+
+            #[test]
+            #[ignore = "needs a CUDA GPU"]
+            fn gpu() {
+                super::$name(&super::common::gpu());
+            }
+        }
+    )+};
+}
