@@ -72,3 +72,8 @@ pub use device::{CudaDevice, Device};
 pub use error::{CudaUnavailable, Error, Result};
 pub use graph::{Gradients, Tape};
 pub use tensor::{Tensor, TensorId};
+
+/// The README's Rust examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
