@@ -47,7 +47,7 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
     assert_eq!(got.len(), want.len(), "{what}: lengths differ");
     let diff = |i: usize| (got[i] - want[i]).abs();
     let bad: Vec<usize> = (0..got.len())
-        .filter(|&i| !(diff(i) <= atol + rtol * want[i].abs()))
+        .filter(|&i| diff(i).is_nan() || diff(i) > atol + rtol * want[i].abs()) // NaN fails
         .collect();
     let max = (0..got.len()).map(diff).fold(0.0f32, f32::max);
     assert!(
