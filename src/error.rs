@@ -31,6 +31,38 @@ pub enum Error {
         /// Values supplied.
         len: usize,
     },
+    /// A shape descriptor is invalid for the op (unsupported kernel size, channel slice out of range, ...).
+    #[error("{op}: invalid shape: {reason}")]
+    InvalidShape {
+        /// The op.
+        op: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A buffer passed to a kernel or twin has the wrong number of elements for the shape descriptor.
+    #[error("{op}: buffer {what} has {len} elements, expected {expected}")]
+    BufferLength {
+        /// The op.
+        op: &'static str,
+        /// Which buffer.
+        what: &'static str,
+        /// Elements the shape needs.
+        expected: usize,
+        /// Elements given.
+        len: usize,
+    },
+    /// A value is outside the range the op accepts (a class label, a probability, a step count).
+    #[error("{op}: {what} = {value} is out of range ({allowed})")]
+    OutOfRange {
+        /// The op.
+        op: &'static str,
+        /// Which argument or element.
+        what: String,
+        /// The offending value.
+        value: String,
+        /// The accepted range.
+        allowed: &'static str,
+    },
     /// The element count of a shape does not fit in `usize`.
     #[error("{op}: shape {shape:?} has more elements than fit in memory")]
     ShapeOverflow {

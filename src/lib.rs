@@ -65,6 +65,7 @@ mod error;
 pub mod graph;
 pub mod launch;
 pub mod ops;
+pub mod shape;
 mod tensor;
 
 pub use backend::Backend;

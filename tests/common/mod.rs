@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod gradcheck;
+
 use inception_cuda::Device;
 
 /// CUDA device 0 for a GPU test; fails the test (never skips it) when there is none.

@@ -1,0 +1,38 @@
+//! CPU twin of `adam_step`: one Adam update over flat parameter, gradient and moment buffers (PyTorch's
+//! formulation: `m ← m + (1-β1)(g - m)`, `v ← β2·v + (1-β2)·g²`, `p ← p - lr/(1-β1ᵗ) · m / (√v/√(1-β2ᵗ) + eps)`).
+
+use rayon::prelude::*;
+
+use super::CHUNK;
+use crate::backend::check_same_len;
+use crate::shape::AdamStep;
+use crate::Result;
+
+/// Updates `p`, `m` and `v` in place from `g`. Shapes: `p, m, v, g: [n]`.
+pub fn adam_step(
+    p: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    g: &[f32],
+    step: &AdamStep,
+) -> Result<()> {
+    const OP: &str = "adam_step";
+    check_same_len(
+        OP,
+        p.len(),
+        &[("m", m.len()), ("v", v.len()), ("g", g.len())],
+    )?;
+    let [one_minus_b1, b2, one_minus_b2, step_size, bc2_sqrt, eps] = step.scalars(OP)?;
+    p.par_chunks_mut(CHUNK)
+        .zip(m.par_chunks_mut(CHUNK))
+        .zip(v.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)))
+        .for_each(|((p, m), (v, g))| {
+            for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+                *m += one_minus_b1 * (g - *m);
+                *v = *v * b2 + one_minus_b2 * (g * g);
+                let denom = v.sqrt() / bc2_sqrt + eps;
+                *p -= step_size * (*m / denom);
+            }
+        });
+    Ok(())
+}

@@ -1,0 +1,218 @@
+//! CPU twin of the plain convolutions: stride 1, 'same' zero padding, kernel 1, 3 or 5, with bias.
+//!
+//! Forward writes channels `[c_offset, c_offset + c_out)` of a `[n, c_total, h, w]` output, optionally with
+//! the module's ReLU in the epilogue. Backward reads the branch's slice of the gradient in place; `dy` is the
+//! gradient of the conv's output *before* that ReLU (the module applies `relu_bwd` to its whole output once).
+//! Per image: im2col, then one matrix product (`W [c_out, c_in·k²] · col [c_in·k², h·w]`). Weight and bias
+//! gradients sum per-image partials in image order, so results do not depend on the thread count.
+
+use rayon::prelude::*;
+
+use super::matmul::{matmul, Mat, MatMut, Threads};
+use super::sum_over_images;
+use crate::shape::{check_len, ConvShape};
+use crate::Result;
+
+/// `y[:, off..off+c_out] = relu?(w ⊛ x + b)`. Shapes: `y [n, c_total, h, w]`, `x [n, c_in, h, w]`,
+/// `w [c_out, c_in, k, k]`, `b [c_out]`. Channels of `y` outside the slice are left untouched.
+pub fn conv_fwd(
+    y: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    s: &ConvShape,
+    relu: bool,
+) -> Result<()> {
+    const OP: &str = "conv_fwd";
+    check_conv(OP, s, x, w)?;
+    check_len(OP, "y", s.y_len(OP)?, y.len())?;
+    check_len(OP, "b", s.c_out, b.len())?;
+    let (hw, ckk) = (s.h * s.w, s.c_in * s.k * s.k);
+    y.par_chunks_mut(s.c_total * hw)
+        .zip(x.par_chunks(s.c_in * hw))
+        .try_for_each_init(Vec::new, |col, (y_n, x_n)| {
+            let out = &mut y_n[s.c_offset * hw..(s.c_offset + s.c_out) * hw];
+            let col: &[f32] = if s.k == 1 { x_n } else { im2col(col, x_n, s) };
+            matmul(
+                OP,
+                MatMut::rows(out, s.c_out, hw),
+                Mat::rows(w, s.c_out, ckk),
+                Mat::rows(col, ckk, hw),
+                false,
+                Threads::Serial,
+            )?;
+            bias_epilogue(out, b, hw, relu);
+            Ok(())
+        })
+}
+
+/// `dx (+)= conv_fwdᵀ(dy)`: the input gradient. Shapes: `dx [n, c_in, h, w]`, `dy [n, c_total, h, w]` (its
+/// slice is read), `w [c_out, c_in, k, k]`. With `accumulate` the result is added to `dx` (a tensor read by
+/// several branches), else it overwrites `dx`.
+pub fn conv_dgrad(
+    dx: &mut [f32],
+    dy: &[f32],
+    w: &[f32],
+    s: &ConvShape,
+    accumulate: bool,
+) -> Result<()> {
+    const OP: &str = "conv_dgrad";
+    check_conv(OP, s, dx, w)?;
+    check_len(OP, "dy", s.y_len(OP)?, dy.len())?;
+    let (hw, ckk) = (s.h * s.w, s.c_in * s.k * s.k);
+    let wt = Mat::rows(w, s.c_out, ckk).t(); // [c_in·k², c_out]
+    dx.par_chunks_mut(s.c_in * hw)
+        .zip(dy.par_chunks(s.c_total * hw))
+        .try_for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(dcol, scratch), (dx_n, dy_n)| {
+                let g = Mat::rows(
+                    &dy_n[s.c_offset * hw..(s.c_offset + s.c_out) * hw],
+                    s.c_out,
+                    hw,
+                );
+                if s.k == 1 {
+                    return matmul(
+                        OP,
+                        MatMut::rows(dx_n, s.c_in, hw),
+                        wt,
+                        g,
+                        accumulate,
+                        Threads::Serial,
+                    );
+                }
+                dcol.resize(ckk * hw, 0.0);
+                matmul(
+                    OP,
+                    MatMut::rows(dcol, ckk, hw),
+                    wt,
+                    g,
+                    false,
+                    Threads::Serial,
+                )?;
+                scratch.clear();
+                scratch.resize(s.c_in * hw, 0.0);
+                col2im(scratch, dcol, s);
+                if accumulate {
+                    dx_n.iter_mut()
+                        .zip(scratch.iter())
+                        .for_each(|(d, v)| *d += v);
+                } else {
+                    dx_n.copy_from_slice(scratch);
+                }
+                Ok(())
+            },
+        )
+}
+
+/// `dw = Σ_images dy_slice · im2col(x)ᵀ`. Shapes: `dw [c_out, c_in, k, k]`, `dy [n, c_total, h, w]` (slice
+/// read), `x [n, c_in, h, w]`. Overwrites `dw`.
+pub fn conv_wgrad(dw: &mut [f32], dy: &[f32], x: &[f32], s: &ConvShape) -> Result<()> {
+    const OP: &str = "conv_wgrad";
+    check_conv(OP, s, x, dw)?;
+    check_len(OP, "dy", s.y_len(OP)?, dy.len())?;
+    let (hw, ckk) = (s.h * s.w, s.c_in * s.k * s.k);
+    sum_over_images(dw, s.n, |i, partial| {
+        let x_n = &x[i * s.c_in * hw..(i + 1) * s.c_in * hw];
+        let g = &dy[(i * s.c_total + s.c_offset) * hw..(i * s.c_total + s.c_offset + s.c_out) * hw];
+        let mut col = Vec::new();
+        let col: &[f32] = if s.k == 1 {
+            x_n
+        } else {
+            im2col(&mut col, x_n, s)
+        };
+        matmul(
+            OP,
+            MatMut::rows(partial, s.c_out, ckk),
+            Mat::rows(g, s.c_out, hw),
+            Mat::rows(col, ckk, hw).t(),
+            false,
+            Threads::Serial,
+        )
+    })
+}
+
+/// `db[c] = Σ_{images, pixels} dy[:, c_offset + c]`. Shapes: `db [c_out]`, `dy [n, c_total, h, w]`.
+pub fn conv_bgrad(db: &mut [f32], dy: &[f32], s: &ConvShape) -> Result<()> {
+    const OP: &str = "conv_bgrad";
+    s.validate(OP)?;
+    check_len(OP, "db", s.c_out, db.len())?;
+    check_len(OP, "dy", s.y_len(OP)?, dy.len())?;
+    let hw = s.h * s.w;
+    sum_over_images(db, s.n, |i, partial| {
+        let g = &dy[(i * s.c_total + s.c_offset) * hw..(i * s.c_total + s.c_offset + s.c_out) * hw];
+        for (p, row) in partial.iter_mut().zip(g.chunks(hw)) {
+            *p = row.iter().sum();
+        }
+        Ok(())
+    })
+}
+
+fn check_conv(op: &'static str, s: &ConvShape, x: &[f32], w: &[f32]) -> Result<()> {
+    s.validate(op)?;
+    check_len(op, "x", s.x_len(op)?, x.len())?;
+    check_len(op, "w", s.w_len(op)?, w.len())
+}
+
+/// Adds the bias to each channel row and applies the optional ReLU (NaN propagates, as `relu_fwd`).
+pub(crate) fn bias_epilogue(out: &mut [f32], b: &[f32], hw: usize, relu: bool) {
+    for (row, &bias) in out.chunks_mut(hw).zip(b) {
+        for v in row {
+            let pre = *v + bias;
+            *v = if !relu || pre > 0.0 || pre.is_nan() {
+                pre
+            } else {
+                0.0
+            };
+        }
+    }
+}
+
+/// `col [c_in·k·k, h·w]`: row `(ci·k + ky)·k + kx` holds `x[ci]` shifted by `(ky - k/2, kx - k/2)`, zero outside.
+fn im2col<'a>(col: &'a mut Vec<f32>, x_n: &[f32], s: &ConvShape) -> &'a [f32] {
+    let (h, w, k, p) = (s.h, s.w, s.k, s.k / 2);
+    col.clear();
+    col.resize(s.c_in * k * k * h * w, 0.0);
+    let mut rows = col.chunks_mut(h * w);
+    for plane in x_n.chunks(h * w) {
+        for ky in 0..k {
+            for kx in 0..k {
+                let Some(row) = rows.next() else { return col };
+                for yy in 0..h {
+                    let Some(sy) = (yy + ky).checked_sub(p).filter(|&sy| sy < h) else {
+                        continue;
+                    };
+                    for xx in 0..w {
+                        if let Some(sx) = (xx + kx).checked_sub(p).filter(|&sx| sx < w) {
+                            row[yy * w + xx] = plane[sy * w + sx];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    col
+}
+
+/// The adjoint of `im2col`: adds each `dcol` row back at its shift into `dx_n [c_in, h, w]`.
+fn col2im(dx_n: &mut [f32], dcol: &[f32], s: &ConvShape) {
+    let (h, w, k, p) = (s.h, s.w, s.k, s.k / 2);
+    let mut rows = dcol.chunks(h * w);
+    for plane in dx_n.chunks_mut(h * w) {
+        for ky in 0..k {
+            for kx in 0..k {
+                let Some(row) = rows.next() else { return };
+                for yy in 0..h {
+                    let Some(sy) = (yy + ky).checked_sub(p).filter(|&sy| sy < h) else {
+                        continue;
+                    };
+                    for xx in 0..w {
+                        if let Some(sx) = (xx + kx).checked_sub(p).filter(|&sx| sx < w) {
+                            plane[sy * w + sx] += row[yy * w + xx];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! Shape descriptors of the kernels that take more than a flat length. The CPU twins, the CUDA launchers and
+//! the tensor ops all take these, and all validate them the same way: every error names the op.
+//!
+//! Layout is NCHW, f32, contiguous. A branch output is a channel slice `[c_offset, c_offset + c_out)` of a
+//! module output with `c_total` channels (concat is not a copy).
+
+use crate::{Error, Result};
+
+/// The kernel sizes the convs support (stride 1, 'same' zero padding of `k / 2`).
+pub const CONV_KERNEL_SIZES: [usize; 3] = [1, 3, 5];
+
+fn invalid(op: &'static str, reason: String) -> Error {
+    Error::InvalidShape { op, reason }
+}
+
+fn product(op: &'static str, dims: &[usize]) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| Error::ShapeOverflow {
+            op,
+            shape: dims.to_vec(),
+        })
+}
+
+/// Checks that buffer `what` of `op` holds exactly `expected` elements.
+pub(crate) fn check_len(
+    op: &'static str,
+    what: &'static str,
+    expected: usize,
+    len: usize,
+) -> Result<()> {
+    if expected == len {
+        Ok(())
+    } else {
+        Err(Error::BufferLength {
+            op,
+            what,
+            expected,
+            len,
+        })
+    }
+}
+
+/// A stride-1 'same' convolution `x [n, c_in, h, w] → y[:, c_offset..c_offset + c_out]` of a
+/// `[n, c_total, h, w]` output, with weight `[c_out, c_in, k, k]` and bias `[c_out]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    /// Batch size.
+    pub n: usize,
+    /// Input channels.
+    pub c_in: usize,
+    /// Output channels of this conv.
+    pub c_out: usize,
+    /// Image height.
+    pub h: usize,
+    /// Image width.
+    pub w: usize,
+    /// Kernel size: 1, 3 or 5.
+    pub k: usize,
+    /// Channels of the whole output buffer (the module's concat).
+    pub c_total: usize,
+    /// First channel of this conv's slice of the output.
+    pub c_offset: usize,
+}
+
+impl ConvShape {
+    /// A conv writing its own `[n, c_out, h, w]` output (no concat slice).
+    pub fn new(n: usize, c_in: usize, c_out: usize, h: usize, w: usize, k: usize) -> Self {
+        ConvShape {
+            n,
+            c_in,
+            c_out,
+            h,
+            w,
+            k,
+            c_total: c_out,
+            c_offset: 0,
+        }
+    }
+
+    /// The same conv writing channels `[c_offset, c_offset + c_out)` of a `c_total`-channel output.
+    pub fn into_slice(self, c_total: usize, c_offset: usize) -> Self {
+        ConvShape {
+            c_total,
+            c_offset,
+            ..self
+        }
+    }
+
+    /// Checks the sizes and that every buffer length fits in `usize`.
+    pub fn validate(&self, op: &'static str) -> Result<()> {
+        if !CONV_KERNEL_SIZES.contains(&self.k) {
+            return Err(invalid(
+                op,
+                format!("kernel size {} (supported: 1, 3, 5)", self.k),
+            ));
+        }
+        if self.c_in == 0 || self.c_out == 0 || self.h == 0 || self.w == 0 {
+            return Err(invalid(op, format!("zero-sized dimension in {self:?}")));
+        }
+        if self
+            .c_offset
+            .checked_add(self.c_out)
+            .is_none_or(|end| end > self.c_total)
+        {
+            return Err(invalid(
+                op,
+                format!(
+                    "channel slice {}..{} does not fit in {} output channels",
+                    self.c_offset,
+                    self.c_offset.saturating_add(self.c_out),
+                    self.c_total
+                ),
+            ));
+        }
+        self.x_len(op)?;
+        self.y_len(op)?;
+        self.w_len(op)?;
+        Ok(())
+    }
+
+    /// Elements of `x`: `n·c_in·h·w`.
+    pub fn x_len(&self, op: &'static str) -> Result<usize> {
+        product(op, &[self.n, self.c_in, self.h, self.w])
+    }
+
+    /// Elements of the whole output buffer: `n·c_total·h·w`.
+    pub fn y_len(&self, op: &'static str) -> Result<usize> {
+        product(op, &[self.n, self.c_total, self.h, self.w])
+    }
+
+    /// Elements of the weight: `c_out·c_in·k·k`.
+    pub fn w_len(&self, op: &'static str) -> Result<usize> {
+        product(op, &[self.c_out, self.c_in, self.k, self.k])
+    }
+
+    /// Multiply-adds per image: `k²·h·w·c_in·c_out`.
+    pub fn macs_per_image(&self) -> u64 {
+        (self.k * self.k * self.h * self.w * self.c_in * self.c_out) as u64
+    }
+}
+
+/// The fused `1×1 (c_in → c_mid) + bias → ReLU → k×k (c_mid → c_out) + bias → ReLU`, written into
+/// channels `[c_offset, c_offset + c_out)` of a `[n, c_total, h, w]` output. Weights: `w1 [c_mid, c_in, 1, 1]`,
+/// `b1 [c_mid]`, `w2 [c_out, c_mid, k, k]`, `b2 [c_out]`; the reduced map `mid` is `[n, c_mid, h, w]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReduceConvShape {
+    /// Batch size.
+    pub n: usize,
+    /// Input channels.
+    pub c_in: usize,
+    /// Reduced channels (the "#3×3 reduce" / "#5×5 reduce" width).
+    pub c_mid: usize,
+    /// Output channels of this branch.
+    pub c_out: usize,
+    /// Image height.
+    pub h: usize,
+    /// Image width.
+    pub w: usize,
+    /// Kernel size of the second conv: 3 or 5.
+    pub k: usize,
+    /// Channels of the whole output buffer.
+    pub c_total: usize,
+    /// First channel of this branch's slice.
+    pub c_offset: usize,
+}
+
+impl ReduceConvShape {
+    /// The 1×1 reduce conv (its own `[n, c_mid, h, w]` output).
+    pub fn reduce(&self) -> ConvShape {
+        ConvShape::new(self.n, self.c_in, self.c_mid, self.h, self.w, 1)
+    }
+
+    /// The k×k conv from the reduced map into the output slice.
+    pub fn conv(&self) -> ConvShape {
+        ConvShape::new(self.n, self.c_mid, self.c_out, self.h, self.w, self.k)
+            .into_slice(self.c_total, self.c_offset)
+    }
+
+    /// Checks the sizes (`k` must be 3 or 5) and that every buffer length fits in `usize`.
+    pub fn validate(&self, op: &'static str) -> Result<()> {
+        if self.k != 3 && self.k != 5 {
+            return Err(invalid(
+                op,
+                format!("fused reduce conv kernel size {} (supported: 3, 5)", self.k),
+            ));
+        }
+        self.reduce().validate(op)?;
+        self.conv().validate(op)
+    }
+
+    /// Elements of the reduced map `mid`: `n·c_mid·h·w`.
+    pub fn mid_len(&self, op: &'static str) -> Result<usize> {
+        product(op, &[self.n, self.c_mid, self.h, self.w])
+    }
+}
+
+/// Max pooling 3×3, stride 1, 'same' (padding never wins) over `[n, c, h, w]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolShape {
+    /// Batch size.
+    pub n: usize,
+    /// Channels.
+    pub c: usize,
+    /// Image height.
+    pub h: usize,
+    /// Image width.
+    pub w: usize,
+}
+
+impl PoolShape {
+    /// Elements of input and output: `n·c·h·w`.
+    pub fn len(&self, op: &'static str) -> Result<usize> {
+        product(op, &[self.n, self.c, self.h, self.w])
+    }
+}
+
+/// A linear layer `y [m, n_out] = x [m, k_in] · wᵀ + b` with PyTorch's weight layout `w [n_out, k_in]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinearShape {
+    /// Rows (batch size).
+    pub m: usize,
+    /// Input features.
+    pub k_in: usize,
+    /// Output features.
+    pub n_out: usize,
+}
+
+impl LinearShape {
+    /// Checks that every buffer length fits in `usize`.
+    pub fn validate(&self, op: &'static str) -> Result<()> {
+        product(op, &[self.m, self.k_in])?;
+        product(op, &[self.m, self.n_out])?;
+        product(op, &[self.n_out, self.k_in])?;
+        Ok(())
+    }
+}
+
+/// One Adam update with PyTorch's semantics (bias-corrected, `eps` added outside the square root).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamStep {
+    /// Learning rate.
+    pub lr: f64,
+    /// Decay of the first moment (PyTorch default 0.9).
+    pub beta1: f64,
+    /// Decay of the second moment (PyTorch default 0.999).
+    pub beta2: f64,
+    /// Added to the denominator (PyTorch default 1e-8).
+    pub eps: f64,
+    /// The step number, starting at 1.
+    pub t: u64,
+}
+
+impl AdamStep {
+    /// PyTorch's defaults at learning rate `lr`, step `t`.
+    pub fn new(lr: f64, t: u64) -> Self {
+        AdamStep {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            t,
+        }
+    }
+
+    /// The per-launch scalars, computed in f64 on the host as PyTorch does, then rounded to f32:
+    /// `(1 - β1, β2, 1 - β2, lr / (1 - β1ᵗ), √(1 - β2ᵗ), eps)`.
+    pub fn scalars(&self, op: &'static str) -> Result<[f32; 6]> {
+        let ok = |v: f64, lo: f64, hi: f64| v.is_finite() && v >= lo && v < hi;
+        if !(ok(self.beta1, 0.0, 1.0)
+            && ok(self.beta2, 0.0, 1.0)
+            && ok(self.lr, 0.0, f64::MAX)
+            && ok(self.eps, 0.0, f64::MAX))
+        {
+            return Err(Error::OutOfRange {
+                op,
+                what: "Adam hyperparameters".into(),
+                value: format!("{self:?}"),
+                allowed: "0 <= beta1, beta2 < 1; lr, eps finite and >= 0",
+            });
+        }
+        if self.t == 0 {
+            return Err(Error::OutOfRange {
+                op,
+                what: "step t".into(),
+                value: "0".into(),
+                allowed: "t >= 1",
+            });
+        }
+        let t = i32::try_from(self.t).unwrap_or(i32::MAX);
+        let bc1 = 1.0 - self.beta1.powi(t);
+        let bc2 = 1.0 - self.beta2.powi(t);
+        Ok([
+            (1.0 - self.beta1) as f32,
+            self.beta2 as f32,
+            (1.0 - self.beta2) as f32,
+            (self.lr / bc1) as f32,
+            bc2.sqrt() as f32,
+            self.eps as f32,
+        ])
+    }
+}
