@@ -29,7 +29,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
-/// Runs `$body` on the backend of `$device`, with each `$buf` bound to the backend buffer of tensor `$t`
+/// Runs `$body` on the backend of `$device`, with each `$buf` bound to a view of the buffer of tensor `$t`
 /// (all on `$device`, else `DeviceMismatch` naming `$op` and the operand). `$body` yields
 /// `Result<Backend::Buf>`; the macro yields the matching `Storage` (or returns the error).
 macro_rules! dispatch {
@@ -40,13 +40,13 @@ macro_rules! dispatch {
         match device {
             $crate::Device::Cpu => {
                 let $b = &$crate::cpu::CpuBackend;
-                $(let $buf = $t.cpu_buf($op, stringify!($buf))?;)*
+                $(let $buf = $b.view($t.cpu_buf($op, stringify!($buf))?, 0..$t.elem_count())?;)*
                 $crate::tensor::Storage::Cpu($body?)
             }
             #[cfg(feature = "cuda")]
             $crate::Device::Cuda(dev) => {
                 let $b = dev.backend();
-                $(let $buf = $t.cuda_buf($op, stringify!($buf), device)?;)*
+                $(let $buf = $b.view($t.cuda_buf($op, stringify!($buf), device)?, 0..$t.elem_count())?;)*
                 $crate::tensor::Storage::Cuda($body?)
             }
             #[cfg(not(feature = "cuda"))]

@@ -3,6 +3,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+#[cfg(feature = "cuda")]
+use crate::backend::Backend;
 use crate::graph::Tape;
 use crate::{Device, Error, Result};
 
@@ -42,6 +44,17 @@ impl std::fmt::Debug for Tensor {
             self.id, self.shape, self.device
         )
     }
+}
+
+/// A new buffer of `len` elements filled by `f` (which receives a view of all of it).
+pub(crate) fn fill_new<B: crate::Backend>(
+    b: &B,
+    len: usize,
+    f: impl FnOnce(&mut B::ViewMut<'_>) -> Result<()>,
+) -> Result<B::Buf> {
+    let mut buf = b.alloc_zeros(len)?;
+    f(&mut b.view_mut(&mut buf, 0..len)?)?;
+    Ok(buf)
 }
 
 /// Elements of `shape`, or an error naming `op` when the product overflows.
@@ -152,10 +165,7 @@ impl Tensor {
         match &*self.storage {
             Storage::Cpu(v) => Ok(v.clone()),
             #[cfg(feature = "cuda")]
-            Storage::Cuda(buf) => {
-                use crate::backend::Backend;
-                self.cuda_backend("to_vec")?.to_host(buf)
-            }
+            Storage::Cuda(buf) => self.cuda_backend("to_vec")?.to_host(buf),
         }
     }
 

@@ -25,7 +25,10 @@ pub use relu::{relu_bwd, relu_fwd};
 
 use rayon::prelude::*;
 
-use crate::backend::Backend;
+use std::ops::Range;
+
+use crate::backend::{check_range, reduce_conv_param_ranges, Backend};
+use crate::shape::{check_len, AdamStep, ConvShape, LinearShape, PoolShape, ReduceConvShape};
 use crate::Result;
 
 /// Elements per rayon task in elementwise twins (fixed, so work splits the same way on every run).
@@ -62,12 +65,15 @@ pub(crate) fn sum_over_images(
     Ok(())
 }
 
-/// The CPU backend: host `Vec<f32>` buffers and the twins above.
+/// The CPU backend: host `Vec<f32>` buffers, slices as views, and the twins above.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuBackend;
 
 impl Backend for CpuBackend {
     type Buf = Vec<f32>;
+    type Labels = Vec<u32>;
+    type View<'a> = &'a [f32];
+    type ViewMut<'a> = &'a mut [f32];
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -77,19 +83,217 @@ impl Backend for CpuBackend {
         Ok(vec![0.0; len])
     }
 
+    fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
+        Ok(data.to_vec())
+    }
+
+    fn upload_labels(&self, labels: &[u32]) -> Result<Vec<u32>> {
+        Ok(labels.to_vec())
+    }
+
     fn to_host(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {
         Ok(buf.clone())
     }
 
-    fn relu_fwd(&self, y: &mut Vec<f32>, x: &Vec<f32>) -> Result<()> {
+    fn len(&self, buf: &Vec<f32>) -> usize {
+        buf.len()
+    }
+
+    fn view<'a>(&'a self, buf: &'a Vec<f32>, range: Range<usize>) -> Result<&'a [f32]> {
+        check_range("view", &range, buf.len())?;
+        Ok(&buf[range])
+    }
+
+    fn view_mut<'a>(&'a self, buf: &'a mut Vec<f32>, range: Range<usize>) -> Result<&'a mut [f32]> {
+        check_range("view_mut", &range, buf.len())?;
+        Ok(&mut buf[range])
+    }
+
+    fn relu_fwd(&self, y: &mut &mut [f32], x: &&[f32]) -> Result<()> {
         relu_fwd(y, x)
     }
 
-    fn relu_bwd(&self, dx: &mut Vec<f32>, dy: &Vec<f32>, y: &Vec<f32>) -> Result<()> {
+    fn relu_bwd(&self, dx: &mut &mut [f32], dy: &&[f32], y: &&[f32]) -> Result<()> {
         relu_bwd(dx, dy, y)
     }
 
-    fn add_fwd(&self, y: &mut Vec<f32>, a: &Vec<f32>, b: &Vec<f32>) -> Result<()> {
+    fn add_fwd(&self, y: &mut &mut [f32], a: &&[f32], b: &&[f32]) -> Result<()> {
         add_fwd(y, a, b)
     }
+
+    fn conv_fwd(
+        &self,
+        y: &mut &mut [f32],
+        x: &&[f32],
+        w: &&[f32],
+        b: &&[f32],
+        s: &ConvShape,
+        relu: bool,
+    ) -> Result<()> {
+        conv_fwd(y, x, w, b, s, relu)
+    }
+
+    fn conv_dgrad(
+        &self,
+        dx: &mut &mut [f32],
+        dy: &&[f32],
+        w: &&[f32],
+        s: &ConvShape,
+        accumulate: bool,
+    ) -> Result<()> {
+        conv_dgrad(dx, dy, w, s, accumulate)
+    }
+
+    fn conv_wgrad(
+        &self,
+        dw: &mut &mut [f32],
+        dy: &&[f32],
+        x: &&[f32],
+        s: &ConvShape,
+    ) -> Result<()> {
+        conv_wgrad(dw, dy, x, s)
+    }
+
+    fn conv_bgrad(&self, db: &mut &mut [f32], dy: &&[f32], s: &ConvShape) -> Result<()> {
+        conv_bgrad(db, dy, s)
+    }
+
+    fn reduce_conv_fwd(
+        &self,
+        y: &mut &mut [f32],
+        mid: &mut &mut [f32],
+        x: &&[f32],
+        params: &&[f32],
+        s: &ReduceConvShape,
+    ) -> Result<()> {
+        let [w1, b1, w2, b2] = split_params("reduce_conv_fwd", params, s)?;
+        reduce_conv_fwd(y, mid, x, w1, b1, w2, b2, s)
+    }
+
+    fn reduce_conv_bwd(
+        &self,
+        dx: &mut &mut [f32],
+        dparams: &mut &mut [f32],
+        dy: &&[f32],
+        x: &&[f32],
+        mid: &&[f32],
+        params: &&[f32],
+        s: &ReduceConvShape,
+        accumulate: bool,
+    ) -> Result<()> {
+        const OP: &str = "reduce_conv_bwd";
+        let [w1, _, w2, _] = split_params(OP, params, s)?;
+        check_len(OP, "dparams", params.len(), dparams.len())?;
+        let [r1, rb1, r2, _] = reduce_conv_param_ranges(s);
+        let (dw1, rest) = dparams.split_at_mut(r1.end);
+        let (db1, rest) = rest.split_at_mut(rb1.len());
+        let (dw2, db2) = rest.split_at_mut(r2.len());
+        reduce_conv_bwd(dx, dw1, db1, dw2, db2, dy, x, mid, w1, w2, s, accumulate)
+    }
+
+    fn maxpool3x3s1_fwd(&self, y: &mut &mut [f32], x: &&[f32], s: &PoolShape) -> Result<()> {
+        maxpool3x3s1_fwd(y, x, s)
+    }
+
+    fn maxpool3x3s1_bwd(
+        &self,
+        dx: &mut &mut [f32],
+        dy: &&[f32],
+        x: &&[f32],
+        s: &PoolShape,
+        accumulate: bool,
+    ) -> Result<()> {
+        maxpool3x3s1_bwd(dx, dy, x, s, accumulate)
+    }
+
+    fn linear_fwd(
+        &self,
+        y: &mut &mut [f32],
+        x: &&[f32],
+        w: &&[f32],
+        b: &&[f32],
+        s: &LinearShape,
+    ) -> Result<()> {
+        linear_fwd(y, x, w, b, s)
+    }
+
+    fn linear_dgrad(
+        &self,
+        dx: &mut &mut [f32],
+        dy: &&[f32],
+        w: &&[f32],
+        s: &LinearShape,
+    ) -> Result<()> {
+        linear_dgrad(dx, dy, w, s)
+    }
+
+    fn linear_wgrad(
+        &self,
+        dw: &mut &mut [f32],
+        dy: &&[f32],
+        x: &&[f32],
+        s: &LinearShape,
+    ) -> Result<()> {
+        linear_wgrad(dw, dy, x, s)
+    }
+
+    fn linear_bgrad(&self, db: &mut &mut [f32], dy: &&[f32], s: &LinearShape) -> Result<()> {
+        linear_bgrad(db, dy, s)
+    }
+
+    fn softmax_xent(
+        &self,
+        loss: &mut &mut [f32],
+        dlogits: &mut &mut [f32],
+        logits: &&[f32],
+        labels: &Vec<u32>,
+        classes: usize,
+    ) -> Result<()> {
+        softmax_xent(loss, dlogits, logits, labels, classes)
+    }
+
+    fn dropout_fwd(
+        &self,
+        y: &mut &mut [f32],
+        x: &&[f32],
+        p: f32,
+        seed: u64,
+        step: u64,
+    ) -> Result<()> {
+        dropout_fwd(y, x, p, seed, step)
+    }
+
+    fn dropout_bwd(
+        &self,
+        dx: &mut &mut [f32],
+        dy: &&[f32],
+        p: f32,
+        seed: u64,
+        step: u64,
+    ) -> Result<()> {
+        dropout_bwd(dx, dy, p, seed, step)
+    }
+
+    fn adam_step(
+        &self,
+        p: &mut &mut [f32],
+        m: &mut &mut [f32],
+        v: &mut &mut [f32],
+        g: &&[f32],
+        step: &AdamStep,
+    ) -> Result<()> {
+        adam_step(p, m, v, g, step)
+    }
+}
+
+/// `[w1, b1, w2, b2]` of a fused reduce conv's contiguous parameter block.
+fn split_params<'a>(
+    op: &'static str,
+    params: &'a [f32],
+    s: &ReduceConvShape,
+) -> Result<[&'a [f32]; 4]> {
+    s.validate(op)?;
+    let ranges = reduce_conv_param_ranges(s);
+    check_len(op, "params", ranges[3].end, params.len())?;
+    Ok(ranges.map(|r| &params[r]))
 }

@@ -9,16 +9,19 @@ mod relu;
 pub use add::add_fwd;
 pub use relu::{relu_bwd, relu_fwd};
 
+use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DriverError, LaunchConfig,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut,
+    DriverError, LaunchConfig,
 };
 use cudarc::nvrtc::Ptx;
 
-use crate::backend::Backend;
+use crate::backend::{check_range, Backend};
 use crate::error::CudaUnavailable;
 use crate::launch::LaunchDims;
+use crate::shape::{AdamStep, ConvShape, LinearShape, PoolShape, ReduceConvShape};
 use crate::{Error, Result};
 
 mod embedded {
@@ -181,11 +184,6 @@ impl CudaBackend {
         &self.kernels
     }
 
-    /// Uploads a host slice.
-    pub fn upload(&self, data: &[f32]) -> Result<CudaSlice<f32>> {
-        self.stream.clone_htod(data).map_err(driver_error("upload"))
-    }
-
     /// Checks that `buf` was allocated in this device's context.
     pub(crate) fn check_buf(
         &self,
@@ -220,8 +218,19 @@ pub(crate) fn launch_config(dims: LaunchDims) -> LaunchConfig {
     }
 }
 
+/// What the CUDA backend lacks for now: the op comes back as `Err(Unsupported)`.
+fn unsupported<T>(op: &'static str) -> Result<T> {
+    Err(Error::Unsupported {
+        op,
+        backend: "cuda",
+    })
+}
+
 impl Backend for CudaBackend {
     type Buf = CudaSlice<f32>;
+    type Labels = CudaSlice<u32>;
+    type View<'a> = CudaView<'a, f32>;
+    type ViewMut<'a> = CudaViewMut<'a, f32>;
 
     fn name(&self) -> &'static str {
         "cuda"
@@ -229,6 +238,16 @@ impl Backend for CudaBackend {
 
     fn alloc_zeros(&self, len: usize) -> Result<CudaSlice<f32>> {
         self.stream.alloc_zeros(len).map_err(driver_error("alloc"))
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<CudaSlice<f32>> {
+        self.stream.clone_htod(data).map_err(driver_error("upload"))
+    }
+
+    fn upload_labels(&self, labels: &[u32]) -> Result<CudaSlice<u32>> {
+        self.stream
+            .clone_htod(labels)
+            .map_err(driver_error("upload_labels"))
     }
 
     fn to_host(&self, buf: &CudaSlice<f32>) -> Result<Vec<f32>> {
@@ -241,28 +260,180 @@ impl Backend for CudaBackend {
         Ok(host)
     }
 
-    fn relu_fwd(&self, y: &mut CudaSlice<f32>, x: &CudaSlice<f32>) -> Result<()> {
+    fn len(&self, buf: &CudaSlice<f32>) -> usize {
+        buf.len()
+    }
+
+    fn view<'a>(
+        &'a self,
+        buf: &'a CudaSlice<f32>,
+        range: Range<usize>,
+    ) -> Result<CudaView<'a, f32>> {
+        self.check_buf("view", "buffer", buf)?;
+        check_range("view", &range, buf.len())?;
+        Ok(buf.slice(range))
+    }
+
+    fn view_mut<'a>(
+        &'a self,
+        buf: &'a mut CudaSlice<f32>,
+        range: Range<usize>,
+    ) -> Result<CudaViewMut<'a, f32>> {
+        self.check_buf("view_mut", "buffer", buf)?;
+        check_range("view_mut", &range, buf.len())?;
+        Ok(buf.slice_mut(range))
+    }
+
+    fn relu_fwd(&self, y: &mut CudaViewMut<'_, f32>, x: &CudaView<'_, f32>) -> Result<()> {
         relu_fwd(self, y, x)
     }
 
     fn relu_bwd(
         &self,
-        dx: &mut CudaSlice<f32>,
-        dy: &CudaSlice<f32>,
-        y: &CudaSlice<f32>,
+        dx: &mut CudaViewMut<'_, f32>,
+        dy: &CudaView<'_, f32>,
+        y: &CudaView<'_, f32>,
     ) -> Result<()> {
         relu_bwd(self, dx, dy, y)
     }
 
     fn add_fwd(
         &self,
-        y: &mut CudaSlice<f32>,
-        a: &CudaSlice<f32>,
-        b: &CudaSlice<f32>,
+        y: &mut CudaViewMut<'_, f32>,
+        a: &CudaView<'_, f32>,
+        b: &CudaView<'_, f32>,
     ) -> Result<()> {
         add_fwd(self, y, a, b)
     }
+
+    fn conv_fwd(
+        &self,
+        _: &mut V<'_>,
+        _: &R<'_>,
+        _: &R<'_>,
+        _: &R<'_>,
+        _: &ConvShape,
+        _: bool,
+    ) -> Result<()> {
+        unsupported("conv_fwd")
+    }
+
+    fn conv_dgrad(
+        &self,
+        _: &mut V<'_>,
+        _: &R<'_>,
+        _: &R<'_>,
+        _: &ConvShape,
+        _: bool,
+    ) -> Result<()> {
+        unsupported("conv_dgrad")
+    }
+
+    fn conv_wgrad(&self, _: &mut V<'_>, _: &R<'_>, _: &R<'_>, _: &ConvShape) -> Result<()> {
+        unsupported("conv_wgrad")
+    }
+
+    fn conv_bgrad(&self, _: &mut V<'_>, _: &R<'_>, _: &ConvShape) -> Result<()> {
+        unsupported("conv_bgrad")
+    }
+
+    fn reduce_conv_fwd(
+        &self,
+        _: &mut V<'_>,
+        _: &mut V<'_>,
+        _: &R<'_>,
+        _: &R<'_>,
+        _: &ReduceConvShape,
+    ) -> Result<()> {
+        unsupported("reduce_conv_fwd")
+    }
+
+    fn reduce_conv_bwd(
+        &self,
+        _: &mut V<'_>,
+        _: &mut V<'_>,
+        _: &R<'_>,
+        _: &R<'_>,
+        _: &R<'_>,
+        _: &R<'_>,
+        _: &ReduceConvShape,
+        _: bool,
+    ) -> Result<()> {
+        unsupported("reduce_conv_bwd")
+    }
+
+    fn maxpool3x3s1_fwd(&self, _: &mut V<'_>, _: &R<'_>, _: &PoolShape) -> Result<()> {
+        unsupported("maxpool3x3s1_fwd")
+    }
+
+    fn maxpool3x3s1_bwd(
+        &self,
+        _: &mut V<'_>,
+        _: &R<'_>,
+        _: &R<'_>,
+        _: &PoolShape,
+        _: bool,
+    ) -> Result<()> {
+        unsupported("maxpool3x3s1_bwd")
+    }
+
+    fn linear_fwd(
+        &self,
+        _: &mut V<'_>,
+        _: &R<'_>,
+        _: &R<'_>,
+        _: &R<'_>,
+        _: &LinearShape,
+    ) -> Result<()> {
+        unsupported("linear_fwd")
+    }
+
+    fn linear_dgrad(&self, _: &mut V<'_>, _: &R<'_>, _: &R<'_>, _: &LinearShape) -> Result<()> {
+        unsupported("linear_dgrad")
+    }
+
+    fn linear_wgrad(&self, _: &mut V<'_>, _: &R<'_>, _: &R<'_>, _: &LinearShape) -> Result<()> {
+        unsupported("linear_wgrad")
+    }
+
+    fn linear_bgrad(&self, _: &mut V<'_>, _: &R<'_>, _: &LinearShape) -> Result<()> {
+        unsupported("linear_bgrad")
+    }
+
+    fn softmax_xent(
+        &self,
+        _: &mut V<'_>,
+        _: &mut V<'_>,
+        _: &R<'_>,
+        _: &CudaSlice<u32>,
+        _: usize,
+    ) -> Result<()> {
+        unsupported("softmax_xent")
+    }
+
+    fn dropout_fwd(&self, _: &mut V<'_>, _: &R<'_>, _: f32, _: u64, _: u64) -> Result<()> {
+        unsupported("dropout_fwd")
+    }
+
+    fn dropout_bwd(&self, _: &mut V<'_>, _: &R<'_>, _: f32, _: u64, _: u64) -> Result<()> {
+        unsupported("dropout_bwd")
+    }
+
+    fn adam_step(
+        &self,
+        _: &mut V<'_>,
+        _: &mut V<'_>,
+        _: &mut V<'_>,
+        _: &R<'_>,
+        _: &AdamStep,
+    ) -> Result<()> {
+        unsupported("adam_step")
+    }
 }
+
+/// Short names for the view types in the signatures of ops this backend does not implement yet.
+type V<'a> = CudaViewMut<'a, f32>;
+type R<'a> = CudaView<'a, f32>;
 
 #[cfg(test)]
 mod tests {
