@@ -35,6 +35,10 @@ pub trait Backend {
     fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
     /// A label buffer holding a copy of `labels`.
     fn upload_labels(&self, labels: &[u32]) -> Result<Self::Labels>;
+    /// Copies `src` into `dst` (same length).
+    fn write(&self, dst: &mut Self::ViewMut<'_>, src: &[f32]) -> Result<()>;
+    /// Copies `src` into the label buffer `dst` (same length).
+    fn write_labels(&self, dst: &mut Self::Labels, src: &[u32]) -> Result<()>;
     /// Copies a buffer to host memory (waiting for the device).
     fn to_host(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
     /// Elements in a buffer.

@@ -64,6 +64,7 @@ mod device;
 mod error;
 pub mod graph;
 pub mod launch;
+pub mod nn;
 pub mod ops;
 pub mod shape;
 mod tensor;

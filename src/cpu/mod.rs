@@ -91,6 +91,18 @@ impl Backend for CpuBackend {
         Ok(labels.to_vec())
     }
 
+    fn write(&self, dst: &mut &mut [f32], src: &[f32]) -> Result<()> {
+        check_len("write", "dst", src.len(), dst.len())?;
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn write_labels(&self, dst: &mut Vec<u32>, src: &[u32]) -> Result<()> {
+        check_len("write_labels", "dst", src.len(), dst.len())?;
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+
     fn to_host(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {
         Ok(buf.clone())
     }

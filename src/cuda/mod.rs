@@ -21,7 +21,7 @@ use cudarc::nvrtc::Ptx;
 use crate::backend::{check_range, Backend};
 use crate::error::CudaUnavailable;
 use crate::launch::LaunchDims;
-use crate::shape::{AdamStep, ConvShape, LinearShape, PoolShape, ReduceConvShape};
+use crate::shape::{check_len, AdamStep, ConvShape, LinearShape, PoolShape, ReduceConvShape};
 use crate::{Error, Result};
 
 mod embedded {
@@ -248,6 +248,20 @@ impl Backend for CudaBackend {
         self.stream
             .clone_htod(labels)
             .map_err(driver_error("upload_labels"))
+    }
+
+    fn write(&self, dst: &mut CudaViewMut<'_, f32>, src: &[f32]) -> Result<()> {
+        check_len("write", "dst", src.len(), dst.len())?;
+        self.stream
+            .memcpy_htod(src, dst)
+            .map_err(driver_error("write"))
+    }
+
+    fn write_labels(&self, dst: &mut CudaSlice<u32>, src: &[u32]) -> Result<()> {
+        check_len("write_labels", "dst", src.len(), dst.len())?;
+        self.stream
+            .memcpy_htod(src, dst)
+            .map_err(driver_error("write_labels"))
     }
 
     fn to_host(&self, buf: &CudaSlice<f32>) -> Result<Vec<f32>> {

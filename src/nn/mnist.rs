@@ -1,0 +1,605 @@
+//! The MNIST Inception net of the original write-up: two Inception modules, fc 700 + ReLU + dropout, fc 10,
+//! trained with softmax cross-entropy and Adam. Parameter names and layouts are those of
+//! `reference/inception_mnist.py`; parameters, gradients and both Adam moments each live in one flat buffer
+//! (each parameter a range of it), so Adam is one launch over all of them.
+//!
+//! A training step runs forward, loss, backward and Adam on preallocated buffers (allocated once per batch
+//! size); the loss stays in a device buffer until [`InceptionMnist::loss`] reads it.
+
+use std::ops::Range;
+
+use super::inception::{InceptionModule, InceptionWidths, ModuleSaved, ModuleScratch};
+use crate::backend::Backend;
+use crate::shape::{AdamStep, LinearShape};
+use crate::{Error, Result};
+
+/// Classes of MNIST.
+pub const CLASSES: usize = 10;
+
+/// Shapes and hyperparameters of the net. Defaults: the write-up's 32, 64, 16, 700, dropout 0.5, 28×28.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MnistConfig {
+    /// Maps of every branch of module 1.
+    pub map1: usize,
+    /// Maps of every branch of module 2.
+    pub map2: usize,
+    /// Maps of every 1×1 reduce.
+    pub reduce: usize,
+    /// Width of fc1.
+    pub hidden: usize,
+    /// Dropout probability on fc1's activations (training only).
+    pub dropout: f32,
+    /// Image side (28 for MNIST; smaller in tests).
+    pub image: usize,
+}
+
+impl Default for MnistConfig {
+    fn default() -> Self {
+        MnistConfig {
+            map1: 32,
+            map2: 64,
+            reduce: 16,
+            hidden: 700,
+            dropout: 0.5,
+            image: 28,
+        }
+    }
+}
+
+impl MnistConfig {
+    /// The two modules and every parameter of the net, in the reference's order, without allocating.
+    pub fn param_table(&self) -> (InceptionModule, InceptionModule, Vec<ParamEntry>) {
+        let c = *self;
+        let m1 = InceptionModule {
+            c_in: 1,
+            widths: InceptionWidths::uniform(c.map1, c.reduce),
+        };
+        let m2 = InceptionModule {
+            c_in: m1.c_out(),
+            widths: InceptionWidths::uniform(c.map2, c.reduce),
+        };
+        let mut entries = Vec::new();
+        let mut at = 0;
+        for (prefix, m) in [("inception1", &m1), ("inception2", &m2)] {
+            for (name, shape, range) in m.layout().params {
+                let fan_in = module_fan_in(name, m);
+                entries.push(ParamEntry {
+                    name: format!("{prefix}.{name}"),
+                    shape,
+                    range: at + range.start..at + range.end,
+                    fan_in,
+                });
+            }
+            at += m.layout().len();
+        }
+        let flat = c.image * c.image * m2.c_out();
+        for (name, out, inp) in [("fc1", c.hidden, flat), ("fc2", CLASSES, c.hidden)] {
+            for (suffix, shape) in [("weight", vec![out, inp]), ("bias", vec![out])] {
+                let len: usize = shape.iter().product();
+                entries.push(ParamEntry {
+                    name: format!("{name}.{suffix}"),
+                    shape,
+                    range: at..at + len,
+                    fan_in: inp,
+                });
+                at += len;
+            }
+        }
+        (m1, m2, entries)
+    }
+}
+
+/// One named parameter and where it lives in the flat buffers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamEntry {
+    /// The reference's name, for example `inception1.conv3x3.weight` or `fc1.bias`.
+    pub name: String,
+    /// PyTorch's shape: conv weight `[out, in, kh, kw]`, linear weight `[out, in]`.
+    pub shape: Vec<usize>,
+    /// Its elements in the flat buffers.
+    pub range: Range<usize>,
+    /// Fan-in of its layer (PyTorch's default init draws uniformly in ±1/√fan_in).
+    pub fan_in: usize,
+}
+
+/// What a training step reports without synchronising: its step number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepStats {
+    /// Adam's step count after this step (1 for the first).
+    pub step: u64,
+}
+
+/// Activations and gradients of one batch size.
+struct Workspace<B: Backend> {
+    n: usize,
+    x: B::Buf,
+    labels: B::Labels,
+    m1_out: B::Buf,
+    m1_saved: ModuleSaved<B>,
+    m1_scratch: ModuleScratch<B>,
+    m2_out: B::Buf,
+    m2_saved: ModuleSaved<B>,
+    m2_scratch: ModuleScratch<B>,
+    h1: B::Buf,
+    a1: B::Buf,
+    d1: B::Buf,
+    logits: B::Buf,
+    loss: B::Buf,
+    dlogits: B::Buf,
+    dd1: B::Buf,
+    dh1: B::Buf,
+    dm2: B::Buf,
+    dm1: B::Buf,
+}
+
+/// The MNIST Inception net on backend `B`, with its parameters, gradients and Adam state.
+pub struct InceptionMnist<B: Backend> {
+    b: B,
+    config: MnistConfig,
+    m1: InceptionModule,
+    m2: InceptionModule,
+    entries: Vec<ParamEntry>,
+    params: B::Buf,
+    grads: B::Buf,
+    adam_m: B::Buf,
+    adam_v: B::Buf,
+    step: u64,
+    seed: u64,
+    ws: Option<Workspace<B>>,
+}
+
+/// SplitMix64: a fixed, documented stream, so a seed gives the same initial weights in every version.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [-bound, bound) from 24 random bits.
+    fn uniform(&mut self, bound: f32) -> f32 {
+        let u = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+        (2.0 * u - 1.0) * bound
+    }
+}
+
+impl<B: Backend> InceptionMnist<B> {
+    /// A net on backend `b` with PyTorch's default initialisation (every weight and bias uniform in
+    /// ±1/√fan_in), drawn from `seed`; `seed` also drives the dropout masks.
+    pub fn new(b: B, config: MnistConfig, seed: u64) -> Result<Self> {
+        let c = config;
+        if [c.map1, c.map2, c.reduce, c.hidden, c.image].contains(&0) {
+            return Err(Error::InvalidShape {
+                op: "InceptionMnist::new",
+                reason: format!("zero width in {c:?}"),
+            });
+        }
+        let (m1, m2, entries) = c.param_table();
+        let at = entries.last().map_or(0, |e| e.range.end);
+        let mut rng = SplitMix64(seed);
+        let mut host = vec![0.0f32; at];
+        for e in &entries {
+            let bound = 1.0 / (e.fan_in as f32).sqrt();
+            host[e.range.clone()]
+                .iter_mut()
+                .for_each(|v| *v = rng.uniform(bound));
+        }
+        Ok(InceptionMnist {
+            params: b.upload(&host)?,
+            grads: b.alloc_zeros(at)?,
+            adam_m: b.alloc_zeros(at)?,
+            adam_v: b.alloc_zeros(at)?,
+            b,
+            config: c,
+            m1,
+            m2,
+            entries,
+            step: 0,
+            seed,
+            ws: None,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MnistConfig {
+        &self.config
+    }
+
+    /// The two Inception modules.
+    pub fn modules(&self) -> (&InceptionModule, &InceptionModule) {
+        (&self.m1, &self.m2)
+    }
+
+    /// Every parameter, in the reference's order.
+    pub fn params(&self) -> &[ParamEntry] {
+        &self.entries
+    }
+
+    /// Total number of parameters.
+    pub fn param_count(&self) -> usize {
+        self.entries.last().map_or(0, |e| e.range.end)
+    }
+
+    /// Adam's step count so far.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    fn entry(&self, name: &str) -> Result<&ParamEntry> {
+        self.entries
+            .iter()
+            .find(|e| e.name == name)
+            .ok_or_else(|| Error::InvalidShape {
+                op: "InceptionMnist::param",
+                reason: format!("no parameter named {name:?}"),
+            })
+    }
+
+    /// The values of parameter `name` (copied to the host).
+    pub fn param(&self, name: &str) -> Result<Vec<f32>> {
+        let r = self.entry(name)?.range.clone();
+        Ok(self.b.to_host(&self.params)?[r].to_vec())
+    }
+
+    /// The gradient of parameter `name` from the last [`Self::train_step`] (copied to the host).
+    pub fn grad(&self, name: &str) -> Result<Vec<f32>> {
+        let r = self.entry(name)?.range.clone();
+        Ok(self.b.to_host(&self.grads)?[r].to_vec())
+    }
+
+    /// Overwrites parameter `name` (for loading weights; the length must match its shape).
+    pub fn set_param(&mut self, name: &str, values: &[f32]) -> Result<()> {
+        let r = self.entry(name)?.range.clone();
+        self.b
+            .write(&mut self.b.view_mut(&mut self.params, r)?, values)
+    }
+
+    fn dims(&self, n: usize) -> (usize, usize, usize) {
+        (n, self.config.image, self.config.image)
+    }
+
+    fn image_len(&self) -> usize {
+        self.config.image * self.config.image
+    }
+
+    fn workspace(&mut self, n: usize) -> Result<()> {
+        if self.ws.as_ref().is_some_and(|ws| ws.n == n) {
+            return Ok(());
+        }
+        let (b, hw) = (&self.b, n * self.image_len());
+        let (m1, m2, c) = (&self.m1, &self.m2, &self.config);
+        let (_, h, w) = (n, c.image, c.image);
+        let z = |len| b.alloc_zeros(len);
+        self.ws = Some(Workspace {
+            n,
+            x: z(hw)?,
+            labels: b.upload_labels(&vec![0; n])?,
+            m1_out: z(hw * m1.c_out())?,
+            m1_saved: m1.alloc_saved(b, n, h, w)?,
+            m1_scratch: m1.alloc_scratch(b, n, h, w)?,
+            m2_out: z(hw * m2.c_out())?,
+            m2_saved: m2.alloc_saved(b, n, h, w)?,
+            m2_scratch: m2.alloc_scratch(b, n, h, w)?,
+            h1: z(n * c.hidden)?,
+            a1: z(n * c.hidden)?,
+            d1: z(n * c.hidden)?,
+            logits: z(n * CLASSES)?,
+            loss: z(1)?,
+            dlogits: z(n * CLASSES)?,
+            dd1: z(n * c.hidden)?,
+            dh1: z(n * c.hidden)?,
+            dm2: z(hw * m2.c_out())?,
+            dm1: z(hw * m1.c_out())?,
+        });
+        Ok(())
+    }
+
+    /// Checks a batch: `images` holds `n` images of `image × image` pixels, `labels` `n` labels.
+    fn check_batch(
+        &self,
+        op: &'static str,
+        images: &[f32],
+        labels: Option<&[u32]>,
+    ) -> Result<usize> {
+        let px = self.image_len();
+        if images.is_empty() || images.len() % px != 0 {
+            return Err(Error::BufferLength {
+                op,
+                what: "images",
+                expected: px * images.len().div_ceil(px).max(1),
+                len: images.len(),
+            });
+        }
+        let n = images.len() / px;
+        if let Some(labels) = labels {
+            crate::shape::check_len(op, "labels", n, labels.len())?;
+        }
+        Ok(n)
+    }
+
+    /// Forward through both modules and fc1 + ReLU (+ dropout when `train`) and fc2, into `ws.logits`.
+    fn forward(&mut self, images: &[f32], train: bool) -> Result<()> {
+        let n = self.check_batch("forward", images, None)?;
+        self.workspace(n)?;
+        let (b, c, dims) = (&self.b, self.config, self.dims(n));
+        let Some(ws) = self.ws.as_mut() else {
+            return Err(Error::Backward {
+                reason: "workspace missing".into(),
+            });
+        };
+        let all = |buf: &B::Buf| 0..b.len(buf);
+        b.write(&mut b.view_mut(&mut ws.x, 0..images.len())?, images)?;
+        let (m1_base, m2_base) = (0, self.m1.layout().len());
+        let r = all(&ws.m1_out);
+        self.m1.forward(
+            b,
+            &mut b.view_mut(&mut ws.m1_out, r)?,
+            &mut ws.m1_saved,
+            &b.view(&ws.x, all(&ws.x))?,
+            (&self.params, m1_base),
+            dims,
+        )?;
+        let r = all(&ws.m2_out);
+        self.m2.forward(
+            b,
+            &mut b.view_mut(&mut ws.m2_out, r)?,
+            &mut ws.m2_saved,
+            &b.view(&ws.m1_out, all(&ws.m1_out))?,
+            (&self.params, m2_base),
+            dims,
+        )?;
+        let fc1 = LinearShape {
+            m: n,
+            k_in: b.len(&ws.m2_out) / n,
+            n_out: c.hidden,
+        };
+        let fc2 = LinearShape {
+            m: n,
+            k_in: c.hidden,
+            n_out: CLASSES,
+        };
+        let p = |name: &str| -> Result<B::View<'_>> {
+            let e = self
+                .entries
+                .iter()
+                .find(|e| e.name == name)
+                .map(|e| e.range.clone())
+                .unwrap_or(0..0);
+            b.view(&self.params, e)
+        };
+        let r = all(&ws.h1);
+        b.linear_fwd(
+            &mut b.view_mut(&mut ws.h1, r.clone())?,
+            &b.view(&ws.m2_out, all(&ws.m2_out))?,
+            &p("fc1.weight")?,
+            &p("fc1.bias")?,
+            &fc1,
+        )?;
+        b.relu_fwd(
+            &mut b.view_mut(&mut ws.a1, r.clone())?,
+            &b.view(&ws.h1, r.clone())?,
+        )?;
+        let fc2_in = if train && c.dropout > 0.0 {
+            b.dropout_fwd(
+                &mut b.view_mut(&mut ws.d1, r.clone())?,
+                &b.view(&ws.a1, r.clone())?,
+                c.dropout,
+                self.seed,
+                self.step + 1,
+            )?;
+            &ws.d1
+        } else {
+            &ws.a1
+        };
+        let r2 = all(&ws.logits);
+        b.linear_fwd(
+            &mut b.view_mut(&mut ws.logits, r2)?,
+            &b.view(fc2_in, r)?,
+            &p("fc2.weight")?,
+            &p("fc2.bias")?,
+            &fc2,
+        )
+    }
+
+    /// One training step on a batch (`images`: `n × image²` pixels in [0, 1], `labels`: `n` classes):
+    /// forward, loss, backward, Adam with learning rate `lr`. Nothing is read back: call [`Self::loss`]
+    /// at logging points.
+    pub fn train_step(&mut self, images: &[f32], labels: &[u32], lr: f64) -> Result<StepStats> {
+        self.forward_backward(images, labels)?;
+        // Adam over the flat buffers, one launch.
+        self.step += 1;
+        let b = &self.b;
+        let len = b.len(&self.params);
+        b.adam_step(
+            &mut b.view_mut(&mut self.params, 0..len)?,
+            &mut b.view_mut(&mut self.adam_m, 0..len)?,
+            &mut b.view_mut(&mut self.adam_v, 0..len)?,
+            &b.view(&self.grads, 0..len)?,
+            &AdamStep::new(lr, self.step),
+        )?;
+        Ok(StepStats { step: self.step })
+    }
+
+    /// Forward, loss and backward of a training step without the Adam update: afterwards [`Self::loss`]
+    /// and [`Self::grad`] hold the batch's loss and gradients. Dropout uses the mask of the next step.
+    pub fn forward_backward(&mut self, images: &[f32], labels: &[u32]) -> Result<()> {
+        let n = self.check_batch("train_step", images, Some(labels))?;
+        self.forward(images, true)?;
+        let (b, c, dims) = (&self.b, self.config, self.dims(n));
+        let Some(ws) = self.ws.as_mut() else {
+            return Err(Error::Backward {
+                reason: "workspace missing".into(),
+            });
+        };
+        let all = |buf: &B::Buf| 0..b.len(buf);
+        b.write_labels(&mut ws.labels, labels)?;
+        let (rl, rd) = (all(&ws.loss), all(&ws.dlogits));
+        b.softmax_xent(
+            &mut b.view_mut(&mut ws.loss, rl)?,
+            &mut b.view_mut(&mut ws.dlogits, rd.clone())?,
+            &b.view(&ws.logits, rd.clone())?,
+            &ws.labels,
+            CLASSES,
+        )?;
+        let range = |name: &str| {
+            self.entries
+                .iter()
+                .find(|e| e.name == name)
+                .map(|e| e.range.clone())
+                .unwrap_or(0..0)
+        };
+        let fc1 = LinearShape {
+            m: n,
+            k_in: b.len(&ws.m2_out) / n,
+            n_out: c.hidden,
+        };
+        let fc2 = LinearShape {
+            m: n,
+            k_in: c.hidden,
+            n_out: CLASSES,
+        };
+        let dropped = c.dropout > 0.0;
+        let rh = all(&ws.h1);
+        // fc2
+        let dlogits = b.view(&ws.dlogits, rd)?;
+        let fc2_in = if dropped { &ws.d1 } else { &ws.a1 };
+        b.linear_wgrad(
+            &mut b.view_mut(&mut self.grads, range("fc2.weight"))?,
+            &dlogits,
+            &b.view(fc2_in, rh.clone())?,
+            &fc2,
+        )?;
+        b.linear_bgrad(
+            &mut b.view_mut(&mut self.grads, range("fc2.bias"))?,
+            &dlogits,
+            &fc2,
+        )?;
+        b.linear_dgrad(
+            &mut b.view_mut(&mut ws.dd1, rh.clone())?,
+            &dlogits,
+            &b.view(&self.params, range("fc2.weight"))?,
+            &fc2,
+        )?;
+        // Through dropout (into dh1) and ReLU (back into dd1); without dropout, ReLU alone into dh1.
+        if dropped {
+            b.dropout_bwd(
+                &mut b.view_mut(&mut ws.dh1, rh.clone())?,
+                &b.view(&ws.dd1, rh.clone())?,
+                c.dropout,
+                self.seed,
+                self.step + 1,
+            )?;
+            b.relu_bwd(
+                &mut b.view_mut(&mut ws.dd1, rh.clone())?,
+                &b.view(&ws.dh1, rh.clone())?,
+                &b.view(&ws.a1, rh.clone())?,
+            )?;
+        } else {
+            b.relu_bwd(
+                &mut b.view_mut(&mut ws.dh1, rh.clone())?,
+                &b.view(&ws.dd1, rh.clone())?,
+                &b.view(&ws.a1, rh.clone())?,
+            )?;
+        }
+        let dh1 = if dropped { &ws.dd1 } else { &ws.dh1 };
+        let dh1 = b.view(dh1, rh)?;
+        // fc1
+        let m2_out = b.view(&ws.m2_out, all(&ws.m2_out))?;
+        b.linear_wgrad(
+            &mut b.view_mut(&mut self.grads, range("fc1.weight"))?,
+            &dh1,
+            &m2_out,
+            &fc1,
+        )?;
+        b.linear_bgrad(
+            &mut b.view_mut(&mut self.grads, range("fc1.bias"))?,
+            &dh1,
+            &fc1,
+        )?;
+        let rm2 = all(&ws.dm2);
+        b.linear_dgrad(
+            &mut b.view_mut(&mut ws.dm2, rm2.clone())?,
+            &dh1,
+            &b.view(&self.params, range("fc1.weight"))?,
+            &fc1,
+        )?;
+        // The modules, last first.
+        let (m1_base, m2_base) = (0, self.m1.layout().len());
+        let rm1 = all(&ws.dm1);
+        let m1_out = b.view(&ws.m1_out, rm1.clone())?;
+        self.m2.backward(
+            b,
+            Some(&mut b.view_mut(&mut ws.dm1, rm1.clone())?),
+            (&mut self.grads, m2_base),
+            &mut ws.m2_scratch,
+            &b.view(&ws.dm2, rm2)?,
+            &m2_out,
+            &m1_out,
+            &ws.m2_saved,
+            &self.params,
+            dims,
+        )?;
+        self.m1.backward(
+            b,
+            None,
+            (&mut self.grads, m1_base),
+            &mut ws.m1_scratch,
+            &b.view(&ws.dm1, rm1)?,
+            &m1_out,
+            &b.view(&ws.x, all(&ws.x))?,
+            &ws.m1_saved,
+            &self.params,
+            dims,
+        )
+    }
+
+    /// The mean loss of the last training step (reads one value back from the device).
+    pub fn loss(&self) -> Result<f32> {
+        let ws = self.ws.as_ref().ok_or_else(|| Error::Backward {
+            reason: "no training step has run".into(),
+        })?;
+        Ok(self.b.to_host(&ws.loss)?[0])
+    }
+
+    /// Logits `[n, 10]` of a batch in evaluation mode (no dropout).
+    pub fn logits(&mut self, images: &[f32]) -> Result<Vec<f32>> {
+        self.forward(images, false)?;
+        let ws = self.ws.as_ref().ok_or_else(|| Error::Backward {
+            reason: "workspace missing".into(),
+        })?;
+        self.b.to_host(&ws.logits)
+    }
+
+    /// Predicted classes of a batch (evaluation mode).
+    pub fn predict(&mut self, images: &[f32]) -> Result<Vec<u32>> {
+        let logits = self.logits(images)?;
+        Ok(logits
+            .chunks(CLASSES)
+            .map(|row| {
+                let best = row
+                    .iter()
+                    .enumerate()
+                    .fold(
+                        (0, f32::NEG_INFINITY),
+                        |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc },
+                    );
+                best.0 as u32
+            })
+            .collect())
+    }
+}
+
+/// Fan-in of the layer owning module parameter `name` (its weight's `in·k·k`).
+fn module_fan_in(name: &str, m: &InceptionModule) -> usize {
+    let w = &m.widths;
+    let layer = name.split('.').next().unwrap_or("");
+    match layer {
+        "conv3x3" => w.c3x3_reduce * 9,
+        "conv5x5" => w.c5x5_reduce * 25,
+        _ => m.c_in, // the 1×1 convs: branch1x1, reduce3x3, reduce5x5, pool_proj
+    }
+}

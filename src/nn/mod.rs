@@ -1,0 +1,9 @@
+//! Layers: the Inception module and the MNIST net of the original write-up, over any [`crate::Backend`].
+
+mod inception;
+mod mnist;
+
+pub use inception::{
+    BranchMacs, InceptionModule, InceptionWidths, ModuleLayout, ModuleSaved, ModuleScratch,
+};
+pub use mnist::{InceptionMnist, MnistConfig, ParamEntry, StepStats};
