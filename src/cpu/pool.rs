@@ -10,20 +10,28 @@ use rayon::prelude::*;
 use crate::shape::{check_len, PoolShape};
 use crate::Result;
 
-/// Row-major index `(wy, wx)` within image plane of the winner of the window centred at `(y, x)`.
-fn winner(plane: &[f32], h: usize, w: usize, y: usize, x: usize) -> usize {
-    let mut best = usize::MAX;
-    let mut max = 0.0f32;
-    for wy in y.saturating_sub(1)..(y + 2).min(h) {
-        for wx in x.saturating_sub(1)..(x + 2).min(w) {
-            let v = plane[wy * w + wx];
-            if best == usize::MAX || v > max || v.is_nan() {
-                best = wy * w + wx;
-                max = v;
+/// For every output cell of one `h × w` plane, the plane index of its window's winner (first maximal cell in
+/// row-major order; a NaN wins, the last NaN over an earlier one).
+fn winners(win: &mut Vec<u32>, plane: &[f32], h: usize, w: usize) {
+    win.clear();
+    for y in 0..h {
+        let (y0, y1) = (y.saturating_sub(1), (y + 2).min(h));
+        for x in 0..w {
+            let (x0, x1) = (x.saturating_sub(1), (x + 2).min(w));
+            let mut best = y0 * w + x0;
+            let mut max = plane[best];
+            for wy in y0..y1 {
+                for wx in x0..x1 {
+                    let v = plane[wy * w + wx];
+                    if v > max || v.is_nan() {
+                        best = wy * w + wx;
+                        max = v;
+                    }
+                }
             }
+            win.push(best as u32);
         }
     }
-    best
 }
 
 /// `y = maxpool3x3s1(x)`. Shapes: `y, x: [n, c, h, w]`.
@@ -38,11 +46,10 @@ pub fn maxpool3x3s1_fwd(y: &mut [f32], x: &[f32], s: &PoolShape) -> Result<()> {
     }
     y.par_chunks_mut(hw)
         .zip(x.par_chunks(hw))
-        .for_each(|(y, x)| {
-            for yy in 0..s.h {
-                for xx in 0..s.w {
-                    y[yy * s.w + xx] = x[winner(x, s.h, s.w, yy, xx)];
-                }
+        .for_each_init(Vec::new, |win, (y, x)| {
+            winners(win, x, s.h, s.w);
+            for (y, &i) in y.iter_mut().zip(win.iter()) {
+                *y = x[i as usize];
             }
         });
     Ok(())
@@ -50,6 +57,9 @@ pub fn maxpool3x3s1_fwd(y: &mut [f32], x: &[f32], s: &PoolShape) -> Result<()> {
 
 /// `dx (+)= maxpool3x3s1ᵀ(dy)`, with winners recomputed from `x`. Shapes: `dx, dy, x: [n, c, h, w]`. With
 /// `accumulate` the result is added to `dx`, else it overwrites `dx`.
+///
+/// Each input cell's gradient is the sum, in row-major order of the outputs, of the `dy` of the outputs it
+/// wins (what a gather kernel computes), then added to `dx` once.
 pub fn maxpool3x3s1_bwd(
     dx: &mut [f32],
     dy: &[f32],
@@ -62,28 +72,26 @@ pub fn maxpool3x3s1_bwd(
     check_len(OP, "dx", len, dx.len())?;
     check_len(OP, "dy", len, dy.len())?;
     check_len(OP, "x", len, x.len())?;
-    let (h, w, hw) = (s.h, s.w, s.h * s.w);
+    let hw = s.h * s.w;
     if hw == 0 {
         return Ok(());
     }
     dx.par_chunks_mut(hw)
         .zip(dy.par_chunks(hw).zip(x.par_chunks(hw)))
-        .for_each(|(dx, (dy, x))| {
-            for iy in 0..h {
-                for ix in 0..w {
-                    let me = iy * w + ix;
-                    let mut g = 0.0f32;
-                    // Outputs whose window holds (iy, ix), in row-major order.
-                    for oy in iy.saturating_sub(1)..(iy + 2).min(h) {
-                        for ox in ix.saturating_sub(1)..(ix + 2).min(w) {
-                            if winner(x, h, w, oy, ox) == me {
-                                g += dy[oy * w + ox];
-                            }
-                        }
-                    }
-                    dx[me] = if accumulate { dx[me] + g } else { g };
+        .for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(win, g), (dx, (dy, x))| {
+                winners(win, x, s.h, s.w);
+                // Scattering in row-major output order adds each cell's terms in the gather's order.
+                g.clear();
+                g.resize(hw, 0.0f32);
+                for (&i, &d) in win.iter().zip(dy) {
+                    g[i as usize] += d;
                 }
-            }
-        });
+                for (dx, &g) in dx.iter_mut().zip(g.iter()) {
+                    *dx = if accumulate { *dx + g } else { g };
+                }
+            },
+        );
     Ok(())
 }
