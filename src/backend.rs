@@ -35,12 +35,16 @@ pub trait Backend {
     fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
     /// A label buffer holding a copy of `labels`.
     fn upload_labels(&self, labels: &[u32]) -> Result<Self::Labels>;
+    /// Copies device data: `dst = src` (same length).
+    fn copy(&self, dst: &mut Self::ViewMut<'_>, src: &Self::View<'_>) -> Result<()>;
     /// Copies `src` into `dst` (same length).
     fn write(&self, dst: &mut Self::ViewMut<'_>, src: &[f32]) -> Result<()>;
     /// Copies `src` into the label buffer `dst` (same length).
     fn write_labels(&self, dst: &mut Self::Labels, src: &[u32]) -> Result<()>;
     /// Copies a buffer to host memory (waiting for the device).
     fn to_host(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
+    /// Copies a view to host memory (waiting for the device).
+    fn read(&self, src: &Self::View<'_>) -> Result<Vec<f32>>;
     /// Elements in a buffer.
     fn len(&self, buf: &Self::Buf) -> usize;
     /// The elements `range` of `buf`, read-only (an error when out of bounds).

@@ -96,19 +96,33 @@ impl Tape {
     /// returns the gradient of every tensor that `output` depends on, leaves included. Consumes the
     /// recording: a second call is an error.
     pub fn backward(&self, output: &Tensor, grad: &Tensor) -> Result<Gradients> {
-        check_shape("backward", "seed gradient", output.shape(), grad.shape())?;
-        if output.device() != grad.device() {
-            return Err(Error::DeviceMismatch {
-                op: "backward",
-                what: "seed gradient",
-                expected: output.device().to_string(),
-                got: grad.device().to_string(),
-            });
-        }
-        if !output.tape().is_some_and(|t| self.same(t)) {
-            return Err(Error::Backward {
-                reason: format!("{output:?} was not recorded on this tape"),
-            });
+        self.backward_many(&[(output, grad)])
+    }
+
+    /// [`Tape::backward`] from several outputs at once, each seeded with its own gradient (for example the
+    /// four branches of a module, or several losses); gradients reaching a tensor from several of them add up.
+    pub fn backward_many(&self, seeds: &[(&Tensor, &Tensor)]) -> Result<Gradients> {
+        let mut grads = Gradients::default();
+        for &(output, grad) in seeds {
+            check_shape("backward", "seed gradient", output.shape(), grad.shape())?;
+            if output.device() != grad.device() {
+                return Err(Error::DeviceMismatch {
+                    op: "backward",
+                    what: "seed gradient",
+                    expected: output.device().to_string(),
+                    got: grad.device().to_string(),
+                });
+            }
+            if !output.tape().is_some_and(|t| self.same(t)) {
+                return Err(Error::Backward {
+                    reason: format!("{output:?} was not recorded on this tape"),
+                });
+            }
+            let total = match grads.map.remove(&output.id()) {
+                Some(acc) => ops::add(&acc, &grad.detach())?,
+                None => grad.detach(),
+            };
+            grads.map.insert(output.id(), total);
         }
         let nodes = {
             let mut rec = self.lock();
@@ -120,8 +134,6 @@ impl Tape {
             rec.consumed = true;
             std::mem::take(&mut rec.nodes)
         };
-        let mut grads = Gradients::default();
-        grads.map.insert(output.id(), grad.detach());
         for node in nodes.into_iter().rev() {
             let Some(dy) = grads.map.get(&node.output).cloned() else {
                 continue; // the output does not depend on this node

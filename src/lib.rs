@@ -56,6 +56,33 @@ macro_rules! dispatch {
     }};
 }
 
+/// As `dispatch!`, for a body yielding `Result<Vec<Backend::Buf>>`: the macro yields `Vec<Storage>`.
+macro_rules! dispatch_many {
+    ($op:expr, $device:expr, |$b:ident $(, $buf:ident = $t:ident)*| $body:expr) => {{
+        #[allow(unused_imports)]
+        use $crate::backend::Backend as _;
+        let device: &$crate::Device = $device;
+        match device {
+            $crate::Device::Cpu => {
+                let $b = &$crate::cpu::CpuBackend;
+                $(let $buf = $b.view($t.cpu_buf($op, stringify!($buf))?, 0..$t.elem_count())?;)*
+                let bufs: Vec<_> = $body?;
+                bufs.into_iter().map($crate::tensor::Storage::Cpu).collect::<Vec<_>>()
+            }
+            #[cfg(feature = "cuda")]
+            $crate::Device::Cuda(dev) => {
+                let $b = dev.backend();
+                $(let $buf = $b.view($t.cuda_buf($op, stringify!($buf), device)?, 0..$t.elem_count())?;)*
+                let bufs: Vec<_> = $body?;
+                bufs.into_iter().map($crate::tensor::Storage::Cuda).collect::<Vec<_>>()
+            }
+            #[cfg(not(feature = "cuda"))]
+            #[allow(unreachable_code)]
+            $crate::Device::Cuda(dev) => match dev.never() {},
+        }
+    }};
+}
+
 pub mod backend;
 pub mod cpu;
 #[cfg(feature = "cuda")]

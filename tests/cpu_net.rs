@@ -167,3 +167,24 @@ fn bad_batches_are_errors_naming_the_buffer() {
     )
     .is_err());
 }
+
+/// The full-size net (140.6 M parameters) runs a forward/backward on a batch of 2: every gradient has its
+/// parameter's length and is finite, the logits are `[2, 10]`.
+#[test]
+fn full_size_net_runs_a_small_batch() {
+    let mut net = InceptionMnist::new(CpuBackend, MnistConfig::default(), 5).unwrap();
+    assert_eq!(net.param_count(), 140_573_758);
+    let (images, labels) = batch(2, 784, 3);
+    net.forward_backward(&images, &labels).unwrap();
+    assert!(net.loss().unwrap().is_finite());
+    for name in [
+        "inception1.conv5x5.weight",
+        "inception2.pool_proj.bias",
+        "fc2.weight",
+    ] {
+        let (g, p) = (net.grad(name).unwrap(), net.param(name).unwrap());
+        assert_eq!(g.len(), p.len(), "{name}");
+        assert!(g.iter().all(|v| v.is_finite()), "{name}");
+    }
+    assert_eq!(net.logits(&images).unwrap().len(), 20);
+}

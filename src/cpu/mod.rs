@@ -91,6 +91,12 @@ impl Backend for CpuBackend {
         Ok(labels.to_vec())
     }
 
+    fn copy(&self, dst: &mut &mut [f32], src: &&[f32]) -> Result<()> {
+        check_len("copy", "dst", src.len(), dst.len())?;
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+
     fn write(&self, dst: &mut &mut [f32], src: &[f32]) -> Result<()> {
         check_len("write", "dst", src.len(), dst.len())?;
         dst.copy_from_slice(src);
@@ -105,6 +111,10 @@ impl Backend for CpuBackend {
 
     fn to_host(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {
         Ok(buf.clone())
+    }
+
+    fn read(&self, src: &&[f32]) -> Result<Vec<f32>> {
+        Ok(src.to_vec())
     }
 
     fn len(&self, buf: &Vec<f32>) -> usize {

@@ -250,6 +250,13 @@ impl Backend for CudaBackend {
             .map_err(driver_error("upload_labels"))
     }
 
+    fn copy(&self, dst: &mut CudaViewMut<'_, f32>, src: &CudaView<'_, f32>) -> Result<()> {
+        check_len("copy", "dst", src.len(), dst.len())?;
+        self.stream
+            .memcpy_dtod(src, dst)
+            .map_err(driver_error("copy"))
+    }
+
     fn write(&self, dst: &mut CudaViewMut<'_, f32>, src: &[f32]) -> Result<()> {
         check_len("write", "dst", src.len(), dst.len())?;
         self.stream
@@ -269,6 +276,15 @@ impl Backend for CudaBackend {
         let host = self
             .stream
             .clone_dtoh(buf)
+            .map_err(driver_error("download"))?;
+        self.synchronize()?;
+        Ok(host)
+    }
+
+    fn read(&self, src: &CudaView<'_, f32>) -> Result<Vec<f32>> {
+        let host = self
+            .stream
+            .clone_dtoh(src)
             .map_err(driver_error("download"))?;
         self.synchronize()?;
         Ok(host)

@@ -242,13 +242,13 @@ impl<B: Backend> InceptionMnist<B> {
     /// The values of parameter `name` (copied to the host).
     pub fn param(&self, name: &str) -> Result<Vec<f32>> {
         let r = self.entry(name)?.range.clone();
-        Ok(self.b.to_host(&self.params)?[r].to_vec())
+        self.b.read(&self.b.view(&self.params, r)?)
     }
 
     /// The gradient of parameter `name` from the last [`Self::train_step`] (copied to the host).
     pub fn grad(&self, name: &str) -> Result<Vec<f32>> {
         let r = self.entry(name)?.range.clone();
-        Ok(self.b.to_host(&self.grads)?[r].to_vec())
+        self.b.read(&self.b.view(&self.grads, r)?)
     }
 
     /// Overwrites parameter `name` (for loading weights; the length must match its shape).
