@@ -20,6 +20,8 @@ const PINNED_INSTALL: &str = "python3 -m pip install --target DIR nvidia-cuda-nv
 nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88";
 /// nvcc flags: paths stay relative to the crate root and there is no -lineinfo, so the PTX is reproducible.
 const NVCC_FLAGS: &[&str] = &["--ptx", "-arch=compute_80", "-std=c++17", "-O3"];
+/// With the `emulation` feature: `INCEPTION_CUDA_EMU_ASAN=1` builds the emulated kernels with AddressSanitizer.
+const EMU_ASAN: &str = "INCEPTION_CUDA_EMU_ASAN";
 
 fn main() -> ExitCode {
     match run() {
@@ -32,10 +34,19 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<(), String> {
-    for var in [REQUIRE_NVCC, "NVCC", "CUDA_HOME", "CUDA_PATH", "PATH"] {
+    for var in [
+        REQUIRE_NVCC,
+        "NVCC",
+        "CUDA_HOME",
+        "CUDA_PATH",
+        "PATH",
+        EMU_ASAN,
+    ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     println!("cargo:rerun-if-changed=kernels");
+    #[cfg(feature = "emulation")]
+    emulation::build()?;
     if env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return Ok(()); // CPU-only build: nothing to embed.
     }
@@ -92,7 +103,12 @@ fn run() -> Result<(), String> {
 
 /// Stems of `kernels/*.cu`, sorted.
 fn list_kernels(root: &Path) -> Result<Vec<String>, String> {
-    let dir = root.join("kernels");
+    list_kernels_in(&root.join("kernels"))
+}
+
+/// Stems of the `.cu` files of `dir`, sorted.
+fn list_kernels_in(dir: &Path) -> Result<Vec<String>, String> {
+    let dir = dir.to_path_buf();
     let entries = fs::read_dir(&dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
     let mut stems = Vec::new();
     for entry in entries {
@@ -245,4 +261,194 @@ fn write_module_table(
     ));
     let table = out.join("ptx_modules.rs");
     fs::write(&table, code).map_err(|e| format!("writing {}: {e}", table.display()))
+}
+
+/// The `emulation` feature: every `kernels/*.cu` (and the planted-bug kernels of `kernels/emu/planted/`)
+/// compiled as C++20 against `kernels/emu/cuda_emu.h`, with one C launcher per kernel.
+#[cfg(feature = "emulation")]
+mod emulation {
+    use super::*;
+
+    pub fn build() -> Result<(), String> {
+        let root =
+            PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").ok_or("CARGO_MANIFEST_DIR unset")?);
+        let out = PathBuf::from(env::var_os("OUT_DIR").ok_or("OUT_DIR unset")?).join("emu");
+        fs::create_dir_all(&out).map_err(|e| format!("creating {}: {e}", out.display()))?;
+        let mut sources = Vec::new();
+        for dir in ["kernels", "kernels/emu/planted"] {
+            for stem in list_dir(&root.join(dir))? {
+                sources.push(format!("{dir}/{stem}.cu"));
+            }
+        }
+        let mut build = cc::Build::new();
+        build
+            .cpp(true)
+            .std("c++20")
+            .opt_level(2)
+            .include(root.join("kernels/emu"))
+            .flag("-Wno-unknown-pragmas")
+            .flag("-Wno-volatile")
+            .file(root.join("kernels/emu/emu.cpp"));
+        let mut next_id = 0;
+        for src in &sources {
+            let text =
+                fs::read_to_string(root.join(src)).map_err(|e| format!("reading {src}: {e}"))?;
+            let code = strip_comments(&text);
+            let wrappers = launchers(&code).map_err(|e| format!("{src}: {e}"))?;
+            let body = rewrite_shared(&code, &mut next_id).map_err(|e| format!("{src}: {e}"))?;
+            // Kernels become file-local (no clash with C library names); their launchers are the exports.
+            let body = body.replace("extern \"C\" __global__", "static __global__");
+            let file = out.join(src.replace('/', "_").replace(".cu", ".cpp"));
+            let cpp = format!("#include \"cuda_emu.h\"\n#line 1 \"{src}\"\n{body}\n{wrappers}");
+            fs::write(&file, cpp).map_err(|e| format!("writing {}: {e}", file.display()))?;
+            build.file(file);
+        }
+        if env::var(EMU_ASAN).is_ok_and(|v| !v.is_empty() && v != "0") {
+            build
+                .flag("-fsanitize=address")
+                .flag("-fno-omit-frame-pointer");
+            println!("cargo:rustc-link-lib=dylib=asan");
+            println!("cargo:rustc-cfg=emu_asan");
+        }
+        println!("cargo:rustc-check-cfg=cfg(emu_asan)");
+        build
+            .try_compile("inception_cuda_emu")
+            .map_err(|e| format!("compiling the emulated kernels: {e}"))
+    }
+
+    fn list_dir(dir: &Path) -> Result<Vec<String>, String> {
+        if !dir.exists() {
+            return Ok(Vec::new());
+        }
+        super::list_kernels_in(dir)
+    }
+
+    /// Comments replaced by spaces, newlines kept (so line numbers still match the source).
+    fn strip_comments(s: &str) -> String {
+        let (b, mut out, mut i) = (s.as_bytes(), String::with_capacity(s.len()), 0);
+        while i < b.len() {
+            if b[i..].starts_with(b"//") {
+                while i < b.len() && b[i] != b'\n' {
+                    out.push(' ');
+                    i += 1;
+                }
+            } else if b[i..].starts_with(b"/*") {
+                let end = s[i + 2..].find("*/").map_or(b.len(), |e| i + 2 + e + 2);
+                out.extend(
+                    s[i..end]
+                        .chars()
+                        .map(|c| if c == '\n' { '\n' } else { ' ' }),
+                );
+                i = end;
+            } else {
+                let c = s[i..].chars().next().unwrap_or(' ');
+                out.push(c);
+                i += c.len_utf8();
+            }
+        }
+        out
+    }
+
+    fn is_ident(c: char) -> bool {
+        c.is_ascii_alphanumeric() || c == '_'
+    }
+
+    /// `(type, name, dims)` of a declaration such as `float tile[16][17]`.
+    fn split_decl(decl: &str) -> Result<(String, String, String), String> {
+        let decl = match decl.find("__align__") {
+            Some(at) => {
+                let close = decl[at..].find(')').ok_or("unclosed __align__")? + at;
+                format!("{}{}", &decl[..at], &decl[close + 1..])
+            }
+            None => decl.to_string(),
+        };
+        let cut = decl.find('[').unwrap_or(decl.len());
+        let (head, dims) = (decl[..cut].trim_end(), decl[cut..].trim());
+        let name_start = head.rfind(|c: char| !is_ident(c)).map_or(0, |p| p + 1);
+        let (ty, name) = (head[..name_start].trim(), &head[name_start..]);
+        if ty.is_empty() || name.is_empty() {
+            return Err(format!("cannot parse the __shared__ declaration `{decl}`"));
+        }
+        Ok((ty.to_string(), name.to_string(), dims.to_string()))
+    }
+
+    /// `__shared__ T name[dims];` → a per-block slot; `extern __shared__ T name[];` → the dynamic buffer.
+    fn rewrite_shared(s: &str, next_id: &mut usize) -> Result<String, String> {
+        let mut out = String::new();
+        let mut rest = s;
+        while let Some(at) = rest.find("__shared__") {
+            let before = &rest[..at];
+            let trimmed = before.trim_end();
+            let is_extern = trimmed.ends_with("extern");
+            let keep = if is_extern {
+                &trimmed[..trimmed.len() - "extern".len()]
+            } else {
+                before
+            };
+            let after = &rest[at + "__shared__".len()..];
+            let semi = after
+                .find(';')
+                .ok_or("__shared__ declaration without `;`")?;
+            let (ty, name, dims) = split_decl(&after[..semi])?;
+            out.push_str(keep);
+            if is_extern {
+                out.push_str(&format!("{ty}* {name} = ::emu::shared_dyn<{ty}>();"));
+            } else {
+                *next_id += 1;
+                out.push_str(&format!(
+                    "auto& {name} = ::emu::shared_slot<{ty}{dims}>({});",
+                    *next_id
+                ));
+            }
+            rest = &after[semi + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    /// One `extern "C" int emu_launch_<kernel>(const emu::Launch*, <params>)` per `__global__` function.
+    fn launchers(s: &str) -> Result<String, String> {
+        let mut out = String::new();
+        let mut rest = s;
+        while let Some(at) = rest.find("__global__") {
+            let after = &rest[at + "__global__".len()..];
+            let open = after
+                .find('(')
+                .ok_or("__global__ without a parameter list")?;
+            let head = after[..open].trim();
+            let name = head
+                .strip_prefix("void")
+                .map(str::trim)
+                .filter(|n| n.chars().all(is_ident) && !n.is_empty());
+            let name =
+                name.ok_or_else(|| format!("cannot parse the kernel declaration `{head}`"))?;
+            let mut depth = 0;
+            let close = after[open..]
+                .char_indices()
+                .find_map(|(i, c)| {
+                    depth += i32::from(c == '(') - i32::from(c == ')');
+                    (depth == 0).then_some(open + i)
+                })
+                .ok_or("unbalanced parameter list")?;
+            let params: Vec<&str> = after[open + 1..close]
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .collect();
+            let mut names = Vec::new();
+            for p in &params {
+                let p = p.split('[').next().unwrap_or(p).trim_end();
+                let start = p.rfind(|c: char| !is_ident(c)).map_or(0, |i| i + 1);
+                names.push(&p[start..]);
+            }
+            let sep = if params.is_empty() { "" } else { ", " };
+            out.push_str(&format!(
+                "extern \"C\" int emu_launch_{name}(const ::emu::Launch* cfg{sep}{}) {{\n  return ::emu::launch(*cfg, [&]() {{ {name}({}); }});\n}}\n",
+                params.join(", "),
+                names.join(", ")
+            ));
+            rest = &after[close..];
+        }
+        Ok(out)
+    }
 }

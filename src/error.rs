@@ -103,6 +103,15 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// The kernel emulator reported undefined behaviour or a failed launch.
+    #[cfg(feature = "emulation")]
+    #[error("{op} (emulated): {message}")]
+    Emulation {
+        /// The kernel.
+        op: &'static str,
+        /// What the emulator saw.
+        message: String,
+    },
     /// CUDA could not be used on this machine or device.
     #[error("CUDA unavailable: {0}")]
     CudaUnavailable(#[from] CudaUnavailable),

@@ -88,6 +88,8 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod device;
+#[cfg(feature = "emulation")]
+pub mod emu;
 mod error;
 pub mod graph;
 pub mod launch;

@@ -494,6 +494,22 @@ mod tests {
         }
     }
 
+    /// Every kernel has an emulated launcher, so CI runs it.
+    #[cfg(feature = "emulation")]
+    #[test]
+    fn every_kernel_is_emulated() {
+        let mut kernels: Vec<&str> = KERNEL_TABLE
+            .iter()
+            .flat_map(|(_, k)| k.iter().copied())
+            .collect();
+        kernels.sort_unstable();
+        assert_eq!(
+            kernels,
+            crate::emu::EMULATED_KERNELS,
+            "kernels without an emulated launcher"
+        );
+    }
+
     #[test]
     fn ptx_targets_compute_80_with_isa_9_0() {
         for (module, ptx) in embedded::MODULES {

@@ -1,0 +1,214 @@
+// cuda_emu.h: lets the kernels of kernels/*.cu compile as C++20 with g++ and run on the CPU.
+//
+// Threads of a block are cooperative fibers (ucontext, pooled stacks) on one OS thread; blocks run one after
+// another. The runtime (emu.cpp) reports the CUDA undefined behaviour it can see: __syncthreads() not
+// reached by every thread of a block, a warp intrinsic whose mask names an inactive lane, a deadlock, a
+// write past the launch's dynamic shared memory, a device assert. build.rs rewrites `__shared__`
+// declarations into per-block slots (filled with NaN bytes at each block, so uninitialised reads show) and
+// `extern __shared__` into the exact-size dynamic buffer, and generates one C launcher per kernel.
+//
+// Out of reach: inline PTX, mma/wmma, timing, and the memory model between blocks (blocks never overlap).
+#pragma once
+
+#include <algorithm>
+#include <cassert>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __noinline__
+#define __launch_bounds__(...)
+#define __align__(n) alignas(n)
+
+struct uint3 {
+  unsigned int x, y, z;
+};
+struct dim3 {
+  unsigned int x, y, z;
+};
+struct float2 {
+  float x, y;
+};
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+struct int2 {
+  int x, y;
+};
+struct alignas(16) int4 {
+  int x, y, z, w;
+};
+inline float2 make_float2(float x, float y) { return {x, y}; }
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+inline int2 make_int2(int x, int y) { return {x, y}; }
+inline int4 make_int4(int x, int y, int z, int w) { return {x, y, z, w}; }
+
+namespace emu {
+
+// Launch geometry as the Rust side passes it (same as the CUDA launch).
+struct Launch {
+  unsigned int grid[3];
+  unsigned int block[3];
+  unsigned int shared_bytes;
+  unsigned int reverse;  // run the threads of each block in reverse order
+};
+
+const uint3& thread_idx();
+const uint3& block_idx();
+const dim3& block_dim();
+const dim3& grid_dim();
+void syncthreads();
+// Warp rendezvous: deposits `value`, waits for every lane of `mask`, returns lane `src`'s value (for
+// shuffles) or the ballot of the deposited values (for votes).
+unsigned long long warp_exchange(unsigned int mask, unsigned long long value, int src, bool ballot);
+void* shared_static(int id, std::size_t bytes);
+void* shared_dynamic();
+int run(const Launch& cfg, void (*body)(void*), void* ctx);
+const char* last_error();
+
+template <class T>
+T& shared_slot(int id) {
+  return *static_cast<T*>(shared_static(id, sizeof(T)));
+}
+
+template <class T>
+T* shared_dyn() {
+  return static_cast<T*>(shared_dynamic());
+}
+
+template <class F>
+void call(void* f) {
+  (*static_cast<F*>(f))();
+}
+
+// Runs `body` (a lambda calling the kernel) on every thread of the launch. 0 on success.
+template <class F>
+int launch(const Launch& cfg, F body) {
+  return run(cfg, &call<F>, &body);
+}
+
+template <class T>
+T shfl(unsigned int mask, T v, int src) {
+  static_assert(sizeof(T) <= 8, "shuffles move at most 8 bytes");
+  unsigned long long bits = 0;
+  std::memcpy(&bits, &v, sizeof(T));
+  bits = warp_exchange(mask, bits, src, false);
+  T out;
+  std::memcpy(&out, &bits, sizeof(T));
+  return out;
+}
+
+inline unsigned int lane_id() {
+  const uint3& t = thread_idx();
+  const dim3& b = block_dim();
+  return (t.x + t.y * b.x + t.z * b.x * b.y) % 32;
+}
+
+}  // namespace emu
+
+#define threadIdx (::emu::thread_idx())
+#define blockIdx (::emu::block_idx())
+#define blockDim (::emu::block_dim())
+#define gridDim (::emu::grid_dim())
+#define warpSize 32
+
+inline void __syncthreads() { ::emu::syncthreads(); }
+inline void __syncwarp(unsigned int mask = 0xffffffffu) { ::emu::warp_exchange(mask, 0, 0, false); }
+inline void __threadfence() {}
+inline void __threadfence_block() {}
+
+template <class T>
+T __shfl_sync(unsigned int mask, T v, int src, int width = 32) {
+  int lane = (int)::emu::lane_id();
+  return ::emu::shfl(mask, v, (lane & ~(width - 1)) + (src & (width - 1)));
+}
+template <class T>
+T __shfl_down_sync(unsigned int mask, T v, unsigned int delta, int width = 32) {
+  int lane = (int)::emu::lane_id(), base = lane & ~(width - 1);
+  int src = (lane - base) + (int)delta < width ? lane + (int)delta : lane;
+  return ::emu::shfl(mask, v, src);
+}
+template <class T>
+T __shfl_up_sync(unsigned int mask, T v, unsigned int delta, int width = 32) {
+  int lane = (int)::emu::lane_id(), base = lane & ~(width - 1);
+  int src = lane - (int)delta >= base ? lane - (int)delta : lane;
+  return ::emu::shfl(mask, v, src);
+}
+template <class T>
+T __shfl_xor_sync(unsigned int mask, T v, int lane_mask, int width = 32) {
+  int lane = (int)::emu::lane_id(), base = lane & ~(width - 1);
+  int src = base + (((lane - base) ^ lane_mask) & (width - 1));
+  return ::emu::shfl(mask, v, src);
+}
+inline unsigned int __ballot_sync(unsigned int mask, int pred) {
+  return (unsigned int)::emu::warp_exchange(mask, pred != 0, 0, true);
+}
+inline int __any_sync(unsigned int mask, int pred) { return __ballot_sync(mask, pred) != 0; }
+inline int __all_sync(unsigned int mask, int pred) { return (__ballot_sync(mask, pred) & mask) == mask; }
+
+// One OS thread runs a whole launch, so read-modify-write is atomic between the fibers.
+template <class T>
+T atomicAdd(T* p, T v) {
+  T old = *p;
+  *p = old + v;
+  return old;
+}
+template <class T>
+T atomicSub(T* p, T v) {
+  T old = *p;
+  *p = old - v;
+  return old;
+}
+template <class T>
+T atomicMax(T* p, T v) {
+  T old = *p;
+  *p = old > v ? old : v;
+  return old;
+}
+template <class T>
+T atomicMin(T* p, T v) {
+  T old = *p;
+  *p = old < v ? old : v;
+  return old;
+}
+template <class T>
+T atomicExch(T* p, T v) {
+  T old = *p;
+  *p = v;
+  return old;
+}
+template <class T>
+T atomicCAS(T* p, T cmp, T v) {
+  T old = *p;
+  if (old == cmp) *p = v;
+  return old;
+}
+
+template <class T>
+T __ldg(const T* p) {
+  return *p;
+}
+
+using std::max;
+using std::min;
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline float __saturatef(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x); }
+inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
+inline float __int_as_float(int v) {
+  float f;
+  std::memcpy(&f, &v, 4);
+  return f;
+}
+inline int __float_as_int(float f) {
+  int v;
+  std::memcpy(&v, &f, 4);
+  return v;
+}

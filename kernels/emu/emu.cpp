@@ -1,0 +1,289 @@
+// emu.cpp: the runtime behind cuda_emu.h. One launch runs on the calling OS thread: blocks in sequence, the
+// threads of a block as ucontext fibers driven by a round-robin scheduler (forward or reverse order). All
+// state is thread_local, so concurrent launches (cargo test threads) do not interact.
+#include "cuda_emu.h"
+
+#include <sys/mman.h>
+#include <ucontext.h>
+
+#include <cstdio>
+#include <map>
+#include <string>
+#include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define EMU_ASAN 1
+#else
+#define EMU_ASAN 0
+#endif
+
+namespace emu {
+namespace {
+
+constexpr std::size_t kStack = 64 * 1024;
+constexpr std::size_t kGuard = 64;  // bytes after the dynamic shared buffer, checked after each block
+constexpr unsigned char kGuardByte = 0xA5;
+
+enum class State { Ready, AtBarrier, AtWarp, Done };
+
+struct Fiber {
+  ucontext_t ctx;
+  char* stack = nullptr;
+  uint3 tid{};
+  unsigned int linear = 0;
+  State state = State::Ready;
+  // Warp rendezvous of the op this fiber waits in.
+  unsigned long long warp_seq = 0;  // warp ops this lane has entered
+  unsigned int wait_mask = 0;
+  unsigned long long slot[2] = {0, 0};  // deposited values, by warp_seq parity
+};
+
+struct Block {
+  Launch cfg{};
+  dim3 grid{}, block{};
+  uint3 block_idx{};
+  std::vector<Fiber> fibers;
+  Fiber* current = nullptr;
+  ucontext_t scheduler;
+  void (*body)(void*) = nullptr;
+  void* body_ctx = nullptr;
+  std::map<int, std::vector<unsigned char>> shared;
+  unsigned char* dynamic = nullptr;
+  std::string error;
+};
+
+thread_local Block* g_block = nullptr;
+thread_local std::vector<char*> g_stacks;
+thread_local std::string g_error;
+
+void fail(const std::string& msg) {
+  if (g_block && g_block->error.empty()) g_block->error = msg;
+}
+
+std::string where(const Fiber& f) {
+  const Block& b = *g_block;
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "block (%u,%u,%u) thread (%u,%u,%u)", b.block_idx.x, b.block_idx.y, b.block_idx.z,
+                f.tid.x, f.tid.y, f.tid.z);
+  return buf;
+}
+
+// Back to the scheduler; returns when the scheduler resumes this fiber.
+void yield() {
+  Fiber* f = g_block->current;
+  swapcontext(&f->ctx, &g_block->scheduler);
+}
+
+void entry() {
+  Block& b = *g_block;
+  b.body(b.body_ctx);
+  b.current->state = State::Done;
+  swapcontext(&b.current->ctx, &b.scheduler);
+}
+
+char* take_stack(std::size_t i) {
+  while (g_stacks.size() <= i) {
+    void* p = mmap(nullptr, kStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return nullptr;
+    g_stacks.push_back(static_cast<char*>(p));
+  }
+#if EMU_ASAN
+  __asan_unpoison_memory_region(g_stacks[i], kStack);
+#endif
+  return g_stacks[i];
+}
+
+// Gives fiber `f` (thread `t` of the block) a stack and a context that starts in `entry`. Kept out of line:
+// getcontext in the block loop would make the compiler assume the loop variables can be clobbered.
+__attribute__((noinline)) bool init_fiber(Fiber& f, std::size_t t) {
+  f.stack = take_stack(t);
+  if (!f.stack) return false;
+  getcontext(&f.ctx);
+  f.ctx.uc_stack.ss_sp = f.stack;
+  f.ctx.uc_stack.ss_size = kStack;
+  f.ctx.uc_link = nullptr;
+  makecontext(&f.ctx, &entry, 0);
+  return true;
+}
+
+// Whether the warp op `f` waits in can complete; sets an error when a lane of its mask has exited.
+bool warp_ready(const Fiber& f) {
+  const Block& b = *g_block;
+  unsigned int base = f.linear & ~31u;
+  for (unsigned int l = 0; l < 32; ++l) {
+    if (!(f.wait_mask >> l & 1u)) continue;
+    unsigned int t = base + l;
+    if (t >= b.fibers.size()) {
+      fail("warp intrinsic at " + where(f) + ": mask names lane " + std::to_string(l) + ", beyond the block");
+      return false;
+    }
+    const Fiber& o = b.fibers[t];
+    if (o.warp_seq >= f.warp_seq) continue;  // arrived at this op (or later)
+    if (o.state == State::Done) {
+      fail("warp intrinsic at " + where(f) + ": mask names inactive lane " + std::to_string(l) + " (exited)");
+      return false;
+    }
+    return false;
+  }
+  return true;
+}
+
+// Runs every fiber of the block to completion or reports why it cannot.
+void schedule(Block& b) {
+  const std::size_t n = b.fibers.size();
+  for (;;) {
+    bool ran = false;
+    for (std::size_t k = 0; k < n && b.error.empty(); ++k) {
+      Fiber& f = b.fibers[b.cfg.reverse ? n - 1 - k : k];
+      if (f.state == State::AtWarp && warp_ready(f)) f.state = State::Ready;
+      if (f.state != State::Ready) continue;
+      b.current = &f;
+      swapcontext(&b.scheduler, &f.ctx);
+      ran = true;
+    }
+    if (!b.error.empty()) return;
+    if (ran) continue;
+    std::size_t done = 0, at_barrier = 0;
+    for (const Fiber& f : b.fibers) {
+      done += f.state == State::Done;
+      at_barrier += f.state == State::AtBarrier;
+    }
+    if (done == n) return;
+    if (at_barrier + done == n) {
+      if (done > 0) {
+        const Fiber* exited = nullptr;
+        for (const Fiber& f : b.fibers)
+          if (f.state == State::Done) {
+            exited = &f;
+            break;
+          }
+        fail("divergent __syncthreads(): " + std::to_string(at_barrier) + " threads wait at a barrier that " +
+             std::to_string(done) + " threads never reach (first: " + where(*exited) + " exited)");
+        return;
+      }
+      for (Fiber& f : b.fibers) f.state = State::Ready;  // barrier complete
+      continue;
+    }
+    fail("deadlock: threads wait at a barrier and in warp intrinsics that can never complete");
+    return;
+  }
+}
+
+}  // namespace
+
+const uint3& thread_idx() { return g_block->current->tid; }
+const uint3& block_idx() { return g_block->block_idx; }
+const dim3& block_dim() { return g_block->block; }
+const dim3& grid_dim() { return g_block->grid; }
+
+void syncthreads() {
+  g_block->current->state = State::AtBarrier;
+  yield();
+}
+
+unsigned long long warp_exchange(unsigned int mask, unsigned long long value, int src, bool ballot) {
+  Block& b = *g_block;
+  Fiber& f = *b.current;
+  unsigned int lane = f.linear & 31u;
+  if (!(mask >> lane & 1u)) {
+    fail("warp intrinsic at " + where(f) + ": the calling lane is not in its own mask");
+    yield();
+  }
+  f.warp_seq += 1;
+  f.slot[f.warp_seq & 1] = value;
+  f.wait_mask = mask;
+  f.state = State::AtWarp;
+  yield();
+  unsigned int base = f.linear & ~31u;
+  if (ballot) {
+    unsigned long long votes = 0;
+    for (unsigned int l = 0; l < 32; ++l)
+      if (mask >> l & 1u && b.fibers[base + l].slot[f.warp_seq & 1]) votes |= 1ull << l;
+    return votes;
+  }
+  unsigned int s = base + ((unsigned int)src & 31u);
+  if (!(mask >> (s - base) & 1u)) {
+    fail("shuffle at " + where(f) + ": source lane " + std::to_string(s - base) + " is not in the mask");
+    yield();
+  }
+  return b.fibers[s].slot[f.warp_seq & 1];
+}
+
+void* shared_static(int id, std::size_t bytes) {
+  auto& v = g_block->shared[id];
+  if (v.empty()) v.assign(bytes, 0xFF);  // NaN as float, -1 as int: uninitialised reads show
+  return v.data();
+}
+
+void* shared_dynamic() { return g_block->dynamic; }
+
+int run(const Launch& cfg, void (*body)(void*), void* ctx) {
+  g_error.clear();
+  const std::size_t threads = (std::size_t)cfg.block[0] * cfg.block[1] * cfg.block[2];
+  if (threads == 0 || threads > 1024 || cfg.grid[0] * (unsigned long long)cfg.grid[1] * cfg.grid[2] == 0 ||
+      cfg.block[2] > 64 || cfg.grid[1] > 65535 || cfg.grid[2] > 65535) {
+    g_error = "invalid launch configuration (grid " + std::to_string(cfg.grid[0]) + "x" + std::to_string(cfg.grid[1]) +
+              "x" + std::to_string(cfg.grid[2]) + ", block " + std::to_string(cfg.block[0]) + "x" +
+              std::to_string(cfg.block[1]) + "x" + std::to_string(cfg.block[2]) + ")";
+    return 1;
+  }
+  Block b;
+  b.cfg = cfg;
+  b.grid = {cfg.grid[0], cfg.grid[1], cfg.grid[2]};
+  b.block = {cfg.block[0], cfg.block[1], cfg.block[2]};
+  b.body = body;
+  b.body_ctx = ctx;
+  b.fibers.resize(threads);
+  Block* outer = g_block;
+  g_block = &b;
+  std::vector<unsigned char> dynamic(cfg.shared_bytes + (EMU_ASAN ? 0 : kGuard));
+  for (unsigned int bz = 0; bz < cfg.grid[2] && b.error.empty(); ++bz)
+    for (unsigned int by = 0; by < cfg.grid[1] && b.error.empty(); ++by)
+      for (unsigned int bx = 0; bx < cfg.grid[0] && b.error.empty(); ++bx) {
+        b.block_idx = {bx, by, bz};
+        b.shared.clear();
+        std::fill(dynamic.begin(), dynamic.end(), 0xFF);
+        std::fill(dynamic.begin() + cfg.shared_bytes, dynamic.end(), kGuardByte);
+        // Under ASan the buffer is exactly the launch's size, so an overflow is a heap-buffer-overflow.
+        b.dynamic = cfg.shared_bytes ? dynamic.data() : nullptr;
+        for (std::size_t t = 0; t < threads; ++t) {
+          Fiber& f = b.fibers[t];
+          f = Fiber{};
+          f.linear = (unsigned int)t;
+          f.tid = {(unsigned int)(t % cfg.block[0]), (unsigned int)(t / cfg.block[0] % cfg.block[1]),
+                   (unsigned int)(t / ((std::size_t)cfg.block[0] * cfg.block[1]))};
+          if (!init_fiber(f, t)) {
+            b.error = "out of memory for fiber stacks";
+            break;
+          }
+        }
+        if (b.error.empty()) schedule(b);
+        for (std::size_t i = cfg.shared_bytes; i < dynamic.size() && b.error.empty(); ++i)
+          if (dynamic[i] != kGuardByte)
+            b.error = "block (" + std::to_string(bx) + "," + std::to_string(by) + "," + std::to_string(bz) +
+                      ") wrote past its " + std::to_string(cfg.shared_bytes) + " bytes of dynamic shared memory";
+      }
+  g_error = b.error;
+  g_block = outer;
+  return g_error.empty() ? 0 : 1;
+}
+
+const char* last_error() { return g_error.c_str(); }
+
+}  // namespace emu
+
+// A device assert ends its thread and fails the launch instead of aborting the process.
+extern "C" void __assert_fail(const char* expr, const char* file, unsigned int line, const char* func) noexcept {
+  if (!emu::g_block) {
+    std::fprintf(stderr, "%s:%u: %s: assertion `%s' failed\n", file, line, func, expr);
+    std::abort();
+  }
+  emu::fail(std::string("device assert `") + expr + "' failed at " + file + ":" + std::to_string(line) + " in " +
+            emu::where(*emu::g_block->current));
+  emu::g_block->current->state = emu::State::Done;
+  swapcontext(&emu::g_block->current->ctx, &emu::g_block->scheduler);
+  std::abort();  // never resumed
+}
+
+extern "C" const char* emu_last_error() { return emu::last_error(); }

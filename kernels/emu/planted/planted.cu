@@ -1,0 +1,62 @@
+// planted.cu: kernels with deliberate bugs (and one correct twin), compiled only under emulation, so the
+// tests can show that the emulator catches each kind of bug it claims to. Never compiled to PTX.
+
+// BUG: threads >= 16 never reach the barrier (a divergent __syncthreads()).
+extern "C" __global__ void planted_divergent_barrier(float* y, unsigned long long n) {
+  if (threadIdx.x < 16) __syncthreads();
+  unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) y[i] = 1.0f;
+}
+
+// One block of blockDim.x <= 256 threads sums x[0..blockDim.x) into y[0] through shared memory.
+// BUG: no __syncthreads() between the writes and thread 0's reads.
+extern "C" __global__ void planted_missing_barrier_sum(float* y, const float* x) {
+  __shared__ float s[256];
+  s[threadIdx.x] = x[threadIdx.x];
+  if (threadIdx.x == 0) {
+    float t = 0.0f;
+    for (unsigned int i = 0; i < blockDim.x; ++i) t += s[i];
+    y[0] = t;
+  }
+}
+
+// The correct version: y[0] = the same sum (shared memory, barrier); y[1 + w] = warp w's sum (shuffles).
+extern "C" __global__ void block_sum(float* y, const float* x) {
+  __shared__ float s[256];
+  s[threadIdx.x] = x[threadIdx.x];
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float t = 0.0f;
+    for (unsigned int i = 0; i < blockDim.x; ++i) t += s[i];
+    y[0] = t;
+  }
+  float v = x[threadIdx.x];
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+  if (threadIdx.x % 32 == 0) y[1 + threadIdx.x / 32] = v;
+}
+
+// BUG: no grid-stride loop, so a grid capped below n / blockDim misses the last elements.
+extern "C" __global__ void planted_relu_no_grid_stride(float* y, const float* x, unsigned long long n) {
+  unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+}
+
+// BUG: `<=` writes one element past the end.
+extern "C" __global__ void planted_oob_write(float* y, unsigned long long n) {
+  unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i <= n) y[i] = 1.0f;
+}
+
+// BUG: the upper half-warp exits, then the lower half shuffles with a full mask.
+extern "C" __global__ void planted_shfl_inactive_lane(float* y) {
+  if (threadIdx.x % 32 >= 16) return;
+  y[threadIdx.x] = __shfl_sync(0xffffffffu, (float)threadIdx.x, 0);
+}
+
+// BUG when launched with fewer than blockDim.x * 4 bytes of dynamic shared memory.
+extern "C" __global__ void planted_dynamic_shared_overflow(float* y) {
+  extern __shared__ float dyn[];
+  dyn[threadIdx.x] = (float)threadIdx.x;
+  __syncthreads();
+  y[threadIdx.x] = dyn[threadIdx.x];
+}

@@ -1,0 +1,343 @@
+//! The emulation backend (feature `emulation`): the CUDA kernels of `kernels/*.cu`, compiled as C++20 against
+//! `kernels/emu/cuda_emu.h`, run on the CPU with the launch geometry of [`crate::launch`], the same the CUDA
+//! backend uses. Threads of a block run as fibers in a chosen order, blocks in sequence; the emulator turns
+//! the CUDA undefined behaviour it can see (divergent barriers, inactive lanes in warp intrinsics, writes
+//! past dynamic shared memory, device asserts) into errors. It is for tests, not speed.
+//!
+//! All `unsafe` of this backend is the FFI into the emulated launchers, each with a `// SAFETY:` line.
+
+use std::ffi::{c_char, CStr};
+use std::ops::Range;
+
+use crate::backend::{check_range, check_same_len, Backend};
+use crate::launch::{self, LaunchDims};
+use crate::shape::{check_len, AdamStep, ConvShape, LinearShape, PoolShape, ReduceConvShape};
+use crate::{Error, Result};
+
+pub mod planted;
+
+/// Whether the emulated kernels were built with AddressSanitizer (`INCEPTION_CUDA_EMU_ASAN=1`).
+pub fn asan_build() -> bool {
+    cfg!(emu_asan)
+}
+
+/// A launch as the emulator takes it (`emu::Launch` in `cuda_emu.h`).
+#[repr(C)]
+pub(crate) struct Launch {
+    grid: [u32; 3],
+    block: [u32; 3],
+    shared_bytes: u32,
+    reverse: u32,
+}
+
+extern "C" {
+    fn emu_last_error() -> *const c_char;
+    fn emu_launch_relu_fwd(cfg: *const Launch, y: *mut f32, x: *const f32, n: u64) -> i32;
+    fn emu_launch_relu_bwd(
+        cfg: *const Launch,
+        dx: *mut f32,
+        dy: *const f32,
+        y: *const f32,
+        n: u64,
+    ) -> i32;
+    fn emu_launch_add_fwd(
+        cfg: *const Launch,
+        y: *mut f32,
+        a: *const f32,
+        b: *const f32,
+        n: u64,
+    ) -> i32;
+}
+
+/// Every kernel of `kernels/*.cu` that has an emulated launcher here (all of them: a test holds this list
+/// equal to the CUDA backend's kernel table).
+pub const EMULATED_KERNELS: &[&str] = &["add_fwd", "relu_bwd", "relu_fwd"];
+
+/// The order in which the emulator runs the threads of a block: each exposes different missing-barrier
+/// bugs, so tests run both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThreadOrder {
+    /// Thread 0 first.
+    Forward,
+    /// The last thread first.
+    Reverse,
+}
+
+/// The emulation backend: host buffers, kernels run by the emulator.
+#[derive(Clone, Copy, Debug)]
+pub struct EmuBackend {
+    /// Thread order within each block.
+    pub order: ThreadOrder,
+}
+
+/// Runs one emulated launch; a non-zero status becomes [`Error::Emulation`] with the emulator's message.
+pub(crate) fn run(
+    op: &'static str,
+    dims: LaunchDims,
+    order: ThreadOrder,
+    launch: impl FnOnce(*const Launch) -> i32,
+) -> Result<()> {
+    let cfg = Launch {
+        grid: [dims.grid, 1, 1],
+        block: [dims.block, 1, 1],
+        shared_bytes: dims.shared_bytes,
+        reverse: u32::from(order == ThreadOrder::Reverse),
+    };
+    if launch(&cfg) == 0 {
+        return Ok(());
+    }
+    // SAFETY: emu_last_error returns a pointer to the calling thread's NUL-terminated message, valid until
+    // that thread's next launch; it is copied out at once.
+    let message = unsafe { CStr::from_ptr(emu_last_error()) }
+        .to_string_lossy()
+        .into_owned();
+    Err(Error::Emulation { op, message })
+}
+
+fn unsupported<T>(op: &'static str) -> Result<T> {
+    Err(Error::Unsupported {
+        op,
+        backend: "emulation",
+    })
+}
+
+impl Backend for EmuBackend {
+    type Buf = Vec<f32>;
+    type Labels = Vec<u32>;
+    type View<'a> = &'a [f32];
+    type ViewMut<'a> = &'a mut [f32];
+
+    fn name(&self) -> &'static str {
+        "emulation"
+    }
+
+    fn alloc_zeros(&self, len: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; len])
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
+        Ok(data.to_vec())
+    }
+
+    fn upload_labels(&self, labels: &[u32]) -> Result<Vec<u32>> {
+        Ok(labels.to_vec())
+    }
+
+    fn copy(&self, dst: &mut &mut [f32], src: &&[f32]) -> Result<()> {
+        check_len("copy", "dst", src.len(), dst.len())?;
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn write(&self, dst: &mut &mut [f32], src: &[f32]) -> Result<()> {
+        check_len("write", "dst", src.len(), dst.len())?;
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn write_labels(&self, dst: &mut Vec<u32>, src: &[u32]) -> Result<()> {
+        check_len("write_labels", "dst", src.len(), dst.len())?;
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn to_host(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {
+        Ok(buf.clone())
+    }
+
+    fn read(&self, src: &&[f32]) -> Result<Vec<f32>> {
+        Ok(src.to_vec())
+    }
+
+    fn len(&self, buf: &Vec<f32>) -> usize {
+        buf.len()
+    }
+
+    fn view<'a>(&'a self, buf: &'a Vec<f32>, range: Range<usize>) -> Result<&'a [f32]> {
+        check_range("view", &range, buf.len())?;
+        Ok(&buf[range])
+    }
+
+    fn view_mut<'a>(&'a self, buf: &'a mut Vec<f32>, range: Range<usize>) -> Result<&'a mut [f32]> {
+        check_range("view_mut", &range, buf.len())?;
+        Ok(&mut buf[range])
+    }
+
+    fn relu_fwd(&self, y: &mut &mut [f32], x: &&[f32]) -> Result<()> {
+        const OP: &str = "relu_fwd";
+        check_same_len(OP, y.len(), &[("x", x.len())])?;
+        let Some(dims) = launch::elementwise(y.len()) else {
+            return Ok(());
+        };
+        let n = y.len() as u64;
+        // SAFETY: the launcher matches relu_fwd(float*, const float*, unsigned long long); y and x hold n
+        // floats (checked above) and the grid-stride kernel touches indices < n only.
+        run(OP, dims, self.order, |cfg| unsafe {
+            emu_launch_relu_fwd(cfg, y.as_mut_ptr(), x.as_ptr(), n)
+        })
+    }
+
+    fn relu_bwd(&self, dx: &mut &mut [f32], dy: &&[f32], y: &&[f32]) -> Result<()> {
+        const OP: &str = "relu_bwd";
+        check_same_len(OP, dx.len(), &[("dy", dy.len()), ("y", y.len())])?;
+        let Some(dims) = launch::elementwise(dx.len()) else {
+            return Ok(());
+        };
+        let n = dx.len() as u64;
+        // SAFETY: the launcher matches relu_bwd's parameters; dx, dy and y hold n floats (checked above) and
+        // the kernel touches indices < n only.
+        run(OP, dims, self.order, |cfg| unsafe {
+            emu_launch_relu_bwd(cfg, dx.as_mut_ptr(), dy.as_ptr(), y.as_ptr(), n)
+        })
+    }
+
+    fn add_fwd(&self, y: &mut &mut [f32], a: &&[f32], b: &&[f32]) -> Result<()> {
+        const OP: &str = "add_fwd";
+        check_same_len(OP, y.len(), &[("a", a.len()), ("b", b.len())])?;
+        let Some(dims) = launch::elementwise(y.len()) else {
+            return Ok(());
+        };
+        let n = y.len() as u64;
+        // SAFETY: the launcher matches add_fwd's parameters; y, a and b hold n floats (checked above) and
+        // the kernel touches indices < n only.
+        run(OP, dims, self.order, |cfg| unsafe {
+            emu_launch_add_fwd(cfg, y.as_mut_ptr(), a.as_ptr(), b.as_ptr(), n)
+        })
+    }
+
+    fn conv_fwd(
+        &self,
+        _: &mut &mut [f32],
+        _: &&[f32],
+        _: &&[f32],
+        _: &&[f32],
+        _: &ConvShape,
+        _: bool,
+    ) -> Result<()> {
+        unsupported("conv_fwd")
+    }
+
+    fn conv_dgrad(
+        &self,
+        _: &mut &mut [f32],
+        _: &&[f32],
+        _: &&[f32],
+        _: &ConvShape,
+        _: bool,
+    ) -> Result<()> {
+        unsupported("conv_dgrad")
+    }
+
+    fn conv_wgrad(&self, _: &mut &mut [f32], _: &&[f32], _: &&[f32], _: &ConvShape) -> Result<()> {
+        unsupported("conv_wgrad")
+    }
+
+    fn conv_bgrad(&self, _: &mut &mut [f32], _: &&[f32], _: &ConvShape) -> Result<()> {
+        unsupported("conv_bgrad")
+    }
+
+    fn reduce_conv_fwd(
+        &self,
+        _: &mut &mut [f32],
+        _: &mut &mut [f32],
+        _: &&[f32],
+        _: &&[f32],
+        _: &ReduceConvShape,
+    ) -> Result<()> {
+        unsupported("reduce_conv_fwd")
+    }
+
+    fn reduce_conv_bwd(
+        &self,
+        _: &mut &mut [f32],
+        _: &mut &mut [f32],
+        _: &&[f32],
+        _: &&[f32],
+        _: &&[f32],
+        _: &&[f32],
+        _: &ReduceConvShape,
+        _: bool,
+    ) -> Result<()> {
+        unsupported("reduce_conv_bwd")
+    }
+
+    fn maxpool3x3s1_fwd(&self, _: &mut &mut [f32], _: &&[f32], _: &PoolShape) -> Result<()> {
+        unsupported("maxpool3x3s1_fwd")
+    }
+
+    fn maxpool3x3s1_bwd(
+        &self,
+        _: &mut &mut [f32],
+        _: &&[f32],
+        _: &&[f32],
+        _: &PoolShape,
+        _: bool,
+    ) -> Result<()> {
+        unsupported("maxpool3x3s1_bwd")
+    }
+
+    fn linear_fwd(
+        &self,
+        _: &mut &mut [f32],
+        _: &&[f32],
+        _: &&[f32],
+        _: &&[f32],
+        _: &LinearShape,
+    ) -> Result<()> {
+        unsupported("linear_fwd")
+    }
+
+    fn linear_dgrad(
+        &self,
+        _: &mut &mut [f32],
+        _: &&[f32],
+        _: &&[f32],
+        _: &LinearShape,
+    ) -> Result<()> {
+        unsupported("linear_dgrad")
+    }
+
+    fn linear_wgrad(
+        &self,
+        _: &mut &mut [f32],
+        _: &&[f32],
+        _: &&[f32],
+        _: &LinearShape,
+    ) -> Result<()> {
+        unsupported("linear_wgrad")
+    }
+
+    fn linear_bgrad(&self, _: &mut &mut [f32], _: &&[f32], _: &LinearShape) -> Result<()> {
+        unsupported("linear_bgrad")
+    }
+
+    fn softmax_xent(
+        &self,
+        _: &mut &mut [f32],
+        _: &mut &mut [f32],
+        _: &&[f32],
+        _: &Vec<u32>,
+        _: usize,
+    ) -> Result<()> {
+        unsupported("softmax_xent")
+    }
+
+    fn dropout_fwd(&self, _: &mut &mut [f32], _: &&[f32], _: f32, _: u64, _: u64) -> Result<()> {
+        unsupported("dropout_fwd")
+    }
+
+    fn dropout_bwd(&self, _: &mut &mut [f32], _: &&[f32], _: f32, _: u64, _: u64) -> Result<()> {
+        unsupported("dropout_bwd")
+    }
+
+    fn adam_step(
+        &self,
+        _: &mut &mut [f32],
+        _: &mut &mut [f32],
+        _: &mut &mut [f32],
+        _: &&[f32],
+        _: &AdamStep,
+    ) -> Result<()> {
+        unsupported("adam_step")
+    }
+}

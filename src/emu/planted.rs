@@ -1,0 +1,139 @@
+//! Launchers of the planted-bug kernels of `kernels/emu/planted/planted.cu` (and their one correct twin),
+//! for the tests that show what the emulator catches. Not part of the crate's API.
+#![doc(hidden)]
+
+use super::{run, Launch, ThreadOrder};
+use crate::backend::check_same_len;
+use crate::launch::LaunchDims;
+use crate::shape::check_len;
+use crate::{Error, Result};
+
+extern "C" {
+    fn emu_launch_planted_divergent_barrier(cfg: *const Launch, y: *mut f32, n: u64) -> i32;
+    fn emu_launch_planted_missing_barrier_sum(
+        cfg: *const Launch,
+        y: *mut f32,
+        x: *const f32,
+    ) -> i32;
+    fn emu_launch_block_sum(cfg: *const Launch, y: *mut f32, x: *const f32) -> i32;
+    fn emu_launch_planted_relu_no_grid_stride(
+        cfg: *const Launch,
+        y: *mut f32,
+        x: *const f32,
+        n: u64,
+    ) -> i32;
+    fn emu_launch_planted_oob_write(cfg: *const Launch, y: *mut f32, n: u64) -> i32;
+    fn emu_launch_planted_shfl_inactive_lane(cfg: *const Launch, y: *mut f32) -> i32;
+    fn emu_launch_planted_dynamic_shared_overflow(cfg: *const Launch, y: *mut f32) -> i32;
+}
+
+fn one_block(threads: usize, shared_bytes: u32) -> Result<LaunchDims> {
+    if threads == 0 || threads > 256 {
+        return Err(Error::InvalidShape {
+            op: "planted",
+            reason: format!("{threads} threads (1..=256)"),
+        });
+    }
+    Ok(LaunchDims {
+        grid: 1,
+        block: threads as u32,
+        shared_bytes,
+    })
+}
+
+/// Threads 0..16 of each block wait at a `__syncthreads()` the others never reach.
+pub fn divergent_barrier(y: &mut [f32], dims: LaunchDims, order: ThreadOrder) -> Result<()> {
+    let covered = dims.grid as usize * dims.block as usize;
+    check_len("planted_divergent_barrier", "y", covered, y.len())?;
+    let n = y.len() as u64;
+    // SAFETY: the kernel writes y[i] for i < n only, and y holds n floats.
+    run("planted_divergent_barrier", dims, order, |cfg| unsafe {
+        emu_launch_planted_divergent_barrier(cfg, y.as_mut_ptr(), n)
+    })
+}
+
+/// `y[0] = Σ x` through shared memory with the barrier missing (one block of `x.len()` ≤ 256 threads).
+pub fn missing_barrier_sum(y: &mut [f32; 1], x: &[f32], order: ThreadOrder) -> Result<()> {
+    let dims = one_block(x.len(), 0)?;
+    // SAFETY: one block of x.len() threads reads x[tid] and thread 0 writes y[0].
+    run("planted_missing_barrier_sum", dims, order, |cfg| unsafe {
+        emu_launch_planted_missing_barrier_sum(cfg, y.as_mut_ptr(), x.as_ptr())
+    })
+}
+
+/// The correct version: `y[0] = Σ x` (shared memory), `y[1 + w]` = warp `w`'s sum (shuffles); `x.len()` a
+/// multiple of 32, at most 256.
+pub fn block_sum(y: &mut [f32], x: &[f32], order: ThreadOrder) -> Result<()> {
+    let dims = one_block(x.len(), 0)?;
+    if x.len() % 32 != 0 {
+        return Err(Error::InvalidShape {
+            op: "block_sum",
+            reason: "x.len() must be a multiple of 32".into(),
+        });
+    }
+    check_len("block_sum", "y", 1 + x.len() / 32, y.len())?;
+    // SAFETY: one block of x.len() threads reads x[tid]; writes go to y[0] and y[1 + tid / 32], all in y.
+    run("block_sum", dims, order, |cfg| unsafe {
+        emu_launch_block_sum(cfg, y.as_mut_ptr(), x.as_ptr())
+    })
+}
+
+/// ReLU without a grid-stride loop, launched with the given geometry.
+pub fn relu_no_grid_stride(
+    y: &mut [f32],
+    x: &[f32],
+    dims: LaunchDims,
+    order: ThreadOrder,
+) -> Result<()> {
+    check_same_len("planted_relu_no_grid_stride", y.len(), &[("x", x.len())])?;
+    let n = y.len() as u64;
+    // SAFETY: the kernel touches indices < n only; y and x hold n floats.
+    run("planted_relu_no_grid_stride", dims, order, |cfg| unsafe {
+        emu_launch_planted_relu_no_grid_stride(cfg, y.as_mut_ptr(), x.as_ptr(), n)
+    })
+}
+
+/// Writes `y[0..=n]` with `n = y.len()`: one element past the end.
+///
+/// # Safety
+/// Writes out of bounds on purpose. Call it only in a child process of the AddressSanitizer build, which
+/// stops at the write.
+pub unsafe fn oob_write(y: &mut [f32], dims: LaunchDims) -> Result<()> {
+    let n = y.len() as u64;
+    // SAFETY: none: the caller promised an ASan build that stops the process at the out-of-bounds write.
+    run(
+        "planted_oob_write",
+        dims,
+        ThreadOrder::Forward,
+        |cfg| unsafe { emu_launch_planted_oob_write(cfg, y.as_mut_ptr(), n) },
+    )
+}
+
+/// Half of each warp exits, the other half shuffles with a full mask.
+pub fn shfl_inactive_lane(y: &mut [f32], order: ThreadOrder) -> Result<()> {
+    let dims = one_block(y.len(), 0)?;
+    // SAFETY: one block of y.len() threads, each writing at most y[tid].
+    run("planted_shfl_inactive_lane", dims, order, |cfg| unsafe {
+        emu_launch_planted_shfl_inactive_lane(cfg, y.as_mut_ptr())
+    })
+}
+
+/// Each of `y.len()` threads writes one float of dynamic shared memory, of which the launch gives
+/// `shared_bytes`.
+pub fn dynamic_shared_overflow(y: &mut [f32], shared_bytes: u32, order: ThreadOrder) -> Result<()> {
+    let dims = one_block(y.len(), shared_bytes)?;
+    if super::asan_build() && (shared_bytes as usize) < 4 * y.len() {
+        return Err(Error::InvalidShape {
+            op: "planted_dynamic_shared_overflow",
+            reason: "under ASan the overflow would abort the process".into(),
+        });
+    }
+    // SAFETY: one block of y.len() threads writes y[tid]; the shared-memory buffer is the emulator's own,
+    // with guard bytes after it that the emulator checks (the bug this launch plants).
+    run(
+        "planted_dynamic_shared_overflow",
+        dims,
+        order,
+        |cfg| unsafe { emu_launch_planted_dynamic_shared_overflow(cfg, y.as_mut_ptr()) },
+    )
+}

@@ -1,0 +1,209 @@
+//! The CUDA kernels run under the CPU emulator (feature `emulation`) against their CPU twins, in both thread
+//! orders, and the planted bugs the emulator must catch.
+
+mod common;
+
+use common::{assert_bits_eq, uniform};
+use inception_cuda::cpu::CpuBackend;
+use inception_cuda::emu::{planted, EmuBackend, ThreadOrder};
+use inception_cuda::launch::{self, LaunchDims, ELEMENTWISE_BLOCK, ELEMENTWISE_MAX_GRID};
+use inception_cuda::{Backend, Error};
+
+const ORDERS: [ThreadOrder; 2] = [ThreadOrder::Forward, ThreadOrder::Reverse];
+
+/// Runs relu_fwd, relu_bwd and add_fwd on `b`, outputs pre-filled with NaN so unwritten elements show.
+fn elementwise<B>(b: &B, n: usize) -> [Vec<f32>; 3]
+where
+    for<'a> B: Backend<Buf = Vec<f32>, View<'a> = &'a [f32], ViewMut<'a> = &'a mut [f32]>,
+{
+    let (x, dy) = (uniform(n as u64, n), uniform(n as u64 + 1, n));
+    let mut y = vec![f32::NAN; n];
+    b.relu_fwd(&mut y.as_mut_slice(), &x.as_slice()).unwrap();
+    let mut dx = vec![f32::NAN; n];
+    b.relu_bwd(&mut dx.as_mut_slice(), &dy.as_slice(), &y.as_slice())
+        .unwrap();
+    let mut s = vec![f32::NAN; n];
+    b.add_fwd(&mut s.as_mut_slice(), &x.as_slice(), &dy.as_slice())
+        .unwrap();
+    [y, dx, s]
+}
+
+#[test]
+fn emulated_elementwise_kernels_match_their_twins_bit_for_bit() {
+    for n in [1, 255, 256, 257, 100_003] {
+        let want = elementwise(&CpuBackend, n);
+        for order in ORDERS {
+            let got = elementwise(&EmuBackend { order }, n);
+            for (name, g, w) in [
+                ("relu_fwd", &got[0], &want[0]),
+                ("relu_bwd", &got[1], &want[1]),
+                ("add_fwd", &got[2], &want[2]),
+            ] {
+                assert_bits_eq(&format!("emulated {name}, n = {n}, {order:?}"), g, w);
+            }
+        }
+    }
+}
+
+/// Past ELEMENTWISE_MAX_GRID · ELEMENTWISE_BLOCK elements the grid is capped: the real kernel's grid-stride
+/// loop covers the tail, the planted kernel without one leaves it unwritten, and the parity check sees it.
+#[test]
+fn a_grid_that_misses_the_last_elements_is_caught() {
+    let n = (ELEMENTWISE_MAX_GRID * ELEMENTWISE_BLOCK) as usize + 77;
+    let x = uniform(3, n);
+    let mut want = vec![0.0; n];
+    inception_cuda::cpu::relu_fwd(&mut want, &x).unwrap();
+    let emu = EmuBackend {
+        order: ThreadOrder::Forward,
+    };
+    let mut y = vec![f32::NAN; n];
+    emu.relu_fwd(&mut y.as_mut_slice(), &x.as_slice()).unwrap();
+    assert_bits_eq("relu_fwd past the grid cap", &y, &want);
+    let dims = launch::elementwise(n).unwrap();
+    let mut planted_y = vec![f32::NAN; n];
+    planted::relu_no_grid_stride(&mut planted_y, &x, dims, ThreadOrder::Forward).unwrap();
+    let missed: Vec<usize> = (0..n)
+        .filter(|&i| planted_y[i].to_bits() != want[i].to_bits())
+        .collect();
+    assert_eq!(
+        missed,
+        (n - 77..n).collect::<Vec<_>>(),
+        "the planted kernel should miss exactly the last 77"
+    );
+}
+
+#[test]
+fn a_divergent_barrier_is_an_error() {
+    for order in ORDERS {
+        let mut y = vec![0.0; 64];
+        let dims = LaunchDims {
+            grid: 2,
+            block: 32,
+            shared_bytes: 0,
+        };
+        let err = planted::divergent_barrier(&mut y, dims, order).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                Error::Emulation {
+                    op: "planted_divergent_barrier",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .contains("divergent __syncthreads(): 16 threads wait"),
+            "{err}"
+        );
+    }
+}
+
+/// Integer-valued inputs make every partial sum exact, so the expected values are exact too.
+#[test]
+fn a_missing_barrier_shows_in_one_thread_order_and_the_fixed_kernel_passes_both() {
+    let x: Vec<f32> = (0..128).map(|i| (i % 7) as f32 - 3.0).collect();
+    let total: f32 = x.iter().sum();
+    let mut wrong_orders = 0;
+    for order in ORDERS {
+        let mut y = [f32::NAN];
+        planted::missing_barrier_sum(&mut y, &x, order).unwrap();
+        wrong_orders += usize::from(y[0].to_bits() != total.to_bits());
+        let mut fixed = vec![f32::NAN; 5];
+        planted::block_sum(&mut fixed, &x, order).unwrap();
+        let warps: Vec<f32> = x.chunks(32).map(|w| w.iter().sum()).collect();
+        assert_eq!(fixed[0], total, "{order:?}");
+        assert_eq!(&fixed[1..], &warps[..], "{order:?}: warp shuffle sums");
+    }
+    assert!(
+        wrong_orders >= 1,
+        "the missing __syncthreads() went unnoticed in both thread orders"
+    );
+}
+
+#[test]
+fn a_shuffle_naming_an_exited_lane_is_an_error() {
+    for order in ORDERS {
+        let mut y = vec![0.0; 64];
+        let err = planted::shfl_inactive_lane(&mut y, order).unwrap_err();
+        assert!(err.to_string().contains("inactive lane"), "{err}");
+    }
+}
+
+#[test]
+fn writing_past_dynamic_shared_memory_is_an_error() {
+    let mut y = vec![0.0; 64];
+    if inception_cuda::emu::asan_build() {
+        // Under ASan the buffer has no guard bytes (ASan's redzones take their place, and a report ends the
+        // process), so the launcher refuses the overflowing launch; the ASan test covers that kind of bug.
+        let err =
+            planted::dynamic_shared_overflow(&mut y, 63 * 4, ThreadOrder::Forward).unwrap_err();
+        assert!(err.to_string().contains("under ASan"), "{err}");
+        return;
+    }
+    planted::dynamic_shared_overflow(&mut y, 64 * 4, ThreadOrder::Forward).unwrap();
+    assert_eq!(y, (0..64).map(|i| i as f32).collect::<Vec<_>>());
+    let err = planted::dynamic_shared_overflow(&mut y, 63 * 4, ThreadOrder::Forward).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("wrote past its 252 bytes of dynamic shared memory"),
+        "{err}"
+    );
+}
+
+/// Under the AddressSanitizer build (`INCEPTION_CUDA_EMU_ASAN=1`, which CI runs), a planted out-of-bounds
+/// write in a kernel is reported. The report ends the process, so the write runs in a child process.
+#[test]
+#[ignore = "needs the ASan build: INCEPTION_CUDA_EMU_ASAN=1 cargo test --features emulation --test emulation -- --ignored"]
+fn asan_reports_an_out_of_bounds_write() {
+    assert!(
+        inception_cuda::emu::asan_build(),
+        "this test needs the ASan build (INCEPTION_CUDA_EMU_ASAN=1)"
+    );
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "asan_child_oob_write",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("EMU_PLANTED_OOB", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the child survived an out-of-bounds write:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("AddressSanitizer") && stderr.contains("heap-buffer-overflow"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("planted_oob_write"),
+        "the report should name the kernel:\n{stderr}"
+    );
+}
+
+/// The child of `asan_reports_an_out_of_bounds_write`; does nothing unless that test started it.
+#[test]
+#[ignore = "run by asan_reports_an_out_of_bounds_write in a child process"]
+fn asan_child_oob_write() {
+    if std::env::var_os("EMU_PLANTED_OOB").is_none() {
+        panic!("run through asan_reports_an_out_of_bounds_write");
+    }
+    let mut y = vec![0.0f32; 100];
+    // SAFETY: none, on purpose: this process is the ASan child, stopped at the out-of-bounds write.
+    let _ = unsafe {
+        planted::oob_write(
+            &mut y,
+            LaunchDims {
+                grid: 1,
+                block: 128,
+                shared_bytes: 0,
+            },
+        )
+    };
+}
