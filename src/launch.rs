@@ -50,3 +50,75 @@ mod tests {
         );
     }
 }
+
+/// Threads per block of `softmax_xent` (one block; rows are strided over its threads).
+pub const SOFTMAX_BLOCK: u32 = 256;
+/// The most rows `softmax_xent` takes: their losses sit in the block's shared memory (48 KiB).
+pub const SOFTMAX_MAX_ROWS: usize = 12 * 1024;
+
+/// A checked pooling launch: geometry and the kernel's size arguments.
+pub(crate) struct PoolPlan {
+    pub dims: LaunchDims,
+    pub planes: u64,
+    pub h: u32,
+    pub w: u32,
+}
+
+/// Checks the buffers of a pooling kernel against `s` (each must hold `n·c·h·w` elements). `None` when
+/// there is nothing to compute.
+pub(crate) fn pool_plan(
+    op: &'static str,
+    s: &crate::shape::PoolShape,
+    bufs: &[(&'static str, usize)],
+) -> crate::Result<Option<PoolPlan>> {
+    let len = s.len(op)?;
+    for &(what, got) in bufs {
+        crate::shape::check_len(op, what, len, got)?;
+    }
+    let (h, w) = (u32::try_from(s.h), u32::try_from(s.w));
+    let (Ok(h), Ok(w)) = (h, w) else {
+        return Err(crate::Error::InvalidShape {
+            op,
+            reason: format!("image {}×{} exceeds u32", s.h, s.w),
+        });
+    };
+    Ok(elementwise(len).map(|dims| PoolPlan {
+        dims,
+        planes: (s.n * s.c) as u64,
+        h,
+        w,
+    }))
+}
+
+/// Checks a `softmax_xent` launch: `loss [1]`, `dlogits` and `logits` `[m, classes]`; at most
+/// [`SOFTMAX_MAX_ROWS`] rows. `None` when there are no rows or classes (the loss is then 0).
+pub(crate) fn softmax_plan(
+    op: &'static str,
+    m: usize,
+    classes: usize,
+    loss: usize,
+    dlogits: usize,
+    logits: usize,
+) -> crate::Result<Option<LaunchDims>> {
+    let len = m.checked_mul(classes).ok_or(crate::Error::ShapeOverflow {
+        op,
+        shape: vec![m, classes],
+    })?;
+    crate::shape::check_len(op, "loss", 1, loss)?;
+    crate::shape::check_len(op, "dlogits", len, dlogits)?;
+    crate::shape::check_len(op, "logits", len, logits)?;
+    if m > SOFTMAX_MAX_ROWS || u32::try_from(classes).is_err() {
+        return Err(crate::Error::InvalidShape {
+            op,
+            reason: format!("{m} rows of {classes} classes (at most {SOFTMAX_MAX_ROWS} rows)"),
+        });
+    }
+    if m == 0 || classes == 0 {
+        return Ok(None);
+    }
+    Ok(Some(LaunchDims {
+        grid: 1,
+        block: SOFTMAX_BLOCK,
+        shared_bytes: (4 * m) as u32,
+    }))
+}

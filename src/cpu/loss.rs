@@ -65,3 +65,20 @@ pub fn softmax_xent(
     loss[0] = total * inv_m;
     Ok(())
 }
+
+/// Every label must name a class: an error naming the first that does not.
+pub fn check_labels(op: &'static str, labels: &[u32], classes: usize) -> Result<()> {
+    match labels
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| l as usize >= classes)
+    {
+        None => Ok(()),
+        Some((i, &l)) => Err(Error::OutOfRange {
+            op,
+            what: format!("labels[{i}]"),
+            value: l.to_string(),
+            allowed: "label < number of classes",
+        }),
+    }
+}

@@ -5,9 +5,13 @@
 
 mod add;
 mod relu;
+mod train;
 
 pub use add::add_fwd;
 pub use relu::{relu_bwd, relu_fwd};
+pub use train::{
+    adam_step, dropout_bwd, dropout_fwd, maxpool3x3s1_bwd, maxpool3x3s1_fwd, softmax_xent,
+};
 
 use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -57,7 +61,9 @@ macro_rules! kernel_table {
 
 kernel_table! {
     "add" => [add_fwd],
+    "pool" => [maxpool3x3s1_fwd, maxpool3x3s1_bwd],
     "relu" => [relu_fwd, relu_bwd],
+    "train" => [softmax_xent, dropout_fwd, dropout_bwd, adam_step],
 }
 
 fn load_module(
@@ -392,19 +398,19 @@ impl Backend for CudaBackend {
         unsupported("reduce_conv_bwd")
     }
 
-    fn maxpool3x3s1_fwd(&self, _: &mut V<'_>, _: &R<'_>, _: &PoolShape) -> Result<()> {
-        unsupported("maxpool3x3s1_fwd")
+    fn maxpool3x3s1_fwd(&self, y: &mut V<'_>, x: &R<'_>, s: &PoolShape) -> Result<()> {
+        maxpool3x3s1_fwd(self, y, x, s)
     }
 
     fn maxpool3x3s1_bwd(
         &self,
-        _: &mut V<'_>,
-        _: &R<'_>,
-        _: &R<'_>,
-        _: &PoolShape,
-        _: bool,
+        dx: &mut V<'_>,
+        dy: &R<'_>,
+        x: &R<'_>,
+        s: &PoolShape,
+        accumulate: bool,
     ) -> Result<()> {
-        unsupported("maxpool3x3s1_bwd")
+        maxpool3x3s1_bwd(self, dx, dy, x, s, accumulate)
     }
 
     fn linear_fwd(
@@ -432,36 +438,36 @@ impl Backend for CudaBackend {
 
     fn softmax_xent(
         &self,
-        _: &mut V<'_>,
-        _: &mut V<'_>,
-        _: &R<'_>,
-        _: &CudaSlice<u32>,
-        _: usize,
+        loss: &mut V<'_>,
+        dlogits: &mut V<'_>,
+        logits: &R<'_>,
+        labels: &CudaSlice<u32>,
+        classes: usize,
     ) -> Result<()> {
-        unsupported("softmax_xent")
+        softmax_xent(self, loss, dlogits, logits, labels, classes)
     }
 
-    fn dropout_fwd(&self, _: &mut V<'_>, _: &R<'_>, _: f32, _: u64, _: u64) -> Result<()> {
-        unsupported("dropout_fwd")
+    fn dropout_fwd(&self, y: &mut V<'_>, x: &R<'_>, p: f32, seed: u64, step: u64) -> Result<()> {
+        dropout_fwd(self, y, x, p, seed, step)
     }
 
-    fn dropout_bwd(&self, _: &mut V<'_>, _: &R<'_>, _: f32, _: u64, _: u64) -> Result<()> {
-        unsupported("dropout_bwd")
+    fn dropout_bwd(&self, dx: &mut V<'_>, dy: &R<'_>, p: f32, seed: u64, step: u64) -> Result<()> {
+        dropout_bwd(self, dx, dy, p, seed, step)
     }
 
     fn adam_step(
         &self,
-        _: &mut V<'_>,
-        _: &mut V<'_>,
-        _: &mut V<'_>,
-        _: &R<'_>,
-        _: &AdamStep,
+        p: &mut V<'_>,
+        m: &mut V<'_>,
+        v: &mut V<'_>,
+        g: &R<'_>,
+        step: &AdamStep,
     ) -> Result<()> {
-        unsupported("adam_step")
+        adam_step(self, p, m, v, g, step)
     }
 }
 
-/// Short names for the view types in the signatures of ops this backend does not implement yet.
+/// Short names for the view types in the backend's signatures.
 type V<'a> = CudaViewMut<'a, f32>;
 type R<'a> = CudaView<'a, f32>;
 

@@ -47,11 +47,86 @@ extern "C" {
         b: *const f32,
         n: u64,
     ) -> i32;
+    fn emu_launch_maxpool3x3s1_fwd(
+        cfg: *const Launch,
+        y: *mut f32,
+        x: *const f32,
+        planes: u64,
+        h: u32,
+        w: u32,
+    ) -> i32;
+    #[allow(clippy::too_many_arguments)]
+    fn emu_launch_maxpool3x3s1_bwd(
+        cfg: *const Launch,
+        dx: *mut f32,
+        dy: *const f32,
+        x: *const f32,
+        planes: u64,
+        h: u32,
+        w: u32,
+        accumulate: i32,
+    ) -> i32;
+    fn emu_launch_softmax_xent(
+        cfg: *const Launch,
+        loss: *mut f32,
+        dlogits: *mut f32,
+        logits: *const f32,
+        labels: *const u32,
+        m: u32,
+        classes: u32,
+    ) -> i32;
+    #[allow(clippy::too_many_arguments)]
+    fn emu_launch_dropout_fwd(
+        cfg: *const Launch,
+        y: *mut f32,
+        x: *const f32,
+        n: u64,
+        seed: u64,
+        step: u64,
+        threshold: u32,
+        scale: f32,
+    ) -> i32;
+    #[allow(clippy::too_many_arguments)]
+    fn emu_launch_dropout_bwd(
+        cfg: *const Launch,
+        dx: *mut f32,
+        dy: *const f32,
+        n: u64,
+        seed: u64,
+        step: u64,
+        threshold: u32,
+        scale: f32,
+    ) -> i32;
+    #[allow(clippy::too_many_arguments)]
+    fn emu_launch_adam_step(
+        cfg: *const Launch,
+        p: *mut f32,
+        m: *mut f32,
+        v: *mut f32,
+        g: *const f32,
+        n: u64,
+        one_minus_b1: f32,
+        b2: f32,
+        one_minus_b2: f32,
+        step_size: f32,
+        bc2_sqrt: f32,
+        eps: f32,
+    ) -> i32;
 }
 
 /// Every kernel of `kernels/*.cu` that has an emulated launcher here (all of them: a test holds this list
 /// equal to the CUDA backend's kernel table).
-pub const EMULATED_KERNELS: &[&str] = &["add_fwd", "relu_bwd", "relu_fwd"];
+pub const EMULATED_KERNELS: &[&str] = &[
+    "adam_step",
+    "add_fwd",
+    "dropout_bwd",
+    "dropout_fwd",
+    "maxpool3x3s1_bwd",
+    "maxpool3x3s1_fwd",
+    "relu_bwd",
+    "relu_fwd",
+    "softmax_xent",
+];
 
 /// The order in which the emulator runs the threads of a block: each exposes different missing-barrier
 /// bugs, so tests run both.
@@ -261,19 +336,47 @@ impl Backend for EmuBackend {
         unsupported("reduce_conv_bwd")
     }
 
-    fn maxpool3x3s1_fwd(&self, _: &mut &mut [f32], _: &&[f32], _: &PoolShape) -> Result<()> {
-        unsupported("maxpool3x3s1_fwd")
+    fn maxpool3x3s1_fwd(&self, y: &mut &mut [f32], x: &&[f32], s: &PoolShape) -> Result<()> {
+        const OP: &str = "maxpool3x3s1_fwd";
+        let Some(p) = launch::pool_plan(OP, s, &[("y", y.len()), ("x", x.len())])? else {
+            return Ok(());
+        };
+        // SAFETY: the launcher matches maxpool3x3s1_fwd's parameters; y and x hold planes·h·w floats
+        // (checked by pool_plan) and the kernel indexes below that.
+        run(OP, p.dims, self.order, |cfg| unsafe {
+            emu_launch_maxpool3x3s1_fwd(cfg, y.as_mut_ptr(), x.as_ptr(), p.planes, p.h, p.w)
+        })
     }
 
     fn maxpool3x3s1_bwd(
         &self,
-        _: &mut &mut [f32],
-        _: &&[f32],
-        _: &&[f32],
-        _: &PoolShape,
-        _: bool,
+        dx: &mut &mut [f32],
+        dy: &&[f32],
+        x: &&[f32],
+        s: &PoolShape,
+        accumulate: bool,
     ) -> Result<()> {
-        unsupported("maxpool3x3s1_bwd")
+        const OP: &str = "maxpool3x3s1_bwd";
+        let Some(p) =
+            launch::pool_plan(OP, s, &[("dx", dx.len()), ("dy", dy.len()), ("x", x.len())])?
+        else {
+            return Ok(());
+        };
+        let acc = i32::from(accumulate);
+        // SAFETY: the launcher matches maxpool3x3s1_bwd's parameters; dx, dy and x hold planes·h·w floats
+        // (checked by pool_plan) and the kernel indexes below that.
+        run(OP, p.dims, self.order, |cfg| unsafe {
+            emu_launch_maxpool3x3s1_bwd(
+                cfg,
+                dx.as_mut_ptr(),
+                dy.as_ptr(),
+                x.as_ptr(),
+                p.planes,
+                p.h,
+                p.w,
+                acc,
+            )
+        })
     }
 
     fn linear_fwd(
@@ -313,31 +416,132 @@ impl Backend for EmuBackend {
 
     fn softmax_xent(
         &self,
-        _: &mut &mut [f32],
-        _: &mut &mut [f32],
-        _: &&[f32],
-        _: &Vec<u32>,
-        _: usize,
+        loss: &mut &mut [f32],
+        dlogits: &mut &mut [f32],
+        logits: &&[f32],
+        labels: &Vec<u32>,
+        classes: usize,
     ) -> Result<()> {
-        unsupported("softmax_xent")
+        const OP: &str = "softmax_xent";
+        let m = labels.len();
+        let Some(dims) =
+            launch::softmax_plan(OP, m, classes, loss.len(), dlogits.len(), logits.len())?
+        else {
+            loss.fill(0.0);
+            return Ok(());
+        };
+        // The labels are on the host here, so a bad one is the twin's error rather than the kernel's NaN.
+        crate::cpu::check_labels(OP, labels, classes)?;
+        // SAFETY: the launcher matches softmax_xent's parameters; loss holds 1 float, dlogits and logits
+        // m·classes, labels m (checked above); the dynamic shared memory holds the m row losses.
+        run(OP, dims, self.order, |cfg| unsafe {
+            emu_launch_softmax_xent(
+                cfg,
+                loss.as_mut_ptr(),
+                dlogits.as_mut_ptr(),
+                logits.as_ptr(),
+                labels.as_ptr(),
+                m as u32,
+                classes as u32,
+            )
+        })
     }
 
-    fn dropout_fwd(&self, _: &mut &mut [f32], _: &&[f32], _: f32, _: u64, _: u64) -> Result<()> {
-        unsupported("dropout_fwd")
+    fn dropout_fwd(
+        &self,
+        y: &mut &mut [f32],
+        x: &&[f32],
+        p: f32,
+        seed: u64,
+        step: u64,
+    ) -> Result<()> {
+        const OP: &str = "dropout_fwd";
+        check_same_len(OP, y.len(), &[("x", x.len())])?;
+        let (threshold, scale) = crate::cpu::dropout_threshold(p)?;
+        let Some(dims) = launch::elementwise(y.len()) else {
+            return Ok(());
+        };
+        let n = y.len() as u64;
+        // SAFETY: the launcher matches dropout_fwd's parameters; y and x hold n floats (checked above).
+        run(OP, dims, self.order, |cfg| unsafe {
+            emu_launch_dropout_fwd(
+                cfg,
+                y.as_mut_ptr(),
+                x.as_ptr(),
+                n,
+                seed,
+                step,
+                threshold,
+                scale,
+            )
+        })
     }
 
-    fn dropout_bwd(&self, _: &mut &mut [f32], _: &&[f32], _: f32, _: u64, _: u64) -> Result<()> {
-        unsupported("dropout_bwd")
+    fn dropout_bwd(
+        &self,
+        dx: &mut &mut [f32],
+        dy: &&[f32],
+        p: f32,
+        seed: u64,
+        step: u64,
+    ) -> Result<()> {
+        const OP: &str = "dropout_bwd";
+        check_same_len(OP, dx.len(), &[("dy", dy.len())])?;
+        let (threshold, scale) = crate::cpu::dropout_threshold(p)?;
+        let Some(dims) = launch::elementwise(dx.len()) else {
+            return Ok(());
+        };
+        let n = dx.len() as u64;
+        // SAFETY: the launcher matches dropout_bwd's parameters; dx and dy hold n floats (checked above).
+        run(OP, dims, self.order, |cfg| unsafe {
+            emu_launch_dropout_bwd(
+                cfg,
+                dx.as_mut_ptr(),
+                dy.as_ptr(),
+                n,
+                seed,
+                step,
+                threshold,
+                scale,
+            )
+        })
     }
 
     fn adam_step(
         &self,
-        _: &mut &mut [f32],
-        _: &mut &mut [f32],
-        _: &mut &mut [f32],
-        _: &&[f32],
-        _: &AdamStep,
+        p: &mut &mut [f32],
+        m: &mut &mut [f32],
+        v: &mut &mut [f32],
+        g: &&[f32],
+        step: &AdamStep,
     ) -> Result<()> {
-        unsupported("adam_step")
+        const OP: &str = "adam_step";
+        check_same_len(
+            OP,
+            p.len(),
+            &[("m", m.len()), ("v", v.len()), ("g", g.len())],
+        )?;
+        let [omb1, b2, omb2, step_size, bc2_sqrt, eps] = step.scalars(OP)?;
+        let Some(dims) = launch::elementwise(p.len()) else {
+            return Ok(());
+        };
+        let n = p.len() as u64;
+        // SAFETY: the launcher matches adam_step's parameters; p, m, v and g hold n floats (checked above).
+        run(OP, dims, self.order, |cfg| unsafe {
+            emu_launch_adam_step(
+                cfg,
+                p.as_mut_ptr(),
+                m.as_mut_ptr(),
+                v.as_mut_ptr(),
+                g.as_ptr(),
+                n,
+                omb1,
+                b2,
+                omb2,
+                step_size,
+                bc2_sqrt,
+                eps,
+            )
+        })
     }
 }

@@ -1,0 +1,112 @@
+// train.cu: the training kernels that are not convolutions: softmax_xent, dropout, adam_step.
+//
+// Provides: softmax_xent (one block: per-row loss and dlogits, then the mean loss summed in row order by
+//           thread 0), dropout_fwd / dropout_bwd (the hash mask of (seed, step, index), identical to the CPU
+//           twin's integer function), adam_step (PyTorch's update over flat buffers).
+// Backward needs saved: dropout recomputes its mask from (seed, step); softmax_xent's dlogits is its own
+//           backward; adam_step has none.
+// Write rules: every output element is written once; adam_step updates p, m, v in place. A label outside
+//              [0, classes) makes its row's loss and gradient NaN (the host checks the loss; the CPU twin
+//              returns an error instead). Elementwise updates use explicit _rn intrinsics so no FMA is
+//              contracted: dropout and adam match their twins bit for bit.
+// CPU twins: src/cpu/loss.rs, src/cpu/dropout.rs, src/cpu/adam.rs.
+
+extern "C" __global__ void softmax_xent(float* __restrict__ loss,          // [1]
+                                        float* __restrict__ dlogits,       // [m, classes]
+                                        const float* __restrict__ logits,  // [m, classes]
+                                        const unsigned int* __restrict__ labels,  // [m]
+                                        unsigned int m, unsigned int classes) {
+  extern __shared__ float row_loss[];  // [m]
+  const float inv_m = 1.0f / (float)m;
+  for (unsigned int r = threadIdx.x; r < m; r += blockDim.x) {
+    const float* l = logits + (unsigned long long)r * classes;
+    float* d = dlogits + (unsigned long long)r * classes;
+    float max = -INFINITY;
+    bool nan = false;
+    for (unsigned int c = 0; c < classes; ++c) {
+      max = fmaxf(max, l[c]);
+      nan |= l[c] != l[c];
+    }
+    if (nan) max = NAN;
+    float sum = 0.0f;
+    for (unsigned int c = 0; c < classes; ++c) {
+      d[c] = expf(__fsub_rn(l[c], max));
+      sum = __fadd_rn(sum, d[c]);
+    }
+    const unsigned int label = labels[r];
+    const float picked = label < classes ? l[label] : NAN;
+    row_loss[r] = __fsub_rn(logf(sum), __fsub_rn(picked, max));
+    for (unsigned int c = 0; c < classes; ++c) {
+      const float onehot = c == label ? 1.0f : 0.0f;
+      d[c] = label < classes ? __fmul_rn(__fsub_rn(__fdiv_rn(d[c], sum), onehot), inv_m) : NAN;
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float total = 0.0f;
+    for (unsigned int r = 0; r < m; ++r) total = __fadd_rn(total, row_loss[r]);
+    loss[0] = __fmul_rn(total, inv_m);
+  }
+}
+
+// Chris Wellons' lowbias32 finaliser and the dropout hash (src/cpu/dropout.rs has the same).
+__device__ __forceinline__ unsigned int mix32(unsigned int x) {
+  x ^= x >> 16;
+  x *= 0x7feb352du;
+  x ^= x >> 15;
+  x *= 0x846ca68bu;
+  x ^= x >> 16;
+  return x;
+}
+
+__device__ __forceinline__ unsigned int dropout_hash(unsigned long long seed, unsigned long long step,
+                                                     unsigned long long index) {
+  unsigned int h = mix32((unsigned int)seed ^ 0x9e3779b9u);
+  h = mix32(h ^ (unsigned int)(seed >> 32));
+  h = mix32(h ^ (unsigned int)step);
+  h = mix32(h ^ (unsigned int)(step >> 32));
+  h = mix32(h ^ (unsigned int)index);
+  return mix32(h ^ (unsigned int)(index >> 32));
+}
+
+// out[i] = in[i] * scale where (hash >> 8) >= threshold, else 0: dropout's forward and backward alike.
+__device__ __forceinline__ void dropout_apply(float* __restrict__ out, const float* __restrict__ in,
+                                              unsigned long long n, unsigned long long seed,
+                                              unsigned long long step, unsigned int threshold, float scale) {
+  const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+  for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    out[i] = (dropout_hash(seed, step, i) >> 8) >= threshold ? __fmul_rn(in[i], scale) : 0.0f;
+  }
+}
+
+extern "C" __global__ void dropout_fwd(float* __restrict__ y,        // [n]
+                                       const float* __restrict__ x,  // [n]
+                                       unsigned long long n, unsigned long long seed, unsigned long long step,
+                                       unsigned int threshold, float scale) {
+  dropout_apply(y, x, n, seed, step, threshold, scale);
+}
+
+extern "C" __global__ void dropout_bwd(float* __restrict__ dx,        // [n]
+                                       const float* __restrict__ dy,  // [n]
+                                       unsigned long long n, unsigned long long seed, unsigned long long step,
+                                       unsigned int threshold, float scale) {
+  dropout_apply(dx, dy, n, seed, step, threshold, scale);
+}
+
+extern "C" __global__ void adam_step(float* __restrict__ p,        // [n] parameters
+                                     float* __restrict__ m,        // [n] first moment
+                                     float* __restrict__ v,        // [n] second moment
+                                     const float* __restrict__ g,  // [n] gradient
+                                     unsigned long long n, float one_minus_b1, float b2, float one_minus_b2,
+                                     float step_size, float bc2_sqrt, float eps) {
+  const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+  for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const float gi = g[i];
+    const float mi = __fadd_rn(m[i], __fmul_rn(one_minus_b1, __fsub_rn(gi, m[i])));
+    const float vi = __fadd_rn(__fmul_rn(v[i], b2), __fmul_rn(one_minus_b2, __fmul_rn(gi, gi)));
+    const float denom = __fadd_rn(__fdiv_rn(sqrtf(vi), bc2_sqrt), eps);
+    p[i] = __fsub_rn(p[i], __fmul_rn(step_size, __fdiv_rn(mi, denom)));
+    m[i] = mi;
+    v[i] = vi;
+  }
+}
