@@ -34,29 +34,13 @@ pub fn elementwise(n: usize) -> Option<LaunchDims> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn elementwise_grid_covers_small_sizes_and_caps_large_ones() {
-        assert_eq!(elementwise(0), None);
-        assert_eq!(elementwise(1).map(|d| d.grid), Some(1));
-        assert_eq!(elementwise(256).map(|d| d.grid), Some(1));
-        assert_eq!(elementwise(257).map(|d| d.grid), Some(2));
-        assert_eq!(
-            elementwise(usize::MAX).map(|d| d.grid),
-            Some(ELEMENTWISE_MAX_GRID)
-        );
-    }
-}
-
 /// Threads per block of `softmax_xent` (one block; rows are strided over its threads).
 pub const SOFTMAX_BLOCK: u32 = 256;
 /// The most rows `softmax_xent` takes: their losses sit in the block's shared memory (48 KiB).
 pub const SOFTMAX_MAX_ROWS: usize = 12 * 1024;
 
 /// A checked pooling launch: geometry and the kernel's size arguments.
+#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
 pub(crate) struct PoolPlan {
     pub dims: LaunchDims,
     pub planes: u64,
@@ -66,6 +50,7 @@ pub(crate) struct PoolPlan {
 
 /// Checks the buffers of a pooling kernel against `s` (each must hold `n·c·h·w` elements). `None` when
 /// there is nothing to compute.
+#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
 pub(crate) fn pool_plan(
     op: &'static str,
     s: &crate::shape::PoolShape,
@@ -92,6 +77,7 @@ pub(crate) fn pool_plan(
 
 /// Checks a `softmax_xent` launch: `loss [1]`, `dlogits` and `logits` `[m, classes]`; at most
 /// [`SOFTMAX_MAX_ROWS`] rows. `None` when there are no rows or classes (the loss is then 0).
+#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
 pub(crate) fn softmax_plan(
     op: &'static str,
     m: usize,
@@ -121,4 +107,21 @@ pub(crate) fn softmax_plan(
         block: SOFTMAX_BLOCK,
         shared_bytes: (4 * m) as u32,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elementwise_grid_covers_small_sizes_and_caps_large_ones() {
+        assert_eq!(elementwise(0), None);
+        assert_eq!(elementwise(1).map(|d| d.grid), Some(1));
+        assert_eq!(elementwise(256).map(|d| d.grid), Some(1));
+        assert_eq!(elementwise(257).map(|d| d.grid), Some(2));
+        assert_eq!(
+            elementwise(usize::MAX).map(|d| d.grid),
+            Some(ELEMENTWISE_MAX_GRID)
+        );
+    }
 }

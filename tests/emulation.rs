@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::kernels::{pool_on, train_ops_on};
 use common::{assert_bits_eq, uniform};
 use inception_cuda::cpu::CpuBackend;
 use inception_cuda::emu::{planted, EmuBackend, ThreadOrder};
@@ -227,30 +228,9 @@ fn emulated_maxpool_matches_its_twin_bit_for_bit() {
         let s = PoolShape { n, c, h, w };
         let len = n * c * h * w;
         let (x, dy, dx0) = (pool_input(len, 1), uniform(2, len), uniform(3, len));
-        let run = |b: &dyn Fn(&mut [f32], &mut [f32], &mut [f32])| {
-            let (mut y, mut dx, mut acc) = (vec![f32::NAN; len], vec![f32::NAN; len], dx0.clone());
-            b(&mut y, &mut dx, &mut acc);
-            [y, dx, acc]
-        };
-        let want = run(&|y, dx, acc| {
-            let cpu = CpuBackend;
-            cpu.maxpool3x3s1_fwd(&mut &mut *y, &x.as_slice(), &s)
-                .unwrap();
-            cpu.maxpool3x3s1_bwd(&mut &mut *dx, &dy.as_slice(), &x.as_slice(), &s, false)
-                .unwrap();
-            cpu.maxpool3x3s1_bwd(&mut &mut *acc, &dy.as_slice(), &x.as_slice(), &s, true)
-                .unwrap();
-        });
+        let want = pool_on(&CpuBackend, &s, &x, &dy, &dx0);
         for order in ORDERS {
-            let got = run(&|y, dx, acc| {
-                let emu = EmuBackend { order };
-                emu.maxpool3x3s1_fwd(&mut &mut *y, &x.as_slice(), &s)
-                    .unwrap();
-                emu.maxpool3x3s1_bwd(&mut &mut *dx, &dy.as_slice(), &x.as_slice(), &s, false)
-                    .unwrap();
-                emu.maxpool3x3s1_bwd(&mut &mut *acc, &dy.as_slice(), &x.as_slice(), &s, true)
-                    .unwrap();
-            });
+            let got = pool_on(&EmuBackend { order }, &s, &x, &dy, &dx0);
             for (k, name) in ["fwd", "bwd", "bwd accumulate"].iter().enumerate() {
                 assert_bits_eq(
                     &format!("emulated maxpool3x3s1 {name} {s:?} {order:?}"),
@@ -262,121 +242,39 @@ fn emulated_maxpool_matches_its_twin_bit_for_bit() {
     }
 }
 
+/// Dropout, Adam and softmax_xent: the same operations in the same order on the same libm, so bit for bit
+/// here (on the GPU, expf/logf differ by ulps and softmax_xent's test allows 1e-5).
 #[test]
-fn emulated_dropout_and_adam_match_their_twins_bit_for_bit() {
-    use inception_cuda::shape::AdamStep;
+fn emulated_dropout_adam_and_softmax_match_their_twins_bit_for_bit() {
     let n = 10_007;
     let (x, g) = (uniform(4, n), uniform(5, n));
-    for order in ORDERS {
-        let emu = EmuBackend { order };
-        for (p, step) in [(0.5f32, 3u64), (0.0, 1), (0.9, 7)] {
-            let (mut want, mut got) = (vec![f32::NAN; n], vec![f32::NAN; n]);
-            CpuBackend
-                .dropout_fwd(&mut want.as_mut_slice(), &x.as_slice(), p, 42, step)
-                .unwrap();
-            emu.dropout_fwd(&mut got.as_mut_slice(), &x.as_slice(), p, 42, step)
-                .unwrap();
-            assert_bits_eq(
-                &format!("emulated dropout_fwd p {p} {order:?}"),
-                &got,
-                &want,
-            );
-            CpuBackend
-                .dropout_bwd(&mut want.as_mut_slice(), &g.as_slice(), p, 42, step)
-                .unwrap();
-            emu.dropout_bwd(&mut got.as_mut_slice(), &g.as_slice(), p, 42, step)
-                .unwrap();
-            assert_bits_eq(
-                &format!("emulated dropout_bwd p {p} {order:?}"),
-                &got,
-                &want,
-            );
-        }
-        let mut state = [uniform(6, n), vec![0.0; n], vec![0.0; n]];
-        let mut twin = state.clone();
-        for t in 1..=3 {
-            let step = AdamStep::new(1e-3, t);
-            let [p, m, v] = &mut state;
-            emu.adam_step(
-                &mut p.as_mut_slice(),
-                &mut m.as_mut_slice(),
-                &mut v.as_mut_slice(),
-                &g.as_slice(),
-                &step,
-            )
-            .unwrap();
-            let [p, m, v] = &mut twin;
-            CpuBackend
-                .adam_step(
-                    &mut p.as_mut_slice(),
-                    &mut m.as_mut_slice(),
-                    &mut v.as_mut_slice(),
-                    &g.as_slice(),
-                    &step,
-                )
-                .unwrap();
-        }
-        for (k, name) in ["p", "m", "v"].iter().enumerate() {
-            assert_bits_eq(
-                &format!("emulated adam_step {name} after 3 steps {order:?}"),
-                &state[k],
-                &twin[k],
-            );
-        }
-    }
-}
-
-#[test]
-fn emulated_softmax_xent_matches_its_twin() {
-    for (m, classes) in [(1, 10), (50, 10), (300, 7)] {
-        let logits: Vec<f32> = uniform(7, m * classes).iter().map(|v| v * 8.0).collect();
-        let labels: Vec<u32> = (0..m as u32)
+    for (rows, classes) in [(1, 10), (50, 10), (300, 7)] {
+        let logits: Vec<f32> = uniform(7, rows * classes).iter().map(|v| v * 8.0).collect();
+        let labels: Vec<u32> = (0..rows as u32)
             .map(|i| (i * 7 + 3) % classes as u32)
             .collect();
-        let (mut loss, mut d) = (vec![f32::NAN], vec![f32::NAN; m * classes]);
-        CpuBackend
-            .softmax_xent(
-                &mut loss.as_mut_slice(),
-                &mut d.as_mut_slice(),
-                &logits.as_slice(),
-                &labels,
-                classes,
-            )
-            .unwrap();
+        let want = train_ops_on(&CpuBackend, &x, &g, &logits, &labels);
         for order in ORDERS {
-            let (mut eloss, mut ed) = (vec![f32::NAN], vec![f32::NAN; m * classes]);
-            let emu = EmuBackend { order };
-            emu.softmax_xent(
-                &mut eloss.as_mut_slice(),
-                &mut ed.as_mut_slice(),
-                &logits.as_slice(),
-                &labels,
-                classes,
-            )
-            .unwrap();
-            // Same operations in the same order on the same libm: bit for bit here (the GPU's expf/logf
-            // differ by ulps: its test allows 1e-5).
-            assert_bits_eq(
-                &format!("emulated softmax_xent loss m {m} {order:?}"),
-                &eloss,
-                &loss,
-            );
-            assert_bits_eq(
-                &format!("emulated softmax_xent dlogits m {m} {order:?}"),
-                &ed,
-                &d,
-            );
+            let got = train_ops_on(&EmuBackend { order }, &x, &g, &logits, &labels);
+            for (k, (w, o)) in want.iter().zip(&got).enumerate() {
+                assert_bits_eq(
+                    &format!("emulated training op output {k}, {rows}×{classes}, {order:?}"),
+                    o,
+                    w,
+                );
+            }
         }
     }
     let emu = EmuBackend {
         order: ThreadOrder::Forward,
     };
     let (mut loss, mut d) = (vec![0.0], vec![0.0; 20]);
+    let logits = vec![0.0; 20];
     let err = emu
         .softmax_xent(
             &mut loss.as_mut_slice(),
             &mut d.as_mut_slice(),
-            &vec![0.0; 20].as_slice(),
+            &logits.as_slice(),
             &vec![1, 10],
             10,
         )

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod gradcheck;
+pub mod kernels;
 
 use inception_cuda::Device;
 

@@ -1,0 +1,75 @@
+//! Oracle 3 (DESIGN.md): every CUDA kernel against its CPU twin on the same seeded inputs, on a real GPU.
+//! `#[ignore]`d: run with `cargo test --test gpu_kernels -- --include-ignored` on a machine with a GPU
+//! (they fail, never pass, without one). Tests named `small_*` use a few images and small channel counts:
+//! the staging runner runs those under compute-sanitizer.
+//!
+//! Tolerances, `|gpu - cpu| <= atol + rtol·|cpu|`: 0 (bit for bit) for relu, add, max pooling, dropout and
+//! Adam (integer hash, comparisons, and `_rn` arithmetic that nvcc cannot contract); 1e-5 for softmax_xent
+//! (the GPU's expf/logf differ from libm by a few ulps).
+
+mod common;
+
+use common::kernels::{pool_on, train_ops_on};
+use common::{assert_bits_eq, assert_close, uniform};
+use inception_cuda::cpu::CpuBackend;
+use inception_cuda::shape::PoolShape;
+use inception_cuda::Device;
+
+/// Runs `f` with the CUDA backend of device 0.
+fn with_gpu<T>(f: impl FnOnce(&inception_cuda::cuda::CudaBackend) -> T) -> T {
+    let dev = common::gpu();
+    match &dev {
+        Device::Cuda(d) => f(d.backend()),
+        Device::Cpu => unreachable!("common::gpu() returns a CUDA device"),
+    }
+}
+
+fn pool_case(shapes: &[(usize, usize, usize, usize)]) {
+    for &(n, c, h, w) in shapes {
+        let s = PoolShape { n, c, h, w };
+        let len = n * c * h * w;
+        let mut x: Vec<f32> = uniform(1, len).iter().map(|v| (v * 4.0).round()).collect(); // ties
+        x[len / 3] = f32::NAN;
+        let (dy, dx0) = (uniform(2, len), uniform(3, len));
+        let want = pool_on(&CpuBackend, &s, &x, &dy, &dx0);
+        let got = with_gpu(|b| pool_on(b, &s, &x, &dy, &dx0));
+        for (k, name) in ["fwd", "bwd", "bwd accumulate"].iter().enumerate() {
+            assert_bits_eq(&format!("gpu maxpool3x3s1 {name} {s:?}"), &got[k], &want[k]);
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn small_gpu_maxpool_matches_twin() {
+    pool_case(&[(1, 1, 5, 5), (3, 2, 7, 7), (1, 3, 28, 28)]);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_maxpool_at_module_2_size_matches_twin() {
+    pool_case(&[(50, 128, 28, 28)]);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn small_gpu_dropout_adam_softmax_match_twins() {
+    let n = 100_003;
+    let (x, g) = (uniform(4, n), uniform(5, n));
+    let logits: Vec<f32> = uniform(6, 50 * 10).iter().map(|v| v * 8.0).collect();
+    let labels: Vec<u32> = (0..50).map(|i| (i * 7 + 3) % 10).collect();
+    let want = train_ops_on(&CpuBackend, &x, &g, &logits, &labels);
+    let got = with_gpu(|b| train_ops_on(b, &x, &g, &logits, &labels));
+    for k in 0..6 {
+        assert_bits_eq(&format!("gpu dropout output {k}"), &got[k], &want[k]);
+    }
+    for (k, name) in [(6, "p"), (7, "m"), (8, "v")] {
+        assert_bits_eq(
+            &format!("gpu adam_step {name} after 3 steps"),
+            &got[k],
+            &want[k],
+        );
+    }
+    assert_close("gpu softmax_xent loss", &got[9], &want[9], 1e-5, 1e-5);
+    assert_close("gpu softmax_xent dlogits", &got[10], &want[10], 1e-5, 1e-5);
+}
