@@ -119,12 +119,14 @@ pub trait Backend {
         s: &ReduceConvShape,
     ) -> Result<()>;
     /// The fused reduce conv backward (see [`crate::cpu::reduce_conv_bwd`]); `dparams` receives
-    /// `[dw1 | db1 | dw2 | db2]`, `params` is `[w1 | b1 | w2 | b2]`.
+    /// `[dw1 | db1 | dw2 | db2]`, `params` is `[w1 | b1 | w2 | b2]`; `scratch [n, c_mid, h, w]` is working
+    /// memory (a backend that needs none ignores it), so the pass allocates nothing.
     #[allow(clippy::too_many_arguments)]
     fn reduce_conv_bwd(
         &self,
         dx: &mut Self::ViewMut<'_>,
         dparams: &mut Self::ViewMut<'_>,
+        scratch: &mut Self::ViewMut<'_>,
         dy: &Self::View<'_>,
         x: &Self::View<'_>,
         mid: &Self::View<'_>,

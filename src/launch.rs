@@ -109,6 +109,179 @@ pub(crate) fn softmax_plan(
     }))
 }
 
+/// Threads per block of the conv kernels' reductions (`conv_wgrad`, `conv_bgrad`: one block per value).
+pub const REDUCE_BLOCK: u32 = 256;
+/// Output channels per block of `reduce_conv_fwd` (`REDUCE_CO_GROUP` in kernels/conv.cu).
+pub const REDUCE_CO_GROUP: usize = 16;
+/// Dynamic shared memory a block may use on Ampere and Hopper after opting in (227 KiB on H100/H200; the
+/// A100's 163 KiB is the smaller limit we design for).
+pub const MAX_DYNAMIC_SHARED: usize = 163 * 1024;
+
+/// `ConvDims` of kernels/conv.cu: a [`crate::shape::ConvShape`] in the kernels' integer width.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
+pub(crate) struct ConvDims {
+    pub n: u32,
+    pub c_in: u32,
+    pub c_out: u32,
+    pub h: u32,
+    pub w: u32,
+    pub k: u32,
+    pub c_total: u32,
+    pub c_offset: u32,
+}
+
+/// `ReduceDims` of kernels/conv.cu: a [`crate::shape::ReduceConvShape`] in the kernels' integer width.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
+pub(crate) struct ReduceDims {
+    pub n: u32,
+    pub c_in: u32,
+    pub c_mid: u32,
+    pub c_out: u32,
+    pub h: u32,
+    pub w: u32,
+    pub k: u32,
+    pub c_total: u32,
+    pub c_offset: u32,
+}
+
+fn u32_of(op: &'static str, v: usize) -> crate::Result<u32> {
+    u32::try_from(v).map_err(|_| crate::Error::InvalidShape {
+        op,
+        reason: format!("size {v} exceeds u32"),
+    })
+}
+
+#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
+impl ConvDims {
+    /// The kernel's dims of a validated shape.
+    pub fn of(op: &'static str, s: &crate::shape::ConvShape) -> crate::Result<Self> {
+        s.validate(op)?;
+        let [n, c_in, c_out, h, w, k, c_total, c_offset] =
+            [s.n, s.c_in, s.c_out, s.h, s.w, s.k, s.c_total, s.c_offset].map(|v| u32_of(op, v));
+        Ok(ConvDims {
+            n: n?,
+            c_in: c_in?,
+            c_out: c_out?,
+            h: h?,
+            w: w?,
+            k: k?,
+            c_total: c_total?,
+            c_offset: c_offset?,
+        })
+    }
+
+    /// conv_fwd: one thread per output element of the slice.
+    pub fn fwd(&self) -> Option<LaunchDims> {
+        elementwise(self.n as usize * self.c_out as usize * self.h as usize * self.w as usize)
+    }
+
+    /// conv_dgrad: one thread per input element.
+    pub fn dgrad(&self) -> Option<LaunchDims> {
+        elementwise(self.n as usize * self.c_in as usize * self.h as usize * self.w as usize)
+    }
+
+    /// conv_wgrad: one block per weight element.
+    pub fn wgrad(&self) -> LaunchDims {
+        let grid = self.c_out * self.c_in * self.k * self.k;
+        LaunchDims {
+            grid,
+            block: REDUCE_BLOCK,
+            shared_bytes: 0,
+        }
+    }
+
+    /// conv_bgrad: one block per output channel.
+    pub fn bgrad(&self) -> LaunchDims {
+        LaunchDims {
+            grid: self.c_out,
+            block: REDUCE_BLOCK,
+            shared_bytes: 0,
+        }
+    }
+}
+
+#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
+impl ReduceDims {
+    /// The kernel's dims of a validated shape.
+    pub fn of(op: &'static str, s: &crate::shape::ReduceConvShape) -> crate::Result<Self> {
+        s.validate(op)?;
+        let [n, c_in, c_mid, c_out, h, w, k, c_total, c_offset] = [
+            s.n, s.c_in, s.c_mid, s.c_out, s.h, s.w, s.k, s.c_total, s.c_offset,
+        ]
+        .map(|v| u32_of(op, v));
+        Ok(ReduceDims {
+            n: n?,
+            c_in: c_in?,
+            c_mid: c_mid?,
+            c_out: c_out?,
+            h: h?,
+            w: w?,
+            k: k?,
+            c_total: c_total?,
+            c_offset: c_offset?,
+        })
+    }
+
+    /// reduce_conv_fwd: one block per (image, group of output channels), the image's reduced map in dynamic
+    /// shared memory. `None` for an empty batch; an error when the map does not fit in shared memory (larger
+    /// images need halo tiles, which this kernel does not have yet).
+    pub fn fwd(&self, op: &'static str) -> crate::Result<Option<LaunchDims>> {
+        let bytes = 4 * self.c_mid as usize * self.h as usize * self.w as usize;
+        if bytes > MAX_DYNAMIC_SHARED {
+            return Err(crate::Error::InvalidShape {
+                op,
+                reason: format!(
+                    "reduced map of {bytes} bytes exceeds {MAX_DYNAMIC_SHARED} of shared memory"
+                ),
+            });
+        }
+        let groups = (self.c_out as usize).div_ceil(REDUCE_CO_GROUP);
+        let grid = u32_of(op, self.n as usize * groups)?;
+        Ok((grid > 0).then_some(LaunchDims {
+            grid,
+            block: 256,
+            shared_bytes: bytes as u32,
+        }))
+    }
+
+    /// The k×k conv of the fused branch as a plain conv (for its weight and bias gradients).
+    pub fn conv(&self) -> ConvDims {
+        ConvDims {
+            n: self.n,
+            c_in: self.c_mid,
+            c_out: self.c_out,
+            h: self.h,
+            w: self.w,
+            k: self.k,
+            c_total: self.c_total,
+            c_offset: self.c_offset,
+        }
+    }
+
+    /// The 1×1 reduce of the fused branch as a plain conv reading the `[n, c_mid, h, w]` scratch.
+    pub fn reduce(&self) -> ConvDims {
+        ConvDims {
+            n: self.n,
+            c_in: self.c_in,
+            c_out: self.c_mid,
+            h: self.h,
+            w: self.w,
+            k: 1,
+            c_total: self.c_mid,
+            c_offset: 0,
+        }
+    }
+
+    /// reduce_conv_dmid: one thread per element of the reduced map.
+    pub fn dmid(&self) -> Option<LaunchDims> {
+        elementwise(self.n as usize * self.c_mid as usize * self.h as usize * self.w as usize)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

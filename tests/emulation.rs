@@ -281,3 +281,75 @@ fn emulated_dropout_adam_and_softmax_match_their_twins_bit_for_bit() {
         .unwrap_err();
     assert!(matches!(err, Error::OutOfRange { .. }), "{err:?}");
 }
+
+fn conv_inputs(s: &inception_cuda::shape::ConvShape) -> [Vec<f32>; 5] {
+    [
+        uniform(11, s.n * s.c_in * s.h * s.w),
+        uniform(12, s.c_out * s.c_in * s.k * s.k),
+        uniform(13, s.c_out),
+        uniform(14, s.n * s.c_total * s.h * s.w),
+        uniform(15, s.n * s.c_in * s.h * s.w),
+    ]
+}
+
+#[test]
+fn emulated_convs_match_their_twins() {
+    use common::assert_close;
+    use common::kernels::{conv_on, conv_shapes, CONV_TOL};
+    for s in conv_shapes() {
+        let [x, w, b, dy, dx0] = conv_inputs(&s);
+        let want = conv_on(&CpuBackend, &s, &x, &w, &b, &dy, &dx0);
+        for order in ORDERS {
+            let got = conv_on(&EmuBackend { order }, &s, &x, &w, &b, &dy, &dx0);
+            for (k, name) in [
+                "fwd relu",
+                "fwd",
+                "dgrad",
+                "dgrad accumulate",
+                "wgrad",
+                "bgrad",
+            ]
+            .iter()
+            .enumerate()
+            {
+                let (atol, rtol) = CONV_TOL[k];
+                assert_close(
+                    &format!("emulated conv {name} {s:?} {order:?}"),
+                    &got[k],
+                    &want[k],
+                    atol,
+                    rtol,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn emulated_fused_reduce_conv_matches_its_twin() {
+    use common::assert_close;
+    use common::kernels::{fused_on, fused_shapes, FUSED_TOL};
+    for s in fused_shapes() {
+        let x = uniform(21, s.n * s.c_in * s.h * s.w);
+        let plen = s.c_mid * s.c_in + s.c_mid + s.c_out * s.c_mid * s.k * s.k + s.c_out;
+        let params = uniform(22, plen);
+        let (dy, dx0) = (
+            uniform(23, s.n * s.c_total * s.h * s.w),
+            uniform(24, x.len()),
+        );
+        let want = fused_on(&CpuBackend, &s, &x, &params, &dy, &dx0);
+        for order in ORDERS {
+            let got = fused_on(&EmuBackend { order }, &s, &x, &params, &dy, &dx0);
+            for (k, name) in ["y", "mid", "dx accumulate", "dparams"].iter().enumerate() {
+                let (atol, rtol) = FUSED_TOL[k];
+                assert_close(
+                    &format!("emulated reduce_conv {name} {s:?} {order:?}"),
+                    &got[k],
+                    &want[k],
+                    atol,
+                    rtol,
+                );
+            }
+        }
+    }
+}

@@ -73,3 +73,99 @@ fn small_gpu_dropout_adam_softmax_match_twins() {
     assert_close("gpu softmax_xent loss", &got[9], &want[9], 1e-5, 1e-5);
     assert_close("gpu softmax_xent dlogits", &got[10], &want[10], 1e-5, 1e-5);
 }
+
+fn conv_case(shapes: &[inception_cuda::shape::ConvShape]) {
+    use common::kernels::{conv_on, CONV_TOL};
+    for s in shapes {
+        let (x, w, b) = (
+            uniform(11, s.n * s.c_in * s.h * s.w),
+            uniform(12, s.c_out * s.c_in * s.k * s.k),
+            uniform(13, s.c_out),
+        );
+        let (dy, dx0) = (
+            uniform(14, s.n * s.c_total * s.h * s.w),
+            uniform(15, x.len()),
+        );
+        let want = conv_on(&CpuBackend, s, &x, &w, &b, &dy, &dx0);
+        let got = with_gpu(|g| conv_on(g, s, &x, &w, &b, &dy, &dx0));
+        for (k, name) in [
+            "fwd relu",
+            "fwd",
+            "dgrad",
+            "dgrad accumulate",
+            "wgrad",
+            "bgrad",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let (atol, rtol) = CONV_TOL[k];
+            assert_close(
+                &format!("gpu conv {name} {s:?}"),
+                &got[k],
+                &want[k],
+                atol,
+                rtol,
+            );
+        }
+    }
+}
+
+fn fused_case(shapes: &[inception_cuda::shape::ReduceConvShape]) {
+    use common::kernels::{fused_on, FUSED_TOL};
+    for s in shapes {
+        let x = uniform(21, s.n * s.c_in * s.h * s.w);
+        let params = uniform(
+            22,
+            s.c_mid * s.c_in + s.c_mid + s.c_out * s.c_mid * s.k * s.k + s.c_out,
+        );
+        let (dy, dx0) = (
+            uniform(23, s.n * s.c_total * s.h * s.w),
+            uniform(24, x.len()),
+        );
+        let want = fused_on(&CpuBackend, s, &x, &params, &dy, &dx0);
+        let got = with_gpu(|g| fused_on(g, s, &x, &params, &dy, &dx0));
+        for (k, name) in ["y", "mid", "dx accumulate", "dparams"].iter().enumerate() {
+            let (atol, rtol) = FUSED_TOL[k];
+            assert_close(
+                &format!("gpu reduce_conv {name} {s:?}"),
+                &got[k],
+                &want[k],
+                atol,
+                rtol,
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn small_gpu_convs_match_twins() {
+    conv_case(&common::kernels::conv_shapes());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn small_gpu_fused_reduce_conv_matches_twin() {
+    fused_case(&common::kernels::fused_shapes());
+}
+
+/// Module 2 of the MNIST net at batch 50: the 28×28×16 reduced map (50 KB) needs the shared-memory opt-in.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_convs_at_module_2_size_match_twins() {
+    use inception_cuda::shape::{ConvShape, ReduceConvShape};
+    conv_case(&[ConvShape::new(50, 128, 64, 28, 28, 1).into_slice(256, 0)]);
+    let fused = |k, off| ReduceConvShape {
+        n: 50,
+        c_in: 128,
+        c_mid: 16,
+        c_out: 64,
+        h: 28,
+        w: 28,
+        k,
+        c_total: 256,
+        c_offset: off,
+    };
+    fused_case(&[fused(3, 64), fused(5, 128)]);
+}

@@ -196,6 +196,7 @@ impl Backend for CpuBackend {
         &self,
         dx: &mut &mut [f32],
         dparams: &mut &mut [f32],
+        _scratch: &mut &mut [f32],
         dy: &&[f32],
         x: &&[f32],
         mid: &&[f32],

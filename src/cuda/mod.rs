@@ -4,10 +4,12 @@
 //! All `unsafe` of the GPU path lives in this module, each block with a `// SAFETY:` line.
 
 mod add;
+mod conv;
 mod relu;
 mod train;
 
 pub use add::add_fwd;
+pub use conv::{conv_bgrad, conv_dgrad, conv_fwd, conv_wgrad, reduce_conv_bwd, reduce_conv_fwd};
 pub use relu::{relu_bwd, relu_fwd};
 pub use train::{
     adam_step, dropout_bwd, dropout_fwd, maxpool3x3s1_bwd, maxpool3x3s1_fwd, softmax_xent,
@@ -61,6 +63,7 @@ macro_rules! kernel_table {
 
 kernel_table! {
     "add" => [add_fwd],
+    "conv" => [conv_fwd, conv_dgrad, conv_wgrad, conv_bgrad, reduce_conv_fwd, reduce_conv_dmid],
     "pool" => [maxpool3x3s1_fwd, maxpool3x3s1_bwd],
     "relu" => [relu_fwd, relu_bwd],
     "train" => [softmax_xent, dropout_fwd, dropout_bwd, adam_step],
@@ -344,58 +347,61 @@ impl Backend for CudaBackend {
 
     fn conv_fwd(
         &self,
-        _: &mut V<'_>,
-        _: &R<'_>,
-        _: &R<'_>,
-        _: &R<'_>,
-        _: &ConvShape,
-        _: bool,
+        y: &mut V<'_>,
+        x: &R<'_>,
+        w: &R<'_>,
+        b: &R<'_>,
+        s: &ConvShape,
+        relu: bool,
     ) -> Result<()> {
-        unsupported("conv_fwd")
+        conv_fwd(self, y, x, w, b, s, relu)
     }
 
     fn conv_dgrad(
         &self,
-        _: &mut V<'_>,
-        _: &R<'_>,
-        _: &R<'_>,
-        _: &ConvShape,
-        _: bool,
+        dx: &mut V<'_>,
+        dy: &R<'_>,
+        w: &R<'_>,
+        s: &ConvShape,
+        accumulate: bool,
     ) -> Result<()> {
-        unsupported("conv_dgrad")
+        conv_dgrad(self, dx, dy, w, s, accumulate)
     }
 
-    fn conv_wgrad(&self, _: &mut V<'_>, _: &R<'_>, _: &R<'_>, _: &ConvShape) -> Result<()> {
-        unsupported("conv_wgrad")
+    fn conv_wgrad(&self, dw: &mut V<'_>, dy: &R<'_>, x: &R<'_>, s: &ConvShape) -> Result<()> {
+        conv_wgrad(self, dw, dy, x, s)
     }
 
-    fn conv_bgrad(&self, _: &mut V<'_>, _: &R<'_>, _: &ConvShape) -> Result<()> {
-        unsupported("conv_bgrad")
+    fn conv_bgrad(&self, db: &mut V<'_>, dy: &R<'_>, s: &ConvShape) -> Result<()> {
+        conv_bgrad(self, db, dy, s)
     }
 
     fn reduce_conv_fwd(
         &self,
-        _: &mut V<'_>,
-        _: &mut V<'_>,
-        _: &R<'_>,
-        _: &R<'_>,
-        _: &ReduceConvShape,
+        y: &mut V<'_>,
+        mid: &mut V<'_>,
+        x: &R<'_>,
+        params: &R<'_>,
+        s: &ReduceConvShape,
     ) -> Result<()> {
-        unsupported("reduce_conv_fwd")
+        reduce_conv_fwd(self, y, mid, x, params, s)
     }
 
     fn reduce_conv_bwd(
         &self,
-        _: &mut V<'_>,
-        _: &mut V<'_>,
-        _: &R<'_>,
-        _: &R<'_>,
-        _: &R<'_>,
-        _: &R<'_>,
-        _: &ReduceConvShape,
-        _: bool,
+        dx: &mut V<'_>,
+        dparams: &mut V<'_>,
+        scratch: &mut V<'_>,
+        dy: &R<'_>,
+        x: &R<'_>,
+        mid: &R<'_>,
+        params: &R<'_>,
+        s: &ReduceConvShape,
+        accumulate: bool,
     ) -> Result<()> {
-        unsupported("reduce_conv_bwd")
+        reduce_conv_bwd(
+            self, dx, dparams, scratch, dy, x, mid, params, s, accumulate,
+        )
     }
 
     fn maxpool3x3s1_fwd(&self, y: &mut V<'_>, x: &R<'_>, s: &PoolShape) -> Result<()> {

@@ -14,6 +14,7 @@ use crate::launch::{self, LaunchDims};
 use crate::shape::{check_len, AdamStep, ConvShape, LinearShape, PoolShape, ReduceConvShape};
 use crate::{Error, Result};
 
+mod conv;
 pub mod planted;
 
 /// Whether the emulated kernels were built with AddressSanitizer (`INCEPTION_CUDA_EMU_ASAN=1`).
@@ -119,10 +120,16 @@ extern "C" {
 pub const EMULATED_KERNELS: &[&str] = &[
     "adam_step",
     "add_fwd",
+    "conv_bgrad",
+    "conv_dgrad",
+    "conv_fwd",
+    "conv_wgrad",
     "dropout_bwd",
     "dropout_fwd",
     "maxpool3x3s1_bwd",
     "maxpool3x3s1_fwd",
+    "reduce_conv_dmid",
+    "reduce_conv_fwd",
     "relu_bwd",
     "relu_fwd",
     "softmax_xent",
@@ -282,58 +289,67 @@ impl Backend for EmuBackend {
 
     fn conv_fwd(
         &self,
-        _: &mut &mut [f32],
-        _: &&[f32],
-        _: &&[f32],
-        _: &&[f32],
-        _: &ConvShape,
-        _: bool,
+        y: &mut &mut [f32],
+        x: &&[f32],
+        w: &&[f32],
+        b: &&[f32],
+        s: &ConvShape,
+        relu: bool,
     ) -> Result<()> {
-        unsupported("conv_fwd")
+        conv::conv_fwd(self.order, y, x, w, b, s, relu)
     }
 
     fn conv_dgrad(
         &self,
-        _: &mut &mut [f32],
-        _: &&[f32],
-        _: &&[f32],
-        _: &ConvShape,
-        _: bool,
+        dx: &mut &mut [f32],
+        dy: &&[f32],
+        w: &&[f32],
+        s: &ConvShape,
+        accumulate: bool,
     ) -> Result<()> {
-        unsupported("conv_dgrad")
+        conv::conv_dgrad(self.order, dx, dy, w, s, accumulate)
     }
 
-    fn conv_wgrad(&self, _: &mut &mut [f32], _: &&[f32], _: &&[f32], _: &ConvShape) -> Result<()> {
-        unsupported("conv_wgrad")
+    fn conv_wgrad(
+        &self,
+        dw: &mut &mut [f32],
+        dy: &&[f32],
+        x: &&[f32],
+        s: &ConvShape,
+    ) -> Result<()> {
+        conv::conv_wgrad(self.order, dw, dy, x, s)
     }
 
-    fn conv_bgrad(&self, _: &mut &mut [f32], _: &&[f32], _: &ConvShape) -> Result<()> {
-        unsupported("conv_bgrad")
+    fn conv_bgrad(&self, db: &mut &mut [f32], dy: &&[f32], s: &ConvShape) -> Result<()> {
+        conv::conv_bgrad(self.order, db, dy, s)
     }
 
     fn reduce_conv_fwd(
         &self,
-        _: &mut &mut [f32],
-        _: &mut &mut [f32],
-        _: &&[f32],
-        _: &&[f32],
-        _: &ReduceConvShape,
+        y: &mut &mut [f32],
+        mid: &mut &mut [f32],
+        x: &&[f32],
+        params: &&[f32],
+        s: &ReduceConvShape,
     ) -> Result<()> {
-        unsupported("reduce_conv_fwd")
+        conv::reduce_conv_fwd(self.order, y, mid, x, params, s)
     }
 
     fn reduce_conv_bwd(
         &self,
-        _: &mut &mut [f32],
-        _: &mut &mut [f32],
-        _: &&[f32],
-        _: &&[f32],
-        _: &&[f32],
-        _: &&[f32],
-        _: &ReduceConvShape,
-        _: bool,
+        dx: &mut &mut [f32],
+        dparams: &mut &mut [f32],
+        scratch: &mut &mut [f32],
+        dy: &&[f32],
+        x: &&[f32],
+        mid: &&[f32],
+        params: &&[f32],
+        s: &ReduceConvShape,
+        accumulate: bool,
     ) -> Result<()> {
-        unsupported("reduce_conv_bwd")
+        conv::reduce_conv_bwd(
+            self.order, dx, dparams, scratch, dy, x, mid, params, s, accumulate,
+        )
     }
 
     fn maxpool3x3s1_fwd(&self, y: &mut &mut [f32], x: &&[f32], s: &PoolShape) -> Result<()> {

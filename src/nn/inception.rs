@@ -131,6 +131,8 @@ pub struct ModuleScratch<B: Backend> {
     pub g: B::Buf,
     /// `[n, c_in, h, w]`: the gradient of the pooled input.
     pub dpooled: B::Buf,
+    /// `[n, max(#3×3 reduce, #5×5 reduce), h, w]`: working memory of the fused branches' backward.
+    pub dmid: B::Buf,
 }
 
 impl InceptionModule {
@@ -249,6 +251,7 @@ impl InceptionModule {
         Ok(ModuleScratch {
             g: b.alloc_zeros(hw * self.c_out())?,
             dpooled: b.alloc_zeros(hw * self.c_in)?,
+            dmid: b.alloc_zeros(hw * self.widths.c3x3_reduce.max(self.widths.c5x5_reduce))?,
         })
     }
 
@@ -364,6 +367,7 @@ impl InceptionModule {
             b.reduce_conv_bwd(
                 &mut sink,
                 &mut b.view_mut(dparams, r3.clone())?,
+                &mut b.view_mut(&mut scratch.dmid, 0..s3.mid_len("reduce_conv_bwd")?)?,
                 &g,
                 x,
                 &mid3,
@@ -374,6 +378,7 @@ impl InceptionModule {
             return b.reduce_conv_bwd(
                 &mut sink,
                 &mut b.view_mut(dparams, r5.clone())?,
+                &mut b.view_mut(&mut scratch.dmid, 0..s5.mid_len("reduce_conv_bwd")?)?,
                 &g,
                 x,
                 &mid5,
@@ -386,6 +391,7 @@ impl InceptionModule {
         b.reduce_conv_bwd(
             dx,
             &mut b.view_mut(dparams, r3.clone())?,
+            &mut b.view_mut(&mut scratch.dmid, 0..s3.mid_len("reduce_conv_bwd")?)?,
             &g,
             x,
             &mid3,
@@ -396,6 +402,7 @@ impl InceptionModule {
         b.reduce_conv_bwd(
             dx,
             &mut b.view_mut(dparams, r5.clone())?,
+            &mut b.view_mut(&mut scratch.dmid, 0..s5.mid_len("reduce_conv_bwd")?)?,
             &g,
             x,
             &mid5,

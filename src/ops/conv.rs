@@ -180,10 +180,21 @@ fn reduce_conv_bwd(
     const OP: &str = "reduce_conv_bwd";
     let g = relu_bwd(dy, y)?; // through the output ReLU
     let ranges = reduce_conv_param_ranges(s);
-    let (x_len, total) = (x.elem_count(), ranges[3].end);
+    let (x_len, total, mid_len) = (x.elem_count(), ranges[3].end, mid.elem_count());
     let storages = dispatch_many!(OP, x.device(), |be, g = g, x = x, mid = mid, block = block| {
         let (mut dx, mut dblock) = (be.alloc_zeros(x_len)?, be.alloc_zeros(total)?);
-        be.reduce_conv_bwd(&mut be.view_mut(&mut dx, 0..x_len)?, &mut be.view_mut(&mut dblock, 0..total)?, &g, &x, &mid, &block, s, false)?;
+        let mut scratch = be.alloc_zeros(mid_len)?;
+        be.reduce_conv_bwd(
+            &mut be.view_mut(&mut dx, 0..x_len)?,
+            &mut be.view_mut(&mut dblock, 0..total)?,
+            &mut be.view_mut(&mut scratch, 0..mid_len)?,
+            &g,
+            &x,
+            &mid,
+            &block,
+            s,
+            false,
+        )?;
         let mut out = vec![dx];
         for r in ranges.clone() {
             let mut part = be.alloc_zeros(r.len())?;

@@ -1,7 +1,7 @@
 //! Kernel sequences run on any backend (CPU twins, emulation, CUDA), outputs copied to the host, so each
 //! backend's results can be compared with the twins'.
 
-use inception_cuda::shape::{AdamStep, PoolShape};
+use inception_cuda::shape::{AdamStep, ConvShape, PoolShape, ReduceConvShape};
 use inception_cuda::Backend;
 
 /// Max pooling forward, backward and accumulating backward on backend `b`, outputs on the host.
@@ -102,4 +102,162 @@ pub fn train_ops_on<B: Backend>(
     .unwrap();
     out.extend([b.to_host(&loss).unwrap(), b.to_host(&d).unwrap()]);
     out
+}
+
+/// Value the outputs start from: channels outside a branch's slice must keep it.
+pub const SENTINEL: f32 = 7.0;
+
+/// conv_fwd (with and without ReLU), conv_dgrad (overwriting, accumulating), conv_wgrad, conv_bgrad on
+/// backend `b`, outputs on the host in that order.
+pub fn conv_on<B: Backend>(
+    b: &B,
+    s: &ConvShape,
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    dy: &[f32],
+    dx0: &[f32],
+) -> Vec<Vec<f32>> {
+    let up = |v: &[f32]| b.upload(v).unwrap();
+    let (xb, wb, bb, dyb) = (up(x), up(w), up(bias), up(dy));
+    let (xv, wv, bv, dyv) = (
+        b.view(&xb, 0..x.len()).unwrap(),
+        b.view(&wb, 0..w.len()).unwrap(),
+        b.view(&bb, 0..bias.len()).unwrap(),
+        b.view(&dyb, 0..dy.len()).unwrap(),
+    );
+    let mut out = Vec::new();
+    for relu in [true, false] {
+        let mut y = up(&vec![SENTINEL; dy.len()]);
+        b.conv_fwd(
+            &mut b.view_mut(&mut y, 0..dy.len()).unwrap(),
+            &xv,
+            &wv,
+            &bv,
+            s,
+            relu,
+        )
+        .unwrap();
+        out.push(b.to_host(&y).unwrap());
+    }
+    for accumulate in [false, true] {
+        let mut dx = up(dx0);
+        b.conv_dgrad(
+            &mut b.view_mut(&mut dx, 0..x.len()).unwrap(),
+            &dyv,
+            &wv,
+            s,
+            accumulate,
+        )
+        .unwrap();
+        out.push(b.to_host(&dx).unwrap());
+    }
+    let (mut dw, mut db) = (
+        up(&vec![SENTINEL; w.len()]),
+        up(&vec![SENTINEL; bias.len()]),
+    );
+    b.conv_wgrad(&mut b.view_mut(&mut dw, 0..w.len()).unwrap(), &dyv, &xv, s)
+        .unwrap();
+    b.conv_bgrad(&mut b.view_mut(&mut db, 0..bias.len()).unwrap(), &dyv, s)
+        .unwrap();
+    out.extend([b.to_host(&dw).unwrap(), b.to_host(&db).unwrap()]);
+    out
+}
+
+/// The fused reduce conv forward (y, mid) and backward (dx accumulated onto `dx0`, dparams) on backend `b`.
+pub fn fused_on<B: Backend>(
+    b: &B,
+    s: &ReduceConvShape,
+    x: &[f32],
+    params: &[f32],
+    dy: &[f32],
+    dx0: &[f32],
+) -> Vec<Vec<f32>> {
+    let up = |v: &[f32]| b.upload(v).unwrap();
+    let mid_len = s.n * s.c_mid * s.h * s.w;
+    let (xb, pb, dyb) = (up(x), up(params), up(dy));
+    let (xv, pv, dyv) = (
+        b.view(&xb, 0..x.len()).unwrap(),
+        b.view(&pb, 0..params.len()).unwrap(),
+        b.view(&dyb, 0..dy.len()).unwrap(),
+    );
+    let (mut y, mut mid) = (up(&vec![SENTINEL; dy.len()]), up(&vec![SENTINEL; mid_len]));
+    b.reduce_conv_fwd(
+        &mut b.view_mut(&mut y, 0..dy.len()).unwrap(),
+        &mut b.view_mut(&mut mid, 0..mid_len).unwrap(),
+        &xv,
+        &pv,
+        s,
+    )
+    .unwrap();
+    let (mut dx, mut dp, mut scratch) = (
+        up(dx0),
+        up(&vec![SENTINEL; params.len()]),
+        up(&vec![SENTINEL; mid_len]),
+    );
+    b.reduce_conv_bwd(
+        &mut b.view_mut(&mut dx, 0..x.len()).unwrap(),
+        &mut b.view_mut(&mut dp, 0..params.len()).unwrap(),
+        &mut b.view_mut(&mut scratch, 0..mid_len).unwrap(),
+        &dyv,
+        &xv,
+        &b.view(&mid, 0..mid_len).unwrap(),
+        &pv,
+        s,
+        true,
+    )
+    .unwrap();
+    vec![
+        b.to_host(&y).unwrap(),
+        b.to_host(&mid).unwrap(),
+        b.to_host(&dx).unwrap(),
+        b.to_host(&dp).unwrap(),
+    ]
+}
+
+/// Tolerances `(atol, rtol)` of the conv outputs of [`conv_on`] and [`fused_on`] (DESIGN.md: 1e-4 for
+/// forward, 1e-3 for weight gradients; the kernels sum in another order than the twins' matrix products).
+pub const CONV_TOL: [(f32, f32); 6] = [
+    (1e-5, 1e-4),
+    (1e-5, 1e-4),
+    (1e-5, 1e-4),
+    (1e-5, 1e-4),
+    (1e-4, 1e-3),
+    (1e-4, 1e-3),
+];
+/// Tolerances of [`fused_on`]'s outputs: y, mid, dx, dparams.
+pub const FUSED_TOL: [(f32, f32); 4] = [(1e-5, 1e-4), (1e-5, 1e-4), (1e-4, 1e-3), (1e-4, 1e-3)];
+
+/// Shapes for the conv tests: odd sizes, batch 1 and 3, every kernel size, a channel slice.
+pub fn conv_shapes() -> Vec<ConvShape> {
+    let mut v = Vec::new();
+    for (n, hw) in [(1, 5), (3, 7)] {
+        for k in [1, 3, 5] {
+            v.push(ConvShape::new(n, 3, 4, hw, hw, k).into_slice(9, 2));
+        }
+    }
+    v.push(ConvShape::new(2, 2, 3, 4, 6, 3));
+    v
+}
+
+/// Shapes for the fused tests: batch 1 and 3, 5×5 and 7×7, both kernel sizes, a slice, more than one
+/// output-channel group (c_out 20 > 16).
+pub fn fused_shapes() -> Vec<ReduceConvShape> {
+    let mut v = Vec::new();
+    for (n, hw) in [(1, 5), (3, 7)] {
+        for k in [3, 5] {
+            v.push(ReduceConvShape {
+                n,
+                c_in: 3,
+                c_mid: 2,
+                c_out: 20,
+                h: hw,
+                w: hw,
+                k,
+                c_total: 26,
+                c_offset: 5,
+            });
+        }
+    }
+    v
 }

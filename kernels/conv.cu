@@ -1,0 +1,217 @@
+// conv.cu: stride-1 'same' convolutions (kernel 1, 3 or 5) with bias, and the fused reduce conv.
+//
+// Provides: conv_fwd (one thread per output element; bias and the optional ReLU in the epilogue; writes
+//           channels [c_offset, c_offset + c_out) of a c_total-channel output: concat is not a copy),
+//           conv_dgrad (one thread per input element, overwriting or accumulating), conv_wgrad (one block per
+//           weight element), conv_bgrad (one block per output channel): the weight and bias gradients reduce
+//           in a fixed order through shared memory (no float atomics: same inputs, same bits);
+//           reduce_conv_fwd: 1×1 (c_in → c_mid) + b1 → ReLU → k×k (c_mid → c_out) + b2 → ReLU in one kernel.
+//           Each block holds one image's reduced map in dynamic shared memory (c_mid·h·w floats: 50 KB for
+//           16 × 28 × 28, so the launcher opts in to more than 48 KB) and computes a group of output channels
+//           from it; the blocks of group 0 also save the map for backward.
+// Backward needs saved: x and the weights for conv; for the fused conv also the reduced map `mid`
+//           (post-ReLU), which its backward (a sequence of the kernels above, see src/cuda/conv.rs) reads.
+// Write rules: dy of a branch is read in place from its channel slice; dx overwrites or accumulates (the
+//              module input is read by four branches). Grid-stride loops over elements; one block per
+//              reduced value for the gradients.
+// CPU twins: src/cpu/conv.rs, src/cpu/reduce_conv.rs (other summation orders: compared within tolerances).
+
+struct ConvDims {
+  unsigned int n, c_in, c_out, h, w, k, c_total, c_offset;
+};
+
+struct ReduceDims {
+  unsigned int n, c_in, c_mid, c_out, h, w, k, c_total, c_offset;
+};
+
+__device__ __forceinline__ float relu_epilogue(float pre, int relu) {
+  return (!relu || !(pre <= 0.0f)) ? pre : 0.0f;
+}
+
+// Sum of one value per thread, in a fixed tree order (blockDim.x a power of two, at most 256).
+__device__ __forceinline__ float block_sum(float v, float* s) {
+  s[threadIdx.x] = v;
+  __syncthreads();
+  for (unsigned int o = blockDim.x / 2; o > 0; o >>= 1) {
+    if (threadIdx.x < o) s[threadIdx.x] += s[threadIdx.x + o];
+    __syncthreads();
+  }
+  const float total = s[0];
+  __syncthreads();
+  return total;
+}
+
+extern "C" __global__ void conv_fwd(float* __restrict__ y,        // [n, c_total, h, w]
+                                    const float* __restrict__ x,  // [n, c_in, h, w]
+                                    const float* __restrict__ wt, // [c_out, c_in, k, k]
+                                    const float* __restrict__ b,  // [c_out]
+                                    ConvDims d, int relu) {
+  const unsigned long long hw = (unsigned long long)d.h * d.w, total = d.n * d.c_out * hw;
+  const int p = (int)d.k / 2;
+  const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+  for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+    const unsigned int img = (unsigned int)(i / (d.c_out * hw)), co = (unsigned int)(i / hw % d.c_out);
+    const int oy = (int)(i % hw / d.w), ox = (int)(i % d.w);
+    float acc = 0.0f;
+    for (unsigned int ci = 0; ci < d.c_in; ++ci) {
+      const float* plane = x + ((unsigned long long)img * d.c_in + ci) * hw;
+      const float* kern = wt + ((unsigned long long)co * d.c_in + ci) * d.k * d.k;
+      for (int ky = 0; ky < (int)d.k; ++ky) {
+        const int sy = oy + ky - p;
+        if (sy < 0 || sy >= (int)d.h) continue;
+        for (int kx = 0; kx < (int)d.k; ++kx) {
+          const int sx = ox + kx - p;
+          if (sx >= 0 && sx < (int)d.w) acc += plane[sy * d.w + sx] * kern[ky * d.k + kx];
+        }
+      }
+    }
+    y[((unsigned long long)img * d.c_total + d.c_offset + co) * hw + oy * d.w + ox] = relu_epilogue(acc + b[co], relu);
+  }
+}
+
+extern "C" __global__ void conv_dgrad(float* __restrict__ dx,        // [n, c_in, h, w]
+                                      const float* __restrict__ dy,  // [n, c_total, h, w], slice read
+                                      const float* __restrict__ wt,  // [c_out, c_in, k, k]
+                                      ConvDims d, int accumulate) {
+  const unsigned long long hw = (unsigned long long)d.h * d.w, total = d.n * d.c_in * hw;
+  const int p = (int)d.k / 2;
+  const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+  for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+    const unsigned int img = (unsigned int)(i / (d.c_in * hw)), ci = (unsigned int)(i / hw % d.c_in);
+    const int iy = (int)(i % hw / d.w), ix = (int)(i % d.w);
+    float acc = 0.0f;
+    for (unsigned int co = 0; co < d.c_out; ++co) {
+      const float* g = dy + ((unsigned long long)img * d.c_total + d.c_offset + co) * hw;
+      const float* kern = wt + ((unsigned long long)co * d.c_in + ci) * d.k * d.k;
+      for (int ky = 0; ky < (int)d.k; ++ky) {
+        const int oy = iy + p - ky;
+        if (oy < 0 || oy >= (int)d.h) continue;
+        for (int kx = 0; kx < (int)d.k; ++kx) {
+          const int ox = ix + p - kx;
+          if (ox >= 0 && ox < (int)d.w) acc += g[oy * d.w + ox] * kern[ky * d.k + kx];
+        }
+      }
+    }
+    dx[i] = accumulate ? dx[i] + acc : acc;
+  }
+}
+
+// One block per weight element (grid.x = c_out · c_in · k · k), 256 threads.
+extern "C" __global__ void conv_wgrad(float* __restrict__ dw,        // [c_out, c_in, k, k]
+                                      const float* __restrict__ dy,  // [n, c_total, h, w], slice read
+                                      const float* __restrict__ x,   // [n, c_in, h, w]
+                                      ConvDims d) {
+  __shared__ float s[256];
+  const unsigned int e = blockIdx.x, kk = d.k * d.k;
+  const unsigned int co = e / (d.c_in * kk), ci = e / kk % d.c_in;
+  const int ky = (int)(e % kk / d.k), kx = (int)(e % d.k), p = (int)d.k / 2;
+  const unsigned long long hw = (unsigned long long)d.h * d.w, count = d.n * hw;
+  float acc = 0.0f;
+  for (unsigned long long t = threadIdx.x; t < count; t += blockDim.x) {
+    const unsigned int img = (unsigned int)(t / hw);
+    const int oy = (int)(t % hw / d.w), ox = (int)(t % d.w), sy = oy + ky - p, sx = ox + kx - p;
+    if (sy < 0 || sy >= (int)d.h || sx < 0 || sx >= (int)d.w) continue;
+    acc += dy[((unsigned long long)img * d.c_total + d.c_offset + co) * hw + oy * d.w + ox] *
+           x[((unsigned long long)img * d.c_in + ci) * hw + sy * d.w + sx];
+  }
+  const float total = block_sum(acc, s);
+  if (threadIdx.x == 0) dw[e] = total;
+}
+
+// One block per output channel (grid.x = c_out), 256 threads.
+extern "C" __global__ void conv_bgrad(float* __restrict__ db,        // [c_out]
+                                      const float* __restrict__ dy,  // [n, c_total, h, w], slice read
+                                      ConvDims d) {
+  __shared__ float s[256];
+  const unsigned int co = blockIdx.x;
+  const unsigned long long hw = (unsigned long long)d.h * d.w, count = d.n * hw;
+  float acc = 0.0f;
+  for (unsigned long long t = threadIdx.x; t < count; t += blockDim.x) {
+    acc += dy[((unsigned long long)(t / hw) * d.c_total + d.c_offset + co) * hw + t % hw];
+  }
+  const float total = block_sum(acc, s);
+  if (threadIdx.x == 0) db[co] = total;
+}
+
+// Output channels per block of reduce_conv_fwd.
+#define REDUCE_CO_GROUP 16
+
+// Grid: n · ceil(c_out / REDUCE_CO_GROUP) blocks (image-major); dynamic shared memory: c_mid · h · w floats.
+extern "C" __global__ void reduce_conv_fwd(float* __restrict__ y,         // [n, c_total, h, w]
+                                           float* __restrict__ mid,       // [n, c_mid, h, w] saved
+                                           const float* __restrict__ x,   // [n, c_in, h, w]
+                                           const float* __restrict__ w1,  // [c_mid, c_in]
+                                           const float* __restrict__ b1,  // [c_mid]
+                                           const float* __restrict__ w2,  // [c_out, c_mid, k, k]
+                                           const float* __restrict__ b2,  // [c_out]
+                                           ReduceDims d) {
+  extern __shared__ float mid_s[];  // [c_mid, h, w]
+  const unsigned int groups = (d.c_out + REDUCE_CO_GROUP - 1) / REDUCE_CO_GROUP;
+  const unsigned int img = blockIdx.x / groups, group = blockIdx.x % groups;
+  const unsigned int hw = d.h * d.w;
+  // 1×1 reduce + bias + ReLU into shared memory.
+  for (unsigned int t = threadIdx.x; t < d.c_mid * hw; t += blockDim.x) {
+    const unsigned int cm = t / hw, px = t % hw;
+    float acc = 0.0f;
+    for (unsigned int ci = 0; ci < d.c_in; ++ci) acc += w1[cm * d.c_in + ci] * x[((unsigned long long)img * d.c_in + ci) * hw + px];
+    const float v = relu_epilogue(acc + b1[cm], 1);
+    mid_s[t] = v;
+    if (group == 0) mid[(unsigned long long)img * d.c_mid * hw + t] = v;
+  }
+  __syncthreads();
+  // k×k conv of the reduced map for this block's output channels, + bias + the module's ReLU.
+  const unsigned int co0 = group * REDUCE_CO_GROUP;
+  const unsigned int co_n = d.c_out - co0 < REDUCE_CO_GROUP ? d.c_out - co0 : REDUCE_CO_GROUP;
+  const int p = (int)d.k / 2;
+  for (unsigned int t = threadIdx.x; t < co_n * hw; t += blockDim.x) {
+    const unsigned int co = co0 + t / hw;
+    const int oy = (int)(t % hw / d.w), ox = (int)(t % d.w);
+    float acc = 0.0f;
+    for (unsigned int cm = 0; cm < d.c_mid; ++cm) {
+      const float* kern = w2 + ((unsigned long long)co * d.c_mid + cm) * d.k * d.k;
+      for (int ky = 0; ky < (int)d.k; ++ky) {
+        const int sy = oy + ky - p;
+        if (sy < 0 || sy >= (int)d.h) continue;
+        for (int kx = 0; kx < (int)d.k; ++kx) {
+          const int sx = ox + kx - p;
+          if (sx >= 0 && sx < (int)d.w) acc += mid_s[cm * hw + sy * d.w + sx] * kern[ky * d.k + kx];
+        }
+      }
+    }
+    y[((unsigned long long)img * d.c_total + d.c_offset + co) * hw + oy * d.w + ox] = relu_epilogue(acc + b2[co], 1);
+  }
+}
+
+// The fused conv's backward through its k×k conv and the reduce ReLU: dpre = (w2ᵀ ⊛ dy) where mid > 0, else
+// 0 (conv_dgrad with the mask of the saved reduced map). One thread per element of [n, c_mid, h, w].
+extern "C" __global__ void reduce_conv_dmid(float* __restrict__ dpre,       // [n, c_mid, h, w]
+                                            const float* __restrict__ dy,   // [n, c_total, h, w], slice read
+                                            const float* __restrict__ w2,   // [c_out, c_mid, k, k]
+                                            const float* __restrict__ mid,  // [n, c_mid, h, w] saved
+                                            ReduceDims d) {
+  const unsigned long long hw = (unsigned long long)d.h * d.w, total = d.n * d.c_mid * hw;
+  const int p = (int)d.k / 2;
+  const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+  for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+    if (!(mid[i] > 0.0f)) {
+      dpre[i] = 0.0f;
+      continue;
+    }
+    const unsigned int img = (unsigned int)(i / (d.c_mid * hw)), cm = (unsigned int)(i / hw % d.c_mid);
+    const int iy = (int)(i % hw / d.w), ix = (int)(i % d.w);
+    float acc = 0.0f;
+    for (unsigned int co = 0; co < d.c_out; ++co) {
+      const float* g = dy + ((unsigned long long)img * d.c_total + d.c_offset + co) * hw;
+      const float* kern = w2 + ((unsigned long long)co * d.c_mid + cm) * d.k * d.k;
+      for (int ky = 0; ky < (int)d.k; ++ky) {
+        const int oy = iy + p - ky;
+        if (oy < 0 || oy >= (int)d.h) continue;
+        for (int kx = 0; kx < (int)d.k; ++kx) {
+          const int ox = ix + p - kx;
+          if (ox >= 0 && ox < (int)d.w) acc += g[oy * d.w + ox] * kern[ky * d.k + kx];
+        }
+      }
+    }
+    dpre[i] = acc;
+  }
+}

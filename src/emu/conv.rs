@@ -1,0 +1,268 @@
+//! Emulated launchers of `kernels/conv.cu`, with the CUDA launchers' checks, geometry and kernel sequence.
+
+use super::{run, Launch, ThreadOrder};
+use crate::backend::reduce_conv_param_ranges;
+use crate::launch::{ConvDims, ReduceDims};
+use crate::shape::{check_len, ConvShape, ReduceConvShape};
+use crate::Result;
+
+extern "C" {
+    fn emu_launch_conv_fwd(
+        cfg: *const Launch,
+        y: *mut f32,
+        x: *const f32,
+        w: *const f32,
+        b: *const f32,
+        d: ConvDims,
+        relu: i32,
+    ) -> i32;
+    fn emu_launch_conv_dgrad(
+        cfg: *const Launch,
+        dx: *mut f32,
+        dy: *const f32,
+        w: *const f32,
+        d: ConvDims,
+        accumulate: i32,
+    ) -> i32;
+    fn emu_launch_conv_wgrad(
+        cfg: *const Launch,
+        dw: *mut f32,
+        dy: *const f32,
+        x: *const f32,
+        d: ConvDims,
+    ) -> i32;
+    fn emu_launch_conv_bgrad(cfg: *const Launch, db: *mut f32, dy: *const f32, d: ConvDims) -> i32;
+    #[allow(clippy::too_many_arguments)]
+    fn emu_launch_reduce_conv_fwd(
+        cfg: *const Launch,
+        y: *mut f32,
+        mid: *mut f32,
+        x: *const f32,
+        w1: *const f32,
+        b1: *const f32,
+        w2: *const f32,
+        b2: *const f32,
+        d: ReduceDims,
+    ) -> i32;
+    fn emu_launch_reduce_conv_dmid(
+        cfg: *const Launch,
+        dpre: *mut f32,
+        dy: *const f32,
+        w2: *const f32,
+        mid: *const f32,
+        d: ReduceDims,
+    ) -> i32;
+}
+
+// SAFETY (all launches below): each launcher matches its kernel's parameter list; every buffer's length was
+// checked against the dims passed (the kernels index below them), and outputs are borrowed mutably.
+
+fn checked(
+    op: &'static str,
+    s: &ConvShape,
+    bufs: &[(&'static str, usize, usize)],
+) -> Result<ConvDims> {
+    let d = ConvDims::of(op, s)?;
+    for &(what, expected, len) in bufs {
+        check_len(op, what, expected, len)?;
+    }
+    Ok(d)
+}
+
+pub(super) fn conv_fwd(
+    o: ThreadOrder,
+    y: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    s: &ConvShape,
+    relu: bool,
+) -> Result<()> {
+    const OP: &str = "conv_fwd";
+    let bufs = [
+        ("y", s.y_len(OP)?, y.len()),
+        ("x", s.x_len(OP)?, x.len()),
+        ("w", s.w_len(OP)?, w.len()),
+        ("b", s.c_out, b.len()),
+    ];
+    let d = checked(OP, s, &bufs)?;
+    let Some(dims) = d.fwd() else { return Ok(()) };
+    // SAFETY: see the module comment.
+    run(OP, dims, o, |cfg| unsafe {
+        emu_launch_conv_fwd(
+            cfg,
+            y.as_mut_ptr(),
+            x.as_ptr(),
+            w.as_ptr(),
+            b.as_ptr(),
+            d,
+            i32::from(relu),
+        )
+    })
+}
+
+pub(super) fn conv_dgrad(
+    o: ThreadOrder,
+    dx: &mut [f32],
+    dy: &[f32],
+    w: &[f32],
+    s: &ConvShape,
+    accumulate: bool,
+) -> Result<()> {
+    const OP: &str = "conv_dgrad";
+    let d = checked(
+        OP,
+        s,
+        &[
+            ("dx", s.x_len(OP)?, dx.len()),
+            ("dy", s.y_len(OP)?, dy.len()),
+            ("w", s.w_len(OP)?, w.len()),
+        ],
+    )?;
+    dgrad(o, dx, dy, w, d, accumulate)
+}
+
+fn dgrad(
+    o: ThreadOrder,
+    dx: &mut [f32],
+    dy: &[f32],
+    w: &[f32],
+    d: ConvDims,
+    accumulate: bool,
+) -> Result<()> {
+    let Some(dims) = d.dgrad() else { return Ok(()) };
+    // SAFETY: see the module comment.
+    run("conv_dgrad", dims, o, |cfg| unsafe {
+        emu_launch_conv_dgrad(
+            cfg,
+            dx.as_mut_ptr(),
+            dy.as_ptr(),
+            w.as_ptr(),
+            d,
+            i32::from(accumulate),
+        )
+    })
+}
+
+pub(super) fn conv_wgrad(
+    o: ThreadOrder,
+    dw: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    s: &ConvShape,
+) -> Result<()> {
+    const OP: &str = "conv_wgrad";
+    let d = checked(
+        OP,
+        s,
+        &[
+            ("dw", s.w_len(OP)?, dw.len()),
+            ("dy", s.y_len(OP)?, dy.len()),
+            ("x", s.x_len(OP)?, x.len()),
+        ],
+    )?;
+    wgrad(o, dw, dy, x, d)
+}
+
+fn wgrad(o: ThreadOrder, dw: &mut [f32], dy: &[f32], x: &[f32], d: ConvDims) -> Result<()> {
+    // SAFETY: see the module comment; one block per weight element.
+    run("conv_wgrad", d.wgrad(), o, |cfg| unsafe {
+        emu_launch_conv_wgrad(cfg, dw.as_mut_ptr(), dy.as_ptr(), x.as_ptr(), d)
+    })
+}
+
+pub(super) fn conv_bgrad(o: ThreadOrder, db: &mut [f32], dy: &[f32], s: &ConvShape) -> Result<()> {
+    const OP: &str = "conv_bgrad";
+    let d = checked(
+        OP,
+        s,
+        &[("db", s.c_out, db.len()), ("dy", s.y_len(OP)?, dy.len())],
+    )?;
+    bgrad(o, db, dy, d)
+}
+
+fn bgrad(o: ThreadOrder, db: &mut [f32], dy: &[f32], d: ConvDims) -> Result<()> {
+    // SAFETY: see the module comment; one block per output channel.
+    run("conv_bgrad", d.bgrad(), o, |cfg| unsafe {
+        emu_launch_conv_bgrad(cfg, db.as_mut_ptr(), dy.as_ptr(), d)
+    })
+}
+
+pub(super) fn reduce_conv_fwd(
+    o: ThreadOrder,
+    y: &mut [f32],
+    mid: &mut [f32],
+    x: &[f32],
+    params: &[f32],
+    s: &ReduceConvShape,
+) -> Result<()> {
+    const OP: &str = "reduce_conv_fwd";
+    let d = ReduceDims::of(OP, s)?;
+    let [r1, rb1, r2, rb2] = reduce_conv_param_ranges(s);
+    check_len(OP, "y", s.conv().y_len(OP)?, y.len())?;
+    check_len(OP, "mid", s.mid_len(OP)?, mid.len())?;
+    check_len(OP, "x", s.reduce().x_len(OP)?, x.len())?;
+    check_len(OP, "params", rb2.end, params.len())?;
+    let Some(dims) = d.fwd(OP)? else {
+        return Ok(());
+    };
+    let (w1, b1, w2, b2) = (&params[r1], &params[rb1], &params[r2], &params[rb2]);
+    // SAFETY: see the module comment; the dynamic shared memory holds one image's reduced map.
+    run(OP, dims, o, |cfg| unsafe {
+        emu_launch_reduce_conv_fwd(
+            cfg,
+            y.as_mut_ptr(),
+            mid.as_mut_ptr(),
+            x.as_ptr(),
+            w1.as_ptr(),
+            b1.as_ptr(),
+            w2.as_ptr(),
+            b2.as_ptr(),
+            d,
+        )
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn reduce_conv_bwd(
+    o: ThreadOrder,
+    dx: &mut [f32],
+    dparams: &mut [f32],
+    scratch: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    mid: &[f32],
+    params: &[f32],
+    s: &ReduceConvShape,
+    accumulate: bool,
+) -> Result<()> {
+    const OP: &str = "reduce_conv_bwd";
+    let d = ReduceDims::of(OP, s)?;
+    let [r1, rb1, r2, rb2] = reduce_conv_param_ranges(s);
+    check_len(OP, "dx", s.reduce().x_len(OP)?, dx.len())?;
+    check_len(OP, "x", s.reduce().x_len(OP)?, x.len())?;
+    check_len(OP, "dy", s.conv().y_len(OP)?, dy.len())?;
+    check_len(OP, "mid", s.mid_len(OP)?, mid.len())?;
+    check_len(OP, "scratch", s.mid_len(OP)?, scratch.len())?;
+    check_len(OP, "params", rb2.end, params.len())?;
+    check_len(OP, "dparams", rb2.end, dparams.len())?;
+    let (w1, w2) = (&params[r1.clone()], &params[r2.clone()]);
+    wgrad(o, &mut dparams[r2], dy, mid, d.conv())?;
+    bgrad(o, &mut dparams[rb2], dy, d.conv())?;
+    if let Some(dims) = d.dmid() {
+        // SAFETY: see the module comment.
+        run(OP, dims, o, |cfg| unsafe {
+            emu_launch_reduce_conv_dmid(
+                cfg,
+                scratch.as_mut_ptr(),
+                dy.as_ptr(),
+                w2.as_ptr(),
+                mid.as_ptr(),
+                d,
+            )
+        })?;
+    }
+    wgrad(o, &mut dparams[r1], scratch, x, d.reduce())?;
+    bgrad(o, &mut dparams[rb1], scratch, d.reduce())?;
+    dgrad(o, dx, scratch, w1, d.reduce(), accumulate)
+}
