@@ -62,7 +62,7 @@ fn tensor_constructors_check_shapes() {
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn gpu_is_opened_once_and_describes_itself() {
+fn small_gpu_is_opened_once_and_describes_itself() {
     let a = common::gpu();
     let b = Device::cuda(0).unwrap();
     assert_eq!(a, b, "two opens of ordinal 0 must share one handle");

@@ -353,3 +353,34 @@ fn emulated_fused_reduce_conv_matches_its_twin() {
         }
     }
 }
+
+/// One whole Inception module (all four branches written in place, the module input's gradient accumulated
+/// from four branches) under emulation against the twins.
+#[test]
+fn emulated_inception_module_matches_its_twin() {
+    use common::assert_close;
+    use common::kernels::{module_on, MODULE_TOL};
+    use inception_cuda::nn::{InceptionModule, InceptionWidths};
+    let m = InceptionModule {
+        c_in: 3,
+        widths: InceptionWidths::uniform(4, 2),
+    };
+    let (n, h, w) = (2, 7, 7);
+    let x = uniform(31, n * 3 * h * w);
+    let params = uniform(32, m.layout().len());
+    let dy = uniform(33, n * m.c_out() * h * w);
+    let want = module_on(&CpuBackend, &m, (n, h, w), &x, &params, &dy);
+    for order in ORDERS {
+        let got = module_on(&EmuBackend { order }, &m, (n, h, w), &x, &params, &dy);
+        for (k, name) in ["y", "dx", "dparams"].iter().enumerate() {
+            let (atol, rtol) = MODULE_TOL[k];
+            assert_close(
+                &format!("emulated module {name} {order:?}"),
+                &got[k],
+                &want[k],
+                atol,
+                rtol,
+            );
+        }
+    }
+}

@@ -11,8 +11,8 @@ use inception_cuda::nn::{InceptionMnist, InceptionModule, InceptionWidths, Mnist
 
 /// Every f32 tensor of a fixture, by name.
 fn load(file: &str) -> HashMap<String, Vec<f32>> {
-    let path = format!("{}/tests/golden/{file}", env!("CARGO_MANIFEST_DIR"));
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let path = common::repo_path(&format!("tests/golden/{file}"));
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     st.tensors()
         .into_iter()

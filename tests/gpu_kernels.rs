@@ -12,6 +12,7 @@ mod common;
 use common::kernels::{pool_on, train_ops_on};
 use common::{assert_bits_eq, assert_close, uniform};
 use inception_cuda::cpu::CpuBackend;
+use inception_cuda::nn::{InceptionModule, InceptionWidths};
 use inception_cuda::shape::PoolShape;
 use inception_cuda::Device;
 
@@ -168,4 +169,32 @@ fn gpu_convs_at_module_2_size_match_twins() {
         c_offset: off,
     };
     fused_case(&[fused(3, 64), fused(5, 128)]);
+}
+
+/// One Inception module forward and backward (all four branches) on the GPU against the CPU twin: a small
+/// one, and module 2 of the MNIST net at batch 50.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn small_gpu_inception_module_matches_twin() {
+    module_case(3, InceptionWidths::uniform(4, 2), (2, 7, 7));
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_inception_module_2_matches_twin() {
+    module_case(128, InceptionWidths::uniform(64, 16), (50, 28, 28));
+}
+
+fn module_case(c_in: usize, widths: InceptionWidths, (n, h, w): (usize, usize, usize)) {
+    use common::kernels::{module_on, MODULE_TOL};
+    let m = InceptionModule { c_in, widths };
+    let x = uniform(31, n * c_in * h * w);
+    let params = uniform(32, m.layout().len());
+    let dy = uniform(33, n * m.c_out() * h * w);
+    let want = module_on(&CpuBackend, &m, (n, h, w), &x, &params, &dy);
+    let got = with_gpu(|g| module_on(g, &m, (n, h, w), &x, &params, &dy));
+    for (k, name) in ["y", "dx", "dparams"].iter().enumerate() {
+        let (atol, rtol) = MODULE_TOL[k];
+        assert_close(&format!("gpu module {name}"), &got[k], &want[k], atol, rtol);
+    }
 }

@@ -156,7 +156,7 @@ fn gpu_relu_matches_cpu_twin_bit_for_bit() {
 /// Tensors on different devices are an error naming the op and operand, not a panic.
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn gpu_mixing_devices_is_an_error() {
+fn small_gpu_mixing_devices_is_an_error() {
     let gpu = common::gpu();
     let a = Tensor::zeros(&[4], &Device::Cpu).unwrap();
     let b = Tensor::zeros(&[4], &gpu).unwrap();

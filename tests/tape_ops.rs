@@ -11,8 +11,8 @@ use common::{assert_bits_eq, assert_close, uniform};
 use inception_cuda::{ops, Device, Tape, Tensor};
 
 fn load(file: &str) -> HashMap<String, Vec<f32>> {
-    let path = format!("{}/tests/golden/{file}", env!("CARGO_MANIFEST_DIR"));
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let path = common::repo_path(&format!("tests/golden/{file}"));
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     st.tensors()
         .into_iter()

@@ -261,3 +261,61 @@ pub fn fused_shapes() -> Vec<ReduceConvShape> {
     }
     v
 }
+
+/// One Inception module's forward (y) and backward (dx, dparams) on backend `b`, from the output gradient
+/// `dy`, outputs on the host.
+pub fn module_on<B: Backend>(
+    b: &B,
+    m: &inception_cuda::nn::InceptionModule,
+    (n, h, w): (usize, usize, usize),
+    x: &[f32],
+    params: &[f32],
+    dy: &[f32],
+) -> Vec<Vec<f32>> {
+    let up = |v: &[f32]| b.upload(v).unwrap();
+    let (xb, pb, dyb) = (up(x), up(params), up(dy));
+    let xv = b.view(&xb, 0..x.len()).unwrap();
+    let mut y = up(&vec![SENTINEL; dy.len()]);
+    let mut saved = m.alloc_saved(b, n, h, w).unwrap();
+    m.forward(
+        b,
+        &mut b.view_mut(&mut y, 0..dy.len()).unwrap(),
+        &mut saved,
+        &xv,
+        (&pb, 0),
+        (n, h, w),
+    )
+    .unwrap();
+    let (mut dx, mut dp) = (
+        up(&vec![SENTINEL; x.len()]),
+        up(&vec![SENTINEL; params.len()]),
+    );
+    let mut scratch = m.alloc_scratch(b, n, h, w).unwrap();
+    let (yv, dyv) = (
+        b.view(&y, 0..dy.len()).unwrap(),
+        b.view(&dyb, 0..dy.len()).unwrap(),
+    );
+    let mut dxv = b.view_mut(&mut dx, 0..x.len()).unwrap();
+    m.backward(
+        b,
+        Some(&mut dxv),
+        (&mut dp, 0),
+        &mut scratch,
+        &dyv,
+        &yv,
+        &xv,
+        &saved,
+        &pb,
+        (n, h, w),
+    )
+    .unwrap();
+    drop(dxv);
+    vec![
+        b.to_host(&y).unwrap(),
+        b.to_host(&dx).unwrap(),
+        b.to_host(&dp).unwrap(),
+    ]
+}
+
+/// Tolerances of [`module_on`]'s outputs: y, dx, dparams.
+pub const MODULE_TOL: [(f32, f32); 3] = [(1e-5, 1e-4), (1e-4, 1e-3), (1e-4, 1e-3)];

@@ -6,6 +6,16 @@ pub mod kernels;
 
 use inception_cuda::Device;
 
+/// `rel` under the repository root: `INCEPTION_CUDA_ROOT` when set (staged test binaries run on another
+/// machine, see scripts/stage-gpu.sh), else the crate directory this binary was built from.
+pub fn repo_path(rel: &str) -> std::path::PathBuf {
+    let root = std::env::var_os("INCEPTION_CUDA_ROOT").map_or_else(
+        || env!("CARGO_MANIFEST_DIR").into(),
+        std::path::PathBuf::from,
+    );
+    root.join(rel)
+}
+
 /// CUDA device 0 for a GPU test; fails the test (never skips it) when there is none.
 pub fn gpu() -> Device {
     Device::cuda(0).unwrap_or_else(|e| panic!("this GPU test needs a CUDA GPU: {e}"))
@@ -78,7 +88,7 @@ macro_rules! on_cpu_and_gpu {
 
             #[test]
             #[ignore = "needs a CUDA GPU"]
-            fn gpu() {
+            fn small_gpu() {
                 super::$name(&super::common::gpu());
             }
         }

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Builds, on a machine without a GPU, every test, example and bench binary the crate has (whatever targets
+# exist now or later: cargo lists them) and stages them in stage/ at the repo root, next to data/, for a
+# machine with only the NVIDIA driver (glibc >= 2.34 and libcuda are all they need). Then, on that machine,
+# from the repo root: scripts/gpu-run.sh (see there).
+#
+#   scripts/stage-gpu.sh            stage/{tests,examples,benches}/<name>, stage/MANIFEST
+#
+# Kernels: with nvcc (NVCC, CUDA_HOME, PATH) they are compiled fresh, else the committed PTX is embedded.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rm -rf stage
+mkdir -p stage/tests stage/examples stage/benches
+collect() { # $1: tests|examples|benches; reads cargo's JSON messages, copies the matching executables
+  python3 -c '
+import json, os, shutil, sys
+kind = sys.argv[1]
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    exe = m.get("executable") if m.get("reason") == "compiler-artifact" else None
+    kinds = m.get("target", {}).get("kind", [])
+    wanted = {"tests": m.get("profile", {}).get("test") and "bench" not in kinds,
+              "examples": "example" in kinds, "benches": "bench" in kinds}[kind]
+    if exe and wanted:
+        name = m["target"]["name"]
+        shutil.copy2(exe, os.path.join("stage", kind, name))
+        print(f"stage/{kind}/{name}")
+' "$1"
+}
+cargo test --release --no-run --message-format=json 2>/dev/null | collect tests >>stage/MANIFEST
+cargo build --release --examples --message-format=json 2>/dev/null | collect examples >>stage/MANIFEST
+cargo bench --no-run --message-format=json 2>/dev/null | collect benches >>stage/MANIFEST
+echo "staged $(wc -l <stage/MANIFEST) binaries in stage/ ($(du -sh stage | cut -f1)):"
+sed 's/^/  /' stage/MANIFEST
