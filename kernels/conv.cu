@@ -6,9 +6,11 @@
 //           weight element), conv_bgrad (one block per output channel): the weight and bias gradients reduce
 //           in a fixed order through shared memory (no float atomics: same inputs, same bits);
 //           reduce_conv_fwd: 1×1 (c_in → c_mid) + b1 → ReLU → k×k (c_mid → c_out) + b2 → ReLU in one kernel.
-//           Each block holds one image's reduced map in dynamic shared memory (c_mid·h·w floats: 50 KB for
-//           16 × 28 × 28, so the launcher opts in to more than 48 KB) and computes a group of output channels
-//           from it; the blocks of group 0 also save the map for backward.
+//           Each block holds a tile of tile_h rows of one image's reduced map, plus a halo of k/2 rows on
+//           each side (recomputed by the neighbouring tile too), in dynamic shared memory, and computes a group
+//           of output channels of those rows from it; the blocks of group 0 save the tile's rows for
+//           backward. At MNIST size the whole 16 × 28 × 28 map (50 KB) is one tile, with no halo work; the
+//           launcher opts in to more than 48 KB of shared memory.
 // Backward needs saved: x and the weights for conv; for the fused conv also the reduced map `mid`
 //           (post-ReLU), which its backward (a sequence of the kernels above, see src/cuda/conv.rs) reads.
 // Write rules: dy of a branch is read in place from its channel slice; dx overwrites or accumulates (the
@@ -22,6 +24,7 @@ struct ConvDims {
 
 struct ReduceDims {
   unsigned int n, c_in, c_mid, c_out, h, w, k, c_total, c_offset;
+  unsigned int tile_h;  // output rows per block of reduce_conv_fwd (the whole image when it fits)
 };
 
 __device__ __forceinline__ float relu_epilogue(float pre, int relu) {
@@ -136,7 +139,8 @@ extern "C" __global__ void conv_bgrad(float* __restrict__ db,        // [c_out]
 // Output channels per block of reduce_conv_fwd.
 #define REDUCE_CO_GROUP 16
 
-// Grid: n · ceil(c_out / REDUCE_CO_GROUP) blocks (image-major); dynamic shared memory: c_mid · h · w floats.
+// Grid: n · ceil(c_out / REDUCE_CO_GROUP) · ceil(h / tile_h) blocks (image-major, then channel group,
+// then row tile); dynamic shared memory: c_mid · min(h, tile_h + k - 1) · w floats.
 extern "C" __global__ void reduce_conv_fwd(float* __restrict__ y,         // [n, c_total, h, w]
                                            float* __restrict__ mid,       // [n, c_mid, h, w] saved
                                            const float* __restrict__ x,   // [n, c_in, h, w]
@@ -145,36 +149,40 @@ extern "C" __global__ void reduce_conv_fwd(float* __restrict__ y,         // [n,
                                            const float* __restrict__ w2,  // [c_out, c_mid, k, k]
                                            const float* __restrict__ b2,  // [c_out]
                                            ReduceDims d) {
-  extern __shared__ float mid_s[];  // [c_mid, h, w]
+  extern __shared__ float mid_s[];  // [c_mid, rows, w]: rows r0..r1 of the reduced map
   const unsigned int groups = (d.c_out + REDUCE_CO_GROUP - 1) / REDUCE_CO_GROUP;
-  const unsigned int img = blockIdx.x / groups, group = blockIdx.x % groups;
-  const unsigned int hw = d.h * d.w;
-  // 1×1 reduce + bias + ReLU into shared memory.
-  for (unsigned int t = threadIdx.x; t < d.c_mid * hw; t += blockDim.x) {
-    const unsigned int cm = t / hw, px = t % hw;
+  const unsigned int tiles = (d.h + d.tile_h - 1) / d.tile_h;
+  const unsigned int img = blockIdx.x / (groups * tiles), group = blockIdx.x / tiles % groups, tile = blockIdx.x % tiles;
+  const unsigned int hw = d.h * d.w, p = d.k / 2;
+  const unsigned int y0 = tile * d.tile_h, y1 = y0 + d.tile_h < d.h ? y0 + d.tile_h : d.h;
+  const unsigned int r0 = y0 > p ? y0 - p : 0, r1 = y1 + p < d.h ? y1 + p : d.h, rows = r1 - r0;
+  // 1×1 reduce + bias + ReLU of rows r0..r1 into shared memory.
+  for (unsigned int t = threadIdx.x; t < d.c_mid * rows * d.w; t += blockDim.x) {
+    const unsigned int cm = t / (rows * d.w), row = r0 + t % (rows * d.w) / d.w, px = row * d.w + t % d.w;
     float acc = 0.0f;
     for (unsigned int ci = 0; ci < d.c_in; ++ci) acc += w1[cm * d.c_in + ci] * x[((unsigned long long)img * d.c_in + ci) * hw + px];
     const float v = relu_epilogue(acc + b1[cm], 1);
     mid_s[t] = v;
-    if (group == 0) mid[(unsigned long long)img * d.c_mid * hw + t] = v;
+    if (group == 0 && row >= y0 && row < y1) mid[((unsigned long long)img * d.c_mid + cm) * hw + px] = v;
   }
   __syncthreads();
-  // k×k conv of the reduced map for this block's output channels, + bias + the module's ReLU.
+  // k×k conv of the reduced map for this block's output channels and rows, + bias + the module's ReLU.
   const unsigned int co0 = group * REDUCE_CO_GROUP;
   const unsigned int co_n = d.c_out - co0 < REDUCE_CO_GROUP ? d.c_out - co0 : REDUCE_CO_GROUP;
-  const int p = (int)d.k / 2;
-  for (unsigned int t = threadIdx.x; t < co_n * hw; t += blockDim.x) {
-    const unsigned int co = co0 + t / hw;
-    const int oy = (int)(t % hw / d.w), ox = (int)(t % d.w);
+  const unsigned int out_px = (y1 - y0) * d.w;
+  for (unsigned int t = threadIdx.x; t < co_n * out_px; t += blockDim.x) {
+    const unsigned int co = co0 + t / out_px;
+    const int oy = (int)(y0 + t % out_px / d.w), ox = (int)(t % d.w);
     float acc = 0.0f;
     for (unsigned int cm = 0; cm < d.c_mid; ++cm) {
       const float* kern = w2 + ((unsigned long long)co * d.c_mid + cm) * d.k * d.k;
+      const float* plane = mid_s + cm * rows * d.w;
       for (int ky = 0; ky < (int)d.k; ++ky) {
-        const int sy = oy + ky - p;
+        const int sy = oy + ky - (int)p;
         if (sy < 0 || sy >= (int)d.h) continue;
         for (int kx = 0; kx < (int)d.k; ++kx) {
-          const int sx = ox + kx - p;
-          if (sx >= 0 && sx < (int)d.w) acc += mid_s[cm * hw + sy * d.w + sx] * kern[ky * d.k + kx];
+          const int sx = ox + kx - (int)p;
+          if (sx >= 0 && sx < (int)d.w) acc += plane[(sy - (int)r0) * (int)d.w + sx] * kern[ky * d.k + kx];
         }
       }
     }

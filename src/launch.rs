@@ -146,6 +146,8 @@ pub(crate) struct ReduceDims {
     pub k: u32,
     pub c_total: u32,
     pub c_offset: u32,
+    /// Output rows per block of reduce_conv_fwd.
+    pub tile_h: u32,
 }
 
 fn u32_of(op: &'static str, v: usize) -> crate::Result<u32> {
@@ -213,6 +215,15 @@ impl ReduceDims {
             s.n, s.c_in, s.c_mid, s.c_out, s.h, s.w, s.k, s.c_total, s.c_offset,
         ]
         .map(|v| u32_of(op, v));
+        // As many rows per tile as fit with their halo (all of them when the whole map fits).
+        let row_bytes = 4 * s.c_mid * s.w;
+        let fit = (MAX_DYNAMIC_SHARED / row_bytes.max(1)).saturating_sub(s.k - 1);
+        if fit == 0 {
+            return Err(crate::Error::InvalidShape {
+                op,
+                reason: format!("one row of the reduced map ({row_bytes} bytes) and its halo exceed shared memory"),
+            });
+        }
         Ok(ReduceDims {
             n: n?,
             c_in: c_in?,
@@ -223,24 +234,18 @@ impl ReduceDims {
             k: k?,
             c_total: c_total?,
             c_offset: c_offset?,
+            tile_h: u32_of(op, fit.min(s.h))?,
         })
     }
 
-    /// reduce_conv_fwd: one block per (image, group of output channels), the image's reduced map in dynamic
-    /// shared memory. `None` for an empty batch; an error when the map does not fit in shared memory (larger
-    /// images need halo tiles, which this kernel does not have yet).
+    /// reduce_conv_fwd: one block per (image, group of output channels, tile of `tile_h` rows), the tile's
+    /// reduced map with its halo in dynamic shared memory. `None` for an empty batch.
     pub fn fwd(&self, op: &'static str) -> crate::Result<Option<LaunchDims>> {
-        let bytes = 4 * self.c_mid as usize * self.h as usize * self.w as usize;
-        if bytes > MAX_DYNAMIC_SHARED {
-            return Err(crate::Error::InvalidShape {
-                op,
-                reason: format!(
-                    "reduced map of {bytes} bytes exceeds {MAX_DYNAMIC_SHARED} of shared memory"
-                ),
-            });
-        }
+        let rows = (self.tile_h + self.k - 1).min(self.h) as usize;
+        let bytes = 4 * self.c_mid as usize * rows * self.w as usize; // <= MAX_DYNAMIC_SHARED by tile_h
         let groups = (self.c_out as usize).div_ceil(REDUCE_CO_GROUP);
-        let grid = u32_of(op, self.n as usize * groups)?;
+        let tiles = (self.h as usize).div_ceil(self.tile_h as usize);
+        let grid = u32_of(op, self.n as usize * groups * tiles)?;
         Ok((grid > 0).then_some(LaunchDims {
             grid,
             block: 256,

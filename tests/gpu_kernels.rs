@@ -149,6 +149,7 @@ fn small_gpu_convs_match_twins() {
 #[ignore = "needs a CUDA GPU"]
 fn small_gpu_fused_reduce_conv_matches_twin() {
     fused_case(&common::kernels::fused_shapes());
+    fused_case(&common::kernels::fused_tiled_shapes());
 }
 
 /// Module 2 of the MNIST net at batch 50: the 28×28×16 reduced map (50 KB) needs the shared-memory opt-in.

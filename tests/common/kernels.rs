@@ -240,6 +240,24 @@ pub fn conv_shapes() -> Vec<ConvShape> {
     v
 }
 
+/// Reduced maps too large for one block's shared memory (GoogLeNet (3a)'s 96 reduce channels at 28×28):
+/// the forward splits them into row tiles with a halo (3 and 2 tiles here). One output channel keeps them
+/// cheap to emulate.
+pub fn fused_tiled_shapes() -> Vec<ReduceConvShape> {
+    let big = |c_mid, k, c_total, c_offset| ReduceConvShape {
+        n: 1,
+        c_in: 2,
+        c_mid,
+        c_out: 1,
+        h: 28,
+        w: 28,
+        k,
+        c_total,
+        c_offset,
+    };
+    vec![big(96, 3, 2, 1), big(64, 5, 1, 0)]
+}
+
 /// Shapes for the fused tests: batch 1 and 3, 5×5 and 7×7, both kernel sizes, a slice, more than one
 /// output-channel group (c_out 20 > 16).
 pub fn fused_shapes() -> Vec<ReduceConvShape> {
