@@ -116,6 +116,11 @@ impl CudaDevice {
         &self.backend
     }
 
+    /// The same, shared: for holders that outlive this handle (for example `nn::InceptionMnist`).
+    pub fn backend_arc(&self) -> Arc<crate::cuda::CudaBackend> {
+        self.backend.clone()
+    }
+
     fn synchronize(&self) -> Result<()> {
         self.backend.synchronize()
     }

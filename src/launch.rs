@@ -1,11 +1,15 @@
 //! Launch geometry of every kernel, shared by the CUDA backend and (later) the emulated one, so a wrong
 //! grid or block size shows up in CI too. Pure arithmetic: no driver calls here.
 
-/// Grid, block and dynamic shared memory of one launch (1-D for now; y and z are 1).
+/// Grid, block and dynamic shared memory of one launch (1-D blocks; the GEMMs use a 3-D grid).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LaunchDims {
     /// Blocks in x.
     pub grid: u32,
+    /// Blocks in y.
+    pub grid_y: u32,
+    /// Blocks in z.
+    pub grid_z: u32,
     /// Threads per block in x.
     pub block: u32,
     /// Dynamic shared memory per block, bytes.
@@ -28,6 +32,8 @@ pub fn elementwise(n: usize) -> Option<LaunchDims> {
         .div_ceil(ELEMENTWISE_BLOCK as usize)
         .min(ELEMENTWISE_MAX_GRID as usize);
     Some(LaunchDims {
+        grid_y: 1,
+        grid_z: 1,
         grid: blocks as u32, // <= ELEMENTWISE_MAX_GRID
         block: ELEMENTWISE_BLOCK,
         shared_bytes: 0,
@@ -103,6 +109,8 @@ pub(crate) fn softmax_plan(
         return Ok(None);
     }
     Ok(Some(LaunchDims {
+        grid_y: 1,
+        grid_z: 1,
         grid: 1,
         block: SOFTMAX_BLOCK,
         shared_bytes: (4 * m) as u32,
@@ -190,6 +198,8 @@ impl ConvDims {
     pub fn wgrad(&self) -> LaunchDims {
         let grid = self.c_out * self.c_in * self.k * self.k;
         LaunchDims {
+            grid_y: 1,
+            grid_z: 1,
             grid,
             block: REDUCE_BLOCK,
             shared_bytes: 0,
@@ -199,6 +209,8 @@ impl ConvDims {
     /// conv_bgrad: one block per output channel.
     pub fn bgrad(&self) -> LaunchDims {
         LaunchDims {
+            grid_y: 1,
+            grid_z: 1,
             grid: self.c_out,
             block: REDUCE_BLOCK,
             shared_bytes: 0,
@@ -247,6 +259,8 @@ impl ReduceDims {
         let tiles = (self.h as usize).div_ceil(self.tile_h as usize);
         let grid = u32_of(op, self.n as usize * groups * tiles)?;
         Ok((grid > 0).then_some(LaunchDims {
+            grid_y: 1,
+            grid_z: 1,
             grid,
             block: 256,
             shared_bytes: bytes as u32,
@@ -285,6 +299,121 @@ impl ReduceDims {
     pub fn dmid(&self) -> Option<LaunchDims> {
         elementwise(self.n as usize * self.c_mid as usize * self.h as usize * self.w as usize)
     }
+}
+
+/// `GemmDims` of kernels/linear.cu: `C[i, j] = Σ_k A(i, k) · B(k, j)` with strides, split-K slices.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
+pub(crate) struct GemmDims {
+    pub a_rs: u64,
+    pub a_ks: u64,
+    pub b_ks: u64,
+    pub b_cs: u64,
+    pub c_rs: u64,
+    pub c_slice: u64,
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub k_chunk: u32,
+}
+
+/// Output tile edge of the GEMM kernels (`GEMM_TILE` in kernels/linear.cu).
+pub const GEMM_TILE: usize = 64;
+/// k per split-K slice of `linear_fwd` (at least; more when there would be over 65,535 slices).
+pub const LINEAR_K_CHUNK: usize = 4096;
+
+/// Every launch of a linear layer's kernels, checked against its shape.
+#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
+pub(crate) struct LinearPlan {
+    /// linear_fwd: the partial products, `splits` slices of `[m, n_out]`.
+    pub fwd: (GemmDims, LaunchDims),
+    pub splits: u32,
+    /// linear_fwd_reduce: one thread per output.
+    pub reduce: Option<LaunchDims>,
+    pub dgrad: (GemmDims, LaunchDims),
+    pub wgrad: (GemmDims, LaunchDims),
+    pub bgrad: Option<LaunchDims>,
+    pub m: u32,
+    pub n_out: u32,
+}
+
+#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
+impl LinearPlan {
+    /// Floats of the split-K partial buffer of the forward.
+    pub fn partials_len(&self) -> usize {
+        self.splits as usize * self.m as usize * self.n_out as usize
+    }
+}
+
+fn gemm_grid(op: &'static str, n: usize, m: usize, z: usize) -> crate::Result<LaunchDims> {
+    Ok(LaunchDims {
+        grid: u32_of(op, n.div_ceil(GEMM_TILE).max(1))?,
+        grid_y: u32_of(op, m.div_ceil(GEMM_TILE).max(1))?,
+        grid_z: u32_of(op, z.max(1))?,
+        block: 256,
+        shared_bytes: 0,
+    })
+}
+
+/// The launches of a linear layer. Errors when a size exceeds the kernels' integer widths.
+#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
+pub(crate) fn linear_plan(
+    op: &'static str,
+    s: &crate::shape::LinearShape,
+) -> crate::Result<LinearPlan> {
+    s.validate(op)?;
+    let (m, k, n) = (s.m, s.k_in, s.n_out);
+    let (m32, k32, n32) = (u32_of(op, m)?, u32_of(op, k)?, u32_of(op, n)?);
+    let k_chunk = LINEAR_K_CHUNK.max(k.div_ceil(65_535).div_ceil(16) * 16);
+    let splits = k.div_ceil(k_chunk).max(1);
+    let (k64, n64) = (k as u64, n as u64);
+    let fwd = GemmDims {
+        a_rs: k64,
+        a_ks: 1,
+        b_ks: 1,
+        b_cs: k64,
+        c_rs: n64,
+        c_slice: (m * n) as u64,
+        m: m32,
+        n: n32,
+        k: k32,
+        k_chunk: u32_of(op, k_chunk)?,
+    };
+    let dgrad = GemmDims {
+        a_rs: n64,
+        a_ks: 1,
+        b_ks: k64,
+        b_cs: 1,
+        c_rs: k64,
+        c_slice: 0,
+        m: m32,
+        n: k32,
+        k: n32,
+        k_chunk: n32,
+    };
+    let wgrad = GemmDims {
+        a_rs: 1,
+        a_ks: n64,
+        b_ks: k64,
+        b_cs: 1,
+        c_rs: k64,
+        c_slice: 0,
+        m: n32,
+        n: k32,
+        k: m32,
+        k_chunk: m32,
+    };
+    Ok(LinearPlan {
+        fwd: (fwd, gemm_grid(op, n, m, splits)?),
+        splits: u32_of(op, splits)?,
+        reduce: elementwise(m * n),
+        dgrad: (dgrad, gemm_grid(op, k, m, 1)?),
+        wgrad: (wgrad, gemm_grid(op, k, n, 1)?),
+        bgrad: elementwise(n),
+        m: m32,
+        n_out: n32,
+    })
 }
 
 #[cfg(test)]

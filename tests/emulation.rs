@@ -78,6 +78,8 @@ fn a_divergent_barrier_is_an_error() {
     for order in ORDERS {
         let mut y = vec![0.0; 64];
         let dims = LaunchDims {
+            grid_y: 1,
+            grid_z: 1,
             grid: 2,
             block: 32,
             shared_bytes: 0,
@@ -201,6 +203,8 @@ fn asan_child_oob_write() {
         planted::oob_write(
             &mut y,
             LaunchDims {
+                grid_y: 1,
+                grid_z: 1,
                 grid: 1,
                 block: 128,
                 shared_bytes: 0,
@@ -387,5 +391,87 @@ fn emulated_inception_module_matches_its_twin() {
                 rtol,
             );
         }
+    }
+}
+
+/// The GEMMs at small shapes: an odd one inside one tile, and one with split-K (3 slices of k) and two
+/// column tiles.
+#[test]
+fn emulated_linear_kernels_match_their_twins() {
+    use common::assert_close;
+    use common::kernels::{linear_inputs, linear_on, LINEAR_TOL};
+    use inception_cuda::shape::LinearShape;
+    for s in [
+        LinearShape {
+            m: 5,
+            k_in: 37,
+            n_out: 13,
+        },
+        LinearShape {
+            m: 3,
+            k_in: 9000,
+            n_out: 70,
+        },
+    ] {
+        let [x, w, b, dy] = linear_inputs(&s);
+        let want = linear_on(&CpuBackend, &s, &x, &w, &b, &dy);
+        let got = linear_on(
+            &EmuBackend {
+                order: ThreadOrder::Reverse,
+            },
+            &s,
+            &x,
+            &w,
+            &b,
+            &dy,
+        );
+        for (k, name) in ["fwd", "dgrad", "wgrad", "bgrad"].iter().enumerate() {
+            let (atol, rtol) = LINEAR_TOL[k];
+            assert_close(
+                &format!("emulated linear {name} {s:?}"),
+                &got[k],
+                &want[k],
+                atol,
+                rtol,
+            );
+        }
+    }
+}
+
+/// A whole training step of a small net (dropout on) with every kernel emulated, against the twins: the
+/// loss and every gradient.
+#[test]
+fn emulated_training_step_matches_its_twin() {
+    use common::assert_close;
+    use common::kernels::step_on;
+    use inception_cuda::nn::MnistConfig;
+    let cfg = MnistConfig {
+        map1: 2,
+        map2: 3,
+        reduce: 2,
+        hidden: 6,
+        dropout: 0.5,
+        image: 6,
+    };
+    let images: Vec<f32> = uniform(51, 3 * 36)
+        .iter()
+        .map(|v| (v + 1.0) / 2.0)
+        .collect();
+    let labels = [3u32, 8, 0];
+    let (loss, grads) = step_on(CpuBackend, cfg, &images, &labels);
+    let (eloss, egrads) = step_on(
+        EmuBackend {
+            order: ThreadOrder::Forward,
+        },
+        cfg,
+        &images,
+        &labels,
+    );
+    assert!(
+        (eloss - loss).abs() <= 1e-5 * loss.abs(),
+        "loss {eloss} vs twin {loss}"
+    );
+    for ((name, g), (_, e)) in grads.iter().zip(&egrads) {
+        assert_close(&format!("emulated step grad {name}"), e, g, 1e-5, 1e-3);
     }
 }

@@ -199,3 +199,107 @@ fn module_case(c_in: usize, widths: InceptionWidths, (n, h, w): (usize, usize, u
         assert_close(&format!("gpu module {name}"), &got[k], &want[k], atol, rtol);
     }
 }
+
+fn linear_case(shapes: &[inception_cuda::shape::LinearShape]) {
+    use common::kernels::{linear_inputs, linear_on, LINEAR_TOL};
+    for s in shapes {
+        let [x, w, b, dy] = linear_inputs(s);
+        let want = linear_on(&CpuBackend, s, &x, &w, &b, &dy);
+        let got = with_gpu(|g| linear_on(g, s, &x, &w, &b, &dy));
+        for (k, name) in ["fwd", "dgrad", "wgrad", "bgrad"].iter().enumerate() {
+            let (atol, rtol) = LINEAR_TOL[k];
+            assert_close(
+                &format!("gpu linear {name} {s:?}"),
+                &got[k],
+                &want[k],
+                atol,
+                rtol,
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn small_gpu_linear_matches_twin() {
+    use inception_cuda::shape::LinearShape;
+    linear_case(&[
+        LinearShape {
+            m: 5,
+            k_in: 37,
+            n_out: 13,
+        },
+        LinearShape {
+            m: 3,
+            k_in: 9000,
+            n_out: 70,
+        },
+    ]);
+}
+
+/// fc1 and fc2 of the MNIST net at batch 50.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_linear_at_fc1_and_fc2_shapes_matches_twin() {
+    use inception_cuda::shape::LinearShape;
+    linear_case(&[
+        LinearShape {
+            m: 50,
+            k_in: 200_704,
+            n_out: 700,
+        },
+        LinearShape {
+            m: 50,
+            k_in: 700,
+            n_out: 10,
+        },
+    ]);
+}
+
+/// A whole training step on the GPU against the CPU twin: loss and every gradient (Adam is checked on its
+/// own above, since its first step turns sign noise of near-zero gradients into full-size updates).
+fn step_case(config: inception_cuda::nn::MnistConfig, batch: usize) {
+    use common::kernels::step_on;
+    let px = config.image * config.image;
+    let images: Vec<f32> = uniform(51, batch * px)
+        .iter()
+        .map(|v| (v + 1.0) / 2.0)
+        .collect();
+    let labels: Vec<u32> = (0..batch as u32).map(|i| (i * 7 + 3) % 10).collect();
+    let (loss, grads) = step_on(CpuBackend, config, &images, &labels);
+    let dev = common::gpu();
+    let Device::Cuda(cuda) = &dev else {
+        unreachable!("common::gpu() returns a CUDA device")
+    };
+    let (gloss, ggrads) =
+        step_on::<inception_cuda::cuda::CudaBackend>(cuda.backend_arc(), config, &images, &labels);
+    assert!(
+        (gloss - loss).abs() <= 1e-5 * loss.abs().max(1.0),
+        "loss {gloss} vs twin {loss}"
+    );
+    for ((name, g), (_, e)) in grads.iter().zip(&ggrads) {
+        assert_close(&format!("gpu step grad {name}"), e, g, 1e-4, 1e-3);
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn small_gpu_training_step_matches_twin() {
+    step_case(
+        inception_cuda::nn::MnistConfig {
+            map1: 2,
+            map2: 3,
+            reduce: 2,
+            hidden: 6,
+            dropout: 0.5,
+            image: 6,
+        },
+        3,
+    );
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_full_training_step_matches_twin() {
+    step_case(inception_cuda::nn::MnistConfig::default(), 50);
+}

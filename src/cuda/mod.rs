@@ -5,11 +5,13 @@
 
 mod add;
 mod conv;
+mod linear;
 mod relu;
 mod train;
 
 pub use add::add_fwd;
 pub use conv::{conv_bgrad, conv_dgrad, conv_fwd, conv_wgrad, reduce_conv_bwd, reduce_conv_fwd};
+pub use linear::{linear_bgrad, linear_dgrad, linear_fwd, linear_wgrad};
 pub use relu::{relu_bwd, relu_fwd};
 pub use train::{
     adam_step, dropout_bwd, dropout_fwd, maxpool3x3s1_bwd, maxpool3x3s1_fwd, softmax_xent,
@@ -64,6 +66,7 @@ macro_rules! kernel_table {
 kernel_table! {
     "add" => [add_fwd],
     "conv" => [conv_fwd, conv_dgrad, conv_wgrad, conv_bgrad, reduce_conv_fwd, reduce_conv_dmid],
+    "linear" => [linear_fwd, linear_fwd_reduce, linear_dgrad, linear_wgrad, linear_bgrad],
     "pool" => [maxpool3x3s1_fwd, maxpool3x3s1_bwd],
     "relu" => [relu_fwd, relu_bwd],
     "train" => [softmax_xent, dropout_fwd, dropout_bwd, adam_step],
@@ -107,6 +110,9 @@ pub struct CudaBackend {
     stream: Arc<CudaStream>,
     kernels: Kernels,
     name: String,
+    /// Working memory of kernels that need some (the linear forward's split-K partials), kept and grown,
+    /// never shrunk: after the first step nothing is allocated. Used only on `stream`, in issue order.
+    scratch: Mutex<Option<CudaSlice<f32>>>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -159,6 +165,7 @@ impl CudaBackend {
             stream,
             kernels,
             name,
+            scratch: Mutex::new(None),
         })
     }
 
@@ -187,6 +194,25 @@ impl CudaBackend {
         self.stream
             .synchronize()
             .map_err(driver_error("synchronize"))
+    }
+
+    /// Runs `f` with at least `len` floats of this device's scratch memory.
+    pub(crate) fn with_scratch<T>(
+        &self,
+        len: usize,
+        f: impl FnOnce(&mut CudaViewMut<'_, f32>) -> Result<T>,
+    ) -> Result<T> {
+        let mut guard = self.scratch.lock().unwrap_or_else(PoisonError::into_inner);
+        if guard.as_ref().is_none_or(|s| s.len() < len) {
+            // SAFETY: uninitialised f32 device memory; every kernel using scratch writes before it reads.
+            *guard = Some(
+                unsafe { self.stream.alloc::<f32>(len.max(1)) }.map_err(driver_error("scratch"))?,
+            );
+        }
+        let buf = guard.as_mut().ok_or(Error::Backward {
+            reason: "scratch missing".into(),
+        })?;
+        f(&mut buf.slice_mut(0..len))
     }
 
     pub(crate) fn kernels(&self) -> &Kernels {
@@ -221,18 +247,10 @@ pub(crate) fn driver_error(op: &'static str) -> impl FnOnce(DriverError) -> Erro
 /// cudarc's launch configuration for the shared geometry.
 pub(crate) fn launch_config(dims: LaunchDims) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: (dims.grid, 1, 1),
+        grid_dim: (dims.grid, dims.grid_y, dims.grid_z),
         block_dim: (dims.block, 1, 1),
         shared_mem_bytes: dims.shared_bytes,
     }
-}
-
-/// What the CUDA backend lacks for now: the op comes back as `Err(Unsupported)`.
-fn unsupported<T>(op: &'static str) -> Result<T> {
-    Err(Error::Unsupported {
-        op,
-        backend: "cuda",
-    })
 }
 
 impl Backend for CudaBackend {
@@ -421,25 +439,25 @@ impl Backend for CudaBackend {
 
     fn linear_fwd(
         &self,
-        _: &mut V<'_>,
-        _: &R<'_>,
-        _: &R<'_>,
-        _: &R<'_>,
-        _: &LinearShape,
+        y: &mut V<'_>,
+        x: &R<'_>,
+        w: &R<'_>,
+        b: &R<'_>,
+        s: &LinearShape,
     ) -> Result<()> {
-        unsupported("linear_fwd")
+        linear_fwd(self, y, x, w, b, s)
     }
 
-    fn linear_dgrad(&self, _: &mut V<'_>, _: &R<'_>, _: &R<'_>, _: &LinearShape) -> Result<()> {
-        unsupported("linear_dgrad")
+    fn linear_dgrad(&self, dx: &mut V<'_>, dy: &R<'_>, w: &R<'_>, s: &LinearShape) -> Result<()> {
+        linear_dgrad(self, dx, dy, w, s)
     }
 
-    fn linear_wgrad(&self, _: &mut V<'_>, _: &R<'_>, _: &R<'_>, _: &LinearShape) -> Result<()> {
-        unsupported("linear_wgrad")
+    fn linear_wgrad(&self, dw: &mut V<'_>, dy: &R<'_>, x: &R<'_>, s: &LinearShape) -> Result<()> {
+        linear_wgrad(self, dw, dy, x, s)
     }
 
-    fn linear_bgrad(&self, _: &mut V<'_>, _: &R<'_>, _: &LinearShape) -> Result<()> {
-        unsupported("linear_bgrad")
+    fn linear_bgrad(&self, db: &mut V<'_>, dy: &R<'_>, s: &LinearShape) -> Result<()> {
+        linear_bgrad(self, db, dy, s)
     }
 
     fn softmax_xent(

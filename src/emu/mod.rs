@@ -15,6 +15,7 @@ use crate::shape::{check_len, AdamStep, ConvShape, LinearShape, PoolShape, Reduc
 use crate::{Error, Result};
 
 mod conv;
+mod linear;
 pub mod planted;
 
 /// Whether the emulated kernels were built with AddressSanitizer (`INCEPTION_CUDA_EMU_ASAN=1`).
@@ -126,6 +127,11 @@ pub const EMULATED_KERNELS: &[&str] = &[
     "conv_wgrad",
     "dropout_bwd",
     "dropout_fwd",
+    "linear_bgrad",
+    "linear_dgrad",
+    "linear_fwd",
+    "linear_fwd_reduce",
+    "linear_wgrad",
     "maxpool3x3s1_bwd",
     "maxpool3x3s1_fwd",
     "reduce_conv_dmid",
@@ -160,7 +166,7 @@ pub(crate) fn run(
     launch: impl FnOnce(*const Launch) -> i32,
 ) -> Result<()> {
     let cfg = Launch {
-        grid: [dims.grid, 1, 1],
+        grid: [dims.grid, dims.grid_y, dims.grid_z],
         block: [dims.block, 1, 1],
         shared_bytes: dims.shared_bytes,
         reverse: u32::from(order == ThreadOrder::Reverse),
@@ -174,13 +180,6 @@ pub(crate) fn run(
         .to_string_lossy()
         .into_owned();
     Err(Error::Emulation { op, message })
-}
-
-fn unsupported<T>(op: &'static str) -> Result<T> {
-    Err(Error::Unsupported {
-        op,
-        backend: "emulation",
-    })
 }
 
 impl Backend for EmuBackend {
@@ -397,37 +396,37 @@ impl Backend for EmuBackend {
 
     fn linear_fwd(
         &self,
-        _: &mut &mut [f32],
-        _: &&[f32],
-        _: &&[f32],
-        _: &&[f32],
-        _: &LinearShape,
+        y: &mut &mut [f32],
+        x: &&[f32],
+        w: &&[f32],
+        b: &&[f32],
+        s: &LinearShape,
     ) -> Result<()> {
-        unsupported("linear_fwd")
+        linear::linear_fwd(self.order, y, x, w, b, s)
     }
 
     fn linear_dgrad(
         &self,
-        _: &mut &mut [f32],
-        _: &&[f32],
-        _: &&[f32],
-        _: &LinearShape,
+        dx: &mut &mut [f32],
+        dy: &&[f32],
+        w: &&[f32],
+        s: &LinearShape,
     ) -> Result<()> {
-        unsupported("linear_dgrad")
+        linear::linear_dgrad(self.order, dx, dy, w, s)
     }
 
     fn linear_wgrad(
         &self,
-        _: &mut &mut [f32],
-        _: &&[f32],
-        _: &&[f32],
-        _: &LinearShape,
+        dw: &mut &mut [f32],
+        dy: &&[f32],
+        x: &&[f32],
+        s: &LinearShape,
     ) -> Result<()> {
-        unsupported("linear_wgrad")
+        linear::linear_wgrad(self.order, dw, dy, x, s)
     }
 
-    fn linear_bgrad(&self, _: &mut &mut [f32], _: &&[f32], _: &LinearShape) -> Result<()> {
-        unsupported("linear_bgrad")
+    fn linear_bgrad(&self, db: &mut &mut [f32], dy: &&[f32], s: &LinearShape) -> Result<()> {
+        linear::linear_bgrad(self.order, db, dy, s)
     }
 
     fn softmax_xent(

@@ -35,6 +35,8 @@ fn one_block(threads: usize, shared_bytes: u32) -> Result<LaunchDims> {
         });
     }
     Ok(LaunchDims {
+        grid_y: 1,
+        grid_z: 1,
         grid: 1,
         block: threads as u32,
         shared_bytes,

@@ -134,7 +134,7 @@ struct Workspace<B: Backend> {
 
 /// The MNIST Inception net on backend `B`, with its parameters, gradients and Adam state.
 pub struct InceptionMnist<B: Backend> {
-    b: B,
+    b: std::sync::Arc<B>,
     config: MnistConfig,
     m1: InceptionModule,
     m2: InceptionModule,
@@ -170,7 +170,10 @@ impl SplitMix64 {
 impl<B: Backend> InceptionMnist<B> {
     /// A net on backend `b` with PyTorch's default initialisation (every weight and bias uniform in
     /// ±1/√fan_in), drawn from `seed`; `seed` also drives the dropout masks.
-    pub fn new(b: B, config: MnistConfig, seed: u64) -> Result<Self> {
+    ///
+    /// `b` is the backend by value (`CpuBackend`, `EmuBackend`) or shared (`CudaDevice::backend_arc()`).
+    pub fn new(b: impl Into<std::sync::Arc<B>>, config: MnistConfig, seed: u64) -> Result<Self> {
+        let b: std::sync::Arc<B> = b.into();
         let c = config;
         if [c.map1, c.map2, c.reduce, c.hidden, c.image].contains(&0) {
             return Err(Error::InvalidShape {
@@ -270,7 +273,7 @@ impl<B: Backend> InceptionMnist<B> {
         if self.ws.as_ref().is_some_and(|ws| ws.n == n) {
             return Ok(());
         }
-        let (b, hw) = (&self.b, n * self.image_len());
+        let (b, hw) = (&*self.b, n * self.image_len());
         let (m1, m2, c) = (&self.m1, &self.m2, &self.config);
         let (_, h, w) = (n, c.image, c.image);
         let z = |len| b.alloc_zeros(len);
@@ -325,7 +328,7 @@ impl<B: Backend> InceptionMnist<B> {
     fn forward(&mut self, images: &[f32], train: bool) -> Result<()> {
         let n = self.check_batch("forward", images, None)?;
         self.workspace(n)?;
-        let (b, c, dims) = (&self.b, self.config, self.dims(n));
+        let (b, c, dims) = (&*self.b, self.config, self.dims(n));
         let Some(ws) = self.ws.as_mut() else {
             return Err(Error::Backward {
                 reason: "workspace missing".into(),
@@ -412,7 +415,7 @@ impl<B: Backend> InceptionMnist<B> {
         self.forward_backward(images, labels)?;
         // Adam over the flat buffers, one launch.
         self.step += 1;
-        let b = &self.b;
+        let b = &*self.b;
         let len = b.len(&self.params);
         b.adam_step(
             &mut b.view_mut(&mut self.params, 0..len)?,
@@ -429,7 +432,7 @@ impl<B: Backend> InceptionMnist<B> {
     pub fn forward_backward(&mut self, images: &[f32], labels: &[u32]) -> Result<()> {
         let n = self.check_batch("train_step", images, Some(labels))?;
         self.forward(images, true)?;
-        let (b, c, dims) = (&self.b, self.config, self.dims(n));
+        let (b, c, dims) = (&*self.b, self.config, self.dims(n));
         let Some(ws) = self.ws.as_mut() else {
             return Err(Error::Backward {
                 reason: "workspace missing".into(),

@@ -337,3 +337,79 @@ pub fn module_on<B: Backend>(
 
 /// Tolerances of [`module_on`]'s outputs: y, dx, dparams.
 pub const MODULE_TOL: [(f32, f32); 3] = [(1e-5, 1e-4), (1e-4, 1e-3), (1e-4, 1e-3)];
+
+/// linear_fwd, linear_dgrad, linear_wgrad, linear_bgrad on backend `b`, outputs on the host.
+pub fn linear_on<B: Backend>(
+    b: &B,
+    s: &inception_cuda::shape::LinearShape,
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    dy: &[f32],
+) -> Vec<Vec<f32>> {
+    let up = |v: &[f32]| b.upload(v).unwrap();
+    let (xb, wb, bb, dyb) = (up(x), up(w), up(bias), up(dy));
+    let (xv, wv, bv, dyv) = (
+        b.view(&xb, 0..x.len()).unwrap(),
+        b.view(&wb, 0..w.len()).unwrap(),
+        b.view(&bb, 0..bias.len()).unwrap(),
+        b.view(&dyb, 0..dy.len()).unwrap(),
+    );
+    let (mut y, mut dx) = (up(&vec![SENTINEL; dy.len()]), up(&vec![SENTINEL; x.len()]));
+    let (mut dw, mut db) = (
+        up(&vec![SENTINEL; w.len()]),
+        up(&vec![SENTINEL; bias.len()]),
+    );
+    b.linear_fwd(
+        &mut b.view_mut(&mut y, 0..dy.len()).unwrap(),
+        &xv,
+        &wv,
+        &bv,
+        s,
+    )
+    .unwrap();
+    b.linear_dgrad(&mut b.view_mut(&mut dx, 0..x.len()).unwrap(), &dyv, &wv, s)
+        .unwrap();
+    b.linear_wgrad(&mut b.view_mut(&mut dw, 0..w.len()).unwrap(), &dyv, &xv, s)
+        .unwrap();
+    b.linear_bgrad(&mut b.view_mut(&mut db, 0..bias.len()).unwrap(), &dyv, s)
+        .unwrap();
+    vec![
+        b.to_host(&y).unwrap(),
+        b.to_host(&dx).unwrap(),
+        b.to_host(&dw).unwrap(),
+        b.to_host(&db).unwrap(),
+    ]
+}
+
+/// Tolerances of [`linear_on`]'s outputs: y (fc1 sums 200,704 products), dx, dw, db.
+pub const LINEAR_TOL: [(f32, f32); 4] = [(1e-4, 1e-3), (1e-5, 1e-4), (1e-5, 1e-4), (1e-5, 1e-4)];
+
+/// Inputs of [`linear_on`] for a shape.
+pub fn linear_inputs(s: &inception_cuda::shape::LinearShape) -> [Vec<f32>; 4] {
+    use super::uniform;
+    [
+        uniform(41, s.m * s.k_in),
+        uniform(42, s.n_out * s.k_in),
+        uniform(43, s.n_out),
+        uniform(44, s.m * s.n_out),
+    ]
+}
+
+/// One training step's forward and backward (no Adam) of a net built from `seed` on backend `b`: the loss
+/// and every parameter's gradient, in the reference's order.
+pub fn step_on<B: Backend>(
+    b: impl Into<std::sync::Arc<B>>,
+    config: inception_cuda::nn::MnistConfig,
+    images: &[f32],
+    labels: &[u32],
+) -> (f32, Vec<(String, Vec<f32>)>) {
+    let mut net = inception_cuda::nn::InceptionMnist::new(b, config, 7).unwrap();
+    net.forward_backward(images, labels).unwrap();
+    let grads = net
+        .params()
+        .iter()
+        .map(|e| (e.name.clone(), net.grad(&e.name).unwrap()))
+        .collect();
+    (net.loss().unwrap(), grads)
+}

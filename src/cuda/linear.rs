@@ -1,0 +1,123 @@
+//! Launchers of `kernels/linear.cu`.
+
+use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
+
+use super::{driver_error, launch_config, CudaBackend};
+use crate::launch::{linear_plan, GemmDims};
+use crate::shape::{check_len, LinearShape};
+use crate::Result;
+
+type V<'a> = CudaViewMut<'a, f32>;
+type R<'a> = CudaView<'a, f32>;
+
+// SAFETY: #[repr(C)] with the fields of GemmDims in kernels/linear.cu in the same order (six u64 then four
+// u32: no padding, no pointers).
+unsafe impl DeviceRepr for GemmDims {}
+
+// SAFETY (all launches below): the pushed arguments match the kernel's parameter list in kernels/linear.cu;
+// every buffer's length was checked against the plan's dims, which bound every index the kernels form; outputs
+// are borrowed mutably, so they alias no input.
+
+/// `y = x · wᵀ + b`: split-K partial products into the device's scratch buffer (kept between calls, grown on
+/// first use, so steady-state steps allocate nothing), then their sum in a fixed order plus the bias.
+/// Shapes: `y [m, n_out]`, `x [m, k_in]`, `w [n_out, k_in]`, `b [n_out]`.
+pub fn linear_fwd(
+    dev: &CudaBackend,
+    y: &mut V<'_>,
+    x: &R<'_>,
+    w: &R<'_>,
+    b: &R<'_>,
+    s: &LinearShape,
+) -> Result<()> {
+    const OP: &str = "linear_fwd";
+    let p = linear_plan(OP, s)?;
+    check_len(OP, "y", s.m * s.n_out, y.len())?;
+    check_len(OP, "x", s.m * s.k_in, x.len())?;
+    check_len(OP, "w", s.n_out * s.k_in, w.len())?;
+    check_len(OP, "b", s.n_out, b.len())?;
+    let Some(reduce) = p.reduce else {
+        return Ok(());
+    };
+    dev.with_scratch(p.partials_len(), |partials| {
+        let (d, dims) = p.fwd;
+        let mut args = dev.stream().launch_builder(&dev.kernels().linear_fwd);
+        args.arg(&mut *partials).arg(x).arg(w).arg(&d);
+        // SAFETY: see the module comment; the scratch holds splits·m·n_out floats.
+        unsafe { args.launch(launch_config(dims)) }.map_err(driver_error(OP))?;
+        let mut args = dev
+            .stream()
+            .launch_builder(&dev.kernels().linear_fwd_reduce);
+        let partials = partials.as_view();
+        args.arg(y)
+            .arg(&partials)
+            .arg(b)
+            .arg(&p.m)
+            .arg(&p.n_out)
+            .arg(&p.splits);
+        // SAFETY: see the module comment.
+        unsafe { args.launch(launch_config(reduce)) }.map_err(driver_error(OP))?;
+        Ok(())
+    })
+}
+
+/// `dx = dy · w`. Shapes: `dx [m, k_in]`, `dy [m, n_out]`, `w [n_out, k_in]`.
+pub fn linear_dgrad(
+    dev: &CudaBackend,
+    dx: &mut V<'_>,
+    dy: &R<'_>,
+    w: &R<'_>,
+    s: &LinearShape,
+) -> Result<()> {
+    const OP: &str = "linear_dgrad";
+    let p = linear_plan(OP, s)?;
+    check_len(OP, "dx", s.m * s.k_in, dx.len())?;
+    check_len(OP, "dy", s.m * s.n_out, dy.len())?;
+    check_len(OP, "w", s.n_out * s.k_in, w.len())?;
+    if dx.is_empty() {
+        return Ok(());
+    }
+    let (d, dims) = p.dgrad;
+    let mut args = dev.stream().launch_builder(&dev.kernels().linear_dgrad);
+    args.arg(dx).arg(dy).arg(w).arg(&d);
+    // SAFETY: see the module comment.
+    unsafe { args.launch(launch_config(dims)) }.map_err(driver_error(OP))?;
+    Ok(())
+}
+
+/// `dw = dyᵀ · x`. Shapes: `dw [n_out, k_in]`, `dy [m, n_out]`, `x [m, k_in]`.
+pub fn linear_wgrad(
+    dev: &CudaBackend,
+    dw: &mut V<'_>,
+    dy: &R<'_>,
+    x: &R<'_>,
+    s: &LinearShape,
+) -> Result<()> {
+    const OP: &str = "linear_wgrad";
+    let p = linear_plan(OP, s)?;
+    check_len(OP, "dw", s.n_out * s.k_in, dw.len())?;
+    check_len(OP, "dy", s.m * s.n_out, dy.len())?;
+    check_len(OP, "x", s.m * s.k_in, x.len())?;
+    if dw.is_empty() {
+        return Ok(());
+    }
+    let (d, dims) = p.wgrad;
+    let mut args = dev.stream().launch_builder(&dev.kernels().linear_wgrad);
+    args.arg(dw).arg(dy).arg(x).arg(&d);
+    // SAFETY: see the module comment.
+    unsafe { args.launch(launch_config(dims)) }.map_err(driver_error(OP))?;
+    Ok(())
+}
+
+/// `db = Σ_rows dy`, rows in order. Shapes: `db [n_out]`, `dy [m, n_out]`.
+pub fn linear_bgrad(dev: &CudaBackend, db: &mut V<'_>, dy: &R<'_>, s: &LinearShape) -> Result<()> {
+    const OP: &str = "linear_bgrad";
+    let p = linear_plan(OP, s)?;
+    check_len(OP, "db", s.n_out, db.len())?;
+    check_len(OP, "dy", s.m * s.n_out, dy.len())?;
+    let Some(dims) = p.bgrad else { return Ok(()) };
+    let mut args = dev.stream().launch_builder(&dev.kernels().linear_bgrad);
+    args.arg(db).arg(dy).arg(&p.m).arg(&p.n_out);
+    // SAFETY: see the module comment.
+    unsafe { args.launch(launch_config(dims)) }.map_err(driver_error(OP))?;
+    Ok(())
+}

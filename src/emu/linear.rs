@@ -1,0 +1,147 @@
+//! Emulated launchers of `kernels/linear.cu`, with the CUDA launchers' checks, geometry and sequence.
+
+use super::{run, Launch, ThreadOrder};
+use crate::launch::{linear_plan, GemmDims};
+use crate::shape::{check_len, LinearShape};
+use crate::Result;
+
+extern "C" {
+    fn emu_launch_linear_fwd(
+        cfg: *const Launch,
+        partials: *mut f32,
+        x: *const f32,
+        w: *const f32,
+        d: GemmDims,
+    ) -> i32;
+    fn emu_launch_linear_fwd_reduce(
+        cfg: *const Launch,
+        y: *mut f32,
+        partials: *const f32,
+        b: *const f32,
+        m: u32,
+        n_out: u32,
+        splits: u32,
+    ) -> i32;
+    fn emu_launch_linear_dgrad(
+        cfg: *const Launch,
+        dx: *mut f32,
+        dy: *const f32,
+        w: *const f32,
+        d: GemmDims,
+    ) -> i32;
+    fn emu_launch_linear_wgrad(
+        cfg: *const Launch,
+        dw: *mut f32,
+        dy: *const f32,
+        x: *const f32,
+        d: GemmDims,
+    ) -> i32;
+    fn emu_launch_linear_bgrad(
+        cfg: *const Launch,
+        db: *mut f32,
+        dy: *const f32,
+        m: u32,
+        n_out: u32,
+    ) -> i32;
+}
+
+// SAFETY (all launches below): each launcher matches its kernel's parameter list; every buffer's length was
+// checked against the plan's dims, which bound every index the kernels form; outputs are borrowed mutably.
+
+pub(super) fn linear_fwd(
+    o: ThreadOrder,
+    y: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    s: &LinearShape,
+) -> Result<()> {
+    const OP: &str = "linear_fwd";
+    let p = linear_plan(OP, s)?;
+    check_len(OP, "y", s.m * s.n_out, y.len())?;
+    check_len(OP, "x", s.m * s.k_in, x.len())?;
+    check_len(OP, "w", s.n_out * s.k_in, w.len())?;
+    check_len(OP, "b", s.n_out, b.len())?;
+    let Some(reduce) = p.reduce else {
+        return Ok(());
+    };
+    let mut partials = vec![f32::NAN; p.partials_len()];
+    let (d, dims) = p.fwd;
+    // SAFETY: see the module comment; partials holds splits·m·n_out floats.
+    run(OP, dims, o, |cfg| unsafe {
+        emu_launch_linear_fwd(cfg, partials.as_mut_ptr(), x.as_ptr(), w.as_ptr(), d)
+    })?;
+    // SAFETY: see the module comment.
+    run(OP, reduce, o, |cfg| unsafe {
+        emu_launch_linear_fwd_reduce(
+            cfg,
+            y.as_mut_ptr(),
+            partials.as_ptr(),
+            b.as_ptr(),
+            p.m,
+            p.n_out,
+            p.splits,
+        )
+    })
+}
+
+pub(super) fn linear_dgrad(
+    o: ThreadOrder,
+    dx: &mut [f32],
+    dy: &[f32],
+    w: &[f32],
+    s: &LinearShape,
+) -> Result<()> {
+    const OP: &str = "linear_dgrad";
+    let p = linear_plan(OP, s)?;
+    check_len(OP, "dx", s.m * s.k_in, dx.len())?;
+    check_len(OP, "dy", s.m * s.n_out, dy.len())?;
+    check_len(OP, "w", s.n_out * s.k_in, w.len())?;
+    if dx.is_empty() {
+        return Ok(());
+    }
+    let (d, dims) = p.dgrad;
+    // SAFETY: see the module comment.
+    run(OP, dims, o, |cfg| unsafe {
+        emu_launch_linear_dgrad(cfg, dx.as_mut_ptr(), dy.as_ptr(), w.as_ptr(), d)
+    })
+}
+
+pub(super) fn linear_wgrad(
+    o: ThreadOrder,
+    dw: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    s: &LinearShape,
+) -> Result<()> {
+    const OP: &str = "linear_wgrad";
+    let p = linear_plan(OP, s)?;
+    check_len(OP, "dw", s.n_out * s.k_in, dw.len())?;
+    check_len(OP, "dy", s.m * s.n_out, dy.len())?;
+    check_len(OP, "x", s.m * s.k_in, x.len())?;
+    if dw.is_empty() {
+        return Ok(());
+    }
+    let (d, dims) = p.wgrad;
+    // SAFETY: see the module comment.
+    run(OP, dims, o, |cfg| unsafe {
+        emu_launch_linear_wgrad(cfg, dw.as_mut_ptr(), dy.as_ptr(), x.as_ptr(), d)
+    })
+}
+
+pub(super) fn linear_bgrad(
+    o: ThreadOrder,
+    db: &mut [f32],
+    dy: &[f32],
+    s: &LinearShape,
+) -> Result<()> {
+    const OP: &str = "linear_bgrad";
+    let p = linear_plan(OP, s)?;
+    check_len(OP, "db", s.n_out, db.len())?;
+    check_len(OP, "dy", s.m * s.n_out, dy.len())?;
+    let Some(dims) = p.bgrad else { return Ok(()) };
+    // SAFETY: see the module comment.
+    run(OP, dims, o, |cfg| unsafe {
+        emu_launch_linear_bgrad(cfg, db.as_mut_ptr(), dy.as_ptr(), p.m, p.n_out)
+    })
+}
