@@ -261,10 +261,6 @@ impl<B: Backend> InceptionMnist<B> {
             .write(&mut self.b.view_mut(&mut self.params, r)?, values)
     }
 
-    fn dims(&self, n: usize) -> (usize, usize, usize) {
-        (n, self.config.image, self.config.image)
-    }
-
     fn image_len(&self) -> usize {
         self.config.image * self.config.image
     }
@@ -324,18 +320,29 @@ impl<B: Backend> InceptionMnist<B> {
         Ok(n)
     }
 
-    /// Forward through both modules and fc1 + ReLU (+ dropout when `train`) and fc2, into `ws.logits`.
-    fn forward(&mut self, images: &[f32], train: bool) -> Result<()> {
-        let n = self.check_batch("forward", images, None)?;
+    /// Copies a batch into the device workspace (allocated once per batch size): `images` holds `n` images
+    /// of `image × image` pixels in [0, 1], `labels` (when given) their `n` classes. [`Self::train_loaded`] then
+    /// trains on it without touching the host. Returns `n`.
+    pub fn load_batch(&mut self, images: &[f32], labels: Option<&[u32]>) -> Result<usize> {
+        let n = self.check_batch("load_batch", images, labels)?;
         self.workspace(n)?;
-        let (b, c, dims) = (&*self.b, self.config, self.dims(n));
-        let Some(ws) = self.ws.as_mut() else {
-            return Err(Error::Backward {
-                reason: "workspace missing".into(),
-            });
-        };
-        let all = |buf: &B::Buf| 0..b.len(buf);
+        let b = &*self.b;
+        let ws = self.ws.as_mut().ok_or_else(missing_workspace)?;
         b.write(&mut b.view_mut(&mut ws.x, 0..images.len())?, images)?;
+        if let Some(labels) = labels {
+            b.write_labels(&mut ws.labels, labels)?;
+        }
+        Ok(n)
+    }
+
+    /// Forward of the loaded batch through both modules and fc1 + ReLU (+ dropout when `train`) and fc2,
+    /// into `ws.logits`.
+    fn forward(&mut self, train: bool) -> Result<()> {
+        let (b, c) = (&*self.b, self.config);
+        let ws = self.ws.as_mut().ok_or_else(missing_workspace)?;
+        let n = ws.n;
+        let dims = (n, c.image, c.image);
+        let all = |buf: &B::Buf| 0..b.len(buf);
         let (m1_base, m2_base) = (0, self.m1.layout().len());
         let r = all(&ws.m1_out);
         self.m1.forward(
@@ -412,7 +419,17 @@ impl<B: Backend> InceptionMnist<B> {
     /// forward, loss, backward, Adam with learning rate `lr`. Nothing is read back: call [`Self::loss`]
     /// at logging points.
     pub fn train_step(&mut self, images: &[f32], labels: &[u32], lr: f64) -> Result<StepStats> {
-        self.forward_backward(images, labels)?;
+        self.load_batch(images, Some(labels))?;
+        self.train_loaded(lr)
+    }
+
+    /// One training step on the batch of [`Self::load_batch`]: forward, loss, backward and Adam, all on the
+    /// backend's stream, allocating nothing and never waiting for the device (a CUDA graph can capture it
+    /// once the workspace exists). Adam's step count and bias corrections are launch arguments, so a captured
+    /// step replays with the values of its capture.
+    pub fn train_loaded(&mut self, lr: f64) -> Result<StepStats> {
+        self.forward(true)?;
+        self.backward()?;
         // Adam over the flat buffers, one launch.
         self.step += 1;
         let b = &*self.b;
@@ -430,16 +447,18 @@ impl<B: Backend> InceptionMnist<B> {
     /// Forward, loss and backward of a training step without the Adam update: afterwards [`Self::loss`]
     /// and [`Self::grad`] hold the batch's loss and gradients. Dropout uses the mask of the next step.
     pub fn forward_backward(&mut self, images: &[f32], labels: &[u32]) -> Result<()> {
-        let n = self.check_batch("train_step", images, Some(labels))?;
-        self.forward(images, true)?;
-        let (b, c, dims) = (&*self.b, self.config, self.dims(n));
-        let Some(ws) = self.ws.as_mut() else {
-            return Err(Error::Backward {
-                reason: "workspace missing".into(),
-            });
-        };
+        self.load_batch(images, Some(labels))?;
+        self.forward(true)?;
+        self.backward()
+    }
+
+    /// Loss and backward of the loaded batch after [`Self::forward`] with `train`.
+    fn backward(&mut self) -> Result<()> {
+        let (b, c) = (&*self.b, self.config);
+        let ws = self.ws.as_mut().ok_or_else(missing_workspace)?;
+        let n = ws.n;
+        let dims = (n, c.image, c.image);
         let all = |buf: &B::Buf| 0..b.len(buf);
-        b.write_labels(&mut ws.labels, labels)?;
         let (rl, rd) = (all(&ws.loss), all(&ws.dlogits));
         b.softmax_xent(
             &mut b.view_mut(&mut ws.loss, rl)?,
@@ -570,7 +589,8 @@ impl<B: Backend> InceptionMnist<B> {
 
     /// Logits `[n, 10]` of a batch in evaluation mode (no dropout).
     pub fn logits(&mut self, images: &[f32]) -> Result<Vec<f32>> {
-        self.forward(images, false)?;
+        self.load_batch(images, None)?;
+        self.forward(false)?;
         let ws = self.ws.as_ref().ok_or_else(|| Error::Backward {
             reason: "workspace missing".into(),
         })?;
@@ -604,5 +624,11 @@ fn module_fan_in(name: &str, m: &InceptionModule) -> usize {
         "conv3x3" => w.c3x3_reduce * 9,
         "conv5x5" => w.c5x5_reduce * 25,
         _ => m.c_in, // the 1×1 convs: branch1x1, reduce3x3, reduce5x5, pool_proj
+    }
+}
+
+fn missing_workspace() -> Error {
+    Error::Backward {
+        reason: "no batch loaded".into(),
     }
 }
