@@ -224,6 +224,22 @@ pub trait Backend {
     ) -> Result<()>;
 }
 
+/// Something that provides a shared backend: a backend value (`CpuBackend`, `EmuBackend`) or an `Arc` of one
+/// (`CudaDevice::backend_arc()`), for holders such as `nn::InceptionMnist`.
+pub trait BackendHandle {
+    /// The backend.
+    type Backend: Backend;
+    /// The backend, shared.
+    fn into_backend(self) -> std::sync::Arc<Self::Backend>;
+}
+
+impl<B: Backend> BackendHandle for std::sync::Arc<B> {
+    type Backend = B;
+    fn into_backend(self) -> std::sync::Arc<B> {
+        self
+    }
+}
+
 /// Checks that every buffer of an elementwise op has the output's length.
 pub(crate) fn check_same_len(
     op: &'static str,

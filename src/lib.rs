@@ -98,7 +98,7 @@ pub mod ops;
 pub mod shape;
 mod tensor;
 
-pub use backend::Backend;
+pub use backend::{Backend, BackendHandle};
 pub use device::{CudaDevice, Device};
 pub use error::{CudaUnavailable, Error, Result};
 pub use graph::{Gradients, Tape};

@@ -69,6 +69,13 @@ pub(crate) fn sum_over_images(
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuBackend;
 
+impl crate::backend::BackendHandle for CpuBackend {
+    type Backend = CpuBackend;
+    fn into_backend(self) -> std::sync::Arc<CpuBackend> {
+        std::sync::Arc::new(self)
+    }
+}
+
 impl Backend for CpuBackend {
     type Buf = Vec<f32>;
     type Labels = Vec<u32>;

@@ -5,12 +5,14 @@
 
 mod add;
 mod conv;
+mod graph;
 mod linear;
 mod relu;
 mod train;
 
 pub use add::add_fwd;
 pub use conv::{conv_bgrad, conv_dgrad, conv_fwd, conv_wgrad, reduce_conv_bwd, reduce_conv_fwd};
+pub use graph::{CapturedGraph, GraphNode};
 pub use linear::{linear_bgrad, linear_dgrad, linear_fwd, linear_wgrad};
 pub use relu::{relu_bwd, relu_fwd};
 pub use train::{

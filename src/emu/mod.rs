@@ -182,6 +182,13 @@ pub(crate) fn run(
     Err(Error::Emulation { op, message })
 }
 
+impl crate::backend::BackendHandle for EmuBackend {
+    type Backend = EmuBackend;
+    fn into_backend(self) -> std::sync::Arc<EmuBackend> {
+        std::sync::Arc::new(self)
+    }
+}
+
 impl Backend for EmuBackend {
     type Buf = Vec<f32>;
     type Labels = Vec<u32>;

@@ -9,7 +9,7 @@
 use std::ops::Range;
 
 use super::inception::{InceptionModule, InceptionWidths, ModuleSaved, ModuleScratch};
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendHandle};
 use crate::shape::{AdamStep, LinearShape};
 use crate::{Error, Result};
 
@@ -172,8 +172,8 @@ impl<B: Backend> InceptionMnist<B> {
     /// ±1/√fan_in), drawn from `seed`; `seed` also drives the dropout masks.
     ///
     /// `b` is the backend by value (`CpuBackend`, `EmuBackend`) or shared (`CudaDevice::backend_arc()`).
-    pub fn new(b: impl Into<std::sync::Arc<B>>, config: MnistConfig, seed: u64) -> Result<Self> {
-        let b: std::sync::Arc<B> = b.into();
+    pub fn new(b: impl BackendHandle<Backend = B>, config: MnistConfig, seed: u64) -> Result<Self> {
+        let b = b.into_backend();
         let c = config;
         if [c.map1, c.map2, c.reduce, c.hidden, c.image].contains(&0) {
             return Err(Error::InvalidShape {

@@ -399,7 +399,7 @@ pub fn linear_inputs(s: &inception_cuda::shape::LinearShape) -> [Vec<f32>; 4] {
 /// One training step's forward and backward (no Adam) of a net built from `seed` on backend `b`: the loss
 /// and every parameter's gradient, in the reference's order.
 pub fn step_on<B: Backend>(
-    b: impl Into<std::sync::Arc<B>>,
+    b: impl inception_cuda::BackendHandle<Backend = B>,
     config: inception_cuda::nn::MnistConfig,
     images: &[f32],
     labels: &[u32],

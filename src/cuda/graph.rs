@@ -1,0 +1,98 @@
+//! Capturing work issued to a device's stream into a CUDA graph, and what the graph holds.
+
+use cudarc::driver::sys::{self, CUgraphNodeType, CUstreamCaptureMode};
+use cudarc::driver::CudaGraph;
+
+use super::{driver_error, CudaBackend};
+use crate::{Error, Result};
+
+/// The kind of one node of a captured graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GraphNode {
+    /// A kernel launch.
+    Kernel,
+    /// A memset.
+    Memset,
+    /// A memory copy (any direction).
+    Memcpy,
+    /// A stream-ordered allocation or free: what a training step must not contain.
+    Alloc,
+    /// Anything else (host callbacks, events, child graphs, ...), with the driver's type number.
+    Other(u32),
+}
+
+/// A graph captured by [`CudaBackend::capture`]: replayable on the device's stream.
+pub struct CapturedGraph {
+    graph: CudaGraph,
+}
+
+impl CudaBackend {
+    /// Runs `f` with this device's stream in global capture mode and returns `f`'s result with the graph of
+    /// the work it issued. In global mode any host synchronisation inside `f` makes the capture fail (an
+    /// error here); allocations do not fail but show as [`GraphNode::Alloc`] nodes.
+    pub fn capture<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<(T, CapturedGraph)> {
+        const OP: &str = "capture";
+        // cudarc records a per-buffer event around each launch for its multi-stream bookkeeping; those
+        // records would enter the graph. All of this crate's work is on one stream, so they are not needed.
+        // SAFETY: no other stream of this context is in use by the crate while capturing (one stream per
+        // device); tracking is switched back on below.
+        unsafe { self.ctx.disable_event_tracking() };
+        let began = self
+            .stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_GLOBAL);
+        let result = began.map_err(driver_error(OP)).and_then(|()| f());
+        let graph = self
+            .stream
+            .end_capture(sys::CUgraphInstantiate_flags(0))
+            .map_err(driver_error(OP));
+        // SAFETY: capture has ended; back to cudarc's default.
+        unsafe { self.ctx.enable_event_tracking() };
+        let value = result?;
+        let graph = graph?.ok_or(Error::Backward {
+            reason: "the capture recorded no work".into(),
+        })?;
+        Ok((value, CapturedGraph { graph }))
+    }
+}
+
+impl CapturedGraph {
+    /// The kind of every node.
+    pub fn nodes(&self) -> Result<Vec<GraphNode>> {
+        const OP: &str = "graph nodes";
+        let g = self.graph.cu_graph();
+        let mut count = 0usize;
+        // SAFETY: a null node array asks only for the count; `g` is a live graph owned by `self.graph`.
+        unsafe { sys::cuGraphGetNodes(g, std::ptr::null_mut(), &mut count) }
+            .result()
+            .map_err(driver_error(OP))?;
+        let mut nodes = vec![std::ptr::null_mut(); count];
+        // SAFETY: `nodes` has room for the `count` nodes the driver reported.
+        unsafe { sys::cuGraphGetNodes(g, nodes.as_mut_ptr(), &mut count) }
+            .result()
+            .map_err(driver_error(OP))?;
+        nodes.truncate(count);
+        nodes
+            .into_iter()
+            .map(|node| {
+                let mut kind = CUgraphNodeType::CU_GRAPH_NODE_TYPE_EMPTY;
+                // SAFETY: `node` belongs to the live graph; `kind` is a valid place for the result.
+                unsafe { sys::cuGraphNodeGetType(node, &mut kind) }
+                    .result()
+                    .map_err(driver_error(OP))?;
+                Ok(match kind {
+                    CUgraphNodeType::CU_GRAPH_NODE_TYPE_KERNEL => GraphNode::Kernel,
+                    CUgraphNodeType::CU_GRAPH_NODE_TYPE_MEMSET => GraphNode::Memset,
+                    CUgraphNodeType::CU_GRAPH_NODE_TYPE_MEMCPY => GraphNode::Memcpy,
+                    CUgraphNodeType::CU_GRAPH_NODE_TYPE_MEM_ALLOC
+                    | CUgraphNodeType::CU_GRAPH_NODE_TYPE_MEM_FREE => GraphNode::Alloc,
+                    other => GraphNode::Other(other as u32),
+                })
+            })
+            .collect()
+    }
+
+    /// Replays the graph on the device's stream (asynchronously).
+    pub fn replay(&self) -> Result<()> {
+        self.graph.launch().map_err(driver_error("graph replay"))
+    }
+}
