@@ -1,5 +1,6 @@
-//! One full-size training step of the MNIST Inception net (batch 50: forward, loss, backward, Adam over all
-//! 140.6 M parameters). CPU group now; the GPU group arrives with the CUDA training step.
+//! One full-size training step of the MNIST Inception net (forward, loss, backward, Adam over all 140.6 M
+//! parameters): the CPU twins at batch 50, and the CUDA kernels at batch 50 and 256 when a GPU is present (the
+//! batch is on the device; the device is synchronised inside the timed region).
 //!
 //!     cargo bench --bench train_step
 
@@ -38,5 +39,43 @@ fn train_step(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, train_step);
+#[cfg(feature = "cuda")]
+fn train_step_gpu(c: &mut Criterion) {
+    let dev = match Device::cuda(0) {
+        Ok(dev) => dev,
+        Err(reason) => return eprintln!("GPU train_step benchmarks skipped: {reason}"),
+    };
+    let Device::Cuda(cuda) = &dev else { return };
+    let mut group = c.benchmark_group(format!("train_step [{}]", dev.describe()));
+    group
+        .sample_size(20)
+        .measurement_time(std::time::Duration::from_secs(5));
+    for batch in [50usize, 256] {
+        let mut net =
+            InceptionMnist::new(cuda.backend_arc(), MnistConfig::default(), 0).expect("net");
+        let images: Vec<f32> = (0..batch * 784).map(|i| (i % 255) as f32 / 255.0).collect();
+        let labels: Vec<u32> = (0..batch as u32).map(|i| i % 10).collect();
+        net.load_batch(&images, Some(&labels)).expect("load");
+        net.train_loaded(1e-4).expect("warm-up step"); // workspace and scratch exist from here on
+        dev.synchronize().expect("sync");
+        group.bench_function(format!("batch {batch}, fp32"), |b| {
+            b.iter(|| {
+                net.train_loaded(1e-4).expect("step");
+                dev.synchronize().expect("sync");
+            })
+        });
+        assert!(
+            net.loss().expect("loss").is_finite(),
+            "non-finite loss on the GPU"
+        );
+    }
+    group.finish();
+}
+
+#[cfg(not(feature = "cuda"))]
+fn train_step_gpu(_: &mut Criterion) {
+    eprintln!("GPU train_step benchmarks skipped: built without the `cuda` feature");
+}
+
+criterion_group!(benches, train_step, train_step_gpu);
 criterion_main!(benches);
