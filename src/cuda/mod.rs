@@ -2,6 +2,29 @@
 //! context, the stream and the kernels (loaded once per device from the PTX embedded at build time).
 //!
 //! All `unsafe` of the GPU path lives in this module, each block with a `// SAFETY:` line.
+//!
+//! The launchers are the primitive API: call them on your own cudarc buffers (views of them) with a shape
+//! descriptor; they check every length, launch on the device's stream and return without waiting.
+//!
+//! ```no_run
+//! use inception_cuda::{cuda, shape::ConvShape, Device};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dev = Device::cuda(0)?;
+//! let Device::Cuda(d) = &dev else { unreachable!() };
+//! let gpu = d.backend();
+//! // A 3×3 conv of a batch of 2 images with 4 channels into channels 8..16 of a 32-channel output.
+//! let s = ConvShape::new(2, 4, 8, 28, 28, 3).into_slice(32, 8);
+//! let x = gpu.stream().clone_htod(&vec![0.5f32; 2 * 4 * 28 * 28])?;
+//! let w = gpu.stream().clone_htod(&vec![0.01f32; 8 * 4 * 3 * 3])?;
+//! let b = gpu.stream().alloc_zeros::<f32>(8)?;
+//! let mut y = gpu.stream().alloc_zeros::<f32>(2 * 32 * 28 * 28)?;
+//! cuda::conv_fwd(gpu, &mut y.as_view_mut(), &x.as_view(), &w.as_view(), &b.as_view(), &s, true)?;
+//! gpu.synchronize()?;
+//! # Ok(())
+//! # }
+//! ```
+//! `examples/primitives.rs` builds a whole Inception module, forward and backward, this way.
 
 mod add;
 mod conv;
