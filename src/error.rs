@@ -63,6 +63,16 @@ pub enum Error {
         /// The accepted range.
         allowed: &'static str,
     },
+    /// A data or checkpoint file is missing or malformed.
+    #[error("{}{}: {reason}", file.display(), line.map(|l| format!(", line {l}")).unwrap_or_default())]
+    Data {
+        /// The file (or folder).
+        file: std::path::PathBuf,
+        /// The line, for text formats.
+        line: Option<u64>,
+        /// What is wrong.
+        reason: String,
+    },
     /// The element count of a shape does not fit in `usize`.
     #[error("{op}: shape {shape:?} has more elements than fit in memory")]
     ShapeOverflow {

@@ -87,6 +87,7 @@ pub mod backend;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod data;
 mod device;
 #[cfg(feature = "emulation")]
 pub mod emu;

@@ -1,0 +1,302 @@
+//! MNIST loaders: the IDX files (gzip or raw) and the write-up's CSV layout (`label, 784 pixels` per row, a
+//! header row allowed). Pixels are scaled to [0, 1]. Bad data is an error naming the file (and, for CSV, the
+//! line), never a panic.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::{Error, Result};
+
+/// Classes of MNIST.
+pub const CLASSES: u32 = 10;
+/// Images the write-up trains on: the first 55,000 of the training file; the last 5,000 validate.
+pub const TRAIN_IMAGES: usize = 55_000;
+
+/// A set of images with their labels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dataset {
+    /// `[n, rows · cols]` pixels in [0, 1], row-major.
+    pub images: Vec<f32>,
+    /// `n` labels in `0..10`.
+    pub labels: Vec<u32>,
+    /// Image height.
+    pub rows: usize,
+    /// Image width.
+    pub cols: usize,
+}
+
+impl Dataset {
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether there are no images.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Pixels per image.
+    pub fn pixels(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    /// Images `range` as a new dataset.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Dataset {
+        let px = self.pixels();
+        Dataset {
+            images: self.images[range.start * px..range.end * px].to_vec(),
+            labels: self.labels[range].to_vec(),
+            rows: self.rows,
+            cols: self.cols,
+        }
+    }
+
+    /// The write-up's batch of training step `step`: `batch` images starting at
+    /// `(step · batch) mod (len − batch)`, as (pixels, labels).
+    pub fn batch(&self, step: u64, batch: usize) -> Result<(&[f32], &[u32])> {
+        if batch == 0 || batch > self.len() {
+            return Err(Error::OutOfRange {
+                op: "Dataset::batch",
+                what: "batch".into(),
+                value: batch.to_string(),
+                allowed: "1 <= batch <= number of images",
+            });
+        }
+        let span = (self.len() - batch).max(1) as u64;
+        let start = (step.wrapping_mul(batch as u64) % span) as usize;
+        let px = self.pixels();
+        Ok((
+            &self.images[start * px..(start + batch) * px],
+            &self.labels[start..start + batch],
+        ))
+    }
+}
+
+/// The write-up's split: the first 55,000 training images train, the last 5,000 validate; the test file tests.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MnistSplits {
+    /// Training images.
+    pub train: Dataset,
+    /// Validation images.
+    pub val: Dataset,
+    /// Test images.
+    pub test: Dataset,
+}
+
+fn data_error(file: &Path, line: Option<u64>, reason: impl Into<String>) -> Error {
+    Error::Data {
+        file: file.to_path_buf(),
+        line,
+        reason: reason.into(),
+    }
+}
+
+/// The bytes of `path`, gunzipped when they start with the gzip magic.
+fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut raw))
+        .map_err(|e| data_error(path, None, format!("cannot read: {e}")))?;
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(raw.as_slice())
+            .read_to_end(&mut out)
+            .map_err(|e| data_error(path, None, format!("corrupt gzip: {e}")))?;
+        Ok(out)
+    } else {
+        Ok(raw)
+    }
+}
+
+/// Dimensions and payload of an IDX file of unsigned bytes with `want_dims` dimensions.
+fn parse_idx<'a>(path: &Path, bytes: &'a [u8], want_dims: u8) -> Result<(Vec<usize>, &'a [u8])> {
+    let magic = bytes
+        .get(..4)
+        .ok_or_else(|| data_error(path, None, "truncated: no IDX header"))?;
+    if magic[0] != 0 || magic[1] != 0 || magic[2] != 0x08 || magic[3] != want_dims {
+        return Err(data_error(
+            path,
+            None,
+            format!(
+                "wrong magic number {:02x}{:02x}{:02x}{:02x} (expected 000008{:02x}: unsigned bytes, {want_dims} dimensions)",
+                magic[0], magic[1], magic[2], magic[3], want_dims
+            ),
+        ));
+    }
+    let header = 4 + 4 * want_dims as usize;
+    let dims_bytes = bytes
+        .get(4..header)
+        .ok_or_else(|| data_error(path, None, "truncated IDX header"))?;
+    let dims: Vec<usize> = dims_bytes
+        .chunks_exact(4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .collect();
+    let expected = dims
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| data_error(path, None, format!("dimensions {dims:?} overflow")))?;
+    let payload = &bytes[header..];
+    if payload.len() != expected {
+        let what = if payload.len() < expected {
+            "truncated"
+        } else {
+            "trailing bytes"
+        };
+        return Err(data_error(
+            path,
+            None,
+            format!(
+                "{what}: dimensions {dims:?} need {expected} bytes of data, the file has {}",
+                payload.len()
+            ),
+        ));
+    }
+    Ok((dims, payload))
+}
+
+/// Loads an IDX image file and its IDX label file (gzip or raw).
+pub fn load_idx(images: &Path, labels: &Path) -> Result<Dataset> {
+    let (img_bytes, lbl_bytes) = (read_maybe_gz(images)?, read_maybe_gz(labels)?);
+    let (dims, pixels) = parse_idx(images, &img_bytes, 3)?;
+    let (ldims, lbls) = parse_idx(labels, &lbl_bytes, 1)?;
+    if dims[0] != ldims[0] {
+        return Err(data_error(
+            labels,
+            None,
+            format!(
+                "{} labels for {} images in {}",
+                ldims[0],
+                dims[0],
+                images.display()
+            ),
+        ));
+    }
+    if let Some(i) = lbls.iter().position(|&l| u32::from(l) >= CLASSES) {
+        return Err(data_error(
+            labels,
+            None,
+            format!("label {} of image {i} is not a digit", lbls[i]),
+        ));
+    }
+    Ok(Dataset {
+        images: pixels.iter().map(|&p| f32::from(p) / 255.0).collect(),
+        labels: lbls.iter().map(|&l| u32::from(l)).collect(),
+        rows: dims[1],
+        cols: dims[2],
+    })
+}
+
+/// Loads the write-up's CSV layout: one image a row, the label first, then 784 pixel values 0–255; a header
+/// row (a first row whose first field is not a number) is skipped.
+pub fn load_csv(path: &Path) -> Result<Dataset> {
+    let file = File::open(path).map_err(|e| data_error(path, None, format!("cannot read: {e}")))?;
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(file);
+    let (mut images, mut labels) = (Vec::new(), Vec::new());
+    for (i, record) in reader.records().enumerate() {
+        let line = i as u64 + 1;
+        let record =
+            record.map_err(|e| data_error(path, Some(line), format!("unreadable row: {e}")))?;
+        let values: Vec<&str> = record.iter().map(str::trim).collect();
+        if i == 0 && values.first().is_some_and(|v| v.parse::<f64>().is_err()) {
+            continue; // a header row: its first field is a name, not a label
+        }
+        if values.len() != 785 {
+            return Err(data_error(
+                path,
+                Some(line),
+                format!(
+                    "{} fields, expected 785 (label and 784 pixels)",
+                    values.len()
+                ),
+            ));
+        }
+        let number = |j: usize, max: u32| -> Result<u32> {
+            values[j]
+                .parse::<u32>()
+                .ok()
+                .filter(|&v| v <= max)
+                .ok_or_else(|| {
+                    data_error(
+                        path,
+                        Some(line),
+                        format!(
+                            "field {} = {:?} is not an integer in 0..={max}",
+                            j + 1,
+                            values[j]
+                        ),
+                    )
+                })
+        };
+        labels.push(number(0, CLASSES - 1)?);
+        for j in 1..785 {
+            images.push(number(j, 255)? as f32 / 255.0);
+        }
+    }
+    if labels.is_empty() {
+        return Err(data_error(path, None, "no images"));
+    }
+    Ok(Dataset {
+        images,
+        labels,
+        rows: 28,
+        cols: 28,
+    })
+}
+
+/// The IDX names looked for, gzip first: (train images, train labels, test images, test labels).
+const IDX_NAMES: [&str; 4] = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+];
+/// The write-up's CSV names.
+const CSV_NAMES: [&str; 2] = ["mnist_train.csv", "mnist_test.csv"];
+
+fn find(dir: &Path, name: &str) -> Option<PathBuf> {
+    [format!("{name}.gz"), name.to_string()]
+        .into_iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_file())
+}
+
+/// Loads MNIST from `dir`, which holds either the four IDX files (gzip or raw) or `mnist_train.csv` and
+/// `mnist_test.csv`, and splits it the write-up's way (the last 5,000 training images validate).
+pub fn load_dir(dir: &Path) -> Result<MnistSplits> {
+    let idx: Vec<Option<PathBuf>> = IDX_NAMES.iter().map(|n| find(dir, n)).collect();
+    let (train, test) = if idx.iter().all(Option::is_some) {
+        let p: Vec<PathBuf> = idx.into_iter().flatten().collect();
+        (load_idx(&p[0], &p[1])?, load_idx(&p[2], &p[3])?)
+    } else if CSV_NAMES.iter().all(|n| dir.join(n).is_file()) {
+        (
+            load_csv(&dir.join(CSV_NAMES[0]))?,
+            load_csv(&dir.join(CSV_NAMES[1]))?,
+        )
+    } else {
+        return Err(data_error(
+            dir,
+            None,
+            format!(
+                "no MNIST here: expected the IDX files {} (each optionally .gz), or {} and {}",
+                IDX_NAMES.join(", "),
+                CSV_NAMES[0],
+                CSV_NAMES[1]
+            ),
+        ));
+    };
+    let split = if train.len() > TRAIN_IMAGES {
+        TRAIN_IMAGES
+    } else {
+        train.len() * 11 / 12
+    };
+    Ok(MnistSplits {
+        val: train.slice(split..train.len()),
+        train: train.slice(0..split),
+        test,
+    })
+}
