@@ -84,6 +84,7 @@ macro_rules! dispatch_many {
 }
 
 pub mod backend;
+pub mod checkpoint;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;

@@ -148,6 +148,17 @@ pub struct InceptionMnist<B: Backend> {
     ws: Option<Workspace<B>>,
 }
 
+impl<B: Backend> std::fmt::Debug for InceptionMnist<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InceptionMnist")
+            .field("backend", &self.b.name())
+            .field("config", &self.config)
+            .field("params", &self.param_count())
+            .field("step", &self.step)
+            .finish()
+    }
+}
+
 /// SplitMix64: a fixed, documented stream, so a seed gives the same initial weights in every version.
 struct SplitMix64(u64);
 

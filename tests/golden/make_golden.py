@@ -13,6 +13,8 @@ step.safetensors     one training step of InceptionMnist(map1=3, map2=2, reduce=
                      batch of 4 images with Adam(lr=1e-3): initial parameters ("init.<name>"), images, labels
                      (float32), the mean cross-entropy ("loss"), gradients ("grad.<name>") and the parameters
                      after the step ("after.<name>").
+pytorch_model.safetensors   InceptionMnist(map1=3, map2=2, reduce=2, hidden=8) saved with plain save_file;
+pytorch_logits.safetensors  its eval-mode logits on 3 images ("images", "logits").
 """
 import os
 
@@ -53,3 +55,13 @@ t.update({"after." + name: p.detach().clone() for name, p in net.named_parameter
 t.update({"images": images, "labels": labels.float(), "loss": loss.detach().reshape(1)})
 save_file({k: v.contiguous() for k, v in t.items()}, os.path.join(HERE, "step.safetensors"))
 print("wrote module.safetensors and step.safetensors; loss", loss.item())
+
+# A model file exactly as PyTorch users save one (plain save_file of the state dict: no metadata), and the
+# logits it gives in eval mode on a fixed batch.
+torch.manual_seed(7)
+small = InceptionMnist(map1=3, map2=2, reduce=2, hidden=8, dropout=0.5).eval()
+save_file({k: v.contiguous() for k, v in small.state_dict().items()}, os.path.join(HERE, "pytorch_model.safetensors"))
+batch = torch.rand(3, 1, 28, 28)
+with torch.no_grad():
+    save_file({"images": batch, "logits": small(batch)}, os.path.join(HERE, "pytorch_logits.safetensors"))
+print("wrote pytorch_model.safetensors and pytorch_logits.safetensors")
