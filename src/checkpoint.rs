@@ -192,6 +192,46 @@ impl<B: Backend> InceptionMnist<B> {
         write_tensors(path, &tensors, meta)
     }
 
+    /// Saves Adam's moments, the step count and the dropout seed beside a model file, atomically.
+    pub fn save_train_state(&self, path: &Path) -> Result<()> {
+        let state = self.train_state()?;
+        let len = state.adam_m.len();
+        let tensors = vec![
+            ("adam.m".to_string(), vec![len], state.adam_m),
+            ("adam.v".to_string(), vec![len], state.adam_v),
+        ];
+        let meta = HashMap::from([
+            ("step".to_string(), state.step.to_string()),
+            ("seed".to_string(), state.seed.to_string()),
+        ]);
+        write_tensors(path, &tensors, meta)
+    }
+
+    /// Restores [`Self::save_train_state`]'s file: the next steps equal those of the uninterrupted run.
+    pub fn load_train_state(&mut self, path: &Path) -> Result<()> {
+        let (mut tensors, meta) = read_tensors(path)?;
+        let mut take = |name: &str| {
+            tensors
+                .remove(name)
+                .map(|(_, v)| v)
+                .ok_or_else(|| file_error(path, format!("missing tensor {name}")))
+        };
+        let (adam_m, adam_v) = (take("adam.m")?, take("adam.v")?);
+        let number = |key: &str| -> Result<u64> {
+            meta.get(key)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| file_error(path, format!("metadata {key} missing or not a number")))
+        };
+        let state = crate::nn::TrainState {
+            adam_m,
+            adam_v,
+            step: number("step")?,
+            seed: number("seed")?,
+        };
+        self.set_train_state(&state)
+            .map_err(|e| file_error(path, e.to_string()))
+    }
+
     /// Loads a model file (ours, or PyTorch's `save_file` of the reference module) onto backend `b`. A
     /// missing, extra or mis-shaped tensor is an error naming it and both shapes.
     pub fn load(path: &Path, b: impl BackendHandle<Backend = B>, seed: u64) -> Result<Self> {

@@ -148,3 +148,82 @@ fn bad_model_files_name_the_tensor_and_both_shapes() {
         .to_string();
     assert!(none.contains("absent: cannot read"), "{none}");
 }
+
+fn first_images(n: usize) -> inception_cuda::data::Dataset {
+    let s = inception_cuda::data::load_dir(&common::repo_path("data")).unwrap();
+    s.train.slice(0..n)
+}
+
+/// Save after 3 steps, load into a fresh net, run 3 more: the losses equal an uninterrupted run's, bit for bit.
+#[test]
+fn a_resumed_run_reproduces_the_uninterrupted_losses() {
+    let dir = scratch("resume");
+    let data = first_images(200);
+    let cfg = MnistConfig {
+        dropout: 0.5,
+        ..small()
+    };
+    let losses = |net: &mut InceptionMnist<CpuBackend>, steps: std::ops::Range<u64>| -> Vec<f32> {
+        steps
+            .map(|s| {
+                let (x, y) = data.batch(s, 20).unwrap();
+                net.train_step(x, y, 1e-3).unwrap();
+                net.loss().unwrap()
+            })
+            .collect()
+    };
+    let mut whole = InceptionMnist::new(CpuBackend, cfg, 9).unwrap();
+    let want = losses(&mut whole, 0..6);
+    let mut first = InceptionMnist::new(CpuBackend, cfg, 9).unwrap();
+    let mut got = losses(&mut first, 0..3);
+    first.save(&dir.join("model.safetensors")).unwrap();
+    first
+        .save_train_state(&dir.join("train_state.safetensors"))
+        .unwrap();
+    let mut resumed = InceptionMnist::load(&dir.join("model.safetensors"), CpuBackend, 0).unwrap();
+    resumed
+        .load_train_state(&dir.join("train_state.safetensors"))
+        .unwrap();
+    assert_eq!(resumed.step(), 3);
+    got.extend(losses(&mut resumed, 3..6));
+    assert_bits_eq("losses of a resumed run", &got, &want);
+}
+
+/// 100 steps on the first 1,000 training images: the mean loss of the last 10 steps is below half of the
+/// first step's; `take_mean_loss` averages on the device's record without a per-step read.
+#[test]
+fn a_short_run_on_1000_images_halves_its_loss() {
+    let data = first_images(1000);
+    let cfg = MnistConfig {
+        map1: 4,
+        map2: 4,
+        reduce: 2,
+        hidden: 32,
+        dropout: 0.0,
+        image: 28,
+    };
+    let mut net = InceptionMnist::new(CpuBackend, cfg, 1).unwrap();
+    let (x, y) = data.batch(0, 50).unwrap();
+    net.train_step(x, y, 1e-3).unwrap();
+    let first = net.take_mean_loss().unwrap().unwrap();
+    assert_eq!(first, net.loss().unwrap());
+    for s in 1..90 {
+        let (x, y) = data.batch(s, 50).unwrap();
+        net.train_step(x, y, 1e-3).unwrap();
+    }
+    let _ = net.take_mean_loss().unwrap();
+    let mut last = Vec::new();
+    for s in 90..100 {
+        let (x, y) = data.batch(s, 50).unwrap();
+        net.train_step(x, y, 1e-3).unwrap();
+        last.push(net.loss().unwrap());
+    }
+    let mean = net.take_mean_loss().unwrap().unwrap();
+    let direct = last.iter().map(|&l| l as f64).sum::<f64>() / 10.0;
+    assert!(
+        (mean as f64 - direct).abs() < 1e-6,
+        "device mean {mean} vs {direct}"
+    );
+    assert!(mean < 0.5 * first, "loss {first} -> {mean} after 100 steps");
+    assert_eq!(net.take_mean_loss().unwrap(), None);
+}

@@ -102,6 +102,22 @@ pub struct ParamEntry {
     pub fan_in: usize,
 }
 
+/// Slots of the on-device loss history behind [`InceptionMnist::take_mean_loss`].
+pub const LOSS_RING: usize = 1024;
+
+/// Adam's moments, its step count and the dropout seed: with the parameters, all a resumed run needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainState {
+    /// First moments, flat in the parameters' order.
+    pub adam_m: Vec<f32>,
+    /// Second moments, flat in the parameters' order.
+    pub adam_v: Vec<f32>,
+    /// Training steps taken.
+    pub step: u64,
+    /// The seed of the dropout masks.
+    pub seed: u64,
+}
+
 /// What a training step reports without synchronising: its step number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StepStats {
@@ -146,6 +162,10 @@ pub struct InceptionMnist<B: Backend> {
     step: u64,
     seed: u64,
     ws: Option<Workspace<B>>,
+    /// Each step's loss, copied on the device into slot `step % LOSS_RING`; read back by `take_mean_loss`.
+    losses: B::Buf,
+    /// Steps whose loss sits in `losses` since the last `take_mean_loss`.
+    pending: usize,
 }
 
 impl<B: Backend> std::fmt::Debug for InceptionMnist<B> {
@@ -202,6 +222,7 @@ impl<B: Backend> InceptionMnist<B> {
                 .iter_mut()
                 .for_each(|v| *v = rng.uniform(bound));
         }
+        let losses = b.alloc_zeros(LOSS_RING)?;
         Ok(InceptionMnist {
             params: b.upload(&host)?,
             grads: b.alloc_zeros(at)?,
@@ -215,6 +236,8 @@ impl<B: Backend> InceptionMnist<B> {
             step: 0,
             seed,
             ws: None,
+            losses,
+            pending: 0,
         })
     }
 
@@ -452,7 +475,79 @@ impl<B: Backend> InceptionMnist<B> {
             &b.view(&self.grads, 0..len)?,
             &AdamStep::new(lr, self.step),
         )?;
+        // Keep the step's loss on the device for the mean at the next logging point.
+        let ws = self.ws.as_ref().ok_or_else(missing_workspace)?;
+        let slot = (self.step as usize - 1) % LOSS_RING;
+        b.copy(
+            &mut b.view_mut(&mut self.losses, slot..slot + 1)?,
+            &b.view(&ws.loss, 0..1)?,
+        )?;
+        self.pending += 1;
         Ok(StepStats { step: self.step })
+    }
+
+    /// The mean loss of the training steps since the last call (at most the last [`LOSS_RING`]), read from
+    /// the device: the one synchronisation of a logging point. `None` when no step ran since.
+    pub fn take_mean_loss(&mut self) -> Result<Option<f32>> {
+        if self.pending == 0 {
+            return Ok(None);
+        }
+        let n = self.pending.min(LOSS_RING);
+        let host = self.b.to_host(&self.losses)?;
+        let last = (self.step as usize - 1) % LOSS_RING;
+        let sum: f64 = (0..n)
+            .map(|k| host[(last + LOSS_RING - k) % LOSS_RING] as f64)
+            .sum();
+        self.pending = 0;
+        Ok(Some((sum / n as f64) as f32))
+    }
+
+    /// Re-draws every weight and bias from the write-up's initialisation: a normal of standard deviation 0.1
+    /// truncated at two standard deviations (TensorFlow's `truncated_normal`), from `seed`.
+    pub fn init_writeup(&mut self, seed: u64) -> Result<()> {
+        let mut rng = SplitMix64(seed);
+        let mut normal = || loop {
+            // Box–Muller from two 24-bit uniforms in (0, 1]; redraw outside ±2σ.
+            let u1 = ((rng.next_u64() >> 40) as f64 + 1.0) / (1u64 << 24) as f64;
+            let u2 = (rng.next_u64() >> 40) as f64 / (1u64 << 24) as f64;
+            let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+            if z.abs() <= 2.0 {
+                return (0.1 * z) as f32;
+            }
+        };
+        let host: Vec<f32> = (0..self.param_count()).map(|_| normal()).collect();
+        let len = host.len();
+        self.b
+            .write(&mut self.b.view_mut(&mut self.params, 0..len)?, &host)
+    }
+
+    /// The optimiser state a resumed run needs: Adam's two moments (flat, in the parameters' order), its step
+    /// count and the dropout seed. The data position is the step count (batches are a function of it).
+    pub fn train_state(&self) -> Result<TrainState> {
+        Ok(TrainState {
+            adam_m: self.b.to_host(&self.adam_m)?,
+            adam_v: self.b.to_host(&self.adam_v)?,
+            step: self.step,
+            seed: self.seed,
+        })
+    }
+
+    /// Restores [`Self::train_state`]: the next steps then equal those of the uninterrupted run, bit for bit.
+    pub fn set_train_state(&mut self, state: &TrainState) -> Result<()> {
+        let len = self.param_count();
+        crate::shape::check_len("set_train_state", "adam_m", len, state.adam_m.len())?;
+        crate::shape::check_len("set_train_state", "adam_v", len, state.adam_v.len())?;
+        self.b.write(
+            &mut self.b.view_mut(&mut self.adam_m, 0..len)?,
+            &state.adam_m,
+        )?;
+        self.b.write(
+            &mut self.b.view_mut(&mut self.adam_v, 0..len)?,
+            &state.adam_v,
+        )?;
+        self.step = state.step;
+        self.seed = state.seed;
+        Ok(())
     }
 
     /// Forward, loss and backward of a training step without the Adam update: afterwards [`Self::loss`]

@@ -6,4 +6,4 @@ mod mnist;
 pub use inception::{
     BranchMacs, InceptionModule, InceptionWidths, ModuleLayout, ModuleSaved, ModuleScratch,
 };
-pub use mnist::{InceptionMnist, MnistConfig, ParamEntry, StepStats};
+pub use mnist::{InceptionMnist, MnistConfig, ParamEntry, StepStats, TrainState, LOSS_RING};
