@@ -227,3 +227,34 @@ fn a_short_run_on_1000_images_halves_its_loss() {
     assert!(mean < 0.5 * first, "loss {first} -> {mean} after 100 steps");
     assert_eq!(net.take_mean_loss().unwrap(), None);
 }
+
+/// Random and mutated bytes through the model-file reader: errors (or a model, when a mutation hits only
+/// values), never a panic. Bounded: 1,500 inputs.
+#[test]
+fn the_model_reader_survives_random_and_mutated_bytes() {
+    let dir = scratch("fuzz");
+    let good = std::fs::read(common::repo_path("tests/golden/pytorch_model.safetensors")).unwrap();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let path = dir.join("fuzz.safetensors");
+    for _ in 0..1500 {
+        let mut bytes = good.clone();
+        match next() % 4 {
+            0 => bytes.truncate((next() as usize) % (bytes.len() + 1)),
+            // Mostly in the header (the first few hundred bytes), where the structure is.
+            1 => (0..1 + next() % 4).for_each(|_| {
+                let i = (next() as usize) % 1024;
+                bytes[i] = next() as u8;
+            }),
+            2 => bytes.extend((0..next() % 32).map(|_| next() as u8)),
+            _ => bytes = (0..next() % 256).map(|_| next() as u8).collect(),
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let _ = InceptionMnist::<CpuBackend>::load(&path, CpuBackend, 0);
+    }
+}
