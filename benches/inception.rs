@@ -340,7 +340,8 @@ fn run_all<B: Backend>(c: &mut Criterion, b: &B, dev: &Device, gpu: bool) {
 fn inception(c: &mut Criterion) {
     let md = flop_table();
     println!("\n{md}");
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("../criterion");
+    let target = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let dir = target.parent().unwrap_or(target).join("criterion");
     if std::fs::create_dir_all(&dir)
         .and_then(|()| std::fs::write(dir.join("flops.md"), &md))
         .is_ok()
