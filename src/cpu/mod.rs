@@ -25,9 +25,7 @@ pub use relu::{relu_bwd, relu_fwd};
 
 use rayon::prelude::*;
 
-use std::ops::Range;
-
-use crate::backend::{check_range, reduce_conv_param_ranges, Backend};
+use crate::backend::{reduce_conv_param_ranges, Backend};
 use crate::shape::{check_len, AdamStep, ConvShape, LinearShape, PoolShape, ReduceConvShape};
 use crate::Result;
 
@@ -69,6 +67,79 @@ pub(crate) fn sum_over_images(
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuBackend;
 
+/// The buffer plumbing of the backends that keep their data in host memory (the CPU twins and the
+/// emulator): `Vec<f32>` buffers, slices as views. Expands inside `impl Backend for ...`.
+macro_rules! host_buffers {
+    () => {
+        type Buf = Vec<f32>;
+        type Labels = Vec<u32>;
+        type View<'a> = &'a [f32];
+        type ViewMut<'a> = &'a mut [f32];
+
+        fn alloc_zeros(&self, len: usize) -> $crate::Result<Vec<f32>> {
+            Ok(vec![0.0; len])
+        }
+
+        fn upload(&self, data: &[f32]) -> $crate::Result<Vec<f32>> {
+            Ok(data.to_vec())
+        }
+
+        fn upload_labels(&self, labels: &[u32]) -> $crate::Result<Vec<u32>> {
+            Ok(labels.to_vec())
+        }
+
+        fn copy(&self, dst: &mut &mut [f32], src: &&[f32]) -> $crate::Result<()> {
+            $crate::shape::check_len("copy", "dst", src.len(), dst.len())?;
+            dst.copy_from_slice(src);
+            Ok(())
+        }
+
+        fn write(&self, dst: &mut &mut [f32], src: &[f32]) -> $crate::Result<()> {
+            $crate::shape::check_len("write", "dst", src.len(), dst.len())?;
+            dst.copy_from_slice(src);
+            Ok(())
+        }
+
+        fn write_labels(&self, dst: &mut Vec<u32>, src: &[u32]) -> $crate::Result<()> {
+            $crate::shape::check_len("write_labels", "dst", src.len(), dst.len())?;
+            dst.copy_from_slice(src);
+            Ok(())
+        }
+
+        fn to_host(&self, buf: &Vec<f32>) -> $crate::Result<Vec<f32>> {
+            Ok(buf.clone())
+        }
+
+        fn read(&self, src: &&[f32]) -> $crate::Result<Vec<f32>> {
+            Ok(src.to_vec())
+        }
+
+        fn len(&self, buf: &Vec<f32>) -> usize {
+            buf.len()
+        }
+
+        fn view<'a>(
+            &'a self,
+            buf: &'a Vec<f32>,
+            range: std::ops::Range<usize>,
+        ) -> $crate::Result<&'a [f32]> {
+            $crate::backend::check_range("view", &range, buf.len())?;
+            Ok(&buf[range])
+        }
+
+        fn view_mut<'a>(
+            &'a self,
+            buf: &'a mut Vec<f32>,
+            range: std::ops::Range<usize>,
+        ) -> $crate::Result<&'a mut [f32]> {
+            $crate::backend::check_range("view_mut", &range, buf.len())?;
+            Ok(&mut buf[range])
+        }
+    };
+}
+#[cfg(feature = "emulation")]
+pub(crate) use host_buffers;
+
 impl crate::backend::BackendHandle for CpuBackend {
     type Backend = CpuBackend;
     fn into_backend(self) -> std::sync::Arc<CpuBackend> {
@@ -77,65 +148,10 @@ impl crate::backend::BackendHandle for CpuBackend {
 }
 
 impl Backend for CpuBackend {
-    type Buf = Vec<f32>;
-    type Labels = Vec<u32>;
-    type View<'a> = &'a [f32];
-    type ViewMut<'a> = &'a mut [f32];
+    host_buffers!();
 
     fn name(&self) -> &'static str {
         "cpu"
-    }
-
-    fn alloc_zeros(&self, len: usize) -> Result<Vec<f32>> {
-        Ok(vec![0.0; len])
-    }
-
-    fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
-        Ok(data.to_vec())
-    }
-
-    fn upload_labels(&self, labels: &[u32]) -> Result<Vec<u32>> {
-        Ok(labels.to_vec())
-    }
-
-    fn copy(&self, dst: &mut &mut [f32], src: &&[f32]) -> Result<()> {
-        check_len("copy", "dst", src.len(), dst.len())?;
-        dst.copy_from_slice(src);
-        Ok(())
-    }
-
-    fn write(&self, dst: &mut &mut [f32], src: &[f32]) -> Result<()> {
-        check_len("write", "dst", src.len(), dst.len())?;
-        dst.copy_from_slice(src);
-        Ok(())
-    }
-
-    fn write_labels(&self, dst: &mut Vec<u32>, src: &[u32]) -> Result<()> {
-        check_len("write_labels", "dst", src.len(), dst.len())?;
-        dst.copy_from_slice(src);
-        Ok(())
-    }
-
-    fn to_host(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {
-        Ok(buf.clone())
-    }
-
-    fn read(&self, src: &&[f32]) -> Result<Vec<f32>> {
-        Ok(src.to_vec())
-    }
-
-    fn len(&self, buf: &Vec<f32>) -> usize {
-        buf.len()
-    }
-
-    fn view<'a>(&'a self, buf: &'a Vec<f32>, range: Range<usize>) -> Result<&'a [f32]> {
-        check_range("view", &range, buf.len())?;
-        Ok(&buf[range])
-    }
-
-    fn view_mut<'a>(&'a self, buf: &'a mut Vec<f32>, range: Range<usize>) -> Result<&'a mut [f32]> {
-        check_range("view_mut", &range, buf.len())?;
-        Ok(&mut buf[range])
     }
 
     fn relu_fwd(&self, y: &mut &mut [f32], x: &&[f32]) -> Result<()> {

@@ -7,11 +7,10 @@
 //! All `unsafe` of this backend is the FFI into the emulated launchers, each with a `// SAFETY:` line.
 
 use std::ffi::{c_char, CStr};
-use std::ops::Range;
 
-use crate::backend::{check_range, check_same_len, Backend};
+use crate::backend::{check_same_len, Backend};
 use crate::launch::{self, LaunchDims};
-use crate::shape::{check_len, AdamStep, ConvShape, LinearShape, PoolShape, ReduceConvShape};
+use crate::shape::{AdamStep, ConvShape, LinearShape, PoolShape, ReduceConvShape};
 use crate::{Error, Result};
 
 mod conv;
@@ -190,65 +189,10 @@ impl crate::backend::BackendHandle for EmuBackend {
 }
 
 impl Backend for EmuBackend {
-    type Buf = Vec<f32>;
-    type Labels = Vec<u32>;
-    type View<'a> = &'a [f32];
-    type ViewMut<'a> = &'a mut [f32];
+    crate::cpu::host_buffers!();
 
     fn name(&self) -> &'static str {
         "emulation"
-    }
-
-    fn alloc_zeros(&self, len: usize) -> Result<Vec<f32>> {
-        Ok(vec![0.0; len])
-    }
-
-    fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
-        Ok(data.to_vec())
-    }
-
-    fn upload_labels(&self, labels: &[u32]) -> Result<Vec<u32>> {
-        Ok(labels.to_vec())
-    }
-
-    fn copy(&self, dst: &mut &mut [f32], src: &&[f32]) -> Result<()> {
-        check_len("copy", "dst", src.len(), dst.len())?;
-        dst.copy_from_slice(src);
-        Ok(())
-    }
-
-    fn write(&self, dst: &mut &mut [f32], src: &[f32]) -> Result<()> {
-        check_len("write", "dst", src.len(), dst.len())?;
-        dst.copy_from_slice(src);
-        Ok(())
-    }
-
-    fn write_labels(&self, dst: &mut Vec<u32>, src: &[u32]) -> Result<()> {
-        check_len("write_labels", "dst", src.len(), dst.len())?;
-        dst.copy_from_slice(src);
-        Ok(())
-    }
-
-    fn to_host(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {
-        Ok(buf.clone())
-    }
-
-    fn read(&self, src: &&[f32]) -> Result<Vec<f32>> {
-        Ok(src.to_vec())
-    }
-
-    fn len(&self, buf: &Vec<f32>) -> usize {
-        buf.len()
-    }
-
-    fn view<'a>(&'a self, buf: &'a Vec<f32>, range: Range<usize>) -> Result<&'a [f32]> {
-        check_range("view", &range, buf.len())?;
-        Ok(&buf[range])
-    }
-
-    fn view_mut<'a>(&'a self, buf: &'a mut Vec<f32>, range: Range<usize>) -> Result<&'a mut [f32]> {
-        check_range("view_mut", &range, buf.len())?;
-        Ok(&mut buf[range])
     }
 
     fn relu_fwd(&self, y: &mut &mut [f32], x: &&[f32]) -> Result<()> {
