@@ -184,6 +184,17 @@ impl ConvDims {
         })
     }
 
+    /// The dims of `s` after checking every `(buffer, expected length, length)` of the launch.
+    pub fn checked(
+        op: &'static str,
+        s: &crate::shape::ConvShape,
+        bufs: &[(&'static str, usize, usize)],
+    ) -> crate::Result<Self> {
+        let d = Self::of(op, s)?;
+        check_lens(op, bufs)?;
+        Ok(d)
+    }
+
     /// conv_fwd: one thread per output element of the slice.
     pub fn fwd(&self) -> Option<LaunchDims> {
         elementwise(self.n as usize * self.c_out as usize * self.h as usize * self.w as usize)
@@ -414,6 +425,16 @@ pub(crate) fn linear_plan(
         m: m32,
         n_out: n32,
     })
+}
+
+/// Checks each `(buffer, expected length, length)` of a launch.
+#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
+pub(crate) fn check_lens(
+    op: &'static str,
+    bufs: &[(&'static str, usize, usize)],
+) -> crate::Result<()> {
+    bufs.iter()
+        .try_for_each(|&(what, expected, len)| crate::shape::check_len(op, what, expected, len))
 }
 
 #[cfg(test)]

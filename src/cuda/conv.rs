@@ -6,8 +6,8 @@ use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
 
 use super::{driver_error, launch_config, CudaBackend};
 use crate::backend::reduce_conv_param_ranges;
-use crate::launch::{ConvDims, ReduceDims};
-use crate::shape::{check_len, ConvShape, ReduceConvShape};
+use crate::launch::{check_lens, ConvDims, ReduceDims};
+use crate::shape::{ConvShape, ReduceConvShape};
 use crate::Result;
 
 type V<'a> = CudaViewMut<'a, f32>;
@@ -23,18 +23,6 @@ unsafe impl DeviceRepr for ReduceDims {}
 // one for one; every buffer's length was checked against the dims passed (the kernels index below them);
 // outputs are borrowed mutably, so they alias no input. Views of another device's memory fail the launch
 // with a driver error; they cannot touch host memory.
-
-fn check_conv(
-    op: &'static str,
-    s: &ConvShape,
-    bufs: &[(&'static str, usize, usize)],
-) -> Result<ConvDims> {
-    let d = ConvDims::of(op, s)?;
-    for &(what, expected, len) in bufs {
-        check_len(op, what, expected, len)?;
-    }
-    Ok(d)
-}
 
 /// Convolution into a channel slice of `y`, optional ReLU epilogue. Shapes: `y [n, c_total, h, w]`,
 /// `x [n, c_in, h, w]`, `w [c_out, c_in, k, k]`, `b [c_out]`.
@@ -54,7 +42,7 @@ pub fn conv_fwd(
         ("w", s.w_len(OP)?, w.len()),
         ("b", s.c_out, b.len()),
     ];
-    let d = check_conv(OP, s, &bufs)?;
+    let d = ConvDims::checked(OP, s, &bufs)?;
     let Some(dims) = d.fwd() else { return Ok(()) };
     let relu = i32::from(relu);
     let mut args = dev.stream().launch_builder(&dev.kernels().conv_fwd);
@@ -74,7 +62,7 @@ pub fn conv_dgrad(
     accumulate: bool,
 ) -> Result<()> {
     const OP: &str = "conv_dgrad";
-    let d = check_conv(
+    let d = ConvDims::checked(
         OP,
         s,
         &[
@@ -112,7 +100,7 @@ pub fn conv_wgrad(
     s: &ConvShape,
 ) -> Result<()> {
     const OP: &str = "conv_wgrad";
-    let d = check_conv(
+    let d = ConvDims::checked(
         OP,
         s,
         &[
@@ -135,7 +123,7 @@ fn wgrad(dev: &CudaBackend, dw: &mut V<'_>, dy: &R<'_>, x: &R<'_>, d: &ConvDims)
 /// Bias gradient of a conv (one block per output channel, fixed-order reduction).
 pub fn conv_bgrad(dev: &CudaBackend, db: &mut V<'_>, dy: &R<'_>, s: &ConvShape) -> Result<()> {
     const OP: &str = "conv_bgrad";
-    let d = check_conv(
+    let d = ConvDims::checked(
         OP,
         s,
         &[("db", s.c_out, db.len()), ("dy", s.y_len(OP)?, dy.len())],
@@ -163,10 +151,15 @@ pub fn reduce_conv_fwd(
     const OP: &str = "reduce_conv_fwd";
     let d = ReduceDims::of(OP, s)?;
     let [r1, rb1, r2, rb2] = reduce_conv_param_ranges(s);
-    check_len(OP, "y", s.conv().y_len(OP)?, y.len())?;
-    check_len(OP, "mid", s.mid_len(OP)?, mid.len())?;
-    check_len(OP, "x", s.reduce().x_len(OP)?, x.len())?;
-    check_len(OP, "params", rb2.end, params.len())?;
+    check_lens(
+        OP,
+        &[
+            ("y", s.conv().y_len(OP)?, y.len()),
+            ("mid", s.mid_len(OP)?, mid.len()),
+            ("x", s.reduce().x_len(OP)?, x.len()),
+            ("params", rb2.end, params.len()),
+        ],
+    )?;
     let Some(dims) = d.fwd(OP)? else {
         return Ok(());
     };
@@ -215,13 +208,18 @@ pub fn reduce_conv_bwd(
     const OP: &str = "reduce_conv_bwd";
     let d = ReduceDims::of(OP, s)?;
     let [r1, rb1, r2, rb2] = reduce_conv_param_ranges(s);
-    check_len(OP, "dx", s.reduce().x_len(OP)?, dx.len())?;
-    check_len(OP, "x", s.reduce().x_len(OP)?, x.len())?;
-    check_len(OP, "dy", s.conv().y_len(OP)?, dy.len())?;
-    check_len(OP, "mid", s.mid_len(OP)?, mid.len())?;
-    check_len(OP, "scratch", s.mid_len(OP)?, scratch.len())?;
-    check_len(OP, "params", rb2.end, params.len())?;
-    check_len(OP, "dparams", rb2.end, dparams.len())?;
+    check_lens(
+        OP,
+        &[
+            ("dx", s.reduce().x_len(OP)?, dx.len()),
+            ("x", s.reduce().x_len(OP)?, x.len()),
+            ("dy", s.conv().y_len(OP)?, dy.len()),
+            ("mid", s.mid_len(OP)?, mid.len()),
+            ("scratch", s.mid_len(OP)?, scratch.len()),
+            ("params", rb2.end, params.len()),
+            ("dparams", rb2.end, dparams.len()),
+        ],
+    )?;
     let (w1, w2) = (params.slice(r1.clone()), params.slice(r2.clone()));
     wgrad(dev, &mut dparams.slice_mut(r2), dy, mid, &d.conv())?;
     bgrad(dev, &mut dparams.slice_mut(rb2), dy, &d.conv())?;

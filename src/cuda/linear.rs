@@ -3,8 +3,8 @@
 use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
 
 use super::{driver_error, launch_config, CudaBackend};
-use crate::launch::{linear_plan, GemmDims};
-use crate::shape::{check_len, LinearShape};
+use crate::launch::{check_lens, linear_plan, GemmDims};
+use crate::shape::LinearShape;
 use crate::Result;
 
 type V<'a> = CudaViewMut<'a, f32>;
@@ -31,10 +31,15 @@ pub fn linear_fwd(
 ) -> Result<()> {
     const OP: &str = "linear_fwd";
     let p = linear_plan(OP, s)?;
-    check_len(OP, "y", s.m * s.n_out, y.len())?;
-    check_len(OP, "x", s.m * s.k_in, x.len())?;
-    check_len(OP, "w", s.n_out * s.k_in, w.len())?;
-    check_len(OP, "b", s.n_out, b.len())?;
+    check_lens(
+        OP,
+        &[
+            ("y", s.m * s.n_out, y.len()),
+            ("x", s.m * s.k_in, x.len()),
+            ("w", s.n_out * s.k_in, w.len()),
+            ("b", s.n_out, b.len()),
+        ],
+    )?;
     let Some(reduce) = p.reduce else {
         return Ok(());
     };
@@ -70,9 +75,14 @@ pub fn linear_dgrad(
 ) -> Result<()> {
     const OP: &str = "linear_dgrad";
     let p = linear_plan(OP, s)?;
-    check_len(OP, "dx", s.m * s.k_in, dx.len())?;
-    check_len(OP, "dy", s.m * s.n_out, dy.len())?;
-    check_len(OP, "w", s.n_out * s.k_in, w.len())?;
+    check_lens(
+        OP,
+        &[
+            ("dx", s.m * s.k_in, dx.len()),
+            ("dy", s.m * s.n_out, dy.len()),
+            ("w", s.n_out * s.k_in, w.len()),
+        ],
+    )?;
     if dx.is_empty() {
         return Ok(());
     }
@@ -94,9 +104,14 @@ pub fn linear_wgrad(
 ) -> Result<()> {
     const OP: &str = "linear_wgrad";
     let p = linear_plan(OP, s)?;
-    check_len(OP, "dw", s.n_out * s.k_in, dw.len())?;
-    check_len(OP, "dy", s.m * s.n_out, dy.len())?;
-    check_len(OP, "x", s.m * s.k_in, x.len())?;
+    check_lens(
+        OP,
+        &[
+            ("dw", s.n_out * s.k_in, dw.len()),
+            ("dy", s.m * s.n_out, dy.len()),
+            ("x", s.m * s.k_in, x.len()),
+        ],
+    )?;
     if dw.is_empty() {
         return Ok(());
     }
@@ -112,8 +127,10 @@ pub fn linear_wgrad(
 pub fn linear_bgrad(dev: &CudaBackend, db: &mut V<'_>, dy: &R<'_>, s: &LinearShape) -> Result<()> {
     const OP: &str = "linear_bgrad";
     let p = linear_plan(OP, s)?;
-    check_len(OP, "db", s.n_out, db.len())?;
-    check_len(OP, "dy", s.m * s.n_out, dy.len())?;
+    check_lens(
+        OP,
+        &[("db", s.n_out, db.len()), ("dy", s.m * s.n_out, dy.len())],
+    )?;
     let Some(dims) = p.bgrad else { return Ok(()) };
     let mut args = dev.stream().launch_builder(&dev.kernels().linear_bgrad);
     args.arg(db).arg(dy).arg(&p.m).arg(&p.n_out);

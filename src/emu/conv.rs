@@ -2,8 +2,8 @@
 
 use super::{run, Launch, ThreadOrder};
 use crate::backend::reduce_conv_param_ranges;
-use crate::launch::{ConvDims, ReduceDims};
-use crate::shape::{check_len, ConvShape, ReduceConvShape};
+use crate::launch::{check_lens, ConvDims, ReduceDims};
+use crate::shape::{ConvShape, ReduceConvShape};
 use crate::Result;
 
 extern "C" {
@@ -57,18 +57,6 @@ extern "C" {
 // SAFETY (all launches below): each launcher matches its kernel's parameter list; every buffer's length was
 // checked against the dims passed (the kernels index below them), and outputs are borrowed mutably.
 
-fn checked(
-    op: &'static str,
-    s: &ConvShape,
-    bufs: &[(&'static str, usize, usize)],
-) -> Result<ConvDims> {
-    let d = ConvDims::of(op, s)?;
-    for &(what, expected, len) in bufs {
-        check_len(op, what, expected, len)?;
-    }
-    Ok(d)
-}
-
 pub(super) fn conv_fwd(
     o: ThreadOrder,
     y: &mut [f32],
@@ -85,7 +73,7 @@ pub(super) fn conv_fwd(
         ("w", s.w_len(OP)?, w.len()),
         ("b", s.c_out, b.len()),
     ];
-    let d = checked(OP, s, &bufs)?;
+    let d = ConvDims::checked(OP, s, &bufs)?;
     let Some(dims) = d.fwd() else { return Ok(()) };
     // SAFETY: see the module comment.
     run(OP, dims, o, |cfg| unsafe {
@@ -110,7 +98,7 @@ pub(super) fn conv_dgrad(
     accumulate: bool,
 ) -> Result<()> {
     const OP: &str = "conv_dgrad";
-    let d = checked(
+    let d = ConvDims::checked(
         OP,
         s,
         &[
@@ -152,7 +140,7 @@ pub(super) fn conv_wgrad(
     s: &ConvShape,
 ) -> Result<()> {
     const OP: &str = "conv_wgrad";
-    let d = checked(
+    let d = ConvDims::checked(
         OP,
         s,
         &[
@@ -173,7 +161,7 @@ fn wgrad(o: ThreadOrder, dw: &mut [f32], dy: &[f32], x: &[f32], d: ConvDims) -> 
 
 pub(super) fn conv_bgrad(o: ThreadOrder, db: &mut [f32], dy: &[f32], s: &ConvShape) -> Result<()> {
     const OP: &str = "conv_bgrad";
-    let d = checked(
+    let d = ConvDims::checked(
         OP,
         s,
         &[("db", s.c_out, db.len()), ("dy", s.y_len(OP)?, dy.len())],
@@ -199,10 +187,15 @@ pub(super) fn reduce_conv_fwd(
     const OP: &str = "reduce_conv_fwd";
     let d = ReduceDims::of(OP, s)?;
     let [r1, rb1, r2, rb2] = reduce_conv_param_ranges(s);
-    check_len(OP, "y", s.conv().y_len(OP)?, y.len())?;
-    check_len(OP, "mid", s.mid_len(OP)?, mid.len())?;
-    check_len(OP, "x", s.reduce().x_len(OP)?, x.len())?;
-    check_len(OP, "params", rb2.end, params.len())?;
+    check_lens(
+        OP,
+        &[
+            ("y", s.conv().y_len(OP)?, y.len()),
+            ("mid", s.mid_len(OP)?, mid.len()),
+            ("x", s.reduce().x_len(OP)?, x.len()),
+            ("params", rb2.end, params.len()),
+        ],
+    )?;
     let Some(dims) = d.fwd(OP)? else {
         return Ok(());
     };
@@ -239,13 +232,18 @@ pub(super) fn reduce_conv_bwd(
     const OP: &str = "reduce_conv_bwd";
     let d = ReduceDims::of(OP, s)?;
     let [r1, rb1, r2, rb2] = reduce_conv_param_ranges(s);
-    check_len(OP, "dx", s.reduce().x_len(OP)?, dx.len())?;
-    check_len(OP, "x", s.reduce().x_len(OP)?, x.len())?;
-    check_len(OP, "dy", s.conv().y_len(OP)?, dy.len())?;
-    check_len(OP, "mid", s.mid_len(OP)?, mid.len())?;
-    check_len(OP, "scratch", s.mid_len(OP)?, scratch.len())?;
-    check_len(OP, "params", rb2.end, params.len())?;
-    check_len(OP, "dparams", rb2.end, dparams.len())?;
+    check_lens(
+        OP,
+        &[
+            ("dx", s.reduce().x_len(OP)?, dx.len()),
+            ("x", s.reduce().x_len(OP)?, x.len()),
+            ("dy", s.conv().y_len(OP)?, dy.len()),
+            ("mid", s.mid_len(OP)?, mid.len()),
+            ("scratch", s.mid_len(OP)?, scratch.len()),
+            ("params", rb2.end, params.len()),
+            ("dparams", rb2.end, dparams.len()),
+        ],
+    )?;
     let (w1, w2) = (&params[r1.clone()], &params[r2.clone()]);
     wgrad(o, &mut dparams[r2], dy, mid, d.conv())?;
     bgrad(o, &mut dparams[rb2], dy, d.conv())?;

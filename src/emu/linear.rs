@@ -1,8 +1,8 @@
 //! Emulated launchers of `kernels/linear.cu`, with the CUDA launchers' checks, geometry and sequence.
 
 use super::{run, Launch, ThreadOrder};
-use crate::launch::{linear_plan, GemmDims};
-use crate::shape::{check_len, LinearShape};
+use crate::launch::{check_lens, linear_plan, GemmDims};
+use crate::shape::LinearShape;
 use crate::Result;
 
 extern "C" {
@@ -58,10 +58,15 @@ pub(super) fn linear_fwd(
 ) -> Result<()> {
     const OP: &str = "linear_fwd";
     let p = linear_plan(OP, s)?;
-    check_len(OP, "y", s.m * s.n_out, y.len())?;
-    check_len(OP, "x", s.m * s.k_in, x.len())?;
-    check_len(OP, "w", s.n_out * s.k_in, w.len())?;
-    check_len(OP, "b", s.n_out, b.len())?;
+    check_lens(
+        OP,
+        &[
+            ("y", s.m * s.n_out, y.len()),
+            ("x", s.m * s.k_in, x.len()),
+            ("w", s.n_out * s.k_in, w.len()),
+            ("b", s.n_out, b.len()),
+        ],
+    )?;
     let Some(reduce) = p.reduce else {
         return Ok(());
     };
@@ -94,9 +99,14 @@ pub(super) fn linear_dgrad(
 ) -> Result<()> {
     const OP: &str = "linear_dgrad";
     let p = linear_plan(OP, s)?;
-    check_len(OP, "dx", s.m * s.k_in, dx.len())?;
-    check_len(OP, "dy", s.m * s.n_out, dy.len())?;
-    check_len(OP, "w", s.n_out * s.k_in, w.len())?;
+    check_lens(
+        OP,
+        &[
+            ("dx", s.m * s.k_in, dx.len()),
+            ("dy", s.m * s.n_out, dy.len()),
+            ("w", s.n_out * s.k_in, w.len()),
+        ],
+    )?;
     if dx.is_empty() {
         return Ok(());
     }
@@ -116,9 +126,14 @@ pub(super) fn linear_wgrad(
 ) -> Result<()> {
     const OP: &str = "linear_wgrad";
     let p = linear_plan(OP, s)?;
-    check_len(OP, "dw", s.n_out * s.k_in, dw.len())?;
-    check_len(OP, "dy", s.m * s.n_out, dy.len())?;
-    check_len(OP, "x", s.m * s.k_in, x.len())?;
+    check_lens(
+        OP,
+        &[
+            ("dw", s.n_out * s.k_in, dw.len()),
+            ("dy", s.m * s.n_out, dy.len()),
+            ("x", s.m * s.k_in, x.len()),
+        ],
+    )?;
     if dw.is_empty() {
         return Ok(());
     }
@@ -137,8 +152,10 @@ pub(super) fn linear_bgrad(
 ) -> Result<()> {
     const OP: &str = "linear_bgrad";
     let p = linear_plan(OP, s)?;
-    check_len(OP, "db", s.n_out, db.len())?;
-    check_len(OP, "dy", s.m * s.n_out, dy.len())?;
+    check_lens(
+        OP,
+        &[("db", s.n_out, db.len()), ("dy", s.m * s.n_out, dy.len())],
+    )?;
     let Some(dims) = p.bgrad else { return Ok(()) };
     // SAFETY: see the module comment.
     run(OP, dims, o, |cfg| unsafe {
