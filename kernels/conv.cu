@@ -31,6 +31,30 @@ __device__ __forceinline__ float relu_epilogue(float pre, int relu) {
   return (!relu || !(pre <= 0.0f)) ? pre : 0.0f;
 }
 
+// The input gradient at (img, ci, iy, ix) of a stride-1 'same' conv: Σ over output channels and taps of the
+// output gradient (read from its channel slice) times the weight `wt [c_out, w_cin, k, k]`.
+__device__ __forceinline__ float dgrad_at(const float* __restrict__ dy, const float* __restrict__ wt, unsigned int img,
+                                          unsigned int ci, unsigned int w_cin, unsigned int c_out, unsigned int h,
+                                          unsigned int w, unsigned int k, unsigned int c_total, unsigned int c_offset,
+                                          int iy, int ix) {
+  const unsigned long long hw = (unsigned long long)h * w;
+  const int p = (int)k / 2;
+  float acc = 0.0f;
+  for (unsigned int co = 0; co < c_out; ++co) {
+    const float* g = dy + ((unsigned long long)img * c_total + c_offset + co) * hw;
+    const float* kern = wt + ((unsigned long long)co * w_cin + ci) * k * k;
+    for (int ky = 0; ky < (int)k; ++ky) {
+      const int oy = iy + p - ky;
+      if (oy < 0 || oy >= (int)h) continue;
+      for (int kx = 0; kx < (int)k; ++kx) {
+        const int ox = ix + p - kx;
+        if (ox >= 0 && ox < (int)w) acc += g[oy * w + ox] * kern[ky * k + kx];
+      }
+    }
+  }
+  return acc;
+}
+
 // Sum of one value per thread, in a fixed tree order (blockDim.x a power of two, at most 256).
 __device__ __forceinline__ float block_sum(float v, float* s) {
   s[threadIdx.x] = v;
@@ -77,24 +101,11 @@ extern "C" __global__ void conv_dgrad(float* __restrict__ dx,        // [n, c_in
                                       const float* __restrict__ wt,  // [c_out, c_in, k, k]
                                       ConvDims d, int accumulate) {
   const unsigned long long hw = (unsigned long long)d.h * d.w, total = d.n * d.c_in * hw;
-  const int p = (int)d.k / 2;
   const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
   for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
     const unsigned int img = (unsigned int)(i / (d.c_in * hw)), ci = (unsigned int)(i / hw % d.c_in);
     const int iy = (int)(i % hw / d.w), ix = (int)(i % d.w);
-    float acc = 0.0f;
-    for (unsigned int co = 0; co < d.c_out; ++co) {
-      const float* g = dy + ((unsigned long long)img * d.c_total + d.c_offset + co) * hw;
-      const float* kern = wt + ((unsigned long long)co * d.c_in + ci) * d.k * d.k;
-      for (int ky = 0; ky < (int)d.k; ++ky) {
-        const int oy = iy + p - ky;
-        if (oy < 0 || oy >= (int)d.h) continue;
-        for (int kx = 0; kx < (int)d.k; ++kx) {
-          const int ox = ix + p - kx;
-          if (ox >= 0 && ox < (int)d.w) acc += g[oy * d.w + ox] * kern[ky * d.k + kx];
-        }
-      }
-    }
+    const float acc = dgrad_at(dy, wt, img, ci, d.c_in, d.c_out, d.h, d.w, d.k, d.c_total, d.c_offset, iy, ix);
     dx[i] = accumulate ? dx[i] + acc : acc;
   }
 }
@@ -198,7 +209,6 @@ extern "C" __global__ void reduce_conv_dmid(float* __restrict__ dpre,       // [
                                             const float* __restrict__ mid,  // [n, c_mid, h, w] saved
                                             ReduceDims d) {
   const unsigned long long hw = (unsigned long long)d.h * d.w, total = d.n * d.c_mid * hw;
-  const int p = (int)d.k / 2;
   const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
   for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
     if (!(mid[i] > 0.0f)) {
@@ -207,19 +217,6 @@ extern "C" __global__ void reduce_conv_dmid(float* __restrict__ dpre,       // [
     }
     const unsigned int img = (unsigned int)(i / (d.c_mid * hw)), cm = (unsigned int)(i / hw % d.c_mid);
     const int iy = (int)(i % hw / d.w), ix = (int)(i % d.w);
-    float acc = 0.0f;
-    for (unsigned int co = 0; co < d.c_out; ++co) {
-      const float* g = dy + ((unsigned long long)img * d.c_total + d.c_offset + co) * hw;
-      const float* kern = w2 + ((unsigned long long)co * d.c_mid + cm) * d.k * d.k;
-      for (int ky = 0; ky < (int)d.k; ++ky) {
-        const int oy = iy + p - ky;
-        if (oy < 0 || oy >= (int)d.h) continue;
-        for (int kx = 0; kx < (int)d.k; ++kx) {
-          const int ox = ix + p - kx;
-          if (ox >= 0 && ox < (int)d.w) acc += g[oy * d.w + ox] * kern[ky * d.k + kx];
-        }
-      }
-    }
-    dpre[i] = acc;
+    dpre[i] = dgrad_at(dy, w2, img, cm, d.c_mid, d.c_out, d.h, d.w, d.k, d.c_total, d.c_offset, iy, ix);
   }
 }

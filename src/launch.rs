@@ -437,6 +437,210 @@ pub(crate) fn check_lens(
         .try_for_each(|&(what, expected, len)| crate::shape::check_len(op, what, expected, len))
 }
 
+/// Checked launches: the plan of each kernel after checking every buffer's length against its shape, shared
+/// by the CUDA and the emulated launchers so both check the same things.
+#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
+pub(crate) mod checked {
+    use super::{check_lens, linear_plan, ConvDims, LinearPlan, ReduceDims};
+    use crate::shape::{ConvShape, LinearShape, ReduceConvShape};
+    use crate::Result;
+
+    /// linear_fwd: `y [m, n_out]`, `x [m, k_in]`, `w [n_out, k_in]`, `b [n_out]`.
+    pub fn linear_fwd(
+        op: &'static str,
+        s: &LinearShape,
+        y: usize,
+        x: usize,
+        w: usize,
+        b: usize,
+    ) -> Result<LinearPlan> {
+        let p = linear_plan(op, s)?;
+        check_lens(
+            op,
+            &[
+                ("y", s.m * s.n_out, y),
+                ("x", s.m * s.k_in, x),
+                ("w", s.n_out * s.k_in, w),
+                ("b", s.n_out, b),
+            ],
+        )?;
+        Ok(p)
+    }
+
+    /// linear_dgrad: `dx [m, k_in]`, `dy [m, n_out]`, `w [n_out, k_in]`.
+    pub fn linear_dgrad(
+        op: &'static str,
+        s: &LinearShape,
+        dx: usize,
+        dy: usize,
+        w: usize,
+    ) -> Result<LinearPlan> {
+        let p = linear_plan(op, s)?;
+        check_lens(
+            op,
+            &[
+                ("dx", s.m * s.k_in, dx),
+                ("dy", s.m * s.n_out, dy),
+                ("w", s.n_out * s.k_in, w),
+            ],
+        )?;
+        Ok(p)
+    }
+
+    /// linear_wgrad: `dw [n_out, k_in]`, `dy [m, n_out]`, `x [m, k_in]`.
+    pub fn linear_wgrad(
+        op: &'static str,
+        s: &LinearShape,
+        dw: usize,
+        dy: usize,
+        x: usize,
+    ) -> Result<LinearPlan> {
+        let p = linear_plan(op, s)?;
+        check_lens(
+            op,
+            &[
+                ("dw", s.n_out * s.k_in, dw),
+                ("dy", s.m * s.n_out, dy),
+                ("x", s.m * s.k_in, x),
+            ],
+        )?;
+        Ok(p)
+    }
+
+    /// linear_bgrad: `db [n_out]`, `dy [m, n_out]`.
+    pub fn linear_bgrad(
+        op: &'static str,
+        s: &LinearShape,
+        db: usize,
+        dy: usize,
+    ) -> Result<LinearPlan> {
+        let p = linear_plan(op, s)?;
+        check_lens(op, &[("db", s.n_out, db), ("dy", s.m * s.n_out, dy)])?;
+        Ok(p)
+    }
+
+    /// conv_fwd: `y [n, c_total, h, w]`, `x [n, c_in, h, w]`, `w [c_out, c_in, k, k]`, `b [c_out]`.
+    pub fn conv_fwd(
+        op: &'static str,
+        s: &ConvShape,
+        y: usize,
+        x: usize,
+        w: usize,
+        b: usize,
+    ) -> Result<ConvDims> {
+        ConvDims::checked(
+            op,
+            s,
+            &[
+                ("y", s.y_len(op)?, y),
+                ("x", s.x_len(op)?, x),
+                ("w", s.w_len(op)?, w),
+                ("b", s.c_out, b),
+            ],
+        )
+    }
+
+    /// conv_dgrad: `dx [n, c_in, h, w]`, `dy [n, c_total, h, w]`, `w [c_out, c_in, k, k]`.
+    pub fn conv_dgrad(
+        op: &'static str,
+        s: &ConvShape,
+        dx: usize,
+        dy: usize,
+        w: usize,
+    ) -> Result<ConvDims> {
+        ConvDims::checked(
+            op,
+            s,
+            &[
+                ("dx", s.x_len(op)?, dx),
+                ("dy", s.y_len(op)?, dy),
+                ("w", s.w_len(op)?, w),
+            ],
+        )
+    }
+
+    /// conv_wgrad: `dw [c_out, c_in, k, k]`, `dy [n, c_total, h, w]`, `x [n, c_in, h, w]`.
+    pub fn conv_wgrad(
+        op: &'static str,
+        s: &ConvShape,
+        dw: usize,
+        dy: usize,
+        x: usize,
+    ) -> Result<ConvDims> {
+        ConvDims::checked(
+            op,
+            s,
+            &[
+                ("dw", s.w_len(op)?, dw),
+                ("dy", s.y_len(op)?, dy),
+                ("x", s.x_len(op)?, x),
+            ],
+        )
+    }
+
+    /// conv_bgrad: `db [c_out]`, `dy [n, c_total, h, w]`.
+    pub fn conv_bgrad(op: &'static str, s: &ConvShape, db: usize, dy: usize) -> Result<ConvDims> {
+        ConvDims::checked(op, s, &[("db", s.c_out, db), ("dy", s.y_len(op)?, dy)])
+    }
+
+    /// reduce_conv_fwd: `y [n, c_total, h, w]`, `mid [n, c_mid, h, w]`, `x [n, c_in, h, w]`, `params` the block.
+    pub fn reduce_conv_fwd(
+        op: &'static str,
+        s: &ReduceConvShape,
+        y: usize,
+        mid: usize,
+        x: usize,
+        params: usize,
+    ) -> Result<ReduceDims> {
+        let d = ReduceDims::of(op, s)?;
+        let block = crate::backend::reduce_conv_param_ranges(s)[3].end;
+        check_lens(
+            op,
+            &[
+                ("y", s.conv().y_len(op)?, y),
+                ("mid", s.mid_len(op)?, mid),
+                ("x", s.reduce().x_len(op)?, x),
+                ("params", block, params),
+            ],
+        )?;
+        Ok(d)
+    }
+
+    /// reduce_conv_bwd: as the forward, plus `dx`, `dy`, the `scratch [n, c_mid, h, w]` and `dparams`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn reduce_conv_bwd(
+        op: &'static str,
+        s: &ReduceConvShape,
+        dx: usize,
+        x: usize,
+        dy: usize,
+        mid: usize,
+        scratch: usize,
+        params: usize,
+        dparams: usize,
+    ) -> Result<ReduceDims> {
+        let d = ReduceDims::of(op, s)?;
+        let (block, x_len, mid_len) = (
+            crate::backend::reduce_conv_param_ranges(s)[3].end,
+            s.reduce().x_len(op)?,
+            s.mid_len(op)?,
+        );
+        check_lens(
+            op,
+            &[
+                ("dx", x_len, dx),
+                ("x", x_len, x),
+                ("dy", s.conv().y_len(op)?, dy),
+                ("mid", mid_len, mid),
+                ("scratch", mid_len, scratch),
+                ("params", block, params),
+                ("dparams", block, dparams),
+            ],
+        )?;
+        Ok(d)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -298,41 +298,25 @@ fn conv_inputs(s: &inception_cuda::shape::ConvShape) -> [Vec<f32>; 5] {
 
 #[test]
 fn emulated_convs_match_their_twins() {
-    use common::assert_close;
-    use common::kernels::{conv_on, conv_shapes, CONV_TOL};
+    use common::kernels::{assert_outputs, conv_on, conv_shapes, CONV_TOL};
     for s in conv_shapes() {
         let [x, w, b, dy, dx0] = conv_inputs(&s);
         let want = conv_on(&CpuBackend, &s, &x, &w, &b, &dy, &dx0);
         for order in ORDERS {
             let got = conv_on(&EmuBackend { order }, &s, &x, &w, &b, &dy, &dx0);
-            for (k, name) in [
-                "fwd relu",
-                "fwd",
-                "dgrad",
-                "dgrad accumulate",
-                "wgrad",
-                "bgrad",
-            ]
-            .iter()
-            .enumerate()
-            {
-                let (atol, rtol) = CONV_TOL[k];
-                assert_close(
-                    &format!("emulated conv {name} {s:?} {order:?}"),
-                    &got[k],
-                    &want[k],
-                    atol,
-                    rtol,
-                );
-            }
+            assert_outputs(
+                &format!("emulated conv {s:?} {order:?}"),
+                &CONV_TOL,
+                &got,
+                &want,
+            );
         }
     }
 }
 
 #[test]
 fn emulated_fused_reduce_conv_matches_its_twin() {
-    use common::assert_close;
-    use common::kernels::{fused_on, fused_shapes, fused_tiled_shapes, FUSED_TOL};
+    use common::kernels::{assert_outputs, fused_on, fused_shapes, fused_tiled_shapes, FUSED_TOL};
     let tiled = fused_tiled_shapes().into_iter().map(|s| (s, &ORDERS[..1])); // slow to emulate: one order
     for (s, orders) in fused_shapes()
         .into_iter()
@@ -349,16 +333,12 @@ fn emulated_fused_reduce_conv_matches_its_twin() {
         let want = fused_on(&CpuBackend, &s, &x, &params, &dy, &dx0);
         for &order in orders {
             let got = fused_on(&EmuBackend { order }, &s, &x, &params, &dy, &dx0);
-            for (k, name) in ["y", "mid", "dx accumulate", "dparams"].iter().enumerate() {
-                let (atol, rtol) = FUSED_TOL[k];
-                assert_close(
-                    &format!("emulated reduce_conv {name} {s:?} {order:?}"),
-                    &got[k],
-                    &want[k],
-                    atol,
-                    rtol,
-                );
-            }
+            assert_outputs(
+                &format!("emulated reduce_conv {s:?} {order:?}"),
+                &FUSED_TOL,
+                &got,
+                &want,
+            );
         }
     }
 }
@@ -367,8 +347,7 @@ fn emulated_fused_reduce_conv_matches_its_twin() {
 /// from four branches) under emulation against the twins.
 #[test]
 fn emulated_inception_module_matches_its_twin() {
-    use common::assert_close;
-    use common::kernels::{module_on, MODULE_TOL};
+    use common::kernels::{assert_outputs, module_on, MODULE_TOL};
     use inception_cuda::nn::{InceptionModule, InceptionWidths};
     let m = InceptionModule {
         c_in: 3,
@@ -381,16 +360,12 @@ fn emulated_inception_module_matches_its_twin() {
     let want = module_on(&CpuBackend, &m, (n, h, w), &x, &params, &dy);
     for order in ORDERS {
         let got = module_on(&EmuBackend { order }, &m, (n, h, w), &x, &params, &dy);
-        for (k, name) in ["y", "dx", "dparams"].iter().enumerate() {
-            let (atol, rtol) = MODULE_TOL[k];
-            assert_close(
-                &format!("emulated module {name} {order:?}"),
-                &got[k],
-                &want[k],
-                atol,
-                rtol,
-            );
-        }
+        assert_outputs(
+            &format!("emulated module {order:?}"),
+            &MODULE_TOL,
+            &got,
+            &want,
+        );
     }
 }
 
@@ -398,8 +373,7 @@ fn emulated_inception_module_matches_its_twin() {
 /// column tiles.
 #[test]
 fn emulated_linear_kernels_match_their_twins() {
-    use common::assert_close;
-    use common::kernels::{linear_inputs, linear_on, LINEAR_TOL};
+    use common::kernels::{assert_outputs, linear_inputs, linear_on, LINEAR_TOL};
     use inception_cuda::shape::LinearShape;
     for s in [
         LinearShape {
@@ -425,16 +399,7 @@ fn emulated_linear_kernels_match_their_twins() {
             &b,
             &dy,
         );
-        for (k, name) in ["fwd", "dgrad", "wgrad", "bgrad"].iter().enumerate() {
-            let (atol, rtol) = LINEAR_TOL[k];
-            assert_close(
-                &format!("emulated linear {name} {s:?}"),
-                &got[k],
-                &want[k],
-                atol,
-                rtol,
-            );
-        }
+        assert_outputs(&format!("emulated linear {s:?}"), &LINEAR_TOL, &got, &want);
     }
 }
 
@@ -442,7 +407,6 @@ fn emulated_linear_kernels_match_their_twins() {
 /// loss and every gradient.
 #[test]
 fn emulated_training_step_matches_its_twin() {
-    use common::assert_close;
     use common::kernels::step_on;
     use inception_cuda::nn::MnistConfig;
     let cfg = MnistConfig {
@@ -472,6 +436,6 @@ fn emulated_training_step_matches_its_twin() {
         "loss {eloss} vs twin {loss}"
     );
     for ((name, g), (_, e)) in grads.iter().zip(&egrads) {
-        assert_close(&format!("emulated step grad {name}"), e, g, 1e-5, 1e-3);
+        common::assert_close(&format!("emulated step grad {name}"), e, g, 1e-5, 1e-3);
     }
 }

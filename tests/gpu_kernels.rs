@@ -76,7 +76,7 @@ fn small_gpu_dropout_adam_softmax_match_twins() {
 }
 
 fn conv_case(shapes: &[inception_cuda::shape::ConvShape]) {
-    use common::kernels::{conv_on, CONV_TOL};
+    use common::kernels::{assert_outputs, conv_on, CONV_TOL};
     for s in shapes {
         let (x, w, b) = (
             uniform(11, s.n * s.c_in * s.h * s.w),
@@ -89,31 +89,12 @@ fn conv_case(shapes: &[inception_cuda::shape::ConvShape]) {
         );
         let want = conv_on(&CpuBackend, s, &x, &w, &b, &dy, &dx0);
         let got = with_gpu(|g| conv_on(g, s, &x, &w, &b, &dy, &dx0));
-        for (k, name) in [
-            "fwd relu",
-            "fwd",
-            "dgrad",
-            "dgrad accumulate",
-            "wgrad",
-            "bgrad",
-        ]
-        .iter()
-        .enumerate()
-        {
-            let (atol, rtol) = CONV_TOL[k];
-            assert_close(
-                &format!("gpu conv {name} {s:?}"),
-                &got[k],
-                &want[k],
-                atol,
-                rtol,
-            );
-        }
+        assert_outputs(&format!("gpu conv {s:?}"), &CONV_TOL, &got, &want);
     }
 }
 
 fn fused_case(shapes: &[inception_cuda::shape::ReduceConvShape]) {
-    use common::kernels::{fused_on, FUSED_TOL};
+    use common::kernels::{assert_outputs, fused_on, FUSED_TOL};
     for s in shapes {
         let x = uniform(21, s.n * s.c_in * s.h * s.w);
         let params = uniform(
@@ -126,16 +107,7 @@ fn fused_case(shapes: &[inception_cuda::shape::ReduceConvShape]) {
         );
         let want = fused_on(&CpuBackend, s, &x, &params, &dy, &dx0);
         let got = with_gpu(|g| fused_on(g, s, &x, &params, &dy, &dx0));
-        for (k, name) in ["y", "mid", "dx accumulate", "dparams"].iter().enumerate() {
-            let (atol, rtol) = FUSED_TOL[k];
-            assert_close(
-                &format!("gpu reduce_conv {name} {s:?}"),
-                &got[k],
-                &want[k],
-                atol,
-                rtol,
-            );
-        }
+        assert_outputs(&format!("gpu reduce_conv {s:?}"), &FUSED_TOL, &got, &want);
     }
 }
 
@@ -187,35 +159,23 @@ fn gpu_inception_module_2_matches_twin() {
 }
 
 fn module_case(c_in: usize, widths: InceptionWidths, (n, h, w): (usize, usize, usize)) {
-    use common::kernels::{module_on, MODULE_TOL};
+    use common::kernels::{assert_outputs, module_on, MODULE_TOL};
     let m = InceptionModule { c_in, widths };
     let x = uniform(31, n * c_in * h * w);
     let params = uniform(32, m.layout().len());
     let dy = uniform(33, n * m.c_out() * h * w);
     let want = module_on(&CpuBackend, &m, (n, h, w), &x, &params, &dy);
     let got = with_gpu(|g| module_on(g, &m, (n, h, w), &x, &params, &dy));
-    for (k, name) in ["y", "dx", "dparams"].iter().enumerate() {
-        let (atol, rtol) = MODULE_TOL[k];
-        assert_close(&format!("gpu module {name}"), &got[k], &want[k], atol, rtol);
-    }
+    assert_outputs("gpu module", &MODULE_TOL, &got, &want);
 }
 
 fn linear_case(shapes: &[inception_cuda::shape::LinearShape]) {
-    use common::kernels::{linear_inputs, linear_on, LINEAR_TOL};
+    use common::kernels::{assert_outputs, linear_inputs, linear_on, LINEAR_TOL};
     for s in shapes {
         let [x, w, b, dy] = linear_inputs(s);
         let want = linear_on(&CpuBackend, s, &x, &w, &b, &dy);
         let got = with_gpu(|g| linear_on(g, s, &x, &w, &b, &dy));
-        for (k, name) in ["fwd", "dgrad", "wgrad", "bgrad"].iter().enumerate() {
-            let (atol, rtol) = LINEAR_TOL[k];
-            assert_close(
-                &format!("gpu linear {name} {s:?}"),
-                &got[k],
-                &want[k],
-                atol,
-                rtol,
-            );
-        }
+        assert_outputs(&format!("gpu linear {s:?}"), &LINEAR_TOL, &got, &want);
     }
 }
 

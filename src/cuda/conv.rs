@@ -6,7 +6,7 @@ use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
 
 use super::{driver_error, launch_config, CudaBackend};
 use crate::backend::reduce_conv_param_ranges;
-use crate::launch::{check_lens, ConvDims, ReduceDims};
+use crate::launch::{checked, ConvDims, ReduceDims};
 use crate::shape::{ConvShape, ReduceConvShape};
 use crate::Result;
 
@@ -36,13 +36,7 @@ pub fn conv_fwd(
     relu: bool,
 ) -> Result<()> {
     const OP: &str = "conv_fwd";
-    let bufs = [
-        ("y", s.y_len(OP)?, y.len()),
-        ("x", s.x_len(OP)?, x.len()),
-        ("w", s.w_len(OP)?, w.len()),
-        ("b", s.c_out, b.len()),
-    ];
-    let d = ConvDims::checked(OP, s, &bufs)?;
+    let d = checked::conv_fwd(OP, s, y.len(), x.len(), w.len(), b.len())?;
     let Some(dims) = d.fwd() else { return Ok(()) };
     let relu = i32::from(relu);
     let mut args = dev.stream().launch_builder(&dev.kernels().conv_fwd);
@@ -62,15 +56,7 @@ pub fn conv_dgrad(
     accumulate: bool,
 ) -> Result<()> {
     const OP: &str = "conv_dgrad";
-    let d = ConvDims::checked(
-        OP,
-        s,
-        &[
-            ("dx", s.x_len(OP)?, dx.len()),
-            ("dy", s.y_len(OP)?, dy.len()),
-            ("w", s.w_len(OP)?, w.len()),
-        ],
-    )?;
+    let d = checked::conv_dgrad(OP, s, dx.len(), dy.len(), w.len())?;
     dgrad(dev, dx, dy, w, &d, accumulate)
 }
 
@@ -100,15 +86,7 @@ pub fn conv_wgrad(
     s: &ConvShape,
 ) -> Result<()> {
     const OP: &str = "conv_wgrad";
-    let d = ConvDims::checked(
-        OP,
-        s,
-        &[
-            ("dw", s.w_len(OP)?, dw.len()),
-            ("dy", s.y_len(OP)?, dy.len()),
-            ("x", s.x_len(OP)?, x.len()),
-        ],
-    )?;
+    let d = checked::conv_wgrad(OP, s, dw.len(), dy.len(), x.len())?;
     wgrad(dev, dw, dy, x, &d)
 }
 
@@ -123,11 +101,7 @@ fn wgrad(dev: &CudaBackend, dw: &mut V<'_>, dy: &R<'_>, x: &R<'_>, d: &ConvDims)
 /// Bias gradient of a conv (one block per output channel, fixed-order reduction).
 pub fn conv_bgrad(dev: &CudaBackend, db: &mut V<'_>, dy: &R<'_>, s: &ConvShape) -> Result<()> {
     const OP: &str = "conv_bgrad";
-    let d = ConvDims::checked(
-        OP,
-        s,
-        &[("db", s.c_out, db.len()), ("dy", s.y_len(OP)?, dy.len())],
-    )?;
+    let d = checked::conv_bgrad(OP, s, db.len(), dy.len())?;
     bgrad(dev, db, dy, &d)
 }
 
@@ -149,17 +123,8 @@ pub fn reduce_conv_fwd(
     s: &ReduceConvShape,
 ) -> Result<()> {
     const OP: &str = "reduce_conv_fwd";
-    let d = ReduceDims::of(OP, s)?;
+    let d = checked::reduce_conv_fwd(OP, s, y.len(), mid.len(), x.len(), params.len())?;
     let [r1, rb1, r2, rb2] = reduce_conv_param_ranges(s);
-    check_lens(
-        OP,
-        &[
-            ("y", s.conv().y_len(OP)?, y.len()),
-            ("mid", s.mid_len(OP)?, mid.len()),
-            ("x", s.reduce().x_len(OP)?, x.len()),
-            ("params", rb2.end, params.len()),
-        ],
-    )?;
     let Some(dims) = d.fwd(OP)? else {
         return Ok(());
     };
@@ -206,20 +171,18 @@ pub fn reduce_conv_bwd(
     accumulate: bool,
 ) -> Result<()> {
     const OP: &str = "reduce_conv_bwd";
-    let d = ReduceDims::of(OP, s)?;
-    let [r1, rb1, r2, rb2] = reduce_conv_param_ranges(s);
-    check_lens(
+    let d = checked::reduce_conv_bwd(
         OP,
-        &[
-            ("dx", s.reduce().x_len(OP)?, dx.len()),
-            ("x", s.reduce().x_len(OP)?, x.len()),
-            ("dy", s.conv().y_len(OP)?, dy.len()),
-            ("mid", s.mid_len(OP)?, mid.len()),
-            ("scratch", s.mid_len(OP)?, scratch.len()),
-            ("params", rb2.end, params.len()),
-            ("dparams", rb2.end, dparams.len()),
-        ],
+        s,
+        dx.len(),
+        x.len(),
+        dy.len(),
+        mid.len(),
+        scratch.len(),
+        params.len(),
+        dparams.len(),
     )?;
+    let [r1, rb1, r2, rb2] = reduce_conv_param_ranges(s);
     let (w1, w2) = (params.slice(r1.clone()), params.slice(r2.clone()));
     wgrad(dev, &mut dparams.slice_mut(r2), dy, mid, &d.conv())?;
     bgrad(dev, &mut dparams.slice_mut(rb2), dy, &d.conv())?;

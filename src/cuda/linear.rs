@@ -3,7 +3,7 @@
 use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
 
 use super::{driver_error, launch_config, CudaBackend};
-use crate::launch::{check_lens, linear_plan, GemmDims};
+use crate::launch::{checked, GemmDims};
 use crate::shape::LinearShape;
 use crate::Result;
 
@@ -30,16 +30,7 @@ pub fn linear_fwd(
     s: &LinearShape,
 ) -> Result<()> {
     const OP: &str = "linear_fwd";
-    let p = linear_plan(OP, s)?;
-    check_lens(
-        OP,
-        &[
-            ("y", s.m * s.n_out, y.len()),
-            ("x", s.m * s.k_in, x.len()),
-            ("w", s.n_out * s.k_in, w.len()),
-            ("b", s.n_out, b.len()),
-        ],
-    )?;
+    let p = checked::linear_fwd(OP, s, y.len(), x.len(), w.len(), b.len())?;
     let Some(reduce) = p.reduce else {
         return Ok(());
     };
@@ -74,15 +65,7 @@ pub fn linear_dgrad(
     s: &LinearShape,
 ) -> Result<()> {
     const OP: &str = "linear_dgrad";
-    let p = linear_plan(OP, s)?;
-    check_lens(
-        OP,
-        &[
-            ("dx", s.m * s.k_in, dx.len()),
-            ("dy", s.m * s.n_out, dy.len()),
-            ("w", s.n_out * s.k_in, w.len()),
-        ],
-    )?;
+    let p = checked::linear_dgrad(OP, s, dx.len(), dy.len(), w.len())?;
     if dx.is_empty() {
         return Ok(());
     }
@@ -103,15 +86,7 @@ pub fn linear_wgrad(
     s: &LinearShape,
 ) -> Result<()> {
     const OP: &str = "linear_wgrad";
-    let p = linear_plan(OP, s)?;
-    check_lens(
-        OP,
-        &[
-            ("dw", s.n_out * s.k_in, dw.len()),
-            ("dy", s.m * s.n_out, dy.len()),
-            ("x", s.m * s.k_in, x.len()),
-        ],
-    )?;
+    let p = checked::linear_wgrad(OP, s, dw.len(), dy.len(), x.len())?;
     if dw.is_empty() {
         return Ok(());
     }
@@ -126,11 +101,7 @@ pub fn linear_wgrad(
 /// `db = Σ_rows dy`, rows in order. Shapes: `db [n_out]`, `dy [m, n_out]`.
 pub fn linear_bgrad(dev: &CudaBackend, db: &mut V<'_>, dy: &R<'_>, s: &LinearShape) -> Result<()> {
     const OP: &str = "linear_bgrad";
-    let p = linear_plan(OP, s)?;
-    check_lens(
-        OP,
-        &[("db", s.n_out, db.len()), ("dy", s.m * s.n_out, dy.len())],
-    )?;
+    let p = checked::linear_bgrad(OP, s, db.len(), dy.len())?;
     let Some(dims) = p.bgrad else { return Ok(()) };
     let mut args = dev.stream().launch_builder(&dev.kernels().linear_bgrad);
     args.arg(db).arg(dy).arg(&p.m).arg(&p.n_out);

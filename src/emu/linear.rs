@@ -1,7 +1,7 @@
 //! Emulated launchers of `kernels/linear.cu`, with the CUDA launchers' checks, geometry and sequence.
 
 use super::{run, Launch, ThreadOrder};
-use crate::launch::{check_lens, linear_plan, GemmDims};
+use crate::launch::{checked, GemmDims};
 use crate::shape::LinearShape;
 use crate::Result;
 
@@ -57,16 +57,7 @@ pub(super) fn linear_fwd(
     s: &LinearShape,
 ) -> Result<()> {
     const OP: &str = "linear_fwd";
-    let p = linear_plan(OP, s)?;
-    check_lens(
-        OP,
-        &[
-            ("y", s.m * s.n_out, y.len()),
-            ("x", s.m * s.k_in, x.len()),
-            ("w", s.n_out * s.k_in, w.len()),
-            ("b", s.n_out, b.len()),
-        ],
-    )?;
+    let p = checked::linear_fwd(OP, s, y.len(), x.len(), w.len(), b.len())?;
     let Some(reduce) = p.reduce else {
         return Ok(());
     };
@@ -98,15 +89,7 @@ pub(super) fn linear_dgrad(
     s: &LinearShape,
 ) -> Result<()> {
     const OP: &str = "linear_dgrad";
-    let p = linear_plan(OP, s)?;
-    check_lens(
-        OP,
-        &[
-            ("dx", s.m * s.k_in, dx.len()),
-            ("dy", s.m * s.n_out, dy.len()),
-            ("w", s.n_out * s.k_in, w.len()),
-        ],
-    )?;
+    let p = checked::linear_dgrad(OP, s, dx.len(), dy.len(), w.len())?;
     if dx.is_empty() {
         return Ok(());
     }
@@ -125,15 +108,7 @@ pub(super) fn linear_wgrad(
     s: &LinearShape,
 ) -> Result<()> {
     const OP: &str = "linear_wgrad";
-    let p = linear_plan(OP, s)?;
-    check_lens(
-        OP,
-        &[
-            ("dw", s.n_out * s.k_in, dw.len()),
-            ("dy", s.m * s.n_out, dy.len()),
-            ("x", s.m * s.k_in, x.len()),
-        ],
-    )?;
+    let p = checked::linear_wgrad(OP, s, dw.len(), dy.len(), x.len())?;
     if dw.is_empty() {
         return Ok(());
     }
@@ -151,11 +126,7 @@ pub(super) fn linear_bgrad(
     s: &LinearShape,
 ) -> Result<()> {
     const OP: &str = "linear_bgrad";
-    let p = linear_plan(OP, s)?;
-    check_lens(
-        OP,
-        &[("db", s.n_out, db.len()), ("dy", s.m * s.n_out, dy.len())],
-    )?;
+    let p = checked::linear_bgrad(OP, s, db.len(), dy.len())?;
     let Some(dims) = p.bgrad else { return Ok(()) };
     // SAFETY: see the module comment.
     run(OP, dims, o, |cfg| unsafe {

@@ -215,18 +215,23 @@ pub fn fused_on<B: Backend>(
     ]
 }
 
-/// Tolerances `(atol, rtol)` of the conv outputs of [`conv_on`] and [`fused_on`] (DESIGN.md: 1e-4 for
+/// Names and tolerances `(atol, rtol)` of the conv outputs of [`conv_on`] and [`fused_on`] (DESIGN.md: 1e-4 for
 /// forward, 1e-3 for weight gradients; the kernels sum in another order than the twins' matrix products).
-pub const CONV_TOL: [(f32, f32); 6] = [
-    (1e-5, 1e-4),
-    (1e-5, 1e-4),
-    (1e-5, 1e-4),
-    (1e-5, 1e-4),
-    (1e-4, 1e-3),
-    (1e-4, 1e-3),
+pub const CONV_TOL: [(&str, f32, f32); 6] = [
+    ("fwd relu", 1e-5, 1e-4),
+    ("fwd", 1e-5, 1e-4),
+    ("dgrad", 1e-5, 1e-4),
+    ("dgrad accumulate", 1e-5, 1e-4),
+    ("wgrad", 1e-4, 1e-3),
+    ("bgrad", 1e-4, 1e-3),
 ];
 /// Tolerances of [`fused_on`]'s outputs: y, mid, dx, dparams.
-pub const FUSED_TOL: [(f32, f32); 4] = [(1e-5, 1e-4), (1e-5, 1e-4), (1e-4, 1e-3), (1e-4, 1e-3)];
+pub const FUSED_TOL: [(&str, f32, f32); 4] = [
+    ("y", 1e-5, 1e-4),
+    ("mid", 1e-5, 1e-4),
+    ("dx accumulate", 1e-4, 1e-3),
+    ("dparams", 1e-4, 1e-3),
+];
 
 /// Shapes for the conv tests: odd sizes, batch 1 and 3, every kernel size, a channel slice.
 pub fn conv_shapes() -> Vec<ConvShape> {
@@ -336,7 +341,11 @@ pub fn module_on<B: Backend>(
 }
 
 /// Tolerances of [`module_on`]'s outputs: y, dx, dparams.
-pub const MODULE_TOL: [(f32, f32); 3] = [(1e-5, 1e-4), (1e-4, 1e-3), (1e-4, 1e-3)];
+pub const MODULE_TOL: [(&str, f32, f32); 3] = [
+    ("y", 1e-5, 1e-4),
+    ("dx", 1e-4, 1e-3),
+    ("dparams", 1e-4, 1e-3),
+];
 
 /// linear_fwd, linear_dgrad, linear_wgrad, linear_bgrad on backend `b`, outputs on the host.
 pub fn linear_on<B: Backend>(
@@ -383,7 +392,12 @@ pub fn linear_on<B: Backend>(
 }
 
 /// Tolerances of [`linear_on`]'s outputs: y (fc1 sums 200,704 products), dx, dw, db.
-pub const LINEAR_TOL: [(f32, f32); 4] = [(1e-4, 1e-3), (1e-5, 1e-4), (1e-5, 1e-4), (1e-5, 1e-4)];
+pub const LINEAR_TOL: [(&str, f32, f32); 4] = [
+    ("fwd", 1e-4, 1e-3),
+    ("dgrad", 1e-5, 1e-4),
+    ("wgrad", 1e-5, 1e-4),
+    ("bgrad", 1e-5, 1e-4),
+];
 
 /// Inputs of [`linear_on`] for a shape.
 pub fn linear_inputs(s: &inception_cuda::shape::LinearShape) -> [Vec<f32>; 4] {
@@ -412,4 +426,21 @@ pub fn step_on<B: Backend>(
         .map(|e| (e.name.clone(), net.grad(&e.name).unwrap()))
         .collect();
     (net.loss().unwrap(), grads)
+}
+
+/// Asserts every output of a kernel sequence against the twins', each within its `(name, atol, rtol)`.
+pub fn assert_outputs(
+    what: &str,
+    outputs: &[(&str, f32, f32)],
+    got: &[Vec<f32>],
+    want: &[Vec<f32>],
+) {
+    assert_eq!(
+        (got.len(), want.len()),
+        (outputs.len(), outputs.len()),
+        "{what}: output count"
+    );
+    for ((name, atol, rtol), (g, w)) in outputs.iter().zip(got.iter().zip(want)) {
+        super::assert_close(&format!("{what}: {name}"), g, w, *atol, *rtol);
+    }
 }
