@@ -118,11 +118,17 @@ fn run(args: Args) -> Res<()> {
     }
 }
 
-/// Accuracy of `net` on the first `n` images of `data`, in batches of 100 (the write-up's).
-fn accuracy<B: Backend>(net: &mut InceptionMnist<B>, data: &Dataset, n: usize) -> Res<f64> {
+/// Accuracy of `net` on the first `n` images of `data`, in batches of `batch` (the training batch, so the
+/// net's workspace is not reallocated between training and evaluation; the result does not depend on it).
+fn accuracy<B: Backend>(
+    net: &mut InceptionMnist<B>,
+    data: &Dataset,
+    n: usize,
+    batch: usize,
+) -> Res<f64> {
     let (px, mut correct) = (data.pixels(), 0usize);
-    for start in (0..n).step_by(100) {
-        let end = (start + 100).min(n);
+    for start in (0..n).step_by(batch.max(1)) {
+        let end = (start + batch.max(1)).min(n);
         let predicted = net.predict(&data.images[start * px..end * px])?;
         correct += predicted
             .iter()
@@ -144,7 +150,7 @@ fn train<H: BackendHandle>(backend: H, gpu: bool, args: &Args) -> Res<()> {
         let mut net = InceptionMnist::load(path, backend, seed)?;
         println!(
             "test accuracy: {:.2}%",
-            accuracy(&mut net, &data.test, data.test.len())?
+            accuracy(&mut net, &data.test, data.test.len(), args.batch)?
         );
         return Ok(());
     }
@@ -220,7 +226,7 @@ fn train<H: BackendHandle>(backend: H, gpu: bool, args: &Args) -> Res<()> {
                 )
                 .into());
             }
-            let val = accuracy(&mut net, &data.val, val_n)?;
+            let val = accuracy(&mut net, &data.val, val_n, args.batch)?;
             let secs = start.elapsed().as_secs_f64();
             writeln!(log, "{{\"step\": {s}, \"loss\": {loss}, \"val_accuracy\": {val:.4}, \"seconds\": {secs:.2}}}")?;
             curve.push((s, loss, val));
@@ -244,7 +250,7 @@ fn train<H: BackendHandle>(backend: H, gpu: bool, args: &Args) -> Res<()> {
     );
     println!(
         "test accuracy: {:.2}%",
-        accuracy(&mut net, &data.test, data.test.len())?
+        accuracy(&mut net, &data.test, data.test.len(), args.batch)?
     );
     Ok(())
 }

@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""Per-kernel table of one profiled training step from ncu's CSV (scripts/device-suite.sh makes it with
+`ncu --csv --print-units base --metrics <METRICS>`): time, share of the step, DRAM bytes and bandwidth, FP32
+rate (2·FFMA + FADD + FMUL thread instructions), grouped by kernel name, slowest first.
+
+    python3 scripts/ncu-summary.py ncu.csv [COPY_TBPS]   (COPY_TBPS: measured copy bandwidth, for the floor column)
+"""
+import csv
+import sys
+from collections import defaultdict
+
+rows = defaultdict(dict)  # launch id -> metric -> value
+names = {}
+with open(sys.argv[1], newline="") as f:
+    lines = [l for l in f if l.startswith('"')]  # drop ncu's "==PROF==" chatter and the program's output
+for r in csv.DictReader(lines):
+    i = r["ID"]
+    names[i] = r["Kernel Name"].split("(")[0]
+    try:
+        rows[i][r["Metric Name"]] = float(r["Metric Value"].replace(",", ""))
+    except ValueError:
+        pass
+copy_tbps = float(sys.argv[2]) if len(sys.argv) > 2 else None
+agg = defaultdict(lambda: defaultdict(float))
+for i, m in rows.items():
+    a = agg[names[i]]
+    a["launches"] += 1
+    a["ns"] += m.get("gpu__time_duration.sum", 0.0)
+    a["bytes"] += m.get("dram__bytes_read.sum", 0.0) + m.get("dram__bytes_write.sum", 0.0)
+    a["flop"] += 2 * m.get("smsp__sass_thread_inst_executed_op_ffma_pred_on.sum", 0.0) + m.get(
+        "smsp__sass_thread_inst_executed_op_fadd_pred_on.sum", 0.0) + m.get(
+        "smsp__sass_thread_inst_executed_op_fmul_pred_on.sum", 0.0)
+total_ns = sum(a["ns"] for a in agg.values())
+total_bytes = sum(a["bytes"] for a in agg.values())
+print(f"| kernel | launches | time (µs) | share | DRAM (MB) | GB/s | GFLOP/s |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+for name, a in sorted(agg.items(), key=lambda kv: -kv[1]["ns"]):
+    s = a["ns"] * 1e-9
+    print(f"| {name} | {int(a['launches'])} | {a['ns'] / 1e3:.1f} | {100 * a['ns'] / max(total_ns, 1):.1f} % "
+          f"| {a['bytes'] / 1e6:.1f} | {a['bytes'] / max(s, 1e-12) / 1e9:.0f} | {a['flop'] / max(s, 1e-12) / 1e9:.0f} |")
+print(f"\nsum of kernel times: {total_ns / 1e6:.3f} ms over {sum(int(a['launches']) for a in agg.values())} launches; "
+      f"DRAM traffic {total_bytes / 1e9:.2f} GB", end="")
+if copy_tbps:
+    print(f"; at the measured copy bandwidth ({copy_tbps} TB/s) that traffic alone takes "
+          f"{total_bytes / (copy_tbps * 1e12) * 1e3:.3f} ms")
+else:
+    print()
