@@ -303,7 +303,10 @@ fn small_gpu_training_step_captures_into_a_graph() {
     assert!(
         nodes
             .iter()
-            .all(|n| matches!(n, GraphNode::Kernel | GraphNode::Memset)),
+            .all(|n| matches!(
+                n,
+                GraphNode::Kernel | GraphNode::Memset | GraphNode::MemcpyDeviceToDevice
+            )),
         "{nodes:?}"
     );
     graph.replay().unwrap();

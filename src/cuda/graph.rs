@@ -13,7 +13,9 @@ pub enum GraphNode {
     Kernel,
     /// A memset.
     Memset,
-    /// A memory copy (any direction).
+    /// A copy between two device buffers (what a step may contain, e.g. the loss into its ring buffer).
+    MemcpyDeviceToDevice,
+    /// A copy from or to host memory (or an array).
     Memcpy,
     /// A stream-ordered allocation or free: what a training step must not contain.
     Alloc,
@@ -55,6 +57,29 @@ impl CudaBackend {
     }
 }
 
+/// Whether one side of a copy is device memory: a device pointer, or a unified pointer that the driver says
+/// is device memory.
+fn on_device(kind: sys::CUmemorytype, ptr: sys::CUdeviceptr) -> Result<bool> {
+    match kind {
+        sys::CUmemorytype::CU_MEMORYTYPE_DEVICE => Ok(true),
+        sys::CUmemorytype::CU_MEMORYTYPE_UNIFIED => {
+            let mut t: u32 = 0;
+            // SAFETY: MEMORY_TYPE writes one unsigned int (a CUmemorytype) into `t`.
+            unsafe {
+                sys::cuPointerGetAttribute(
+                    (&mut t as *mut u32).cast(),
+                    sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
+                    ptr,
+                )
+            }
+            .result()
+            .map_err(driver_error("graph nodes"))?;
+            Ok(t == sys::CUmemorytype::CU_MEMORYTYPE_DEVICE as u32)
+        }
+        _ => Ok(false),
+    }
+}
+
 impl CapturedGraph {
     /// The kind of every node.
     pub fn nodes(&self) -> Result<Vec<GraphNode>> {
@@ -82,7 +107,23 @@ impl CapturedGraph {
                 Ok(match kind {
                     CUgraphNodeType::CU_GRAPH_NODE_TYPE_KERNEL => GraphNode::Kernel,
                     CUgraphNodeType::CU_GRAPH_NODE_TYPE_MEMSET => GraphNode::Memset,
-                    CUgraphNodeType::CU_GRAPH_NODE_TYPE_MEMCPY => GraphNode::Memcpy,
+                    CUgraphNodeType::CU_GRAPH_NODE_TYPE_MEMCPY => {
+                        let mut p = std::mem::MaybeUninit::<sys::CUDA_MEMCPY3D>::uninit();
+                        // SAFETY: `node` is a memcpy node of the live graph; the driver writes the whole
+                        // parameter struct into `p` on success.
+                        unsafe { sys::cuGraphMemcpyNodeGetParams(node, p.as_mut_ptr()) }
+                            .result()
+                            .map_err(driver_error(OP))?;
+                        // SAFETY: the call above succeeded, so `p` is initialised.
+                        let p = unsafe { p.assume_init() };
+                        if on_device(p.srcMemoryType, p.srcDevice)?
+                            && on_device(p.dstMemoryType, p.dstDevice)?
+                        {
+                            GraphNode::MemcpyDeviceToDevice
+                        } else {
+                            GraphNode::Memcpy
+                        }
+                    }
                     CUgraphNodeType::CU_GRAPH_NODE_TYPE_MEM_ALLOC
                     | CUgraphNodeType::CU_GRAPH_NODE_TYPE_MEM_FREE => GraphNode::Alloc,
                     other => GraphNode::Other(other as u32),

@@ -428,7 +428,8 @@ pub fn step_on<B: Backend>(
     (net.loss().unwrap(), grads)
 }
 
-/// Asserts every output of a kernel sequence against the twins', each within its `(name, atol, rtol)`.
+/// Asserts every output of a kernel sequence against the twins', each within its `(name, atol, rtol)`, the
+/// absolute tolerance scaled by the output's RMS when that exceeds 1 ([`super::assert_close_scaled`]).
 pub fn assert_outputs(
     what: &str,
     outputs: &[(&str, f32, f32)],
@@ -441,6 +442,6 @@ pub fn assert_outputs(
         "{what}: output count"
     );
     for ((name, atol, rtol), (g, w)) in outputs.iter().zip(got.iter().zip(want)) {
-        super::assert_close(&format!("{what}: {name}"), g, w, *atol, *rtol);
+        super::assert_close_scaled(&format!("{what}: {name}"), g, w, *atol, *rtol);
     }
 }

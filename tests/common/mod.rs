@@ -76,6 +76,22 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
     );
 }
 
+/// Like [`assert_close`], with the absolute tolerance scaled by the output's size:
+/// `|got - want| <= atol·max(1, rms(want)) + rtol·|want|`. A sum of many products that cancels to near zero
+/// carries rounding of the size of its terms, not of its result; the RMS of the whole output stands for that
+/// size (fp32 in another summation order: errors of order eps·rms·√terms).
+pub fn assert_close_scaled(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    let rms = (want.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / want.len().max(1) as f64).sqrt();
+    let scale = rms.max(1.0) as f32;
+    assert_close(
+        &format!("{what} (atol scaled by rms {rms:.3e})"),
+        got,
+        want,
+        atol * scale,
+        rtol,
+    );
+}
+
 /// Defines `cpu` and `gpu` tests running the same body on each device; the GPU one is ignored by default.
 #[macro_export]
 macro_rules! on_cpu_and_gpu {
