@@ -2,9 +2,10 @@
 //
 // Provides: conv_fwd (one thread per output element; bias and the optional ReLU in the epilogue; writes
 //           channels [c_offset, c_offset + c_out) of a c_total-channel output: concat is not a copy),
-//           conv_dgrad (one thread per input element, overwriting or accumulating), conv_wgrad (one block per
-//           weight element), conv_bgrad (one block per output channel): the weight and bias gradients reduce
-//           in a fixed order through shared memory (no float atomics: same inputs, same bits);
+//           conv_dgrad (one thread per input element, overwriting or accumulating), conv_wgrad (an implicit
+//           GEMM, 64 × 64 tiles, split over images) and conv_bgrad (block tree sums, split over images): each
+//           writes per-split partial sums that conv_split_sum adds in split order (no float atomics: same
+//           inputs, same bits);
 //           reduce_conv_fwd: 1×1 (c_in → c_mid) + b1 → ReLU → k×k (c_mid → c_out) + b2 → ReLU in one kernel.
 //           Each block holds a tile of tile_h rows of one image's reduced map, plus a halo of k/2 rows on
 //           each side (recomputed by the neighbouring tile too), in dynamic shared memory, and computes a group
@@ -14,8 +15,8 @@
 // Backward needs saved: x and the weights for conv; for the fused conv also the reduced map `mid`
 //           (post-ReLU), which its backward (a sequence of the kernels above, see src/cuda/conv.rs) reads.
 // Write rules: dy of a branch is read in place from its channel slice; dx overwrites or accumulates (the
-//              module input is read by four branches). Grid-stride loops over elements; one block per
-//              reduced value for the gradients.
+//              module input is read by four branches). Grid-stride loops over elements; the gradient
+//              partials live in the launcher's scratch memory.
 // CPU twins: src/cpu/conv.rs, src/cpu/reduce_conv.rs (other summation orders: compared within tolerances).
 
 struct ConvDims {
@@ -31,28 +32,73 @@ __device__ __forceinline__ float relu_epilogue(float pre, int relu) {
   return (!relu || !(pre <= 0.0f)) ? pre : 0.0f;
 }
 
-// The input gradient at (img, ci, iy, ix) of a stride-1 'same' conv: Σ over output channels and taps of the
-// output gradient (read from its channel slice) times the weight `wt [c_out, w_cin, k, k]`.
-__device__ __forceinline__ float dgrad_at(const float* __restrict__ dy, const float* __restrict__ wt, unsigned int img,
-                                          unsigned int ci, unsigned int w_cin, unsigned int c_out, unsigned int h,
-                                          unsigned int w, unsigned int k, unsigned int c_total, unsigned int c_offset,
-                                          int iy, int ix) {
+// The register tile shared by conv_fwd, conv_dgrad and reduce_conv_dmid: out[o, oy, ox0 .. ox0 + 3] for 4
+// consecutive outputs channels o0 .. o0 + 3, summing over input channels c, then ky, then kx in order:
+// acc[j][i] += in[c, oy + ky - p, ox0 + i + kx - p] · wt[w_base + o·so + c·sc + ky·sky + kx·skx] (zero off the
+// image). Per (c, ky): 4 + K - 1 input values and 4·K weights feed 16·K FMAs. dgrad is this with the
+// kernel flipped (negative tap strides) and the channel roles swapped.
+template <int K>
+__device__ __forceinline__ void conv_tile(float (&acc)[4][4], const float* __restrict__ in, unsigned int in_c,
+                                          unsigned int h, unsigned int w, const float* __restrict__ wt,
+                                          long long w_base, long long so, long long sc, long long sky,
+                                          long long skx, unsigned int o0, unsigned int o_count, int oy, int ox0) {
+  const int p = K / 2;
   const unsigned long long hw = (unsigned long long)h * w;
-  const int p = (int)k / 2;
-  float acc = 0.0f;
-  for (unsigned int co = 0; co < c_out; ++co) {
-    const float* g = dy + ((unsigned long long)img * c_total + c_offset + co) * hw;
-    const float* kern = wt + ((unsigned long long)co * w_cin + ci) * k * k;
-    for (int ky = 0; ky < (int)k; ++ky) {
-      const int oy = iy + p - ky;
-      if (oy < 0 || oy >= (int)h) continue;
-      for (int kx = 0; kx < (int)k; ++kx) {
-        const int ox = ix + p - kx;
-        if (ox >= 0 && ox < (int)w) acc += g[oy * w + ox] * kern[ky * k + kx];
+  for (int j = 0; j < 4; ++j)
+    for (int i = 0; i < 4; ++i) acc[j][i] = 0.0f;
+  for (unsigned int c = 0; c < in_c; ++c) {
+    const float* plane = in + c * hw;
+    for (int ky = 0; ky < K; ++ky) {
+      const int sy = oy + ky - p;
+      if (sy < 0 || sy >= (int)h) continue;
+      const float* row = plane + (unsigned int)sy * w;
+      float seg[4 + K - 1];
+      for (int u = 0; u < 4 + K - 1; ++u) {
+        const int sx = ox0 + u - p;
+        seg[u] = (sx >= 0 && sx < (int)w) ? row[sx] : 0.0f;
+      }
+      for (int kx = 0; kx < K; ++kx) {
+        float wv[4];
+        for (int j = 0; j < 4; ++j)
+          wv[j] = o0 + j < o_count ? wt[w_base + (long long)(o0 + j) * so + (long long)c * sc + ky * sky + kx * skx]
+                                   : 0.0f;
+        for (int j = 0; j < 4; ++j)
+          for (int i = 0; i < 4; ++i) acc[j][i] += seg[kx + i] * wv[j];
       }
     }
   }
-  return acc;
+}
+
+// conv_tile for the runtime kernel size (1, 3 or 5).
+__device__ __forceinline__ void conv_tile_k(float (&acc)[4][4], unsigned int k, const float* __restrict__ in,
+                                            unsigned int in_c, unsigned int h, unsigned int w,
+                                            const float* __restrict__ wt, long long w_base, long long so,
+                                            long long sc, long long sky, long long skx, unsigned int o0,
+                                            unsigned int o_count, int oy, int ox0) {
+  if (k == 1)
+    conv_tile<1>(acc, in, in_c, h, w, wt, w_base, so, sc, sky, skx, o0, o_count, oy, ox0);
+  else if (k == 3)
+    conv_tile<3>(acc, in, in_c, h, w, wt, w_base, so, sc, sky, skx, o0, o_count, oy, ox0);
+  else
+    conv_tile<5>(acc, in, in_c, h, w, wt, w_base, so, sc, sky, skx, o0, o_count, oy, ox0);
+}
+
+// The work item of a tile kernel: (image, channel quad, row, pixel quad), pixel quads fastest so that a warp
+// reads neighbouring pixels and shares its weights.
+struct TileItem {
+  unsigned int img, o0;
+  int oy, ox0;
+};
+
+__device__ __forceinline__ TileItem tile_item(unsigned long long t, unsigned int o_count, unsigned int h,
+                                              unsigned int w) {
+  const unsigned int qpr = (w + 3) / 4, oqs = (o_count + 3) / 4;
+  TileItem it;
+  it.ox0 = (int)(t % qpr) * 4;
+  it.oy = (int)(t / qpr % h);
+  it.o0 = (unsigned int)(t / ((unsigned long long)qpr * h) % oqs) * 4;
+  it.img = (unsigned int)(t / ((unsigned long long)qpr * h * oqs));
+  return it;
 }
 
 // Sum of one value per thread, in a fixed tree order (blockDim.x a power of two, at most 256).
@@ -68,90 +114,206 @@ __device__ __forceinline__ float block_sum(float v, float* s) {
   return total;
 }
 
+// One thread per tile item (4 output channels × 4 pixels of a row), grid-stride.
 extern "C" __global__ void conv_fwd(float* __restrict__ y,        // [n, c_total, h, w]
                                     const float* __restrict__ x,  // [n, c_in, h, w]
                                     const float* __restrict__ wt, // [c_out, c_in, k, k]
                                     const float* __restrict__ b,  // [c_out]
                                     ConvDims d, int relu) {
-  const unsigned long long hw = (unsigned long long)d.h * d.w, total = d.n * d.c_out * hw;
-  const int p = (int)d.k / 2;
+  const unsigned long long hw = (unsigned long long)d.h * d.w;
+  const unsigned long long items = (unsigned long long)d.n * ((d.c_out + 3) / 4) * d.h * ((d.w + 3) / 4);
   const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
-  for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
-    const unsigned int img = (unsigned int)(i / (d.c_out * hw)), co = (unsigned int)(i / hw % d.c_out);
-    const int oy = (int)(i % hw / d.w), ox = (int)(i % d.w);
-    float acc = 0.0f;
-    for (unsigned int ci = 0; ci < d.c_in; ++ci) {
-      const float* plane = x + ((unsigned long long)img * d.c_in + ci) * hw;
-      const float* kern = wt + ((unsigned long long)co * d.c_in + ci) * d.k * d.k;
-      for (int ky = 0; ky < (int)d.k; ++ky) {
-        const int sy = oy + ky - p;
-        if (sy < 0 || sy >= (int)d.h) continue;
-        for (int kx = 0; kx < (int)d.k; ++kx) {
-          const int sx = ox + kx - p;
-          if (sx >= 0 && sx < (int)d.w) acc += plane[sy * d.w + sx] * kern[ky * d.k + kx];
-        }
-      }
+  const long long kk = (long long)d.k * d.k;
+  for (unsigned long long t = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; t < items; t += stride) {
+    const TileItem it = tile_item(t, d.c_out, d.h, d.w);
+    float acc[4][4];
+    conv_tile_k(acc, d.k, x + (unsigned long long)it.img * d.c_in * hw, d.c_in, d.h, d.w, wt, 0, d.c_in * kk, kk,
+                d.k, 1, it.o0, d.c_out, it.oy, it.ox0);
+    for (int j = 0; j < 4; ++j) {
+      const unsigned int co = it.o0 + j;
+      if (co >= d.c_out) continue;
+      float* out = y + ((unsigned long long)it.img * d.c_total + d.c_offset + co) * hw + (unsigned int)it.oy * d.w;
+      for (int i = 0; i < 4; ++i)
+        if (it.ox0 + i < (int)d.w) out[it.ox0 + i] = relu_epilogue(acc[j][i] + b[co], relu);
     }
-    y[((unsigned long long)img * d.c_total + d.c_offset + co) * hw + oy * d.w + ox] = relu_epilogue(acc + b[co], relu);
   }
 }
 
+// One thread per tile item of dx (4 input channels × 4 pixels), grid-stride: the forward tile over dy with
+// the kernel flipped and transposed.
 extern "C" __global__ void conv_dgrad(float* __restrict__ dx,        // [n, c_in, h, w]
                                       const float* __restrict__ dy,  // [n, c_total, h, w], slice read
                                       const float* __restrict__ wt,  // [c_out, c_in, k, k]
                                       ConvDims d, int accumulate) {
-  const unsigned long long hw = (unsigned long long)d.h * d.w, total = d.n * d.c_in * hw;
+  const unsigned long long hw = (unsigned long long)d.h * d.w;
+  const unsigned long long items = (unsigned long long)d.n * ((d.c_in + 3) / 4) * d.h * ((d.w + 3) / 4);
   const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
-  for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
-    const unsigned int img = (unsigned int)(i / (d.c_in * hw)), ci = (unsigned int)(i / hw % d.c_in);
-    const int iy = (int)(i % hw / d.w), ix = (int)(i % d.w);
-    const float acc = dgrad_at(dy, wt, img, ci, d.c_in, d.c_out, d.h, d.w, d.k, d.c_total, d.c_offset, iy, ix);
-    dx[i] = accumulate ? dx[i] + acc : acc;
+  const long long kk = (long long)d.k * d.k;
+  for (unsigned long long t = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; t < items; t += stride) {
+    const TileItem it = tile_item(t, d.c_in, d.h, d.w);
+    float acc[4][4];
+    conv_tile_k(acc, d.k, dy + ((unsigned long long)it.img * d.c_total + d.c_offset) * hw, d.c_out, d.h, d.w, wt,
+                kk - 1, kk, d.c_in * kk, -(long long)d.k, -1, it.o0, d.c_in, it.oy, it.ox0);
+    for (int j = 0; j < 4; ++j) {
+      const unsigned int ci = it.o0 + j;
+      if (ci >= d.c_in) continue;
+      float* out = dx + ((unsigned long long)it.img * d.c_in + ci) * hw + (unsigned int)it.oy * d.w;
+      for (int i = 0; i < 4; ++i)
+        if (it.ox0 + i < (int)d.w) out[it.ox0 + i] = accumulate ? out[it.ox0 + i] + acc[j][i] : acc[j][i];
+    }
   }
 }
 
-// One block per weight element (grid.x = c_out · c_in · k · k), 256 threads.
-extern "C" __global__ void conv_wgrad(float* __restrict__ dw,        // [c_out, c_in, k, k]
+#define WGRAD_TILE 64
+#define WGRAD_TK 16
+
+// The weight gradient as an implicit GEMM split over images: dw[co, col] = Σ_(img, px) dy[img, co, px] ·
+// x[img, ci, px shifted by the tap], col = (ci, ky, kx). Grid (ceil(c_in·k·k / 64), ceil(c_out / 64), splits),
+// 256 threads, 64 × 64 outputs per block (4 × 4 per thread); slice z covers images
+// [z · imgs_per_split, (z + 1) · imgs_per_split) and writes its partial sums into partials[z]
+// (conv_split_sum adds the slices in order: no float atomics).
+extern "C" __global__ void conv_wgrad(float* __restrict__ partials,  // [splits, c_out, c_in·k·k]
                                       const float* __restrict__ dy,  // [n, c_total, h, w], slice read
                                       const float* __restrict__ x,   // [n, c_in, h, w]
-                                      ConvDims d) {
-  __shared__ float s[256];
-  const unsigned int e = blockIdx.x, kk = d.k * d.k;
-  const unsigned int co = e / (d.c_in * kk), ci = e / kk % d.c_in;
-  const int ky = (int)(e % kk / d.k), kx = (int)(e % d.k), p = (int)d.k / 2;
-  const unsigned long long hw = (unsigned long long)d.h * d.w, count = d.n * hw;
-  float acc = 0.0f;
-  for (unsigned long long t = threadIdx.x; t < count; t += blockDim.x) {
-    const unsigned int img = (unsigned int)(t / hw);
-    const int oy = (int)(t % hw / d.w), ox = (int)(t % d.w), sy = oy + ky - p, sx = ox + kx - p;
-    if (sy < 0 || sy >= (int)d.h || sx < 0 || sx >= (int)d.w) continue;
-    acc += dy[((unsigned long long)img * d.c_total + d.c_offset + co) * hw + oy * d.w + ox] *
-           x[((unsigned long long)img * d.c_in + ci) * hw + sy * d.w + sx];
+                                      ConvDims d, unsigned int imgs_per_split) {
+  __shared__ float as[WGRAD_TK][WGRAD_TILE + 1];  // as[t][i] = dy(co = i0 + i, position t of the chunk)
+  __shared__ float bs[WGRAD_TK][WGRAD_TILE + 1];  // bs[t][j] = x(col = j0 + j, position t), 0 off the image
+  const unsigned int kk2 = d.k * d.k, cols = d.c_in * kk2, hw = d.h * d.w;
+  const unsigned int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const unsigned int i0 = blockIdx.y * WGRAD_TILE, j0 = blockIdx.x * WGRAD_TILE;
+  const unsigned int img0 = blockIdx.z * imgs_per_split;
+  const unsigned int img1 = img0 + imgs_per_split < d.n ? img0 + imgs_per_split : d.n;
+  const unsigned int count = (img1 - img0) * hw;
+  const int p = (int)d.k / 2;
+  float acc[4][4] = {};
+  for (unsigned int t0 = 0; t0 < count; t0 += WGRAD_TK) {
+    // 16 consecutive threads read 16 consecutive pixels of one row of each operand.
+    for (unsigned int e = threadIdx.x; e < WGRAD_TK * WGRAD_TILE; e += blockDim.x) {
+      const unsigned int tt = e % WGRAD_TK, r = e / WGRAD_TK, t = t0 + tt;
+      float av = 0.0f, bv = 0.0f;
+      if (t < count) {
+        const unsigned int img = img0 + t / hw, px = t % hw;
+        if (i0 + r < d.c_out) av = dy[((unsigned long long)img * d.c_total + d.c_offset + i0 + r) * hw + px];
+        const unsigned int col = j0 + r;
+        if (col < cols) {
+          const unsigned int ci = col / kk2, tap = col % kk2;
+          const int sy = (int)(px / d.w) + (int)(tap / d.k) - p, sx = (int)(px % d.w) + (int)(tap % d.k) - p;
+          if (sy >= 0 && sy < (int)d.h && sx >= 0 && sx < (int)d.w)
+            bv = x[((unsigned long long)img * d.c_in + ci) * hw + sy * d.w + sx];
+        }
+      }
+      as[tt][r] = av;
+      bs[tt][r] = bv;
+    }
+    __syncthreads();
+    for (unsigned int tt = 0; tt < WGRAD_TK; ++tt) {
+      float av[4], bv[4];
+      for (int q = 0; q < 4; ++q) {
+        av[q] = as[tt][ty * 4 + q];
+        bv[q] = bs[tt][tx * 4 + q];
+      }
+      for (int qi = 0; qi < 4; ++qi)
+        for (int qj = 0; qj < 4; ++qj) acc[qi][qj] += av[qi] * bv[qj];
+    }
+    __syncthreads();
   }
-  const float total = block_sum(acc, s);
-  if (threadIdx.x == 0) dw[e] = total;
+  float* out = partials + (unsigned long long)blockIdx.z * d.c_out * cols;
+  for (int qi = 0; qi < 4; ++qi) {
+    const unsigned int i = i0 + ty * 4 + qi;
+    if (i >= d.c_out) continue;
+    for (int qj = 0; qj < 4; ++qj) {
+      const unsigned int j = j0 + tx * 4 + qj;
+      if (j < cols) out[(unsigned long long)i * cols + j] = acc[qi][qj];
+    }
+  }
 }
 
-// One block per output channel (grid.x = c_out), 256 threads.
-extern "C" __global__ void conv_bgrad(float* __restrict__ db,        // [c_out]
+// The bias gradient's partial sums: grid (c_out, splits), 256 threads; block (co, z) sums dy over the images of
+// slice z in a fixed tree order into partials[z, co].
+extern "C" __global__ void conv_bgrad(float* __restrict__ partials,  // [splits, c_out]
                                       const float* __restrict__ dy,  // [n, c_total, h, w], slice read
-                                      ConvDims d) {
+                                      ConvDims d, unsigned int imgs_per_split) {
   __shared__ float s[256];
-  const unsigned int co = blockIdx.x;
-  const unsigned long long hw = (unsigned long long)d.h * d.w, count = d.n * hw;
+  const unsigned int co = blockIdx.x, hw = d.h * d.w;
+  const unsigned int img0 = blockIdx.y * imgs_per_split;
+  const unsigned int img1 = img0 + imgs_per_split < d.n ? img0 + imgs_per_split : d.n;
+  const unsigned int count = (img1 - img0) * hw;
   float acc = 0.0f;
-  for (unsigned long long t = threadIdx.x; t < count; t += blockDim.x) {
-    acc += dy[((unsigned long long)(t / hw) * d.c_total + d.c_offset + co) * hw + t % hw];
+  for (unsigned int t = threadIdx.x; t < count; t += blockDim.x) {
+    acc += dy[((unsigned long long)(img0 + t / hw) * d.c_total + d.c_offset + co) * hw + t % hw];
   }
   const float total = block_sum(acc, s);
-  if (threadIdx.x == 0) db[co] = total;
+  if (threadIdx.x == 0) partials[(unsigned long long)blockIdx.y * d.c_out + co] = total;
+}
+
+// out[i] = Σ_z partials[z · len + i], z in order (the split sums of conv_wgrad and conv_bgrad). One thread per
+// output (grid-stride).
+extern "C" __global__ void conv_split_sum(float* __restrict__ out,             // [len]
+                                          const float* __restrict__ partials,  // [splits, len]
+                                          unsigned long long len, unsigned int splits) {
+  const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+  for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < len; i += stride) {
+    float acc = 0.0f;
+    for (unsigned int z = 0; z < splits; ++z) acc += partials[z * len + i];
+    out[i] = acc;
+  }
 }
 
 // Output channels per block of reduce_conv_fwd.
 #define REDUCE_CO_GROUP 16
 
+// The k×k conv of reduce_conv_fwd from the reduced map in shared memory: each thread computes 4 output
+// channels × 4 pixels of one row (a register tile: per tap, 4 + K - 1 map values and 4 weights feed 16 FMAs).
+// Every output sums cm, then ky, then kx in order, like the one-thread-per-output form it replaces.
+template <int K>
+__device__ __forceinline__ void reduce_conv_tile(float* __restrict__ y, const float* __restrict__ mid_s,
+                                                 const float* __restrict__ w2, const float* __restrict__ b2,
+                                                 const ReduceDims& d, unsigned int img, unsigned int co0,
+                                                 unsigned int y0, unsigned int y1, unsigned int r0,
+                                                 unsigned int rows) {
+  const int p = K / 2, w = (int)d.w;
+  const unsigned int hw = d.h * d.w, qpr = (d.w + 3) / 4, quads = (y1 - y0) * qpr;
+  for (unsigned int t = threadIdx.x; t < 4 * quads; t += blockDim.x) {
+    const unsigned int cq = t % 4, q = t / 4;
+    const int oy = (int)(y0 + q / qpr), ox0 = (int)(q % qpr) * 4;
+    unsigned int co[4];
+    bool co_ok[4];
+    for (int j = 0; j < 4; ++j) {
+      co[j] = co0 + cq * 4 + j;
+      co_ok[j] = co[j] < d.c_out && co[j] < co0 + REDUCE_CO_GROUP;
+    }
+    float acc[4][4] = {};  // [channel j][pixel i]
+    for (unsigned int cm = 0; cm < d.c_mid; ++cm) {
+      const float* plane = mid_s + cm * rows * d.w;
+      for (int ky = 0; ky < K; ++ky) {
+        const int sy = oy + ky - p;
+        if (sy < 0 || sy >= (int)d.h) continue;
+        const float* row = plane + (sy - (int)r0) * w;
+        float seg[4 + K - 1];
+        for (int u = 0; u < 4 + K - 1; ++u) {
+          const int sx = ox0 + u - p;
+          seg[u] = (sx >= 0 && sx < w) ? row[sx] : 0.0f;
+        }
+        for (int kx = 0; kx < K; ++kx) {
+          float wv[4];
+          for (int j = 0; j < 4; ++j)
+            wv[j] = co_ok[j] ? w2[((unsigned long long)co[j] * d.c_mid + cm) * (K * K) + ky * K + kx] : 0.0f;
+          for (int j = 0; j < 4; ++j)
+            for (int i = 0; i < 4; ++i) acc[j][i] += seg[kx + i] * wv[j];
+        }
+      }
+    }
+    for (int j = 0; j < 4; ++j) {
+      if (!co_ok[j]) continue;
+      float* out = y + ((unsigned long long)img * d.c_total + d.c_offset + co[j]) * hw + (unsigned int)oy * d.w;
+      for (int i = 0; i < 4; ++i)
+        if (ox0 + i < w) out[ox0 + i] = relu_epilogue(acc[j][i] + b2[co[j]], 1);
+    }
+  }
+}
+
 // Grid: n · ceil(c_out / REDUCE_CO_GROUP) · ceil(h / tile_h) blocks (image-major, then channel group,
-// then row tile); dynamic shared memory: c_mid · min(h, tile_h + k - 1) · w floats.
+// then row tile); dynamic shared memory: c_mid · min(h, tile_h + k - 1) · w floats. k is 3 or 5.
 extern "C" __global__ void reduce_conv_fwd(float* __restrict__ y,         // [n, c_total, h, w]
                                            float* __restrict__ mid,       // [n, c_mid, h, w] saved
                                            const float* __restrict__ x,   // [n, c_in, h, w]
@@ -167,56 +329,56 @@ extern "C" __global__ void reduce_conv_fwd(float* __restrict__ y,         // [n,
   const unsigned int hw = d.h * d.w, p = d.k / 2;
   const unsigned int y0 = tile * d.tile_h, y1 = y0 + d.tile_h < d.h ? y0 + d.tile_h : d.h;
   const unsigned int r0 = y0 > p ? y0 - p : 0, r1 = y1 + p < d.h ? y1 + p : d.h, rows = r1 - r0;
-  // 1×1 reduce + bias + ReLU of rows r0..r1 into shared memory.
-  for (unsigned int t = threadIdx.x; t < d.c_mid * rows * d.w; t += blockDim.x) {
-    const unsigned int cm = t / (rows * d.w), row = r0 + t % (rows * d.w) / d.w, px = row * d.w + t % d.w;
-    float acc = 0.0f;
-    for (unsigned int ci = 0; ci < d.c_in; ++ci) acc += w1[cm * d.c_in + ci] * x[((unsigned long long)img * d.c_in + ci) * hw + px];
-    const float v = relu_epilogue(acc + b1[cm], 1);
-    mid_s[t] = v;
-    if (group == 0 && row >= y0 && row < y1) mid[((unsigned long long)img * d.c_mid + cm) * hw + px] = v;
+  // 1×1 reduce + bias + ReLU of rows r0..r1 into shared memory: one pixel per thread, 16 reduce channels at a
+  // time (each input value read once per 16 channels), ci summed in order.
+  for (unsigned int t = threadIdx.x; t < rows * d.w; t += blockDim.x) {
+    const unsigned int row = r0 + t / d.w, px = row * d.w + t % d.w;
+    const float* xp = x + (unsigned long long)img * d.c_in * hw + px;
+    for (unsigned int cm0 = 0; cm0 < d.c_mid; cm0 += 16) {
+      const unsigned int cn = d.c_mid - cm0 < 16 ? d.c_mid - cm0 : 16;
+      float acc[16] = {};
+      for (unsigned int ci = 0; ci < d.c_in; ++ci) {
+        const float v = xp[(unsigned long long)ci * hw];
+        for (unsigned int j = 0; j < 16; ++j)
+          if (j < cn) acc[j] += w1[(cm0 + j) * d.c_in + ci] * v;
+      }
+      for (unsigned int j = 0; j < cn; ++j) {
+        const float v = relu_epilogue(acc[j] + b1[cm0 + j], 1);
+        mid_s[(cm0 + j) * rows * d.w + t] = v;
+        if (group == 0 && row >= y0 && row < y1) mid[((unsigned long long)img * d.c_mid + cm0 + j) * hw + px] = v;
+      }
+    }
   }
   __syncthreads();
   // k×k conv of the reduced map for this block's output channels and rows, + bias + the module's ReLU.
-  const unsigned int co0 = group * REDUCE_CO_GROUP;
-  const unsigned int co_n = d.c_out - co0 < REDUCE_CO_GROUP ? d.c_out - co0 : REDUCE_CO_GROUP;
-  const unsigned int out_px = (y1 - y0) * d.w;
-  for (unsigned int t = threadIdx.x; t < co_n * out_px; t += blockDim.x) {
-    const unsigned int co = co0 + t / out_px;
-    const int oy = (int)(y0 + t % out_px / d.w), ox = (int)(t % d.w);
-    float acc = 0.0f;
-    for (unsigned int cm = 0; cm < d.c_mid; ++cm) {
-      const float* kern = w2 + ((unsigned long long)co * d.c_mid + cm) * d.k * d.k;
-      const float* plane = mid_s + cm * rows * d.w;
-      for (int ky = 0; ky < (int)d.k; ++ky) {
-        const int sy = oy + ky - (int)p;
-        if (sy < 0 || sy >= (int)d.h) continue;
-        for (int kx = 0; kx < (int)d.k; ++kx) {
-          const int sx = ox + kx - (int)p;
-          if (sx >= 0 && sx < (int)d.w) acc += plane[(sy - (int)r0) * (int)d.w + sx] * kern[ky * d.k + kx];
-        }
-      }
-    }
-    y[((unsigned long long)img * d.c_total + d.c_offset + co) * hw + oy * d.w + ox] = relu_epilogue(acc + b2[co], 1);
-  }
+  if (d.k == 3)
+    reduce_conv_tile<3>(y, mid_s, w2, b2, d, img, group * REDUCE_CO_GROUP, y0, y1, r0, rows);
+  else
+    reduce_conv_tile<5>(y, mid_s, w2, b2, d, img, group * REDUCE_CO_GROUP, y0, y1, r0, rows);
 }
 
 // The fused conv's backward through its k×k conv and the reduce ReLU: dpre = (w2ᵀ ⊛ dy) where mid > 0, else
-// 0 (conv_dgrad with the mask of the saved reduced map). One thread per element of [n, c_mid, h, w].
+// 0 (conv_dgrad's tile with the mask of the saved reduced map). One thread per tile item of [n, c_mid, h, w].
 extern "C" __global__ void reduce_conv_dmid(float* __restrict__ dpre,       // [n, c_mid, h, w]
                                             const float* __restrict__ dy,   // [n, c_total, h, w], slice read
                                             const float* __restrict__ w2,   // [c_out, c_mid, k, k]
                                             const float* __restrict__ mid,  // [n, c_mid, h, w] saved
                                             ReduceDims d) {
-  const unsigned long long hw = (unsigned long long)d.h * d.w, total = d.n * d.c_mid * hw;
+  const unsigned long long hw = (unsigned long long)d.h * d.w;
+  const unsigned long long items = (unsigned long long)d.n * ((d.c_mid + 3) / 4) * d.h * ((d.w + 3) / 4);
   const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
-  for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
-    if (!(mid[i] > 0.0f)) {
-      dpre[i] = 0.0f;
-      continue;
+  const long long kk = (long long)d.k * d.k;
+  for (unsigned long long t = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; t < items; t += stride) {
+    const TileItem it = tile_item(t, d.c_mid, d.h, d.w);
+    float acc[4][4];
+    conv_tile_k(acc, d.k, dy + ((unsigned long long)it.img * d.c_total + d.c_offset) * hw, d.c_out, d.h, d.w, w2,
+                kk - 1, kk, d.c_mid * kk, -(long long)d.k, -1, it.o0, d.c_mid, it.oy, it.ox0);
+    for (int j = 0; j < 4; ++j) {
+      const unsigned int cm = it.o0 + j;
+      if (cm >= d.c_mid) continue;
+      const unsigned long long base = ((unsigned long long)it.img * d.c_mid + cm) * hw + (unsigned int)it.oy * d.w;
+      for (int i = 0; i < 4; ++i)
+        if (it.ox0 + i < (int)d.w) dpre[base + it.ox0 + i] = mid[base + it.ox0 + i] > 0.0f ? acc[j][i] : 0.0f;
     }
-    const unsigned int img = (unsigned int)(i / (d.c_mid * hw)), cm = (unsigned int)(i / hw % d.c_mid);
-    const int iy = (int)(i % hw / d.w), ix = (int)(i % d.w);
-    dpre[i] = dgrad_at(dy, w2, img, cm, d.c_mid, d.c_out, d.h, d.w, d.k, d.c_total, d.c_offset, iy, ix);
   }
 }

@@ -25,21 +25,27 @@ struct GemmDims {                  // no padding: the 64-bit fields first
 
 __device__ __forceinline__ void gemm_tile(float* __restrict__ c, const float* __restrict__ a,
                                           const float* __restrict__ b, const GemmDims& d) {
-  __shared__ float as[GEMM_TK][GEMM_TILE];  // as[kk][i]
-  __shared__ float bs[GEMM_TK][GEMM_TILE];  // bs[kk][j]
+  __shared__ float as[GEMM_TK][GEMM_TILE + 1];  // as[kk][i] (padded: the k-fastest stores hit distinct banks)
+  __shared__ float bs[GEMM_TK][GEMM_TILE + 1];  // bs[kk][j]
   const unsigned int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   const unsigned int i0 = blockIdx.y * GEMM_TILE, j0 = blockIdx.x * GEMM_TILE;
   const unsigned long long k_begin = (unsigned long long)blockIdx.z * d.k_chunk;
   const unsigned long long k_end = k_begin + d.k_chunk < d.k ? k_begin + d.k_chunk : d.k;
+  // Coalescing: an operand contiguous in k is read with k fastest across threads, otherwise with its
+  // row/column index fastest (uniform branches: the strides are launch constants).
+  const bool a_kfast = d.a_ks == 1, b_kfast = d.b_ks == 1;
   float acc[4][4] = {};
   for (unsigned long long k0 = k_begin; k0 < k_end; k0 += GEMM_TK) {
     // 256 threads load 16 × 64 elements of each operand (4 each); out-of-range elements are 0.
     for (unsigned int e = threadIdx.x; e < GEMM_TK * GEMM_TILE; e += blockDim.x) {
-      const unsigned int kk = e / GEMM_TILE, r = e % GEMM_TILE;
-      const unsigned long long k = k0 + kk;
-      const bool kin = k < k_end;
-      as[kk][r] = (kin && i0 + r < d.m) ? a[(i0 + r) * d.a_rs + k * d.a_ks] : 0.0f;
-      bs[kk][r] = (kin && j0 + r < d.n) ? b[k * d.b_ks + (j0 + r) * d.b_cs] : 0.0f;
+      unsigned int kk = e / GEMM_TILE, r = e % GEMM_TILE;
+      if (a_kfast) kk = e % GEMM_TK, r = e / GEMM_TK;
+      unsigned long long k = k0 + kk;
+      as[kk][r] = (k < k_end && i0 + r < d.m) ? a[(i0 + r) * d.a_rs + k * d.a_ks] : 0.0f;
+      kk = b_kfast ? e % GEMM_TK : e / GEMM_TILE;
+      r = b_kfast ? e / GEMM_TK : e % GEMM_TILE;
+      k = k0 + kk;
+      bs[kk][r] = (k < k_end && j0 + r < d.n) ? b[k * d.b_ks + (j0 + r) * d.b_cs] : 0.0f;
     }
     __syncthreads();
     for (unsigned int kk = 0; kk < GEMM_TK; ++kk) {

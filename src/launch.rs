@@ -119,6 +119,8 @@ pub(crate) fn softmax_plan(
 
 /// Threads per block of the conv kernels' reductions (`conv_wgrad`, `conv_bgrad`: one block per value).
 pub const REDUCE_BLOCK: u32 = 256;
+/// At most this many image splits in the conv weight and bias gradients (their partials are summed in order).
+pub const WGRAD_MAX_SPLITS: u32 = 64;
 /// Output channels per block of `reduce_conv_fwd` (`REDUCE_CO_GROUP` in kernels/conv.cu).
 pub const REDUCE_CO_GROUP: usize = 16;
 /// Dynamic shared memory a block may use on Ampere and Hopper after opting in (227 KiB on H100/H200; the
@@ -166,6 +168,11 @@ fn u32_of(op: &'static str, v: usize) -> crate::Result<u32> {
 }
 
 #[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
+/// Work items of the conv tile kernels (`conv_tile` in kernels/conv.cu): 4 channels × 4 pixels of a row each.
+fn tile_items(n: u32, channels: u32, h: u32, w: u32) -> usize {
+    n as usize * channels.div_ceil(4) as usize * h as usize * w.div_ceil(4) as usize
+}
+
 impl ConvDims {
     /// The kernel's dims of a validated shape.
     pub fn of(op: &'static str, s: &crate::shape::ConvShape) -> crate::Result<Self> {
@@ -195,37 +202,59 @@ impl ConvDims {
         Ok(d)
     }
 
-    /// conv_fwd: one thread per output element of the slice.
+    /// conv_fwd: one thread per tile item (4 output channels × 4 pixels of a row).
     pub fn fwd(&self) -> Option<LaunchDims> {
-        elementwise(self.n as usize * self.c_out as usize * self.h as usize * self.w as usize)
+        elementwise(tile_items(self.n, self.c_out, self.h, self.w))
     }
 
-    /// conv_dgrad: one thread per input element.
+    /// conv_dgrad: one thread per tile item of dx (4 input channels × 4 pixels).
     pub fn dgrad(&self) -> Option<LaunchDims> {
-        elementwise(self.n as usize * self.c_in as usize * self.h as usize * self.w as usize)
+        elementwise(tile_items(self.n, self.c_in, self.h, self.w))
     }
 
-    /// conv_wgrad: one block per weight element.
-    pub fn wgrad(&self) -> LaunchDims {
-        let grid = self.c_out * self.c_in * self.k * self.k;
-        LaunchDims {
-            grid_y: 1,
-            grid_z: 1,
-            grid,
-            block: REDUCE_BLOCK,
-            shared_bytes: 0,
+    /// Images per split of the weight and bias gradients: splits = ceil(n / imgs_per_split) ≤ 64, fixed by
+    /// the shape alone (so the summation order, and the result's bits, depend on nothing else).
+    pub fn imgs_per_split(&self) -> u32 {
+        self.n.div_ceil(WGRAD_MAX_SPLITS).max(1)
+    }
+
+    /// Number of image splits of the weight and bias gradients.
+    pub fn splits(&self) -> u32 {
+        self.n.div_ceil(self.imgs_per_split())
+    }
+
+    /// Floats of the weight gradient's split partials: `[splits, c_out, c_in·k·k]`.
+    pub fn wgrad_partials_len(&self) -> usize {
+        self.splits() as usize * self.c_out as usize * (self.c_in * self.k * self.k) as usize
+    }
+
+    /// conv_wgrad: 64 × 64 tiles of `[c_out, c_in·k·k]`, one grid z-slice per image split (None if empty).
+    pub fn wgrad(&self) -> Option<LaunchDims> {
+        let cols = self.c_in * self.k * self.k;
+        if self.n == 0 || self.c_out == 0 || cols == 0 {
+            return None;
         }
+        Some(LaunchDims {
+            grid: cols.div_ceil(64),
+            grid_y: self.c_out.div_ceil(64),
+            grid_z: self.splits(),
+            block: 256,
+            shared_bytes: 0,
+        })
     }
 
-    /// conv_bgrad: one block per output channel.
-    pub fn bgrad(&self) -> LaunchDims {
-        LaunchDims {
-            grid_y: 1,
-            grid_z: 1,
+    /// conv_bgrad: one block per (output channel, image split) (None if empty).
+    pub fn bgrad(&self) -> Option<LaunchDims> {
+        if self.n == 0 || self.c_out == 0 {
+            return None;
+        }
+        Some(LaunchDims {
             grid: self.c_out,
+            grid_y: self.splits(),
+            grid_z: 1,
             block: REDUCE_BLOCK,
             shared_bytes: 0,
-        }
+        })
     }
 }
 
@@ -306,9 +335,9 @@ impl ReduceDims {
         }
     }
 
-    /// reduce_conv_dmid: one thread per element of the reduced map.
+    /// reduce_conv_dmid: one thread per tile item of the reduced map (4 channels × 4 pixels).
     pub fn dmid(&self) -> Option<LaunchDims> {
-        elementwise(self.n as usize * self.c_mid as usize * self.h as usize * self.w as usize)
+        elementwise(tile_items(self.n, self.c_mid, self.h, self.w))
     }
 }
 

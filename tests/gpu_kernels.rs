@@ -301,12 +301,10 @@ fn small_gpu_training_step_captures_into_a_graph() {
     let nodes = graph.nodes().unwrap();
     assert!(nodes.contains(&GraphNode::Kernel), "{nodes:?}");
     assert!(
-        nodes
-            .iter()
-            .all(|n| matches!(
-                n,
-                GraphNode::Kernel | GraphNode::Memset | GraphNode::MemcpyDeviceToDevice
-            )),
+        nodes.iter().all(|n| matches!(
+            n,
+            GraphNode::Kernel | GraphNode::Memset | GraphNode::MemcpyDeviceToDevice
+        )),
         "{nodes:?}"
     );
     graph.replay().unwrap();

@@ -77,7 +77,8 @@ fn dgrad(
     Ok(())
 }
 
-/// Weight gradient of a conv (one block per weight element, fixed-order reduction).
+/// Weight gradient of a conv: an implicit GEMM split over images into the device's scratch memory, then the
+/// splits summed in order. Shapes: `dw [c_out, c_in, k, k]`, `dy [n, c_total, h, w]`, `x [n, c_in, h, w]`.
 pub fn conv_wgrad(
     dev: &CudaBackend,
     dw: &mut V<'_>,
@@ -91,14 +92,43 @@ pub fn conv_wgrad(
 }
 
 fn wgrad(dev: &CudaBackend, dw: &mut V<'_>, dy: &R<'_>, x: &R<'_>, d: &ConvDims) -> Result<()> {
-    let mut args = dev.stream().launch_builder(&dev.kernels().conv_wgrad);
-    args.arg(dw).arg(dy).arg(x).arg(d);
-    // SAFETY: see the module comment; one block per weight element, each writing only its own.
-    unsafe { args.launch(launch_config(d.wgrad())) }.map_err(driver_error("conv_wgrad"))?;
+    const OP: &str = "conv_wgrad";
+    let Some(dims) = d.wgrad() else {
+        // no images: the gradient is zero (no outputs: nothing to do)
+        return dev.stream().memset_zeros(dw).map_err(driver_error(OP));
+    };
+    let ips = d.imgs_per_split();
+    dev.with_scratch(d.wgrad_partials_len(), |partials| {
+        let mut args = dev.stream().launch_builder(&dev.kernels().conv_wgrad);
+        args.arg(&mut *partials).arg(dy).arg(x).arg(d).arg(&ips);
+        // SAFETY: see the module comment; the scratch holds splits·c_out·c_in·k·k floats, each block
+        // writing only its own tile of its split.
+        unsafe { args.launch(launch_config(dims)) }.map_err(driver_error(OP))?;
+        split_sum(dev, dw, &partials.as_view(), d.splits(), OP)
+    })
+}
+
+/// `out = Σ_z partials[z]` over `splits` slices of `out.len()` floats, in order.
+fn split_sum(
+    dev: &CudaBackend,
+    out: &mut V<'_>,
+    partials: &R<'_>,
+    splits: u32,
+    op: &'static str,
+) -> Result<()> {
+    let Some(dims) = crate::launch::elementwise(out.len()) else {
+        return Ok(());
+    };
+    let len = out.len() as u64;
+    let mut args = dev.stream().launch_builder(&dev.kernels().conv_split_sum);
+    args.arg(out).arg(partials).arg(&len).arg(&splits);
+    // SAFETY: see the module comment; `partials` holds at least splits·len floats (the callers' plans).
+    unsafe { args.launch(launch_config(dims)) }.map_err(driver_error(op))?;
     Ok(())
 }
 
-/// Bias gradient of a conv (one block per output channel, fixed-order reduction).
+/// Bias gradient of a conv: per-image-split block sums into the device's scratch memory, then the splits
+/// summed in order. Shapes: `db [c_out]`, `dy [n, c_total, h, w]`.
 pub fn conv_bgrad(dev: &CudaBackend, db: &mut V<'_>, dy: &R<'_>, s: &ConvShape) -> Result<()> {
     const OP: &str = "conv_bgrad";
     let d = checked::conv_bgrad(OP, s, db.len(), dy.len())?;
@@ -106,11 +136,18 @@ pub fn conv_bgrad(dev: &CudaBackend, db: &mut V<'_>, dy: &R<'_>, s: &ConvShape) 
 }
 
 fn bgrad(dev: &CudaBackend, db: &mut V<'_>, dy: &R<'_>, d: &ConvDims) -> Result<()> {
-    let mut args = dev.stream().launch_builder(&dev.kernels().conv_bgrad);
-    args.arg(db).arg(dy).arg(d);
-    // SAFETY: see the module comment; one block per output channel, each writing only its own.
-    unsafe { args.launch(launch_config(d.bgrad())) }.map_err(driver_error("conv_bgrad"))?;
-    Ok(())
+    const OP: &str = "conv_bgrad";
+    let Some(dims) = d.bgrad() else {
+        return dev.stream().memset_zeros(db).map_err(driver_error(OP));
+    };
+    let ips = d.imgs_per_split();
+    dev.with_scratch(d.splits() as usize * d.c_out as usize, |partials| {
+        let mut args = dev.stream().launch_builder(&dev.kernels().conv_bgrad);
+        args.arg(&mut *partials).arg(dy).arg(d).arg(&ips);
+        // SAFETY: see the module comment; the scratch holds splits·c_out floats, one per block.
+        unsafe { args.launch(launch_config(dims)) }.map_err(driver_error(OP))?;
+        split_sum(dev, db, &partials.as_view(), d.splits(), OP)
+    })
 }
 
 /// The fused reduce conv forward; `mid` receives the reduced map. `params` is `[w1 | b1 | w2 | b2]`.

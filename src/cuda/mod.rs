@@ -90,7 +90,7 @@ macro_rules! kernel_table {
 
 kernel_table! {
     "add" => [add_fwd],
-    "conv" => [conv_fwd, conv_dgrad, conv_wgrad, conv_bgrad, reduce_conv_fwd, reduce_conv_dmid],
+    "conv" => [conv_fwd, conv_dgrad, conv_wgrad, conv_bgrad, conv_split_sum, reduce_conv_fwd, reduce_conv_dmid],
     "linear" => [linear_fwd, linear_fwd_reduce, linear_dgrad, linear_wgrad, linear_bgrad],
     "pool" => [maxpool3x3s1_fwd, maxpool3x3s1_bwd],
     "relu" => [relu_fwd, relu_bwd],

@@ -26,12 +26,26 @@ extern "C" {
     ) -> i32;
     fn emu_launch_conv_wgrad(
         cfg: *const Launch,
-        dw: *mut f32,
+        partials: *mut f32,
         dy: *const f32,
         x: *const f32,
         d: ConvDims,
+        imgs_per_split: u32,
     ) -> i32;
-    fn emu_launch_conv_bgrad(cfg: *const Launch, db: *mut f32, dy: *const f32, d: ConvDims) -> i32;
+    fn emu_launch_conv_bgrad(
+        cfg: *const Launch,
+        partials: *mut f32,
+        dy: *const f32,
+        d: ConvDims,
+        imgs_per_split: u32,
+    ) -> i32;
+    fn emu_launch_conv_split_sum(
+        cfg: *const Launch,
+        out: *mut f32,
+        partials: *const f32,
+        len: u64,
+        splits: u32,
+    ) -> i32;
     #[allow(clippy::too_many_arguments)]
     fn emu_launch_reduce_conv_fwd(
         cfg: *const Launch,
@@ -131,9 +145,47 @@ pub(super) fn conv_wgrad(
 }
 
 fn wgrad(o: ThreadOrder, dw: &mut [f32], dy: &[f32], x: &[f32], d: ConvDims) -> Result<()> {
-    // SAFETY: see the module comment; one block per weight element.
-    run("conv_wgrad", d.wgrad(), o, |cfg| unsafe {
-        emu_launch_conv_wgrad(cfg, dw.as_mut_ptr(), dy.as_ptr(), x.as_ptr(), d)
+    const OP: &str = "conv_wgrad";
+    let Some(dims) = d.wgrad() else {
+        dw.fill(0.0); // no images: the gradient is zero
+        return Ok(());
+    };
+    let mut partials = vec![f32::NAN; d.wgrad_partials_len()];
+    // SAFETY: see the module comment; partials holds splits·c_out·c_in·k·k floats.
+    run(OP, dims, o, |cfg| unsafe {
+        emu_launch_conv_wgrad(
+            cfg,
+            partials.as_mut_ptr(),
+            dy.as_ptr(),
+            x.as_ptr(),
+            d,
+            d.imgs_per_split(),
+        )
+    })?;
+    split_sum(o, dw, &partials, d.splits(), OP)
+}
+
+/// `out = Σ_z partials[z]`, the CUDA launchers' conv_split_sum.
+fn split_sum(
+    o: ThreadOrder,
+    out: &mut [f32],
+    partials: &[f32],
+    splits: u32,
+    op: &'static str,
+) -> Result<()> {
+    let Some(dims) = crate::launch::elementwise(out.len()) else {
+        return Ok(());
+    };
+    crate::backend::check_range(op, &(0..out.len() * splits as usize), partials.len())?;
+    // SAFETY: see the module comment; partials holds splits·len floats (checked above).
+    run(op, dims, o, |cfg| unsafe {
+        emu_launch_conv_split_sum(
+            cfg,
+            out.as_mut_ptr(),
+            partials.as_ptr(),
+            out.len() as u64,
+            splits,
+        )
     })
 }
 
@@ -144,10 +196,23 @@ pub(super) fn conv_bgrad(o: ThreadOrder, db: &mut [f32], dy: &[f32], s: &ConvSha
 }
 
 fn bgrad(o: ThreadOrder, db: &mut [f32], dy: &[f32], d: ConvDims) -> Result<()> {
-    // SAFETY: see the module comment; one block per output channel.
-    run("conv_bgrad", d.bgrad(), o, |cfg| unsafe {
-        emu_launch_conv_bgrad(cfg, db.as_mut_ptr(), dy.as_ptr(), d)
-    })
+    const OP: &str = "conv_bgrad";
+    let Some(dims) = d.bgrad() else {
+        db.fill(0.0);
+        return Ok(());
+    };
+    let mut partials = vec![f32::NAN; d.splits() as usize * d.c_out as usize];
+    // SAFETY: see the module comment; partials holds splits·c_out floats, one per block.
+    run(OP, dims, o, |cfg| unsafe {
+        emu_launch_conv_bgrad(
+            cfg,
+            partials.as_mut_ptr(),
+            dy.as_ptr(),
+            d,
+            d.imgs_per_split(),
+        )
+    })?;
+    split_sum(o, db, &partials, d.splits(), OP)
 }
 
 pub(super) fn reduce_conv_fwd(

@@ -123,6 +123,7 @@ pub const EMULATED_KERNELS: &[&str] = &[
     "conv_bgrad",
     "conv_dgrad",
     "conv_fwd",
+    "conv_split_sum",
     "conv_wgrad",
     "dropout_bwd",
     "dropout_fwd",

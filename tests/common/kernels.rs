@@ -233,7 +233,8 @@ pub const FUSED_TOL: [(&str, f32, f32); 4] = [
     ("dparams", 1e-4, 1e-3),
 ];
 
-/// Shapes for the conv tests: odd sizes, batch 1 and 3, every kernel size, a channel slice.
+/// Shapes for the conv tests: odd sizes, batch 1 and 3, every kernel size, a channel slice, and the weight
+/// gradient's tile and image-split edges.
 pub fn conv_shapes() -> Vec<ConvShape> {
     let mut v = Vec::new();
     for (n, hw) in [(1, 5), (3, 7)] {
@@ -242,6 +243,10 @@ pub fn conv_shapes() -> Vec<ConvShape> {
         }
     }
     v.push(ConvShape::new(2, 2, 3, 4, 6, 3));
+    // weight gradient tiling: more than 64 output channels and 64 columns (c_in·k·k = 72) in two tiles each;
+    // 130 images: 3 per split, 44 splits, the last one short
+    v.push(ConvShape::new(2, 8, 70, 4, 4, 3));
+    v.push(ConvShape::new(130, 2, 3, 3, 3, 3));
     v
 }
 

@@ -81,7 +81,8 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
 /// carries rounding of the size of its terms, not of its result; the RMS of the whole output stands for that
 /// size (fp32 in another summation order: errors of order eps·rms·√terms).
 pub fn assert_close_scaled(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
-    let rms = (want.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / want.len().max(1) as f64).sqrt();
+    let rms =
+        (want.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / want.len().max(1) as f64).sqrt();
     let scale = rms.max(1.0) as f32;
     assert_close(
         &format!("{what} (atol scaled by rms {rms:.3e})"),
