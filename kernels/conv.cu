@@ -169,7 +169,7 @@ extern "C" __global__ void conv_dgrad(float* __restrict__ dx,        // [n, c_in
 
 // The weight gradient as an implicit GEMM split over images: dw[co, col] = Σ_(img, px) dy[img, co, px] ·
 // x[img, ci, px shifted by the tap], col = (ci, ky, kx). Grid (ceil(c_in·k·k / 64), ceil(c_out / 64), splits),
-// 256 threads, 64 × 64 outputs per block (4 × 4 per thread); slice z covers images
+// 256 threads (the loader assumes 256), 64 × 64 outputs per block (4 × 4 per thread); slice z covers images
 // [z · imgs_per_split, (z + 1) · imgs_per_split) and writes its partial sums into partials[z]
 // (conv_split_sum adds the slices in order: no float atomics).
 extern "C" __global__ void conv_wgrad(float* __restrict__ partials,  // [splits, c_out, c_in·k·k]
@@ -185,35 +185,51 @@ extern "C" __global__ void conv_wgrad(float* __restrict__ partials,  // [splits,
   const unsigned int img1 = img0 + imgs_per_split < d.n ? img0 + imgs_per_split : d.n;
   const unsigned int count = (img1 - img0) * hw;
   const int p = (int)d.k / 2;
+  // Each thread loads the same position tt of every chunk for rows r = tid / 16 + 16q (q < 4) of both
+  // operands: the per-row offsets are fixed, so only the position is decoded per chunk.
+  const unsigned int tt = threadIdx.x % WGRAD_TK, rb = threadIdx.x / WGRAD_TK;
+  unsigned long long a_off[4], x_off[4];
+  int tap_y[4], tap_x[4];
+  bool a_ok[4], b_ok[4];
+  for (int q = 0; q < 4; ++q) {
+    const unsigned int co = i0 + rb + 16 * q, col = j0 + rb + 16 * q;
+    a_ok[q] = co < d.c_out;
+    a_off[q] = (unsigned long long)(d.c_offset + co) * hw;
+    b_ok[q] = col < cols;
+    const unsigned int ci = col / kk2, tap = col % kk2;
+    x_off[q] = (unsigned long long)ci * hw;
+    tap_y[q] = (int)(tap / d.k) - p;
+    tap_x[q] = (int)(tap % d.k) - p;
+  }
   float acc[4][4] = {};
   for (unsigned int t0 = 0; t0 < count; t0 += WGRAD_TK) {
-    // 16 consecutive threads read 16 consecutive pixels of one row of each operand.
-    for (unsigned int e = threadIdx.x; e < WGRAD_TK * WGRAD_TILE; e += blockDim.x) {
-      const unsigned int tt = e % WGRAD_TK, r = e / WGRAD_TK, t = t0 + tt;
-      float av = 0.0f, bv = 0.0f;
-      if (t < count) {
-        const unsigned int img = img0 + t / hw, px = t % hw;
-        if (i0 + r < d.c_out) av = dy[((unsigned long long)img * d.c_total + d.c_offset + i0 + r) * hw + px];
-        const unsigned int col = j0 + r;
-        if (col < cols) {
-          const unsigned int ci = col / kk2, tap = col % kk2;
-          const int sy = (int)(px / d.w) + (int)(tap / d.k) - p, sx = (int)(px % d.w) + (int)(tap % d.k) - p;
-          if (sy >= 0 && sy < (int)d.h && sx >= 0 && sx < (int)d.w)
-            bv = x[((unsigned long long)img * d.c_in + ci) * hw + sy * d.w + sx];
-        }
+    const unsigned int t = t0 + tt;
+    float av[4] = {0.0f, 0.0f, 0.0f, 0.0f}, bv[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (t < count) {
+      const unsigned int img = img0 + t / hw, px = t % hw;
+      const int oy = (int)(px / d.w), ox = (int)(px % d.w);
+      const float* dy_img = dy + (unsigned long long)img * d.c_total * hw + px;
+      const float* x_img = x + (unsigned long long)img * d.c_in * hw;
+      for (int q = 0; q < 4; ++q) {
+        if (a_ok[q]) av[q] = dy_img[a_off[q]];
+        const int sy = oy + tap_y[q], sx = ox + tap_x[q];
+        if (b_ok[q] && sy >= 0 && sy < (int)d.h && sx >= 0 && sx < (int)d.w)
+          bv[q] = x_img[x_off[q] + (unsigned int)sy * d.w + (unsigned int)sx];
       }
-      as[tt][r] = av;
-      bs[tt][r] = bv;
+    }
+    for (int q = 0; q < 4; ++q) {
+      as[tt][rb + 16 * q] = av[q];
+      bs[tt][rb + 16 * q] = bv[q];
     }
     __syncthreads();
-    for (unsigned int tt = 0; tt < WGRAD_TK; ++tt) {
-      float av[4], bv[4];
+    for (unsigned int k2 = 0; k2 < WGRAD_TK; ++k2) {
+      float a4[4], b4[4];
       for (int q = 0; q < 4; ++q) {
-        av[q] = as[tt][ty * 4 + q];
-        bv[q] = bs[tt][tx * 4 + q];
+        a4[q] = as[k2][ty * 4 + q];
+        b4[q] = bs[k2][tx * 4 + q];
       }
       for (int qi = 0; qi < 4; ++qi)
-        for (int qj = 0; qj < 4; ++qj) acc[qi][qj] += av[qi] * bv[qj];
+        for (int qj = 0; qj < 4; ++qj) acc[qi][qj] += a4[qi] * b4[qj];
     }
     __syncthreads();
   }

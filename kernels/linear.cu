@@ -23,30 +23,67 @@ struct GemmDims {                  // no padding: the 64-bit fields first
   unsigned int k_chunk;             // split-K: slice z covers k in [z * k_chunk, (z + 1) * k_chunk)
 };
 
+// Loads the 16 (k) × 64 (r) tile of operand X(r, k) = p[r · rs + k · ks], r in [r0, r0 + 64), k in [k0, k0 + 16),
+// into s[kk][r], zero where r >= r_end or k >= k_end. 256 threads. An operand contiguous in k (ks = 1) is read
+// with k fastest across threads, one contiguous in r with r fastest, so warps read whole segments; with the
+// other stride a multiple of 4 and p 16-byte aligned, as one float4 per thread (uniform branches: strides and
+// pointers are launch constants).
+__device__ __forceinline__ void gemm_load(float (*s)[GEMM_TILE + 1], const float* __restrict__ p,
+                                          unsigned long long rs, unsigned long long ks, unsigned int r0,
+                                          unsigned int r_end, unsigned long long k0, unsigned long long k_end) {
+  const bool kfast = ks == 1, rfast = !kfast && rs == 1;
+  const bool aligned = ((unsigned long long)p & 15) == 0;
+  if (kfast && aligned && rs % 4 == 0) {
+    const unsigned int r = threadIdx.x / 4, kq = (threadIdx.x % 4) * 4;
+    const unsigned long long k = k0 + kq;
+    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (r0 + r < r_end) {
+      const float* q = p + (unsigned long long)(r0 + r) * rs + k;
+      if (k + 3 < k_end) {
+        const float4 f = *reinterpret_cast<const float4*>(q);
+        v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+      } else {
+        for (int u = 0; u < 4; ++u)
+          if (k + u < k_end) v[u] = q[u];
+      }
+    }
+    for (int u = 0; u < 4; ++u) s[kq + u][r] = v[u];
+  } else if (rfast && aligned && ks % 4 == 0) {
+    const unsigned int kk = threadIdx.x / 16, rq = (threadIdx.x % 16) * 4;
+    const unsigned long long k = k0 + kk;
+    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (k < k_end) {
+      const float* q = p + k * ks + r0 + rq;
+      if (r0 + rq + 3 < r_end) {
+        const float4 f = *reinterpret_cast<const float4*>(q);
+        v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+      } else {
+        for (int u = 0; u < 4; ++u)
+          if (r0 + rq + u < r_end) v[u] = q[u];
+      }
+    }
+    for (int u = 0; u < 4; ++u) s[kk][rq + u] = v[u];
+  } else {
+    for (unsigned int e = threadIdx.x; e < GEMM_TK * GEMM_TILE; e += blockDim.x) {
+      const unsigned int kk = kfast ? e % GEMM_TK : e / GEMM_TILE, r = kfast ? e / GEMM_TK : e % GEMM_TILE;
+      const unsigned long long k = k0 + kk;
+      s[kk][r] = (k < k_end && r0 + r < r_end) ? p[(unsigned long long)(r0 + r) * rs + k * ks] : 0.0f;
+    }
+  }
+}
+
 __device__ __forceinline__ void gemm_tile(float* __restrict__ c, const float* __restrict__ a,
                                           const float* __restrict__ b, const GemmDims& d) {
-  __shared__ float as[GEMM_TK][GEMM_TILE + 1];  // as[kk][i] (padded: the k-fastest stores hit distinct banks)
+  __shared__ float as[GEMM_TK][GEMM_TILE + 1];  // as[kk][i] (padded against bank conflicts of the k-fast stores)
   __shared__ float bs[GEMM_TK][GEMM_TILE + 1];  // bs[kk][j]
   const unsigned int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   const unsigned int i0 = blockIdx.y * GEMM_TILE, j0 = blockIdx.x * GEMM_TILE;
   const unsigned long long k_begin = (unsigned long long)blockIdx.z * d.k_chunk;
   const unsigned long long k_end = k_begin + d.k_chunk < d.k ? k_begin + d.k_chunk : d.k;
-  // Coalescing: an operand contiguous in k is read with k fastest across threads, otherwise with its
-  // row/column index fastest (uniform branches: the strides are launch constants).
-  const bool a_kfast = d.a_ks == 1, b_kfast = d.b_ks == 1;
   float acc[4][4] = {};
   for (unsigned long long k0 = k_begin; k0 < k_end; k0 += GEMM_TK) {
-    // 256 threads load 16 × 64 elements of each operand (4 each); out-of-range elements are 0.
-    for (unsigned int e = threadIdx.x; e < GEMM_TK * GEMM_TILE; e += blockDim.x) {
-      unsigned int kk = e / GEMM_TILE, r = e % GEMM_TILE;
-      if (a_kfast) kk = e % GEMM_TK, r = e / GEMM_TK;
-      unsigned long long k = k0 + kk;
-      as[kk][r] = (k < k_end && i0 + r < d.m) ? a[(i0 + r) * d.a_rs + k * d.a_ks] : 0.0f;
-      kk = b_kfast ? e % GEMM_TK : e / GEMM_TILE;
-      r = b_kfast ? e / GEMM_TK : e % GEMM_TILE;
-      k = k0 + kk;
-      bs[kk][r] = (k < k_end && j0 + r < d.n) ? b[k * d.b_ks + (j0 + r) * d.b_cs] : 0.0f;
-    }
+    gemm_load(as, a, d.a_rs, d.a_ks, i0, d.m, k0, k_end);  // A(i, k)
+    gemm_load(bs, b, d.b_cs, d.b_ks, j0, d.n, k0, k_end);  // B(k, j) as X(j, k)
     __syncthreads();
     for (unsigned int kk = 0; kk < GEMM_TK; ++kk) {
       float av[4], bv[4];
@@ -60,12 +97,17 @@ __device__ __forceinline__ void gemm_tile(float* __restrict__ c, const float* __
     __syncthreads();
   }
   float* out = c + (unsigned long long)blockIdx.z * d.c_slice;
+  const unsigned int jq = j0 + tx * 4;
+  const bool vec_out = ((unsigned long long)out & 15) == 0 && d.c_rs % 4 == 0 && jq + 3 < d.n;
   for (int qi = 0; qi < 4; ++qi) {
     const unsigned int i = i0 + ty * 4 + qi;
     if (i >= d.m) continue;
-    for (int qj = 0; qj < 4; ++qj) {
-      const unsigned int j = j0 + tx * 4 + qj;
-      if (j < d.n) out[i * d.c_rs + j] = acc[qi][qj];
+    float* row = out + (unsigned long long)i * d.c_rs;
+    if (vec_out) {
+      *reinterpret_cast<float4*>(row + jq) = make_float4(acc[qi][0], acc[qi][1], acc[qi][2], acc[qi][3]);
+    } else {
+      for (int qj = 0; qj < 4; ++qj)
+        if (jq + qj < d.n) row[jq + qj] = acc[qi][qj];
     }
   }
 }

@@ -5,7 +5,7 @@
 #   2. the small GPU tests (names containing `small_`: a few images, small channel counts) again under
 #      compute-sanitizer --tool memcheck and --tool racecheck.
 # Prints the pass/fail counts and the sanitizers' ERROR SUMMARY lines; logs go to $INCEPTION_CUDA_LOGS (default
-# stage/logs). Each test binary gets 300 s, each sanitizer run 90 s (a hang is reported, not waited out).
+# stage/logs). Each test binary gets 300 s, each sanitizer run 180 s (a hang is reported, not waited out).
 # Exit status: non-zero if any test failed or a sanitizer reported an error.
 #
 #   scripts/gpu-run.sh [--no-sanitizers]
@@ -39,7 +39,7 @@ if [ "${1:-}" != --no-sanitizers ]; then
     for t in stage/tests/*; do
       name=$(basename "$t")
       "$t" --include-ignored --list 2>/dev/null | grep -q 'small_gpu' || continue
-      timeout 90 compute-sanitizer --tool "$tool" --error-exitcode 99 "$t" --include-ignored --test-threads=1 small_gpu \
+      timeout 180 compute-sanitizer --tool "$tool" --error-exitcode 99 "$t" --include-ignored --test-threads=1 small_gpu \
         >"$logs/$tool-$name.log" 2>&1
       rc=$?
       summary=$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$logs/$tool-$name.log" | tail -n 1)

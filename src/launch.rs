@@ -361,7 +361,7 @@ pub(crate) struct GemmDims {
 /// Output tile edge of the GEMM kernels (`GEMM_TILE` in kernels/linear.cu).
 pub const GEMM_TILE: usize = 64;
 /// k per split-K slice of `linear_fwd` (at least; more when there would be over 65,535 slices).
-pub const LINEAR_K_CHUNK: usize = 4096;
+pub const LINEAR_K_CHUNK: usize = 2048;
 
 /// Every launch of a linear layer's kernels, checked against its shape.
 #[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]

@@ -369,8 +369,8 @@ fn emulated_inception_module_matches_its_twin() {
     }
 }
 
-/// The GEMMs at small shapes: an odd one inside one tile, and one with split-K (3 slices of k) and two
-/// column tiles.
+/// The GEMMs at small shapes: an odd one inside one tile (scalar loads), one with split-K (3 slices of k) and
+/// two column tiles, and one at the edges of the float4 loads and stores.
 #[test]
 fn emulated_linear_kernels_match_their_twins() {
     use common::kernels::{assert_outputs, linear_inputs, linear_on, LINEAR_TOL};
@@ -384,6 +384,13 @@ fn emulated_linear_kernels_match_their_twins() {
         LinearShape {
             m: 3,
             k_in: 9000,
+            n_out: 70,
+        },
+        // float4 paths with tails: two row tiles (66 rows), a 4-wide last k slice (4100 = 4096 + 4), 70
+        // columns (a partial float4 group at the edge)
+        LinearShape {
+            m: 66,
+            k_in: 4100,
             n_out: 70,
         },
     ] {

@@ -31,7 +31,10 @@ pub struct CapturedGraph {
 impl CudaBackend {
     /// Runs `f` with this device's stream in global capture mode and returns `f`'s result with the graph of
     /// the work it issued. In global mode any host synchronisation inside `f` makes the capture fail (an
-    /// error here); allocations do not fail but show as [`GraphNode::Alloc`] nodes.
+    /// error here); allocations do not fail but show as [`GraphNode::Alloc`] nodes. Everything issued to the
+    /// device's one stream while `f` runs is captured, from any thread: work other threads launch on the same
+    /// device meanwhile is recorded into this graph instead of running, so capture while nothing else uses
+    /// the device.
     pub fn capture<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<(T, CapturedGraph)> {
         const OP: &str = "capture";
         // cudarc records a per-buffer event around each launch for its multi-stream bookkeeping; those
