@@ -12,8 +12,12 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use inception_cuda::cpu::CpuBackend;
 use inception_cuda::nn::{BranchMacs, InceptionModule, InceptionWidths, MnistConfig};
-use inception_cuda::shape::{LinearShape, ReduceConvShape};
+use inception_cuda::shape::{ConvShape, LinearShape, PoolShape, ReduceConvShape};
 use inception_cuda::{Backend, Device};
+
+#[cfg(feature = "baselines")]
+#[path = "support/libs.rs"]
+mod libs;
 
 fn modules() -> [(&'static str, InceptionModule, usize); 3] {
     let (m1, m2, _) = MnistConfig::default().param_table();
@@ -76,6 +80,16 @@ fn flop_table() -> String {
     md
 }
 
+/// Measurement time per benchmark: 3 s, or `INCEPTION_BENCH_SECS` seconds (the GPU round uses 1: device
+/// timings are steady and device minutes are scarce).
+fn measurement() -> Duration {
+    std::env::var("INCEPTION_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map_or(Duration::from_secs(3), Duration::from_secs_f64)
+}
+
 fn device_header(dev: &Device) -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -123,7 +137,7 @@ fn bench_module<B: Backend>(
     group
         .sample_size(10)
         .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(3));
+        .measurement_time(measurement());
     group.throughput(Throughput::Elements(flops));
     let (yl, xl) = (b.len(&y), b.len(&x));
     group.bench_function(BenchmarkId::new(format!("{label} forward"), n), |bch| {
@@ -181,6 +195,158 @@ fn bench_module<B: Backend>(
     group.finish();
 }
 
+/// The naive module (DESIGN.md: 1×1, 3×3 and 5×5 convs on the input, the pooled input passed through, ReLU
+/// over the concat), forward and forward + backward, from the crate's kernels. The convs write their channel
+/// slices with the ReLU in their epilogue; the pooled input reaches its slice through one ReLU launch per image
+/// (no pool kernel writes channel slices), and its gradient leaves it through one copy per image: 2·n small
+/// launches that the reduced module does not pay.
+fn bench_naive<B: Backend>(
+    c: &mut Criterion,
+    b: &B,
+    dev: &Device,
+    label: &str,
+    m: &InceptionModule,
+    n: usize,
+) {
+    let (h, w, c_in, wd) = (28, 28, m.c_in, m.widths);
+    let (hw, c_total) = (h * w, wd.c1x1 + wd.c3x3 + wd.c5x5 + m.c_in);
+    let convs: Vec<ConvShape> = [
+        (wd.c1x1, 1, 0),
+        (wd.c3x3, 3, wd.c1x1),
+        (wd.c5x5, 5, wd.c1x1 + wd.c3x3),
+    ]
+    .into_iter()
+    .map(|(co, k, off)| ConvShape::new(n, c_in, co, h, w, k).into_slice(c_total, off))
+    .collect();
+    let pool_off = wd.c1x1 + wd.c3x3 + wd.c5x5;
+    let ps = PoolShape { n, c: c_in, h, w };
+    let x = b.upload(&rand(11, n * c_in * hw)).expect("x");
+    let dy = b.upload(&rand(12, n * c_total * hw)).expect("dy");
+    let ws: Vec<_> = convs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let len = s.c_out * s.c_in * s.k * s.k;
+            (
+                b.upload(&rand(13 + i as u32, len)).expect("w"),
+                b.upload(&rand(23 + i as u32, s.c_out)).expect("b"),
+                b.alloc_zeros(len).expect("dw"),
+                b.alloc_zeros(s.c_out).expect("db"),
+            )
+        })
+        .collect();
+    let mut ws = ws;
+    let mut y = b.alloc_zeros(n * c_total * hw).expect("y");
+    let mut g = b.alloc_zeros(n * c_total * hw).expect("g");
+    let mut pooled = b.alloc_zeros(n * c_in * hw).expect("pooled");
+    let mut dpooled = b.alloc_zeros(n * c_in * hw).expect("dpooled");
+    let mut dx = b.alloc_zeros(n * c_in * hw).expect("dx");
+    let (yl, xl, img) = (n * c_total * hw, n * c_in * hw, c_in * hw);
+    type ConvBufs<B> = (
+        <B as Backend>::Buf,
+        <B as Backend>::Buf,
+        <B as Backend>::Buf,
+        <B as Backend>::Buf,
+    ); // w, b, dw, db
+    let forward = |y: &mut B::Buf, pooled: &mut B::Buf, ws: &[ConvBufs<B>]| {
+        let xv = b.view(&x, 0..xl).expect("view");
+        for (s, (wt, bias, _, _)) in convs.iter().zip(ws) {
+            let (wv, bv) = (
+                b.view(wt, 0..b.len(wt)).expect("view"),
+                b.view(bias, 0..b.len(bias)).expect("view"),
+            );
+            b.conv_fwd(
+                &mut b.view_mut(y, 0..yl).expect("view"),
+                &xv,
+                &wv,
+                &bv,
+                s,
+                true,
+            )
+            .expect("conv_fwd");
+        }
+        b.maxpool3x3s1_fwd(&mut b.view_mut(pooled, 0..xl).expect("view"), &xv, &ps)
+            .expect("pool");
+        for i in 0..n {
+            let dst = (i * c_total + pool_off) * hw;
+            b.relu_fwd(
+                &mut b.view_mut(y, dst..dst + img).expect("view"),
+                &b.view(pooled, i * img..(i + 1) * img).expect("view"),
+            )
+            .expect("relu");
+        }
+    };
+    let macs = m.macs_naive(h, w).total();
+    let flops = 2 * macs * n as u64;
+    let mut group = c.benchmark_group(format!("inception module, naive [{}]", device_header(dev)));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(measurement());
+    group.throughput(Throughput::Elements(flops));
+    group.bench_function(BenchmarkId::new(format!("{label} forward"), n), |bch| {
+        bch.iter(|| {
+            forward(&mut y, &mut pooled, &ws);
+            dev.synchronize().expect("sync");
+        })
+    });
+    group.throughput(Throughput::Elements(3 * flops));
+    group.bench_function(
+        BenchmarkId::new(format!("{label} forward+backward"), n),
+        |bch| {
+            bch.iter(|| {
+                forward(&mut y, &mut pooled, &ws);
+                b.relu_bwd(
+                    &mut b.view_mut(&mut g, 0..yl).expect("view"),
+                    &b.view(&dy, 0..yl).expect("view"),
+                    &b.view(&y, 0..yl).expect("view"),
+                )
+                .expect("relu_bwd");
+                let (gv, xv) = (
+                    b.view(&g, 0..yl).expect("view"),
+                    b.view(&x, 0..xl).expect("view"),
+                );
+                for (i, (s, (wt, _, dw, db))) in convs.iter().zip(ws.iter_mut()).enumerate() {
+                    let (dwl, dbl) = (b.len(dw), b.len(db));
+                    b.conv_wgrad(&mut b.view_mut(dw, 0..dwl).expect("view"), &gv, &xv, s)
+                        .expect("wgrad");
+                    b.conv_bgrad(&mut b.view_mut(db, 0..dbl).expect("view"), &gv, s)
+                        .expect("bgrad");
+                    let wv = b.view(wt, 0..b.len(wt)).expect("view");
+                    b.conv_dgrad(
+                        &mut b.view_mut(&mut dx, 0..xl).expect("view"),
+                        &gv,
+                        &wv,
+                        s,
+                        i > 0,
+                    )
+                    .expect("dgrad");
+                }
+                for i in 0..n {
+                    let src = (i * c_total + pool_off) * hw;
+                    b.copy(
+                        &mut b
+                            .view_mut(&mut dpooled, i * img..(i + 1) * img)
+                            .expect("view"),
+                        &b.view(&g, src..src + img).expect("view"),
+                    )
+                    .expect("copy");
+                }
+                b.maxpool3x3s1_bwd(
+                    &mut b.view_mut(&mut dx, 0..xl).expect("view"),
+                    &b.view(&dpooled, 0..xl).expect("view"),
+                    &xv,
+                    &ps,
+                    true,
+                )
+                .expect("pool bwd");
+                dev.synchronize().expect("sync");
+            })
+        },
+    );
+    group.finish();
+}
+
 /// The fused reduce conv against the chain 1×1 conv + ReLU → k×k conv + ReLU, at module 2's 5×5 branch.
 fn bench_fused<B: Backend>(c: &mut Criterion, b: &B, dev: &Device) {
     let s = ReduceConvShape {
@@ -209,7 +375,7 @@ fn bench_fused<B: Backend>(c: &mut Criterion, b: &B, dev: &Device) {
     group
         .sample_size(10)
         .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(3));
+        .measurement_time(measurement());
     group.throughput(Throughput::Elements(flops));
     let (xl, yl, ml) = (b.len(&x), b.len(&y), b.len(&mid));
     group.bench_function("fused reduce_conv_fwd, batch 50", |bch| {
@@ -278,7 +444,7 @@ fn bench_fc1<B: Backend>(c: &mut Criterion, b: &B, dev: &Device) {
     group
         .sample_size(10)
         .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(3));
+        .measurement_time(measurement());
     group.throughput(Throughput::Elements(2 * 50 * 200_704 * 700));
     let (xv, wv, bv) = (
         b.view(&x, 0..50 * 200_704).expect("v"),
@@ -329,12 +495,106 @@ fn bench_fc1<B: Backend>(c: &mut Criterion, b: &B, dev: &Device) {
 fn run_all<B: Backend>(c: &mut Criterion, b: &B, dev: &Device, gpu: bool) {
     let [_, (_, m2, _), (_, g3a, _)] = modules();
     bench_module(c, b, dev, "MNIST module 2", &m2, 50);
+    bench_naive(c, b, dev, "MNIST module 2", &m2, 50);
     bench_module(c, b, dev, "GoogLeNet (3a)", &g3a, 32);
+    bench_naive(c, b, dev, "GoogLeNet (3a)", &g3a, 32);
     if gpu {
         bench_module(c, b, dev, "GoogLeNet (3a)", &g3a, 128);
+        bench_naive(c, b, dev, "GoogLeNet (3a)", &g3a, 128);
     }
     bench_fused(c, b, dev);
     bench_fc1(c, b, dev);
+}
+
+/// cuDNN modules (reduced and naive forward) and cuBLAS fc1 GEMMs at the shapes timed above, same stream, same
+/// run; skipped, with the reason, where a library is missing.
+#[cfg(feature = "baselines")]
+fn bench_libraries(c: &mut Criterion, dev: &Device) {
+    let Device::Cuda(cuda) = dev else { return };
+    let stream = cuda.backend().stream().clone();
+    let header = device_header(dev);
+    if libs::cudnn_present() {
+        let [_, (_, m2, _), (_, g3a, _)] = modules();
+        for (label, m, n) in [
+            ("MNIST module 2", m2, 50),
+            ("GoogLeNet (3a)", g3a, 32),
+            ("GoogLeNet (3a)", g3a, 128),
+        ] {
+            for naive in [false, true] {
+                let form = if naive { "naive" } else { "reduced" };
+                let mut module = match libs::DnnModule::new(&stream, &m, (n, 28, 28), naive, rand) {
+                    Ok(module) => module,
+                    Err(e) => {
+                        println!("cuDNN {form} {label} batch {n}: not timed: {e}");
+                        continue;
+                    }
+                };
+                let macs = if naive {
+                    m.macs_naive(28, 28)
+                } else {
+                    m.macs_reduced(28, 28)
+                };
+                let mut group = c.benchmark_group(format!("cuDNN module, {form} [{header}]"));
+                group
+                    .sample_size(10)
+                    .warm_up_time(Duration::from_millis(300))
+                    .measurement_time(measurement())
+                    .throughput(Throughput::Elements(2 * macs.total() * n as u64));
+                group.bench_function(BenchmarkId::new(format!("{label} forward"), n), |bch| {
+                    bch.iter(|| {
+                        module.forward().expect("cuDNN forward");
+                        dev.synchronize().expect("sync");
+                    })
+                });
+                group.finish();
+            }
+        }
+    } else {
+        println!(
+            "cuDNN not found (libcudnn.so.9 on LD_LIBRARY_PATH?): the cuDNN modules are not timed"
+        );
+    }
+    if libs::cublas_present() {
+        let (m, k, n) = (50, 200_704, 700); // fc1 at batch 50, as bench_fc1
+        let mut fc1 = match libs::Fc1Blas::new(&stream, (m, k, n), rand) {
+            Ok(fc1) => fc1,
+            Err(e) => return println!("cuBLAS fc1: not timed: {e}"),
+        };
+        let mut group = c.benchmark_group(format!("cuBLAS fc1 GEMMs [{header}]"));
+        group
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(measurement())
+            .throughput(Throughput::Elements(2 * (m * k * n) as u64));
+        group.bench_function("sgemm fwd", |bch| {
+            bch.iter(|| {
+                fc1.fwd().expect("sgemm");
+                dev.synchronize().expect("sync");
+            })
+        });
+        group.bench_function("sgemm dgrad", |bch| {
+            bch.iter(|| {
+                fc1.dgrad().expect("sgemm");
+                dev.synchronize().expect("sync");
+            })
+        });
+        group.bench_function("sgemm wgrad", |bch| {
+            bch.iter(|| {
+                fc1.wgrad().expect("sgemm");
+                dev.synchronize().expect("sync");
+            })
+        });
+        group.finish();
+    } else {
+        println!("cuBLAS not found (libcublas.so.13 on LD_LIBRARY_PATH?): the cuBLAS GEMMs are not timed");
+    }
+}
+
+#[cfg(not(feature = "baselines"))]
+fn bench_libraries(_: &mut Criterion, dev: &Device) {
+    if matches!(dev, Device::Cuda(_)) {
+        println!("cuDNN/cuBLAS side by side: build with `--features baselines` to time them");
+    }
 }
 
 fn inception(c: &mut Criterion) {
@@ -349,9 +609,8 @@ fn inception(c: &mut Criterion) {
         println!("(written to {})\n", dir.join("flops.md").display());
     }
     println!(
-        "Not measured yet: the naive module's timings (its pool pass-through into a channel slice has no kernel yet) \
-         and cuDNN/cuBLAS side by side (the optional cudarc cudnn/cublas baseline is not written yet).\n\
-         CPU: batch 128 of (3a) is left to the GPU group to keep the default run short.\n"
+        "CPU: batch 128 of (3a) is left to the GPU group to keep the default run short. On a GPU, with \
+         `--features baselines`, cuDNN (reduced and naive forward) and cuBLAS (fc1) run beside the crate's kernels.\n"
     );
     run_all(c, &CpuBackend, &Device::Cpu, false);
     #[cfg(feature = "cuda")]
@@ -360,6 +619,7 @@ fn inception(c: &mut Criterion) {
             if let Device::Cuda(cuda) = &dev {
                 run_all(c, cuda.backend(), &dev, true);
             }
+            bench_libraries(c, &dev);
         }
         Err(reason) => println!("GPU benchmarks skipped: {reason}"),
     }

@@ -2,18 +2,18 @@
 # The whole GPU round, in one call on a machine with the NVIDIA driver, compute-sanitizer, ncu and PyTorch
 # (no cargo: the binaries come from scripts/stage-gpu.sh, carried in stage/). Run from the repo root:
 #
-#   scripts/device-suite.sh [suite] [train]
-#     suite (default when no argument is given):
-#       1. every GPU test + compute-sanitizer memcheck/racecheck on the small ones
-#       2. the GPU examples (primitives; profile_step: step time at batch 50, 256)
-#       3. the GPU benches (criterion groups whose name holds "cuda:")
-#       4. scripts/baseline/pytorch_baseline.py (same GPU, same run: the ratios; SKIP_BASELINE=1 skips it)
-#       5. one training step under ncu → per-kernel table (scripts/ncu-summary.py)
-#     train: train_mnist's default GPU schedule (20,000 steps; TRAIN_ARGS adds options, TRAIN_TIMEOUT caps
-#       it), then the PyTorch schedule (pytorch_baseline.py --schedule) when SCHEDULE=1
-#
-# Every phase has its own timeout, so one hang costs its phase only. Output: $OUT (else stage/out):
-# suite.log (everything printed), logs.tar.gz (every log), baseline.json, ncu.csv, profile.md.
+#   scripts/device-suite.sh [PHASE...]     the phases in the order given; default: all but train, in order
+#     tests       every GPU test (scripts/gpu-run.sh --no-sanitizers)
+#     train       train_mnist's default GPU schedule (20,000 steps; TRAIN_ARGS adds options, TRAIN_TIMEOUT caps
+#                 it; SCHEDULE=1 then runs PyTorch's schedule, pytorch_baseline.py --schedule)
+#     examples    primitives (a module from the public launchers vs the twin); profile_step at batch 50, 256
+#     benches     the GPU criterion groups ("cuda:" in the name, 1 s each) with cuDNN/cuBLAS side by side
+#     baseline    scripts/baseline/pytorch_baseline.py (same GPU, same run: the ratios)
+#     profile     one training step under ncu → per-kernel table (scripts/ncu-summary.py)
+#     sanitizers  compute-sanitizer memcheck and racecheck over the small GPU tests
+# DEADLINE (seconds from the start, default 560) boxes the sanitizers, which go last: what does not fit is
+# reported as not run. Every phase has its own timeout. Output: $OUT (else stage/out): suite.log (all that
+# was printed), logs.tar.gz (every log), baseline.json, ncu.csv, profile.md, train-log.jsonl, curves.svg.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-stage/out}
@@ -22,72 +22,96 @@ mkdir -p "$out"
 export INCEPTION_CUDA_ROOT=$PWD INCEPTION_CUDA_LOGS=$logs
 trap 'tar -czf "$out/logs.tar.gz" -C "$logs" . 2>/dev/null' EXIT
 exec > >(tee "$out/suite.log") 2>&1
-t0=$SECONDS
-phase() { printf '\n== [%d s] %s\n' $((SECONDS - t0)) "$*"; }
+start=$(date +%s)
+phase() { printf '\n== [%d s] %s\n' $(($(date +%s) - start)) "$*"; }
 [ -d stage/tests ] || { echo "error: no stage/: run scripts/stage-gpu.sh on the build machine and carry stage" >&2; exit 2; }
+status=0
 
 phase "device"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader
 python3 -c 'import torch; print("torch", torch.__version__, "cudnn", torch.backends.cudnn.version())' 2>&1 | tail -1
 
-do_suite=0 do_train=0
-[ $# -eq 0 ] && do_suite=1
-for arg in "$@"; do
-  case $arg in
-    suite) do_suite=1 ;;
-    train) do_train=1 ;;
-    *) echo "unknown argument: $arg (suite, train)" >&2; exit 2 ;;
-  esac
-done
-suite=0
-if [ $do_suite = 1 ]; then
-phase "1. GPU tests and sanitizers"
-timeout 240 scripts/gpu-run.sh
-suite=$?
+tests() {
+  phase "GPU tests"
+  timeout 240 scripts/gpu-run.sh --no-sanitizers || status=1
+}
 
-phase "2. examples"
-timeout 60 stage/examples/primitives 2>&1 | tail -n 5
-for b in 50 256; do timeout 60 stage/examples/profile_step $b 5 30; done
-
-phase "3. GPU benches (criterion, groups on cuda:)"
-for b in train_step inception relu; do
-  timeout 100 stage/benches/$b --bench 'cuda:' --warm-up-time 1 --noplot >"$logs/bench-$b.log" 2>&1
-  grep -E '^[A-Za-z].*(cuda:|/)|time:|thrpt:|skipped' "$logs/bench-$b.log" | grep -v 'Benchmarking' 
-done
-
-phase "4. PyTorch baseline (same GPU, same run)"
-if [ "${SKIP_BASELINE:-0}" != 1 ]; then
-  PYTHONUNBUFFERED=1 timeout 120 python3 scripts/baseline/pytorch_baseline.py data "$out/baseline.json" >"$logs/baseline.log" 2>&1
-  tail -n 40 "$logs/baseline.log"
-else
-  echo "skipped (SKIP_BASELINE=1)"
-fi
-
-phase "5. one training step (batch 50) under ncu"
-metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum
-metrics=$metrics,smsp__sass_thread_inst_executed_op_ffma_pred_on.sum,smsp__sass_thread_inst_executed_op_fadd_pred_on.sum
-metrics=$metrics,smsp__sass_thread_inst_executed_op_fmul_pred_on.sum
-timeout 120 ncu --clock-control none --print-units base --csv --metrics "$metrics" \
-  stage/examples/profile_step 50 0 1 >"$out/ncu.csv" 2>"$logs/ncu.err"
-copy=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["copy_read_write_TBps"])' "$out/baseline.json" 2>/dev/null)
-python3 scripts/ncu-summary.py "$out/ncu.csv" $copy | tee "$out/profile.md"
-tail -n 3 "$logs/ncu.err"
-
-phase "suite done (GPU tests and sanitizers: $([ $suite -eq 0 ] && echo all passed || echo FAILURES, see above))"
-fi
-
-if [ $do_train = 1 ]; then
+train() {
   phase "train_mnist, default GPU schedule ${TRAIN_ARGS:-}"
   # shellcheck disable=SC2086
-  timeout "${TRAIN_TIMEOUT:-540}" stage/examples/train_mnist --data data --out /tmp/run ${TRAIN_ARGS:-} 2>&1 \
-    | tr '\r' '\n' | grep -v '^\s*$' | awk 'NR % 20 == 1 || /accuracy|steps in|error|device/'
+  timeout "${TRAIN_TIMEOUT:-300}" stage/examples/train_mnist --data data --out /tmp/run ${TRAIN_ARGS:-} 2>&1 \
+    | tr '\r' '\n' | grep -v '^\s*$' | awk 'NR % 25 == 1 || /accuracy|steps in|error|device/'
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
   cp /tmp/run/log.jsonl "$out/train-log.jsonl" 2>/dev/null
   cp /tmp/run/curves.svg "$out/" 2>/dev/null
+  tail -n 2 /tmp/run/log.jsonl 2>/dev/null
   if [ "${SCHEDULE:-0}" = 1 ]; then
     phase "PyTorch schedule (pytorch_baseline.py --schedule)"
-    PYTHONUNBUFFERED=1 timeout 300 python3 scripts/baseline/pytorch_baseline.py data "$out/baseline-schedule.json" --schedule \
-      | grep -A8 '"schedule"'
+    PYTHONUNBUFFERED=1 timeout 300 python3 scripts/baseline/pytorch_baseline.py data "$out/baseline-schedule.json" \
+      --schedule | grep -A8 '"schedule"'
   fi
-fi
-phase "done"
-exit $suite
+}
+
+examples() {
+  phase "examples"
+  timeout 60 stage/examples/primitives 2>&1 | tail -n 3 || status=1
+  for b in 50 256; do timeout 60 stage/examples/profile_step $b 5 30; done
+}
+
+benches() {
+  phase "GPU benches (criterion groups on cuda:, 1 s each; cuDNN/cuBLAS from PyTorch's wheels)"
+  local libdirs
+  libdirs=$(python3 - <<'PY' 2>/dev/null
+import glob, os, site
+dirs = set()
+for sp in site.getsitepackages():
+    for pat in ("nvidia/**/libcudnn.so.9", "nvidia/**/libcublas.so.1[0-9]"):
+        dirs.update(os.path.dirname(p) for p in glob.glob(os.path.join(sp, pat), recursive=True))
+print(":".join(sorted(dirs)))
+PY
+  )
+  echo "cuDNN/cuBLAS folders: ${libdirs:-none found}"
+  for b in train_step inception; do
+    LD_LIBRARY_PATH=${libdirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} INCEPTION_BENCH_SECS=1 \
+      timeout 150 stage/benches/$b --bench 'cuda:' --warm-up-time 0.5 --noplot >"$logs/bench-$b.log" 2>&1
+    grep -E '^[A-Za-z].*(cuda:|/)|time:|thrpt:|skipped|not found|not timed' "$logs/bench-$b.log" \
+      | grep -v 'Benchmarking'
+  done
+}
+
+baseline() {
+  phase "PyTorch baseline (same GPU, same run)"
+  PYTHONUNBUFFERED=1 timeout 120 python3 scripts/baseline/pytorch_baseline.py data "$out/baseline.json" \
+    >"$logs/baseline.log" 2>&1
+  tail -n 42 "$logs/baseline.log"
+}
+
+profile() {
+  phase "one training step (batch 50) under ncu"
+  local metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum
+  metrics=$metrics,smsp__sass_thread_inst_executed_op_ffma_pred_on.sum
+  metrics=$metrics,smsp__sass_thread_inst_executed_op_fadd_pred_on.sum,smsp__sass_thread_inst_executed_op_fmul_pred_on.sum
+  timeout 120 ncu --clock-control none --print-units base --csv --metrics "$metrics" \
+    stage/examples/profile_step 50 0 1 >"$out/ncu.csv" 2>"$logs/ncu.err"
+  local copy
+  copy=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["copy_read_write_TBps"])' \
+    "$out/baseline.json" 2>/dev/null)
+  python3 scripts/ncu-summary.py "$out/ncu.csv" $copy | tee "$out/profile.md"
+  tail -n 3 "$logs/ncu.err"
+}
+
+sanitizers() {
+  phase "compute-sanitizer memcheck, racecheck (small GPU tests; until $((${DEADLINE:-560})) s)"
+  SANITIZER_DEADLINE=$((start + ${DEADLINE:-560})) SANITIZER_SECS=120 scripts/gpu-run.sh --sanitizers-only || status=1
+}
+
+phases=("$@")
+[ ${#phases[@]} -eq 0 ] && phases=(tests examples benches baseline profile sanitizers)
+for p in "${phases[@]}"; do
+  case $p in
+    tests | train | examples | benches | baseline | profile | sanitizers) "$p" ;;
+    *) echo "unknown phase: $p" >&2; status=2 ;;
+  esac
+done
+phase "done: $([ $status -eq 0 ] && echo 'every test and sanitizer run passed' || echo 'FAILURES or runs not done: see above')"
+exit $status

@@ -7,6 +7,7 @@
 #   scripts/stage-gpu.sh            stage/{tests,examples,benches}/<name>, stage/MANIFEST
 #
 # Kernels: with nvcc (NVCC, CUDA_HOME, PATH) they are compiled fresh, else the committed PTX is embedded.
+# The benches are built with `--features baselines` (cuDNN/cuBLAS side by side, loaded at run time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rm -rf stage
@@ -32,6 +33,6 @@ for line in sys.stdin:
 }
 cargo test --release --no-run --message-format=json 2>/dev/null | collect tests >>stage/MANIFEST
 cargo build --release --examples --message-format=json 2>/dev/null | collect examples >>stage/MANIFEST
-cargo bench --no-run --message-format=json 2>/dev/null | collect benches >>stage/MANIFEST
+cargo bench --features baselines --no-run --message-format=json 2>/dev/null | collect benches >>stage/MANIFEST
 echo "staged $(wc -l <stage/MANIFEST) binaries in stage/ ($(du -sh stage | cut -f1)):"
 sed 's/^/  /' stage/MANIFEST
