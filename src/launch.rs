@@ -167,12 +167,13 @@ fn u32_of(op: &'static str, v: usize) -> crate::Result<u32> {
     })
 }
 
-#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
 /// Work items of the conv tile kernels (`conv_tile` in kernels/conv.cu): 4 channels × 4 pixels of a row each.
+#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
 fn tile_items(n: u32, channels: u32, h: u32, w: u32) -> usize {
     n as usize * channels.div_ceil(4) as usize * h as usize * w.div_ceil(4) as usize
 }
 
+#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
 impl ConvDims {
     /// The kernel's dims of a validated shape.
     pub fn of(op: &'static str, s: &crate::shape::ConvShape) -> crate::Result<Self> {
