@@ -590,7 +590,7 @@ fn bench_libraries(c: &mut Criterion, dev: &Device) {
     }
 }
 
-#[cfg(not(feature = "baselines"))]
+#[cfg(all(feature = "cuda", not(feature = "baselines")))]
 fn bench_libraries(_: &mut Criterion, dev: &Device) {
     if matches!(dev, Device::Cuda(_)) {
         println!("cuDNN/cuBLAS side by side: build with `--features baselines` to time them");
