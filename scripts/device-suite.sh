@@ -8,11 +8,12 @@
 #                 it; SCHEDULE=1 then runs PyTorch's schedule, pytorch_baseline.py --schedule)
 #     examples    primitives (a module from the public launchers vs the twin); profile_step at batch 50, 256
 #     benches     the GPU criterion groups ("cuda:" in the name, 1 s each) with cuDNN/cuBLAS side by side
-#     baseline    scripts/baseline/pytorch_baseline.py (same GPU, same run: the ratios)
+#     baseline    scripts/baseline/pytorch_baseline.py (same GPU, same run: the ratios; BASELINE_ARGS adds
+#                 options, e.g. --fp32-only)
 #     profile     one training step under ncu → per-kernel table (scripts/ncu-summary.py)
 #     sanitizers  compute-sanitizer memcheck and racecheck over the small GPU tests
-# DEADLINE (seconds from the start, default 560) boxes the sanitizers, which go last: what does not fit is
-# reported as not run. Every phase has its own timeout. Output: $OUT (else stage/out): suite.log (all that
+# DEADLINE (seconds from the start, default 560) boxes the sanitizers (SANITIZER_SECS caps each run): what does
+# not fit is reported as not run. EXAMPLES_QUICK=1 runs only primitives. Every phase has its own timeout. Output: $OUT (else stage/out): suite.log (all that
 # was printed), logs.tar.gz (every log), baseline.json, ncu.csv, profile.md, train-log.jsonl, curves.svg.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -54,8 +55,11 @@ train() {
 
 examples() {
   phase "examples"
-  timeout 60 stage/examples/primitives 2>&1 | tail -n 3 || status=1
-  for b in 50 256; do timeout 60 stage/examples/profile_step $b 5 30; done
+  timeout 60 stage/examples/primitives 2>&1 | tail -n 3
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  if [ "${EXAMPLES_QUICK:-0}" != 1 ]; then
+    for b in 50 256; do timeout 60 stage/examples/profile_step $b 5 30; done
+  fi
 }
 
 benches() {
@@ -72,17 +76,19 @@ PY
   )
   echo "cuDNN/cuBLAS folders: ${libdirs:-none found}"
   for b in train_step inception; do
+    # printed as it comes (a call cut short still returns what ran)
     LD_LIBRARY_PATH=${libdirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} INCEPTION_BENCH_SECS=1 \
-      timeout 150 stage/benches/$b --bench 'cuda:' --warm-up-time 0.5 --noplot >"$logs/bench-$b.log" 2>&1
-    grep -E '^[A-Za-z].*(cuda:|/)|time:|thrpt:|skipped|not found|not timed' "$logs/bench-$b.log" \
-      | grep -v 'Benchmarking'
+      timeout 150 stage/benches/$b --bench 'cuda:' --warm-up-time 0.5 --noplot 2>&1 | tee "$logs/bench-$b.log" \
+      | grep --line-buffered -E '^[A-Za-z].*(cuda:|/)|time:|thrpt:|skipped|not found|not timed' \
+      | grep --line-buffered -v 'Benchmarking'
   done
 }
 
 baseline() {
   phase "PyTorch baseline (same GPU, same run)"
+  # shellcheck disable=SC2086
   PYTHONUNBUFFERED=1 timeout 120 python3 scripts/baseline/pytorch_baseline.py data "$out/baseline.json" \
-    >"$logs/baseline.log" 2>&1
+    ${BASELINE_ARGS:-} >"$logs/baseline.log" 2>&1
   tail -n 42 "$logs/baseline.log"
 }
 
@@ -102,7 +108,8 @@ profile() {
 
 sanitizers() {
   phase "compute-sanitizer memcheck, racecheck (small GPU tests; until $((${DEADLINE:-560})) s)"
-  SANITIZER_DEADLINE=$((start + ${DEADLINE:-560})) SANITIZER_SECS=120 scripts/gpu-run.sh --sanitizers-only || status=1
+  SANITIZER_DEADLINE=$((start + ${DEADLINE:-560})) SANITIZER_SECS=${SANITIZER_SECS:-120} \
+    scripts/gpu-run.sh --sanitizers-only || status=1
 }
 
 phases=("$@")

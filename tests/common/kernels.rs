@@ -290,8 +290,11 @@ pub fn fused_shapes() -> Vec<ReduceConvShape> {
     v
 }
 
-/// One Inception module's forward (y) and backward (dx, dparams) on backend `b`, from the output gradient
-/// `dy`, outputs on the host.
+/// One Inception module forward and backward on backend `b`: `[y, dx, dparams]` on the host. The backward
+/// runs on the CPU twin's forward results (y and the saved maps, uploaded), not on `b`'s own: where a
+/// pre-activation lies within rounding of 0, the two forwards can put it on opposite sides of a ReLU, and
+/// the gradient through that one kink differs by its full size, then spreads through the convs (seen on an
+/// H100 at module 2's size: one flipped output of 10 M moved 3,085 values of dx). `y` is still `b`'s own.
 pub fn module_on<B: Backend>(
     b: &B,
     m: &inception_cuda::nn::InceptionModule,
@@ -314,6 +317,26 @@ pub fn module_on<B: Backend>(
         (n, h, w),
     )
     .unwrap();
+    let y_own = b.to_host(&y).unwrap();
+    // The twin's forward, for the backward's inputs.
+    let cpu = inception_cuda::cpu::CpuBackend;
+    let mut y_cpu = vec![0.0; dy.len()];
+    let mut saved_cpu = m.alloc_saved(&cpu, n, h, w).unwrap();
+    m.forward(
+        &cpu,
+        &mut y_cpu.as_mut_slice(),
+        &mut saved_cpu,
+        &x,
+        (&params.to_vec(), 0),
+        (n, h, w),
+    )
+    .unwrap();
+    let y = up(&y_cpu);
+    let saved = inception_cuda::nn::ModuleSaved {
+        mid3: up(&saved_cpu.mid3),
+        mid5: up(&saved_cpu.mid5),
+        pooled: up(&saved_cpu.pooled),
+    };
     let (mut dx, mut dp) = (
         up(&vec![SENTINEL; x.len()]),
         up(&vec![SENTINEL; params.len()]),
@@ -338,11 +361,7 @@ pub fn module_on<B: Backend>(
     )
     .unwrap();
     drop(dxv);
-    vec![
-        b.to_host(&y).unwrap(),
-        b.to_host(&dx).unwrap(),
-        b.to_host(&dp).unwrap(),
-    ]
+    vec![y_own, b.to_host(&dx).unwrap(), b.to_host(&dp).unwrap()]
 }
 
 /// Tolerances of [`module_on`]'s outputs: y, dx, dparams.
