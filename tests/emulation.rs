@@ -314,6 +314,39 @@ fn emulated_convs_match_their_twins() {
     }
 }
 
+/// A batch of no images: the weight and bias gradients are zeros (no split to sum), written over whatever
+/// the buffers held, on the twins and the emulated kernels alike.
+#[test]
+fn conv_gradients_of_an_empty_batch_are_zero() {
+    use inception_cuda::shape::ConvShape;
+    let s = ConvShape::new(0, 3, 4, 5, 5, 3);
+    let wl = 4 * 3 * 9;
+    for order in ORDERS {
+        let b = EmuBackend { order };
+        for backend_name in ["cpu", "emulated"] {
+            let (mut dw, mut db) = (vec![f32::NAN; wl], vec![f32::NAN; 4]);
+            let (dy, x): (Vec<f32>, Vec<f32>) = (Vec::new(), Vec::new());
+            if backend_name == "cpu" {
+                CpuBackend
+                    .conv_wgrad(&mut dw.as_mut_slice(), &dy.as_slice(), &x.as_slice(), &s)
+                    .unwrap();
+                CpuBackend
+                    .conv_bgrad(&mut db.as_mut_slice(), &dy.as_slice(), &s)
+                    .unwrap();
+            } else {
+                b.conv_wgrad(&mut dw.as_mut_slice(), &dy.as_slice(), &x.as_slice(), &s)
+                    .unwrap();
+                b.conv_bgrad(&mut db.as_mut_slice(), &dy.as_slice(), &s)
+                    .unwrap();
+            }
+            assert!(
+                dw.iter().chain(&db).all(|&v| v == 0.0),
+                "{backend_name} {order:?}: {dw:?} {db:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn emulated_fused_reduce_conv_matches_its_twin() {
     use common::kernels::{assert_outputs, fused_on, fused_shapes, fused_tiled_shapes, FUSED_TOL};
