@@ -117,7 +117,7 @@ pub(crate) fn softmax_plan(
     }))
 }
 
-/// Threads per block of the conv kernels' reductions (`conv_wgrad`, `conv_bgrad`: one block per value).
+/// Threads per block of `conv_bgrad` (one block per output channel and image split, a fixed-order tree sum).
 pub const REDUCE_BLOCK: u32 = 256;
 /// At most this many image splits in the conv weight and bias gradients (their partials are summed in order).
 pub const WGRAD_MAX_SPLITS: u32 = 64;
