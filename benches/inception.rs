@@ -9,7 +9,10 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
 use inception_cuda::cpu::CpuBackend;
 use inception_cuda::nn::{BranchMacs, InceptionModule, InceptionWidths, MnistConfig};
 use inception_cuda::shape::{ConvShape, LinearShape, PoolShape, ReduceConvShape};
@@ -18,6 +21,8 @@ use inception_cuda::{Backend, Device};
 #[cfg(feature = "baselines")]
 #[path = "support/libs.rs"]
 mod libs;
+#[path = "support/secs.rs"]
+mod secs;
 
 fn modules() -> [(&'static str, InceptionModule, usize); 3] {
     let (m1, m2, _) = MnistConfig::default().param_table();
@@ -80,14 +85,15 @@ fn flop_table() -> String {
     md
 }
 
-/// Measurement time per benchmark: 3 s, or `INCEPTION_BENCH_SECS` seconds (the GPU round uses 1: device
-/// timings are steady and device minutes are scarce).
-fn measurement() -> Duration {
-    std::env::var("INCEPTION_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s > 0.0)
-        .map_or(Duration::from_secs(3), Duration::from_secs_f64)
+/// A benchmark group with this bench's settings: 10 samples, 0.3 s warm-up, 3 s of measurement (or
+/// `INCEPTION_BENCH_SECS`).
+fn configured_group<'a>(c: &'a mut Criterion, name: String) -> BenchmarkGroup<'a, WallTime> {
+    let mut group = c.benchmark_group(name);
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(secs::measurement_or(Duration::from_secs(3)));
+    group
 }
 
 fn device_header(dev: &Device) -> String {
@@ -130,14 +136,10 @@ fn bench_module<B: Backend>(
     let mut saved = m.alloc_saved(b, n, h, w).expect("saved");
     let mut scratch = m.alloc_scratch(b, n, h, w).expect("scratch");
     let flops = 2 * m.macs_reduced(h, w).total() * n as u64;
-    let mut group = c.benchmark_group(format!(
-        "inception module, reduced [{}]",
-        device_header(dev)
-    ));
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(measurement());
+    let mut group = configured_group(
+        c,
+        format!("inception module, reduced [{}]", device_header(dev)),
+    );
     group.throughput(Throughput::Elements(flops));
     let (yl, xl) = (b.len(&y), b.len(&x));
     group.bench_function(BenchmarkId::new(format!("{label} forward"), n), |bch| {
@@ -278,11 +280,10 @@ fn bench_naive<B: Backend>(
     };
     let macs = m.macs_naive(h, w).total();
     let flops = 2 * macs * n as u64;
-    let mut group = c.benchmark_group(format!("inception module, naive [{}]", device_header(dev)));
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(measurement());
+    let mut group = configured_group(
+        c,
+        format!("inception module, naive [{}]", device_header(dev)),
+    );
     group.throughput(Throughput::Elements(flops));
     group.bench_function(BenchmarkId::new(format!("{label} forward"), n), |bch| {
         bch.iter(|| {
@@ -368,14 +369,10 @@ fn bench_fused<B: Backend>(c: &mut Criterion, b: &B, dev: &Device) {
         b.alloc_zeros(50 * 16 * 784).expect("mid"),
     );
     let flops = 2 * 50 * (s.reduce().macs_per_image() + s.conv().macs_per_image());
-    let mut group = c.benchmark_group(format!(
-        "fused vs unfused reduce conv 5×5 [{}]",
-        device_header(dev)
-    ));
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(measurement());
+    let mut group = configured_group(
+        c,
+        format!("fused vs unfused reduce conv 5×5 [{}]", device_header(dev)),
+    );
     group.throughput(Throughput::Elements(flops));
     let (xl, yl, ml) = (b.len(&x), b.len(&y), b.len(&mid));
     group.bench_function("fused reduce_conv_fwd, batch 50", |bch| {
@@ -440,11 +437,7 @@ fn bench_fc1<B: Backend>(c: &mut Criterion, b: &B, dev: &Device) {
         b.alloc_zeros(50 * 200_704).expect("dx"),
         b.alloc_zeros(700 * 200_704).expect("dw"),
     );
-    let mut group = c.benchmark_group(format!("fc1 GEMMs [{}]", device_header(dev)));
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(measurement());
+    let mut group = configured_group(c, format!("fc1 GEMMs [{}]", device_header(dev)));
     group.throughput(Throughput::Elements(2 * 50 * 200_704 * 700));
     let (xv, wv, bv) = (
         b.view(&x, 0..50 * 200_704).expect("v"),
@@ -534,12 +527,8 @@ fn bench_libraries(c: &mut Criterion, dev: &Device) {
                 } else {
                     m.macs_reduced(28, 28)
                 };
-                let mut group = c.benchmark_group(format!("cuDNN module, {form} [{header}]"));
-                group
-                    .sample_size(10)
-                    .warm_up_time(Duration::from_millis(300))
-                    .measurement_time(measurement())
-                    .throughput(Throughput::Elements(2 * macs.total() * n as u64));
+                let mut group = configured_group(c, format!("cuDNN module, {form} [{header}]"));
+                group.throughput(Throughput::Elements(2 * macs.total() * n as u64));
                 group.bench_function(BenchmarkId::new(format!("{label} forward"), n), |bch| {
                     bch.iter(|| {
                         module.forward().expect("cuDNN forward");
@@ -560,12 +549,8 @@ fn bench_libraries(c: &mut Criterion, dev: &Device) {
             Ok(fc1) => fc1,
             Err(e) => return println!("cuBLAS fc1: not timed: {e}"),
         };
-        let mut group = c.benchmark_group(format!("cuBLAS fc1 GEMMs [{header}]"));
-        group
-            .sample_size(10)
-            .warm_up_time(Duration::from_millis(300))
-            .measurement_time(measurement())
-            .throughput(Throughput::Elements(2 * (m * k * n) as u64));
+        let mut group = configured_group(c, format!("cuBLAS fc1 GEMMs [{header}]"));
+        group.throughput(Throughput::Elements(2 * (m * k * n) as u64));
         group.bench_function("sgemm fwd", |bch| {
             bch.iter(|| {
                 fc1.fwd().expect("sgemm");

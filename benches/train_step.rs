@@ -5,6 +5,10 @@
 //!     cargo bench --bench train_step
 
 use criterion::{criterion_group, criterion_main, Criterion};
+
+#[cfg(feature = "cuda")]
+#[path = "support/secs.rs"]
+mod secs;
 use inception_cuda::cpu::CpuBackend;
 use inception_cuda::nn::{InceptionMnist, MnistConfig};
 use inception_cuda::Device;
@@ -47,16 +51,9 @@ fn train_step_gpu(c: &mut Criterion) {
     };
     let Device::Cuda(cuda) = &dev else { return };
     let mut group = c.benchmark_group(format!("train_step [{}]", dev.describe()));
-    group.sample_size(20).measurement_time(
-        std::env::var("INCEPTION_BENCH_SECS") // the GPU round sets 1 (see benches/inception.rs)
-            .ok()
-            .and_then(|s| s.parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s > 0.0)
-            .map_or(
-                std::time::Duration::from_secs(5),
-                std::time::Duration::from_secs_f64,
-            ),
-    );
+    group
+        .sample_size(20)
+        .measurement_time(secs::measurement_or(std::time::Duration::from_secs(5)));
     for batch in [50usize, 256] {
         let mut net =
             InceptionMnist::new(cuda.backend_arc(), MnistConfig::default(), 0).expect("net");
