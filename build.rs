@@ -286,6 +286,7 @@ mod emulation {
             .std("c++20")
             .opt_level(2)
             .include(root.join("kernels/emu"))
+            .include(root.join("kernels")) // adam.cuh
             .flag("-Wno-unknown-pragmas")
             .flag("-Wno-volatile")
             .file(root.join("kernels/emu/emu.cpp"));
@@ -407,9 +408,24 @@ mod emulation {
     }
 
     /// One `extern "C" int emu_launch_<kernel>(const emu::Launch*, <params>)` per `__global__` function.
-    fn launchers(s: &str) -> Result<String, String> {
-        let mut out = String::new();
+    /// `s` without its `__launch_bounds__(...)` qualifiers (empty under emulation; they would hide the kernel's
+    /// name from `launchers`).
+    fn strip_launch_bounds(s: &str) -> Result<String, String> {
+        let mut out = String::with_capacity(s.len());
         let mut rest = s;
+        while let Some(at) = rest.find("__launch_bounds__") {
+            let close = rest[at..].find(')').ok_or("unclosed __launch_bounds__")?;
+            out.push_str(&rest[..at]);
+            rest = &rest[at + close + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    fn launchers(s: &str) -> Result<String, String> {
+        let s = strip_launch_bounds(s)?;
+        let mut out = String::new();
+        let mut rest = s.as_str();
         while let Some(at) = rest.find("__global__") {
             let after = &rest[at + "__global__".len()..];
             let open = after

@@ -15,7 +15,7 @@ use criterion::{
 };
 use inception_cuda::cpu::CpuBackend;
 use inception_cuda::nn::{BranchMacs, InceptionModule, InceptionWidths, MnistConfig};
-use inception_cuda::shape::{ConvShape, LinearShape, PoolShape, ReduceConvShape};
+use inception_cuda::shape::{AdamStep, ConvShape, LinearShape, PoolShape, ReduceConvShape};
 use inception_cuda::{Backend, Device};
 
 #[cfg(feature = "baselines")]
@@ -482,6 +482,30 @@ fn bench_fc1<B: Backend>(c: &mut Criterion, b: &B, dev: &Device) {
             dev.synchronize().expect("sync");
         })
     });
+    // The training step's form of wgrad: the gradient applied by Adam as it is formed, never stored.
+    let (mut am, mut av) = (
+        b.alloc_zeros(700 * 200_704).expect("adam_m"),
+        b.alloc_zeros(700 * 200_704).expect("adam_v"),
+    );
+    let mut t = 0;
+    group.bench_function("linear_wgrad_adam", |bch| {
+        bch.iter(|| {
+            t += 1;
+            b.linear_wgrad_adam(
+                [
+                    &mut b.view_mut(&mut dw, 0..700 * 200_704).expect("v"),
+                    &mut b.view_mut(&mut am, 0..700 * 200_704).expect("v"),
+                    &mut b.view_mut(&mut av, 0..700 * 200_704).expect("v"),
+                ],
+                &yv,
+                &xv,
+                &s,
+                &AdamStep::new(1e-4, t),
+            )
+            .expect("wgrad_adam");
+            dev.synchronize().expect("sync");
+        })
+    });
     group.finish();
 }
 
@@ -597,7 +621,11 @@ fn inception(c: &mut Criterion) {
         "CPU: batch 128 of (3a) is left to the GPU group to keep the default run short. On a GPU, with \
          `--features baselines`, cuDNN (reduced and naive forward) and cuBLAS (fc1) run beside the crate's kernels.\n"
     );
-    run_all(c, &CpuBackend, &Device::Cpu, false);
+    if std::env::var("INCEPTION_BENCH_CPU").is_ok_and(|v| v == "0") {
+        println!("CPU groups skipped (INCEPTION_BENCH_CPU=0)");
+    } else {
+        run_all(c, &CpuBackend, &Device::Cpu, false);
+    }
     #[cfg(feature = "cuda")]
     match Device::cuda(0) {
         Ok(dev) => {

@@ -24,6 +24,9 @@ fn batch(seed: u32) -> (Vec<f32>, Vec<u32>) {
 }
 
 fn train_step(c: &mut Criterion) {
+    if std::env::var("INCEPTION_BENCH_CPU").is_ok_and(|v| v == "0") {
+        return println!("CPU group skipped (INCEPTION_BENCH_CPU=0)");
+    }
     let mut net = InceptionMnist::new(CpuBackend, MnistConfig::default(), 0).expect("net");
     let (images, labels) = batch(1);
     net.train_step(&images, &labels, 1e-4)

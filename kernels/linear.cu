@@ -4,120 +4,215 @@
 //           into partials[z]; linear_fwd_reduce then sums the partials in z order and adds the bias: fc1's
 //           forward has only 35,000 outputs for k_in = 200,704, so k must be split across blocks), linear_dgrad
 //           (dx = dy · w), linear_wgrad (dw = dyᵀ · x; 140 M outputs from k = 50: a write-bandwidth problem),
+//           linear_wgrad_adam (the same product applied by Adam to w and its moments in the epilogue: the
+//           weight gradient is never stored, which saves fc1 a 562 MB write and read per step),
 //           linear_bgrad (one thread per column, rows summed in order). No float atomics: same inputs, same bits.
-// The GEMM: C[i, j] = Σ_k A(i, k) · B(k, j) with strides, 64 × 64 output tiles per 256-thread block (4 × 4 per
-//           thread), k in steps of 16 through shared memory.
-// Backward needs saved: x (for wgrad) and w (for dgrad).
+// The GEMM: C[i, j] = Σ_k A(i, k) · B(k, j) with strides. A block of 128 threads computes a 64 × 128 tile of C,
+//           8 × 8 outputs per thread in registers, k in steps of 16 through shared memory; the next step's
+//           global loads are issued into registers before the current step's FMAs (one shared buffer). Every
+//           thread sums its outputs over k in the same order in all four GEMM kernels, so linear_wgrad_adam
+//           equals linear_wgrad followed by adam_step bit for bit.
+// Backward needs saved: x (for wgrad) and w (for dgrad). linear_wgrad_adam updates w in place: a step runs
+//           dgrad (which reads w) before it.
 // Write rules: every output element is written once. CPU twin: src/cpu/linear.rs (other summation orders:
 //              compared within tolerances).
 
-#define GEMM_TILE 64
-#define GEMM_TK 16
+#include "adam.cuh"
 
-struct GemmDims {                  // no padding: the 64-bit fields first
-  unsigned long long a_rs, a_ks;    // A(i, k) = a[i * a_rs + k * a_ks]
-  unsigned long long b_ks, b_cs;    // B(k, j) = b[k * b_ks + j * b_cs]
-  unsigned long long c_rs;          // C(i, j) = c[i * c_rs + j]
-  unsigned long long c_slice;       // split-K: slice z writes c + z * c_slice
-  unsigned int m, n, k;             // C is m × n; the reduction runs over k
-  unsigned int k_chunk;             // split-K: slice z covers k in [z * k_chunk, (z + 1) * k_chunk)
+#define GEMM_BM 64        // rows of C per block
+#define GEMM_BN 128       // columns of C per block
+#define GEMM_BK 16        // k per shared-memory step
+#define GEMM_THREADS 128  // 16 column groups × 8 row groups, 8 × 8 outputs each
+#define GEMM_PAD 4        // shared row padding: keeps rows 16-byte aligned for float4 reads
+#define GEMM_MIN_BLOCKS 3   // blocks per SM the register budget must allow (≤ 168 registers a thread)
+
+typedef unsigned long long u64;
+
+struct GemmDims {       // no padding: the 64-bit fields first
+  u64 a_rs, a_ks;       // A(i, k) = a[i * a_rs + k * a_ks]
+  u64 b_ks, b_cs;       // B(k, j) = b[k * b_ks + j * b_cs]
+  u64 c_rs;             // C(i, j) = c[i * c_rs + j]
+  u64 c_slice;          // split-K: slice z writes c + z * c_slice
+  unsigned int m, n, k; // C is m × n; the reduction runs over k
+  unsigned int k_chunk; // split-K: slice z covers k in [z * k_chunk, (z + 1) * k_chunk); a multiple of 16
+                        // when there are several slices (the float4 reads along k need k ≡ 0 mod 4)
 };
 
-// Loads the 16 (k) × 64 (r) tile of operand X(r, k) = p[r · rs + k · ks], r in [r0, r0 + 64), k in [k0, k0 + 16),
-// into s[kk][r], zero where r >= r_end or k >= k_end. 256 threads. An operand contiguous in k (ks = 1) is read
-// with k fastest across threads, one contiguous in r with r fastest, so warps read whole segments; with the
-// other stride a multiple of 4 and p 16-byte aligned, as one float4 per thread (uniform branches: strides and
-// pointers are launch constants).
-__device__ __forceinline__ void gemm_load(float (*s)[GEMM_TILE + 1], const float* __restrict__ p,
-                                          unsigned long long rs, unsigned long long ks, unsigned int r0,
-                                          unsigned int r_end, unsigned long long k0, unsigned long long k_end) {
-  const bool kfast = ks == 1, rfast = !kfast && rs == 1;
-  const bool aligned = ((unsigned long long)p & 15) == 0;
-  if (kfast && aligned && rs % 4 == 0) {
-    const unsigned int r = threadIdx.x / 4, kq = (threadIdx.x % 4) * 4;
-    const unsigned long long k = k0 + kq;
-    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (r0 + r < r_end) {
-      const float* q = p + (unsigned long long)(r0 + r) * rs + k;
-      if (k + 3 < k_end) {
-        const float4 f = *reinterpret_cast<const float4*>(q);
-        v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
-      } else {
-        for (int u = 0; u < 4; ++u)
-          if (k + u < k_end) v[u] = q[u];
+// How an operand X(r, k) = p[r · rs + k · ks] is read: decided once per launch from its strides and pointer
+// (uniform branches). Contiguous in k: float4s along k; contiguous in r: float4s along r; else scalars, with
+// the contiguous index fastest across threads so warps read whole segments.
+enum GemmRead { READ_K4 = 0, READ_R4 = 1, READ_SCALAR = 2 };
+
+__device__ __forceinline__ int gemm_read_mode(const float* p, u64 rs, u64 ks) {
+  const bool aligned = ((u64)p & 15) == 0;
+  if (ks == 1 && aligned && rs % 4 == 0) return READ_K4;
+  if (rs == 1 && aligned && ks % 4 == 0) return READ_R4;
+  return READ_SCALAR;
+}
+
+// Reads the 16 (k) × R (r) tile of X, r in [r0, r0 + R), k in [k0, k0 + 16), into this thread's R / 8 registers
+// v; zero where r >= r_end or k >= k_end. gemm_stash writes them to shared memory with the same mapping.
+template <int R>
+__device__ __forceinline__ void gemm_fetch(float (&v)[R / 8], int mode, const float* __restrict__ p, u64 rs,
+                                           u64 ks, unsigned int r0, unsigned int r_end, u64 k0, u64 k_end) {
+  if (mode == READ_K4) {
+#pragma unroll
+    for (int q = 0; q < R / 32; ++q) {
+      const unsigned int f = threadIdx.x + q * GEMM_THREADS;  // float4 index: r = f / 4, k = 4 · (f % 4)
+      const unsigned int r = f / (GEMM_BK / 4), kq = (f % (GEMM_BK / 4)) * 4;
+      const u64 k = k0 + kq;
+      float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (r0 + r < r_end) {
+        const float* s = p + (u64)(r0 + r) * rs + k;
+        if (k + 3 < k_end) {
+          x = *reinterpret_cast<const float4*>(s);
+        } else {
+          x.x = k < k_end ? s[0] : 0.0f;
+          x.y = k + 1 < k_end ? s[1] : 0.0f;
+          x.z = k + 2 < k_end ? s[2] : 0.0f;
+        }
       }
+      v[q * 4 + 0] = x.x, v[q * 4 + 1] = x.y, v[q * 4 + 2] = x.z, v[q * 4 + 3] = x.w;
     }
-    for (int u = 0; u < 4; ++u) s[kq + u][r] = v[u];
-  } else if (rfast && aligned && ks % 4 == 0) {
-    const unsigned int kk = threadIdx.x / 16, rq = (threadIdx.x % 16) * 4;
-    const unsigned long long k = k0 + kk;
-    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (k < k_end) {
-      const float* q = p + k * ks + r0 + rq;
-      if (r0 + rq + 3 < r_end) {
-        const float4 f = *reinterpret_cast<const float4*>(q);
-        v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
-      } else {
-        for (int u = 0; u < 4; ++u)
-          if (r0 + rq + u < r_end) v[u] = q[u];
+  } else if (mode == READ_R4) {
+#pragma unroll
+    for (int q = 0; q < R / 32; ++q) {
+      const unsigned int f = threadIdx.x + q * GEMM_THREADS;  // float4 index: k = f / (R / 4), r = 4 · (f % ...)
+      const unsigned int kk = f / (R / 4), rq = (f % (R / 4)) * 4;
+      const u64 k = k0 + kk;
+      float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (k < k_end) {
+        const unsigned int r = r0 + rq;
+        const float* s = p + k * ks + r;
+        if (r + 3 < r_end) {
+          x = *reinterpret_cast<const float4*>(s);
+        } else {
+          x.x = r < r_end ? s[0] : 0.0f;
+          x.y = r + 1 < r_end ? s[1] : 0.0f;
+          x.z = r + 2 < r_end ? s[2] : 0.0f;
+        }
       }
+      v[q * 4 + 0] = x.x, v[q * 4 + 1] = x.y, v[q * 4 + 2] = x.z, v[q * 4 + 3] = x.w;
     }
-    for (int u = 0; u < 4; ++u) s[kk][rq + u] = v[u];
   } else {
-    for (unsigned int e = threadIdx.x; e < GEMM_TK * GEMM_TILE; e += blockDim.x) {
-      const unsigned int kk = kfast ? e % GEMM_TK : e / GEMM_TILE, r = kfast ? e / GEMM_TK : e % GEMM_TILE;
-      const unsigned long long k = k0 + kk;
-      s[kk][r] = (k < k_end && r0 + r < r_end) ? p[(unsigned long long)(r0 + r) * rs + k * ks] : 0.0f;
+    const bool kfast = ks == 1;
+#pragma unroll
+    for (int q = 0; q < R / 8; ++q) {
+      const unsigned int e = threadIdx.x + q * GEMM_THREADS;
+      const unsigned int kk = kfast ? e % GEMM_BK : e / R, r = kfast ? e / GEMM_BK : e % R;
+      const u64 k = k0 + kk;
+      v[q] = (k < k_end && r0 + r < r_end) ? p[(u64)(r0 + r) * rs + k * ks] : 0.0f;
     }
   }
 }
 
-__device__ __forceinline__ void gemm_tile(float* __restrict__ c, const float* __restrict__ a,
-                                          const float* __restrict__ b, const GemmDims& d) {
-  __shared__ float as[GEMM_TK][GEMM_TILE + 1];  // as[kk][i] (padded against bank conflicts of the k-fast stores)
-  __shared__ float bs[GEMM_TK][GEMM_TILE + 1];  // bs[kk][j]
-  const unsigned int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  const unsigned int i0 = blockIdx.y * GEMM_TILE, j0 = blockIdx.x * GEMM_TILE;
-  const unsigned long long k_begin = (unsigned long long)blockIdx.z * d.k_chunk;
-  const unsigned long long k_end = k_begin + d.k_chunk < d.k ? k_begin + d.k_chunk : d.k;
-  float acc[4][4] = {};
-  for (unsigned long long k0 = k_begin; k0 < k_end; k0 += GEMM_TK) {
-    gemm_load(as, a, d.a_rs, d.a_ks, i0, d.m, k0, k_end);  // A(i, k)
-    gemm_load(bs, b, d.b_cs, d.b_ks, j0, d.n, k0, k_end);  // B(k, j) as X(j, k)
+template <int R>
+__device__ __forceinline__ void gemm_stash(float (*s)[R + GEMM_PAD], const float (&v)[R / 8], int mode, bool kfast) {
+  if (mode == READ_K4) {
+#pragma unroll
+    for (int q = 0; q < R / 32; ++q) {
+      const unsigned int f = threadIdx.x + q * GEMM_THREADS;
+      const unsigned int r = f / (GEMM_BK / 4), kq = (f % (GEMM_BK / 4)) * 4;
+#pragma unroll
+      for (int u = 0; u < 4; ++u) s[kq + u][r] = v[q * 4 + u];
+    }
+  } else if (mode == READ_R4) {
+#pragma unroll
+    for (int q = 0; q < R / 32; ++q) {
+      const unsigned int f = threadIdx.x + q * GEMM_THREADS;
+      const unsigned int kk = f / (R / 4), rq = (f % (R / 4)) * 4;
+      *reinterpret_cast<float4*>(&s[kk][rq]) = make_float4(v[q * 4], v[q * 4 + 1], v[q * 4 + 2], v[q * 4 + 3]);
+    }
+  } else {
+#pragma unroll
+    for (int q = 0; q < R / 8; ++q) {
+      const unsigned int e = threadIdx.x + q * GEMM_THREADS;
+      const unsigned int kk = kfast ? e % GEMM_BK : e / R, r = kfast ? e / GEMM_BK : e % R;
+      s[kk][r] = v[q];
+    }
+  }
+}
+
+// Output (a, b) of thread t of the tile: row 4 · (t / 16) + a % 4 + 32 · (a / 4), column 4 · (t % 16) + b % 4 +
+// 64 · (b / 4): a warp's float4 reads of shared memory and its float4 stores cover contiguous runs.
+__device__ __forceinline__ unsigned int gemm_row(int a) { return (threadIdx.x / 16) * 4 + (a % 4) + (a / 4) * 32; }
+__device__ __forceinline__ unsigned int gemm_col(int h) { return (threadIdx.x % 16) * 4 + h * 64; }
+
+// acc[a][b] = Σ_k A(i0 + row(a), k) · B(k, j0 + col(b)) over this block's k range (block (x, y, z): columns from
+// j0 = 128 x, rows from i0 = 64 y, slice z of k), k in increasing order.
+__device__ __forceinline__ void gemm_block(float (&acc)[8][8], const float* __restrict__ a,
+                                           const float* __restrict__ b, const GemmDims& d) {
+  __shared__ __align__(16) float as[GEMM_BK][GEMM_BM + GEMM_PAD];  // as[kk][i]
+  __shared__ __align__(16) float bs[GEMM_BK][GEMM_BN + GEMM_PAD];  // bs[kk][j]
+  const unsigned int i0 = blockIdx.y * GEMM_BM, j0 = blockIdx.x * GEMM_BN;
+  const u64 k_begin = (u64)blockIdx.z * d.k_chunk;
+  const u64 k_end = k_begin + d.k_chunk < d.k ? k_begin + d.k_chunk : d.k;
+  const int amode = gemm_read_mode(a, d.a_rs, d.a_ks), bmode = gemm_read_mode(b, d.b_cs, d.b_ks);
+#pragma unroll
+  for (int r = 0; r < 8; ++r)
+#pragma unroll
+    for (int c = 0; c < 8; ++c) acc[r][c] = 0.0f;
+  if (k_begin >= k_end) return;  // uniform: an empty k range
+  float av[GEMM_BM / 8], bv[GEMM_BN / 8];
+  gemm_fetch<GEMM_BM>(av, amode, a, d.a_rs, d.a_ks, i0, d.m, k_begin, k_end);  // A(i, k)
+  gemm_fetch<GEMM_BN>(bv, bmode, b, d.b_cs, d.b_ks, j0, d.n, k_begin, k_end);  // B(k, j) as X(j, k)
+  const unsigned int ty4 = (threadIdx.x / 16) * 4, tx4 = (threadIdx.x % 16) * 4;
+  for (u64 k0 = k_begin; k0 < k_end; k0 += GEMM_BK) {
+    gemm_stash<GEMM_BM>(as, av, amode, d.a_ks == 1);
+    gemm_stash<GEMM_BN>(bs, bv, bmode, d.b_ks == 1);
     __syncthreads();
-    for (unsigned int kk = 0; kk < GEMM_TK; ++kk) {
-      float av[4], bv[4];
-      for (int q = 0; q < 4; ++q) {
-        av[q] = as[kk][ty * 4 + q];
-        bv[q] = bs[kk][tx * 4 + q];
-      }
-      for (int qi = 0; qi < 4; ++qi)
-        for (int qj = 0; qj < 4; ++qj) acc[qi][qj] += av[qi] * bv[qj];
+    if (k0 + GEMM_BK < k_end) {  // the next step's loads, in flight during the FMAs below
+      gemm_fetch<GEMM_BM>(av, amode, a, d.a_rs, d.a_ks, i0, d.m, k0 + GEMM_BK, k_end);
+      gemm_fetch<GEMM_BN>(bv, bmode, b, d.b_cs, d.b_ks, j0, d.n, k0 + GEMM_BK, k_end);
+    }
+#pragma unroll
+    for (int kk = 0; kk < GEMM_BK; ++kk) {
+      const float4 a0 = *reinterpret_cast<const float4*>(&as[kk][ty4]);
+      const float4 a1 = *reinterpret_cast<const float4*>(&as[kk][ty4 + 32]);
+      const float4 b0 = *reinterpret_cast<const float4*>(&bs[kk][tx4]);
+      const float4 b1 = *reinterpret_cast<const float4*>(&bs[kk][tx4 + 64]);
+      const float ar[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+      const float br[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+#pragma unroll
+      for (int r = 0; r < 8; ++r)
+#pragma unroll
+        for (int c = 0; c < 8; ++c) acc[r][c] += ar[r] * br[c];
     }
     __syncthreads();
   }
-  float* out = c + (unsigned long long)blockIdx.z * d.c_slice;
-  const unsigned int jq = j0 + tx * 4;
-  const bool vec_out = ((unsigned long long)out & 15) == 0 && d.c_rs % 4 == 0 && jq + 3 < d.n;
-  for (int qi = 0; qi < 4; ++qi) {
-    const unsigned int i = i0 + ty * 4 + qi;
+}
+
+// C = the block's tile of acc, float4 stores where the row stride and pointer allow.
+__device__ __forceinline__ void gemm_store(float* __restrict__ c, const float (&acc)[8][8], const GemmDims& d) {
+  const unsigned int i0 = blockIdx.y * GEMM_BM, j0 = blockIdx.x * GEMM_BN;
+  const bool vec = ((u64)c & 15) == 0 && d.c_rs % 4 == 0;
+#pragma unroll
+  for (int r = 0; r < 8; ++r) {
+    const unsigned int i = i0 + gemm_row(r);
     if (i >= d.m) continue;
-    float* row = out + (unsigned long long)i * d.c_rs;
-    if (vec_out) {
-      *reinterpret_cast<float4*>(row + jq) = make_float4(acc[qi][0], acc[qi][1], acc[qi][2], acc[qi][3]);
-    } else {
-      for (int qj = 0; qj < 4; ++qj)
-        if (jq + qj < d.n) row[jq + qj] = acc[qi][qj];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const unsigned int j = j0 + gemm_col(h);
+      float* out = c + (u64)i * d.c_rs + j;
+      if (vec && j + 3 < d.n) {
+        *reinterpret_cast<float4*>(out) =
+            make_float4(acc[r][h * 4], acc[r][h * 4 + 1], acc[r][h * 4 + 2], acc[r][h * 4 + 3]);
+      } else {
+        for (int u = 0; u < 4; ++u)
+          if (j + u < d.n) out[u] = acc[r][h * 4 + u];
+      }
     }
   }
 }
 
-// Grid (ceil(n_out / 64), ceil(m / 64), splits): partials[z] = x[:, z-th k range] · w[:, same]ᵀ.
-extern "C" __global__ void linear_fwd(float* __restrict__ partials,   // [splits, m, n_out]
-                                      const float* __restrict__ x,    // [m, k_in]
-                                      const float* __restrict__ w,    // [n_out, k_in]
-                                      GemmDims d) {
-  gemm_tile(partials, x, w, d);
+// Grid (ceil(n_out / 128), ceil(m / 64), splits): partials[z] = x[:, z-th k range] · w[:, same]ᵀ.
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS) linear_fwd(float* __restrict__ partials,  // [splits, m, n_out]
+                                                                      const float* __restrict__ x,   // [m, k_in]
+                                                                      const float* __restrict__ w,   // [n_out, k_in]
+                                                                      GemmDims d) {
+  float acc[8][8];
+  gemm_block(acc, x, w, d);
+  gemm_store(partials + (u64)blockIdx.z * d.c_slice, acc, d);
 }
 
 // y[i, j] = b[j] + Σ_z partials[z, i, j], z in order. One thread per output (grid-stride).
@@ -125,29 +220,72 @@ extern "C" __global__ void linear_fwd_reduce(float* __restrict__ y,             
                                              const float* __restrict__ partials,  // [splits, m, n_out]
                                              const float* __restrict__ b,         // [n_out]
                                              unsigned int m, unsigned int n_out, unsigned int splits) {
-  const unsigned long long total = (unsigned long long)m * n_out;
-  const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
-  for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+  const u64 total = (u64)m * n_out;
+  const u64 stride = (u64)gridDim.x * blockDim.x;
+  for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
     float acc = 0.0f;
     for (unsigned int z = 0; z < splits; ++z) acc += partials[z * total + i];
     y[i] = acc + b[i % n_out];
   }
 }
 
-// Grid (ceil(k_in / 64), ceil(m / 64)): dx = dy · w.
-extern "C" __global__ void linear_dgrad(float* __restrict__ dx,        // [m, k_in]
-                                        const float* __restrict__ dy,  // [m, n_out]
-                                        const float* __restrict__ w,   // [n_out, k_in]
-                                        GemmDims d) {
-  gemm_tile(dx, dy, w, d);
+// Grid (ceil(k_in / 128), ceil(m / 64)): dx = dy · w.
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS) linear_dgrad(float* __restrict__ dx,        // [m, k_in]
+                                                                        const float* __restrict__ dy,  // [m, n_out]
+                                                                        const float* __restrict__ w,   // [n_out, k_in]
+                                                                        GemmDims d) {
+  float acc[8][8];
+  gemm_block(acc, dy, w, d);
+  gemm_store(dx, acc, d);
 }
 
-// Grid (ceil(k_in / 64), ceil(n_out / 64)): dw = dyᵀ · x.
-extern "C" __global__ void linear_wgrad(float* __restrict__ dw,        // [n_out, k_in]
-                                        const float* __restrict__ dy,  // [m, n_out]
-                                        const float* __restrict__ x,   // [m, k_in]
-                                        GemmDims d) {
-  gemm_tile(dw, dy, x, d);
+// Grid (ceil(k_in / 128), ceil(n_out / 64)): dw = dyᵀ · x.
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS) linear_wgrad(float* __restrict__ dw,        // [n_out, k_in]
+                                                                        const float* __restrict__ dy,  // [m, n_out]
+                                                                        const float* __restrict__ x,   // [m, k_in]
+                                                                        GemmDims d) {
+  float acc[8][8];
+  gemm_block(acc, dy, x, d);
+  gemm_store(dw, acc, d);
+}
+
+// Grid as linear_wgrad: g = dyᵀ · x formed in registers, then Adam's update of w, m, v with it (adam.cuh): the
+// result of linear_wgrad then adam_step, without storing g. w, m, v [n_out, k_in], updated in place.
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS) linear_wgrad_adam(float* __restrict__ w,         // [n_out, k_in]
+                                                                             float* __restrict__ m,         // [n_out, k_in]
+                                                                             float* __restrict__ v,         // [n_out, k_in]
+                                                                             const float* __restrict__ dy,  // [rows, n_out]
+                                                                             const float* __restrict__ x,   // [rows, k_in]
+                                                                             GemmDims d, AdamScalars s) {
+  float acc[8][8];
+  gemm_block(acc, dy, x, d);
+  const unsigned int i0 = blockIdx.y * GEMM_BM, j0 = blockIdx.x * GEMM_BN;
+  const bool vec = (((u64)w | (u64)m | (u64)v) & 15) == 0 && d.c_rs % 4 == 0;
+#pragma unroll
+  for (int r = 0; r < 8; ++r) {
+    const unsigned int i = i0 + gemm_row(r);
+    if (i >= d.m) continue;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const unsigned int j = j0 + gemm_col(h);
+      const u64 at = (u64)i * d.c_rs + j;
+      if (vec && j + 3 < d.n) {
+        float4 wq = *reinterpret_cast<const float4*>(w + at);
+        float4 mq = *reinterpret_cast<const float4*>(m + at);
+        float4 vq = *reinterpret_cast<const float4*>(v + at);
+        adam_update(wq.x, mq.x, vq.x, acc[r][h * 4 + 0], s);
+        adam_update(wq.y, mq.y, vq.y, acc[r][h * 4 + 1], s);
+        adam_update(wq.z, mq.z, vq.z, acc[r][h * 4 + 2], s);
+        adam_update(wq.w, mq.w, vq.w, acc[r][h * 4 + 3], s);
+        *reinterpret_cast<float4*>(w + at) = wq;
+        *reinterpret_cast<float4*>(m + at) = mq;
+        *reinterpret_cast<float4*>(v + at) = vq;
+      } else {
+        for (int u = 0; u < 4; ++u)
+          if (j + u < d.n) adam_update(w[at + u], m[at + u], v[at + u], acc[r][h * 4 + u], s);
+      }
+    }
+  }
 }
 
 // db[j] = Σ_i dy[i, j], rows in order: one thread per column.
@@ -157,7 +295,7 @@ extern "C" __global__ void linear_bgrad(float* __restrict__ db,        // [n_out
   const unsigned int stride = gridDim.x * blockDim.x;
   for (unsigned int j = blockIdx.x * blockDim.x + threadIdx.x; j < n_out; j += stride) {
     float acc = 0.0f;
-    for (unsigned int i = 0; i < m; ++i) acc += dy[(unsigned long long)i * n_out + j];
+    for (unsigned int i = 0; i < m; ++i) acc += dy[(u64)i * n_out + j];
     db[j] = acc;
   }
 }

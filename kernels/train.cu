@@ -11,6 +11,8 @@
 //              contracted: dropout and adam match their twins bit for bit.
 // CPU twins: src/cpu/loss.rs, src/cpu/dropout.rs, src/cpu/adam.rs.
 
+#include "adam.cuh"
+
 extern "C" __global__ void softmax_xent(float* __restrict__ loss,          // [1]
                                         float* __restrict__ dlogits,       // [m, classes]
                                         const float* __restrict__ logits,  // [m, classes]
@@ -97,15 +99,12 @@ extern "C" __global__ void adam_step(float* __restrict__ p,        // [n] parame
                                      float* __restrict__ m,        // [n] first moment
                                      float* __restrict__ v,        // [n] second moment
                                      const float* __restrict__ g,  // [n] gradient
-                                     unsigned long long n, float one_minus_b1, float b2, float one_minus_b2,
-                                     float step_size, float bc2_sqrt, float eps) {
+                                     unsigned long long n, AdamScalars s) {
   const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
   for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const float gi = g[i];
-    const float mi = __fadd_rn(m[i], __fmul_rn(one_minus_b1, __fsub_rn(gi, m[i])));
-    const float vi = __fadd_rn(__fmul_rn(v[i], b2), __fmul_rn(one_minus_b2, __fmul_rn(gi, gi)));
-    const float denom = __fadd_rn(__fdiv_rn(sqrtf(vi), bc2_sqrt), eps);
-    p[i] = __fsub_rn(p[i], __fmul_rn(step_size, __fdiv_rn(mi, denom)));
+    float pi = p[i], mi = m[i], vi = v[i];
+    adam_update(pi, mi, vi, g[i], s);
+    p[i] = pi;
     m[i] = mi;
     v[i] = vi;
   }

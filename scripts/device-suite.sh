@@ -8,6 +8,8 @@
 #                 it; SCHEDULE=1 then runs PyTorch's schedule, pytorch_baseline.py --schedule)
 #     examples    primitives (a module from the public launchers vs the twin); profile_step at batch 50, 256
 #     benches     the GPU criterion groups ("cuda:" in the name, 1 s each) with cuDNN/cuBLAS side by side
+#                 (BENCHES: which bench binaries, default "train_step inception"; BENCH_FILTER: criterion's
+#                 filter, default "cuda:")
 #     baseline    scripts/baseline/pytorch_baseline.py (same GPU, same run: the ratios; BASELINE_ARGS adds
 #                 options, e.g. --fp32-only)
 #     profile     one training step under ncu → per-kernel table (scripts/ncu-summary.py)
@@ -75,10 +77,10 @@ print(":".join(sorted(dirs)))
 PY
   )
   echo "cuDNN/cuBLAS folders: ${libdirs:-none found}"
-  for b in train_step inception; do
+  for b in ${BENCHES:-train_step inception}; do
     # printed as it comes (a call cut short still returns what ran)
-    LD_LIBRARY_PATH=${libdirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} INCEPTION_BENCH_SECS=1 \
-      timeout 150 stage/benches/$b --bench 'cuda:' --warm-up-time 0.5 --noplot 2>&1 | tee "$logs/bench-$b.log" \
+    LD_LIBRARY_PATH=${libdirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} INCEPTION_BENCH_SECS=1 INCEPTION_BENCH_CPU=0 \
+      timeout 150 stage/benches/$b --bench "${BENCH_FILTER:-cuda:}" --warm-up-time 0.5 --noplot 2>&1 | tee "$logs/bench-$b.log" \
       | grep --line-buffered -E '^[A-Za-z].*(cuda:|/)|time:|thrpt:|skipped|not found|not timed' \
       | grep --line-buffered -v 'Benchmarking'
   done

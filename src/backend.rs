@@ -177,6 +177,18 @@ pub trait Backend {
         x: &Self::View<'_>,
         s: &LinearShape,
     ) -> Result<()>;
+    /// Adam applied to `w` (with its moments `adam_m`, `adam_v`, in that order) with the gradient `dyᵀ · x`,
+    /// which is never stored: equal to `linear_wgrad` then `adam_step` over `w` (see
+    /// [`crate::cpu::linear_wgrad_adam`]). Shapes: `w, adam_m, adam_v [n_out, k_in]`, `dy [m, n_out]`,
+    /// `x [m, k_in]`.
+    fn linear_wgrad_adam(
+        &self,
+        w_m_v: [&mut Self::ViewMut<'_>; 3],
+        dy: &Self::View<'_>,
+        x: &Self::View<'_>,
+        s: &LinearShape,
+        step: &AdamStep,
+    ) -> Result<()>;
     /// `db = Σ_rows dy`.
     fn linear_bgrad(
         &self,

@@ -359,10 +359,44 @@ pub(crate) struct GemmDims {
     pub k_chunk: u32,
 }
 
-/// Output tile edge of the GEMM kernels (`GEMM_TILE` in kernels/linear.cu).
-pub const GEMM_TILE: usize = 64;
-/// k per split-K slice of `linear_fwd` (at least; more when there would be over 65,535 slices).
-pub const LINEAR_K_CHUNK: usize = 2048;
+/// Rows of C per block of the GEMM kernels (`GEMM_BM` in kernels/linear.cu).
+pub const GEMM_BM: usize = 64;
+/// Columns of C per block of the GEMM kernels (`GEMM_BN` in kernels/linear.cu).
+pub const GEMM_BN: usize = 128;
+/// Threads per block of the GEMM kernels (`GEMM_THREADS` in kernels/linear.cu).
+pub const GEMM_THREADS: u32 = 128;
+/// k per split-K slice of `linear_fwd` (at least; more when there would be over 65,535 slices); a multiple
+/// of the kernels' k step (16). fc1 at batch 50: 196 slices × 6 column tiles = 1,176 blocks.
+pub const LINEAR_K_CHUNK: usize = 1024;
+
+/// Adam's per-launch scalars (`AdamScalars` in kernels/adam.cuh), from [`crate::shape::AdamStep::scalars`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
+pub(crate) struct AdamScalars {
+    pub one_minus_b1: f32,
+    pub b2: f32,
+    pub one_minus_b2: f32,
+    pub step_size: f32,
+    pub bc2_sqrt: f32,
+    pub eps: f32,
+}
+
+#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
+impl AdamScalars {
+    /// The scalars of `step`; errors (naming `op`) on hyperparameters outside Adam's domain.
+    pub fn of(op: &'static str, step: &crate::shape::AdamStep) -> crate::Result<Self> {
+        let [one_minus_b1, b2, one_minus_b2, step_size, bc2_sqrt, eps] = step.scalars(op)?;
+        Ok(AdamScalars {
+            one_minus_b1,
+            b2,
+            one_minus_b2,
+            step_size,
+            bc2_sqrt,
+            eps,
+        })
+    }
+}
 
 /// Every launch of a linear layer's kernels, checked against its shape.
 #[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
@@ -389,10 +423,10 @@ impl LinearPlan {
 
 fn gemm_grid(op: &'static str, n: usize, m: usize, z: usize) -> crate::Result<LaunchDims> {
     Ok(LaunchDims {
-        grid: u32_of(op, n.div_ceil(GEMM_TILE).max(1))?,
-        grid_y: u32_of(op, m.div_ceil(GEMM_TILE).max(1))?,
+        grid: u32_of(op, n.div_ceil(GEMM_BN).max(1))?,
+        grid_y: u32_of(op, m.div_ceil(GEMM_BM).max(1))?,
         grid_z: u32_of(op, z.max(1))?,
-        block: 256,
+        block: GEMM_THREADS,
         shared_bytes: 0,
     })
 }
@@ -530,6 +564,30 @@ pub(crate) mod checked {
             op,
             &[
                 ("dw", s.n_out * s.k_in, dw),
+                ("dy", s.m * s.n_out, dy),
+                ("x", s.m * s.k_in, x),
+            ],
+        )?;
+        Ok(p)
+    }
+
+    /// linear_wgrad_adam: `w, m, v [n_out, k_in]`, `dy [m, n_out]`, `x [m, k_in]` (`m` of the shape is the
+    /// batch; the moments are `adam_m`, `adam_v`).
+    pub fn linear_wgrad_adam(
+        op: &'static str,
+        s: &LinearShape,
+        [w, adam_m, adam_v]: [usize; 3],
+        dy: usize,
+        x: usize,
+    ) -> Result<LinearPlan> {
+        let p = linear_plan(op, s)?;
+        let wl = s.n_out * s.k_in;
+        check_lens(
+            op,
+            &[
+                ("w", wl, w),
+                ("adam_m", wl, adam_m),
+                ("adam_v", wl, adam_v),
                 ("dy", s.m * s.n_out, dy),
                 ("x", s.m * s.k_in, x),
             ],

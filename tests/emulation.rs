@@ -488,6 +488,85 @@ fn emulated_linear_kernels_match_their_twins() {
     }
 }
 
+/// The fused weight gradient + Adam: bit for bit the unfused kernels' result (same GEMM core, same update
+/// arithmetic), and within the GEMM tolerance of its CPU twin; at an odd shape (scalar loads and
+/// stores), one at the float4 edges (partial column group, a row tile of 6, 66 = 64 + 2 rows of k), and
+/// an empty batch (zero gradient: Adam still decays the moments).
+#[test]
+fn emulated_linear_wgrad_adam_is_wgrad_then_adam() {
+    use common::kernels::{wgrad_adam_on, wgrad_adam_state};
+    use inception_cuda::shape::LinearShape;
+    for s in [
+        LinearShape {
+            m: 5,
+            k_in: 37,
+            n_out: 13,
+        },
+        LinearShape {
+            m: 66,
+            k_in: 260,
+            n_out: 70,
+        },
+        LinearShape {
+            m: 0,
+            k_in: 8,
+            n_out: 3,
+        },
+    ] {
+        let [x, _, _, dy] = common::kernels::linear_inputs(&s);
+        let [w, m, v] = wgrad_adam_state(&s);
+        let emu = EmuBackend {
+            order: ThreadOrder::Reverse,
+        };
+        let [fused, unfused] = wgrad_adam_on(&emu, &s, &dy, &x, [&w, &m, &v], 3);
+        let [twin, _] = wgrad_adam_on(&CpuBackend, &s, &dy, &x, [&w, &m, &v], 3);
+        for (k, name) in ["w", "adam_m", "adam_v"].iter().enumerate() {
+            let what = format!("emulated linear_wgrad_adam {s:?} {name}");
+            assert_bits_eq(&format!("{what} vs unfused"), &fused[k], &unfused[k]);
+            // m moves by (1-β1)·g, v by (1-β2)·g²: the gradient's tolerance scaled; w by lr·(a ratio of them).
+            common::assert_close_scaled(&what, &fused[k], &twin[k], 1e-6, 1e-4);
+        }
+        if s.m > 0 {
+            assert!(fused[0] != w, "{s:?}: the weights did not move");
+        }
+    }
+}
+
+/// A training step on emulated kernels is `forward_backward` then Adam over every parameter, bit for bit:
+/// fc1's fused weight update included.
+#[test]
+fn emulated_training_step_is_forward_backward_then_adam() {
+    use inception_cuda::nn::{InceptionMnist, MnistConfig};
+    let cfg = MnistConfig {
+        map1: 2,
+        map2: 3,
+        reduce: 2,
+        hidden: 6,
+        dropout: 0.5,
+        image: 6,
+    };
+    let images: Vec<f32> = uniform(52, 3 * 36)
+        .iter()
+        .map(|v| (v + 1.0) / 2.0)
+        .collect();
+    let labels = [1u32, 9, 4];
+    let emu = EmuBackend {
+        order: ThreadOrder::Forward,
+    };
+    common::kernels::assert_step_is_forward_backward_then_adam(
+        "emulated step",
+        || InceptionMnist::new(emu, cfg, 11).unwrap(),
+        &images,
+        &labels,
+    );
+    common::kernels::assert_step_is_forward_backward_then_adam(
+        "cpu step",
+        || InceptionMnist::new(CpuBackend, cfg, 11).unwrap(),
+        &images,
+        &labels,
+    );
+}
+
 /// A whole training step of a small net (dropout on) with every kernel emulated, against the twins: the
 /// loss and every gradient.
 #[test]

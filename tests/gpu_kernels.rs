@@ -262,3 +262,71 @@ fn small_gpu_training_step_matches_twin() {
 fn gpu_full_training_step_matches_twin() {
     step_case(inception_cuda::nn::MnistConfig::default(), 50);
 }
+
+fn wgrad_adam_case(shapes: &[inception_cuda::shape::LinearShape]) {
+    use common::kernels::{linear_inputs, wgrad_adam_on, wgrad_adam_state};
+    for s in shapes {
+        let [x, _, _, dy] = linear_inputs(s);
+        let [w, m, v] = wgrad_adam_state(s);
+        let [fused, unfused] = with_gpu(|g| wgrad_adam_on(g, s, &dy, &x, [&w, &m, &v], 3));
+        let [twin, _] = wgrad_adam_on(&CpuBackend, s, &dy, &x, [&w, &m, &v], 3);
+        for (k, name) in ["w", "adam_m", "adam_v"].iter().enumerate() {
+            let what = format!("gpu linear_wgrad_adam {s:?} {name}");
+            assert_bits_eq(&format!("{what} vs unfused"), &fused[k], &unfused[k]);
+            common::assert_close_scaled(&what, &fused[k], &twin[k], 1e-6, 1e-4);
+        }
+    }
+}
+
+/// The fused weight gradient + Adam equals the unfused kernels bit for bit, and its CPU twin within the
+/// GEMM tolerance: small shapes (scalar and float4 paths) and fc1's and fc2's real shapes.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_linear_wgrad_adam_is_wgrad_then_adam() {
+    use inception_cuda::shape::LinearShape;
+    wgrad_adam_case(&[
+        LinearShape {
+            m: 5,
+            k_in: 37,
+            n_out: 13,
+        },
+        LinearShape {
+            m: 66,
+            k_in: 260,
+            n_out: 70,
+        },
+        LinearShape {
+            m: 50,
+            k_in: 700,
+            n_out: 10,
+        },
+        LinearShape {
+            m: 50,
+            k_in: 200_704,
+            n_out: 700,
+        },
+    ]);
+}
+
+/// A training step of the full net at batch 50 on the GPU is `forward_backward` then Adam over every
+/// parameter, bit for bit (fc1's weight update fused into its gradient included).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_training_step_is_forward_backward_then_adam() {
+    use inception_cuda::nn::{InceptionMnist, MnistConfig};
+    let dev = common::gpu();
+    let Device::Cuda(d) = &dev else {
+        unreachable!("common::gpu() returns a CUDA device")
+    };
+    let images: Vec<f32> = uniform(53, 50 * 784)
+        .iter()
+        .map(|v| (v + 1.0) / 2.0)
+        .collect();
+    let labels: Vec<u32> = (0..50).map(|i| (i * 3 + 1) % 10).collect();
+    common::kernels::assert_step_is_forward_backward_then_adam(
+        "gpu step",
+        || InceptionMnist::new(d.backend_arc(), MnistConfig::default(), 5).unwrap(),
+        &images,
+        &labels,
+    );
+}

@@ -9,9 +9,10 @@
 
 use rayon::prelude::*;
 
+use super::adam_step;
 use super::matmul::{matmul, Mat, MatMut, Threads};
 use super::sum_in_order;
-use crate::shape::{check_len, LinearShape};
+use crate::shape::{check_len, AdamStep, LinearShape};
 use crate::Result;
 
 /// Chunks of k_in in the forward's split-K (fixed: the result must not depend on the thread count).
@@ -170,6 +171,65 @@ pub fn linear_wgrad(dw: &mut [f32], dy: &[f32], x: &[f32], s: &LinearShape) -> R
         false,
         Threads::Parallel,
     )
+}
+
+/// Rows of `w` per task of [`linear_wgrad_adam`]: the gradient of one block lives only in that task's buffer.
+const WGRAD_ADAM_ROWS: usize = 8;
+
+/// Adam applied to `w` with the gradient `dyᵀ · x`, which is never stored whole: blocks of rows of `w` get
+/// their gradient (as [`linear_wgrad`] computes it) and their update in turn. The result of `linear_wgrad`
+/// then [`crate::cpu::adam_step`] over `w`, up to the gradient's summation order. Shapes:
+/// `w, adam_m, adam_v [n_out, k_in]`, `dy [m, n_out]`, `x [m, k_in]`.
+pub fn linear_wgrad_adam(
+    [w, adam_m, adam_v]: [&mut [f32]; 3],
+    dy: &[f32],
+    x: &[f32],
+    s: &LinearShape,
+    step: &AdamStep,
+) -> Result<()> {
+    const OP: &str = "linear_wgrad_adam";
+    let LinearShape { m, k_in, n_out } = *s;
+    s.validate(OP)?;
+    check(
+        OP,
+        &[
+            ("w", n_out * k_in, w.len()),
+            ("adam_m", n_out * k_in, adam_m.len()),
+            ("adam_v", n_out * k_in, adam_v.len()),
+            ("dy", m * n_out, dy.len()),
+            ("x", m * k_in, x.len()),
+        ],
+    )?;
+    step.scalars(OP)?; // hyperparameter errors before any work
+    if k_in == 0 {
+        return Ok(());
+    }
+    let block = WGRAD_ADAM_ROWS * k_in;
+    w.par_chunks_mut(block)
+        .zip(adam_m.par_chunks_mut(block))
+        .zip(adam_v.par_chunks_mut(block))
+        .enumerate()
+        .try_for_each(|(bi, ((w, am), av))| {
+            let rows = w.len() / k_in;
+            let mut g = vec![0.0f32; w.len()];
+            // dy[:, rows of this block]ᵀ · x
+            let lhs = Mat {
+                data: dy.get(bi * WGRAD_ADAM_ROWS..).unwrap_or(&[]), // empty when m = 0
+                rows,
+                cols: m,
+                rs: 1,
+                cs: n_out,
+            };
+            matmul(
+                OP,
+                MatMut::rows(&mut g, rows, k_in),
+                lhs,
+                Mat::rows(x, m, k_in),
+                false,
+                Threads::Serial,
+            )?;
+            adam_step(w, am, av, &g, step)
+        })
 }
 
 /// `db = Σ_rows dy`, rows in order. Shapes: `db [n_out]`, `dy [m, n_out]`.

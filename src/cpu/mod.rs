@@ -17,7 +17,7 @@ pub use adam::adam_step;
 pub use add::add_fwd;
 pub use conv::{conv_bgrad, conv_dgrad, conv_fwd, conv_wgrad};
 pub use dropout::{dropout_bwd, dropout_fwd, dropout_hash, dropout_threshold};
-pub use linear::{linear_bgrad, linear_dgrad, linear_fwd, linear_wgrad};
+pub use linear::{linear_bgrad, linear_dgrad, linear_fwd, linear_wgrad, linear_wgrad_adam};
 pub use loss::{check_labels, softmax_xent};
 pub use pool::{maxpool3x3s1_bwd, maxpool3x3s1_fwd};
 pub use reduce_conv::{reduce_conv_bwd, reduce_conv_fwd};
@@ -281,6 +281,17 @@ impl Backend for CpuBackend {
         s: &LinearShape,
     ) -> Result<()> {
         linear_wgrad(dw, dy, x, s)
+    }
+
+    fn linear_wgrad_adam(
+        &self,
+        [w, m, v]: [&mut &mut [f32]; 3],
+        dy: &&[f32],
+        x: &&[f32],
+        s: &LinearShape,
+        step: &AdamStep,
+    ) -> Result<()> {
+        linear_wgrad_adam([w, m, v], dy, x, s, step)
     }
 
     fn linear_bgrad(&self, db: &mut &mut [f32], dy: &&[f32], s: &LinearShape) -> Result<()> {

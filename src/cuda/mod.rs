@@ -36,7 +36,7 @@ mod train;
 pub use add::add_fwd;
 pub use conv::{conv_bgrad, conv_dgrad, conv_fwd, conv_wgrad, reduce_conv_bwd, reduce_conv_fwd};
 pub use graph::{CapturedGraph, GraphNode};
-pub use linear::{linear_bgrad, linear_dgrad, linear_fwd, linear_wgrad};
+pub use linear::{linear_bgrad, linear_dgrad, linear_fwd, linear_wgrad, linear_wgrad_adam};
 pub use relu::{relu_bwd, relu_fwd};
 pub use train::{
     adam_step, dropout_bwd, dropout_fwd, maxpool3x3s1_bwd, maxpool3x3s1_fwd, softmax_xent,
@@ -91,7 +91,7 @@ macro_rules! kernel_table {
 kernel_table! {
     "add" => [add_fwd],
     "conv" => [conv_fwd, conv_dgrad, conv_wgrad, conv_bgrad, conv_split_sum, reduce_conv_fwd, reduce_conv_dmid],
-    "linear" => [linear_fwd, linear_fwd_reduce, linear_dgrad, linear_wgrad, linear_bgrad],
+    "linear" => [linear_fwd, linear_fwd_reduce, linear_dgrad, linear_wgrad, linear_wgrad_adam, linear_bgrad],
     "pool" => [maxpool3x3s1_fwd, maxpool3x3s1_bwd],
     "relu" => [relu_fwd, relu_bwd],
     "train" => [softmax_xent, dropout_fwd, dropout_bwd, adam_step],
@@ -479,6 +479,17 @@ impl Backend for CudaBackend {
 
     fn linear_wgrad(&self, dw: &mut V<'_>, dy: &R<'_>, x: &R<'_>, s: &LinearShape) -> Result<()> {
         linear_wgrad(self, dw, dy, x, s)
+    }
+
+    fn linear_wgrad_adam(
+        &self,
+        wmv: [&mut V<'_>; 3],
+        dy: &R<'_>,
+        x: &R<'_>,
+        s: &LinearShape,
+        step: &AdamStep,
+    ) -> Result<()> {
+        linear_wgrad_adam(self, wmv, dy, x, s, step)
     }
 
     fn linear_bgrad(&self, db: &mut V<'_>, dy: &R<'_>, s: &LinearShape) -> Result<()> {

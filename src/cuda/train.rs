@@ -158,19 +158,13 @@ pub fn adam_step(
         p.len(),
         &[("m", m.len()), ("v", v.len()), ("g", g.len())],
     )?;
-    let [one_minus_b1, b2, one_minus_b2, step_size, bc2_sqrt, eps] = step.scalars(OP)?;
+    let scalars = launch::AdamScalars::of(OP, step)?;
     let Some(dims) = launch::elementwise(p.len()) else {
         return Ok(());
     };
     let n = p.len() as u64;
     let mut args = dev.stream().launch_builder(&dev.kernels().adam_step);
-    args.arg(p).arg(m).arg(v).arg(g).arg(&n);
-    args.arg(&one_minus_b1)
-        .arg(&b2)
-        .arg(&one_minus_b2)
-        .arg(&step_size)
-        .arg(&bc2_sqrt)
-        .arg(&eps);
+    args.arg(p).arg(m).arg(v).arg(g).arg(&n).arg(&scalars);
     // SAFETY: see the module comment.
     unsafe { args.launch(launch_config(dims)) }.map_err(driver_error(OP))?;
     Ok(())

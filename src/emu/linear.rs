@@ -1,8 +1,8 @@
 //! Emulated launchers of `kernels/linear.cu`, with the CUDA launchers' checks, geometry and sequence.
 
 use super::{run, Launch, ThreadOrder};
-use crate::launch::{checked, GemmDims};
-use crate::shape::LinearShape;
+use crate::launch::{checked, AdamScalars, GemmDims};
+use crate::shape::{AdamStep, LinearShape};
 use crate::Result;
 
 extern "C" {
@@ -35,6 +35,17 @@ extern "C" {
         dy: *const f32,
         x: *const f32,
         d: GemmDims,
+    ) -> i32;
+    #[allow(clippy::too_many_arguments)]
+    fn emu_launch_linear_wgrad_adam(
+        cfg: *const Launch,
+        w: *mut f32,
+        m: *mut f32,
+        v: *mut f32,
+        dy: *const f32,
+        x: *const f32,
+        d: GemmDims,
+        s: AdamScalars,
     ) -> i32;
     fn emu_launch_linear_bgrad(
         cfg: *const Launch,
@@ -131,5 +142,35 @@ pub(super) fn linear_bgrad(
     // SAFETY: see the module comment.
     run(OP, dims, o, |cfg| unsafe {
         emu_launch_linear_bgrad(cfg, db.as_mut_ptr(), dy.as_ptr(), p.m, p.n_out)
+    })
+}
+
+pub(super) fn linear_wgrad_adam(
+    o: ThreadOrder,
+    [w, m, v]: [&mut [f32]; 3],
+    dy: &[f32],
+    x: &[f32],
+    s: &LinearShape,
+    step: &AdamStep,
+) -> Result<()> {
+    const OP: &str = "linear_wgrad_adam";
+    let p = checked::linear_wgrad_adam(OP, s, [w.len(), m.len(), v.len()], dy.len(), x.len())?;
+    let scalars = AdamScalars::of(OP, step)?;
+    if w.is_empty() {
+        return Ok(());
+    }
+    let (d, dims) = p.wgrad;
+    // SAFETY: see the module comment; w, m and v are three distinct mutable borrows.
+    run(OP, dims, o, |cfg| unsafe {
+        emu_launch_linear_wgrad_adam(
+            cfg,
+            w.as_mut_ptr(),
+            m.as_mut_ptr(),
+            v.as_mut_ptr(),
+            dy.as_ptr(),
+            x.as_ptr(),
+            d,
+            scalars,
+        )
     })
 }

@@ -98,7 +98,6 @@ extern "C" {
         threshold: u32,
         scale: f32,
     ) -> i32;
-    #[allow(clippy::too_many_arguments)]
     fn emu_launch_adam_step(
         cfg: *const Launch,
         p: *mut f32,
@@ -106,12 +105,7 @@ extern "C" {
         v: *mut f32,
         g: *const f32,
         n: u64,
-        one_minus_b1: f32,
-        b2: f32,
-        one_minus_b2: f32,
-        step_size: f32,
-        bc2_sqrt: f32,
-        eps: f32,
+        s: crate::launch::AdamScalars,
     ) -> i32;
 }
 
@@ -132,6 +126,7 @@ pub const EMULATED_KERNELS: &[&str] = &[
     "linear_fwd",
     "linear_fwd_reduce",
     "linear_wgrad",
+    "linear_wgrad_adam",
     "maxpool3x3s1_bwd",
     "maxpool3x3s1_fwd",
     "reduce_conv_dmid",
@@ -377,6 +372,17 @@ impl Backend for EmuBackend {
         linear::linear_wgrad(self.order, dw, dy, x, s)
     }
 
+    fn linear_wgrad_adam(
+        &self,
+        [w, m, v]: [&mut &mut [f32]; 3],
+        dy: &&[f32],
+        x: &&[f32],
+        s: &LinearShape,
+        step: &AdamStep,
+    ) -> Result<()> {
+        linear::linear_wgrad_adam(self.order, [w, m, v], dy, x, s, step)
+    }
+
     fn linear_bgrad(&self, db: &mut &mut [f32], dy: &&[f32], s: &LinearShape) -> Result<()> {
         linear::linear_bgrad(self.order, db, dy, s)
     }
@@ -488,7 +494,7 @@ impl Backend for EmuBackend {
             p.len(),
             &[("m", m.len()), ("v", v.len()), ("g", g.len())],
         )?;
-        let [omb1, b2, omb2, step_size, bc2_sqrt, eps] = step.scalars(OP)?;
+        let scalars = crate::launch::AdamScalars::of(OP, step)?;
         let Some(dims) = launch::elementwise(p.len()) else {
             return Ok(());
         };
@@ -502,12 +508,7 @@ impl Backend for EmuBackend {
                 v.as_mut_ptr(),
                 g.as_ptr(),
                 n,
-                omb1,
-                b2,
-                omb2,
-                step_size,
-                bc2_sqrt,
-                eps,
+                scalars,
             )
         })
     }

@@ -282,7 +282,9 @@ impl<B: Backend> InceptionMnist<B> {
         self.b.read(&self.b.view(&self.params, r)?)
     }
 
-    /// The gradient of parameter `name` from the last [`Self::train_step`] (copied to the host).
+    /// The gradient of parameter `name` from the last [`Self::forward_backward`] or training step (copied to
+    /// the host). A training step does not store fc1's weight gradient (it goes straight into Adam: see
+    /// [`Self::train_loaded`]); `grad("fc1.weight")` then still holds the last `forward_backward`'s.
     pub fn grad(&self, name: &str) -> Result<Vec<f32>> {
         let r = self.entry(name)?.range.clone();
         self.b.read(&self.b.view(&self.grads, r)?)
@@ -461,22 +463,57 @@ impl<B: Backend> InceptionMnist<B> {
     /// backend's stream, allocating nothing and never waiting for the device (a CUDA graph can capture it
     /// once the workspace exists). Adam's step count and bias corrections are launch arguments, so a captured
     /// step replays with the values of its capture.
+    ///
+    /// fc1's weight gradient is not stored: `linear_wgrad_adam` applies it to the weights and Adam's moments
+    /// as it is formed (for fc1 that saves writing and reading back 562 MB a step), so after a step
+    /// [`Self::grad`] holds every gradient but that one; [`Self::forward_backward`] computes them all.
     pub fn train_loaded(&mut self, lr: f64) -> Result<StepStats> {
         self.forward(true)?;
-        self.backward()?;
-        // Adam over the flat buffers, one launch.
+        self.backward(false)?;
         self.step += 1;
+        let adam = AdamStep::new(lr, self.step);
         let b = &*self.b;
         let len = b.len(&self.params);
-        b.adam_step(
-            &mut b.view_mut(&mut self.params, 0..len)?,
-            &mut b.view_mut(&mut self.adam_m, 0..len)?,
-            &mut b.view_mut(&mut self.adam_v, 0..len)?,
-            &b.view(&self.grads, 0..len)?,
-            &AdamStep::new(lr, self.step),
+        let fc1w = self
+            .entries
+            .iter()
+            .find(|e| e.name == "fc1.weight")
+            .map_or(0..0, |e| e.range.clone());
+        // Adam over the flat buffers around fc1's weight (one launch each side)...
+        for r in [0..fc1w.start, fc1w.end..len] {
+            b.adam_step(
+                &mut b.view_mut(&mut self.params, r.clone())?,
+                &mut b.view_mut(&mut self.adam_m, r.clone())?,
+                &mut b.view_mut(&mut self.adam_v, r.clone())?,
+                &b.view(&self.grads, r)?,
+                &adam,
+            )?;
+        }
+        // ...and over fc1's weight with its gradient formed in the update (after fc1's dgrad read the weight).
+        let ws = self.ws.as_ref().ok_or_else(missing_workspace)?;
+        let n = ws.n;
+        let fc1 = LinearShape {
+            m: n,
+            k_in: b.len(&ws.m2_out) / n.max(1),
+            n_out: self.config.hidden,
+        };
+        let dh1 = if self.config.dropout > 0.0 {
+            &ws.dd1
+        } else {
+            &ws.dh1
+        };
+        b.linear_wgrad_adam(
+            [
+                &mut b.view_mut(&mut self.params, fc1w.clone())?,
+                &mut b.view_mut(&mut self.adam_m, fc1w.clone())?,
+                &mut b.view_mut(&mut self.adam_v, fc1w)?,
+            ],
+            &b.view(dh1, 0..b.len(dh1))?,
+            &b.view(&ws.m2_out, 0..b.len(&ws.m2_out))?,
+            &fc1,
+            &adam,
         )?;
         // Keep the step's loss on the device for the mean at the next logging point.
-        let ws = self.ws.as_ref().ok_or_else(missing_workspace)?;
         let slot = (self.step as usize - 1) % LOSS_RING;
         b.copy(
             &mut b.view_mut(&mut self.losses, slot..slot + 1)?,
@@ -555,11 +592,12 @@ impl<B: Backend> InceptionMnist<B> {
     pub fn forward_backward(&mut self, images: &[f32], labels: &[u32]) -> Result<()> {
         self.load_batch(images, Some(labels))?;
         self.forward(true)?;
-        self.backward()
+        self.backward(true)
     }
 
-    /// Loss and backward of the loaded batch after [`Self::forward`] with `train`.
-    fn backward(&mut self) -> Result<()> {
+    /// Loss and backward of the loaded batch after [`Self::forward`] with `train`; fc1's weight gradient
+    /// only with `fc1_wgrad` (a training step fuses it into Adam instead).
+    fn backward(&mut self, fc1_wgrad: bool) -> Result<()> {
         let (b, c) = (&*self.b, self.config);
         let ws = self.ws.as_mut().ok_or_else(missing_workspace)?;
         let n = ws.n;
@@ -637,12 +675,14 @@ impl<B: Backend> InceptionMnist<B> {
         let dh1 = b.view(dh1, rh)?;
         // fc1
         let m2_out = b.view(&ws.m2_out, all(&ws.m2_out))?;
-        b.linear_wgrad(
-            &mut b.view_mut(&mut self.grads, range("fc1.weight"))?,
-            &dh1,
-            &m2_out,
-            &fc1,
-        )?;
+        if fc1_wgrad {
+            b.linear_wgrad(
+                &mut b.view_mut(&mut self.grads, range("fc1.weight"))?,
+                &dh1,
+                &m2_out,
+                &fc1,
+            )?;
+        }
         b.linear_bgrad(
             &mut b.view_mut(&mut self.grads, range("fc1.bias"))?,
             &dh1,

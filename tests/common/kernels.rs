@@ -469,3 +469,102 @@ pub fn assert_outputs(
         super::assert_close_scaled(&format!("{what}: {name}"), g, w, *atol, *rtol);
     }
 }
+
+/// `linear_wgrad_adam` on backend `b`, and `linear_wgrad` then `adam_step` on the same backend, from the same
+/// weights and moments at Adam step `t`: `[fused, unfused]`, each `[w, m, v]` on the host.
+#[allow(clippy::too_many_arguments)]
+pub fn wgrad_adam_on<B: Backend>(
+    b: &B,
+    s: &inception_cuda::shape::LinearShape,
+    dy: &[f32],
+    x: &[f32],
+    [w, m, v]: [&[f32]; 3],
+    t: u64,
+) -> [[Vec<f32>; 3]; 2] {
+    use inception_cuda::shape::AdamStep;
+    let step = AdamStep::new(1e-3, t);
+    let up = |v: &[f32]| b.upload(v).unwrap();
+    let (dyb, xb) = (up(dy), up(x));
+    let (dyv, xv) = (
+        b.view(&dyb, 0..dy.len()).unwrap(),
+        b.view(&xb, 0..x.len()).unwrap(),
+    );
+    let n = w.len();
+    let (mut fw, mut fm, mut fv) = (up(w), up(m), up(v));
+    b.linear_wgrad_adam(
+        [
+            &mut b.view_mut(&mut fw, 0..n).unwrap(),
+            &mut b.view_mut(&mut fm, 0..n).unwrap(),
+            &mut b.view_mut(&mut fv, 0..n).unwrap(),
+        ],
+        &dyv,
+        &xv,
+        s,
+        &step,
+    )
+    .unwrap();
+    let (mut uw, mut um, mut uv, mut g) = (up(w), up(m), up(v), up(&vec![SENTINEL; n]));
+    b.linear_wgrad(&mut b.view_mut(&mut g, 0..n).unwrap(), &dyv, &xv, s)
+        .unwrap();
+    b.adam_step(
+        &mut b.view_mut(&mut uw, 0..n).unwrap(),
+        &mut b.view_mut(&mut um, 0..n).unwrap(),
+        &mut b.view_mut(&mut uv, 0..n).unwrap(),
+        &b.view(&g, 0..n).unwrap(),
+        &step,
+    )
+    .unwrap();
+    let host = |x: &B::Buf| b.to_host(x).unwrap();
+    [
+        [host(&fw), host(&fm), host(&fv)],
+        [host(&uw), host(&um), host(&uv)],
+    ]
+}
+
+/// Weights and mid-training Adam moments for [`wgrad_adam_on`] (second moments of the size of a squared
+/// gradient, so the update is not the sign-dominated first step).
+pub fn wgrad_adam_state(s: &inception_cuda::shape::LinearShape) -> [Vec<f32>; 3] {
+    use super::uniform;
+    let n = s.n_out * s.k_in;
+    let m: Vec<f32> = uniform(46, n).iter().map(|v| v * 0.05).collect();
+    let v: Vec<f32> = uniform(47, n).iter().map(|v| v * v * 0.01 + 1e-4).collect();
+    [uniform(45, n), m, v]
+}
+
+/// Asserts that a training step equals `forward_backward` then Adam over every parameter on the host (the
+/// CPU twin of `adam_step`, bit-exact with the kernel): `make` builds two identical nets; fc1's fused
+/// weight update must give the same bits as the stored gradient through the unfused update.
+pub fn assert_step_is_forward_backward_then_adam<B: Backend>(
+    what: &str,
+    make: impl Fn() -> inception_cuda::nn::InceptionMnist<B>,
+    images: &[f32],
+    labels: &[u32],
+) {
+    use inception_cuda::shape::AdamStep;
+    let lr = 1e-3;
+    let mut plain = make();
+    plain.forward_backward(images, labels).unwrap();
+    let entries: Vec<(String, std::ops::Range<usize>)> = plain
+        .params()
+        .iter()
+        .map(|e| (e.name.clone(), e.range.clone()))
+        .collect();
+    let mut stepped = make();
+    stepped.train_step(images, labels, lr).unwrap();
+    let state = stepped.train_state().unwrap();
+    for (name, range) in &entries {
+        let mut p = plain.param(name).unwrap();
+        let g = plain.grad(name).unwrap();
+        let (mut m, mut v) = (vec![0.0; p.len()], vec![0.0; p.len()]);
+        inception_cuda::cpu::adam_step(&mut p, &mut m, &mut v, &g, &AdamStep::new(lr, 1)).unwrap();
+        let what = format!("{what}: {name} after one step");
+        super::assert_bits_eq(&what, &stepped.param(name).unwrap(), &p);
+        super::assert_bits_eq(&format!("{what}, adam_m"), &state.adam_m[range.clone()], &m);
+        super::assert_bits_eq(&format!("{what}, adam_v"), &state.adam_v[range.clone()], &v);
+    }
+    let len = state.adam_m.len();
+    assert!(
+        len > 0 && state.adam_v.iter().any(|&v| v > 0.0),
+        "{what}: no moment was updated"
+    );
+}

@@ -1,0 +1,18 @@
+// adam.cuh: PyTorch's Adam update of one element, shared by adam_step (train.cu) and linear_wgrad_adam
+// (linear.cu) so the fused and the unfused update are the same arithmetic, bit for bit. Explicit _rn
+// intrinsics: no FMA is contracted, so the CPU twin (src/cpu/adam.rs) matches bit for bit too.
+#pragma once
+
+// The per-launch scalars, computed on the host in f64 and rounded (AdamStep::scalars in src/shape.rs).
+struct AdamScalars {
+  float one_minus_b1, b2, one_minus_b2;  // 1 - β1, β2, 1 - β2
+  float step_size, bc2_sqrt, eps;        // lr / (1 - β1ᵗ), √(1 - β2ᵗ), eps
+};
+
+// m ← m + (1-β1)(g - m); v ← β2·v + (1-β2)·g²; p ← p - step_size · m / (√v / bc2_sqrt + eps).
+__device__ __forceinline__ void adam_update(float& p, float& m, float& v, float g, const AdamScalars& s) {
+  m = __fadd_rn(m, __fmul_rn(s.one_minus_b1, __fsub_rn(g, m)));
+  v = __fadd_rn(__fmul_rn(v, s.b2), __fmul_rn(s.one_minus_b2, __fmul_rn(g, g)));
+  const float denom = __fadd_rn(__fdiv_rn(sqrtf(v), s.bc2_sqrt), s.eps);
+  p = __fsub_rn(p, __fmul_rn(s.step_size, __fdiv_rn(m, denom)));
+}
