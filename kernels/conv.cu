@@ -7,11 +7,11 @@
 //           writes per-split partial sums that conv_split_sum adds in split order (no float atomics: same
 //           inputs, same bits);
 //           reduce_conv_fwd: 1×1 (c_in → c_mid) + b1 → ReLU → k×k (c_mid → c_out) + b2 → ReLU in one kernel.
-//           Each block holds a tile of tile_h rows of one image's reduced map, plus a halo of k/2 rows on
-//           each side (recomputed by the neighbouring tile too), in dynamic shared memory, and computes a group
-//           of output channels of those rows from it; the blocks of group 0 save the tile's rows for
-//           backward. At MNIST size the whole 16 × 28 × 28 map (50 KB) is one tile, with no halo work; the
-//           launcher opts in to more than 48 KB of shared memory.
+//           Each block computes a tile of tile_h (4) rows of one image's reduced map, plus a halo of k/2 rows
+//           on each side (recomputed by the neighbouring tile too), into dynamic shared memory, once, and
+//           from it up to 64 output channels of those rows; the blocks of group 0 save the tile's rows for
+//           backward. Small row tiles give enough blocks (MNIST, batch 50: 350); the launcher opts in to
+//           more than 48 KB of shared memory when a wide map needs it.
 // Backward needs saved: x and the weights for conv; for the fused conv also the reduced map `mid`
 //           (post-ReLU), which its backward (a sequence of the kernels above, see src/cuda/conv.rs) reads.
 // Write rules: dy of a branch is read in place from its channel slice; dx overwrites or accumulates (the
@@ -275,62 +275,65 @@ extern "C" __global__ void conv_split_sum(float* __restrict__ out,             /
   }
 }
 
-// Output channels per block of reduce_conv_fwd.
-#define REDUCE_CO_GROUP 16
+// Output channels per block of reduce_conv_fwd (a block computes its reduced map once for all of them), and
+// the k×k register tile of one thread: 4 channels × 8 pixels of a row.
+#define REDUCE_CO_GROUP 64
+#define REDUCE_CO_T 4
+#define REDUCE_PX_T 8
 
 // The k×k conv of reduce_conv_fwd from the reduced map in shared memory: each thread computes 4 output
-// channels × 4 pixels of one row (a register tile: per tap, 4 + K - 1 map values and 4 weights feed 16 FMAs).
-// Every output sums cm, then ky, then kx in order, like the one-thread-per-output form it replaces.
+// channels × 8 pixels of one row (per tap, 4 weights feed 32 FMAs; per map row, 8 + K - 1 values feed
+// 4·8·K). Items run pixel octets fastest, so a warp shares its weights (at most two channel quads per warp).
+// Every output sums cm, then ky, then kx in order.
 template <int K>
 __device__ __forceinline__ void reduce_conv_tile(float* __restrict__ y, const float* __restrict__ mid_s,
                                                  const float* __restrict__ w2, const float* __restrict__ b2,
                                                  const ReduceDims& d, unsigned int img, unsigned int co0,
-                                                 unsigned int y0, unsigned int y1, unsigned int r0,
-                                                 unsigned int rows) {
+                                                 unsigned int co1, unsigned int y0, unsigned int y1,
+                                                 unsigned int r0, unsigned int rows) {
   const int p = K / 2, w = (int)d.w;
-  const unsigned int hw = d.h * d.w, qpr = (d.w + 3) / 4, quads = (y1 - y0) * qpr;
-  for (unsigned int t = threadIdx.x; t < 4 * quads; t += blockDim.x) {
-    const unsigned int cq = t % 4, q = t / 4;
-    const int oy = (int)(y0 + q / qpr), ox0 = (int)(q % qpr) * 4;
-    unsigned int co[4];
-    bool co_ok[4];
-    for (int j = 0; j < 4; ++j) {
-      co[j] = co0 + cq * 4 + j;
-      co_ok[j] = co[j] < d.c_out && co[j] < co0 + REDUCE_CO_GROUP;
-    }
-    float acc[4][4] = {};  // [channel j][pixel i]
+  const unsigned int hw = d.h * d.w, opr = (d.w + REDUCE_PX_T - 1) / REDUCE_PX_T, octs = (y1 - y0) * opr;
+  const unsigned int quads = (co1 - co0 + REDUCE_CO_T - 1) / REDUCE_CO_T;
+  for (unsigned int t = threadIdx.x; t < quads * octs; t += blockDim.x) {
+    const unsigned int q = t % octs, cb = co0 + t / octs * REDUCE_CO_T;
+    const int oy = (int)(y0 + q / opr), ox0 = (int)(q % opr) * REDUCE_PX_T;
+    const unsigned int n_co = co1 - cb < REDUCE_CO_T ? co1 - cb : REDUCE_CO_T;  // channels of this quad
+    const float* wrow[REDUCE_CO_T];  // each channel's weights [c_mid, K, K] (a valid row past n_co)
+    for (unsigned int j = 0; j < REDUCE_CO_T; ++j)
+      wrow[j] = w2 + (unsigned long long)(j < n_co ? cb + j : cb) * d.c_mid * (K * K);
+    float acc[REDUCE_CO_T][REDUCE_PX_T] = {};  // [channel j][pixel i]
     for (unsigned int cm = 0; cm < d.c_mid; ++cm) {
       const float* plane = mid_s + cm * rows * d.w;
       for (int ky = 0; ky < K; ++ky) {
         const int sy = oy + ky - p;
         if (sy < 0 || sy >= (int)d.h) continue;
         const float* row = plane + (sy - (int)r0) * w;
-        float seg[4 + K - 1];
-        for (int u = 0; u < 4 + K - 1; ++u) {
+        float seg[REDUCE_PX_T + K - 1];
+        for (int u = 0; u < REDUCE_PX_T + K - 1; ++u) {
           const int sx = ox0 + u - p;
           seg[u] = (sx >= 0 && sx < w) ? row[sx] : 0.0f;
         }
+        const unsigned int tap0 = cm * (K * K) + ky * K;
         for (int kx = 0; kx < K; ++kx) {
-          float wv[4];
-          for (int j = 0; j < 4; ++j)
-            wv[j] = co_ok[j] ? w2[((unsigned long long)co[j] * d.c_mid + cm) * (K * K) + ky * K + kx] : 0.0f;
-          for (int j = 0; j < 4; ++j)
-            for (int i = 0; i < 4; ++i) acc[j][i] += seg[kx + i] * wv[j];
+          float wv[REDUCE_CO_T];
+          for (int j = 0; j < REDUCE_CO_T; ++j) wv[j] = __ldg(wrow[j] + tap0 + kx);
+          for (int j = 0; j < REDUCE_CO_T; ++j)
+            for (int i = 0; i < REDUCE_PX_T; ++i) acc[j][i] += seg[kx + i] * wv[j];
         }
       }
     }
-    for (int j = 0; j < 4; ++j) {
-      if (!co_ok[j]) continue;
-      float* out = y + ((unsigned long long)img * d.c_total + d.c_offset + co[j]) * hw + (unsigned int)oy * d.w;
-      for (int i = 0; i < 4; ++i)
-        if (ox0 + i < w) out[ox0 + i] = relu_epilogue(acc[j][i] + b2[co[j]], 1);
+    for (unsigned int j = 0; j < n_co; ++j) {
+      const float bias = b2[cb + j];
+      float* out = y + ((unsigned long long)img * d.c_total + d.c_offset + cb + j) * hw + (unsigned int)oy * d.w;
+      for (int i = 0; i < REDUCE_PX_T; ++i)
+        if (ox0 + i < w) out[ox0 + i] = relu_epilogue(acc[j][i] + bias, 1);
     }
   }
 }
 
-// Grid: n · ceil(c_out / REDUCE_CO_GROUP) · ceil(h / tile_h) blocks (image-major, then channel group,
-// then row tile); dynamic shared memory: c_mid · min(h, tile_h + k - 1) · w floats. k is 3 or 5.
-extern "C" __global__ void reduce_conv_fwd(float* __restrict__ y,         // [n, c_total, h, w]
+// Grid: n · ceil(c_out / REDUCE_CO_GROUP) · ceil(h / tile_h) blocks (image-major, then channel group, then row
+// tile); dynamic shared memory: c_mid · min(h, tile_h + k - 1) · w floats. k is 3 or 5.
+extern "C" __global__ void __launch_bounds__(256, 2) reduce_conv_fwd(float* __restrict__ y,         // [n, c_total, h, w]
                                            float* __restrict__ mid,       // [n, c_mid, h, w] saved
                                            const float* __restrict__ x,   // [n, c_in, h, w]
                                            const float* __restrict__ w1,  // [c_mid, c_in]
@@ -345,32 +348,34 @@ extern "C" __global__ void reduce_conv_fwd(float* __restrict__ y,         // [n,
   const unsigned int hw = d.h * d.w, p = d.k / 2;
   const unsigned int y0 = tile * d.tile_h, y1 = y0 + d.tile_h < d.h ? y0 + d.tile_h : d.h;
   const unsigned int r0 = y0 > p ? y0 - p : 0, r1 = y1 + p < d.h ? y1 + p : d.h, rows = r1 - r0;
-  // 1×1 reduce + bias + ReLU of rows r0..r1 into shared memory: one pixel per thread, 16 reduce channels at a
-  // time (each input value read once per 16 channels), ci summed in order.
-  for (unsigned int t = threadIdx.x; t < rows * d.w; t += blockDim.x) {
-    const unsigned int row = r0 + t / d.w, px = row * d.w + t % d.w;
-    const float* xp = x + (unsigned long long)img * d.c_in * hw + px;
-    for (unsigned int cm0 = 0; cm0 < d.c_mid; cm0 += 16) {
-      const unsigned int cn = d.c_mid - cm0 < 16 ? d.c_mid - cm0 : 16;
-      float acc[16] = {};
-      for (unsigned int ci = 0; ci < d.c_in; ++ci) {
-        const float v = xp[(unsigned long long)ci * hw];
-        for (unsigned int j = 0; j < 16; ++j)
-          if (j < cn) acc[j] += w1[(cm0 + j) * d.c_in + ci] * v;
-      }
-      for (unsigned int j = 0; j < cn; ++j) {
-        const float v = relu_epilogue(acc[j] + b1[cm0 + j], 1);
-        mid_s[(cm0 + j) * rows * d.w + t] = v;
-        if (group == 0 && row >= y0 && row < y1) mid[((unsigned long long)img * d.c_mid + cm0 + j) * hw + px] = v;
+  // 1×1 reduce + bias + ReLU of rows r0..r1 into shared memory, once for all the block's output channels:
+  // conv_tile<1> items of 4 reduce channels × 4 pixels (ci summed in order).
+  const unsigned int qpr = (d.w + 3) / 4, mid_items = (d.c_mid + 3) / 4 * rows * qpr;
+  const float* x_img = x + (unsigned long long)img * d.c_in * hw;
+  for (unsigned int t = threadIdx.x; t < mid_items; t += blockDim.x) {
+    const int row = (int)(r0 + t % (rows * qpr) / qpr), ox0 = (int)(t % qpr) * 4;
+    const unsigned int cm0 = t / (rows * qpr) * 4;
+    float acc[4][4];
+    conv_tile<1>(acc, x_img, d.c_in, d.h, d.w, w1, 0, d.c_in, 1, 0, 0, cm0, d.c_mid, row, ox0);
+    for (unsigned int j = 0; j < 4 && cm0 + j < d.c_mid; ++j) {
+      const float bias = b1[cm0 + j];
+      for (int i = 0; i < 4 && ox0 + i < (int)d.w; ++i) {
+        const float v = relu_epilogue(acc[j][i] + bias, 1);
+        const unsigned int px = (unsigned int)row * d.w + (unsigned int)(ox0 + i);
+        mid_s[(cm0 + j) * rows * d.w + px - r0 * d.w] = v;
+        if (group == 0 && (unsigned int)row >= y0 && (unsigned int)row < y1)
+          mid[((unsigned long long)img * d.c_mid + cm0 + j) * hw + px] = v;
       }
     }
   }
   __syncthreads();
   // k×k conv of the reduced map for this block's output channels and rows, + bias + the module's ReLU.
+  const unsigned int co0 = group * REDUCE_CO_GROUP;
+  const unsigned int co1 = co0 + REDUCE_CO_GROUP < d.c_out ? co0 + REDUCE_CO_GROUP : d.c_out;
   if (d.k == 3)
-    reduce_conv_tile<3>(y, mid_s, w2, b2, d, img, group * REDUCE_CO_GROUP, y0, y1, r0, rows);
+    reduce_conv_tile<3>(y, mid_s, w2, b2, d, img, co0, co1, y0, y1, r0, rows);
   else
-    reduce_conv_tile<5>(y, mid_s, w2, b2, d, img, group * REDUCE_CO_GROUP, y0, y1, r0, rows);
+    reduce_conv_tile<5>(y, mid_s, w2, b2, d, img, co0, co1, y0, y1, r0, rows);
 }
 
 // The fused conv's backward through its k×k conv and the reduce ReLU: dpre = (w2ᵀ ⊛ dy) where mid > 0, else

@@ -138,13 +138,26 @@ __device__ __forceinline__ void gemm_stash(float (*s)[R + GEMM_PAD], const float
 __device__ __forceinline__ unsigned int gemm_row(int a) { return (threadIdx.x / 16) * 4 + (a % 4) + (a / 4) * 32; }
 __device__ __forceinline__ unsigned int gemm_col(int h) { return (threadIdx.x % 16) * 4 + h * 64; }
 
-// acc[a][b] = Σ_k A(i0 + row(a), k) · B(k, j0 + col(b)) over this block's k range (block (x, y, z): columns from
-// j0 = 128 x, rows from i0 = 64 y, slice z of k), k in increasing order.
+// The block's tile of C: grid x enumerates the tiles with row tiles fastest (blocks that run together share
+// B's columns: wgrad reads x from DRAM once, not once per row tile), grid z the split-K slices.
+struct GemmTile {
+  unsigned int i0, j0;  // first row and column
+};
+
+__device__ __forceinline__ GemmTile gemm_tile_of(const GemmDims& d) {
+  const unsigned int row_tiles = (d.m + GEMM_BM - 1) / GEMM_BM;
+  const unsigned int rt = row_tiles > 0 ? row_tiles : 1;
+  return GemmTile{(blockIdx.x % rt) * GEMM_BM, (blockIdx.x / rt) * GEMM_BN};
+}
+
+// acc[a][b] = Σ_k A(i0 + row(a), k) · B(k, j0 + col(b)) over this block's tile and k range (slice z of k),
+// k in increasing order.
 __device__ __forceinline__ void gemm_block(float (&acc)[8][8], const float* __restrict__ a,
                                            const float* __restrict__ b, const GemmDims& d) {
   __shared__ __align__(16) float as[GEMM_BK][GEMM_BM + GEMM_PAD];  // as[kk][i]
   __shared__ __align__(16) float bs[GEMM_BK][GEMM_BN + GEMM_PAD];  // bs[kk][j]
-  const unsigned int i0 = blockIdx.y * GEMM_BM, j0 = blockIdx.x * GEMM_BN;
+  const GemmTile tile = gemm_tile_of(d);
+  const unsigned int i0 = tile.i0, j0 = tile.j0;
   const u64 k_begin = (u64)blockIdx.z * d.k_chunk;
   const u64 k_end = k_begin + d.k_chunk < d.k ? k_begin + d.k_chunk : d.k;
   const int amode = gemm_read_mode(a, d.a_rs, d.a_ks), bmode = gemm_read_mode(b, d.b_cs, d.b_ks);
@@ -184,7 +197,8 @@ __device__ __forceinline__ void gemm_block(float (&acc)[8][8], const float* __re
 
 // C = the block's tile of acc, float4 stores where the row stride and pointer allow.
 __device__ __forceinline__ void gemm_store(float* __restrict__ c, const float (&acc)[8][8], const GemmDims& d) {
-  const unsigned int i0 = blockIdx.y * GEMM_BM, j0 = blockIdx.x * GEMM_BN;
+  const GemmTile tile = gemm_tile_of(d);
+  const unsigned int i0 = tile.i0, j0 = tile.j0;
   const bool vec = ((u64)c & 15) == 0 && d.c_rs % 4 == 0;
 #pragma unroll
   for (int r = 0; r < 8; ++r) {
@@ -205,7 +219,7 @@ __device__ __forceinline__ void gemm_store(float* __restrict__ c, const float (&
   }
 }
 
-// Grid (ceil(n_out / 128), ceil(m / 64), splits): partials[z] = x[:, z-th k range] · w[:, same]ᵀ.
+// Grid (ceil(m / 64) · ceil(n_out / 128), 1, splits): partials[z] = x[:, z-th k range] · w[:, same]ᵀ.
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS) linear_fwd(float* __restrict__ partials,  // [splits, m, n_out]
                                                                       const float* __restrict__ x,   // [m, k_in]
                                                                       const float* __restrict__ w,   // [n_out, k_in]
@@ -229,7 +243,7 @@ extern "C" __global__ void linear_fwd_reduce(float* __restrict__ y,             
   }
 }
 
-// Grid (ceil(k_in / 128), ceil(m / 64)): dx = dy · w.
+// Grid (ceil(m / 64) · ceil(k_in / 128)): dx = dy · w.
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS) linear_dgrad(float* __restrict__ dx,        // [m, k_in]
                                                                         const float* __restrict__ dy,  // [m, n_out]
                                                                         const float* __restrict__ w,   // [n_out, k_in]
@@ -239,7 +253,7 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS) line
   gemm_store(dx, acc, d);
 }
 
-// Grid (ceil(k_in / 128), ceil(n_out / 64)): dw = dyᵀ · x.
+// Grid (ceil(n_out / 64) · ceil(k_in / 128)): dw = dyᵀ · x.
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS) linear_wgrad(float* __restrict__ dw,        // [n_out, k_in]
                                                                         const float* __restrict__ dy,  // [m, n_out]
                                                                         const float* __restrict__ x,   // [m, k_in]
@@ -259,30 +273,42 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS) line
                                                                              GemmDims d, AdamScalars s) {
   float acc[8][8];
   gemm_block(acc, dy, x, d);
-  const unsigned int i0 = blockIdx.y * GEMM_BM, j0 = blockIdx.x * GEMM_BN;
+  const GemmTile tile = gemm_tile_of(d);
   const bool vec = (((u64)w | (u64)m | (u64)v) & 15) == 0 && d.c_rs % 4 == 0;
+  // Two rows (four float4 groups) at a time: their twelve loads are in flight together (the update is bound
+  // by memory latency at this occupancy, not by arithmetic).
 #pragma unroll
-  for (int r = 0; r < 8; ++r) {
-    const unsigned int i = i0 + gemm_row(r);
-    if (i >= d.m) continue;
+  for (int r0 = 0; r0 < 8; r0 += 2) {
+    float4 wq[4], mq[4], vq[4];
+    u64 at[4];
+    bool full[4], any[4];
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const unsigned int j = j0 + gemm_col(h);
-      const u64 at = (u64)i * d.c_rs + j;
-      if (vec && j + 3 < d.n) {
-        float4 wq = *reinterpret_cast<const float4*>(w + at);
-        float4 mq = *reinterpret_cast<const float4*>(m + at);
-        float4 vq = *reinterpret_cast<const float4*>(v + at);
-        adam_update(wq.x, mq.x, vq.x, acc[r][h * 4 + 0], s);
-        adam_update(wq.y, mq.y, vq.y, acc[r][h * 4 + 1], s);
-        adam_update(wq.z, mq.z, vq.z, acc[r][h * 4 + 2], s);
-        adam_update(wq.w, mq.w, vq.w, acc[r][h * 4 + 3], s);
-        *reinterpret_cast<float4*>(w + at) = wq;
-        *reinterpret_cast<float4*>(m + at) = mq;
-        *reinterpret_cast<float4*>(v + at) = vq;
-      } else {
+    for (int q = 0; q < 4; ++q) {
+      const unsigned int i = tile.i0 + gemm_row(r0 + q / 2), j = tile.j0 + gemm_col(q % 2);
+      at[q] = (u64)i * d.c_rs + j;
+      any[q] = i < d.m && j < d.n;
+      full[q] = vec && i < d.m && j + 3 < d.n;
+      if (full[q]) {
+        wq[q] = *reinterpret_cast<const float4*>(w + at[q]);
+        mq[q] = *reinterpret_cast<const float4*>(m + at[q]);
+        vq[q] = *reinterpret_cast<const float4*>(v + at[q]);
+      }
+    }
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const float* g = &acc[r0 + q / 2][(q % 2) * 4];
+      if (full[q]) {
+        adam_update(wq[q].x, mq[q].x, vq[q].x, g[0], s);
+        adam_update(wq[q].y, mq[q].y, vq[q].y, g[1], s);
+        adam_update(wq[q].z, mq[q].z, vq[q].z, g[2], s);
+        adam_update(wq[q].w, mq[q].w, vq[q].w, g[3], s);
+        *reinterpret_cast<float4*>(w + at[q]) = wq[q];
+        *reinterpret_cast<float4*>(m + at[q]) = mq[q];
+        *reinterpret_cast<float4*>(v + at[q]) = vq[q];
+      } else if (any[q]) {  // the edge of the matrix, or unaligned views: scalars
+        const unsigned int j = tile.j0 + gemm_col(q % 2);
         for (int u = 0; u < 4; ++u)
-          if (j + u < d.n) adam_update(w[at + u], m[at + u], v[at + u], acc[r][h * 4 + u], s);
+          if (j + u < d.n) adam_update(w[at[q] + u], m[at[q] + u], v[at[q] + u], g[u], s);
       }
     }
   }

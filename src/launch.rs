@@ -122,7 +122,9 @@ pub const REDUCE_BLOCK: u32 = 256;
 /// At most this many image splits in the conv weight and bias gradients (their partials are summed in order).
 pub const WGRAD_MAX_SPLITS: u32 = 64;
 /// Output channels per block of `reduce_conv_fwd` (`REDUCE_CO_GROUP` in kernels/conv.cu).
-pub const REDUCE_CO_GROUP: usize = 16;
+pub const REDUCE_CO_GROUP: usize = 64;
+/// Output rows per block of `reduce_conv_fwd` (fewer when a wide map's rows do not fit in shared memory).
+pub const REDUCE_TILE_H: usize = 4;
 /// Dynamic shared memory a block may use on Ampere and Hopper after opting in (227 KiB on H100/H200; the
 /// A100's 163 KiB is the smaller limit we design for).
 pub const MAX_DYNAMIC_SHARED: usize = 163 * 1024;
@@ -158,6 +160,17 @@ pub(crate) struct ReduceDims {
     pub c_offset: u32,
     /// Output rows per block of reduce_conv_fwd.
     pub tile_h: u32,
+}
+
+/// A grid's x extent: at most 2³¹ − 1 blocks (CUDA's limit).
+fn grid_x(op: &'static str, blocks: usize) -> crate::Result<u32> {
+    u32::try_from(blocks)
+        .ok()
+        .filter(|&b| b <= i32::MAX as u32)
+        .ok_or_else(|| crate::Error::InvalidShape {
+            op,
+            reason: format!("{blocks} blocks exceed CUDA's grid limit of 2^31 - 1"),
+        })
 }
 
 fn u32_of(op: &'static str, v: usize) -> crate::Result<u32> {
@@ -268,7 +281,7 @@ impl ReduceDims {
             s.n, s.c_in, s.c_mid, s.c_out, s.h, s.w, s.k, s.c_total, s.c_offset,
         ]
         .map(|v| u32_of(op, v));
-        // As many rows per tile as fit with their halo (all of them when the whole map fits).
+        // REDUCE_TILE_H rows per tile, or as many as fit with their halo.
         let row_bytes = 4 * s.c_mid * s.w;
         let fit = (MAX_DYNAMIC_SHARED / row_bytes.max(1)).saturating_sub(s.k - 1);
         if fit == 0 {
@@ -287,7 +300,7 @@ impl ReduceDims {
             k: k?,
             c_total: c_total?,
             c_offset: c_offset?,
-            tile_h: u32_of(op, fit.min(s.h))?,
+            tile_h: u32_of(op, fit.min(s.h).min(REDUCE_TILE_H))?,
         })
     }
 
@@ -423,8 +436,9 @@ impl LinearPlan {
 
 fn gemm_grid(op: &'static str, n: usize, m: usize, z: usize) -> crate::Result<LaunchDims> {
     Ok(LaunchDims {
-        grid: u32_of(op, n.div_ceil(GEMM_BN).max(1))?,
-        grid_y: u32_of(op, m.div_ceil(GEMM_BM).max(1))?,
+        // every (row tile, column tile) in x, row tiles fastest (kernels/linear.cu: gemm_tile_of)
+        grid: grid_x(op, n.div_ceil(GEMM_BN).max(1) * m.div_ceil(GEMM_BM).max(1))?,
+        grid_y: 1,
         grid_z: u32_of(op, z.max(1))?,
         block: GEMM_THREADS,
         shared_bytes: 0,

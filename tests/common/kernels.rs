@@ -268,10 +268,21 @@ pub fn fused_tiled_shapes() -> Vec<ReduceConvShape> {
     vec![big(96, 3, 2, 1), big(64, 5, 1, 0)]
 }
 
-/// Shapes for the fused tests: batch 1 and 3, 5×5 and 7×7, both kernel sizes, a slice, more than one
-/// output-channel group (c_out 20 > 16).
+/// Shapes for the fused tests: batch 1 and 3, 5×5 and 7×7 (two row tiles of 4 with their halos), both
+/// kernel sizes, a slice; and one with two output-channel groups (c_out 70 > 64, the last channel quad
+/// partial), c_mid 5 (a partial quad of reduce channels) and 9 × 9 (three row tiles, a partial pixel octet).
 pub fn fused_shapes() -> Vec<ReduceConvShape> {
-    let mut v = Vec::new();
+    let mut v = vec![ReduceConvShape {
+        n: 2,
+        c_in: 3,
+        c_mid: 5,
+        c_out: 70,
+        h: 9,
+        w: 9,
+        k: 5,
+        c_total: 75,
+        c_offset: 3,
+    }];
     for (n, hw) in [(1, 5), (3, 7)] {
         for k in [3, 5] {
             v.push(ReduceConvShape {
