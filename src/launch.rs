@@ -52,6 +52,24 @@ pub(crate) struct PoolPlan {
     pub planes: u64,
     pub h: u32,
     pub w: u32,
+    /// maxpool3x3s1_bwd: rows per block (0: rows too wide for shared memory, one thread per cell instead)
+    /// and its launch.
+    pub bwd_tile_h: u32,
+    pub bwd_dims: LaunchDims,
+}
+
+/// Rows per block of the tiled `maxpool3x3s1_bwd` (fewer when wide rows would not fit in 48 KiB).
+pub const POOL_TILE_H: usize = 16;
+
+/// The tiled pool backward's rows per block and shared bytes for `w`-wide rows: `(tile_h + 4) · w` floats
+/// and `(tile_h + 2) · w` winners within 48 KiB; `(0, 0)` when not even one row fits.
+fn pool_bwd_tile(h: usize, w: usize) -> (usize, usize) {
+    let fit = (48 * 1024 / (8 * w.max(1))).saturating_sub(3); // 4·w·(2·tile_h + 6) <= 48 KiB
+    let tile_h = fit.min(POOL_TILE_H).min(h);
+    if tile_h == 0 {
+        return (0, 0);
+    }
+    (tile_h, 4 * w * (2 * tile_h + 6))
 }
 
 /// Checks the buffers of a pooling kernel against `s` (each must hold `n·c·h·w` elements). `None` when
@@ -73,11 +91,25 @@ pub(crate) fn pool_plan(
             reason: format!("image {}×{} exceeds u32", s.h, s.w),
         });
     };
+    let (tile_h, shared) = pool_bwd_tile(s.h, s.w);
+    let tiles = (s.n * s.c).saturating_mul(s.h.div_ceil(tile_h.max(1)));
     Ok(elementwise(len).map(|dims| PoolPlan {
         dims,
         planes: (s.n * s.c) as u64,
         h,
         w,
+        bwd_tile_h: tile_h as u32, // <= POOL_TILE_H
+        bwd_dims: if tile_h == 0 {
+            dims
+        } else {
+            LaunchDims {
+                grid: tiles.min(ELEMENTWISE_MAX_GRID as usize) as u32, // <= ELEMENTWISE_MAX_GRID
+                grid_y: 1,
+                grid_z: 1,
+                block: ELEMENTWISE_BLOCK,
+                shared_bytes: shared as u32, // <= 48 KiB
+            }
+        },
     }))
 }
 

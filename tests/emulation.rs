@@ -228,7 +228,16 @@ fn pool_input(len: usize, seed: u64) -> Vec<f32> {
 #[test]
 fn emulated_maxpool_matches_its_twin_bit_for_bit() {
     use inception_cuda::shape::PoolShape;
-    for (n, c, h, w) in [(1, 1, 5, 5), (3, 2, 7, 7), (2, 3, 28, 28), (1, 1, 1, 3)] {
+    // 40 rows: three row tiles of the backward (16, 16, 8); 7,000 columns: rows too wide for the tiles (the
+    // one-thread-per-cell path).
+    for (n, c, h, w) in [
+        (1, 1, 5, 5),
+        (3, 2, 7, 7),
+        (2, 3, 28, 28),
+        (1, 1, 1, 3),
+        (1, 2, 40, 5),
+        (1, 1, 3, 7000),
+    ] {
         let s = PoolShape { n, c, h, w };
         let len = n * c * h * w;
         let (x, dy, dx0) = (pool_input(len, 1), uniform(2, len), uniform(3, len));

@@ -51,9 +51,10 @@ pub fn maxpool3x3s1_bwd(
         .arg(&p.planes)
         .arg(&p.h)
         .arg(&p.w)
-        .arg(&acc);
-    // SAFETY: see the module comment.
-    unsafe { args.launch(launch_config(p.dims)) }.map_err(driver_error(OP))?;
+        .arg(&acc)
+        .arg(&p.bwd_tile_h);
+    // SAFETY: see the module comment; the dynamic shared memory holds the tile's rows and winners.
+    unsafe { args.launch(launch_config(p.bwd_dims)) }.map_err(driver_error(OP))?;
     Ok(())
 }
 

@@ -66,6 +66,7 @@ extern "C" {
         h: u32,
         w: u32,
         accumulate: i32,
+        tile_h: u32,
     ) -> i32;
     fn emu_launch_softmax_xent(
         cfg: *const Launch,
@@ -327,7 +328,7 @@ impl Backend for EmuBackend {
         let acc = i32::from(accumulate);
         // SAFETY: the launcher matches maxpool3x3s1_bwd's parameters; dx, dy and x hold planes·h·w floats
         // (checked by pool_plan) and the kernel indexes below that.
-        run(OP, p.dims, self.order, |cfg| unsafe {
+        run(OP, p.bwd_dims, self.order, |cfg| unsafe {
             emu_launch_maxpool3x3s1_bwd(
                 cfg,
                 dx.as_mut_ptr(),
@@ -337,6 +338,7 @@ impl Backend for EmuBackend {
                 p.h,
                 p.w,
                 acc,
+                p.bwd_tile_h,
             )
         })
     }
