@@ -34,7 +34,8 @@ for line in sys.stdin:
 cargo test --release --no-run --message-format=json 2>/dev/null | collect tests >>stage/MANIFEST
 cargo build --release --examples --message-format=json 2>/dev/null | collect examples >>stage/MANIFEST
 cargo bench --features baselines --no-run --message-format=json 2>/dev/null | collect benches >>stage/MANIFEST
-# Debug sections off: the working tree and stage/ travel together under 64 MiB.
-strip --strip-debug stage/tests/* stage/examples/* stage/benches/*
+# Symbols and debug sections off: the working tree and stage/ travel together under 64 MiB (panics keep
+# their messages; backtraces lose function names).
+strip stage/tests/* stage/examples/* stage/benches/*
 echo "staged $(wc -l <stage/MANIFEST) binaries in stage/ ($(du -sh stage | cut -f1)):"
 sed 's/^/  /' stage/MANIFEST
