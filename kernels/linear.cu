@@ -19,7 +19,7 @@
 
 #include "adam.cuh"
 
-#define GEMM_BM 64        // rows of C per block
+#define GEMM_BM 64        // rows of C per block (linear_wgrad_adam: 32, see there)
 #define GEMM_BN 128       // columns of C per block
 #define GEMM_BK 16        // k per shared-memory step
 #define GEMM_THREADS 128  // 16 column groups × 8 row groups, 8 × 8 outputs each
@@ -134,7 +134,8 @@ __device__ __forceinline__ void gemm_stash(float (*s)[R + GEMM_PAD], const float
 }
 
 // Output (a, b) of thread t of the tile: row 4 · (t / 16) + a % 4 + 32 · (a / 4), column 4 · (t % 16) + b % 4 +
-// 64 · (b / 4): a warp's float4 reads of shared memory and its float4 stores cover contiguous runs.
+// 64 · (b / 4): a warp's float4 reads of shared memory and its float4 stores cover contiguous runs. A thread
+// has TM = 8 rows (tiles of 64 rows) or TM = 4 (32 rows: fewer registers, more blocks per SM).
 __device__ __forceinline__ unsigned int gemm_row(int a) { return (threadIdx.x / 16) * 4 + (a % 4) + (a / 4) * 32; }
 __device__ __forceinline__ unsigned int gemm_col(int h) { return (threadIdx.x % 16) * 4 + h * 64; }
 
@@ -144,50 +145,57 @@ struct GemmTile {
   unsigned int i0, j0;  // first row and column
 };
 
+template <int BM>
 __device__ __forceinline__ GemmTile gemm_tile_of(const GemmDims& d) {
-  const unsigned int row_tiles = (d.m + GEMM_BM - 1) / GEMM_BM;
+  const unsigned int row_tiles = (d.m + BM - 1) / BM;
   const unsigned int rt = row_tiles > 0 ? row_tiles : 1;
-  return GemmTile{(blockIdx.x % rt) * GEMM_BM, (blockIdx.x / rt) * GEMM_BN};
+  return GemmTile{(blockIdx.x % rt) * BM, (blockIdx.x / rt) * GEMM_BN};
 }
 
-// acc[a][b] = Σ_k A(i0 + row(a), k) · B(k, j0 + col(b)) over this block's tile and k range (slice z of k),
-// k in increasing order.
-__device__ __forceinline__ void gemm_block(float (&acc)[8][8], const float* __restrict__ a,
+// acc[a][b] = Σ_k A(i0 + row(a), k) · B(k, j0 + col(b)) over this block's tile (TM · 8 rows) and k range
+// (slice z of k), k in increasing order: the same order for every TM.
+template <int TM>
+__device__ __forceinline__ void gemm_block(float (&acc)[TM][8], const float* __restrict__ a,
                                            const float* __restrict__ b, const GemmDims& d) {
-  __shared__ __align__(16) float as[GEMM_BK][GEMM_BM + GEMM_PAD];  // as[kk][i]
+  constexpr int BM = TM * 8;
+  __shared__ __align__(16) float as[GEMM_BK][BM + GEMM_PAD];       // as[kk][i]
   __shared__ __align__(16) float bs[GEMM_BK][GEMM_BN + GEMM_PAD];  // bs[kk][j]
-  const GemmTile tile = gemm_tile_of(d);
+  const GemmTile tile = gemm_tile_of<BM>(d);
   const unsigned int i0 = tile.i0, j0 = tile.j0;
   const u64 k_begin = (u64)blockIdx.z * d.k_chunk;
   const u64 k_end = k_begin + d.k_chunk < d.k ? k_begin + d.k_chunk : d.k;
   const int amode = gemm_read_mode(a, d.a_rs, d.a_ks), bmode = gemm_read_mode(b, d.b_cs, d.b_ks);
 #pragma unroll
-  for (int r = 0; r < 8; ++r)
+  for (int r = 0; r < TM; ++r)
 #pragma unroll
     for (int c = 0; c < 8; ++c) acc[r][c] = 0.0f;
   if (k_begin >= k_end) return;  // uniform: an empty k range
-  float av[GEMM_BM / 8], bv[GEMM_BN / 8];
-  gemm_fetch<GEMM_BM>(av, amode, a, d.a_rs, d.a_ks, i0, d.m, k_begin, k_end);  // A(i, k)
+  float av[BM / 8], bv[GEMM_BN / 8];
+  gemm_fetch<BM>(av, amode, a, d.a_rs, d.a_ks, i0, d.m, k_begin, k_end);  // A(i, k)
   gemm_fetch<GEMM_BN>(bv, bmode, b, d.b_cs, d.b_ks, j0, d.n, k_begin, k_end);  // B(k, j) as X(j, k)
   const unsigned int ty4 = (threadIdx.x / 16) * 4, tx4 = (threadIdx.x % 16) * 4;
   for (u64 k0 = k_begin; k0 < k_end; k0 += GEMM_BK) {
-    gemm_stash<GEMM_BM>(as, av, amode, d.a_ks == 1);
+    gemm_stash<BM>(as, av, amode, d.a_ks == 1);
     gemm_stash<GEMM_BN>(bs, bv, bmode, d.b_ks == 1);
     __syncthreads();
     if (k0 + GEMM_BK < k_end) {  // the next step's loads, in flight during the FMAs below
-      gemm_fetch<GEMM_BM>(av, amode, a, d.a_rs, d.a_ks, i0, d.m, k0 + GEMM_BK, k_end);
+      gemm_fetch<BM>(av, amode, a, d.a_rs, d.a_ks, i0, d.m, k0 + GEMM_BK, k_end);
       gemm_fetch<GEMM_BN>(bv, bmode, b, d.b_cs, d.b_ks, j0, d.n, k0 + GEMM_BK, k_end);
     }
 #pragma unroll
     for (int kk = 0; kk < GEMM_BK; ++kk) {
+      float ar[TM];
       const float4 a0 = *reinterpret_cast<const float4*>(&as[kk][ty4]);
-      const float4 a1 = *reinterpret_cast<const float4*>(&as[kk][ty4 + 32]);
+      ar[0] = a0.x, ar[1] = a0.y, ar[2] = a0.z, ar[3] = a0.w;
+      if (TM == 8) {
+        const float4 a1 = *reinterpret_cast<const float4*>(&as[kk][ty4 + 32]);
+        ar[TM - 4] = a1.x, ar[TM - 3] = a1.y, ar[TM - 2] = a1.z, ar[TM - 1] = a1.w;
+      }
       const float4 b0 = *reinterpret_cast<const float4*>(&bs[kk][tx4]);
       const float4 b1 = *reinterpret_cast<const float4*>(&bs[kk][tx4 + 64]);
-      const float ar[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
       const float br[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
 #pragma unroll
-      for (int r = 0; r < 8; ++r)
+      for (int r = 0; r < TM; ++r)
 #pragma unroll
         for (int c = 0; c < 8; ++c) acc[r][c] += ar[r] * br[c];
     }
@@ -197,7 +205,7 @@ __device__ __forceinline__ void gemm_block(float (&acc)[8][8], const float* __re
 
 // C = the block's tile of acc, float4 stores where the row stride and pointer allow.
 __device__ __forceinline__ void gemm_store(float* __restrict__ c, const float (&acc)[8][8], const GemmDims& d) {
-  const GemmTile tile = gemm_tile_of(d);
+  const GemmTile tile = gemm_tile_of<GEMM_BM>(d);
   const unsigned int i0 = tile.i0, j0 = tile.j0;
   const bool vec = ((u64)c & 15) == 0 && d.c_rs % 4 == 0;
 #pragma unroll
@@ -263,52 +271,54 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS) line
   gemm_store(dw, acc, d);
 }
 
-// Grid as linear_wgrad: g = dyᵀ · x formed in registers, then Adam's update of w, m, v with it (adam.cuh): the
-// result of linear_wgrad then adam_step, without storing g. w, m, v [n_out, k_in], updated in place.
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS) linear_wgrad_adam(float* __restrict__ w,         // [n_out, k_in]
-                                                                             float* __restrict__ m,         // [n_out, k_in]
-                                                                             float* __restrict__ v,         // [n_out, k_in]
-                                                                             const float* __restrict__ dy,  // [rows, n_out]
-                                                                             const float* __restrict__ x,   // [rows, k_in]
-                                                                             GemmDims d, AdamScalars s) {
-  float acc[8][8];
-  gemm_block(acc, dy, x, d);
-  const GemmTile tile = gemm_tile_of(d);
+// Grid (ceil(n_out / 32) · ceil(k_in / 128)): g = dyᵀ · x formed in registers, then Adam's update of w, m, v with
+// it (adam.cuh): the result of linear_wgrad then adam_step, without storing g. w, m, v [n_out, k_in], updated
+// in place. The update is bound by memory latency: 32-row tiles (4 rows a thread) leave registers for four
+// blocks an SM (16 warps, against 12 with 64-row tiles), each thread with half its w, m, v loads in flight.
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 4) linear_wgrad_adam(float* __restrict__ w,         // [n_out, k_in]
+                                                                                float* __restrict__ m,         // [n_out, k_in]
+                                                                                float* __restrict__ v,         // [n_out, k_in]
+                                                                                const float* __restrict__ dy,  // [rows, n_out]
+                                                                                const float* __restrict__ x,   // [rows, k_in]
+                                                                                GemmDims d, AdamScalars s) {
+  float acc[4][8];
+  gemm_block<4>(acc, dy, x, d);
+  const GemmTile tile = gemm_tile_of<32>(d);
   const bool vec = (((u64)w | (u64)m | (u64)v) & 15) == 0 && d.c_rs % 4 == 0;
-  // Two rows (four float4 groups) at a time: their twelve loads are in flight together (the update is bound
-  // by memory latency at this occupancy, not by arithmetic).
 #pragma unroll
-  for (int r0 = 0; r0 < 8; r0 += 2) {
+  for (int q0 = 0; q0 < 8; q0 += 4) {  // two halves: the loads of four output groups in flight together
     float4 wq[4], mq[4], vq[4];
     u64 at[4];
     bool full[4], any[4];
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const unsigned int i = tile.i0 + gemm_row(r0 + q / 2), j = tile.j0 + gemm_col(q % 2);
-      at[q] = (u64)i * d.c_rs + j;
-      any[q] = i < d.m && j < d.n;
-      full[q] = vec && i < d.m && j + 3 < d.n;
-      if (full[q]) {
-        wq[q] = *reinterpret_cast<const float4*>(w + at[q]);
-        mq[q] = *reinterpret_cast<const float4*>(m + at[q]);
-        vq[q] = *reinterpret_cast<const float4*>(v + at[q]);
+    for (int e = 0; e < 4; ++e) {  // output group q = q0 + e: row q / 2, columns col(q % 2) .. + 3
+      const int q = q0 + e;
+      const unsigned int i = tile.i0 + gemm_row(q / 2), j = tile.j0 + gemm_col(q % 2);
+      at[e] = (u64)i * d.c_rs + j;
+      any[e] = i < d.m && j < d.n;
+      full[e] = vec && i < d.m && j + 3 < d.n;
+      if (full[e]) {
+        wq[e] = *reinterpret_cast<const float4*>(w + at[e]);
+        mq[e] = *reinterpret_cast<const float4*>(m + at[e]);
+        vq[e] = *reinterpret_cast<const float4*>(v + at[e]);
       }
     }
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const float* g = &acc[r0 + q / 2][(q % 2) * 4];
-      if (full[q]) {
-        adam_update(wq[q].x, mq[q].x, vq[q].x, g[0], s);
-        adam_update(wq[q].y, mq[q].y, vq[q].y, g[1], s);
-        adam_update(wq[q].z, mq[q].z, vq[q].z, g[2], s);
-        adam_update(wq[q].w, mq[q].w, vq[q].w, g[3], s);
-        *reinterpret_cast<float4*>(w + at[q]) = wq[q];
-        *reinterpret_cast<float4*>(m + at[q]) = mq[q];
-        *reinterpret_cast<float4*>(v + at[q]) = vq[q];
-      } else if (any[q]) {  // the edge of the matrix, or unaligned views: scalars
+    for (int e = 0; e < 4; ++e) {
+      const int q = q0 + e;
+      const float* g = &acc[q / 2][(q % 2) * 4];
+      if (full[e]) {
+        adam_update(wq[e].x, mq[e].x, vq[e].x, g[0], s);
+        adam_update(wq[e].y, mq[e].y, vq[e].y, g[1], s);
+        adam_update(wq[e].z, mq[e].z, vq[e].z, g[2], s);
+        adam_update(wq[e].w, mq[e].w, vq[e].w, g[3], s);
+        *reinterpret_cast<float4*>(w + at[e]) = wq[e];
+        *reinterpret_cast<float4*>(m + at[e]) = mq[e];
+        *reinterpret_cast<float4*>(v + at[e]) = vq[e];
+      } else if (any[e]) {  // the edge of the matrix, or unaligned views: scalars
         const unsigned int j = tile.j0 + gemm_col(q % 2);
         for (int u = 0; u < 4; ++u)
-          if (j + u < d.n) adam_update(w[at[q] + u], m[at[q] + u], v[at[q] + u], g[u], s);
+          if (j + u < d.n) adam_update(w[at[e] + u], m[at[e] + u], v[at[e] + u], g[u], s);
       }
     }
   }

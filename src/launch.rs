@@ -406,6 +406,8 @@ pub(crate) struct GemmDims {
 
 /// Rows of C per block of the GEMM kernels (`GEMM_BM` in kernels/linear.cu).
 pub const GEMM_BM: usize = 64;
+/// Rows of C per block of `linear_wgrad_adam` (4 rows a thread: registers for more blocks and loads).
+pub const WGRAD_ADAM_BM: usize = 32;
 /// Columns of C per block of the GEMM kernels (`GEMM_BN` in kernels/linear.cu).
 pub const GEMM_BN: usize = 128;
 /// Threads per block of the GEMM kernels (`GEMM_THREADS` in kernels/linear.cu).
@@ -453,6 +455,8 @@ pub(crate) struct LinearPlan {
     pub reduce: Option<LaunchDims>,
     pub dgrad: (GemmDims, LaunchDims),
     pub wgrad: (GemmDims, LaunchDims),
+    /// linear_wgrad_adam: wgrad's product in tiles of [`WGRAD_ADAM_BM`] rows.
+    pub wgrad_adam: (GemmDims, LaunchDims),
     pub bgrad: Option<LaunchDims>,
     pub m: u32,
     pub n_out: u32,
@@ -467,9 +471,19 @@ impl LinearPlan {
 }
 
 fn gemm_grid(op: &'static str, n: usize, m: usize, z: usize) -> crate::Result<LaunchDims> {
+    gemm_grid_bm(op, n, m, z, GEMM_BM)
+}
+
+fn gemm_grid_bm(
+    op: &'static str,
+    n: usize,
+    m: usize,
+    z: usize,
+    bm: usize,
+) -> crate::Result<LaunchDims> {
     Ok(LaunchDims {
         // every (row tile, column tile) in x, row tiles fastest (kernels/linear.cu: gemm_tile_of)
-        grid: grid_x(op, n.div_ceil(GEMM_BN).max(1) * m.div_ceil(GEMM_BM).max(1))?,
+        grid: grid_x(op, n.div_ceil(GEMM_BN).max(1) * m.div_ceil(bm).max(1))?,
         grid_y: 1,
         grid_z: u32_of(op, z.max(1))?,
         block: GEMM_THREADS,
@@ -531,6 +545,7 @@ pub(crate) fn linear_plan(
         reduce: elementwise(m * n),
         dgrad: (dgrad, gemm_grid(op, k, m, 1)?),
         wgrad: (wgrad, gemm_grid(op, k, n, 1)?),
+        wgrad_adam: (wgrad, gemm_grid_bm(op, k, n, 1, WGRAD_ADAM_BM)?),
         bgrad: elementwise(n),
         m: m32,
         n_out: n32,

@@ -137,7 +137,7 @@ pub fn linear_wgrad_adam(
     if w.is_empty() {
         return Ok(());
     }
-    let (d, dims) = p.wgrad;
+    let (d, dims) = p.wgrad_adam;
     let mut args = dev
         .stream()
         .launch_builder(&dev.kernels().linear_wgrad_adam);

@@ -159,7 +159,7 @@ pub(super) fn linear_wgrad_adam(
     if w.is_empty() {
         return Ok(());
     }
-    let (d, dims) = p.wgrad;
+    let (d, dims) = p.wgrad_adam;
     // SAFETY: see the module comment; w, m and v are three distinct mutable borrows.
     run(OP, dims, o, |cfg| unsafe {
         emu_launch_linear_wgrad_adam(
