@@ -186,8 +186,10 @@ extern "C" __global__ void conv_wgrad(float* __restrict__ partials,  // [splits,
                                       const float* __restrict__ dy,  // [n, c_total, h, w], slice read
                                       const float* __restrict__ x,   // [n, c_in, h, w]
                                       ConvDims d, unsigned int imgs_per_split) {
-  __shared__ float as[WGRAD_TK][WGRAD_TILE + 1];  // as[t][i] = dy(co = i0 + i, position t of the chunk)
-  __shared__ float bs[WGRAD_TK][WGRAD_TILE + 1];  // bs[t][j] = x(col = j0 + j, position t), 0 off the image
+  // as[t][i] = dy(co = i0 + i, position t of the chunk); bs[t][j] = x(col = j0 + j, position t), 0 off the
+  // image. Rows padded to keep them 16-byte aligned for the float4 reads below.
+  __shared__ __align__(16) float as[WGRAD_TK][WGRAD_TILE + 4];
+  __shared__ __align__(16) float bs[WGRAD_TK][WGRAD_TILE + 4];
   const unsigned int kk2 = d.k * d.k, cols = d.c_in * kk2, hw = d.h * d.w;
   const unsigned int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   const unsigned int i0 = blockIdx.y * WGRAD_TILE, j0 = blockIdx.x * WGRAD_TILE;
@@ -212,12 +214,15 @@ extern "C" __global__ void conv_wgrad(float* __restrict__ partials,  // [splits,
     tap_x[q] = (int)(tap % d.k) - p;
   }
   float acc[4][4] = {};
+  // This thread's position t = t0 + tt as (image, row, column), advanced by WGRAD_TK per chunk without
+  // divisions.
+  unsigned int img = img0 + tt / hw;
+  int oy = (int)(tt % hw / d.w), ox = (int)(tt % d.w);
   for (unsigned int t0 = 0; t0 < count; t0 += WGRAD_TK) {
     const unsigned int t = t0 + tt;
     float av[4] = {0.0f, 0.0f, 0.0f, 0.0f}, bv[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     if (t < count) {
-      const unsigned int img = img0 + t / hw, px = t % hw;
-      const int oy = (int)(px / d.w), ox = (int)(px % d.w);
+      const unsigned int px = (unsigned int)oy * d.w + (unsigned int)ox;
       const float* dy_img = dy + (unsigned long long)img * d.c_total * hw + px;
       const float* x_img = x + (unsigned long long)img * d.c_in * hw;
       for (int q = 0; q < 4; ++q) {
@@ -231,13 +236,15 @@ extern "C" __global__ void conv_wgrad(float* __restrict__ partials,  // [splits,
       as[tt][rb + 16 * q] = av[q];
       bs[tt][rb + 16 * q] = bv[q];
     }
+    for (ox += WGRAD_TK; ox >= (int)d.w; ox -= (int)d.w) {
+      if (++oy == (int)d.h) oy = 0, ++img;
+    }
     __syncthreads();
+#pragma unroll
     for (unsigned int k2 = 0; k2 < WGRAD_TK; ++k2) {
-      float a4[4], b4[4];
-      for (int q = 0; q < 4; ++q) {
-        a4[q] = as[k2][ty * 4 + q];
-        b4[q] = bs[k2][tx * 4 + q];
-      }
+      const float4 a = *reinterpret_cast<const float4*>(&as[k2][ty * 4]);
+      const float4 b = *reinterpret_cast<const float4*>(&bs[k2][tx * 4]);
+      const float a4[4] = {a.x, a.y, a.z, a.w}, b4[4] = {b.x, b.y, b.z, b.w};
       for (int qi = 0; qi < 4; ++qi)
         for (int qj = 0; qj < 4; ++qj) acc[qi][qj] += a4[qi] * b4[qj];
     }
@@ -308,29 +315,34 @@ __device__ __forceinline__ void reduce_conv_tile(float* __restrict__ y, const fl
     const unsigned int q = t % octs, cb = co0 + t / octs * REDUCE_CO_T;
     const int oy = (int)(y0 + q / opr), ox0 = (int)(q % opr) * REDUCE_PX_T;
     const unsigned int n_co = co1 - cb < REDUCE_CO_T ? co1 - cb : REDUCE_CO_T;  // channels of this quad
-    const float* wrow[REDUCE_CO_T];  // each channel's weights [c_mid, K, K] (a valid row past n_co)
+    const float* wj[REDUCE_CO_T];  // channel j's weights at tap 0 of reduce channel cm (a valid row past n_co)
     for (unsigned int j = 0; j < REDUCE_CO_T; ++j)
-      wrow[j] = w2 + (unsigned long long)(j < n_co ? cb + j : cb) * d.c_mid * (K * K);
+      wj[j] = w2 + (unsigned long long)(j < n_co ? cb + j : cb) * d.c_mid * (K * K);
+    const bool inner = ox0 - p >= 0 && ox0 + REDUCE_PX_T - 1 + p < w;  // no tap column off the image
     float acc[REDUCE_CO_T][REDUCE_PX_T] = {};  // [channel j][pixel i]
-    for (unsigned int cm = 0; cm < d.c_mid; ++cm) {
-      const float* plane = mid_s + cm * rows * d.w;
+    const float* plane = mid_s;
+    for (unsigned int cm = 0; cm < d.c_mid; ++cm, plane += rows * d.w) {
       for (int ky = 0; ky < K; ++ky) {
         const int sy = oy + ky - p;
         if (sy < 0 || sy >= (int)d.h) continue;
         const float* row = plane + (sy - (int)r0) * w;
         float seg[REDUCE_PX_T + K - 1];
-        for (int u = 0; u < REDUCE_PX_T + K - 1; ++u) {
-          const int sx = ox0 + u - p;
-          seg[u] = (sx >= 0 && sx < w) ? row[sx] : 0.0f;
+        if (inner) {
+          for (int u = 0; u < REDUCE_PX_T + K - 1; ++u) seg[u] = row[ox0 - p + u];
+        } else {
+          for (int u = 0; u < REDUCE_PX_T + K - 1; ++u) {
+            const int sx = ox0 + u - p;
+            seg[u] = (sx >= 0 && sx < w) ? row[sx] : 0.0f;
+          }
         }
-        const unsigned int tap0 = cm * (K * K) + ky * K;
         for (int kx = 0; kx < K; ++kx) {
           float wv[REDUCE_CO_T];
-          for (int j = 0; j < REDUCE_CO_T; ++j) wv[j] = __ldg(wrow[j] + tap0 + kx);
+          for (int j = 0; j < REDUCE_CO_T; ++j) wv[j] = __ldg(wj[j] + ky * K + kx);
           for (int j = 0; j < REDUCE_CO_T; ++j)
             for (int i = 0; i < REDUCE_PX_T; ++i) acc[j][i] += seg[kx + i] * wv[j];
         }
       }
+      for (int j = 0; j < REDUCE_CO_T; ++j) wj[j] += K * K;
     }
     for (unsigned int j = 0; j < n_co; ++j) {
       const float bias = b2[cb + j];
