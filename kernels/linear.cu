@@ -28,6 +28,16 @@
 
 typedef unsigned long long u64;
 
+// A hint that the line holding p will be read soon: fetched into L2 (no effect on results; a no-op under
+// emulation, which has no caches).
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+#ifdef __CUDA_ARCH__
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+#else
+  (void)p;
+#endif
+}
+
 struct GemmDims {       // no padding: the 64-bit fields first
   u64 a_rs, a_ks;       // A(i, k) = a[i * a_rs + k * a_ks]
   u64 b_ks, b_cs;       // B(k, j) = b[k * b_ks + j * b_cs]
@@ -273,17 +283,25 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS) line
 
 // Grid (ceil(n_out / 32) · ceil(k_in / 128)): g = dyᵀ · x formed in registers, then Adam's update of w, m, v with
 // it (adam.cuh): the result of linear_wgrad then adam_step, without storing g. w, m, v [n_out, k_in], updated
-// in place. The update is bound by memory latency: 32-row tiles (4 rows a thread) leave registers for four
-// blocks an SM (16 warps, against 12 with 64-row tiles), each thread with half its w, m, v loads in flight.
+// in place. The update is bound by memory latency: the block asks L2 for its w, m, v lines before the
+// product, and 32-row tiles (4 rows a thread) leave registers for four blocks an SM (16 warps, against 12
+// with 64-row tiles), each thread with half its w, m, v loads in flight.
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 4) linear_wgrad_adam(float* __restrict__ w,         // [n_out, k_in]
                                                                                 float* __restrict__ m,         // [n_out, k_in]
                                                                                 float* __restrict__ v,         // [n_out, k_in]
                                                                                 const float* __restrict__ dy,  // [rows, n_out]
                                                                                 const float* __restrict__ x,   // [rows, k_in]
                                                                                 GemmDims d, AdamScalars s) {
+  const GemmTile tile = gemm_tile_of<32>(d);
+  // Ask L2 for the tile's w, m, v (32 rows × 128 columns each: 384 lines of 128 bytes, three a thread) before
+  // the product, so that they stream in while it runs: hints hold no registers, unlike loads.
+  for (unsigned int l = threadIdx.x; l < 3 * 32 * 4; l += GEMM_THREADS) {
+    const unsigned int i = tile.i0 + l % 128 / 4, j = tile.j0 + l % 4 * 32;
+    const float* base = l < 128 ? w : l < 256 ? m : v;
+    if (i < d.m && j < d.n) prefetch_l2(base + (u64)i * d.c_rs + j);
+  }
   float acc[4][8];
   gemm_block<4>(acc, dy, x, d);
-  const GemmTile tile = gemm_tile_of<32>(d);
   const bool vec = (((u64)w | (u64)m | (u64)v) & 15) == 0 && d.c_rs % 4 == 0;
 #pragma unroll
   for (int q0 = 0; q0 < 8; q0 += 4) {  // two halves: the loads of four output groups in flight together
