@@ -32,65 +32,55 @@ __device__ __forceinline__ float relu_epilogue(float pre, int relu) {
   return (!relu || !(pre <= 0.0f)) ? pre : 0.0f;
 }
 
-// The register tile shared by conv_fwd, conv_dgrad, reduce_conv_dmid and reduce_conv_fwd's 1×1: out[o, oy,
-// ox0 .. ox0 + 3] for 4 consecutive output channels o0 .. o0 + 3, summing over input channels c, then ky, then
-// kx in order: acc[j][i] += in[c, oy + ky - p, ox0 + i + kx - p] · wt[w_base + o·so + c·sc ± (ky·K + kx)] (zero
-// off the image; − with FLIP: dgrad is this with the kernel flipped and the channel roles swapped). Per
-// (c, ky): 4 + K - 1 input values and 4·K weights feed 16·K FMAs. The taps' offsets are compile-time
-// constants from one pointer per channel, and rows away from the left and right edges load without checks:
-// the loop is loads and FMAs, not index arithmetic. Channels o >= o_count compute o0's values again (their
-// outputs are discarded by the callers).
-template <int K, bool FLIP>
+// The register tile shared by conv_fwd, conv_dgrad and reduce_conv_dmid: out[o, oy, ox0 .. ox0 + 3] for 4
+// consecutive outputs channels o0 .. o0 + 3, summing over input channels c, then ky, then kx in order:
+// acc[j][i] += in[c, oy + ky - p, ox0 + i + kx - p] · wt[w_base + o·so + c·sc + ky·sky + kx·skx] (zero off the
+// image). Per (c, ky): 4 + K - 1 input values and 4·K weights feed 16·K FMAs. dgrad is this with the
+// kernel flipped (negative tap strides) and the channel roles swapped.
+template <int K>
 __device__ __forceinline__ void conv_tile(float (&acc)[4][4], const float* __restrict__ in, unsigned int in_c,
                                           unsigned int h, unsigned int w, const float* __restrict__ wt,
-                                          long long w_base, long long so, long long sc, unsigned int o0,
-                                          unsigned int o_count, int oy, int ox0) {
+                                          long long w_base, long long so, long long sc, long long sky,
+                                          long long skx, unsigned int o0, unsigned int o_count, int oy, int ox0) {
   const int p = K / 2;
   const unsigned long long hw = (unsigned long long)h * w;
   for (int j = 0; j < 4; ++j)
     for (int i = 0; i < 4; ++i) acc[j][i] = 0.0f;
-  const float* wj[4];  // channel o0 + j's weights at tap 0 of input channel c (stepped by sc)
-  for (int j = 0; j < 4; ++j) wj[j] = wt + w_base + (long long)(o0 + j < o_count ? o0 + j : o0) * so;
-  const bool inner = ox0 - p >= 0 && ox0 + 3 + p < (int)w;  // no column of this tile's taps is off the image
-  const float* plane = in;
-  for (unsigned int c = 0; c < in_c; ++c, plane += hw) {
+  for (unsigned int c = 0; c < in_c; ++c) {
+    const float* plane = in + c * hw;
     for (int ky = 0; ky < K; ++ky) {
       const int sy = oy + ky - p;
       if (sy < 0 || sy >= (int)h) continue;
       const float* row = plane + (unsigned int)sy * w;
       float seg[4 + K - 1];
-      if (inner) {
-        for (int u = 0; u < 4 + K - 1; ++u) seg[u] = row[ox0 - p + u];
-      } else {
-        for (int u = 0; u < 4 + K - 1; ++u) {
-          const int sx = ox0 + u - p;
-          seg[u] = (sx >= 0 && sx < (int)w) ? row[sx] : 0.0f;
-        }
+      for (int u = 0; u < 4 + K - 1; ++u) {
+        const int sx = ox0 + u - p;
+        seg[u] = (sx >= 0 && sx < (int)w) ? row[sx] : 0.0f;
       }
       for (int kx = 0; kx < K; ++kx) {
-        const int tap = FLIP ? -(ky * K + kx) : ky * K + kx;
         float wv[4];
-        for (int j = 0; j < 4; ++j) wv[j] = __ldg(wj[j] + tap);
+        for (int j = 0; j < 4; ++j)
+          wv[j] = o0 + j < o_count ? wt[w_base + (long long)(o0 + j) * so + (long long)c * sc + ky * sky + kx * skx]
+                                   : 0.0f;
         for (int j = 0; j < 4; ++j)
           for (int i = 0; i < 4; ++i) acc[j][i] += seg[kx + i] * wv[j];
       }
     }
-    for (int j = 0; j < 4; ++j) wj[j] += sc;
   }
 }
 
 // conv_tile for the runtime kernel size (1, 3 or 5).
-template <bool FLIP>
 __device__ __forceinline__ void conv_tile_k(float (&acc)[4][4], unsigned int k, const float* __restrict__ in,
                                             unsigned int in_c, unsigned int h, unsigned int w,
                                             const float* __restrict__ wt, long long w_base, long long so,
-                                            long long sc, unsigned int o0, unsigned int o_count, int oy, int ox0) {
+                                            long long sc, long long sky, long long skx, unsigned int o0,
+                                            unsigned int o_count, int oy, int ox0) {
   if (k == 1)
-    conv_tile<1, FLIP>(acc, in, in_c, h, w, wt, w_base, so, sc, o0, o_count, oy, ox0);
+    conv_tile<1>(acc, in, in_c, h, w, wt, w_base, so, sc, sky, skx, o0, o_count, oy, ox0);
   else if (k == 3)
-    conv_tile<3, FLIP>(acc, in, in_c, h, w, wt, w_base, so, sc, o0, o_count, oy, ox0);
+    conv_tile<3>(acc, in, in_c, h, w, wt, w_base, so, sc, sky, skx, o0, o_count, oy, ox0);
   else
-    conv_tile<5, FLIP>(acc, in, in_c, h, w, wt, w_base, so, sc, o0, o_count, oy, ox0);
+    conv_tile<5>(acc, in, in_c, h, w, wt, w_base, so, sc, sky, skx, o0, o_count, oy, ox0);
 }
 
 // The work item of a tile kernel: (image, channel quad, row, pixel quad), pixel quads fastest so that a warp
@@ -137,8 +127,8 @@ extern "C" __global__ void conv_fwd(float* __restrict__ y,        // [n, c_total
   for (unsigned long long t = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; t < items; t += stride) {
     const TileItem it = tile_item(t, d.c_out, d.h, d.w);
     float acc[4][4];
-    conv_tile_k<false>(acc, d.k, x + (unsigned long long)it.img * d.c_in * hw, d.c_in, d.h, d.w, wt, 0,
-                       d.c_in * kk, kk, it.o0, d.c_out, it.oy, it.ox0);
+    conv_tile_k(acc, d.k, x + (unsigned long long)it.img * d.c_in * hw, d.c_in, d.h, d.w, wt, 0, d.c_in * kk, kk,
+                d.k, 1, it.o0, d.c_out, it.oy, it.ox0);
     for (int j = 0; j < 4; ++j) {
       const unsigned int co = it.o0 + j;
       if (co >= d.c_out) continue;
@@ -162,8 +152,8 @@ extern "C" __global__ void conv_dgrad(float* __restrict__ dx,        // [n, c_in
   for (unsigned long long t = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; t < items; t += stride) {
     const TileItem it = tile_item(t, d.c_in, d.h, d.w);
     float acc[4][4];
-    conv_tile_k<true>(acc, d.k, dy + ((unsigned long long)it.img * d.c_total + d.c_offset) * hw, d.c_out, d.h,
-                      d.w, wt, kk - 1, kk, d.c_in * kk, it.o0, d.c_in, it.oy, it.ox0);
+    conv_tile_k(acc, d.k, dy + ((unsigned long long)it.img * d.c_total + d.c_offset) * hw, d.c_out, d.h, d.w, wt,
+                kk - 1, kk, d.c_in * kk, -(long long)d.k, -1, it.o0, d.c_in, it.oy, it.ox0);
     for (int j = 0; j < 4; ++j) {
       const unsigned int ci = it.o0 + j;
       if (ci >= d.c_in) continue;
@@ -315,34 +305,29 @@ __device__ __forceinline__ void reduce_conv_tile(float* __restrict__ y, const fl
     const unsigned int q = t % octs, cb = co0 + t / octs * REDUCE_CO_T;
     const int oy = (int)(y0 + q / opr), ox0 = (int)(q % opr) * REDUCE_PX_T;
     const unsigned int n_co = co1 - cb < REDUCE_CO_T ? co1 - cb : REDUCE_CO_T;  // channels of this quad
-    const float* wj[REDUCE_CO_T];  // channel j's weights at tap 0 of reduce channel cm (a valid row past n_co)
+    const float* wrow[REDUCE_CO_T];  // each channel's weights [c_mid, K, K] (a valid row past n_co)
     for (unsigned int j = 0; j < REDUCE_CO_T; ++j)
-      wj[j] = w2 + (unsigned long long)(j < n_co ? cb + j : cb) * d.c_mid * (K * K);
-    const bool inner = ox0 - p >= 0 && ox0 + REDUCE_PX_T - 1 + p < w;  // no tap column off the image
+      wrow[j] = w2 + (unsigned long long)(j < n_co ? cb + j : cb) * d.c_mid * (K * K);
     float acc[REDUCE_CO_T][REDUCE_PX_T] = {};  // [channel j][pixel i]
-    const float* plane = mid_s;
-    for (unsigned int cm = 0; cm < d.c_mid; ++cm, plane += rows * d.w) {
+    for (unsigned int cm = 0; cm < d.c_mid; ++cm) {
+      const float* plane = mid_s + cm * rows * d.w;
       for (int ky = 0; ky < K; ++ky) {
         const int sy = oy + ky - p;
         if (sy < 0 || sy >= (int)d.h) continue;
         const float* row = plane + (sy - (int)r0) * w;
         float seg[REDUCE_PX_T + K - 1];
-        if (inner) {
-          for (int u = 0; u < REDUCE_PX_T + K - 1; ++u) seg[u] = row[ox0 - p + u];
-        } else {
-          for (int u = 0; u < REDUCE_PX_T + K - 1; ++u) {
-            const int sx = ox0 + u - p;
-            seg[u] = (sx >= 0 && sx < w) ? row[sx] : 0.0f;
-          }
+        for (int u = 0; u < REDUCE_PX_T + K - 1; ++u) {
+          const int sx = ox0 + u - p;
+          seg[u] = (sx >= 0 && sx < w) ? row[sx] : 0.0f;
         }
+        const unsigned int tap0 = cm * (K * K) + ky * K;
         for (int kx = 0; kx < K; ++kx) {
           float wv[REDUCE_CO_T];
-          for (int j = 0; j < REDUCE_CO_T; ++j) wv[j] = __ldg(wj[j] + ky * K + kx);
+          for (int j = 0; j < REDUCE_CO_T; ++j) wv[j] = __ldg(wrow[j] + tap0 + kx);
           for (int j = 0; j < REDUCE_CO_T; ++j)
             for (int i = 0; i < REDUCE_PX_T; ++i) acc[j][i] += seg[kx + i] * wv[j];
         }
       }
-      for (int j = 0; j < REDUCE_CO_T; ++j) wj[j] += K * K;
     }
     for (unsigned int j = 0; j < n_co; ++j) {
       const float bias = b2[cb + j];
@@ -378,7 +363,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) reduce_conv_fwd(float* __re
     const int row = (int)(r0 + t % (rows * qpr) / qpr), ox0 = (int)(t % qpr) * 4;
     const unsigned int cm0 = t / (rows * qpr) * 4;
     float acc[4][4];
-    conv_tile<1, false>(acc, x_img, d.c_in, d.h, d.w, w1, 0, d.c_in, 1, cm0, d.c_mid, row, ox0);
+    conv_tile<1>(acc, x_img, d.c_in, d.h, d.w, w1, 0, d.c_in, 1, 0, 0, cm0, d.c_mid, row, ox0);
     for (unsigned int j = 0; j < 4 && cm0 + j < d.c_mid; ++j) {
       const float bias = b1[cm0 + j];
       for (int i = 0; i < 4 && ox0 + i < (int)d.w; ++i) {
@@ -414,8 +399,8 @@ extern "C" __global__ void reduce_conv_dmid(float* __restrict__ dpre,       // [
   for (unsigned long long t = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; t < items; t += stride) {
     const TileItem it = tile_item(t, d.c_mid, d.h, d.w);
     float acc[4][4];
-    conv_tile_k<true>(acc, d.k, dy + ((unsigned long long)it.img * d.c_total + d.c_offset) * hw, d.c_out, d.h,
-                      d.w, w2, kk - 1, kk, d.c_mid * kk, it.o0, d.c_mid, it.oy, it.ox0);
+    conv_tile_k(acc, d.k, dy + ((unsigned long long)it.img * d.c_total + d.c_offset) * hw, d.c_out, d.h, d.w, w2,
+                kk - 1, kk, d.c_mid * kk, -(long long)d.k, -1, it.o0, d.c_mid, it.oy, it.ox0);
     for (int j = 0; j < 4; ++j) {
       const unsigned int cm = it.o0 + j;
       if (cm >= d.c_mid) continue;
