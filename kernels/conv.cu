@@ -25,7 +25,7 @@ struct ConvDims {
 
 struct ReduceDims {
   unsigned int n, c_in, c_mid, c_out, h, w, k, c_total, c_offset;
-  unsigned int tile_h;  // output rows per block of reduce_conv_fwd (the whole image when it fits)
+  unsigned int tile_h;  // output rows per block of reduce_conv_fwd (REDUCE_TILE_H = 4, fewer when wide rows do not fit)
 };
 
 __device__ __forceinline__ float relu_epilogue(float pre, int relu) {
