@@ -503,42 +503,31 @@ fn emulated_linear_kernels_match_their_twins() {
 /// an empty batch (zero gradient: Adam still decays the moments).
 #[test]
 fn emulated_linear_wgrad_adam_is_wgrad_then_adam() {
-    use common::kernels::{wgrad_adam_on, wgrad_adam_state};
     use inception_cuda::shape::LinearShape;
-    for s in [
-        LinearShape {
-            m: 5,
-            k_in: 37,
-            n_out: 13,
-        },
-        LinearShape {
-            m: 66,
-            k_in: 260,
-            n_out: 70,
-        },
-        LinearShape {
-            m: 0,
-            k_in: 8,
-            n_out: 3,
-        },
-    ] {
-        let [x, _, _, dy] = common::kernels::linear_inputs(&s);
-        let [w, m, v] = wgrad_adam_state(&s);
-        let emu = EmuBackend {
-            order: ThreadOrder::Reverse,
-        };
-        let [fused, unfused] = wgrad_adam_on(&emu, &s, &dy, &x, [&w, &m, &v], 3);
-        let [twin, _] = wgrad_adam_on(&CpuBackend, &s, &dy, &x, [&w, &m, &v], 3);
-        for (k, name) in ["w", "adam_m", "adam_v"].iter().enumerate() {
-            let what = format!("emulated linear_wgrad_adam {s:?} {name}");
-            assert_bits_eq(&format!("{what} vs unfused"), &fused[k], &unfused[k]);
-            // m moves by (1-β1)·g, v by (1-β2)·g²: the gradient's tolerance scaled; w by lr·(a ratio of them).
-            common::assert_close_scaled(&what, &fused[k], &twin[k], 1e-6, 1e-4);
-        }
-        if s.m > 0 {
-            assert!(fused[0] != w, "{s:?}: the weights did not move");
-        }
-    }
+    let emu = EmuBackend {
+        order: ThreadOrder::Reverse,
+    };
+    common::kernels::assert_wgrad_adam(
+        "emulated",
+        &emu,
+        &[
+            LinearShape {
+                m: 5,
+                k_in: 37,
+                n_out: 13,
+            },
+            LinearShape {
+                m: 66,
+                k_in: 260,
+                n_out: 70,
+            },
+            LinearShape {
+                m: 0,
+                k_in: 8,
+                n_out: 3,
+            },
+        ],
+    );
 }
 
 /// A training step on emulated kernels is `forward_backward` then Adam over every parameter, bit for bit:

@@ -264,18 +264,7 @@ fn gpu_full_training_step_matches_twin() {
 }
 
 fn wgrad_adam_case(shapes: &[inception_cuda::shape::LinearShape]) {
-    use common::kernels::{linear_inputs, wgrad_adam_on, wgrad_adam_state};
-    for s in shapes {
-        let [x, _, _, dy] = linear_inputs(s);
-        let [w, m, v] = wgrad_adam_state(s);
-        let [fused, unfused] = with_gpu(|g| wgrad_adam_on(g, s, &dy, &x, [&w, &m, &v], 3));
-        let [twin, _] = wgrad_adam_on(&CpuBackend, s, &dy, &x, [&w, &m, &v], 3);
-        for (k, name) in ["w", "adam_m", "adam_v"].iter().enumerate() {
-            let what = format!("gpu linear_wgrad_adam {s:?} {name}");
-            assert_bits_eq(&format!("{what} vs unfused"), &fused[k], &unfused[k]);
-            common::assert_close_scaled(&what, &fused[k], &twin[k], 1e-6, 1e-4);
-        }
-    }
+    with_gpu(|g| common::kernels::assert_wgrad_adam("gpu", g, shapes));
 }
 
 /// The fused weight gradient + Adam equals the unfused kernels bit for bit, and its CPU twin within the

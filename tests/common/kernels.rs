@@ -532,6 +532,38 @@ pub fn wgrad_adam_on<B: Backend>(
     ]
 }
 
+/// Asserts, for each shape, that `linear_wgrad_adam` on `b` equals `linear_wgrad` then `adam_step` on `b` bit
+/// for bit (same GEMM core, same update arithmetic) and its CPU twin within the GEMM tolerance, and that the
+/// weights moved where the batch is not empty.
+pub fn assert_wgrad_adam<B: Backend>(
+    what: &str,
+    b: &B,
+    shapes: &[inception_cuda::shape::LinearShape],
+) {
+    for s in shapes {
+        let [x, _, _, dy] = linear_inputs(s);
+        let [w, m, v] = wgrad_adam_state(s);
+        let [fused, unfused] = wgrad_adam_on(b, s, &dy, &x, [&w, &m, &v], 3);
+        let [twin, _] = wgrad_adam_on(
+            &inception_cuda::cpu::CpuBackend,
+            s,
+            &dy,
+            &x,
+            [&w, &m, &v],
+            3,
+        );
+        for (k, name) in ["w", "adam_m", "adam_v"].iter().enumerate() {
+            let what = format!("{what} linear_wgrad_adam {s:?} {name}");
+            super::assert_bits_eq(&format!("{what} vs unfused"), &fused[k], &unfused[k]);
+            // m moves by (1-β1)·g, v by (1-β2)·g²: the gradient's tolerance scaled; w by lr·(a ratio of them).
+            super::assert_close_scaled(&what, &fused[k], &twin[k], 1e-6, 1e-4);
+        }
+        if s.m > 0 {
+            assert!(fused[0] != w, "{what} {s:?}: the weights did not move");
+        }
+    }
+}
+
 /// Weights and mid-training Adam moments for [`wgrad_adam_on`] (second moments of the size of a squared
 /// gradient, so the update is not the sign-dominated first step).
 pub fn wgrad_adam_state(s: &inception_cuda::shape::LinearShape) -> [Vec<f32>; 3] {
