@@ -507,35 +507,18 @@ fn emulated_linear_wgrad_adam_is_wgrad_then_adam() {
     let emu = EmuBackend {
         order: ThreadOrder::Reverse,
     };
-    common::kernels::assert_wgrad_adam(
-        "emulated",
-        &emu,
-        &[
-            LinearShape {
-                m: 5,
-                k_in: 37,
-                n_out: 13,
-            },
-            LinearShape {
-                m: 66,
-                k_in: 260,
-                n_out: 70,
-            },
-            LinearShape {
-                m: 0,
-                k_in: 8,
-                n_out: 3,
-            },
-        ],
-    );
+    let empty_batch = LinearShape {
+        m: 0,
+        k_in: 8,
+        n_out: 3,
+    };
+    let [odd, edges] = common::kernels::WGRAD_ADAM_SMALL_SHAPES;
+    common::kernels::assert_wgrad_adam("emulated", &emu, &[odd, edges, empty_batch]);
 }
 
-/// A training step on emulated kernels is `forward_backward` then Adam over every parameter, bit for bit:
-/// fc1's fused weight update included.
-#[test]
-fn emulated_training_step_is_forward_backward_then_adam() {
-    use inception_cuda::nn::{InceptionMnist, MnistConfig};
-    let cfg = MnistConfig {
+/// The small net of the emulated step tests (dropout on) and a batch of 3 images drawn from `seed`.
+fn small_net(seed: u64) -> (inception_cuda::nn::MnistConfig, Vec<f32>) {
+    let cfg = inception_cuda::nn::MnistConfig {
         map1: 2,
         map2: 3,
         reduce: 2,
@@ -543,10 +526,19 @@ fn emulated_training_step_is_forward_backward_then_adam() {
         dropout: 0.5,
         image: 6,
     };
-    let images: Vec<f32> = uniform(52, 3 * 36)
+    let images = uniform(seed, 3 * 36)
         .iter()
         .map(|v| (v + 1.0) / 2.0)
         .collect();
+    (cfg, images)
+}
+
+/// A training step on emulated kernels is `forward_backward` then Adam over every parameter, bit for bit:
+/// fc1's fused weight update included.
+#[test]
+fn emulated_training_step_is_forward_backward_then_adam() {
+    use inception_cuda::nn::InceptionMnist;
+    let (cfg, images) = small_net(52);
     let labels = [1u32, 9, 4];
     let emu = EmuBackend {
         order: ThreadOrder::Forward,
@@ -570,19 +562,7 @@ fn emulated_training_step_is_forward_backward_then_adam() {
 #[test]
 fn emulated_training_step_matches_its_twin() {
     use common::kernels::step_on;
-    use inception_cuda::nn::MnistConfig;
-    let cfg = MnistConfig {
-        map1: 2,
-        map2: 3,
-        reduce: 2,
-        hidden: 6,
-        dropout: 0.5,
-        image: 6,
-    };
-    let images: Vec<f32> = uniform(51, 3 * 36)
-        .iter()
-        .map(|v| (v + 1.0) / 2.0)
-        .collect();
+    let (cfg, images) = small_net(51);
     let labels = [3u32, 8, 0];
     let (loss, grads) = step_on(CpuBackend, cfg, &images, &labels);
     let (eloss, egrads) = step_on(

@@ -273,28 +273,18 @@ fn wgrad_adam_case(shapes: &[inception_cuda::shape::LinearShape]) {
 #[ignore = "needs a CUDA GPU"]
 fn gpu_linear_wgrad_adam_is_wgrad_then_adam() {
     use inception_cuda::shape::LinearShape;
-    wgrad_adam_case(&[
-        LinearShape {
-            m: 5,
-            k_in: 37,
-            n_out: 13,
-        },
-        LinearShape {
-            m: 66,
-            k_in: 260,
-            n_out: 70,
-        },
-        LinearShape {
-            m: 50,
-            k_in: 700,
-            n_out: 10,
-        },
-        LinearShape {
-            m: 50,
-            k_in: 200_704,
-            n_out: 700,
-        },
-    ]);
+    let [odd, edges] = common::kernels::WGRAD_ADAM_SMALL_SHAPES;
+    let fc2 = LinearShape {
+        m: 50,
+        k_in: 700,
+        n_out: 10,
+    };
+    let fc1 = LinearShape {
+        m: 50,
+        k_in: 200_704,
+        n_out: 700,
+    };
+    wgrad_adam_case(&[odd, edges, fc2, fc1]);
 }
 
 /// A training step of the full net at batch 50 on the GPU is `forward_backward` then Adam over every
