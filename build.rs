@@ -45,14 +45,18 @@ fn run() -> Result<(), String> {
         println!("cargo:rerun-if-env-changed={var}");
     }
     println!("cargo:rerun-if-changed=kernels");
+    println!("cargo:rerun-if-changed=src/bindings.rs");
+    let root = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").ok_or("CARGO_MANIFEST_DIR unset")?);
+    let out = PathBuf::from(env::var_os("OUT_DIR").ok_or("OUT_DIR unset")?);
+    check_bindings_fresh(&root)?;
+    let sigs = sigs::parse_dir(&root, "kernels")?;
+    sigs::write_table(&out, &sigs)?;
     #[cfg(feature = "emulation")]
-    emulation::build()?;
+    emulation::build(&sigs)?;
     if env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return Ok(()); // CPU-only build: nothing to embed.
     }
 
-    let root = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").ok_or("CARGO_MANIFEST_DIR unset")?);
-    let out = PathBuf::from(env::var_os("OUT_DIR").ok_or("OUT_DIR unset")?);
     let ptx_out = out.join("ptx");
     fs::create_dir_all(&ptx_out).map_err(|e| format!("creating {}: {e}", ptx_out.display()))?;
 
@@ -263,13 +267,235 @@ fn write_module_table(
     fs::write(&table, code).map_err(|e| format!("writing {}: {e}", table.display()))
 }
 
+/// Comments replaced by spaces, newlines kept (so line numbers still match the source).
+fn strip_comments(s: &str) -> String {
+    let (b, mut out, mut i) = (s.as_bytes(), String::with_capacity(s.len()), 0);
+    while i < b.len() {
+        if b[i..].starts_with(b"//") {
+            while i < b.len() && b[i] != b'\n' {
+                out.push(' ');
+                i += 1;
+            }
+        } else if b[i..].starts_with(b"/*") {
+            let end = s[i + 2..].find("*/").map_or(b.len(), |e| i + 2 + e + 2);
+            out.extend(
+                s[i..end]
+                    .chars()
+                    .map(|c| if c == '\n' { '\n' } else { ' ' }),
+            );
+            i = end;
+        } else {
+            let c = s[i..].chars().next().unwrap_or(' ');
+            out.push(c);
+            i += c.len_utf8();
+        }
+    }
+    out
+}
+
+fn is_ident(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
+/// One `extern "C" int emu_launch_<kernel>(const emu::Launch*, <params>)` per `__global__` function.
+/// `s` without its `__launch_bounds__(...)` qualifiers (empty under emulation; they would hide the kernel's
+/// name from `launchers`).
+fn strip_launch_bounds(s: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find("__launch_bounds__") {
+        let close = rest[at..].find(')').ok_or("unclosed __launch_bounds__")?;
+        out.push_str(&rest[..at]);
+        rest = &rest[at + close + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The parameter lists of the kernels, read from the `.cu` sources: the one place a kernel's arguments are
+/// declared. build.rs turns them into the Rust kernel table (`OUT_DIR/kernel_table.rs`: the `Kernel` enum
+/// and each kernel's parameter kinds, which every launch is checked against) and, under emulation, into
+/// the emulator's kernelParams-style entry point.
+mod sigs {
+    use super::*;
+
+    /// One `__global__` function: its file stem, name and `(C type, name)` parameters.
+    #[derive(Clone)]
+    pub struct KernelSig {
+        pub module: String,
+        pub name: String,
+        pub params: Vec<(String, String)>,
+    }
+
+    /// The `ParamKind` (src/launcher.rs) of a normalised C parameter type.
+    pub fn kind(ctype: &str) -> Option<&'static str> {
+        Some(match ctype {
+            "float*" => "Out",
+            "const float*" => "In",
+            "const unsigned int*" => "Labels",
+            "unsigned int" => "U32",
+            "int" => "I32",
+            "unsigned long long" => "U64",
+            "float" => "F32",
+            "ConvDims" => "ConvDims",
+            "ReduceDims" => "ReduceDims",
+            "GemmDims" => "GemmDims",
+            "AdamScalars" => "AdamScalars",
+            _ => return None,
+        })
+    }
+
+    /// Every kernel of the `.cu` files of `root/dir`, files in name order, kernels in source order.
+    pub fn parse_dir(root: &Path, dir: &str) -> Result<Vec<KernelSig>, String> {
+        let mut sigs = Vec::new();
+        for stem in list_kernels_in(&root.join(dir))? {
+            let src = format!("{dir}/{stem}.cu");
+            let text =
+                fs::read_to_string(root.join(&src)).map_err(|e| format!("reading {src}: {e}"))?;
+            sigs.extend(parse(&stem, &strip_comments(&text)).map_err(|e| format!("{src}: {e}"))?);
+        }
+        Ok(sigs)
+    }
+
+    /// The `__global__` functions of one source (comments already stripped).
+    pub fn parse(module: &str, code: &str) -> Result<Vec<KernelSig>, String> {
+        let code = strip_launch_bounds(code)?;
+        let mut sigs = Vec::new();
+        let mut rest = code.as_str();
+        while let Some(at) = rest.find("__global__") {
+            let after = &rest[at + "__global__".len()..];
+            let open = after
+                .find('(')
+                .ok_or("__global__ without a parameter list")?;
+            let head = after[..open].trim();
+            let name = head
+                .strip_prefix("void")
+                .map(str::trim)
+                .filter(|n| n.chars().all(is_ident) && !n.is_empty())
+                .ok_or_else(|| format!("cannot parse the kernel declaration `{head}`"))?;
+            let mut depth = 0;
+            let close = after[open..]
+                .char_indices()
+                .find_map(|(i, c)| {
+                    depth += i32::from(c == '(') - i32::from(c == ')');
+                    (depth == 0).then_some(open + i)
+                })
+                .ok_or("unbalanced parameter list")?;
+            let mut params = Vec::new();
+            for p in after[open + 1..close].split(',').map(str::trim) {
+                if p.is_empty() {
+                    continue;
+                }
+                let p = p.split('[').next().unwrap_or(p).trim_end();
+                let start = p.rfind(|c: char| !is_ident(c)).map_or(0, |i| i + 1);
+                let ctype = p[..start]
+                    .replace("__restrict__", " ")
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .replace(" *", "*");
+                params.push((ctype, p[start..].to_string()));
+            }
+            sigs.push(KernelSig {
+                module: module.to_string(),
+                name: name.to_string(),
+                params,
+            });
+            rest = &after[close..];
+        }
+        Ok(sigs)
+    }
+
+    /// `add_fwd` → `AddFwd`, `maxpool3x3s1_bwd` → `Maxpool3x3s1Bwd`.
+    fn camel(name: &str) -> String {
+        name.split('_')
+            .map(|w| {
+                let mut c = w.chars();
+                c.next()
+                    .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// Writes `OUT_DIR/kernel_table.rs`: the `Kernel` enum with each kernel's name, module and parameters.
+    pub fn write_table(out: &Path, sigs: &[KernelSig]) -> Result<(), String> {
+        let mut variants = String::new();
+        let (mut all, mut names, mut modules, mut params) =
+            (String::new(), String::new(), String::new(), String::new());
+        for k in sigs {
+            let v = camel(&k.name);
+            variants.push_str(&format!(
+                "    /// `{}` of `kernels/{}.cu`.\n    {v},\n",
+                k.name, k.module
+            ));
+            all.push_str(&format!("Kernel::{v}, "));
+            names.push_str(&format!("            Kernel::{v} => {:?},\n", k.name));
+            modules.push_str(&format!("            Kernel::{v} => {:?},\n", k.module));
+            let mut list = String::new();
+            for (ctype, name) in &k.params {
+                let kind = kind(ctype).ok_or_else(|| {
+                    format!(
+                        "kernels/{}.cu: parameter `{name}` of {} has the type `{ctype}`, which has no \
+                         ParamKind (src/launcher.rs) yet",
+                        k.module, k.name
+                    )
+                })?;
+                list.push_str(&format!("({name:?}, ParamKind::{kind}), "));
+            }
+            params.push_str(&format!("            Kernel::{v} => &[{list}],\n"));
+        }
+        let code = format!(
+            "/// Every kernel of `kernels/*.cu` (generated by build.rs from the sources).\n\
+             #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]\n\
+             pub enum Kernel {{\n{variants}}}\n\n\
+             impl Kernel {{\n\
+             \x20   /// Every kernel, modules in name order, kernels in source order.\n\
+             \x20   pub const ALL: &'static [Kernel] = &[{all}];\n\n\
+             \x20   /// The kernel's name in `kernels/*.cu` and in the PTX.\n\
+             \x20   pub const fn name(self) -> &'static str {{\n        match self {{\n{names}        }}\n    }}\n\n\
+             \x20   /// The file stem of the `.cu` file that defines it (the PTX module).\n\
+             \x20   pub const fn module(self) -> &'static str {{\n        match self {{\n{modules}        }}\n    }}\n\n\
+             \x20   /// Its parameters in order, `(name, kind)`, as declared in the `.cu` file.\n\
+             \x20   pub const fn params(self) -> &'static [(&'static str, ParamKind)] {{\n        match self {{\n{params}        }}\n    }}\n\
+             }}\n"
+        );
+        let path = out.join("kernel_table.rs");
+        fs::write(&path, code).map_err(|e| format!("writing {}: {e}", path.display()))
+    }
+}
+
+/// The committed `src/bindings.rs` (bindgen's output for `kernels/args.h`, made by `scripts/bindings.sh`)
+/// starts with the FNV-1a hash of the header it was generated from: a header changed without regenerating
+/// the bindings fails every build, with or without libclang. (CI also regenerates them with a pinned
+/// libclang and compares.)
+fn check_bindings_fresh(root: &Path) -> Result<(), String> {
+    let header = fs::read(root.join("kernels/args.h"))
+        .map_err(|e| format!("reading kernels/args.h: {e}"))?;
+    let hash = header.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let bindings = fs::read_to_string(root.join("src/bindings.rs"))
+        .map_err(|e| format!("reading src/bindings.rs: {e}"))?;
+    let stamp = format!("kernels/args.h fnv1a64 {hash:016x}");
+    if bindings.contains(&stamp) {
+        Ok(())
+    } else {
+        Err(format!(
+            "src/bindings.rs was not generated from the current kernels/args.h (expected the stamp \
+             `{stamp}`): run scripts/bindings.sh regen and commit src/bindings.rs"
+        ))
+    }
+}
 /// The `emulation` feature: every `kernels/*.cu` (and the planted-bug kernels of `kernels/emu/planted/`)
 /// compiled as C++20 against `kernels/emu/cuda_emu.h`, with one C launcher per kernel.
 #[cfg(feature = "emulation")]
 mod emulation {
     use super::*;
 
-    pub fn build() -> Result<(), String> {
+    /// `sigs`: the kernels of `kernels/*.cu` (in `Kernel::ALL` order), which get kernelParams launchers and
+    /// the `emu_launch` entry point; the planted-bug kernels get typed launchers.
+    pub fn build(sigs: &[sigs::KernelSig]) -> Result<(), String> {
         let root =
             PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").ok_or("CARGO_MANIFEST_DIR unset")?);
         let out = PathBuf::from(env::var_os("OUT_DIR").ok_or("OUT_DIR unset")?).join("emu");
@@ -277,7 +503,7 @@ mod emulation {
         let mut sources = Vec::new();
         for dir in ["kernels", "kernels/emu/planted"] {
             for stem in list_dir(&root.join(dir))? {
-                sources.push(format!("{dir}/{stem}.cu"));
+                sources.push((dir, stem));
             }
         }
         let mut build = cc::Build::new();
@@ -286,16 +512,22 @@ mod emulation {
             .std("c++20")
             .opt_level(2)
             .include(root.join("kernels/emu"))
-            .include(root.join("kernels")) // adam.cuh
+            .include(root.join("kernels")) // adam.cuh, args.h
             .flag("-Wno-unknown-pragmas")
             .flag("-Wno-volatile")
             .file(root.join("kernels/emu/emu.cpp"));
         let mut next_id = 0;
-        for src in &sources {
+        for (dir, stem) in &sources {
+            let src = format!("{dir}/{stem}.cu");
             let text =
-                fs::read_to_string(root.join(src)).map_err(|e| format!("reading {src}: {e}"))?;
+                fs::read_to_string(root.join(&src)).map_err(|e| format!("reading {src}: {e}"))?;
             let code = strip_comments(&text);
-            let wrappers = launchers(&code).map_err(|e| format!("{src}: {e}"))?;
+            let wrappers = if *dir == "kernels" {
+                let own: Vec<_> = sigs.iter().filter(|k| k.module == *stem).collect();
+                param_launchers(&own.into_iter().cloned().collect::<Vec<_>>())
+            } else {
+                typed_launchers(&sigs::parse(stem, &code).map_err(|e| format!("{src}: {e}"))?)
+            };
             let body = rewrite_shared(&code, &mut next_id).map_err(|e| format!("{src}: {e}"))?;
             // Kernels become file-local (no clash with C library names); their launchers are the exports.
             let body = body.replace("extern \"C\" __global__", "static __global__");
@@ -304,6 +536,10 @@ mod emulation {
             fs::write(&file, cpp).map_err(|e| format!("writing {}: {e}", file.display()))?;
             build.file(file);
         }
+        let dispatch = out.join("emu_launch.cpp");
+        fs::write(&dispatch, dispatcher(sigs))
+            .map_err(|e| format!("writing {}: {e}", dispatch.display()))?;
+        build.file(dispatch);
         if env::var(EMU_ASAN).is_ok_and(|v| !v.is_empty() && v != "0") {
             build
                 .flag("-fsanitize=address")
@@ -322,36 +558,6 @@ mod emulation {
             return Ok(Vec::new());
         }
         super::list_kernels_in(dir)
-    }
-
-    /// Comments replaced by spaces, newlines kept (so line numbers still match the source).
-    fn strip_comments(s: &str) -> String {
-        let (b, mut out, mut i) = (s.as_bytes(), String::with_capacity(s.len()), 0);
-        while i < b.len() {
-            if b[i..].starts_with(b"//") {
-                while i < b.len() && b[i] != b'\n' {
-                    out.push(' ');
-                    i += 1;
-                }
-            } else if b[i..].starts_with(b"/*") {
-                let end = s[i + 2..].find("*/").map_or(b.len(), |e| i + 2 + e + 2);
-                out.extend(
-                    s[i..end]
-                        .chars()
-                        .map(|c| if c == '\n' { '\n' } else { ' ' }),
-                );
-                i = end;
-            } else {
-                let c = s[i..].chars().next().unwrap_or(' ');
-                out.push(c);
-                i += c.len_utf8();
-            }
-        }
-        out
-    }
-
-    fn is_ident(c: char) -> bool {
-        c.is_ascii_alphanumeric() || c == '_'
     }
 
     /// `(type, name, dims)` of a declaration such as `float tile[16][17]`.
@@ -406,65 +612,64 @@ mod emulation {
         out.push_str(rest);
         Ok(out)
     }
-
-    /// One `extern "C" int emu_launch_<kernel>(const emu::Launch*, <params>)` per `__global__` function.
-    /// `s` without its `__launch_bounds__(...)` qualifiers (empty under emulation; they would hide the kernel's
-    /// name from `launchers`).
-    fn strip_launch_bounds(s: &str) -> Result<String, String> {
-        let mut out = String::with_capacity(s.len());
-        let mut rest = s;
-        while let Some(at) = rest.find("__launch_bounds__") {
-            let close = rest[at..].find(')').ok_or("unclosed __launch_bounds__")?;
-            out.push_str(&rest[..at]);
-            rest = &rest[at + close + 1..];
+    /// `extern "C" int emu_kernel_<name>(const emu::Launch*, void* const* params)` for each kernel of a
+    /// `kernels/*.cu` file: the parameters read from a kernelParams array, as `cuLaunchKernel` reads them.
+    fn param_launchers(sigs: &[sigs::KernelSig]) -> String {
+        let mut out = String::new();
+        for k in sigs {
+            let args: Vec<String> = k
+                .params
+                .iter()
+                .enumerate()
+                .map(|(i, (ctype, _))| format!("*static_cast<{ctype}*>(p[{i}])"))
+                .collect();
+            out.push_str(&format!(
+                "extern \"C\" int emu_kernel_{name}(const ::emu::Launch* cfg, void* const* p) {{\n  \
+                 return ::emu::launch(*cfg, [&]() {{ {name}({}); }});\n}}\n",
+                args.join(", "),
+                name = k.name
+            ));
         }
-        out.push_str(rest);
-        Ok(out)
+        out
     }
 
-    fn launchers(s: &str) -> Result<String, String> {
-        let s = strip_launch_bounds(s)?;
+    /// `extern "C" int emu_launch_<name>(const emu::Launch*, <params>)` for each planted-bug kernel
+    /// (src/emu/planted.rs calls them directly).
+    fn typed_launchers(sigs: &[sigs::KernelSig]) -> String {
         let mut out = String::new();
-        let mut rest = s.as_str();
-        while let Some(at) = rest.find("__global__") {
-            let after = &rest[at + "__global__".len()..];
-            let open = after
-                .find('(')
-                .ok_or("__global__ without a parameter list")?;
-            let head = after[..open].trim();
-            let name = head
-                .strip_prefix("void")
-                .map(str::trim)
-                .filter(|n| n.chars().all(is_ident) && !n.is_empty());
-            let name =
-                name.ok_or_else(|| format!("cannot parse the kernel declaration `{head}`"))?;
-            let mut depth = 0;
-            let close = after[open..]
-                .char_indices()
-                .find_map(|(i, c)| {
-                    depth += i32::from(c == '(') - i32::from(c == ')');
-                    (depth == 0).then_some(open + i)
-                })
-                .ok_or("unbalanced parameter list")?;
-            let params: Vec<&str> = after[open + 1..close]
-                .split(',')
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
-                .collect();
-            let mut names = Vec::new();
-            for p in &params {
-                let p = p.split('[').next().unwrap_or(p).trim_end();
-                let start = p.rfind(|c: char| !is_ident(c)).map_or(0, |i| i + 1);
-                names.push(&p[start..]);
-            }
+        for k in sigs {
+            let params: Vec<String> = k.params.iter().map(|(t, n)| format!("{t} {n}")).collect();
+            let names: Vec<&str> = k.params.iter().map(|(_, n)| n.as_str()).collect();
             let sep = if params.is_empty() { "" } else { ", " };
             out.push_str(&format!(
-                "extern \"C\" int emu_launch_{name}(const ::emu::Launch* cfg{sep}{}) {{\n  return ::emu::launch(*cfg, [&]() {{ {name}({}); }});\n}}\n",
+                "extern \"C\" int emu_launch_{name}(const ::emu::Launch* cfg{sep}{}) {{\n  \
+                 return ::emu::launch(*cfg, [&]() {{ {name}({}); }});\n}}\n",
                 params.join(", "),
-                names.join(", ")
+                names.join(", "),
+                name = k.name
             ));
-            rest = &after[close..];
         }
-        Ok(out)
+        out
+    }
+
+    /// The entry point: `int emu_launch(unsigned kernel, const emu::Launch*, void* const* params)`, `kernel`
+    /// being the index of the kernel in `Kernel::ALL` (-1 for an unknown index).
+    fn dispatcher(sigs: &[sigs::KernelSig]) -> String {
+        let mut decls = String::new();
+        let mut cases = String::new();
+        for (i, k) in sigs.iter().enumerate() {
+            decls.push_str(&format!(
+                "extern \"C\" int emu_kernel_{}(const ::emu::Launch*, void* const*);\n",
+                k.name
+            ));
+            cases.push_str(&format!(
+                "    case {i}: return emu_kernel_{}(cfg, params);\n",
+                k.name
+            ));
+        }
+        format!(
+            "#include \"cuda_emu.h\"\n{decls}\nextern \"C\" int emu_launch(unsigned int kernel, const ::emu::Launch* cfg, \
+             void* const* params) {{\n  switch (kernel) {{\n{cases}    default: return -1;\n  }}\n}}\n"
+        )
     }
 }

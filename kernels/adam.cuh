@@ -3,11 +3,7 @@
 // intrinsics: no FMA is contracted, so the CPU twin (src/cpu/adam.rs) matches bit for bit too.
 #pragma once
 
-// The per-launch scalars, computed on the host in f64 and rounded (AdamStep::scalars in src/shape.rs).
-struct AdamScalars {
-  float one_minus_b1, b2, one_minus_b2;  // 1 - β1, β2, 1 - β2
-  float step_size, bc2_sqrt, eps;        // lr / (1 - β1ᵗ), √(1 - β2ᵗ), eps
-};
+#include "args.h"  // AdamScalars: the per-launch scalars
 
 // m ← m + (1-β1)(g - m); v ← β2·v + (1-β2)·g²; p ← p - step_size · m / (√v / bc2_sqrt + eps).
 __device__ __forceinline__ void adam_update(float& p, float& m, float& v, float g, const AdamScalars& s) {

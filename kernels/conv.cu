@@ -19,14 +19,7 @@
 //              partials live in the launcher's scratch memory.
 // CPU twins: src/cpu/conv.rs, src/cpu/reduce_conv.rs (other summation orders: compared within tolerances).
 
-struct ConvDims {
-  unsigned int n, c_in, c_out, h, w, k, c_total, c_offset;
-};
-
-struct ReduceDims {
-  unsigned int n, c_in, c_mid, c_out, h, w, k, c_total, c_offset;
-  unsigned int tile_h;  // output rows per block of reduce_conv_fwd (REDUCE_TILE_H = 4, fewer when wide rows do not fit)
-};
+#include "args.h"  // ConvDims, ReduceDims, WGRAD_TILE, WGRAD_THREADS, REDUCE_CO_GROUP
 
 __device__ __forceinline__ float relu_epilogue(float pre, int relu) {
   return (!relu || !(pre <= 0.0f)) ? pre : 0.0f;
@@ -164,7 +157,6 @@ extern "C" __global__ void conv_dgrad(float* __restrict__ dx,        // [n, c_in
   }
 }
 
-#define WGRAD_TILE 64
 #define WGRAD_TK 16
 
 // The weight gradient as an implicit GEMM split over images: dw[co, col] = Σ_(img, px) dy[img, co, px] ·
@@ -284,7 +276,6 @@ extern "C" __global__ void conv_split_sum(float* __restrict__ out,             /
 
 // Output channels per block of reduce_conv_fwd (a block computes its reduced map once for all of them), and
 // the k×k register tile of one thread: 4 channels × 8 pixels of a row.
-#define REDUCE_CO_GROUP 64
 #define REDUCE_CO_T 4
 #define REDUCE_PX_T 8
 

@@ -18,11 +18,8 @@
 //              compared within tolerances).
 
 #include "adam.cuh"
-
-#define GEMM_BM 64        // rows of C per block (linear_wgrad_adam: 32, see there)
-#define GEMM_BN 128       // columns of C per block
-#define GEMM_BK 16        // k per shared-memory step
-#define GEMM_THREADS 128  // 16 column groups × 8 row groups, 8 × 8 outputs each
+#include "args.h"  // GemmDims; GEMM_BM × GEMM_BN tiles of C per block (WGRAD_ADAM_BM rows for linear_wgrad_adam),
+                   // k in steps of GEMM_BK, GEMM_THREADS threads: 16 column groups × 8 row groups, 8 × 8 outputs each
 #define GEMM_PAD 4        // shared row padding: keeps rows 16-byte aligned for float4 reads
 #define GEMM_MIN_BLOCKS 3   // blocks per SM the register budget must allow (≤ 168 registers a thread)
 
@@ -38,15 +35,6 @@ __device__ __forceinline__ void prefetch_l2(const void* p) {
 #endif
 }
 
-struct GemmDims {       // no padding: the 64-bit fields first
-  u64 a_rs, a_ks;       // A(i, k) = a[i * a_rs + k * a_ks]
-  u64 b_ks, b_cs;       // B(k, j) = b[k * b_ks + j * b_cs]
-  u64 c_rs;             // C(i, j) = c[i * c_rs + j]
-  u64 c_slice;          // split-K: slice z writes c + z * c_slice
-  unsigned int m, n, k; // C is m × n; the reduction runs over k
-  unsigned int k_chunk; // split-K: slice z covers k in [z * k_chunk, (z + 1) * k_chunk); a multiple of 16
-                        // when there are several slices (the float4 reads along k need k ≡ 0 mod 4)
-};
 
 // How an operand X(r, k) = p[r · rs + k · ks] is read: decided once per launch from its strides and pointer
 // (uniform branches). Contiguous in k: float4s along k; contiguous in r: float4s along r; else scalars, with
@@ -292,7 +280,7 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 4) linear_wgrad_adam(
                                                                                 const float* __restrict__ dy,  // [rows, n_out]
                                                                                 const float* __restrict__ x,   // [rows, k_in]
                                                                                 GemmDims d, AdamScalars s) {
-  const GemmTile tile = gemm_tile_of<32>(d);
+  const GemmTile tile = gemm_tile_of<WGRAD_ADAM_BM>(d);
   // Ask L2 for the tile's w, m, v (32 rows × 128 columns each: 384 lines of 128 bytes, three a thread) before
   // the product, so that they stream in while it runs: hints hold no registers, unlike loads.
   for (unsigned int l = threadIdx.x; l < 3 * 32 * 4; l += GEMM_THREADS) {

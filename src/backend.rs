@@ -1,16 +1,156 @@
-//! The backend trait: one method per kernel, implemented by the CPU twins ([`crate::cpu::CpuBackend`]) and the
-//! CUDA launchers ([`crate::cuda::CudaBackend`]), so a kernel cannot be added without its twin. A backend that
-//! lacks an op for now returns [`crate::Error::Unsupported`], never a stub result.
+//! The backend trait: buffers, and one method per kernel, implemented by the CPU twins
+//! ([`crate::cpu::CpuBackend`]) and by the launchers of [`crate::launcher`] on a driver (the CUDA backend, the
+//! emulator), so a kernel cannot be added without its twin.
 //!
 //! Kernels read and write views (`&[f32]` / `&mut [f32]` on the CPU, `CudaView` / `CudaViewMut` on a GPU),
 //! so they work on ranges of larger buffers: a parameter inside the flat parameter buffer, a branch inside a
 //! module output. Methods take outputs first, then inputs, then the shape, as the kernels do, and check
 //! every length against the shape: errors, never panics.
+//!
+//! The kernel methods are declared once, in [`for_each_kernel`]'s list, from which the trait's methods and
+//! every backend's forwarding to its twin or launcher are generated: a kernel's argument list is written in
+//! the list, the CPU twin, the launcher and the tensor op, nowhere else.
 
 use std::ops::Range;
 
-use crate::shape::{AdamStep, ConvShape, LinearShape, PoolShape, ReduceConvShape};
+use crate::shape::ReduceConvShape;
 use crate::{Error, Result};
+
+/// The kernel methods of [`Backend`], each declared once: its docs, name and parameters. A parameter is
+/// `out name` (a writable view), `inp name` (a view), `outs3 name` (three writable views), `labels name` (the
+/// label buffer) or `val name: Type`. `for_each_kernel!(m)` hands the whole list to the macro `m`:
+/// [`declare_kernels`] writes the trait's methods, `forward_to_twins` the CPU backend's (each calls
+/// `crate::cpu::<name>`), `forward_to_launchers` a driver's (each calls `crate::launcher::<name>`).
+macro_rules! for_each_kernel {
+    ($m:ident) => {
+        $crate::backend::$m! {
+            /// `y = max(x, 0)` elementwise, NaN propagating. Shapes: `y, x: [n]`.
+            fn relu_fwd(out y, inp x);
+            /// `dx = dy` where `y > 0`, else 0 (the gradient at exactly 0 is 0). Shapes: `dx, dy, y: [n]`.
+            fn relu_bwd(out dx, inp dy, inp y);
+            /// `y = a + b` elementwise. Shapes: `y, a, b: [n]`.
+            fn add_fwd(out y, inp a, inp b);
+            /// Convolution into a channel slice, optional ReLU epilogue (see [`crate::cpu::conv_fwd`]).
+            fn conv_fwd(out y, inp x, inp w, inp b, val s: &$crate::shape::ConvShape, val relu: bool);
+            /// Input gradient of a conv, overwriting or accumulating (see [`crate::cpu::conv_dgrad`]).
+            fn conv_dgrad(out dx, inp dy, inp w, val s: &$crate::shape::ConvShape, val accumulate: bool);
+            /// Weight gradient of a conv (see [`crate::cpu::conv_wgrad`]).
+            fn conv_wgrad(out dw, inp dy, inp x, val s: &$crate::shape::ConvShape);
+            /// Bias gradient of a conv (see [`crate::cpu::conv_bgrad`]).
+            fn conv_bgrad(out db, inp dy, val s: &$crate::shape::ConvShape);
+            /// The fused reduce conv forward; `mid` receives the reduced map (see
+            /// [`crate::cpu::reduce_conv_fwd`]). `params` is `[w1 | b1 | w2 | b2]`, contiguous as in the flat
+            /// parameter buffer.
+            fn reduce_conv_fwd(out y, out mid, inp x, inp params, val s: &$crate::shape::ReduceConvShape);
+            /// The fused reduce conv backward (see [`crate::cpu::reduce_conv_bwd`]); `dparams` receives
+            /// `[dw1 | db1 | dw2 | db2]`, `params` is `[w1 | b1 | w2 | b2]`; `scratch [n, c_mid, h, w]` is
+            /// working memory (a backend that needs none only checks its length), so the pass allocates
+            /// nothing.
+            fn reduce_conv_bwd(
+                out dx, out dparams, out scratch, inp dy, inp x, inp mid, inp params,
+                val s: &$crate::shape::ReduceConvShape, val accumulate: bool
+            );
+            /// 3×3 stride-1 max pooling (see [`crate::cpu::maxpool3x3s1_fwd`]).
+            fn maxpool3x3s1_fwd(out y, inp x, val s: &$crate::shape::PoolShape);
+            /// Its gather backward, overwriting or accumulating (see [`crate::cpu::maxpool3x3s1_bwd`]).
+            fn maxpool3x3s1_bwd(out dx, inp dy, inp x, val s: &$crate::shape::PoolShape, val accumulate: bool);
+            /// `y = x · wᵀ + b` (see [`crate::cpu::linear_fwd`]).
+            fn linear_fwd(out y, inp x, inp w, inp b, val s: &$crate::shape::LinearShape);
+            /// `dx = dy · w`.
+            fn linear_dgrad(out dx, inp dy, inp w, val s: &$crate::shape::LinearShape);
+            /// `dw = dyᵀ · x`.
+            fn linear_wgrad(out dw, inp dy, inp x, val s: &$crate::shape::LinearShape);
+            /// Adam applied to `w` (with its moments `adam_m`, `adam_v`, in that order) with the gradient
+            /// `dyᵀ · x`, which is never stored: equal to `linear_wgrad` then `adam_step` over `w` (see
+            /// [`crate::cpu::linear_wgrad_adam`]). Shapes: `w, adam_m, adam_v [n_out, k_in]`,
+            /// `dy [m, n_out]`, `x [m, k_in]`.
+            fn linear_wgrad_adam(outs3 w_m_v, inp dy, inp x, val s: &$crate::shape::LinearShape, val step: &$crate::shape::AdamStep);
+            /// `db = Σ_rows dy`.
+            fn linear_bgrad(out db, inp dy, val s: &$crate::shape::LinearShape);
+            /// Mean softmax cross-entropy and its gradient (see [`crate::cpu::softmax_xent`]); the loss
+            /// stays on the device in `loss [1]`.
+            fn softmax_xent(out loss, out dlogits, inp logits, labels labels, val classes: usize);
+            /// Inverted dropout with the hash mask of `(seed, step)` (see [`crate::cpu::dropout_fwd`]).
+            fn dropout_fwd(out y, inp x, val p: f32, val seed: u64, val step: u64);
+            /// Its backward: the same mask and scale applied to `dy`.
+            fn dropout_bwd(out dx, inp dy, val p: f32, val seed: u64, val step: u64);
+            /// One Adam update over flat buffers (see [`crate::cpu::adam_step`]).
+            fn adam_step(out p, out m, out v, inp g, val step: &$crate::shape::AdamStep);
+        }
+    };
+}
+pub(crate) use for_each_kernel;
+
+/// The Rust type of a kernel parameter of [`for_each_kernel`]'s list, inside the trait or an impl.
+macro_rules! kernel_param {
+    (out) => { &mut Self::ViewMut<'_> };
+    (inp) => { &Self::View<'_> };
+    (outs3) => { [&mut Self::ViewMut<'_>; 3] };
+    (labels) => { &Self::Labels };
+    (val $t:ty) => { $t };
+}
+pub(crate) use kernel_param;
+
+/// [`Backend`]'s kernel methods, from [`for_each_kernel`]'s list.
+macro_rules! declare_kernels {
+    ($($(#[$doc:meta])* fn $name:ident($($kind:ident $arg:ident $(: $t:ty)?),* $(,)?);)*) => {
+        $(
+            $(#[$doc])*
+            #[allow(clippy::too_many_arguments)]
+            fn $name(&self, $($arg: $crate::backend::kernel_param!($kind $($t)?)),*) -> $crate::Result<()>;
+        )*
+    };
+}
+pub(crate) use declare_kernels;
+
+/// A CPU backend's kernel methods: each calls the twin `crate::cpu::<name>` with the views as slices.
+macro_rules! forward_to_twins {
+    ($($(#[$doc:meta])* fn $name:ident($($kind:ident $arg:ident $(: $t:ty)?),* $(,)?);)*) => {
+        $(
+            #[allow(clippy::too_many_arguments)]
+            fn $name(&self, $($arg: $crate::backend::kernel_param!($kind $($t)?)),*) -> $crate::Result<()> {
+                $crate::cpu::$name($($crate::backend::twin_arg!($kind $arg)),*)
+            }
+        )*
+    };
+}
+pub(crate) use forward_to_twins;
+
+/// One argument of a twin call: host views become plain slices.
+macro_rules! twin_arg {
+    (out $a:ident) => {
+        &mut **$a
+    };
+    (inp $a:ident) => {
+        *$a
+    };
+    (outs3 $a:ident) => {
+        $a.map(|v| &mut **v)
+    };
+    (labels $a:ident) => {
+        $a
+    };
+    (val $a:ident) => {
+        $a
+    };
+}
+pub(crate) use twin_arg;
+
+/// A driver's kernel methods: each calls the launcher `crate::launcher::<name>` on the driver. (The CPU-only
+/// build has no driver.)
+#[cfg(any(feature = "cuda", feature = "emulation", test))]
+macro_rules! forward_to_launchers {
+    ($($(#[$doc:meta])* fn $name:ident($($kind:ident $arg:ident $(: $t:ty)?),* $(,)?);)*) => {
+        $(
+            #[allow(clippy::too_many_arguments)]
+            fn $name(&self, $($arg: $crate::backend::kernel_param!($kind $($t)?)),*) -> $crate::Result<()> {
+                $crate::launcher::$name(self, $($arg),*)
+            }
+        )*
+    };
+}
+#[cfg(any(feature = "cuda", feature = "emulation", test))]
+pub(crate) use forward_to_launchers;
 
 /// A set of kernels over one kind of buffer.
 pub trait Backend {
@@ -56,184 +196,7 @@ pub trait Backend {
         range: Range<usize>,
     ) -> Result<Self::ViewMut<'a>>;
 
-    /// `y = max(x, 0)` elementwise, NaN propagating. Shapes: `y, x: [n]`.
-    fn relu_fwd(&self, y: &mut Self::ViewMut<'_>, x: &Self::View<'_>) -> Result<()>;
-    /// `dx = dy` where `y > 0`, else 0 (the gradient at exactly 0 is 0). Shapes: `dx, dy, y: [n]`.
-    fn relu_bwd(
-        &self,
-        dx: &mut Self::ViewMut<'_>,
-        dy: &Self::View<'_>,
-        y: &Self::View<'_>,
-    ) -> Result<()>;
-    /// `y = a + b` elementwise. Shapes: `y, a, b: [n]`.
-    fn add_fwd(
-        &self,
-        y: &mut Self::ViewMut<'_>,
-        a: &Self::View<'_>,
-        b: &Self::View<'_>,
-    ) -> Result<()>;
-
-    /// Convolution into a channel slice, optional ReLU epilogue (see [`crate::cpu::conv_fwd`]).
-    fn conv_fwd(
-        &self,
-        y: &mut Self::ViewMut<'_>,
-        x: &Self::View<'_>,
-        w: &Self::View<'_>,
-        b: &Self::View<'_>,
-        s: &ConvShape,
-        relu: bool,
-    ) -> Result<()>;
-    /// Input gradient of a conv, overwriting or accumulating (see [`crate::cpu::conv_dgrad`]).
-    fn conv_dgrad(
-        &self,
-        dx: &mut Self::ViewMut<'_>,
-        dy: &Self::View<'_>,
-        w: &Self::View<'_>,
-        s: &ConvShape,
-        accumulate: bool,
-    ) -> Result<()>;
-    /// Weight gradient of a conv (see [`crate::cpu::conv_wgrad`]).
-    fn conv_wgrad(
-        &self,
-        dw: &mut Self::ViewMut<'_>,
-        dy: &Self::View<'_>,
-        x: &Self::View<'_>,
-        s: &ConvShape,
-    ) -> Result<()>;
-    /// Bias gradient of a conv (see [`crate::cpu::conv_bgrad`]).
-    fn conv_bgrad(
-        &self,
-        db: &mut Self::ViewMut<'_>,
-        dy: &Self::View<'_>,
-        s: &ConvShape,
-    ) -> Result<()>;
-
-    /// The fused reduce conv forward; `mid` receives the reduced map (see [`crate::cpu::reduce_conv_fwd`]).
-    /// `params` is `[w1 | b1 | w2 | b2]`, contiguous as in the flat parameter buffer.
-    fn reduce_conv_fwd(
-        &self,
-        y: &mut Self::ViewMut<'_>,
-        mid: &mut Self::ViewMut<'_>,
-        x: &Self::View<'_>,
-        params: &Self::View<'_>,
-        s: &ReduceConvShape,
-    ) -> Result<()>;
-    /// The fused reduce conv backward (see [`crate::cpu::reduce_conv_bwd`]); `dparams` receives
-    /// `[dw1 | db1 | dw2 | db2]`, `params` is `[w1 | b1 | w2 | b2]`; `scratch [n, c_mid, h, w]` is working
-    /// memory (a backend that needs none ignores it), so the pass allocates nothing.
-    #[allow(clippy::too_many_arguments)]
-    fn reduce_conv_bwd(
-        &self,
-        dx: &mut Self::ViewMut<'_>,
-        dparams: &mut Self::ViewMut<'_>,
-        scratch: &mut Self::ViewMut<'_>,
-        dy: &Self::View<'_>,
-        x: &Self::View<'_>,
-        mid: &Self::View<'_>,
-        params: &Self::View<'_>,
-        s: &ReduceConvShape,
-        accumulate: bool,
-    ) -> Result<()>;
-
-    /// 3×3 stride-1 max pooling (see [`crate::cpu::maxpool3x3s1_fwd`]).
-    fn maxpool3x3s1_fwd(
-        &self,
-        y: &mut Self::ViewMut<'_>,
-        x: &Self::View<'_>,
-        s: &PoolShape,
-    ) -> Result<()>;
-    /// Its gather backward, overwriting or accumulating (see [`crate::cpu::maxpool3x3s1_bwd`]).
-    fn maxpool3x3s1_bwd(
-        &self,
-        dx: &mut Self::ViewMut<'_>,
-        dy: &Self::View<'_>,
-        x: &Self::View<'_>,
-        s: &PoolShape,
-        accumulate: bool,
-    ) -> Result<()>;
-
-    /// `y = x · wᵀ + b` (see [`crate::cpu::linear_fwd`]).
-    fn linear_fwd(
-        &self,
-        y: &mut Self::ViewMut<'_>,
-        x: &Self::View<'_>,
-        w: &Self::View<'_>,
-        b: &Self::View<'_>,
-        s: &LinearShape,
-    ) -> Result<()>;
-    /// `dx = dy · w`.
-    fn linear_dgrad(
-        &self,
-        dx: &mut Self::ViewMut<'_>,
-        dy: &Self::View<'_>,
-        w: &Self::View<'_>,
-        s: &LinearShape,
-    ) -> Result<()>;
-    /// `dw = dyᵀ · x`.
-    fn linear_wgrad(
-        &self,
-        dw: &mut Self::ViewMut<'_>,
-        dy: &Self::View<'_>,
-        x: &Self::View<'_>,
-        s: &LinearShape,
-    ) -> Result<()>;
-    /// Adam applied to `w` (with its moments `adam_m`, `adam_v`, in that order) with the gradient `dyᵀ · x`,
-    /// which is never stored: equal to `linear_wgrad` then `adam_step` over `w` (see
-    /// [`crate::cpu::linear_wgrad_adam`]). Shapes: `w, adam_m, adam_v [n_out, k_in]`, `dy [m, n_out]`,
-    /// `x [m, k_in]`.
-    fn linear_wgrad_adam(
-        &self,
-        w_m_v: [&mut Self::ViewMut<'_>; 3],
-        dy: &Self::View<'_>,
-        x: &Self::View<'_>,
-        s: &LinearShape,
-        step: &AdamStep,
-    ) -> Result<()>;
-    /// `db = Σ_rows dy`.
-    fn linear_bgrad(
-        &self,
-        db: &mut Self::ViewMut<'_>,
-        dy: &Self::View<'_>,
-        s: &LinearShape,
-    ) -> Result<()>;
-
-    /// Mean softmax cross-entropy and its gradient (see [`crate::cpu::softmax_xent`]); the loss stays on
-    /// the device in `loss [1]`.
-    fn softmax_xent(
-        &self,
-        loss: &mut Self::ViewMut<'_>,
-        dlogits: &mut Self::ViewMut<'_>,
-        logits: &Self::View<'_>,
-        labels: &Self::Labels,
-        classes: usize,
-    ) -> Result<()>;
-    /// Inverted dropout with the hash mask of `(seed, step)` (see [`crate::cpu::dropout_fwd`]).
-    fn dropout_fwd(
-        &self,
-        y: &mut Self::ViewMut<'_>,
-        x: &Self::View<'_>,
-        p: f32,
-        seed: u64,
-        step: u64,
-    ) -> Result<()>;
-    /// Its backward: the same mask and scale applied to `dy`.
-    fn dropout_bwd(
-        &self,
-        dx: &mut Self::ViewMut<'_>,
-        dy: &Self::View<'_>,
-        p: f32,
-        seed: u64,
-        step: u64,
-    ) -> Result<()>;
-    /// One Adam update over flat buffers (see [`crate::cpu::adam_step`]).
-    fn adam_step(
-        &self,
-        p: &mut Self::ViewMut<'_>,
-        m: &mut Self::ViewMut<'_>,
-        v: &mut Self::ViewMut<'_>,
-        g: &Self::View<'_>,
-        step: &AdamStep,
-    ) -> Result<()>;
+    for_each_kernel!(declare_kernels);
 }
 
 /// Something that provides a shared backend: a backend value (`CpuBackend`, `EmuBackend`) or an `Arc` of one

@@ -93,19 +93,19 @@ pub enum Error {
         /// The device of this operand.
         got: String,
     },
-    /// The op exists but this backend does not implement it yet.
-    #[error("{op} is not implemented on the {backend} backend yet")]
-    Unsupported {
-        /// The op.
-        op: &'static str,
-        /// The backend that lacks it.
-        backend: &'static str,
-    },
     /// Tensors recorded on different tapes were combined in one op.
     #[error("{op}: operands are recorded on different tapes")]
     TapeMismatch {
         /// The op.
         op: &'static str,
+    },
+    /// An invariant of this crate did not hold (a bug: please report it with the message).
+    #[error("{op}: internal error: {reason}")]
+    Internal {
+        /// The op.
+        op: &'static str,
+        /// What did not hold.
+        reason: String,
     },
     /// `Tape::backward` could not run.
     #[error("backward: {reason}")]

@@ -1,5 +1,9 @@
-//! Launch geometry of every kernel, shared by the CUDA backend and (later) the emulated one, so a wrong
-//! grid or block size shows up in CI too. Pure arithmetic: no driver calls here.
+//! Launch geometry of every kernel: the plans the launchers of [`crate::launcher`] follow on every driver
+//! (the CUDA driver and the emulator), so a wrong grid or block size shows up in CI too. Pure arithmetic: no
+//! driver calls here. The tile constants shared with the kernels come from `kernels/args.h` through
+//! [`crate::bindings`].
+
+use crate::bindings::{AdamScalars, ConvDims, GemmDims, ReduceDims};
 
 /// Grid, block and dynamic shared memory of one launch (1-D blocks; the GEMMs use a 3-D grid).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,7 +50,6 @@ pub const SOFTMAX_BLOCK: u32 = 256;
 pub const SOFTMAX_MAX_ROWS: usize = 12 * 1024;
 
 /// A checked pooling launch: geometry and the kernel's size arguments.
-#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
 pub(crate) struct PoolPlan {
     pub dims: LaunchDims,
     pub planes: u64,
@@ -74,7 +77,6 @@ fn pool_bwd_tile(h: usize, w: usize) -> (usize, usize) {
 
 /// Checks the buffers of a pooling kernel against `s` (each must hold `n·c·h·w` elements). `None` when
 /// there is nothing to compute.
-#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
 pub(crate) fn pool_plan(
     op: &'static str,
     s: &crate::shape::PoolShape,
@@ -115,7 +117,6 @@ pub(crate) fn pool_plan(
 
 /// Checks a `softmax_xent` launch: `loss [1]`, `dlogits` and `logits` `[m, classes]`; at most
 /// [`SOFTMAX_MAX_ROWS`] rows. `None` when there are no rows or classes (the loss is then 0).
-#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
 pub(crate) fn softmax_plan(
     op: &'static str,
     m: usize,
@@ -153,46 +154,13 @@ pub(crate) fn softmax_plan(
 pub const REDUCE_BLOCK: u32 = 256;
 /// At most this many image splits in the conv weight and bias gradients (their partials are summed in order).
 pub const WGRAD_MAX_SPLITS: u32 = 64;
-/// Output channels per block of `reduce_conv_fwd` (`REDUCE_CO_GROUP` in kernels/conv.cu).
-pub const REDUCE_CO_GROUP: usize = 64;
+/// Output channels per block of `reduce_conv_fwd`.
+pub const REDUCE_CO_GROUP: usize = crate::bindings::REDUCE_CO_GROUP as usize;
 /// Output rows per block of `reduce_conv_fwd` (fewer when a wide map's rows do not fit in shared memory).
 pub const REDUCE_TILE_H: usize = 4;
 /// Dynamic shared memory a block may use on Ampere and Hopper after opting in (227 KiB on H100/H200; the
 /// A100's 163 KiB is the smaller limit we design for).
 pub const MAX_DYNAMIC_SHARED: usize = 163 * 1024;
-
-/// `ConvDims` of kernels/conv.cu: a [`crate::shape::ConvShape`] in the kernels' integer width.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
-pub(crate) struct ConvDims {
-    pub n: u32,
-    pub c_in: u32,
-    pub c_out: u32,
-    pub h: u32,
-    pub w: u32,
-    pub k: u32,
-    pub c_total: u32,
-    pub c_offset: u32,
-}
-
-/// `ReduceDims` of kernels/conv.cu: a [`crate::shape::ReduceConvShape`] in the kernels' integer width.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
-pub(crate) struct ReduceDims {
-    pub n: u32,
-    pub c_in: u32,
-    pub c_mid: u32,
-    pub c_out: u32,
-    pub h: u32,
-    pub w: u32,
-    pub k: u32,
-    pub c_total: u32,
-    pub c_offset: u32,
-    /// Output rows per block of reduce_conv_fwd.
-    pub tile_h: u32,
-}
 
 /// A grid's x extent: at most 2³¹ − 1 blocks (CUDA's limit).
 fn grid_x(op: &'static str, blocks: usize) -> crate::Result<u32> {
@@ -213,12 +181,10 @@ fn u32_of(op: &'static str, v: usize) -> crate::Result<u32> {
 }
 
 /// Work items of the conv tile kernels (`conv_tile` in kernels/conv.cu): 4 channels × 4 pixels of a row each.
-#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
 fn tile_items(n: u32, channels: u32, h: u32, w: u32) -> usize {
     n as usize * channels.div_ceil(4) as usize * h as usize * w.div_ceil(4) as usize
 }
 
-#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
 impl ConvDims {
     /// The kernel's dims of a validated shape.
     pub fn of(op: &'static str, s: &crate::shape::ConvShape) -> crate::Result<Self> {
@@ -274,17 +240,18 @@ impl ConvDims {
         self.splits() as usize * self.c_out as usize * (self.c_in * self.k * self.k) as usize
     }
 
-    /// conv_wgrad: 64 × 64 tiles of `[c_out, c_in·k·k]`, one grid z-slice per image split (None if empty).
+    /// conv_wgrad: `WGRAD_TILE`² tiles of `[c_out, c_in·k·k]`, one grid z-slice per image split (None if empty).
     pub fn wgrad(&self) -> Option<LaunchDims> {
         let cols = self.c_in * self.k * self.k;
         if self.n == 0 || self.c_out == 0 || cols == 0 {
             return None;
         }
+        let tile = crate::bindings::WGRAD_TILE;
         Some(LaunchDims {
-            grid: cols.div_ceil(64),
-            grid_y: self.c_out.div_ceil(64),
+            grid: cols.div_ceil(tile),
+            grid_y: self.c_out.div_ceil(tile),
             grid_z: self.splits(),
-            block: 256,
+            block: crate::bindings::WGRAD_THREADS,
             shared_bytes: 0,
         })
     }
@@ -304,7 +271,6 @@ impl ConvDims {
     }
 }
 
-#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
 impl ReduceDims {
     /// The kernel's dims of a validated shape.
     pub fn of(op: &'static str, s: &crate::shape::ReduceConvShape) -> crate::Result<Self> {
@@ -387,49 +353,18 @@ impl ReduceDims {
     }
 }
 
-/// `GemmDims` of kernels/linear.cu: `C[i, j] = Σ_k A(i, k) · B(k, j)` with strides, split-K slices.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
-pub(crate) struct GemmDims {
-    pub a_rs: u64,
-    pub a_ks: u64,
-    pub b_ks: u64,
-    pub b_cs: u64,
-    pub c_rs: u64,
-    pub c_slice: u64,
-    pub m: u32,
-    pub n: u32,
-    pub k: u32,
-    pub k_chunk: u32,
-}
-
-/// Rows of C per block of the GEMM kernels (`GEMM_BM` in kernels/linear.cu).
-pub const GEMM_BM: usize = 64;
+/// Rows of C per block of the GEMM kernels.
+pub const GEMM_BM: usize = crate::bindings::GEMM_BM as usize;
 /// Rows of C per block of `linear_wgrad_adam` (4 rows a thread: registers for more blocks and loads).
-pub const WGRAD_ADAM_BM: usize = 32;
-/// Columns of C per block of the GEMM kernels (`GEMM_BN` in kernels/linear.cu).
-pub const GEMM_BN: usize = 128;
-/// Threads per block of the GEMM kernels (`GEMM_THREADS` in kernels/linear.cu).
-pub const GEMM_THREADS: u32 = 128;
+pub const WGRAD_ADAM_BM: usize = crate::bindings::WGRAD_ADAM_BM as usize;
+/// Columns of C per block of the GEMM kernels.
+pub const GEMM_BN: usize = crate::bindings::GEMM_BN as usize;
+/// Threads per block of the GEMM kernels.
+pub const GEMM_THREADS: u32 = crate::bindings::GEMM_THREADS;
 /// k per split-K slice of `linear_fwd` (at least; more when there would be over 65,535 slices); a multiple
-/// of the kernels' k step (16). fc1 at batch 50: 196 slices × 6 column tiles = 1,176 blocks.
+/// of the kernels' k step ([`crate::bindings::GEMM_BK`]). fc1 at batch 50: 196 slices × 6 column tiles = 1,176 blocks.
 pub const LINEAR_K_CHUNK: usize = 1024;
 
-/// Adam's per-launch scalars (`AdamScalars` in kernels/adam.cuh), from [`crate::shape::AdamStep::scalars`].
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq)]
-#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
-pub(crate) struct AdamScalars {
-    pub one_minus_b1: f32,
-    pub b2: f32,
-    pub one_minus_b2: f32,
-    pub step_size: f32,
-    pub bc2_sqrt: f32,
-    pub eps: f32,
-}
-
-#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
 impl AdamScalars {
     /// The scalars of `step`; errors (naming `op`) on hyperparameters outside Adam's domain.
     pub fn of(op: &'static str, step: &crate::shape::AdamStep) -> crate::Result<Self> {
@@ -446,7 +381,6 @@ impl AdamScalars {
 }
 
 /// Every launch of a linear layer's kernels, checked against its shape.
-#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
 pub(crate) struct LinearPlan {
     /// linear_fwd: the partial products, `splits` slices of `[m, n_out]`.
     pub fwd: (GemmDims, LaunchDims),
@@ -462,7 +396,6 @@ pub(crate) struct LinearPlan {
     pub n_out: u32,
 }
 
-#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
 impl LinearPlan {
     /// Floats of the split-K partial buffer of the forward.
     pub fn partials_len(&self) -> usize {
@@ -492,7 +425,6 @@ fn gemm_grid_bm(
 }
 
 /// The launches of a linear layer. Errors when a size exceeds the kernels' integer widths.
-#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
 pub(crate) fn linear_plan(
     op: &'static str,
     s: &crate::shape::LinearShape,
@@ -500,7 +432,8 @@ pub(crate) fn linear_plan(
     s.validate(op)?;
     let (m, k, n) = (s.m, s.k_in, s.n_out);
     let (m32, k32, n32) = (u32_of(op, m)?, u32_of(op, k)?, u32_of(op, n)?);
-    let k_chunk = LINEAR_K_CHUNK.max(k.div_ceil(65_535).div_ceil(16) * 16);
+    let bk = crate::bindings::GEMM_BK as usize;
+    let k_chunk = LINEAR_K_CHUNK.max(k.div_ceil(65_535).div_ceil(bk) * bk);
     let splits = k.div_ceil(k_chunk).max(1);
     let (k64, n64) = (k as u64, n as u64);
     let fwd = GemmDims {
@@ -553,7 +486,6 @@ pub(crate) fn linear_plan(
 }
 
 /// Checks each `(buffer, expected length, length)` of a launch.
-#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
 pub(crate) fn check_lens(
     op: &'static str,
     bufs: &[(&'static str, usize, usize)],
@@ -562,9 +494,8 @@ pub(crate) fn check_lens(
         .try_for_each(|&(what, expected, len)| crate::shape::check_len(op, what, expected, len))
 }
 
-/// Checked launches: the plan of each kernel after checking every buffer's length against its shape, shared
-/// by the CUDA and the emulated launchers so both check the same things.
-#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
+/// Checked launches: the plan of each kernel after checking every buffer's length (given in the launcher's
+/// argument order) against its shape.
 pub(crate) mod checked {
     use super::{check_lens, linear_plan, ConvDims, LinearPlan, ReduceDims};
     use crate::shape::{ConvShape, LinearShape, ReduceConvShape};
@@ -574,20 +505,13 @@ pub(crate) mod checked {
     pub fn linear_fwd(
         op: &'static str,
         s: &LinearShape,
-        y: usize,
-        x: usize,
-        w: usize,
-        b: usize,
+        [y, x, w, b]: [usize; 4],
     ) -> Result<LinearPlan> {
         let p = linear_plan(op, s)?;
+        let (mn, mk, nk) = (s.m * s.n_out, s.m * s.k_in, s.n_out * s.k_in);
         check_lens(
             op,
-            &[
-                ("y", s.m * s.n_out, y),
-                ("x", s.m * s.k_in, x),
-                ("w", s.n_out * s.k_in, w),
-                ("b", s.n_out, b),
-            ],
+            &[("y", mn, y), ("x", mk, x), ("w", nk, w), ("b", s.n_out, b)],
         )?;
         Ok(p)
     }
@@ -596,19 +520,11 @@ pub(crate) mod checked {
     pub fn linear_dgrad(
         op: &'static str,
         s: &LinearShape,
-        dx: usize,
-        dy: usize,
-        w: usize,
+        [dx, dy, w]: [usize; 3],
     ) -> Result<LinearPlan> {
         let p = linear_plan(op, s)?;
-        check_lens(
-            op,
-            &[
-                ("dx", s.m * s.k_in, dx),
-                ("dy", s.m * s.n_out, dy),
-                ("w", s.n_out * s.k_in, w),
-            ],
-        )?;
+        let (mn, mk, nk) = (s.m * s.n_out, s.m * s.k_in, s.n_out * s.k_in);
+        check_lens(op, &[("dx", mk, dx), ("dy", mn, dy), ("w", nk, w)])?;
         Ok(p)
     }
 
@@ -616,19 +532,11 @@ pub(crate) mod checked {
     pub fn linear_wgrad(
         op: &'static str,
         s: &LinearShape,
-        dw: usize,
-        dy: usize,
-        x: usize,
+        [dw, dy, x]: [usize; 3],
     ) -> Result<LinearPlan> {
         let p = linear_plan(op, s)?;
-        check_lens(
-            op,
-            &[
-                ("dw", s.n_out * s.k_in, dw),
-                ("dy", s.m * s.n_out, dy),
-                ("x", s.m * s.k_in, x),
-            ],
-        )?;
+        let (mn, mk, nk) = (s.m * s.n_out, s.m * s.k_in, s.n_out * s.k_in);
+        check_lens(op, &[("dw", nk, dw), ("dy", mn, dy), ("x", mk, x)])?;
         Ok(p)
     }
 
@@ -660,8 +568,7 @@ pub(crate) mod checked {
     pub fn linear_bgrad(
         op: &'static str,
         s: &LinearShape,
-        db: usize,
-        dy: usize,
+        [db, dy]: [usize; 2],
     ) -> Result<LinearPlan> {
         let p = linear_plan(op, s)?;
         check_lens(op, &[("db", s.n_out, db), ("dy", s.m * s.n_out, dy)])?;
@@ -669,66 +576,46 @@ pub(crate) mod checked {
     }
 
     /// conv_fwd: `y [n, c_total, h, w]`, `x [n, c_in, h, w]`, `w [c_out, c_in, k, k]`, `b [c_out]`.
-    pub fn conv_fwd(
-        op: &'static str,
-        s: &ConvShape,
-        y: usize,
-        x: usize,
-        w: usize,
-        b: usize,
-    ) -> Result<ConvDims> {
-        ConvDims::checked(
-            op,
-            s,
-            &[
-                ("y", s.y_len(op)?, y),
-                ("x", s.x_len(op)?, x),
-                ("w", s.w_len(op)?, w),
-                ("b", s.c_out, b),
-            ],
-        )
+    pub fn conv_fwd(op: &'static str, s: &ConvShape, [y, x, w, b]: [usize; 4]) -> Result<ConvDims> {
+        let lens = [
+            ("y", s.y_len(op)?, y),
+            ("x", s.x_len(op)?, x),
+            ("w", s.w_len(op)?, w),
+            ("b", s.c_out, b),
+        ];
+        ConvDims::checked(op, s, &lens)
     }
 
     /// conv_dgrad: `dx [n, c_in, h, w]`, `dy [n, c_total, h, w]`, `w [c_out, c_in, k, k]`.
     pub fn conv_dgrad(
         op: &'static str,
         s: &ConvShape,
-        dx: usize,
-        dy: usize,
-        w: usize,
+        [dx, dy, w]: [usize; 3],
     ) -> Result<ConvDims> {
-        ConvDims::checked(
-            op,
-            s,
-            &[
-                ("dx", s.x_len(op)?, dx),
-                ("dy", s.y_len(op)?, dy),
-                ("w", s.w_len(op)?, w),
-            ],
-        )
+        let lens = [
+            ("dx", s.x_len(op)?, dx),
+            ("dy", s.y_len(op)?, dy),
+            ("w", s.w_len(op)?, w),
+        ];
+        ConvDims::checked(op, s, &lens)
     }
 
     /// conv_wgrad: `dw [c_out, c_in, k, k]`, `dy [n, c_total, h, w]`, `x [n, c_in, h, w]`.
     pub fn conv_wgrad(
         op: &'static str,
         s: &ConvShape,
-        dw: usize,
-        dy: usize,
-        x: usize,
+        [dw, dy, x]: [usize; 3],
     ) -> Result<ConvDims> {
-        ConvDims::checked(
-            op,
-            s,
-            &[
-                ("dw", s.w_len(op)?, dw),
-                ("dy", s.y_len(op)?, dy),
-                ("x", s.x_len(op)?, x),
-            ],
-        )
+        let lens = [
+            ("dw", s.w_len(op)?, dw),
+            ("dy", s.y_len(op)?, dy),
+            ("x", s.x_len(op)?, x),
+        ];
+        ConvDims::checked(op, s, &lens)
     }
 
     /// conv_bgrad: `db [c_out]`, `dy [n, c_total, h, w]`.
-    pub fn conv_bgrad(op: &'static str, s: &ConvShape, db: usize, dy: usize) -> Result<ConvDims> {
+    pub fn conv_bgrad(op: &'static str, s: &ConvShape, [db, dy]: [usize; 2]) -> Result<ConvDims> {
         ConvDims::checked(op, s, &[("db", s.c_out, db), ("dy", s.y_len(op)?, dy)])
     }
 
@@ -736,10 +623,7 @@ pub(crate) mod checked {
     pub fn reduce_conv_fwd(
         op: &'static str,
         s: &ReduceConvShape,
-        y: usize,
-        mid: usize,
-        x: usize,
-        params: usize,
+        [y, mid, x, params]: [usize; 4],
     ) -> Result<ReduceDims> {
         let d = ReduceDims::of(op, s)?;
         let block = crate::backend::reduce_conv_param_ranges(s)[3].end;
@@ -755,18 +639,22 @@ pub(crate) mod checked {
         Ok(d)
     }
 
+    /// The buffer lengths of a `reduce_conv_bwd` call.
+    pub struct ReduceBwdLens {
+        pub dx: usize,
+        pub dparams: usize,
+        pub scratch: usize,
+        pub dy: usize,
+        pub x: usize,
+        pub mid: usize,
+        pub params: usize,
+    }
+
     /// reduce_conv_bwd: as the forward, plus `dx`, `dy`, the `scratch [n, c_mid, h, w]` and `dparams`.
-    #[allow(clippy::too_many_arguments)]
     pub fn reduce_conv_bwd(
         op: &'static str,
         s: &ReduceConvShape,
-        dx: usize,
-        x: usize,
-        dy: usize,
-        mid: usize,
-        scratch: usize,
-        params: usize,
-        dparams: usize,
+        l: &ReduceBwdLens,
     ) -> Result<ReduceDims> {
         let d = ReduceDims::of(op, s)?;
         let (block, x_len, mid_len) = (
@@ -777,13 +665,13 @@ pub(crate) mod checked {
         check_lens(
             op,
             &[
-                ("dx", x_len, dx),
-                ("x", x_len, x),
-                ("dy", s.conv().y_len(op)?, dy),
-                ("mid", mid_len, mid),
-                ("scratch", mid_len, scratch),
-                ("params", block, params),
-                ("dparams", block, dparams),
+                ("dx", x_len, l.dx),
+                ("x", x_len, l.x),
+                ("dy", s.conv().y_len(op)?, l.dy),
+                ("mid", mid_len, l.mid),
+                ("scratch", mid_len, l.scratch),
+                ("params", block, l.params),
+                ("dparams", block, l.dparams),
             ],
         )?;
         Ok(d)

@@ -5,8 +5,10 @@
 //!
 //! Layers (see `DESIGN.md` of the project):
 //! - `kernels/*.cu`: raw `__global__` functions, compiled to PTX by `build.rs` and embedded;
-//! - [`cpu`] and [`cuda`] (feature `cuda`, on by default): one function per kernel with the same name and
-//!   argument order, both implementing [`Backend`];
+//! - [`cpu`]: the CPU twin of every kernel; [`launcher`]: one launcher per kernel, generic over the
+//!   [`launcher::Driver`] that runs it: [`cuda`] (feature `cuda`, on by default) on a GPU, `emu` (feature
+//!   `emulation`) on the CPU. Twins and launchers have the same names and argument order, and all backends
+//!   implement [`Backend`]; the kernels' argument structs come from `kernels/args.h` ([`bindings`]);
 //! - [`Tensor`], [`Device`] and [`ops`]: shape-checked ops that dispatch to a backend and record themselves
 //!   on a [`Tape`];
 //! - [`Tape`]: reverse-mode differentiation with hand-written backward passes.
@@ -84,6 +86,7 @@ macro_rules! dispatch_many {
 }
 
 pub mod backend;
+pub mod bindings;
 pub mod checkpoint;
 pub mod cpu;
 #[cfg(feature = "cuda")]
@@ -95,6 +98,7 @@ pub mod emu;
 mod error;
 pub mod graph;
 pub mod launch;
+pub mod launcher;
 pub mod nn;
 pub mod ops;
 pub mod shape;

@@ -212,11 +212,46 @@ fn params(s: &ReduceConvShape, seed: u64) -> Params {
     }
 }
 
+impl Params {
+    /// The parameter block `[w1 | b1 | w2 | b2]` the fused twins take.
+    fn block(&self) -> Vec<f32> {
+        [&self.w1[..], &self.b1, &self.w2, &self.b2].concat()
+    }
+}
+
 fn fused_fwd(p: &Params, s: &ReduceConvShape) -> (Vec<f32>, Vec<f32>) {
     let mut y = vec![0.0; s.n * s.c_total * s.h * s.w];
     let mut mid = vec![0.0; s.n * s.c_mid * s.h * s.w];
-    cpu::reduce_conv_fwd(&mut y, &mut mid, &p.x, &p.w1, &p.b1, &p.w2, &p.b2, s).unwrap();
+    cpu::reduce_conv_fwd(&mut y, &mut mid, &p.x, &p.block(), s).unwrap();
     (y, mid)
+}
+
+/// The fused backward's `(dx, dw1, db1, dw2, db2)`, overwriting dx.
+fn fused_bwd(p: &Params, s: &ReduceConvShape, dy: &[f32], mid: &[f32]) -> [Vec<f32>; 5] {
+    let block = p.block();
+    let (mut dx, mut dblock, mut scratch) = (
+        vec![0.0; p.x.len()],
+        vec![0.0; block.len()],
+        vec![0.0; mid.len()],
+    );
+    cpu::reduce_conv_bwd(
+        &mut dx,
+        &mut dblock,
+        &mut scratch,
+        dy,
+        &p.x,
+        mid,
+        &block,
+        s,
+        false,
+    )
+    .unwrap();
+    let (w1, b1, w2) = (p.w1.len(), p.b1.len(), p.w2.len());
+    let mut rest = dblock;
+    let db2 = rest.split_off(w1 + b1 + w2);
+    let dw2 = rest.split_off(w1 + b1);
+    let db1 = rest.split_off(w1);
+    [dx, rest, db1, dw2, db2]
 }
 
 #[test]
@@ -240,18 +275,7 @@ fn fused_reduce_conv_matches_the_composed_convs() {
 
         // Backward from dy = gradient before the module's ReLU, composed the same way.
         let dy = uniform(20, y.len());
-        let mut g = (
-            vec![0.0; p.x.len()],
-            vec![0.0; p.w1.len()],
-            vec![0.0; s.c_mid],
-            vec![0.0; p.w2.len()],
-            vec![0.0; s.c_out],
-        );
-        cpu::reduce_conv_bwd(
-            &mut g.0, &mut g.1, &mut g.2, &mut g.3, &mut g.4, &dy, &p.x, &mid, &p.w1, &p.w2, &s,
-            false,
-        )
-        .unwrap();
+        let g = fused_bwd(&p, &s, &dy, &mid);
         let (mut dw2, mut db2, mut dmid) = (
             vec![0.0; p.w2.len()],
             vec![0.0; s.c_out],
@@ -271,11 +295,11 @@ fn fused_reduce_conv_matches_the_composed_convs() {
         cpu::conv_bgrad(&mut db1, &dpre, &s.reduce()).unwrap();
         cpu::conv_dgrad(&mut dx, &dpre, &p.w1, &s.reduce(), false).unwrap();
         for (what, got, want) in [
-            ("dx", &g.0, &dx),
-            ("dw1", &g.1, &dw1),
-            ("db1", &g.2, &db1),
-            ("dw2", &g.3, &dw2),
-            ("db2", &g.4, &db2),
+            ("dx", &g[0], &dx),
+            ("dw1", &g[1], &dw1),
+            ("db1", &g[2], &db1),
+            ("dw2", &g[3], &dw2),
+            ("db2", &g[4], &db2),
         ] {
             assert_close(&format!("fused {what} {s:?}"), got, want, 1e-5, 1e-5);
         }
@@ -299,18 +323,7 @@ fn fused_reduce_conv_backward_matches_finite_differences() {
         // dy before the module's ReLU = R where y > 0.
         let mut dy = vec![0.0; y.len()];
         cpu::relu_bwd(&mut dy, &r, &y).unwrap();
-        let mut g = (
-            vec![0.0; p.x.len()],
-            vec![0.0; p.w1.len()],
-            vec![0.0; s.c_mid],
-            vec![0.0; p.w2.len()],
-            vec![0.0; s.c_out],
-        );
-        cpu::reduce_conv_bwd(
-            &mut g.0, &mut g.1, &mut g.2, &mut g.3, &mut g.4, &dy, &p.x, &mid, &p.w1, &p.w2, &s,
-            false,
-        )
-        .unwrap();
+        let g = fused_bwd(&p, &s, &dy, &mid);
         let with = |f: &dyn Fn(&mut Params)| {
             let mut q = Params {
                 x: p.x.clone(),
@@ -323,13 +336,19 @@ fn fused_reduce_conv_backward_matches_finite_differences() {
             loss(&q)
         };
         let h = 1e-3;
-        gradcheck(&format!("fused dx {s:?}"), &p.x, &g.0, h, 2e-3, 2e-3, |v| {
-            with(&|q| q.x = v.to_vec())
-        });
+        gradcheck(
+            &format!("fused dx {s:?}"),
+            &p.x,
+            &g[0],
+            h,
+            2e-3,
+            2e-3,
+            |v| with(&|q| q.x = v.to_vec()),
+        );
         gradcheck(
             &format!("fused dw1 {s:?}"),
             &p.w1,
-            &g.1,
+            &g[1],
             h,
             2e-3,
             2e-3,
@@ -338,7 +357,7 @@ fn fused_reduce_conv_backward_matches_finite_differences() {
         gradcheck(
             &format!("fused db1 {s:?}"),
             &p.b1,
-            &g.2,
+            &g[2],
             h,
             2e-3,
             2e-3,
@@ -347,7 +366,7 @@ fn fused_reduce_conv_backward_matches_finite_differences() {
         gradcheck(
             &format!("fused dw2 {s:?}"),
             &p.w2,
-            &g.3,
+            &g[3],
             h,
             2e-3,
             2e-3,
@@ -356,7 +375,7 @@ fn fused_reduce_conv_backward_matches_finite_differences() {
         gradcheck(
             &format!("fused db2 {s:?}"),
             &p.b2,
-            &g.4,
+            &g[4],
             h,
             2e-3,
             2e-3,
@@ -418,10 +437,8 @@ fn conv_twins_reject_bad_shapes_and_buffers() {
         c_offset: 0,
     };
     let mut mid = vec![0.0; 32];
-    let err = cpu::reduce_conv_fwd(
-        &mut y, &mut mid, &x, &[0.0; 4], &[0.0; 2], &[0.0; 6], &b, &r,
-    )
-    .unwrap_err();
+    let block = [&[0.0; 4][..], &[0.0; 2], &[0.0; 6], &b].concat();
+    let err = cpu::reduce_conv_fwd(&mut y, &mut mid, &x, &block, &r).unwrap_err();
     assert!(
         err.to_string().contains("fused reduce conv kernel size 1"),
         "{err}"

@@ -10,6 +10,7 @@
 
 use super::matmul::{matmul, Mat, MatMut, Threads};
 use super::sum_in_order;
+use crate::backend::reduce_conv_param_ranges;
 use crate::shape::{check_len, ReduceConvShape};
 use crate::Result;
 
@@ -79,10 +80,22 @@ fn check(op: &'static str, s: &ReduceConvShape, x: &[f32], w1: &[f32], w2: &[f32
 }
 
 /// Forward of the fused branch. Shapes: `y [n, c_total, h, w]` (channels `c_offset..c_offset + c_out`
-/// written), `mid [n, c_mid, h, w]` (saved reduced map, post-ReLU), `x [n, c_in, h, w]`, `w1 [c_mid, c_in]`,
-/// `b1 [c_mid]`, `w2 [c_out, c_mid, k, k]`, `b2 [c_out]`.
-#[allow(clippy::too_many_arguments)] // outputs, inputs, shape: the kernel's argument list
+/// written), `mid [n, c_mid, h, w]` (saved reduced map, post-ReLU), `x [n, c_in, h, w]`, `params` the block
+/// `[w1 [c_mid, c_in] | b1 [c_mid] | w2 [c_out, c_mid, k, k] | b2 [c_out]]`
+/// ([`crate::backend::reduce_conv_param_ranges`]).
 pub fn reduce_conv_fwd(
+    y: &mut [f32],
+    mid: &mut [f32],
+    x: &[f32],
+    params: &[f32],
+    s: &ReduceConvShape,
+) -> Result<()> {
+    let [w1, b1, w2, b2] = split_params("reduce_conv_fwd", params, s)?;
+    fwd(y, mid, x, w1, b1, w2, b2, s)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fwd(
     y: &mut [f32],
     mid: &mut [f32],
     x: &[f32],
@@ -161,11 +174,48 @@ pub fn reduce_conv_fwd(
 }
 
 /// Gradients of the fused branch, all in one pass. `dy [n, c_total, h, w]` is the gradient of the branch
-/// output before the module's ReLU (its slice is read in place); `mid` is the forward's saved reduced map.
-/// Writes `dw1 [c_mid, c_in]`, `db1 [c_mid]`, `dw2 [c_out, c_mid, k, k]`, `db2 [c_out]`; adds the input
-/// gradient to `dx [n, c_in, h, w]` when `accumulate`, else overwrites it.
+/// output before the module's ReLU (its slice is read in place); `mid` is the forward's saved reduced map;
+/// `params` is the block `[w1 | b1 | w2 | b2]` of [`reduce_conv_fwd`]. Writes `dparams` (the same layout:
+/// `[dw1 | db1 | dw2 | db2]`); adds the input gradient to `dx [n, c_in, h, w]` when `accumulate`, else
+/// overwrites it. `scratch [n, c_mid, h, w]` is the kernels' working memory: the twin needs none and only
+/// checks its length, so that both reject the same calls.
 #[allow(clippy::too_many_arguments)] // outputs, inputs, shape: the kernel's argument list
 pub fn reduce_conv_bwd(
+    dx: &mut [f32],
+    dparams: &mut [f32],
+    scratch: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    mid: &[f32],
+    params: &[f32],
+    s: &ReduceConvShape,
+    accumulate: bool,
+) -> Result<()> {
+    const OP: &str = "reduce_conv_bwd";
+    let [w1, _, w2, _] = split_params(OP, params, s)?;
+    check_len(OP, "dparams", params.len(), dparams.len())?;
+    check_len(OP, "scratch", s.mid_len(OP)?, scratch.len())?;
+    let [r1, rb1, r2, _] = reduce_conv_param_ranges(s);
+    let (dw1, rest) = dparams.split_at_mut(r1.end);
+    let (db1, rest) = rest.split_at_mut(rb1.len());
+    let (dw2, db2) = rest.split_at_mut(r2.len());
+    bwd(dx, dw1, db1, dw2, db2, dy, x, mid, w1, w2, s, accumulate)
+}
+
+/// `[w1, b1, w2, b2]` of a fused reduce conv's contiguous parameter block.
+fn split_params<'a>(
+    op: &'static str,
+    params: &'a [f32],
+    s: &ReduceConvShape,
+) -> Result<[&'a [f32]; 4]> {
+    s.validate(op)?;
+    let ranges = reduce_conv_param_ranges(s);
+    check_len(op, "params", ranges[3].end, params.len())?;
+    Ok(ranges.map(|r| &params[r]))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bwd(
     dx: &mut [f32],
     dw1: &mut [f32],
     db1: &mut [f32],

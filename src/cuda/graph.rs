@@ -53,7 +53,8 @@ impl CudaBackend {
         // SAFETY: capture has ended; back to cudarc's default.
         unsafe { self.ctx.enable_event_tracking() };
         let value = result?;
-        let graph = graph?.ok_or(Error::Backward {
+        let graph = graph?.ok_or(Error::InvalidShape {
+            op: OP,
             reason: "the capture recorded no work".into(),
         })?;
         Ok((value, CapturedGraph { graph }))

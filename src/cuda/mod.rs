@@ -26,35 +26,31 @@
 //! ```
 //! `examples/primitives.rs` builds a whole Inception module, forward and backward, this way.
 
-mod add;
-mod conv;
 mod graph;
-mod linear;
-mod relu;
-mod train;
 
-pub use add::add_fwd;
-pub use conv::{conv_bgrad, conv_dgrad, conv_fwd, conv_wgrad, reduce_conv_bwd, reduce_conv_fwd};
-pub use graph::{CapturedGraph, GraphNode};
-pub use linear::{linear_bgrad, linear_dgrad, linear_fwd, linear_wgrad, linear_wgrad_adam};
-pub use relu::{relu_bwd, relu_fwd};
-pub use train::{
-    adam_step, dropout_bwd, dropout_fwd, maxpool3x3s1_bwd, maxpool3x3s1_fwd, softmax_xent,
+pub use crate::launcher::{
+    adam_step, add_fwd, conv_bgrad, conv_dgrad, conv_fwd, conv_wgrad, dropout_bwd, dropout_fwd,
+    linear_bgrad, linear_dgrad, linear_fwd, linear_wgrad, linear_wgrad_adam, maxpool3x3s1_bwd,
+    maxpool3x3s1_fwd, reduce_conv_bwd, reduce_conv_fwd, relu_bwd, relu_fwd, softmax_xent,
 };
+pub use graph::{CapturedGraph, GraphNode};
 
 use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut,
-    DriverError, LaunchConfig,
+    DeviceRepr, DriverError, LaunchArgs, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 
 use crate::backend::{check_range, Backend};
+use crate::bindings::{AdamScalars, ConvDims, GemmDims, ReduceDims};
 use crate::error::CudaUnavailable;
 use crate::launch::LaunchDims;
-use crate::shape::{check_len, AdamStep, ConvShape, LinearShape, PoolShape, ReduceConvShape};
+use crate::launcher::{Driver, Kernel, Value};
+use crate::shape::check_len;
 use crate::{Error, Result};
 
 mod embedded {
@@ -64,37 +60,22 @@ mod embedded {
 /// Where the embedded PTX came from: `"nvcc <version>"`, or the committed copy when nvcc was absent.
 pub const PTX_ORIGIN: &str = embedded::PTX_ORIGIN;
 
-/// Declares every kernel module and its functions; `Kernels` gets one field per function.
-macro_rules! kernel_table {
-    ($($module:literal => [$($kernel:ident),+ $(,)?]),+ $(,)?) => {
-        /// Every kernel function of the crate, loaded once per device.
-        pub(crate) struct Kernels {
-            $($(pub(crate) $kernel: CudaFunction,)+)+
-        }
-
-        /// (module, kernels) of every `kernels/*.cu`, as the loader expects them.
-        #[cfg(test)]
-        pub(crate) const KERNEL_TABLE: &[(&str, &[&str])] = &[$(($module, &[$(stringify!($kernel)),+])),+];
-
-        impl Kernels {
-            fn load(ctx: &Arc<CudaContext>) -> Result<Self, CudaUnavailable> {
-                $(
-                    let module = load_module(ctx, $module)?;
-                    $(let $kernel = load_function(&module, $module, stringify!($kernel))?;)+
-                )+
-                Ok(Self { $($($kernel,)+)+ })
+/// Every kernel function, loaded once per device, indexed by `Kernel as usize` (the order of [`Kernel::ALL`]).
+fn load_kernels(ctx: &Arc<CudaContext>) -> Result<Vec<CudaFunction>, CudaUnavailable> {
+    let mut modules: Vec<(&'static str, Arc<CudaModule>)> = Vec::new();
+    let mut functions = Vec::with_capacity(Kernel::ALL.len());
+    for &k in Kernel::ALL {
+        let module = match modules.iter().find(|(m, _)| *m == k.module()) {
+            Some((_, module)) => module.clone(),
+            None => {
+                let module = load_module(ctx, k.module())?;
+                modules.push((k.module(), module.clone()));
+                module
             }
-        }
-    };
-}
-
-kernel_table! {
-    "add" => [add_fwd],
-    "conv" => [conv_fwd, conv_dgrad, conv_wgrad, conv_bgrad, conv_split_sum, reduce_conv_fwd, reduce_conv_dmid],
-    "linear" => [linear_fwd, linear_fwd_reduce, linear_dgrad, linear_wgrad, linear_wgrad_adam, linear_bgrad],
-    "pool" => [maxpool3x3s1_fwd, maxpool3x3s1_bwd],
-    "relu" => [relu_fwd, relu_bwd],
-    "train" => [softmax_xent, dropout_fwd, dropout_bwd, adam_step],
+        };
+        functions.push(load_function(&module, k.module(), k.name())?);
+    }
+    Ok(functions)
 }
 
 fn load_module(
@@ -133,7 +114,8 @@ fn load_function(
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    kernels: Kernels,
+    /// Indexed by `Kernel as usize`.
+    kernels: Vec<CudaFunction>,
     name: String,
     /// Working memory of kernels that need some (the linear forward's split-K partials), kept and grown,
     /// never shrunk: after the first step nothing is allocated. Used only on `stream`, in issue order.
@@ -184,7 +166,7 @@ impl CudaBackend {
         // A stream of our own: the legacy default stream cannot be captured into a CUDA graph.
         let stream = ctx.new_stream().map_err(driver("creating a stream"))?;
         let name = ctx.name().map_err(driver("reading the device name"))?;
-        let kernels = Kernels::load(&ctx)?;
+        let kernels = load_kernels(&ctx)?;
         Ok(Self {
             ctx,
             stream,
@@ -221,29 +203,6 @@ impl CudaBackend {
             .map_err(driver_error("synchronize"))
     }
 
-    /// Runs `f` with at least `len` floats of this device's scratch memory.
-    pub(crate) fn with_scratch<T>(
-        &self,
-        len: usize,
-        f: impl FnOnce(&mut CudaViewMut<'_, f32>) -> Result<T>,
-    ) -> Result<T> {
-        let mut guard = self.scratch.lock().unwrap_or_else(PoisonError::into_inner);
-        if guard.as_ref().is_none_or(|s| s.len() < len) {
-            // SAFETY: uninitialised f32 device memory; every kernel using scratch writes before it reads.
-            *guard = Some(
-                unsafe { self.stream.alloc::<f32>(len.max(1)) }.map_err(driver_error("scratch"))?,
-            );
-        }
-        let buf = guard.as_mut().ok_or(Error::Backward {
-            reason: "scratch missing".into(),
-        })?;
-        f(&mut buf.slice_mut(0..len))
-    }
-
-    pub(crate) fn kernels(&self) -> &Kernels {
-        &self.kernels
-    }
-
     /// Checks that `buf` was allocated in this device's context.
     pub(crate) fn check_buf(
         &self,
@@ -267,15 +226,6 @@ impl CudaBackend {
 /// Maps a driver error of `op` into [`Error::Cuda`].
 pub(crate) fn driver_error(op: &'static str) -> impl FnOnce(DriverError) -> Error {
     move |source| Error::Cuda { op, source }
-}
-
-/// cudarc's launch configuration for the shared geometry.
-pub(crate) fn launch_config(dims: LaunchDims) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (dims.grid, dims.grid_y, dims.grid_z),
-        block_dim: (dims.block, 1, 1),
-        shared_mem_bytes: dims.shared_bytes,
-    }
 }
 
 impl Backend for CudaBackend {
@@ -366,214 +316,192 @@ impl Backend for CudaBackend {
         Ok(buf.slice_mut(range))
     }
 
-    fn relu_fwd(&self, y: &mut CudaViewMut<'_, f32>, x: &CudaView<'_, f32>) -> Result<()> {
-        relu_fwd(self, y, x)
-    }
-
-    fn relu_bwd(
-        &self,
-        dx: &mut CudaViewMut<'_, f32>,
-        dy: &CudaView<'_, f32>,
-        y: &CudaView<'_, f32>,
-    ) -> Result<()> {
-        relu_bwd(self, dx, dy, y)
-    }
-
-    fn add_fwd(
-        &self,
-        y: &mut CudaViewMut<'_, f32>,
-        a: &CudaView<'_, f32>,
-        b: &CudaView<'_, f32>,
-    ) -> Result<()> {
-        add_fwd(self, y, a, b)
-    }
-
-    fn conv_fwd(
-        &self,
-        y: &mut V<'_>,
-        x: &R<'_>,
-        w: &R<'_>,
-        b: &R<'_>,
-        s: &ConvShape,
-        relu: bool,
-    ) -> Result<()> {
-        conv_fwd(self, y, x, w, b, s, relu)
-    }
-
-    fn conv_dgrad(
-        &self,
-        dx: &mut V<'_>,
-        dy: &R<'_>,
-        w: &R<'_>,
-        s: &ConvShape,
-        accumulate: bool,
-    ) -> Result<()> {
-        conv_dgrad(self, dx, dy, w, s, accumulate)
-    }
-
-    fn conv_wgrad(&self, dw: &mut V<'_>, dy: &R<'_>, x: &R<'_>, s: &ConvShape) -> Result<()> {
-        conv_wgrad(self, dw, dy, x, s)
-    }
-
-    fn conv_bgrad(&self, db: &mut V<'_>, dy: &R<'_>, s: &ConvShape) -> Result<()> {
-        conv_bgrad(self, db, dy, s)
-    }
-
-    fn reduce_conv_fwd(
-        &self,
-        y: &mut V<'_>,
-        mid: &mut V<'_>,
-        x: &R<'_>,
-        params: &R<'_>,
-        s: &ReduceConvShape,
-    ) -> Result<()> {
-        reduce_conv_fwd(self, y, mid, x, params, s)
-    }
-
-    fn reduce_conv_bwd(
-        &self,
-        dx: &mut V<'_>,
-        dparams: &mut V<'_>,
-        scratch: &mut V<'_>,
-        dy: &R<'_>,
-        x: &R<'_>,
-        mid: &R<'_>,
-        params: &R<'_>,
-        s: &ReduceConvShape,
-        accumulate: bool,
-    ) -> Result<()> {
-        reduce_conv_bwd(
-            self, dx, dparams, scratch, dy, x, mid, params, s, accumulate,
-        )
-    }
-
-    fn maxpool3x3s1_fwd(&self, y: &mut V<'_>, x: &R<'_>, s: &PoolShape) -> Result<()> {
-        maxpool3x3s1_fwd(self, y, x, s)
-    }
-
-    fn maxpool3x3s1_bwd(
-        &self,
-        dx: &mut V<'_>,
-        dy: &R<'_>,
-        x: &R<'_>,
-        s: &PoolShape,
-        accumulate: bool,
-    ) -> Result<()> {
-        maxpool3x3s1_bwd(self, dx, dy, x, s, accumulate)
-    }
-
-    fn linear_fwd(
-        &self,
-        y: &mut V<'_>,
-        x: &R<'_>,
-        w: &R<'_>,
-        b: &R<'_>,
-        s: &LinearShape,
-    ) -> Result<()> {
-        linear_fwd(self, y, x, w, b, s)
-    }
-
-    fn linear_dgrad(&self, dx: &mut V<'_>, dy: &R<'_>, w: &R<'_>, s: &LinearShape) -> Result<()> {
-        linear_dgrad(self, dx, dy, w, s)
-    }
-
-    fn linear_wgrad(&self, dw: &mut V<'_>, dy: &R<'_>, x: &R<'_>, s: &LinearShape) -> Result<()> {
-        linear_wgrad(self, dw, dy, x, s)
-    }
-
-    fn linear_wgrad_adam(
-        &self,
-        wmv: [&mut V<'_>; 3],
-        dy: &R<'_>,
-        x: &R<'_>,
-        s: &LinearShape,
-        step: &AdamStep,
-    ) -> Result<()> {
-        linear_wgrad_adam(self, wmv, dy, x, s, step)
-    }
-
-    fn linear_bgrad(&self, db: &mut V<'_>, dy: &R<'_>, s: &LinearShape) -> Result<()> {
-        linear_bgrad(self, db, dy, s)
-    }
-
-    fn softmax_xent(
-        &self,
-        loss: &mut V<'_>,
-        dlogits: &mut V<'_>,
-        logits: &R<'_>,
-        labels: &CudaSlice<u32>,
-        classes: usize,
-    ) -> Result<()> {
-        softmax_xent(self, loss, dlogits, logits, labels, classes)
-    }
-
-    fn dropout_fwd(&self, y: &mut V<'_>, x: &R<'_>, p: f32, seed: u64, step: u64) -> Result<()> {
-        dropout_fwd(self, y, x, p, seed, step)
-    }
-
-    fn dropout_bwd(&self, dx: &mut V<'_>, dy: &R<'_>, p: f32, seed: u64, step: u64) -> Result<()> {
-        dropout_bwd(self, dx, dy, p, seed, step)
-    }
-
-    fn adam_step(
-        &self,
-        p: &mut V<'_>,
-        m: &mut V<'_>,
-        v: &mut V<'_>,
-        g: &R<'_>,
-        step: &AdamStep,
-    ) -> Result<()> {
-        adam_step(self, p, m, v, g, step)
-    }
+    crate::backend::for_each_kernel!(forward_to_launchers);
 }
 
-/// Short names for the view types in the backend's signatures.
-type V<'a> = CudaViewMut<'a, f32>;
-type R<'a> = CudaView<'a, f32>;
+// SAFETY: #[repr(C)] structs generated by bindgen from kernels/args.h, the header the kernels are compiled
+// with, so their layout is the kernels' (bindgen's layout assertions hold it): plain integer or float fields,
+// no padding, no pointers.
+unsafe impl DeviceRepr for ConvDims {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for ReduceDims {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for GemmDims {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for AdamScalars {}
+
+impl Driver for CudaBackend {
+    type Args<'a> = LaunchArgs<'a>;
+
+    fn args(&self, kernel: Kernel) -> Result<LaunchArgs<'_>> {
+        let f = self.kernels.get(kernel as usize).ok_or(Error::Internal {
+            op: kernel.name(),
+            reason: "kernel not loaded".into(),
+        })?;
+        Ok(self.stream.launch_builder(f))
+    }
+
+    fn push_out<'a>(args: &mut LaunchArgs<'a>, v: &'a mut CudaViewMut<'_, f32>)
+    where
+        Self: 'a,
+    {
+        args.arg(v);
+    }
+
+    fn push_in<'a>(args: &mut LaunchArgs<'a>, v: &'a CudaView<'_, f32>)
+    where
+        Self: 'a,
+    {
+        args.arg(v);
+    }
+
+    fn push_labels<'a>(args: &mut LaunchArgs<'a>, v: &'a CudaSlice<u32>)
+    where
+        Self: 'a,
+    {
+        args.arg(v);
+    }
+
+    fn push_value<'a>(args: &mut LaunchArgs<'a>, v: Value<'a>)
+    where
+        Self: 'a,
+    {
+        match v {
+            Value::U32(x) => args.arg(x),
+            Value::I32(x) => args.arg(x),
+            Value::U64(x) => args.arg(x),
+            Value::F32(x) => args.arg(x),
+            Value::ConvDims(x) => args.arg(x),
+            Value::ReduceDims(x) => args.arg(x),
+            Value::GemmDims(x) => args.arg(x),
+            Value::AdamScalars(x) => args.arg(x),
+        };
+    }
+
+    fn launch(
+        &self,
+        op: &'static str,
+        kernel: Kernel,
+        dims: LaunchDims,
+        mut args: LaunchArgs<'_>,
+    ) -> Result<()> {
+        if dims.shared_bytes > 48 * 1024 {
+            // More than the default 48 KiB of dynamic shared memory needs the kernel's opt-in.
+            let f = self.kernels.get(kernel as usize).ok_or(Error::Internal {
+                op,
+                reason: format!("{} not loaded", kernel.name()),
+            })?;
+            f.set_attribute(
+                CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                dims.shared_bytes as i32, // <= MAX_DYNAMIC_SHARED
+            )
+            .map_err(driver_error(op))?;
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (dims.grid, dims.grid_y, dims.grid_z),
+            block_dim: (dims.block, 1, 1),
+            shared_mem_bytes: dims.shared_bytes,
+        };
+        // SAFETY: `Launch::run` checked the pushed arguments against the kernel's parameter list in its .cu
+        // file (kinds and count); the launchers checked every buffer's length against the sizes passed, and
+        // the kernels index below those sizes; outputs are pushed from mutable borrows, so they alias no input;
+        // the dynamic shared memory is what the launch plan sized for the kernel (opted in above). Views of
+        // another device's memory fail the launch with a driver error; they cannot touch host memory.
+        unsafe { args.launch(cfg) }.map_err(driver_error(op))?;
+        Ok(())
+    }
+
+    fn zero(&self, op: &'static str, v: &mut CudaViewMut<'_, f32>) -> Result<()> {
+        self.stream.memset_zeros(v).map_err(driver_error(op))
+    }
+
+    fn with_scratch<T>(
+        &self,
+        op: &'static str,
+        len: usize,
+        f: impl FnOnce(&mut CudaViewMut<'_, f32>) -> Result<T>,
+    ) -> Result<T> {
+        let mut guard = self.scratch.lock().unwrap_or_else(PoisonError::into_inner);
+        if guard.as_ref().is_none_or(|s| s.len() < len) {
+            // SAFETY: uninitialised f32 device memory; every kernel using scratch writes before it reads.
+            *guard =
+                Some(unsafe { self.stream.alloc::<f32>(len.max(1)) }.map_err(driver_error(op))?);
+        }
+        let buf = guard.as_mut().ok_or(Error::Internal {
+            op,
+            reason: "scratch missing after allocation".into(),
+        })?;
+        f(&mut buf.slice_mut(0..len))
+    }
+
+    fn len_of(v: &CudaView<'_, f32>) -> usize {
+        v.len()
+    }
+
+    fn len_of_mut(v: &CudaViewMut<'_, f32>) -> usize {
+        v.len()
+    }
+
+    fn len_of_labels(v: &CudaSlice<u32>) -> usize {
+        v.len()
+    }
+
+    fn labels_on_host(_v: &CudaSlice<u32>) -> Option<&[u32]> {
+        None
+    }
+
+    fn sub<'a>(v: &'a CudaView<'_, f32>, r: Range<usize>) -> Result<CudaView<'a, f32>>
+    where
+        Self: 'a,
+    {
+        check_range("view", &r, v.len())?;
+        Ok(v.slice(r))
+    }
+
+    fn sub_mut<'a>(v: &'a mut CudaViewMut<'_, f32>, r: Range<usize>) -> Result<CudaViewMut<'a, f32>>
+    where
+        Self: 'a,
+    {
+        check_range("view_mut", &r, v.len())?;
+        Ok(v.slice_mut(r))
+    }
+
+    fn reader<'a>(v: &'a CudaViewMut<'_, f32>) -> CudaView<'a, f32>
+    where
+        Self: 'a,
+    {
+        v.as_view()
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Every embedded module is in the kernel table, and every `.entry` of its PTX is a table kernel.
+    /// The kernel table (generated from the `.cu` sources) names exactly the `.entry` points of the PTX.
     #[test]
     fn kernel_table_matches_embedded_ptx() {
         let mut modules: Vec<&str> = embedded::MODULES.iter().map(|(m, _)| *m).collect();
-        let mut table: Vec<&str> = KERNEL_TABLE.iter().map(|(m, _)| *m).collect();
+        let mut table: Vec<&str> = Kernel::ALL.iter().map(|k| k.module()).collect();
+        table.dedup();
         modules.sort_unstable();
         table.sort_unstable();
-        assert_eq!(modules, table, "kernels/*.cu and kernel_table! disagree");
+        assert_eq!(modules, table, "kernels/*.cu and the kernel table disagree");
         for (module, ptx) in embedded::MODULES {
             let mut entries: Vec<&str> = ptx
                 .lines()
                 .filter_map(|l| l.trim().strip_prefix(".visible .entry "))
                 .map(|l| l.split('(').next().unwrap_or(l).trim())
                 .collect();
-            let (_, kernels) = KERNEL_TABLE
+            let mut kernels: Vec<&str> = Kernel::ALL
                 .iter()
-                .find(|(m, _)| m == module)
-                .expect("checked above");
-            let mut kernels = kernels.to_vec();
+                .filter(|k| k.module() == *module)
+                .map(|k| k.name())
+                .collect();
             entries.sort_unstable();
             kernels.sort_unstable();
             assert_eq!(entries, kernels, "kernels of kernels/{module}.cu");
         }
-    }
-
-    /// Every kernel has an emulated launcher, so CI runs it.
-    #[cfg(feature = "emulation")]
-    #[test]
-    fn every_kernel_is_emulated() {
-        let mut kernels: Vec<&str> = KERNEL_TABLE
-            .iter()
-            .flat_map(|(_, k)| k.iter().copied())
-            .collect();
-        kernels.sort_unstable();
-        assert_eq!(
-            kernels,
-            crate::emu::EMULATED_KERNELS,
-            "kernels without an emulated launcher"
-        );
     }
 
     #[test]

@@ -150,8 +150,9 @@ fn reduce_conv(
     )
     .into_iter();
     let (Some(y), Some(mid), Some(block)) = (outs.next(), outs.next(), outs.next()) else {
-        return Err(Error::Backward {
-            reason: format!("{OP}: missing outputs"),
+        return Err(Error::Internal {
+            op: OP,
+            reason: "missing outputs".into(),
         });
     };
     let saved = (x.detach(), y.detach(), mid, block);

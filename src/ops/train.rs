@@ -26,8 +26,9 @@ pub fn softmax_xent(logits: &Tensor, labels: &[u32]) -> Result<Tensor> {
     let dev = logits.device().clone();
     let mut it = storages.into_iter();
     let (Some(loss), Some(dlogits)) = (it.next(), it.next()) else {
-        return Err(Error::Backward {
-            reason: format!("{OP}: missing outputs"),
+        return Err(Error::Internal {
+            op: OP,
+            reason: "missing outputs".into(),
         });
     };
     let loss = Tensor::from_storage(loss, &[1], dev.clone());

@@ -1,0 +1,49 @@
+// args.h: the kernels' argument structs and the tile constants that their launch plans must agree with,
+// declared once. The kernels include it (nvcc, and g++ under emulation); bindgen reads it into
+// src/bindings.rs, the Rust side of the same declarations (scripts/bindings.sh regen; CI checks the committed
+// copy is fresh, and build.rs refuses bindings generated from another version of this file).
+// Plain C: fixed-size unsigned fields, 64-bit fields first, no padding, no pointers.
+#pragma once
+
+// The GEMMs of linear.cu: a block of GEMM_THREADS threads computes a GEMM_BM × GEMM_BN tile of C, k in steps
+// of GEMM_BK through shared memory; linear_wgrad_adam uses WGRAD_ADAM_BM rows (4 a thread).
+#define GEMM_BM 64
+#define GEMM_BN 128
+#define GEMM_BK 16
+#define GEMM_THREADS 128
+#define WGRAD_ADAM_BM 32
+
+// conv_wgrad (conv.cu): 256 threads, WGRAD_TILE × WGRAD_TILE outputs of [c_out, c_in·k·k] per block.
+#define WGRAD_TILE 64
+#define WGRAD_THREADS 256
+
+// reduce_conv_fwd (conv.cu): output channels per block.
+#define REDUCE_CO_GROUP 64
+
+/// A stride-1 'same' convolution into channels [c_offset, c_offset + c_out) of a c_total-channel output.
+struct ConvDims {
+  unsigned int n, c_in, c_out, h, w, k, c_total, c_offset;
+};
+
+/// The fused reduce conv: 1×1 (c_in → c_mid) → ReLU → k×k (c_mid → c_out), into a channel slice.
+struct ReduceDims {
+  unsigned int n, c_in, c_mid, c_out, h, w, k, c_total, c_offset;
+  unsigned int tile_h;  // output rows per block of reduce_conv_fwd (fewer than 4 when wide rows do not fit)
+};
+
+/// C[i, j] = Σ_k A(i, k) · B(k, j) with strides, split-K slices.
+struct GemmDims {
+  unsigned long long a_rs, a_ks;  // A(i, k) = a[i * a_rs + k * a_ks]
+  unsigned long long b_ks, b_cs;  // B(k, j) = b[k * b_ks + j * b_cs]
+  unsigned long long c_rs;        // C(i, j) = c[i * c_rs + j]
+  unsigned long long c_slice;     // split-K: slice z writes c + z * c_slice
+  unsigned int m, n, k;           // C is m × n; the reduction runs over k
+  unsigned int k_chunk;           // split-K: slice z covers k in [z * k_chunk, (z + 1) * k_chunk); a multiple
+                                  // of GEMM_BK when there are several slices (float4 reads along k)
+};
+
+/// Adam's per-launch scalars, computed on the host in f64 and rounded (AdamStep::scalars in src/shape.rs).
+struct AdamScalars {
+  float one_minus_b1, b2, one_minus_b2;  // 1 - β1, β2, 1 - β2
+  float step_size, bc2_sqrt, eps;        // lr / (1 - β1ᵗ), √(1 - β2ᵗ), eps
+};

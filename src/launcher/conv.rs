@@ -1,0 +1,280 @@
+//! Launchers of `kernels/conv.cu`: the plain convs and the fused reduce conv (its backward is a sequence of
+//! the conv kernels over the saved reduced map).
+
+use super::{Driver, Kernel, Launch};
+use crate::backend::reduce_conv_param_ranges;
+use crate::bindings::ConvDims;
+use crate::launch::{checked, elementwise};
+use crate::shape::{ConvShape, ReduceConvShape};
+use crate::Result;
+
+/// Convolution into a channel slice of `y`, optional ReLU epilogue. Shapes: `y [n, c_total, h, w]`,
+/// `x [n, c_in, h, w]`, `w [c_out, c_in, k, k]`, `b [c_out]`.
+pub fn conv_fwd<D: Driver + ?Sized>(
+    d: &D,
+    y: &mut D::ViewMut<'_>,
+    x: &D::View<'_>,
+    w: &D::View<'_>,
+    b: &D::View<'_>,
+    s: &ConvShape,
+    relu: bool,
+) -> Result<()> {
+    const OP: &str = "conv_fwd";
+    let lens = [D::len_of_mut(y), D::len_of(x), D::len_of(w), D::len_of(b)];
+    let cd = checked::conv_fwd(OP, s, lens)?;
+    let Some(dims) = cd.fwd() else { return Ok(()) };
+    let relu = i32::from(relu);
+    Launch::new(d, OP, Kernel::ConvFwd, dims)?
+        .out(y)
+        .inp(x)
+        .inp(w)
+        .inp(b)
+        .val(&cd)
+        .val(&relu)
+        .run()?;
+    Ok(())
+}
+
+/// Input gradient of a conv, overwriting or accumulating into `dx [n, c_in, h, w]`.
+pub fn conv_dgrad<D: Driver + ?Sized>(
+    d: &D,
+    dx: &mut D::ViewMut<'_>,
+    dy: &D::View<'_>,
+    w: &D::View<'_>,
+    s: &ConvShape,
+    accumulate: bool,
+) -> Result<()> {
+    const OP: &str = "conv_dgrad";
+    let cd = checked::conv_dgrad(OP, s, [D::len_of_mut(dx), D::len_of(dy), D::len_of(w)])?;
+    dgrad(d, OP, dx, dy, w, &cd, accumulate)
+}
+
+fn dgrad<D: Driver + ?Sized>(
+    d: &D,
+    op: &'static str,
+    dx: &mut D::ViewMut<'_>,
+    dy: &D::View<'_>,
+    w: &D::View<'_>,
+    cd: &ConvDims,
+    accumulate: bool,
+) -> Result<()> {
+    let Some(dims) = cd.dgrad() else {
+        return Ok(());
+    };
+    let acc = i32::from(accumulate);
+    Launch::new(d, op, Kernel::ConvDgrad, dims)?
+        .out(dx)
+        .inp(dy)
+        .inp(w)
+        .val(cd)
+        .val(&acc)
+        .run()?;
+    Ok(())
+}
+
+/// Weight gradient of a conv: an implicit GEMM split over images into the driver's scratch memory, then the
+/// splits summed in order. Shapes: `dw [c_out, c_in, k, k]`, `dy [n, c_total, h, w]`, `x [n, c_in, h, w]`.
+pub fn conv_wgrad<D: Driver + ?Sized>(
+    d: &D,
+    dw: &mut D::ViewMut<'_>,
+    dy: &D::View<'_>,
+    x: &D::View<'_>,
+    s: &ConvShape,
+) -> Result<()> {
+    const OP: &str = "conv_wgrad";
+    let cd = checked::conv_wgrad(OP, s, [D::len_of_mut(dw), D::len_of(dy), D::len_of(x)])?;
+    wgrad(d, OP, dw, dy, x, &cd)
+}
+
+fn wgrad<D: Driver + ?Sized>(
+    d: &D,
+    op: &'static str,
+    dw: &mut D::ViewMut<'_>,
+    dy: &D::View<'_>,
+    x: &D::View<'_>,
+    cd: &ConvDims,
+) -> Result<()> {
+    let Some(dims) = cd.wgrad() else {
+        return d.zero(op, dw); // no images: the gradient is zero
+    };
+    let ips = cd.imgs_per_split();
+    d.with_scratch(op, cd.wgrad_partials_len(), |partials| {
+        Launch::new(d, op, Kernel::ConvWgrad, dims)?
+            .out(partials)
+            .inp(dy)
+            .inp(x)
+            .val(cd)
+            .val(&ips)
+            .run()?;
+        split_sum(d, op, dw, &D::reader(partials), cd.splits())
+    })
+}
+
+/// `out = Σ_z partials[z]` over `splits` slices of `out`'s length, in order.
+fn split_sum<D: Driver + ?Sized>(
+    d: &D,
+    op: &'static str,
+    out: &mut D::ViewMut<'_>,
+    partials: &D::View<'_>,
+    splits: u32,
+) -> Result<()> {
+    let len = D::len_of_mut(out);
+    crate::shape::check_len(op, "partials", len * splits as usize, D::len_of(partials))?;
+    let Some(dims) = elementwise(len) else {
+        return Ok(());
+    };
+    let len = len as u64;
+    Launch::new(d, op, Kernel::ConvSplitSum, dims)?
+        .out(out)
+        .inp(partials)
+        .val(&len)
+        .val(&splits)
+        .run()?;
+    Ok(())
+}
+
+/// Bias gradient of a conv: per-image-split block sums into the driver's scratch memory, then the splits
+/// summed in order. Shapes: `db [c_out]`, `dy [n, c_total, h, w]`.
+pub fn conv_bgrad<D: Driver + ?Sized>(
+    d: &D,
+    db: &mut D::ViewMut<'_>,
+    dy: &D::View<'_>,
+    s: &ConvShape,
+) -> Result<()> {
+    const OP: &str = "conv_bgrad";
+    let cd = checked::conv_bgrad(OP, s, [D::len_of_mut(db), D::len_of(dy)])?;
+    bgrad(d, OP, db, dy, &cd)
+}
+
+fn bgrad<D: Driver + ?Sized>(
+    d: &D,
+    op: &'static str,
+    db: &mut D::ViewMut<'_>,
+    dy: &D::View<'_>,
+    cd: &ConvDims,
+) -> Result<()> {
+    let Some(dims) = cd.bgrad() else {
+        return d.zero(op, db);
+    };
+    let ips = cd.imgs_per_split();
+    d.with_scratch(op, cd.splits() as usize * cd.c_out as usize, |partials| {
+        Launch::new(d, op, Kernel::ConvBgrad, dims)?
+            .out(partials)
+            .inp(dy)
+            .val(cd)
+            .val(&ips)
+            .run()?;
+        split_sum(d, op, db, &D::reader(partials), cd.splits())
+    })
+}
+
+/// The fused reduce conv forward; `mid` receives the reduced map. `params` is `[w1 | b1 | w2 | b2]`.
+/// Shapes: `y [n, c_total, h, w]`, `mid [n, c_mid, h, w]`, `x [n, c_in, h, w]`.
+pub fn reduce_conv_fwd<D: Driver + ?Sized>(
+    d: &D,
+    y: &mut D::ViewMut<'_>,
+    mid: &mut D::ViewMut<'_>,
+    x: &D::View<'_>,
+    params: &D::View<'_>,
+    s: &ReduceConvShape,
+) -> Result<()> {
+    const OP: &str = "reduce_conv_fwd";
+    let lens = [
+        D::len_of_mut(y),
+        D::len_of_mut(mid),
+        D::len_of(x),
+        D::len_of(params),
+    ];
+    let rd = checked::reduce_conv_fwd(OP, s, lens)?;
+    let Some(dims) = rd.fwd(OP)? else {
+        return Ok(());
+    };
+    let [w1, b1, w2, b2] = reduce_conv_param_ranges(s).map(|r| D::sub(params, r));
+    let (w1, b1, w2, b2) = (w1?, b1?, w2?, b2?);
+    launch_reduce_conv_fwd(d, dims, y, mid, x, [&w1, &b1, &w2, &b2], &rd)
+}
+
+/// The launch of [`reduce_conv_fwd`], its parameter views passed in (views made inside a function and pushed
+/// there are beyond what the borrow checker can prove for a generic driver's view type).
+fn launch_reduce_conv_fwd<D: Driver + ?Sized>(
+    d: &D,
+    dims: crate::launch::LaunchDims,
+    y: &mut D::ViewMut<'_>,
+    mid: &mut D::ViewMut<'_>,
+    x: &D::View<'_>,
+    [w1, b1, w2, b2]: [&D::View<'_>; 4],
+    rd: &crate::bindings::ReduceDims,
+) -> Result<()> {
+    Launch::new(d, "reduce_conv_fwd", Kernel::ReduceConvFwd, dims)?
+        .out(y)
+        .out(mid)
+        .inp(x)
+        .inp(w1)
+        .inp(b1)
+        .inp(w2)
+        .inp(b2)
+        .val(rd)
+        .run()?;
+    Ok(())
+}
+
+/// The fused reduce conv backward, as kernels over the saved reduced map: `dw2`, `db2` from `dy`; `dpre` (in
+/// `scratch`) through the k×k conv and the reduce ReLU; `dw1`, `db1`, `dx` from `dpre`. `dparams` receives
+/// `[dw1 | db1 | dw2 | db2]`. Shapes: as the forward, `scratch [n, c_mid, h, w]`.
+#[allow(clippy::too_many_arguments)]
+pub fn reduce_conv_bwd<D: Driver + ?Sized>(
+    d: &D,
+    dx: &mut D::ViewMut<'_>,
+    dparams: &mut D::ViewMut<'_>,
+    scratch: &mut D::ViewMut<'_>,
+    dy: &D::View<'_>,
+    x: &D::View<'_>,
+    mid: &D::View<'_>,
+    params: &D::View<'_>,
+    s: &ReduceConvShape,
+    accumulate: bool,
+) -> Result<()> {
+    const OP: &str = "reduce_conv_bwd";
+    let lens = checked::ReduceBwdLens {
+        dx: D::len_of_mut(dx),
+        dparams: D::len_of_mut(dparams),
+        scratch: D::len_of_mut(scratch),
+        dy: D::len_of(dy),
+        x: D::len_of(x),
+        mid: D::len_of(mid),
+        params: D::len_of(params),
+    };
+    let rd = checked::reduce_conv_bwd(OP, s, &lens)?;
+    let [r1, rb1, r2, rb2] = reduce_conv_param_ranges(s);
+    let (w1, w2) = (D::sub(params, r1.clone())?, D::sub(params, r2.clone())?);
+    let (conv, reduce) = (rd.conv(), rd.reduce());
+    wgrad(d, OP, &mut D::sub_mut(dparams, r2)?, dy, mid, &conv)?;
+    bgrad(d, OP, &mut D::sub_mut(dparams, rb2)?, dy, &conv)?;
+    if let Some(dims) = rd.dmid() {
+        launch_reduce_conv_dmid(d, dims, scratch, dy, &w2, mid, &rd)?;
+    }
+    let dpre = D::reader(scratch);
+    wgrad(d, OP, &mut D::sub_mut(dparams, r1)?, &dpre, x, &reduce)?;
+    bgrad(d, OP, &mut D::sub_mut(dparams, rb1)?, &dpre, &reduce)?;
+    dgrad(d, OP, dx, &dpre, &w1, &reduce, accumulate)
+}
+
+/// The launch of `reduce_conv_dmid` (as [`launch_reduce_conv_fwd`], the sub-view of `w2` passed in).
+fn launch_reduce_conv_dmid<D: Driver + ?Sized>(
+    d: &D,
+    dims: crate::launch::LaunchDims,
+    dpre: &mut D::ViewMut<'_>,
+    dy: &D::View<'_>,
+    w2: &D::View<'_>,
+    mid: &D::View<'_>,
+    rd: &crate::bindings::ReduceDims,
+) -> Result<()> {
+    Launch::new(d, "reduce_conv_bwd", Kernel::ReduceConvDmid, dims)?
+        .out(dpre)
+        .inp(dy)
+        .inp(w2)
+        .inp(mid)
+        .val(rd)
+        .run()?;
+    Ok(())
+}

@@ -1,0 +1,354 @@
+//! A recording driver: every launcher runs on it as on the CUDA driver and the emulator (the launchers are
+//! the same code for all three), but each launch is recorded instead of run. The tests check every
+//! recorded argument list against the kernel's `.cu` parameter list and every launch plan against the
+//! hardware's limits, for every kernel: the CUDA launch code that CI cannot run is checked here.
+
+use std::cell::RefCell;
+use std::ops::Range;
+
+use super::{Driver, Kernel, ParamKind, Value};
+use crate::backend::{check_range, Backend};
+use crate::launch::{LaunchDims, MAX_DYNAMIC_SHARED};
+use crate::shape::{AdamStep, ConvShape, LinearShape, PoolShape, ReduceConvShape};
+use crate::Result;
+
+/// One recorded launch: the kernel, its geometry, and each argument's kind and (for buffers) length.
+#[derive(Debug)]
+struct Record {
+    kernel: Kernel,
+    dims: LaunchDims,
+    args: Vec<(ParamKind, usize)>,
+}
+
+#[derive(Default)]
+struct Recorder {
+    log: RefCell<Vec<Record>>,
+}
+
+impl Backend for Recorder {
+    crate::cpu::host_buffers!();
+
+    fn name(&self) -> &'static str {
+        "recorder"
+    }
+
+    crate::backend::for_each_kernel!(forward_to_launchers);
+}
+
+impl Driver for Recorder {
+    type Args<'a> = (Kernel, Vec<(ParamKind, usize)>);
+
+    fn args(&self, kernel: Kernel) -> Result<Self::Args<'_>> {
+        Ok((kernel, Vec::new()))
+    }
+
+    fn push_out<'a>(args: &mut Self::Args<'a>, v: &'a mut &mut [f32])
+    where
+        Self: 'a,
+    {
+        args.1.push((ParamKind::Out, v.len()));
+    }
+
+    fn push_in<'a>(args: &mut Self::Args<'a>, v: &'a &[f32])
+    where
+        Self: 'a,
+    {
+        args.1.push((ParamKind::In, v.len()));
+    }
+
+    fn push_labels<'a>(args: &mut Self::Args<'a>, v: &'a Vec<u32>)
+    where
+        Self: 'a,
+    {
+        args.1.push((ParamKind::Labels, v.len()));
+    }
+
+    fn push_value<'a>(args: &mut Self::Args<'a>, v: Value<'a>)
+    where
+        Self: 'a,
+    {
+        args.1.push((v.kind(), 0));
+    }
+
+    fn launch(
+        &self,
+        _op: &'static str,
+        kernel: Kernel,
+        dims: LaunchDims,
+        args: Self::Args<'_>,
+    ) -> Result<()> {
+        assert_eq!(args.0, kernel, "arguments built for another kernel");
+        self.log.borrow_mut().push(Record {
+            kernel,
+            dims,
+            args: args.1,
+        });
+        Ok(())
+    }
+
+    fn zero(&self, _op: &'static str, v: &mut &mut [f32]) -> Result<()> {
+        v.fill(0.0);
+        Ok(())
+    }
+
+    fn with_scratch<T>(
+        &self,
+        _op: &'static str,
+        len: usize,
+        f: impl FnOnce(&mut &mut [f32]) -> Result<T>,
+    ) -> Result<T> {
+        f(&mut vec![0.0; len].as_mut_slice())
+    }
+
+    fn len_of(v: &&[f32]) -> usize {
+        v.len()
+    }
+
+    fn len_of_mut(v: &&mut [f32]) -> usize {
+        v.len()
+    }
+
+    fn len_of_labels(v: &Vec<u32>) -> usize {
+        v.len()
+    }
+
+    fn labels_on_host(v: &Vec<u32>) -> Option<&[u32]> {
+        Some(v)
+    }
+
+    fn sub<'a>(v: &'a &[f32], r: Range<usize>) -> Result<&'a [f32]>
+    where
+        Self: 'a,
+    {
+        check_range("view", &r, v.len())?;
+        Ok(&v[r])
+    }
+
+    fn sub_mut<'a>(v: &'a mut &mut [f32], r: Range<usize>) -> Result<&'a mut [f32]>
+    where
+        Self: 'a,
+    {
+        check_range("view_mut", &r, v.len())?;
+        Ok(&mut v[r])
+    }
+
+    fn reader<'a>(v: &'a &mut [f32]) -> &'a [f32]
+    where
+        Self: 'a,
+    {
+        v
+    }
+}
+
+/// Calls every kernel method of the backend once, on small shapes that take every launch path.
+fn call_every_kernel(r: &Recorder) -> Result<()> {
+    let z = |n: usize| vec![0.0f32; n];
+    let (n, mut y) = (37, z(37));
+    r.relu_fwd(&mut y.as_mut_slice(), &z(n).as_slice())?;
+    r.relu_bwd(&mut y.as_mut_slice(), &z(n).as_slice(), &z(n).as_slice())?;
+    r.add_fwd(&mut y.as_mut_slice(), &z(n).as_slice(), &z(n).as_slice())?;
+    r.dropout_fwd(&mut y.as_mut_slice(), &z(n).as_slice(), 0.5, 1, 2)?;
+    r.dropout_bwd(&mut y.as_mut_slice(), &z(n).as_slice(), 0.5, 1, 2)?;
+    let (mut m, mut v) = (z(n), z(n));
+    r.adam_step(
+        &mut y.as_mut_slice(),
+        &mut m.as_mut_slice(),
+        &mut v.as_mut_slice(),
+        &z(n).as_slice(),
+        &AdamStep::new(1e-3, 1),
+    )?;
+
+    let ps = PoolShape {
+        n: 2,
+        c: 3,
+        h: 5,
+        w: 7,
+    };
+    let pl = 2 * 3 * 5 * 7;
+    r.maxpool3x3s1_fwd(&mut z(pl).as_mut_slice(), &z(pl).as_slice(), &ps)?;
+    r.maxpool3x3s1_bwd(
+        &mut z(pl).as_mut_slice(),
+        &z(pl).as_slice(),
+        &z(pl).as_slice(),
+        &ps,
+        true,
+    )?;
+
+    let labels = vec![1u32, 2, 3];
+    r.softmax_xent(
+        &mut z(1).as_mut_slice(),
+        &mut z(30).as_mut_slice(),
+        &z(30).as_slice(),
+        &labels,
+        10,
+    )?;
+
+    let cs = ConvShape::new(2, 3, 4, 5, 6, 3).into_slice(9, 2);
+    let (xl, yl, wl) = (2 * 3 * 30, 2 * 9 * 30, 4 * 3 * 9);
+    r.conv_fwd(
+        &mut z(yl).as_mut_slice(),
+        &z(xl).as_slice(),
+        &z(wl).as_slice(),
+        &z(4).as_slice(),
+        &cs,
+        true,
+    )?;
+    r.conv_dgrad(
+        &mut z(xl).as_mut_slice(),
+        &z(yl).as_slice(),
+        &z(wl).as_slice(),
+        &cs,
+        false,
+    )?;
+    r.conv_wgrad(
+        &mut z(wl).as_mut_slice(),
+        &z(yl).as_slice(),
+        &z(xl).as_slice(),
+        &cs,
+    )?;
+    r.conv_bgrad(&mut z(4).as_mut_slice(), &z(yl).as_slice(), &cs)?;
+
+    let rs = ReduceConvShape {
+        n: 2,
+        c_in: 3,
+        c_mid: 2,
+        c_out: 4,
+        h: 5,
+        w: 6,
+        k: 3,
+        c_total: 9,
+        c_offset: 2,
+    };
+    let block = crate::backend::reduce_conv_param_ranges(&rs)[3].end;
+    let ml = 2 * 2 * 30;
+    r.reduce_conv_fwd(
+        &mut z(yl).as_mut_slice(),
+        &mut z(ml).as_mut_slice(),
+        &z(xl).as_slice(),
+        &z(block).as_slice(),
+        &rs,
+    )?;
+    r.reduce_conv_bwd(
+        &mut z(xl).as_mut_slice(),
+        &mut z(block).as_mut_slice(),
+        &mut z(ml).as_mut_slice(),
+        &z(yl).as_slice(),
+        &z(xl).as_slice(),
+        &z(ml).as_slice(),
+        &z(block).as_slice(),
+        &rs,
+        true,
+    )?;
+
+    let ls = LinearShape {
+        m: 3,
+        k_in: 70,
+        n_out: 5,
+    };
+    let (xl, yl, wl) = (3 * 70, 3 * 5, 5 * 70);
+    r.linear_fwd(
+        &mut z(yl).as_mut_slice(),
+        &z(xl).as_slice(),
+        &z(wl).as_slice(),
+        &z(5).as_slice(),
+        &ls,
+    )?;
+    r.linear_dgrad(
+        &mut z(xl).as_mut_slice(),
+        &z(yl).as_slice(),
+        &z(wl).as_slice(),
+        &ls,
+    )?;
+    r.linear_wgrad(
+        &mut z(wl).as_mut_slice(),
+        &z(yl).as_slice(),
+        &z(xl).as_slice(),
+        &ls,
+    )?;
+    r.linear_bgrad(&mut z(5).as_mut_slice(), &z(yl).as_slice(), &ls)?;
+    let (mut w, mut m, mut v) = (z(wl), z(wl), z(wl));
+    r.linear_wgrad_adam(
+        [
+            &mut w.as_mut_slice(),
+            &mut m.as_mut_slice(),
+            &mut v.as_mut_slice(),
+        ],
+        &z(yl).as_slice(),
+        &z(xl).as_slice(),
+        &ls,
+        &AdamStep::new(1e-3, 1),
+    )
+}
+
+#[test]
+fn every_kernel_is_launched_with_its_cu_parameter_list_and_a_valid_plan() {
+    let r = Recorder::default();
+    call_every_kernel(&r).expect("every launcher accepts its arguments");
+    let log = r.log.borrow();
+    for &k in Kernel::ALL {
+        assert!(
+            log.iter().any(|rec| rec.kernel == k),
+            "{} was never launched",
+            k.name()
+        );
+    }
+    for rec in log.iter() {
+        let kinds: Vec<ParamKind> = rec.args.iter().map(|(k, _)| *k).collect();
+        let expected: Vec<ParamKind> = rec.kernel.params().iter().map(|(_, k)| *k).collect();
+        assert_eq!(kinds, expected, "arguments of {}", rec.kernel.name());
+        for (i, (kind, len)) in rec.args.iter().enumerate() {
+            if matches!(kind, ParamKind::Out | ParamKind::In | ParamKind::Labels) {
+                assert!(
+                    *len > 0,
+                    "{}: buffer {} is empty",
+                    rec.kernel.name(),
+                    rec.kernel.params()[i].0
+                );
+            }
+        }
+        let d = rec.dims;
+        assert!(
+            d.grid >= 1 && d.grid_y >= 1 && d.grid_z >= 1 && d.grid <= i32::MAX as u32,
+            "{}: grid {d:?}",
+            rec.kernel.name()
+        );
+        assert!(
+            d.grid_y <= 65_535 && d.grid_z <= 65_535,
+            "{}: grid {d:?}",
+            rec.kernel.name()
+        );
+        assert!(
+            (1..=1024).contains(&d.block) && d.block % 32 == 0,
+            "{}: block {d:?}",
+            rec.kernel.name()
+        );
+        assert!(
+            d.shared_bytes as usize <= MAX_DYNAMIC_SHARED,
+            "{}: shared memory {d:?}",
+            rec.kernel.name()
+        );
+    }
+}
+
+#[test]
+fn an_argument_list_that_drifts_from_the_kernel_is_an_error_not_a_launch() {
+    let r = Recorder::default();
+    let (mut y, x) = (vec![0.0f32; 4], vec![0.0f32; 4]);
+    let (mut y, x) = (y.as_mut_slice(), x.as_slice());
+    let dims = crate::launch::elementwise(4).expect("4 elements");
+    // relu_fwd(float* y, const float* x, unsigned long long n), given n as a u32:
+    let err = super::Launch::new(&r, "relu_fwd", Kernel::ReluFwd, dims)
+        .and_then(|l| l.out(&mut y).inp(&x).val(&4u32).run())
+        .expect_err("a u32 where the kernel takes an unsigned long long");
+    assert!(
+        err.to_string()
+            .contains("do not match the parameters of relu_fwd"),
+        "{err}"
+    );
+    // ... and with an argument missing.
+    let err = super::Launch::new(&r, "relu_fwd", Kernel::ReluFwd, dims)
+        .and_then(|l| l.out(&mut y).inp(&x).run())
+        .expect_err("n missing");
+    assert!(err.to_string().contains("relu_fwd"), "{err}");
+    assert!(r.log.borrow().is_empty(), "nothing was launched");
+}

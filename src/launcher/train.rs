@@ -1,0 +1,254 @@
+//! Launchers of the elementwise kernels (`kernels/relu.cu`, `add.cu`), max pooling (`pool.cu`) and the
+//! training kernels (`train.cu`: softmax cross-entropy, dropout, Adam).
+
+use super::{Driver, Kernel, Launch};
+use crate::backend::check_same_len;
+use crate::bindings::AdamScalars;
+use crate::cpu::dropout_threshold;
+use crate::launch::{elementwise, pool_plan, softmax_plan};
+use crate::shape::{AdamStep, PoolShape};
+use crate::Result;
+
+/// `y = max(x, 0)` elementwise; NaN propagates. Shapes: `y, x: [n]`.
+pub fn relu_fwd<D: Driver + ?Sized>(d: &D, y: &mut D::ViewMut<'_>, x: &D::View<'_>) -> Result<()> {
+    const OP: &str = "relu_fwd";
+    let n = D::len_of_mut(y);
+    check_same_len(OP, n, &[("x", D::len_of(x))])?;
+    let Some(dims) = elementwise(n) else {
+        return Ok(());
+    };
+    let n = n as u64;
+    Launch::new(d, OP, Kernel::ReluFwd, dims)?
+        .out(y)
+        .inp(x)
+        .val(&n)
+        .run()?;
+    Ok(())
+}
+
+/// `dx = dy` where `y > 0`, else 0. Shapes: `dx, dy, y: [n]`.
+pub fn relu_bwd<D: Driver + ?Sized>(
+    d: &D,
+    dx: &mut D::ViewMut<'_>,
+    dy: &D::View<'_>,
+    y: &D::View<'_>,
+) -> Result<()> {
+    const OP: &str = "relu_bwd";
+    let n = D::len_of_mut(dx);
+    check_same_len(OP, n, &[("dy", D::len_of(dy)), ("y", D::len_of(y))])?;
+    let Some(dims) = elementwise(n) else {
+        return Ok(());
+    };
+    let n = n as u64;
+    Launch::new(d, OP, Kernel::ReluBwd, dims)?
+        .out(dx)
+        .inp(dy)
+        .inp(y)
+        .val(&n)
+        .run()?;
+    Ok(())
+}
+
+/// `y = a + b` elementwise. Shapes: `y, a, b: [n]`.
+pub fn add_fwd<D: Driver + ?Sized>(
+    d: &D,
+    y: &mut D::ViewMut<'_>,
+    a: &D::View<'_>,
+    b: &D::View<'_>,
+) -> Result<()> {
+    const OP: &str = "add_fwd";
+    let n = D::len_of_mut(y);
+    check_same_len(OP, n, &[("a", D::len_of(a)), ("b", D::len_of(b))])?;
+    let Some(dims) = elementwise(n) else {
+        return Ok(());
+    };
+    let n = n as u64;
+    Launch::new(d, OP, Kernel::AddFwd, dims)?
+        .out(y)
+        .inp(a)
+        .inp(b)
+        .val(&n)
+        .run()?;
+    Ok(())
+}
+
+/// 3×3 stride-1 max pooling. Shapes: `y, x: [n, c, h, w]`.
+pub fn maxpool3x3s1_fwd<D: Driver + ?Sized>(
+    d: &D,
+    y: &mut D::ViewMut<'_>,
+    x: &D::View<'_>,
+    s: &PoolShape,
+) -> Result<()> {
+    const OP: &str = "maxpool3x3s1_fwd";
+    let Some(p) = pool_plan(OP, s, &[("y", D::len_of_mut(y)), ("x", D::len_of(x))])? else {
+        return Ok(());
+    };
+    Launch::new(d, OP, Kernel::Maxpool3x3s1Fwd, p.dims)?
+        .out(y)
+        .inp(x)
+        .val(&p.planes)
+        .val(&p.h)
+        .val(&p.w)
+        .run()?;
+    Ok(())
+}
+
+/// Gather backward of max pooling, overwriting or accumulating into `dx`. Shapes: `dx, dy, x: [n, c, h, w]`.
+pub fn maxpool3x3s1_bwd<D: Driver + ?Sized>(
+    d: &D,
+    dx: &mut D::ViewMut<'_>,
+    dy: &D::View<'_>,
+    x: &D::View<'_>,
+    s: &PoolShape,
+    accumulate: bool,
+) -> Result<()> {
+    const OP: &str = "maxpool3x3s1_bwd";
+    let lens = [
+        ("dx", D::len_of_mut(dx)),
+        ("dy", D::len_of(dy)),
+        ("x", D::len_of(x)),
+    ];
+    let Some(p) = pool_plan(OP, s, &lens)? else {
+        return Ok(());
+    };
+    let acc = i32::from(accumulate);
+    Launch::new(d, OP, Kernel::Maxpool3x3s1Bwd, p.bwd_dims)?
+        .out(dx)
+        .inp(dy)
+        .inp(x)
+        .val(&p.planes)
+        .val(&p.h)
+        .val(&p.w)
+        .val(&acc)
+        .val(&p.bwd_tile_h)
+        .run()?;
+    Ok(())
+}
+
+/// Mean softmax cross-entropy and its gradient; the loss stays on the device. The kernel cannot report a
+/// label out of range (it writes a NaN loss): a driver that keeps labels in host memory has them checked
+/// here, on a GPU callers check them before uploading them (as [`crate::nn`] does).
+/// Shapes: `loss [1]`, `dlogits, logits: [m, classes]`, `labels [m]`.
+pub fn softmax_xent<D: Driver + ?Sized>(
+    d: &D,
+    loss: &mut D::ViewMut<'_>,
+    dlogits: &mut D::ViewMut<'_>,
+    logits: &D::View<'_>,
+    labels: &D::Labels,
+    classes: usize,
+) -> Result<()> {
+    const OP: &str = "softmax_xent";
+    let m = D::len_of_labels(labels);
+    let plan = softmax_plan(
+        OP,
+        m,
+        classes,
+        D::len_of_mut(loss),
+        D::len_of_mut(dlogits),
+        D::len_of(logits),
+    )?;
+    let Some(dims) = plan else {
+        return d.zero(OP, loss);
+    };
+    if let Some(host) = D::labels_on_host(labels) {
+        crate::cpu::check_labels(OP, host, classes)?;
+    }
+    let (m, classes) = (m as u32, classes as u32); // checked by softmax_plan
+    Launch::new(d, OP, Kernel::SoftmaxXent, dims)?
+        .out(loss)
+        .out(dlogits)
+        .inp(logits)
+        .labels(labels)
+        .val(&m)
+        .val(&classes)
+        .run()?;
+    Ok(())
+}
+
+/// Inverted dropout with the hash mask of `(seed, step)`. Shapes: `y, x: [n]`.
+pub fn dropout_fwd<D: Driver + ?Sized>(
+    d: &D,
+    y: &mut D::ViewMut<'_>,
+    x: &D::View<'_>,
+    p: f32,
+    seed: u64,
+    step: u64,
+) -> Result<()> {
+    dropout(d, "dropout_fwd", Kernel::DropoutFwd, y, x, p, seed, step)
+}
+
+/// Dropout's backward: the same mask and scale applied to `dy`. Shapes: `dx, dy: [n]`.
+pub fn dropout_bwd<D: Driver + ?Sized>(
+    d: &D,
+    dx: &mut D::ViewMut<'_>,
+    dy: &D::View<'_>,
+    p: f32,
+    seed: u64,
+    step: u64,
+) -> Result<()> {
+    dropout(d, "dropout_bwd", Kernel::DropoutBwd, dx, dy, p, seed, step)
+}
+
+/// Both dropout kernels: `(out, input, n, seed, step, threshold, scale)`.
+#[allow(clippy::too_many_arguments)]
+fn dropout<D: Driver + ?Sized>(
+    d: &D,
+    op: &'static str,
+    kernel: Kernel,
+    out: &mut D::ViewMut<'_>,
+    inp: &D::View<'_>,
+    p: f32,
+    seed: u64,
+    step: u64,
+) -> Result<()> {
+    let n = D::len_of_mut(out);
+    check_same_len(op, n, &[("input", D::len_of(inp))])?;
+    let (threshold, scale) = dropout_threshold(p)?;
+    let Some(dims) = elementwise(n) else {
+        return Ok(());
+    };
+    let n = n as u64;
+    Launch::new(d, op, kernel, dims)?
+        .out(out)
+        .inp(inp)
+        .val(&n)
+        .val(&seed)
+        .val(&step)
+        .val(&threshold)
+        .val(&scale)
+        .run()?;
+    Ok(())
+}
+
+/// One Adam update over flat buffers. Shapes: `p, m, v, g: [n]`.
+pub fn adam_step<D: Driver + ?Sized>(
+    d: &D,
+    p: &mut D::ViewMut<'_>,
+    m: &mut D::ViewMut<'_>,
+    v: &mut D::ViewMut<'_>,
+    g: &D::View<'_>,
+    step: &AdamStep,
+) -> Result<()> {
+    const OP: &str = "adam_step";
+    let n = D::len_of_mut(p);
+    let lens = [
+        ("m", D::len_of_mut(m)),
+        ("v", D::len_of_mut(v)),
+        ("g", D::len_of(g)),
+    ];
+    check_same_len(OP, n, &lens)?;
+    let scalars = AdamScalars::of(OP, step)?;
+    let Some(dims) = elementwise(n) else {
+        return Ok(());
+    };
+    let n = n as u64;
+    Launch::new(d, OP, Kernel::AdamStep, dims)?
+        .out(p)
+        .out(m)
+        .out(v)
+        .inp(g)
+        .val(&n)
+        .val(&scalars)
+        .run()?;
+    Ok(())
+}
