@@ -450,15 +450,18 @@ mod sigs {
              #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]\n\
              pub enum Kernel {{\n{variants}}}\n\n\
              impl Kernel {{\n\
-             \x20   /// Every kernel, modules in name order, kernels in source order.\n\
-             \x20   pub const ALL: &'static [Kernel] = &[{all}];\n\n\
+             \x20   /// How many kernels there are.\n\
+             \x20   pub const COUNT: usize = {count};\n\n\
+             \x20   /// Every kernel, modules in name order, kernels in source order (`Kernel::ALL[k as usize] == k`).\n\
+             \x20   pub const ALL: [Kernel; Kernel::COUNT] = [{all}];\n\n\
              \x20   /// The kernel's name in `kernels/*.cu` and in the PTX.\n\
              \x20   pub const fn name(self) -> &'static str {{\n        match self {{\n{names}        }}\n    }}\n\n\
              \x20   /// The file stem of the `.cu` file that defines it (the PTX module).\n\
              \x20   pub const fn module(self) -> &'static str {{\n        match self {{\n{modules}        }}\n    }}\n\n\
              \x20   /// Its parameters in order, `(name, kind)`, as declared in the `.cu` file.\n\
              \x20   pub const fn params(self) -> &'static [(&'static str, ParamKind)] {{\n        match self {{\n{params}        }}\n    }}\n\
-             }}\n"
+             }}\n",
+            count = sigs.len()
         );
         let path = out.join("kernel_table.rs");
         fs::write(&path, code).map_err(|e| format!("writing {}: {e}", path.display()))

@@ -121,9 +121,7 @@ pub(crate) fn softmax_plan(
     op: &'static str,
     m: usize,
     classes: usize,
-    loss: usize,
-    dlogits: usize,
-    logits: usize,
+    [loss, dlogits, logits]: [usize; 3],
 ) -> crate::Result<Option<LaunchDims>> {
     let len = m.checked_mul(classes).ok_or(crate::Error::ShapeOverflow {
         op,
@@ -201,17 +199,6 @@ impl ConvDims {
             c_total: c_total?,
             c_offset: c_offset?,
         })
-    }
-
-    /// The dims of `s` after checking every `(buffer, expected length, length)` of the launch.
-    pub fn checked(
-        op: &'static str,
-        s: &crate::shape::ConvShape,
-        bufs: &[(&'static str, usize, usize)],
-    ) -> crate::Result<Self> {
-        let d = Self::of(op, s)?;
-        check_lens(op, bufs)?;
-        Ok(d)
     }
 
     /// conv_fwd: one thread per tile item (4 output channels × 4 pixels of a row).
@@ -492,190 +479,6 @@ pub(crate) fn check_lens(
 ) -> crate::Result<()> {
     bufs.iter()
         .try_for_each(|&(what, expected, len)| crate::shape::check_len(op, what, expected, len))
-}
-
-/// Checked launches: the plan of each kernel after checking every buffer's length (given in the launcher's
-/// argument order) against its shape.
-pub(crate) mod checked {
-    use super::{check_lens, linear_plan, ConvDims, LinearPlan, ReduceDims};
-    use crate::shape::{ConvShape, LinearShape, ReduceConvShape};
-    use crate::Result;
-
-    /// linear_fwd: `y [m, n_out]`, `x [m, k_in]`, `w [n_out, k_in]`, `b [n_out]`.
-    pub fn linear_fwd(
-        op: &'static str,
-        s: &LinearShape,
-        [y, x, w, b]: [usize; 4],
-    ) -> Result<LinearPlan> {
-        let p = linear_plan(op, s)?;
-        let (mn, mk, nk) = (s.m * s.n_out, s.m * s.k_in, s.n_out * s.k_in);
-        check_lens(
-            op,
-            &[("y", mn, y), ("x", mk, x), ("w", nk, w), ("b", s.n_out, b)],
-        )?;
-        Ok(p)
-    }
-
-    /// linear_dgrad: `dx [m, k_in]`, `dy [m, n_out]`, `w [n_out, k_in]`.
-    pub fn linear_dgrad(
-        op: &'static str,
-        s: &LinearShape,
-        [dx, dy, w]: [usize; 3],
-    ) -> Result<LinearPlan> {
-        let p = linear_plan(op, s)?;
-        let (mn, mk, nk) = (s.m * s.n_out, s.m * s.k_in, s.n_out * s.k_in);
-        check_lens(op, &[("dx", mk, dx), ("dy", mn, dy), ("w", nk, w)])?;
-        Ok(p)
-    }
-
-    /// linear_wgrad: `dw [n_out, k_in]`, `dy [m, n_out]`, `x [m, k_in]`.
-    pub fn linear_wgrad(
-        op: &'static str,
-        s: &LinearShape,
-        [dw, dy, x]: [usize; 3],
-    ) -> Result<LinearPlan> {
-        let p = linear_plan(op, s)?;
-        let (mn, mk, nk) = (s.m * s.n_out, s.m * s.k_in, s.n_out * s.k_in);
-        check_lens(op, &[("dw", nk, dw), ("dy", mn, dy), ("x", mk, x)])?;
-        Ok(p)
-    }
-
-    /// linear_wgrad_adam: `w, m, v [n_out, k_in]`, `dy [m, n_out]`, `x [m, k_in]` (`m` of the shape is the
-    /// batch; the moments are `adam_m`, `adam_v`).
-    pub fn linear_wgrad_adam(
-        op: &'static str,
-        s: &LinearShape,
-        [w, adam_m, adam_v]: [usize; 3],
-        dy: usize,
-        x: usize,
-    ) -> Result<LinearPlan> {
-        let p = linear_plan(op, s)?;
-        let wl = s.n_out * s.k_in;
-        check_lens(
-            op,
-            &[
-                ("w", wl, w),
-                ("adam_m", wl, adam_m),
-                ("adam_v", wl, adam_v),
-                ("dy", s.m * s.n_out, dy),
-                ("x", s.m * s.k_in, x),
-            ],
-        )?;
-        Ok(p)
-    }
-
-    /// linear_bgrad: `db [n_out]`, `dy [m, n_out]`.
-    pub fn linear_bgrad(
-        op: &'static str,
-        s: &LinearShape,
-        [db, dy]: [usize; 2],
-    ) -> Result<LinearPlan> {
-        let p = linear_plan(op, s)?;
-        check_lens(op, &[("db", s.n_out, db), ("dy", s.m * s.n_out, dy)])?;
-        Ok(p)
-    }
-
-    /// conv_fwd: `y [n, c_total, h, w]`, `x [n, c_in, h, w]`, `w [c_out, c_in, k, k]`, `b [c_out]`.
-    pub fn conv_fwd(op: &'static str, s: &ConvShape, [y, x, w, b]: [usize; 4]) -> Result<ConvDims> {
-        let lens = [
-            ("y", s.y_len(op)?, y),
-            ("x", s.x_len(op)?, x),
-            ("w", s.w_len(op)?, w),
-            ("b", s.c_out, b),
-        ];
-        ConvDims::checked(op, s, &lens)
-    }
-
-    /// conv_dgrad: `dx [n, c_in, h, w]`, `dy [n, c_total, h, w]`, `w [c_out, c_in, k, k]`.
-    pub fn conv_dgrad(
-        op: &'static str,
-        s: &ConvShape,
-        [dx, dy, w]: [usize; 3],
-    ) -> Result<ConvDims> {
-        let lens = [
-            ("dx", s.x_len(op)?, dx),
-            ("dy", s.y_len(op)?, dy),
-            ("w", s.w_len(op)?, w),
-        ];
-        ConvDims::checked(op, s, &lens)
-    }
-
-    /// conv_wgrad: `dw [c_out, c_in, k, k]`, `dy [n, c_total, h, w]`, `x [n, c_in, h, w]`.
-    pub fn conv_wgrad(
-        op: &'static str,
-        s: &ConvShape,
-        [dw, dy, x]: [usize; 3],
-    ) -> Result<ConvDims> {
-        let lens = [
-            ("dw", s.w_len(op)?, dw),
-            ("dy", s.y_len(op)?, dy),
-            ("x", s.x_len(op)?, x),
-        ];
-        ConvDims::checked(op, s, &lens)
-    }
-
-    /// conv_bgrad: `db [c_out]`, `dy [n, c_total, h, w]`.
-    pub fn conv_bgrad(op: &'static str, s: &ConvShape, [db, dy]: [usize; 2]) -> Result<ConvDims> {
-        ConvDims::checked(op, s, &[("db", s.c_out, db), ("dy", s.y_len(op)?, dy)])
-    }
-
-    /// reduce_conv_fwd: `y [n, c_total, h, w]`, `mid [n, c_mid, h, w]`, `x [n, c_in, h, w]`, `params` the block.
-    pub fn reduce_conv_fwd(
-        op: &'static str,
-        s: &ReduceConvShape,
-        [y, mid, x, params]: [usize; 4],
-    ) -> Result<ReduceDims> {
-        let d = ReduceDims::of(op, s)?;
-        let block = crate::backend::reduce_conv_param_ranges(s)[3].end;
-        check_lens(
-            op,
-            &[
-                ("y", s.conv().y_len(op)?, y),
-                ("mid", s.mid_len(op)?, mid),
-                ("x", s.reduce().x_len(op)?, x),
-                ("params", block, params),
-            ],
-        )?;
-        Ok(d)
-    }
-
-    /// The buffer lengths of a `reduce_conv_bwd` call.
-    pub struct ReduceBwdLens {
-        pub dx: usize,
-        pub dparams: usize,
-        pub scratch: usize,
-        pub dy: usize,
-        pub x: usize,
-        pub mid: usize,
-        pub params: usize,
-    }
-
-    /// reduce_conv_bwd: as the forward, plus `dx`, `dy`, the `scratch [n, c_mid, h, w]` and `dparams`.
-    pub fn reduce_conv_bwd(
-        op: &'static str,
-        s: &ReduceConvShape,
-        l: &ReduceBwdLens,
-    ) -> Result<ReduceDims> {
-        let d = ReduceDims::of(op, s)?;
-        let (block, x_len, mid_len) = (
-            crate::backend::reduce_conv_param_ranges(s)[3].end,
-            s.reduce().x_len(op)?,
-            s.mid_len(op)?,
-        );
-        check_lens(
-            op,
-            &[
-                ("dx", x_len, l.dx),
-                ("x", x_len, l.x),
-                ("dy", s.conv().y_len(op)?, l.dy),
-                ("mid", mid_len, l.mid),
-                ("scratch", mid_len, l.scratch),
-                ("params", block, l.params),
-                ("dparams", block, l.dparams),
-            ],
-        )?;
-        Ok(d)
-    }
 }
 
 #[cfg(test)]

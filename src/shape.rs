@@ -234,6 +234,21 @@ impl LinearShape {
         product(op, &[self.n_out, self.k_in])?;
         Ok(())
     }
+
+    /// Elements of the input `x [m, k_in]` (an error on overflow).
+    pub fn x_len(&self, op: &'static str) -> Result<usize> {
+        product(op, &[self.m, self.k_in])
+    }
+
+    /// Elements of the output `y [m, n_out]` (an error on overflow).
+    pub fn y_len(&self, op: &'static str) -> Result<usize> {
+        product(op, &[self.m, self.n_out])
+    }
+
+    /// Elements of the weight `w [n_out, k_in]` (an error on overflow).
+    pub fn w_len(&self, op: &'static str) -> Result<usize> {
+        product(op, &[self.n_out, self.k_in])
+    }
 }
 
 /// One Adam update with PyTorch's semantics (bias-corrected, `eps` added outside the square root).

@@ -61,10 +61,10 @@ mod embedded {
 pub const PTX_ORIGIN: &str = embedded::PTX_ORIGIN;
 
 /// Every kernel function, loaded once per device, indexed by `Kernel as usize` (the order of [`Kernel::ALL`]).
-fn load_kernels(ctx: &Arc<CudaContext>) -> Result<Vec<CudaFunction>, CudaUnavailable> {
+fn load_kernels(ctx: &Arc<CudaContext>) -> Result<[CudaFunction; Kernel::COUNT], CudaUnavailable> {
     let mut modules: Vec<(&'static str, Arc<CudaModule>)> = Vec::new();
     let mut functions = Vec::with_capacity(Kernel::ALL.len());
-    for &k in Kernel::ALL {
+    for k in Kernel::ALL {
         let module = match modules.iter().find(|(m, _)| *m == k.module()) {
             Some((_, module)) => module.clone(),
             None => {
@@ -75,7 +75,12 @@ fn load_kernels(ctx: &Arc<CudaContext>) -> Result<Vec<CudaFunction>, CudaUnavail
         };
         functions.push(load_function(&module, k.module(), k.name())?);
     }
-    Ok(functions)
+    // One function per kernel, pushed above for each of Kernel::ALL.
+    functions
+        .try_into()
+        .map_err(|_| CudaUnavailable::ModuleMissing {
+            module: "kernel table",
+        })
 }
 
 fn load_module(
@@ -115,7 +120,7 @@ pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     /// Indexed by `Kernel as usize`.
-    kernels: Vec<CudaFunction>,
+    kernels: [CudaFunction; Kernel::COUNT],
     name: String,
     /// Working memory of kernels that need some (the linear forward's split-K partials), kept and grown,
     /// never shrunk: after the first step nothing is allocated. Used only on `stream`, in issue order.
@@ -333,12 +338,9 @@ unsafe impl DeviceRepr for AdamScalars {}
 impl Driver for CudaBackend {
     type Args<'a> = LaunchArgs<'a>;
 
-    fn args(&self, kernel: Kernel) -> Result<LaunchArgs<'_>> {
-        let f = self.kernels.get(kernel as usize).ok_or(Error::Internal {
-            op: kernel.name(),
-            reason: "kernel not loaded".into(),
-        })?;
-        Ok(self.stream.launch_builder(f))
+    fn args(&self, kernel: Kernel) -> LaunchArgs<'_> {
+        // `kernel as usize < Kernel::COUNT`: the enum's discriminants are the indices of Kernel::ALL.
+        self.stream.launch_builder(&self.kernels[kernel as usize])
     }
 
     fn push_out<'a>(args: &mut LaunchArgs<'a>, v: &'a mut CudaViewMut<'_, f32>)
@@ -387,15 +389,12 @@ impl Driver for CudaBackend {
     ) -> Result<()> {
         if dims.shared_bytes > 48 * 1024 {
             // More than the default 48 KiB of dynamic shared memory needs the kernel's opt-in.
-            let f = self.kernels.get(kernel as usize).ok_or(Error::Internal {
-                op,
-                reason: format!("{} not loaded", kernel.name()),
-            })?;
-            f.set_attribute(
-                CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                dims.shared_bytes as i32, // <= MAX_DYNAMIC_SHARED
-            )
-            .map_err(driver_error(op))?;
+            self.kernels[kernel as usize]
+                .set_attribute(
+                    CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    dims.shared_bytes as i32, // <= MAX_DYNAMIC_SHARED
+                )
+                .map_err(driver_error(op))?;
         }
         let cfg = LaunchConfig {
             grid_dim: (dims.grid, dims.grid_y, dims.grid_z),

@@ -1,10 +1,10 @@
 //! Launchers of `kernels/conv.cu`: the plain convs and the fused reduce conv (its backward is a sequence of
 //! the conv kernels over the saved reduced map).
 
-use super::{Driver, Kernel, Launch};
+use super::{Driver, Kernel};
 use crate::backend::reduce_conv_param_ranges;
-use crate::bindings::ConvDims;
-use crate::launch::{checked, elementwise};
+use crate::bindings::{ConvDims, ReduceDims};
+use crate::launch::{check_lens, elementwise, LaunchDims};
 use crate::shape::{ConvShape, ReduceConvShape};
 use crate::Result;
 
@@ -20,18 +20,18 @@ pub fn conv_fwd<D: Driver + ?Sized>(
     relu: bool,
 ) -> Result<()> {
     const OP: &str = "conv_fwd";
-    let lens = [D::len_of_mut(y), D::len_of(x), D::len_of(w), D::len_of(b)];
-    let cd = checked::conv_fwd(OP, s, lens)?;
+    let cd = ConvDims::of(OP, s)?;
+    check_lens(
+        OP,
+        &[
+            ("y", s.y_len(OP)?, D::len_of_mut(y)),
+            ("x", s.x_len(OP)?, D::len_of(x)),
+            ("w", s.w_len(OP)?, D::len_of(w)),
+            ("b", s.c_out, D::len_of(b)),
+        ],
+    )?;
     let Some(dims) = cd.fwd() else { return Ok(()) };
-    let relu = i32::from(relu);
-    Launch::new(d, OP, Kernel::ConvFwd, dims)?
-        .out(y)
-        .inp(x)
-        .inp(w)
-        .inp(b)
-        .val(&cd)
-        .val(&relu)
-        .run()?;
+    launch!(d, OP, Kernel::ConvFwd, dims; out y, inp x, inp w, inp b, val &cd, val &i32::from(relu))?;
     Ok(())
 }
 
@@ -45,7 +45,15 @@ pub fn conv_dgrad<D: Driver + ?Sized>(
     accumulate: bool,
 ) -> Result<()> {
     const OP: &str = "conv_dgrad";
-    let cd = checked::conv_dgrad(OP, s, [D::len_of_mut(dx), D::len_of(dy), D::len_of(w)])?;
+    let cd = ConvDims::of(OP, s)?;
+    check_lens(
+        OP,
+        &[
+            ("dx", s.x_len(OP)?, D::len_of_mut(dx)),
+            ("dy", s.y_len(OP)?, D::len_of(dy)),
+            ("w", s.w_len(OP)?, D::len_of(w)),
+        ],
+    )?;
     dgrad(d, OP, dx, dy, w, &cd, accumulate)
 }
 
@@ -61,14 +69,7 @@ fn dgrad<D: Driver + ?Sized>(
     let Some(dims) = cd.dgrad() else {
         return Ok(());
     };
-    let acc = i32::from(accumulate);
-    Launch::new(d, op, Kernel::ConvDgrad, dims)?
-        .out(dx)
-        .inp(dy)
-        .inp(w)
-        .val(cd)
-        .val(&acc)
-        .run()?;
+    launch!(d, op, Kernel::ConvDgrad, dims; out dx, inp dy, inp w, val cd, val &i32::from(accumulate))?;
     Ok(())
 }
 
@@ -82,7 +83,15 @@ pub fn conv_wgrad<D: Driver + ?Sized>(
     s: &ConvShape,
 ) -> Result<()> {
     const OP: &str = "conv_wgrad";
-    let cd = checked::conv_wgrad(OP, s, [D::len_of_mut(dw), D::len_of(dy), D::len_of(x)])?;
+    let cd = ConvDims::of(OP, s)?;
+    check_lens(
+        OP,
+        &[
+            ("dw", s.w_len(OP)?, D::len_of_mut(dw)),
+            ("dy", s.y_len(OP)?, D::len_of(dy)),
+            ("x", s.x_len(OP)?, D::len_of(x)),
+        ],
+    )?;
     wgrad(d, OP, dw, dy, x, &cd)
 }
 
@@ -97,15 +106,9 @@ fn wgrad<D: Driver + ?Sized>(
     let Some(dims) = cd.wgrad() else {
         return d.zero(op, dw); // no images: the gradient is zero
     };
-    let ips = cd.imgs_per_split();
     d.with_scratch(op, cd.wgrad_partials_len(), |partials| {
-        Launch::new(d, op, Kernel::ConvWgrad, dims)?
-            .out(partials)
-            .inp(dy)
-            .inp(x)
-            .val(cd)
-            .val(&ips)
-            .run()?;
+        launch!(d, op, Kernel::ConvWgrad, dims; out partials, inp dy, inp x, val cd,
+            val &cd.imgs_per_split())?;
         split_sum(d, op, dw, &D::reader(partials), cd.splits())
     })
 }
@@ -119,17 +122,14 @@ fn split_sum<D: Driver + ?Sized>(
     splits: u32,
 ) -> Result<()> {
     let len = D::len_of_mut(out);
-    crate::shape::check_len(op, "partials", len * splits as usize, D::len_of(partials))?;
+    check_lens(
+        op,
+        &[("partials", len * splits as usize, D::len_of(partials))],
+    )?;
     let Some(dims) = elementwise(len) else {
         return Ok(());
     };
-    let len = len as u64;
-    Launch::new(d, op, Kernel::ConvSplitSum, dims)?
-        .out(out)
-        .inp(partials)
-        .val(&len)
-        .val(&splits)
-        .run()?;
+    launch!(d, op, Kernel::ConvSplitSum, dims; out out, inp partials, val &(len as u64), val &splits)?;
     Ok(())
 }
 
@@ -142,7 +142,14 @@ pub fn conv_bgrad<D: Driver + ?Sized>(
     s: &ConvShape,
 ) -> Result<()> {
     const OP: &str = "conv_bgrad";
-    let cd = checked::conv_bgrad(OP, s, [D::len_of_mut(db), D::len_of(dy)])?;
+    let cd = ConvDims::of(OP, s)?;
+    check_lens(
+        OP,
+        &[
+            ("db", s.c_out, D::len_of_mut(db)),
+            ("dy", s.y_len(OP)?, D::len_of(dy)),
+        ],
+    )?;
     bgrad(d, OP, db, dy, &cd)
 }
 
@@ -156,14 +163,8 @@ fn bgrad<D: Driver + ?Sized>(
     let Some(dims) = cd.bgrad() else {
         return d.zero(op, db);
     };
-    let ips = cd.imgs_per_split();
     d.with_scratch(op, cd.splits() as usize * cd.c_out as usize, |partials| {
-        Launch::new(d, op, Kernel::ConvBgrad, dims)?
-            .out(partials)
-            .inp(dy)
-            .val(cd)
-            .val(&ips)
-            .run()?;
+        launch!(d, op, Kernel::ConvBgrad, dims; out partials, inp dy, val cd, val &cd.imgs_per_split())?;
         split_sum(d, op, db, &D::reader(partials), cd.splits())
     })
 }
@@ -179,42 +180,37 @@ pub fn reduce_conv_fwd<D: Driver + ?Sized>(
     s: &ReduceConvShape,
 ) -> Result<()> {
     const OP: &str = "reduce_conv_fwd";
-    let lens = [
-        D::len_of_mut(y),
-        D::len_of_mut(mid),
-        D::len_of(x),
-        D::len_of(params),
-    ];
-    let rd = checked::reduce_conv_fwd(OP, s, lens)?;
+    let rd = ReduceDims::of(OP, s)?;
+    let ranges = reduce_conv_param_ranges(s);
+    check_lens(
+        OP,
+        &[
+            ("y", s.conv().y_len(OP)?, D::len_of_mut(y)),
+            ("mid", s.mid_len(OP)?, D::len_of_mut(mid)),
+            ("x", s.reduce().x_len(OP)?, D::len_of(x)),
+            ("params", ranges[3].end, D::len_of(params)),
+        ],
+    )?;
     let Some(dims) = rd.fwd(OP)? else {
         return Ok(());
     };
-    let [w1, b1, w2, b2] = reduce_conv_param_ranges(s).map(|r| D::sub(params, r));
-    let (w1, b1, w2, b2) = (w1?, b1?, w2?, b2?);
-    launch_reduce_conv_fwd(d, dims, y, mid, x, [&w1, &b1, &w2, &b2], &rd)
+    let [w1, b1, w2, b2] = ranges.map(|r| D::sub(params, r));
+    fwd_launch(d, dims, y, mid, x, [&w1?, &b1?, &w2?, &b2?], &rd)
 }
 
-/// The launch of [`reduce_conv_fwd`], its parameter views passed in (views made inside a function and pushed
-/// there are beyond what the borrow checker can prove for a generic driver's view type).
-fn launch_reduce_conv_fwd<D: Driver + ?Sized>(
+/// The launch of [`reduce_conv_fwd`]. The parameter views come in as arguments: a generic driver's view made
+/// in a function and pushed there is beyond what the borrow checker can prove lives long enough.
+fn fwd_launch<D: Driver + ?Sized>(
     d: &D,
-    dims: crate::launch::LaunchDims,
+    dims: LaunchDims,
     y: &mut D::ViewMut<'_>,
     mid: &mut D::ViewMut<'_>,
     x: &D::View<'_>,
     [w1, b1, w2, b2]: [&D::View<'_>; 4],
-    rd: &crate::bindings::ReduceDims,
+    rd: &ReduceDims,
 ) -> Result<()> {
-    Launch::new(d, "reduce_conv_fwd", Kernel::ReduceConvFwd, dims)?
-        .out(y)
-        .out(mid)
-        .inp(x)
-        .inp(w1)
-        .inp(b1)
-        .inp(w2)
-        .inp(b2)
-        .val(rd)
-        .run()?;
+    launch!(d, "reduce_conv_fwd", Kernel::ReduceConvFwd, dims; out y, out mid, inp x, inp w1, inp b1,
+        inp w2, inp b2, val rd)?;
     Ok(())
 }
 
@@ -235,23 +231,27 @@ pub fn reduce_conv_bwd<D: Driver + ?Sized>(
     accumulate: bool,
 ) -> Result<()> {
     const OP: &str = "reduce_conv_bwd";
-    let lens = checked::ReduceBwdLens {
-        dx: D::len_of_mut(dx),
-        dparams: D::len_of_mut(dparams),
-        scratch: D::len_of_mut(scratch),
-        dy: D::len_of(dy),
-        x: D::len_of(x),
-        mid: D::len_of(mid),
-        params: D::len_of(params),
-    };
-    let rd = checked::reduce_conv_bwd(OP, s, &lens)?;
+    let rd = ReduceDims::of(OP, s)?;
     let [r1, rb1, r2, rb2] = reduce_conv_param_ranges(s);
+    let (x_len, mid_len) = (s.reduce().x_len(OP)?, s.mid_len(OP)?);
+    check_lens(
+        OP,
+        &[
+            ("dx", x_len, D::len_of_mut(dx)),
+            ("x", x_len, D::len_of(x)),
+            ("dy", s.conv().y_len(OP)?, D::len_of(dy)),
+            ("mid", mid_len, D::len_of(mid)),
+            ("scratch", mid_len, D::len_of_mut(scratch)),
+            ("params", rb2.end, D::len_of(params)),
+            ("dparams", rb2.end, D::len_of_mut(dparams)),
+        ],
+    )?;
     let (w1, w2) = (D::sub(params, r1.clone())?, D::sub(params, r2.clone())?);
     let (conv, reduce) = (rd.conv(), rd.reduce());
     wgrad(d, OP, &mut D::sub_mut(dparams, r2)?, dy, mid, &conv)?;
     bgrad(d, OP, &mut D::sub_mut(dparams, rb2)?, dy, &conv)?;
     if let Some(dims) = rd.dmid() {
-        launch_reduce_conv_dmid(d, dims, scratch, dy, &w2, mid, &rd)?;
+        dmid_launch(d, dims, scratch, dy, &w2, mid, &rd)?;
     }
     let dpre = D::reader(scratch);
     wgrad(d, OP, &mut D::sub_mut(dparams, r1)?, &dpre, x, &reduce)?;
@@ -259,22 +259,17 @@ pub fn reduce_conv_bwd<D: Driver + ?Sized>(
     dgrad(d, OP, dx, &dpre, &w1, &reduce, accumulate)
 }
 
-/// The launch of `reduce_conv_dmid` (as [`launch_reduce_conv_fwd`], the sub-view of `w2` passed in).
-fn launch_reduce_conv_dmid<D: Driver + ?Sized>(
+/// The launch of `reduce_conv_dmid` (the view of `w2` as an argument: see [`fwd_launch`]).
+#[allow(clippy::too_many_arguments)]
+fn dmid_launch<D: Driver + ?Sized>(
     d: &D,
-    dims: crate::launch::LaunchDims,
+    dims: LaunchDims,
     dpre: &mut D::ViewMut<'_>,
     dy: &D::View<'_>,
     w2: &D::View<'_>,
     mid: &D::View<'_>,
-    rd: &crate::bindings::ReduceDims,
+    rd: &ReduceDims,
 ) -> Result<()> {
-    Launch::new(d, "reduce_conv_bwd", Kernel::ReduceConvDmid, dims)?
-        .out(dpre)
-        .inp(dy)
-        .inp(w2)
-        .inp(mid)
-        .val(rd)
-        .run()?;
+    launch!(d, "reduce_conv_bwd", Kernel::ReduceConvDmid, dims; out dpre, inp dy, inp w2, inp mid, val rd)?;
     Ok(())
 }

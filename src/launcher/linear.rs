@@ -1,10 +1,21 @@
 //! Launchers of `kernels/linear.cu`.
 
-use super::{Driver, Kernel, Launch};
+use super::{Driver, Kernel};
 use crate::bindings::AdamScalars;
-use crate::launch::checked;
+use crate::launch::{check_lens, linear_plan, LaunchDims, LinearPlan};
 use crate::shape::{AdamStep, LinearShape};
 use crate::Result;
+
+/// The plan of a linear layer's launch after checking each `(buffer, expected length, length)`.
+fn checked(
+    op: &'static str,
+    s: &LinearShape,
+    bufs: &[(&'static str, usize, usize)],
+) -> Result<LinearPlan> {
+    let p = linear_plan(op, s)?;
+    check_lens(op, bufs)?;
+    Ok(p)
+}
 
 /// `y = x · wᵀ + b`: split-K partial products into the driver's scratch memory (on the GPU kept between
 /// calls and grown on first use, so steady-state steps allocate nothing), then their sum in a fixed order
@@ -18,19 +29,22 @@ pub fn linear_fwd<D: Driver + ?Sized>(
     s: &LinearShape,
 ) -> Result<()> {
     const OP: &str = "linear_fwd";
-    let lens = [D::len_of_mut(y), D::len_of(x), D::len_of(w), D::len_of(b)];
-    let p = checked::linear_fwd(OP, s, lens)?;
+    let p = checked(
+        OP,
+        s,
+        &[
+            ("y", s.y_len(OP)?, D::len_of_mut(y)),
+            ("x", s.x_len(OP)?, D::len_of(x)),
+            ("w", s.w_len(OP)?, D::len_of(w)),
+            ("b", s.n_out, D::len_of(b)),
+        ],
+    )?;
     let Some(reduce) = p.reduce else {
         return Ok(());
     };
     let (gd, dims) = p.fwd;
     d.with_scratch(OP, p.partials_len(), |partials| {
-        Launch::new(d, OP, Kernel::LinearFwd, dims)?
-            .out(partials)
-            .inp(x)
-            .inp(w)
-            .val(&gd)
-            .run()?;
+        launch!(d, OP, Kernel::LinearFwd, dims; out partials, inp x, inp w, val &gd)?;
         reduce_partials(d, reduce, y, &D::reader(partials), b, &p)
     })
 }
@@ -39,20 +53,14 @@ pub fn linear_fwd<D: Driver + ?Sized>(
 /// needs for a view made inside the caller).
 fn reduce_partials<D: Driver + ?Sized>(
     d: &D,
-    dims: crate::launch::LaunchDims,
+    dims: LaunchDims,
     y: &mut D::ViewMut<'_>,
     partials: &D::View<'_>,
     b: &D::View<'_>,
-    p: &crate::launch::LinearPlan,
+    p: &LinearPlan,
 ) -> Result<()> {
-    Launch::new(d, "linear_fwd", Kernel::LinearFwdReduce, dims)?
-        .out(y)
-        .inp(partials)
-        .inp(b)
-        .val(&p.m)
-        .val(&p.n_out)
-        .val(&p.splits)
-        .run()?;
+    launch!(d, "linear_fwd", Kernel::LinearFwdReduce, dims; out y, inp partials, inp b, val &p.m,
+        val &p.n_out, val &p.splits)?;
     Ok(())
 }
 
@@ -65,17 +73,20 @@ pub fn linear_dgrad<D: Driver + ?Sized>(
     s: &LinearShape,
 ) -> Result<()> {
     const OP: &str = "linear_dgrad";
-    let p = checked::linear_dgrad(OP, s, [D::len_of_mut(dx), D::len_of(dy), D::len_of(w)])?;
+    let p = checked(
+        OP,
+        s,
+        &[
+            ("dx", s.x_len(OP)?, D::len_of_mut(dx)),
+            ("dy", s.y_len(OP)?, D::len_of(dy)),
+            ("w", s.w_len(OP)?, D::len_of(w)),
+        ],
+    )?;
     if D::len_of_mut(dx) == 0 {
         return Ok(());
     }
     let (gd, dims) = p.dgrad;
-    Launch::new(d, OP, Kernel::LinearDgrad, dims)?
-        .out(dx)
-        .inp(dy)
-        .inp(w)
-        .val(&gd)
-        .run()?;
+    launch!(d, OP, Kernel::LinearDgrad, dims; out dx, inp dy, inp w, val &gd)?;
     Ok(())
 }
 
@@ -88,17 +99,20 @@ pub fn linear_wgrad<D: Driver + ?Sized>(
     s: &LinearShape,
 ) -> Result<()> {
     const OP: &str = "linear_wgrad";
-    let p = checked::linear_wgrad(OP, s, [D::len_of_mut(dw), D::len_of(dy), D::len_of(x)])?;
+    let p = checked(
+        OP,
+        s,
+        &[
+            ("dw", s.w_len(OP)?, D::len_of_mut(dw)),
+            ("dy", s.y_len(OP)?, D::len_of(dy)),
+            ("x", s.x_len(OP)?, D::len_of(x)),
+        ],
+    )?;
     if D::len_of_mut(dw) == 0 {
         return Ok(());
     }
     let (gd, dims) = p.wgrad;
-    Launch::new(d, OP, Kernel::LinearWgrad, dims)?
-        .out(dw)
-        .inp(dy)
-        .inp(x)
-        .val(&gd)
-        .run()?;
+    launch!(d, OP, Kernel::LinearWgrad, dims; out dw, inp dy, inp x, val &gd)?;
     Ok(())
 }
 
@@ -134,22 +148,25 @@ pub fn linear_wgrad_adam<D: Driver + ?Sized>(
     step: &AdamStep,
 ) -> Result<()> {
     const OP: &str = "linear_wgrad_adam";
-    let wmv = [D::len_of_mut(w), D::len_of_mut(m), D::len_of_mut(v)];
-    let p = checked::linear_wgrad_adam(OP, s, wmv, D::len_of(dy), D::len_of(x))?;
+    let wl = s.w_len(OP)?;
+    let p = checked(
+        OP,
+        s,
+        &[
+            ("w", wl, D::len_of_mut(w)),
+            ("adam_m", wl, D::len_of_mut(m)),
+            ("adam_v", wl, D::len_of_mut(v)),
+            ("dy", s.y_len(OP)?, D::len_of(dy)),
+            ("x", s.x_len(OP)?, D::len_of(x)),
+        ],
+    )?;
     let scalars = AdamScalars::of(OP, step)?;
-    if wmv[0] == 0 {
+    if wl == 0 {
         return Ok(());
     }
     let (gd, dims) = p.wgrad_adam;
-    Launch::new(d, OP, Kernel::LinearWgradAdam, dims)?
-        .out(w)
-        .out(m)
-        .out(v)
-        .inp(dy)
-        .inp(x)
-        .val(&gd)
-        .val(&scalars)
-        .run()?;
+    launch!(d, OP, Kernel::LinearWgradAdam, dims; out w, out m, out v, inp dy, inp x, val &gd,
+        val &scalars)?;
     Ok(())
 }
 
@@ -161,13 +178,15 @@ pub fn linear_bgrad<D: Driver + ?Sized>(
     s: &LinearShape,
 ) -> Result<()> {
     const OP: &str = "linear_bgrad";
-    let p = checked::linear_bgrad(OP, s, [D::len_of_mut(db), D::len_of(dy)])?;
+    let p = checked(
+        OP,
+        s,
+        &[
+            ("db", s.n_out, D::len_of_mut(db)),
+            ("dy", s.y_len(OP)?, D::len_of(dy)),
+        ],
+    )?;
     let Some(dims) = p.bgrad else { return Ok(()) };
-    Launch::new(d, OP, Kernel::LinearBgrad, dims)?
-        .out(db)
-        .inp(dy)
-        .val(&p.m)
-        .val(&p.n_out)
-        .run()?;
+    launch!(d, OP, Kernel::LinearBgrad, dims; out db, inp dy, val &p.m, val &p.n_out)?;
     Ok(())
 }

@@ -8,6 +8,15 @@
 //! The launchers are the crate's GPU primitives: `inception_cuda::cuda::conv_fwd(gpu, ...)` is
 //! [`conv_fwd`] with the CUDA driver, callable on your own cudarc buffers.
 
+/// `launch!(driver, op, kernel, dims; out y, inp x, val &n, ...)`: a [`Launch`] of the kernel with
+/// these arguments in order (`out`: a writable view, `inp`: a view, `labels`: the labels, `val`: a value),
+/// checked against the kernel's parameters and run. Evaluates to the launch's `Result<()>`.
+macro_rules! launch {
+    ($d:expr, $op:expr, $kernel:expr, $dims:expr; $($kind:ident $arg:expr),* $(,)?) => {
+        $crate::launcher::Launch::new($d, $op, $kernel, $dims)$(.$kind($arg))*.run()
+    };
+}
+
 mod conv;
 mod linear;
 mod train;
@@ -114,7 +123,7 @@ pub trait Driver: Backend {
         Self: 'a;
 
     /// An empty argument list for `kernel`.
-    fn args(&self, kernel: Kernel) -> Result<Self::Args<'_>>;
+    fn args(&self, kernel: Kernel) -> Self::Args<'_>;
     /// Appends an output buffer (`float*`).
     fn push_out<'a>(args: &mut Self::Args<'a>, v: &'a mut Self::ViewMut<'_>)
     where
@@ -189,16 +198,16 @@ pub struct Launch<'a, D: Driver + ?Sized + 'a> {
 
 impl<'a, D: Driver + ?Sized> Launch<'a, D> {
     /// A launch of `kernel` with `dims`, for errors reported under `op`.
-    pub fn new(driver: &'a D, op: &'static str, kernel: Kernel, dims: LaunchDims) -> Result<Self> {
-        Ok(Launch {
+    pub fn new(driver: &'a D, op: &'static str, kernel: Kernel, dims: LaunchDims) -> Self {
+        Launch {
             driver,
             op,
             kernel,
             dims,
-            args: driver.args(kernel)?,
+            args: driver.args(kernel),
             kinds: [ParamKind::Out; MAX_PARAMS],
             pushed: 0,
-        })
+        }
     }
 
     fn kind(mut self, k: ParamKind) -> Self {

@@ -38,8 +38,8 @@ impl Backend for Recorder {
 impl Driver for Recorder {
     type Args<'a> = (Kernel, Vec<(ParamKind, usize)>);
 
-    fn args(&self, kernel: Kernel) -> Result<Self::Args<'_>> {
-        Ok((kernel, Vec::new()))
+    fn args(&self, kernel: Kernel) -> Self::Args<'_> {
+        (kernel, Vec::new())
     }
 
     fn push_out<'a>(args: &mut Self::Args<'a>, v: &'a mut &mut [f32])
@@ -285,7 +285,7 @@ fn every_kernel_is_launched_with_its_cu_parameter_list_and_a_valid_plan() {
     let r = Recorder::default();
     call_every_kernel(&r).expect("every launcher accepts its arguments");
     let log = r.log.borrow();
-    for &k in Kernel::ALL {
+    for k in Kernel::ALL {
         assert!(
             log.iter().any(|rec| rec.kernel == k),
             "{} was never launched",
@@ -338,7 +338,10 @@ fn an_argument_list_that_drifts_from_the_kernel_is_an_error_not_a_launch() {
     let dims = crate::launch::elementwise(4).expect("4 elements");
     // relu_fwd(float* y, const float* x, unsigned long long n), given n as a u32:
     let err = super::Launch::new(&r, "relu_fwd", Kernel::ReluFwd, dims)
-        .and_then(|l| l.out(&mut y).inp(&x).val(&4u32).run())
+        .out(&mut y)
+        .inp(&x)
+        .val(&4u32)
+        .run()
         .expect_err("a u32 where the kernel takes an unsigned long long");
     assert!(
         err.to_string()
@@ -347,7 +350,9 @@ fn an_argument_list_that_drifts_from_the_kernel_is_an_error_not_a_launch() {
     );
     // ... and with an argument missing.
     let err = super::Launch::new(&r, "relu_fwd", Kernel::ReluFwd, dims)
-        .and_then(|l| l.out(&mut y).inp(&x).run())
+        .out(&mut y)
+        .inp(&x)
+        .run()
         .expect_err("n missing");
     assert!(err.to_string().contains("relu_fwd"), "{err}");
     assert!(r.log.borrow().is_empty(), "nothing was launched");

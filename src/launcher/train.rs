@@ -1,7 +1,7 @@
 //! Launchers of the elementwise kernels (`kernels/relu.cu`, `add.cu`), max pooling (`pool.cu`) and the
 //! training kernels (`train.cu`: softmax cross-entropy, dropout, Adam).
 
-use super::{Driver, Kernel, Launch};
+use super::{Driver, Kernel};
 use crate::backend::check_same_len;
 use crate::bindings::AdamScalars;
 use crate::cpu::dropout_threshold;
@@ -17,12 +17,7 @@ pub fn relu_fwd<D: Driver + ?Sized>(d: &D, y: &mut D::ViewMut<'_>, x: &D::View<'
     let Some(dims) = elementwise(n) else {
         return Ok(());
     };
-    let n = n as u64;
-    Launch::new(d, OP, Kernel::ReluFwd, dims)?
-        .out(y)
-        .inp(x)
-        .val(&n)
-        .run()?;
+    launch!(d, OP, Kernel::ReluFwd, dims; out y, inp x, val &(n as u64))?;
     Ok(())
 }
 
@@ -39,13 +34,7 @@ pub fn relu_bwd<D: Driver + ?Sized>(
     let Some(dims) = elementwise(n) else {
         return Ok(());
     };
-    let n = n as u64;
-    Launch::new(d, OP, Kernel::ReluBwd, dims)?
-        .out(dx)
-        .inp(dy)
-        .inp(y)
-        .val(&n)
-        .run()?;
+    launch!(d, OP, Kernel::ReluBwd, dims; out dx, inp dy, inp y, val &(n as u64))?;
     Ok(())
 }
 
@@ -62,13 +51,7 @@ pub fn add_fwd<D: Driver + ?Sized>(
     let Some(dims) = elementwise(n) else {
         return Ok(());
     };
-    let n = n as u64;
-    Launch::new(d, OP, Kernel::AddFwd, dims)?
-        .out(y)
-        .inp(a)
-        .inp(b)
-        .val(&n)
-        .run()?;
+    launch!(d, OP, Kernel::AddFwd, dims; out y, inp a, inp b, val &(n as u64))?;
     Ok(())
 }
 
@@ -80,16 +63,11 @@ pub fn maxpool3x3s1_fwd<D: Driver + ?Sized>(
     s: &PoolShape,
 ) -> Result<()> {
     const OP: &str = "maxpool3x3s1_fwd";
-    let Some(p) = pool_plan(OP, s, &[("y", D::len_of_mut(y)), ("x", D::len_of(x))])? else {
+    let lens = [("y", D::len_of_mut(y)), ("x", D::len_of(x))];
+    let Some(p) = pool_plan(OP, s, &lens)? else {
         return Ok(());
     };
-    Launch::new(d, OP, Kernel::Maxpool3x3s1Fwd, p.dims)?
-        .out(y)
-        .inp(x)
-        .val(&p.planes)
-        .val(&p.h)
-        .val(&p.w)
-        .run()?;
+    launch!(d, OP, Kernel::Maxpool3x3s1Fwd, p.dims; out y, inp x, val &p.planes, val &p.h, val &p.w)?;
     Ok(())
 }
 
@@ -111,17 +89,8 @@ pub fn maxpool3x3s1_bwd<D: Driver + ?Sized>(
     let Some(p) = pool_plan(OP, s, &lens)? else {
         return Ok(());
     };
-    let acc = i32::from(accumulate);
-    Launch::new(d, OP, Kernel::Maxpool3x3s1Bwd, p.bwd_dims)?
-        .out(dx)
-        .inp(dy)
-        .inp(x)
-        .val(&p.planes)
-        .val(&p.h)
-        .val(&p.w)
-        .val(&acc)
-        .val(&p.bwd_tile_h)
-        .run()?;
+    launch!(d, OP, Kernel::Maxpool3x3s1Bwd, p.bwd_dims; out dx, inp dy, inp x, val &p.planes, val &p.h,
+        val &p.w, val &i32::from(accumulate), val &p.bwd_tile_h)?;
     Ok(())
 }
 
@@ -139,29 +108,20 @@ pub fn softmax_xent<D: Driver + ?Sized>(
 ) -> Result<()> {
     const OP: &str = "softmax_xent";
     let m = D::len_of_labels(labels);
-    let plan = softmax_plan(
-        OP,
-        m,
-        classes,
+    let lens = [
         D::len_of_mut(loss),
         D::len_of_mut(dlogits),
         D::len_of(logits),
-    )?;
-    let Some(dims) = plan else {
+    ];
+    let Some(dims) = softmax_plan(OP, m, classes, lens)? else {
         return d.zero(OP, loss);
     };
     if let Some(host) = D::labels_on_host(labels) {
         crate::cpu::check_labels(OP, host, classes)?;
     }
     let (m, classes) = (m as u32, classes as u32); // checked by softmax_plan
-    Launch::new(d, OP, Kernel::SoftmaxXent, dims)?
-        .out(loss)
-        .out(dlogits)
-        .inp(logits)
-        .labels(labels)
-        .val(&m)
-        .val(&classes)
-        .run()?;
+    launch!(d, OP, Kernel::SoftmaxXent, dims; out loss, out dlogits, inp logits, labels labels, val &m,
+        val &classes)?;
     Ok(())
 }
 
@@ -174,7 +134,14 @@ pub fn dropout_fwd<D: Driver + ?Sized>(
     seed: u64,
     step: u64,
 ) -> Result<()> {
-    dropout(d, "dropout_fwd", Kernel::DropoutFwd, y, x, p, seed, step)
+    dropout(
+        d,
+        ("dropout_fwd", Kernel::DropoutFwd),
+        y,
+        x,
+        p,
+        [seed, step],
+    )
 }
 
 /// Dropout's backward: the same mask and scale applied to `dy`. Shapes: `dx, dy: [n]`.
@@ -186,20 +153,24 @@ pub fn dropout_bwd<D: Driver + ?Sized>(
     seed: u64,
     step: u64,
 ) -> Result<()> {
-    dropout(d, "dropout_bwd", Kernel::DropoutBwd, dx, dy, p, seed, step)
+    dropout(
+        d,
+        ("dropout_bwd", Kernel::DropoutBwd),
+        dx,
+        dy,
+        p,
+        [seed, step],
+    )
 }
 
 /// Both dropout kernels: `(out, input, n, seed, step, threshold, scale)`.
-#[allow(clippy::too_many_arguments)]
 fn dropout<D: Driver + ?Sized>(
     d: &D,
-    op: &'static str,
-    kernel: Kernel,
+    (op, kernel): (&'static str, Kernel),
     out: &mut D::ViewMut<'_>,
     inp: &D::View<'_>,
     p: f32,
-    seed: u64,
-    step: u64,
+    [seed, step]: [u64; 2],
 ) -> Result<()> {
     let n = D::len_of_mut(out);
     check_same_len(op, n, &[("input", D::len_of(inp))])?;
@@ -207,16 +178,8 @@ fn dropout<D: Driver + ?Sized>(
     let Some(dims) = elementwise(n) else {
         return Ok(());
     };
-    let n = n as u64;
-    Launch::new(d, op, kernel, dims)?
-        .out(out)
-        .inp(inp)
-        .val(&n)
-        .val(&seed)
-        .val(&step)
-        .val(&threshold)
-        .val(&scale)
-        .run()?;
+    launch!(d, op, kernel, dims; out out, inp inp, val &(n as u64), val &seed, val &step,
+        val &threshold, val &scale)?;
     Ok(())
 }
 
@@ -241,14 +204,6 @@ pub fn adam_step<D: Driver + ?Sized>(
     let Some(dims) = elementwise(n) else {
         return Ok(());
     };
-    let n = n as u64;
-    Launch::new(d, OP, Kernel::AdamStep, dims)?
-        .out(p)
-        .out(m)
-        .out(v)
-        .inp(g)
-        .val(&n)
-        .val(&scalars)
-        .run()?;
+    launch!(d, OP, Kernel::AdamStep, dims; out p, out m, out v, inp g, val &(n as u64), val &scalars)?;
     Ok(())
 }
