@@ -1,4 +1,6 @@
-//! Build script: compiles every `kernels/*.cu` to `compute_80` PTX with nvcc and embeds it.
+//! Build script: compiles every `kernels/*.cu` to `compute_80` PTX with nvcc and embeds it; writes the kernel
+//! table (every kernel's name and parameter kinds, read from the sources); checks that `src/bindings.rs` was
+//! generated from the current `kernels/args.h`; under the `emulation` feature compiles the kernels as C++.
 //!
 //! nvcc is looked up as `$NVCC`, then `$CUDA_HOME/bin/nvcc`, then `$CUDA_PATH/bin/nvcc`, then `PATH`.
 //! Without nvcc the committed copy in `kernels/ptx/` is embedded instead (with a cargo warning), so a
@@ -297,7 +299,6 @@ fn is_ident(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_'
 }
 
-/// One `extern "C" int emu_launch_<kernel>(const emu::Launch*, <params>)` per `__global__` function.
 /// `s` without its `__launch_bounds__(...)` qualifiers (empty under emulation; they would hide the kernel's
 /// name from `launchers`).
 fn strip_launch_bounds(s: &str) -> Result<String, String> {
@@ -491,7 +492,7 @@ fn check_bindings_fresh(root: &Path) -> Result<(), String> {
     }
 }
 /// The `emulation` feature: every `kernels/*.cu` (and the planted-bug kernels of `kernels/emu/planted/`)
-/// compiled as C++20 against `kernels/emu/cuda_emu.h`, with one C launcher per kernel.
+/// compiled as C++20 against `kernels/emu/cuda_emu.h`, with the kernelParams entry point `emu_launch`.
 #[cfg(feature = "emulation")]
 mod emulation {
     use super::*;

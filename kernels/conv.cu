@@ -1,9 +1,10 @@
 // conv.cu: stride-1 'same' convolutions (kernel 1, 3 or 5) with bias, and the fused reduce conv.
 //
-// Provides: conv_fwd (one thread per output element; bias and the optional ReLU in the epilogue; writes
-//           channels [c_offset, c_offset + c_out) of a c_total-channel output: concat is not a copy),
-//           conv_dgrad (one thread per input element, overwriting or accumulating), conv_wgrad (an implicit
-//           GEMM, 64 × 64 tiles, split over images) and conv_bgrad (block tree sums, split over images): each
+// Provides: conv_fwd (a register tile per thread: 4 output channels × 4 pixels of a row, see conv_tile; bias
+//           and the optional ReLU in the epilogue; writes channels [c_offset, c_offset + c_out) of a
+//           c_total-channel output: concat is not a copy), conv_dgrad (the same tile over 4 input channels ×
+//           4 pixels with the kernel flipped, overwriting or accumulating), conv_wgrad (an implicit GEMM,
+//           WGRAD_TILE² tiles, split over images) and conv_bgrad (block tree sums, split over images): each
 //           writes per-split partial sums that conv_split_sum adds in split order (no float atomics: same
 //           inputs, same bits);
 //           reduce_conv_fwd: 1×1 (c_in → c_mid) + b1 → ReLU → k×k (c_mid → c_out) + b2 → ReLU in one kernel.
@@ -13,7 +14,7 @@
 //           backward. Small row tiles give enough blocks (MNIST, batch 50: 350); the launcher opts in to
 //           more than 48 KB of shared memory when a wide map needs it.
 // Backward needs saved: x and the weights for conv; for the fused conv also the reduced map `mid`
-//           (post-ReLU), which its backward (a sequence of the kernels above, see src/cuda/conv.rs) reads.
+//           (post-ReLU), which its backward (a sequence of the kernels above, see src/launcher/conv.rs) reads.
 // Write rules: dy of a branch is read in place from its channel slice; dx overwrites or accumulates (the
 //              module input is read by four branches). Grid-stride loops over elements; the gradient
 //              partials live in the launcher's scratch memory.
@@ -161,8 +162,8 @@ extern "C" __global__ void conv_dgrad(float* __restrict__ dx,        // [n, c_in
 
 // The weight gradient as an implicit GEMM split over images: dw[co, col] = Σ_(img, px) dy[img, co, px] ·
 // x[img, ci, px shifted by the tap], col = (ci, ky, kx). Grid (ceil(c_in·k·k / 64), ceil(c_out / 64), splits),
-// 256 threads (the loader assumes 256), 64 × 64 outputs per block (4 × 4 per thread); slice z covers images
-// [z · imgs_per_split, (z + 1) · imgs_per_split) and writes its partial sums into partials[z]
+// WGRAD_THREADS (256) threads (the loader assumes 256), 64 × 64 outputs per block (4 × 4 per thread); slice z
+// covers images [z · imgs_per_split, (z + 1) · imgs_per_split) and writes its partial sums into partials[z]
 // (conv_split_sum adds the slices in order: no float atomics).
 extern "C" __global__ void conv_wgrad(float* __restrict__ partials,  // [splits, c_out, c_in·k·k]
                                       const float* __restrict__ dy,  // [n, c_total, h, w], slice read

@@ -5,8 +5,11 @@
 #   3. a committed PTX that differs from a fresh build fails `scripts/ptx.sh check`;
 #   4. a kernel that does not compile fails the build with nvcc's message;
 #   5. an nvcc newer than 13.0 gets a warning;
-#   6. a kernel that spills registers fails scripts/ptxas-report.py unless kernels/spill-allowlist.txt lists it.
-# Needs the pinned nvcc in $NVCC (scripts/install-nvcc.sh). CI runs this.
+#   6. a kernel that spills registers fails scripts/ptxas-report.py unless kernels/spill-allowlist.txt lists it;
+#   7. a field removed from kernels/args.h breaks the build: without regenerating the bindings (build.rs's stamp
+#      check), and with them regenerated (the Rust code that sets the field no longer compiles).
+# Needs the pinned nvcc in $NVCC (scripts/install-nvcc.sh); step 7's second half needs scripts/bindings.sh's
+# pinned bindgen and libclang (installed on first use). CI runs this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -99,3 +102,17 @@ grep -q 'planted_spill (sm_80)' "$scratch/log" || fail "6. the report does not n
 echo 'planted_spill: deliberately register-starved (build-guard self-test)' >>"$scratch/crate/kernels/spill-allowlist.txt"
 "$scratch/crate/scripts/ptxas-report.py" >"$scratch/log" 2>&1 || fail "6. an allow-listed spill still failed"
 pass "6. a spilling kernel fails the ptxas report unless allow-listed with a reason"
+
+fresh_copy
+sed -i 's/unsigned int n, c_in, c_out, h, w, k, c_total, c_offset;/unsigned int n, c_in, c_out, h, w, k, c_total;/' \
+  "$scratch/crate/kernels/args.h"
+grep -q 'c_total;$' "$scratch/crate/kernels/args.h" || fail "7. could not remove ConvDims::c_offset from the copy"
+check env INCEPTION_CUDA_REQUIRE_NVCC=1 && fail "7. a header changed without regenerating the bindings built"
+grep -q 'run scripts/bindings.sh regen' "$scratch/log" || fail "7. the stale-bindings error does not say what to run"
+pass "7a. a field removed from kernels/args.h, bindings not regenerated: the build fails (stale src/bindings.rs)"
+mkdir -p "$scratch/crate/scripts"
+cp scripts/bindings.sh "$scratch/crate/scripts/"
+"$scratch/crate/scripts/bindings.sh" regen >"$scratch/log" 2>&1 || fail "7. bindings.sh regen failed on the copy"
+check env INCEPTION_CUDA_REQUIRE_NVCC=1 && fail "7. the crate built without ConvDims::c_offset"
+grep -q 'c_offset' "$scratch/log" || fail "7. the build error does not name the removed field"
+pass "7b. ... and with the bindings regenerated, the Rust side that fills the field no longer compiles"

@@ -20,6 +20,19 @@ pub struct LaunchDims {
     pub shared_bytes: u32,
 }
 
+impl LaunchDims {
+    /// `[x, y, z]` blocks of `block` threads with `shared_bytes` of dynamic shared memory each.
+    pub const fn new([grid, grid_y, grid_z]: [u32; 3], block: u32, shared_bytes: u32) -> Self {
+        LaunchDims {
+            grid,
+            grid_y,
+            grid_z,
+            block,
+            shared_bytes,
+        }
+    }
+}
+
 /// Threads per block of the elementwise kernels.
 pub const ELEMENTWISE_BLOCK: u32 = 256;
 /// Upper bound on blocks of the elementwise kernels: their grid-stride loops cover any `n`, and ~8 waves of
@@ -35,13 +48,8 @@ pub fn elementwise(n: usize) -> Option<LaunchDims> {
     let blocks = n
         .div_ceil(ELEMENTWISE_BLOCK as usize)
         .min(ELEMENTWISE_MAX_GRID as usize);
-    Some(LaunchDims {
-        grid_y: 1,
-        grid_z: 1,
-        grid: blocks as u32, // <= ELEMENTWISE_MAX_GRID
-        block: ELEMENTWISE_BLOCK,
-        shared_bytes: 0,
-    })
+    // blocks <= ELEMENTWISE_MAX_GRID
+    Some(LaunchDims::new([blocks as u32, 1, 1], ELEMENTWISE_BLOCK, 0))
 }
 
 /// Threads per block of `softmax_xent` (one block; rows are strided over its threads).
@@ -104,13 +112,9 @@ pub(crate) fn pool_plan(
         bwd_dims: if tile_h == 0 {
             dims
         } else {
-            LaunchDims {
-                grid: tiles.min(ELEMENTWISE_MAX_GRID as usize) as u32, // <= ELEMENTWISE_MAX_GRID
-                grid_y: 1,
-                grid_z: 1,
-                block: ELEMENTWISE_BLOCK,
-                shared_bytes: shared as u32, // <= 48 KiB
-            }
+            // grid <= ELEMENTWISE_MAX_GRID, shared <= 48 KiB
+            let grid = tiles.min(ELEMENTWISE_MAX_GRID as usize) as u32;
+            LaunchDims::new([grid, 1, 1], ELEMENTWISE_BLOCK, shared as u32)
         },
     }))
 }
@@ -139,13 +143,11 @@ pub(crate) fn softmax_plan(
     if m == 0 || classes == 0 {
         return Ok(None);
     }
-    Ok(Some(LaunchDims {
-        grid_y: 1,
-        grid_z: 1,
-        grid: 1,
-        block: SOFTMAX_BLOCK,
-        shared_bytes: (4 * m) as u32,
-    }))
+    Ok(Some(LaunchDims::new(
+        [1, 1, 1],
+        SOFTMAX_BLOCK,
+        (4 * m) as u32,
+    )))
 }
 
 /// Threads per block of `conv_bgrad` (one block per output channel and image split, a fixed-order tree sum).
@@ -234,13 +236,12 @@ impl ConvDims {
             return None;
         }
         let tile = crate::bindings::WGRAD_TILE;
-        Some(LaunchDims {
-            grid: cols.div_ceil(tile),
-            grid_y: self.c_out.div_ceil(tile),
-            grid_z: self.splits(),
-            block: crate::bindings::WGRAD_THREADS,
-            shared_bytes: 0,
-        })
+        let grid = [
+            cols.div_ceil(tile),
+            self.c_out.div_ceil(tile),
+            self.splits(),
+        ];
+        Some(LaunchDims::new(grid, crate::bindings::WGRAD_THREADS, 0))
     }
 
     /// conv_bgrad: one block per (output channel, image split) (None if empty).
@@ -248,13 +249,11 @@ impl ConvDims {
         if self.n == 0 || self.c_out == 0 {
             return None;
         }
-        Some(LaunchDims {
-            grid: self.c_out,
-            grid_y: self.splits(),
-            grid_z: 1,
-            block: REDUCE_BLOCK,
-            shared_bytes: 0,
-        })
+        Some(LaunchDims::new(
+            [self.c_out, self.splits(), 1],
+            REDUCE_BLOCK,
+            0,
+        ))
     }
 }
 
@@ -297,13 +296,7 @@ impl ReduceDims {
         let groups = (self.c_out as usize).div_ceil(REDUCE_CO_GROUP);
         let tiles = (self.h as usize).div_ceil(self.tile_h as usize);
         let grid = u32_of(op, self.n as usize * groups * tiles)?;
-        Ok((grid > 0).then_some(LaunchDims {
-            grid_y: 1,
-            grid_z: 1,
-            grid,
-            block: 256,
-            shared_bytes: bytes as u32,
-        }))
+        Ok((grid > 0).then_some(LaunchDims::new([grid, 1, 1], 256, bytes as u32)))
     }
 
     /// The k×k conv of the fused branch as a plain conv (for its weight and bias gradients).
@@ -401,14 +394,13 @@ fn gemm_grid_bm(
     z: usize,
     bm: usize,
 ) -> crate::Result<LaunchDims> {
-    Ok(LaunchDims {
-        // every (row tile, column tile) in x, row tiles fastest (kernels/linear.cu: gemm_tile_of)
-        grid: grid_x(op, n.div_ceil(GEMM_BN).max(1) * m.div_ceil(bm).max(1))?,
-        grid_y: 1,
-        grid_z: u32_of(op, z.max(1))?,
-        block: GEMM_THREADS,
-        shared_bytes: 0,
-    })
+    // every (row tile, column tile) in x, row tiles fastest (kernels/linear.cu: gemm_tile_of)
+    let tiles = grid_x(op, n.div_ceil(GEMM_BN).max(1) * m.div_ceil(bm).max(1))?;
+    Ok(LaunchDims::new(
+        [tiles, 1, u32_of(op, z.max(1))?],
+        GEMM_THREADS,
+        0,
+    ))
 }
 
 /// The launches of a linear layer. Errors when a size exceeds the kernels' integer widths.

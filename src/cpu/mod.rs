@@ -139,6 +139,63 @@ macro_rules! host_buffers {
 #[cfg(any(feature = "emulation", test))]
 pub(crate) use host_buffers;
 
+/// The view plumbing of the drivers whose buffers are host memory (the emulator, the tests' recorder):
+/// expands inside `impl Driver for ...`. Scratch memory starts as NaN, so a kernel that reads it before
+/// writing it shows.
+#[cfg(any(feature = "emulation", test))]
+macro_rules! host_views {
+    () => {
+        fn zero(&self, _op: &'static str, v: &mut &mut [f32]) -> $crate::Result<()> {
+            v.fill(0.0);
+            Ok(())
+        }
+
+        fn with_scratch<T>(
+            &self,
+            _op: &'static str,
+            len: usize,
+            f: impl FnOnce(&mut &mut [f32]) -> $crate::Result<T>,
+        ) -> $crate::Result<T> {
+            f(&mut vec![f32::NAN; len].as_mut_slice())
+        }
+
+        fn len_of(v: &&[f32]) -> usize {
+            v.len()
+        }
+
+        fn len_of_mut(v: &&mut [f32]) -> usize {
+            v.len()
+        }
+
+        fn len_of_labels(v: &Vec<u32>) -> usize {
+            v.len()
+        }
+
+        fn labels_on_host(v: &Vec<u32>) -> Option<&[u32]> {
+            Some(v)
+        }
+
+        fn sub<'a>(v: &'a &[f32], r: std::ops::Range<usize>) -> $crate::Result<&'a [f32]> {
+            $crate::backend::check_range("view", &r, v.len())?;
+            Ok(&v[r])
+        }
+
+        fn sub_mut<'a>(
+            v: &'a mut &mut [f32],
+            r: std::ops::Range<usize>,
+        ) -> $crate::Result<&'a mut [f32]> {
+            $crate::backend::check_range("view_mut", &r, v.len())?;
+            Ok(&mut v[r])
+        }
+
+        fn reader<'a>(v: &'a &mut [f32]) -> &'a [f32] {
+            v
+        }
+    };
+}
+#[cfg(any(feature = "emulation", test))]
+pub(crate) use host_views;
+
 impl crate::backend::BackendHandle for CpuBackend {
     type Backend = CpuBackend;
     fn into_backend(self) -> std::sync::Arc<CpuBackend> {

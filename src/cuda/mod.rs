@@ -343,31 +343,19 @@ impl Driver for CudaBackend {
         self.stream.launch_builder(&self.kernels[kernel as usize])
     }
 
-    fn push_out<'a>(args: &mut LaunchArgs<'a>, v: &'a mut CudaViewMut<'_, f32>)
-    where
-        Self: 'a,
-    {
+    fn push_out<'a>(args: &mut LaunchArgs<'a>, v: &'a mut CudaViewMut<'_, f32>) {
         args.arg(v);
     }
 
-    fn push_in<'a>(args: &mut LaunchArgs<'a>, v: &'a CudaView<'_, f32>)
-    where
-        Self: 'a,
-    {
+    fn push_in<'a>(args: &mut LaunchArgs<'a>, v: &'a CudaView<'_, f32>) {
         args.arg(v);
     }
 
-    fn push_labels<'a>(args: &mut LaunchArgs<'a>, v: &'a CudaSlice<u32>)
-    where
-        Self: 'a,
-    {
+    fn push_labels<'a>(args: &mut LaunchArgs<'a>, v: &'a CudaSlice<u32>) {
         args.arg(v);
     }
 
-    fn push_value<'a>(args: &mut LaunchArgs<'a>, v: Value<'a>)
-    where
-        Self: 'a,
-    {
+    fn push_value<'a>(args: &mut LaunchArgs<'a>, v: Value<'a>) {
         match v {
             Value::U32(x) => args.arg(x),
             Value::I32(x) => args.arg(x),
@@ -449,26 +437,20 @@ impl Driver for CudaBackend {
         None
     }
 
-    fn sub<'a>(v: &'a CudaView<'_, f32>, r: Range<usize>) -> Result<CudaView<'a, f32>>
-    where
-        Self: 'a,
-    {
+    fn sub<'a>(v: &'a CudaView<'_, f32>, r: Range<usize>) -> Result<CudaView<'a, f32>> {
         check_range("view", &r, v.len())?;
         Ok(v.slice(r))
     }
 
-    fn sub_mut<'a>(v: &'a mut CudaViewMut<'_, f32>, r: Range<usize>) -> Result<CudaViewMut<'a, f32>>
-    where
-        Self: 'a,
-    {
+    fn sub_mut<'a>(
+        v: &'a mut CudaViewMut<'_, f32>,
+        r: Range<usize>,
+    ) -> Result<CudaViewMut<'a, f32>> {
         check_range("view_mut", &r, v.len())?;
         Ok(v.slice_mut(r))
     }
 
-    fn reader<'a>(v: &'a CudaViewMut<'_, f32>) -> CudaView<'a, f32>
-    where
-        Self: 'a,
-    {
+    fn reader<'a>(v: &'a CudaViewMut<'_, f32>) -> CudaView<'a, f32> {
         v.as_view()
     }
 }

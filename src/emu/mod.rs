@@ -8,9 +8,8 @@
 
 use std::ffi::{c_char, c_void, CStr};
 use std::marker::PhantomData;
-use std::ops::Range;
 
-use crate::backend::{check_range, Backend};
+use crate::backend::Backend;
 use crate::launch::LaunchDims;
 use crate::launcher::{Driver, Kernel, Value};
 use crate::{Error, Result};
@@ -119,31 +118,19 @@ impl Driver for EmuBackend {
         }
     }
 
-    fn push_out<'a>(args: &mut EmuArgs<'a>, v: &'a mut &mut [f32])
-    where
-        Self: 'a,
-    {
+    fn push_out<'a>(args: &mut EmuArgs<'a>, v: &'a mut &mut [f32]) {
         args.slots.push(Slot::Ptr(v.as_mut_ptr().cast()));
     }
 
-    fn push_in<'a>(args: &mut EmuArgs<'a>, v: &'a &[f32])
-    where
-        Self: 'a,
-    {
+    fn push_in<'a>(args: &mut EmuArgs<'a>, v: &'a &[f32]) {
         args.slots.push(Slot::Ptr(v.as_ptr().cast_mut().cast()));
     }
 
-    fn push_labels<'a>(args: &mut EmuArgs<'a>, v: &'a Vec<u32>)
-    where
-        Self: 'a,
-    {
+    fn push_labels<'a>(args: &mut EmuArgs<'a>, v: &'a Vec<u32>) {
         args.slots.push(Slot::Ptr(v.as_ptr().cast_mut().cast()));
     }
 
-    fn push_value<'a>(args: &mut EmuArgs<'a>, v: Value<'a>)
-    where
-        Self: 'a,
-    {
+    fn push_value<'a>(args: &mut EmuArgs<'a>, v: Value<'a>) {
         let p: *const c_void = match v {
             Value::U32(x) => (x as *const u32).cast(),
             Value::I32(x) => (x as *const i32).cast(),
@@ -196,58 +183,5 @@ impl Driver for EmuBackend {
         result
     }
 
-    fn zero(&self, _op: &'static str, v: &mut &mut [f32]) -> Result<()> {
-        v.fill(0.0);
-        Ok(())
-    }
-
-    fn with_scratch<T>(
-        &self,
-        _op: &'static str,
-        len: usize,
-        f: impl FnOnce(&mut &mut [f32]) -> Result<T>,
-    ) -> Result<T> {
-        // NaN: a kernel that reads scratch before writing it shows.
-        let mut scratch = vec![f32::NAN; len];
-        f(&mut scratch.as_mut_slice())
-    }
-
-    fn len_of(v: &&[f32]) -> usize {
-        v.len()
-    }
-
-    fn len_of_mut(v: &&mut [f32]) -> usize {
-        v.len()
-    }
-
-    fn len_of_labels(v: &Vec<u32>) -> usize {
-        v.len()
-    }
-
-    fn labels_on_host(v: &Vec<u32>) -> Option<&[u32]> {
-        Some(v)
-    }
-
-    fn sub<'a>(v: &'a &[f32], r: Range<usize>) -> Result<&'a [f32]>
-    where
-        Self: 'a,
-    {
-        check_range("view", &r, v.len())?;
-        Ok(&v[r])
-    }
-
-    fn sub_mut<'a>(v: &'a mut &mut [f32], r: Range<usize>) -> Result<&'a mut [f32]>
-    where
-        Self: 'a,
-    {
-        check_range("view_mut", &r, v.len())?;
-        Ok(&mut v[r])
-    }
-
-    fn reader<'a>(v: &'a &mut [f32]) -> &'a [f32]
-    where
-        Self: 'a,
-    {
-        v
-    }
+    crate::cpu::host_views!();
 }

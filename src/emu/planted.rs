@@ -34,13 +34,7 @@ fn one_block(threads: usize, shared_bytes: u32) -> Result<LaunchDims> {
             reason: format!("{threads} threads (1..=256)"),
         });
     }
-    Ok(LaunchDims {
-        grid_y: 1,
-        grid_z: 1,
-        grid: 1,
-        block: threads as u32,
-        shared_bytes,
-    })
+    Ok(LaunchDims::new([1, 1, 1], threads as u32, shared_bytes))
 }
 
 /// Threads 0..16 of each block wait at a `__syncthreads()` the others never reach.

@@ -118,28 +118,18 @@ value_from!(u32 => U32, i32 => I32, u64 => U64, f32 => F32, ConvDims => ConvDims
 /// module is written once against it.
 pub trait Driver: Backend {
     /// The argument list of a launch being built (cudarc's `LaunchArgs`, the emulator's kernelParams).
-    type Args<'a>
-    where
-        Self: 'a;
+    type Args<'a>;
 
     /// An empty argument list for `kernel`.
     fn args(&self, kernel: Kernel) -> Self::Args<'_>;
     /// Appends an output buffer (`float*`).
-    fn push_out<'a>(args: &mut Self::Args<'a>, v: &'a mut Self::ViewMut<'_>)
-    where
-        Self: 'a;
+    fn push_out<'a>(args: &mut Self::Args<'a>, v: &'a mut Self::ViewMut<'_>);
     /// Appends an input buffer (`const float*`).
-    fn push_in<'a>(args: &mut Self::Args<'a>, v: &'a Self::View<'_>)
-    where
-        Self: 'a;
+    fn push_in<'a>(args: &mut Self::Args<'a>, v: &'a Self::View<'_>);
     /// Appends a label buffer (`const unsigned int*`).
-    fn push_labels<'a>(args: &mut Self::Args<'a>, v: &'a Self::Labels)
-    where
-        Self: 'a;
+    fn push_labels<'a>(args: &mut Self::Args<'a>, v: &'a Self::Labels);
     /// Appends a value.
-    fn push_value<'a>(args: &mut Self::Args<'a>, v: Value<'a>)
-    where
-        Self: 'a;
+    fn push_value<'a>(args: &mut Self::Args<'a>, v: Value<'a>);
     /// Launches `kernel` with `dims` and the arguments pushed (already checked against its parameters).
     fn launch(
         &self,
@@ -168,17 +158,11 @@ pub trait Driver: Backend {
     /// Elements of a writable view.
     fn len_of_mut(v: &Self::ViewMut<'_>) -> usize;
     /// The elements `r` of a view (an error when out of bounds).
-    fn sub<'a>(v: &'a Self::View<'_>, r: Range<usize>) -> Result<Self::View<'a>>
-    where
-        Self: 'a;
+    fn sub<'a>(v: &'a Self::View<'_>, r: Range<usize>) -> Result<Self::View<'a>>;
     /// The elements `r` of a writable view (an error when out of bounds).
-    fn sub_mut<'a>(v: &'a mut Self::ViewMut<'_>, r: Range<usize>) -> Result<Self::ViewMut<'a>>
-    where
-        Self: 'a;
+    fn sub_mut<'a>(v: &'a mut Self::ViewMut<'_>, r: Range<usize>) -> Result<Self::ViewMut<'a>>;
     /// A writable view, read-only.
-    fn reader<'a>(v: &'a Self::ViewMut<'_>) -> Self::View<'a>
-    where
-        Self: 'a;
+    fn reader<'a>(v: &'a Self::ViewMut<'_>) -> Self::View<'a>;
 }
 
 /// Most parameters a kernel of this crate has.

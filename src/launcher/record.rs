@@ -4,10 +4,9 @@
 //! hardware's limits, for every kernel: the CUDA launch code that CI cannot run is checked here.
 
 use std::cell::RefCell;
-use std::ops::Range;
 
 use super::{Driver, Kernel, ParamKind, Value};
-use crate::backend::{check_range, Backend};
+use crate::backend::Backend;
 use crate::launch::{LaunchDims, MAX_DYNAMIC_SHARED};
 use crate::shape::{AdamStep, ConvShape, LinearShape, PoolShape, ReduceConvShape};
 use crate::Result;
@@ -42,31 +41,19 @@ impl Driver for Recorder {
         (kernel, Vec::new())
     }
 
-    fn push_out<'a>(args: &mut Self::Args<'a>, v: &'a mut &mut [f32])
-    where
-        Self: 'a,
-    {
+    fn push_out<'a>(args: &mut Self::Args<'a>, v: &'a mut &mut [f32]) {
         args.1.push((ParamKind::Out, v.len()));
     }
 
-    fn push_in<'a>(args: &mut Self::Args<'a>, v: &'a &[f32])
-    where
-        Self: 'a,
-    {
+    fn push_in<'a>(args: &mut Self::Args<'a>, v: &'a &[f32]) {
         args.1.push((ParamKind::In, v.len()));
     }
 
-    fn push_labels<'a>(args: &mut Self::Args<'a>, v: &'a Vec<u32>)
-    where
-        Self: 'a,
-    {
+    fn push_labels<'a>(args: &mut Self::Args<'a>, v: &'a Vec<u32>) {
         args.1.push((ParamKind::Labels, v.len()));
     }
 
-    fn push_value<'a>(args: &mut Self::Args<'a>, v: Value<'a>)
-    where
-        Self: 'a,
-    {
+    fn push_value<'a>(args: &mut Self::Args<'a>, v: Value<'a>) {
         args.1.push((v.kind(), 0));
     }
 
@@ -86,58 +73,7 @@ impl Driver for Recorder {
         Ok(())
     }
 
-    fn zero(&self, _op: &'static str, v: &mut &mut [f32]) -> Result<()> {
-        v.fill(0.0);
-        Ok(())
-    }
-
-    fn with_scratch<T>(
-        &self,
-        _op: &'static str,
-        len: usize,
-        f: impl FnOnce(&mut &mut [f32]) -> Result<T>,
-    ) -> Result<T> {
-        f(&mut vec![0.0; len].as_mut_slice())
-    }
-
-    fn len_of(v: &&[f32]) -> usize {
-        v.len()
-    }
-
-    fn len_of_mut(v: &&mut [f32]) -> usize {
-        v.len()
-    }
-
-    fn len_of_labels(v: &Vec<u32>) -> usize {
-        v.len()
-    }
-
-    fn labels_on_host(v: &Vec<u32>) -> Option<&[u32]> {
-        Some(v)
-    }
-
-    fn sub<'a>(v: &'a &[f32], r: Range<usize>) -> Result<&'a [f32]>
-    where
-        Self: 'a,
-    {
-        check_range("view", &r, v.len())?;
-        Ok(&v[r])
-    }
-
-    fn sub_mut<'a>(v: &'a mut &mut [f32], r: Range<usize>) -> Result<&'a mut [f32]>
-    where
-        Self: 'a,
-    {
-        check_range("view_mut", &r, v.len())?;
-        Ok(&mut v[r])
-    }
-
-    fn reader<'a>(v: &'a &mut [f32]) -> &'a [f32]
-    where
-        Self: 'a,
-    {
-        v
-    }
+    crate::cpu::host_views!();
 }
 
 /// Calls every kernel method of the backend once, on small shapes that take every launch path.
