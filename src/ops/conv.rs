@@ -5,9 +5,9 @@
 //! preallocated buffers and writes each branch into its channel slice instead.
 
 use crate::backend::reduce_conv_param_ranges;
-use crate::graph::record;
 use crate::ops::relu_bwd;
 use crate::shape::{ConvShape, ReduceConvShape};
+use crate::tape::record;
 use crate::tensor::{check_shape, Storage, Tensor};
 use crate::{Error, Result};
 

@@ -1,7 +1,7 @@
 //! The linear layer `y = x · wᵀ + b` with PyTorch's weight layout `w [out, in]`.
 
-use crate::graph::record;
 use crate::shape::LinearShape;
+use crate::tape::record;
 use crate::tensor::{check_shape, Tensor};
 use crate::{Error, Result};
 
