@@ -3,6 +3,9 @@
 
 mod common;
 
+#[path = "common/hand_scheduled.rs"]
+mod hand_scheduled;
+
 use common::{assert_bits_eq, uniform};
 use inception_cuda::cpu::CpuBackend;
 use inception_cuda::graph::{FuseWgradAdam, Graph, Params, Plan, TrainOptions};
@@ -72,14 +75,14 @@ fn hash(v: &[f32]) -> u64 {
     })
 }
 
-/// The training step of the graph-defined MNIST net (fc1's weight fused into Adam, as `InceptionMnist`
-/// does) equals `InceptionMnist`'s: parameters, moments, loss and `forward_backward`'s gradients.
-fn planned_step_equals_inception_mnist(cfg: MnistConfig, n: usize, steps: usize) {
+/// The training step of the graph-defined MNIST net (fc1's weight fused into Adam, as the hand-scheduled
+/// step did) equals the hand-scheduled step's: parameters, moments, loss and `forward_backward`'s gradients.
+fn planned_step_equals_hand_scheduled(cfg: MnistConfig, n: usize, steps: usize) {
     let px = cfg.image * cfg.image;
     let batches: Vec<_> = (0..steps).map(|s| batch(n, px, 20 + s as u64)).collect();
     // One net at a time (the full one holds 2.2 GB): hashes of what each ends with.
     let old = {
-        let mut net = InceptionMnist::new(CpuBackend, cfg, 9).unwrap();
+        let mut net = hand_scheduled::HandScheduledMnist::new(CpuBackend, cfg, 9).unwrap();
         net.forward_backward(&batches[0].0, &batches[0].1).unwrap();
         let grads: Vec<u64> = net
             .params()
@@ -148,14 +151,38 @@ fn planned_step_equals_inception_mnist(cfg: MnistConfig, n: usize, steps: usize)
 }
 
 #[test]
-fn planned_mnist_step_equals_inception_mnist_small() {
-    planned_step_equals_inception_mnist(tiny(0.5), 3, 3);
-    planned_step_equals_inception_mnist(tiny(0.0), 2, 2);
+fn planned_mnist_step_equals_the_hand_scheduled_step_small() {
+    planned_step_equals_hand_scheduled(tiny(0.5), 3, 3);
+    planned_step_equals_hand_scheduled(tiny(0.0), 2, 2);
+}
+
+/// `InceptionMnist` is the graph definition run by its plans: its step is the planned one.
+#[test]
+fn inception_mnist_runs_the_planned_step() {
+    let cfg = tiny(0.5);
+    let (images, labels) = batch(3, 36, 4);
+    let mut net = InceptionMnist::new(CpuBackend, cfg, 9).unwrap();
+    net.train_step(&images, &labels, 1e-3).unwrap();
+    let mut hand = hand_scheduled::HandScheduledMnist::new(CpuBackend, cfg, 9).unwrap();
+    hand.train_step(&images, &labels, 1e-3).unwrap();
+    for e in net.params() {
+        assert_bits_eq(
+            &e.name,
+            &net.param(&e.name).unwrap(),
+            &hand.param(&e.name).unwrap(),
+        );
+    }
+    assert_eq!(
+        net.loss().unwrap().to_bits(),
+        hand.loss().unwrap().to_bits()
+    );
+    let logits = net.logits(&images).unwrap();
+    assert_bits_eq("logits", &logits, &hand.logits(&images).unwrap());
 }
 
 #[test]
-fn planned_mnist_step_equals_inception_mnist_full_size_batch_2() {
-    planned_step_equals_inception_mnist(MnistConfig::default(), 2, 1);
+fn planned_mnist_step_equals_the_hand_scheduled_step_full_size_batch_2() {
+    planned_step_equals_hand_scheduled(MnistConfig::default(), 2, 1);
 }
 
 /// The plan reports its memory, and a training step allocates nothing: the buffers' addresses stay put.

@@ -33,7 +33,6 @@ mod params;
 mod plan;
 
 pub use builder::{Graph, Init, Param, Value};
-#[allow(unused_imports)]
 pub(crate) use params::SplitMix64;
 pub use params::{param_table, ParamEntry, Params};
 pub use plan::{FuseWgradAdam, Plan, Precision, TrainOptions, LOSS_RING};
