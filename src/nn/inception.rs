@@ -348,20 +348,32 @@ impl InceptionModule {
             b.view(&saved.mid5, whole(&saved.mid5))?,
             b.view(&saved.pooled, whole(&saved.pooled))?,
         );
-        b.conv_wgrad(&mut b.view_mut(dparams, r("branch1x1.weight"))?, &g, x, &s1)?;
-        b.conv_bgrad(&mut b.view_mut(dparams, r("branch1x1.bias"))?, &g, &s1)?;
-        b.conv_wgrad(
-            &mut b.view_mut(dparams, r("pool_proj.weight"))?,
+        // The 1×1 branch's weight and bias gradients now, its input gradient below with the others'.
+        crate::graph::defs::conv_bwd(
+            b,
+            None,
+            dparams,
+            [r("branch1x1.weight"), r("branch1x1.bias")],
             &g,
-            &pooled,
-            &sp,
+            x,
+            &p("branch1x1.weight")?,
+            &s1,
         )?;
-        b.conv_bgrad(&mut b.view_mut(dparams, r("pool_proj.bias"))?, &g, &sp)?;
         let r3 = l.at("reduce3x3.weight", "conv3x3.bias", base);
         let r5 = l.at("reduce5x5.weight", "conv5x5.bias", base);
         let Some(dx) = dx else {
             // No input gradient wanted (the first module): the fused branches still need somewhere to put
             // theirs, so they share the pooled-gradient scratch, which has the input's shape.
+            crate::graph::defs::conv_bwd(
+                b,
+                None,
+                dparams,
+                [r("pool_proj.weight"), r("pool_proj.bias")],
+                &g,
+                &pooled,
+                &p("pool_proj.weight")?,
+                &sp,
+            )?;
             let len = b.len(&scratch.dpooled);
             let mut sink = b.view_mut(&mut scratch.dpooled, 0..len)?;
             b.reduce_conv_bwd(
@@ -411,12 +423,18 @@ impl InceptionModule {
             true,
         )?;
         let dpooled_len = b.len(&scratch.dpooled);
-        b.conv_dgrad(
-            &mut b.view_mut(&mut scratch.dpooled, 0..dpooled_len)?,
+        crate::graph::defs::conv_bwd(
+            b,
+            Some((
+                &mut b.view_mut(&mut scratch.dpooled, 0..dpooled_len)?,
+                false,
+            )),
+            dparams,
+            [r("pool_proj.weight"), r("pool_proj.bias")],
             &g,
+            &pooled,
             &p("pool_proj.weight")?,
             &sp,
-            false,
         )?;
         let pool = PoolShape {
             n,
