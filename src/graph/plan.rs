@@ -426,27 +426,32 @@ impl<'g> Planner<'g> {
         Ok(())
     }
 
+    /// A buffer for each concat's output (or its gradient), and its parts' channel slices inside it.
+    fn place_concats(&mut self, grad: bool) {
+        let g = self.g;
+        for (i, node) in g.nodes.iter().enumerate() {
+            let Op::Concat { parts } = node else { continue };
+            if !self.live[i] || (grad && !self.needs_grad[i]) {
+                continue;
+            }
+            let loc = self.full(i, if grad { "gradient" } else { "activation" });
+            let locs = if grad { &mut self.grad } else { &mut self.fwd };
+            locs[i] = Some(loc);
+            let mut at = 0;
+            for p in parts {
+                locs[p.0] = Some(Loc {
+                    c_offset: at,
+                    ..loc
+                });
+                at += g.shapes[p.0].first().copied().unwrap_or(0);
+            }
+        }
+    }
+
     /// Forward buffers: one per value, a concat's parts inside it, aliases sharing.
     fn place_forward(&mut self) -> Result<()> {
         let g = self.g;
-        for (i, node) in g.nodes.iter().enumerate() {
-            if !self.live[i] {
-                continue;
-            }
-            if let Op::Concat { parts } = node {
-                let loc = self.full(i, "activation");
-                self.fwd[i] = Some(loc);
-                let mut at = 0;
-                for p in parts {
-                    let c = g.shapes[p.0].first().copied().unwrap_or(0);
-                    self.fwd[p.0] = Some(Loc {
-                        c_offset: at,
-                        ..loc
-                    });
-                    at += c;
-                }
-            }
-        }
+        self.place_concats(false);
         for (i, node) in g.nodes.iter().enumerate() {
             if !self.live[i] {
                 continue;
@@ -480,24 +485,7 @@ impl<'g> Planner<'g> {
                 other => other.inputs().iter().any(|v| self.needs_grad[v.0]),
             };
         }
-        for (i, node) in g.nodes.iter().enumerate() {
-            if !self.live[i] {
-                continue;
-            }
-            if let Op::Concat { parts } = node {
-                let loc = self.full(i, "gradient");
-                self.grad[i] = Some(loc);
-                let mut at = 0;
-                for p in parts {
-                    let c = g.shapes[p.0].first().copied().unwrap_or(0);
-                    self.grad[p.0] = Some(Loc {
-                        c_offset: at,
-                        ..loc
-                    });
-                    at += c;
-                }
-            }
-        }
+        self.place_concats(true);
         for (i, node) in g.nodes.iter().enumerate() {
             if !self.live[i] {
                 continue;
