@@ -78,12 +78,12 @@ pub(crate) struct ParamDecl {
     pub init: Init,
 }
 
-/// The ops a graph is made of. Outputs are the node's index in [`Graph::nodes`] order of values.
+/// The ops a graph is made of; node `i` defines value `i`.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Op {
     /// A named input.
     Input { name: String },
-    /// Stride-1 'same' conv with bias, kernel `k`; `relu` when the builder fused a ReLU into it.
+    /// Stride-1 'same' conv with bias, kernel `k` (a plan may fuse a following ReLU into its epilogue).
     Conv {
         x: Value,
         w: Param,

@@ -542,7 +542,7 @@ impl<'g> Planner<'g> {
         let (c_out, _, _) = self.chw(i);
         let loc = self.fwd_loc(i)?;
         let c_mid = match &self.g.nodes[i] {
-            Op::ReduceConv { p, .. } => self.g.params[p[0].0].shape[0],
+            Op::ReduceConv { p, .. } => self.g.params[p[0].0].shape.first().copied().unwrap_or(0),
             _ => 0,
         };
         let s = ReduceConvShape {
@@ -651,7 +651,7 @@ impl<'g> Planner<'g> {
                         loss: Self::r(self.fwd_loc(i)?),
                         dlogits,
                         logits: self.fwd_ref(*logits)?,
-                        classes: g.shapes[logits.0][0],
+                        classes: g.shapes[logits.0].first().copied().unwrap_or(0),
                     }
                 }
             };
