@@ -107,6 +107,15 @@ pub enum Error {
         /// What did not hold.
         reason: String,
     },
+    /// A graph could not be built or planned: an unknown or repeated name, a shape that does not fit an op,
+    /// a structure the planner does not support.
+    #[error("{op}: {reason}")]
+    Graph {
+        /// The builder method or planning step (for example "Graph::conv" or "Plan::train").
+        op: &'static str,
+        /// What is wrong, naming the tensor or parameter and the shapes.
+        reason: String,
+    },
     /// `Tape::backward` could not run.
     #[error("backward: {reason}")]
     Backward {

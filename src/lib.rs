@@ -102,12 +102,13 @@ pub mod launcher;
 pub mod nn;
 pub mod ops;
 pub mod shape;
+pub mod tape;
 mod tensor;
 
 pub use backend::{Backend, BackendHandle};
 pub use device::{CudaDevice, Device};
 pub use error::{CudaUnavailable, Error, Result};
-pub use graph::{Gradients, Tape};
+pub use tape::{Gradients, Tape};
 pub use tensor::{Tensor, TensorId};
 
 /// The README's Rust examples, compiled and run as doctests.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 #[cfg(feature = "cuda")]
 use crate::backend::Backend;
-use crate::graph::Tape;
+use crate::tape::Tape;
 use crate::{Device, Error, Result};
 
 /// Identity of a tensor's value, used by the tape to key gradients. Clones and [`Tensor::detach`] keep it.

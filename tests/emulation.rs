@@ -581,3 +581,85 @@ fn emulated_training_step_matches_its_twin() {
         common::assert_close(&format!("emulated step grad {name}"), e, g, 1e-5, 1e-3);
     }
 }
+
+/// A planned Inception module (inference plan: the branches written in place as channel slices of one
+/// buffer, the ReLU in their epilogues) on emulated kernels against the CPU plan.
+#[test]
+fn emulated_planned_module_matches_the_cpu_plan() {
+    use inception_cuda::graph::{Graph, Params, Plan};
+    use inception_cuda::nn::{inception, InceptionWidths};
+    fn run<B: inception_cuda::Backend>(b: B, x: &[f32]) -> Vec<f32> {
+        let mut g = Graph::new();
+        let xv = g.input("x", &[3, 7, 7]).unwrap();
+        let y = inception(&mut g, "m", xv, InceptionWidths::uniform(4, 2)).unwrap();
+        let b = std::sync::Arc::new(b);
+        let mut params = Params::new(b.clone(), &g, 0).unwrap();
+        params.set_all(&uniform(62, params.len())).unwrap();
+        let mut plan = Plan::inference(b, &g, 2, y).unwrap();
+        plan.set_input("x", x).unwrap();
+        plan.forward(&params).unwrap();
+        plan.output().unwrap()
+    }
+    let x = uniform(61, 2 * 3 * 49);
+    let want = run(CpuBackend, &x);
+    let got = run(
+        EmuBackend {
+            order: ThreadOrder::Reverse,
+        },
+        &x,
+    );
+    common::assert_close("emulated planned module", &got, &want, 1e-5, 1e-4);
+}
+
+/// A planned training step of the small MNIST net (dropout on) on emulated kernels against the CPU plan:
+/// the loss, every gradient, and the parameters after one Adam step.
+#[test]
+fn emulated_planned_step_matches_the_cpu_plan() {
+    use inception_cuda::graph::{Params, Plan};
+    fn run<B: inception_cuda::Backend>(
+        b: B,
+        images: &[f32],
+        labels: &[u32],
+    ) -> (f32, Vec<Vec<f32>>, Vec<f32>) {
+        let (cfg, _) = small_net(0);
+        let def = cfg.graph().unwrap();
+        let b = std::sync::Arc::new(b);
+        let mut params = Params::new(b.clone(), &def.graph, 7).unwrap();
+        let mut plan = Plan::train(b, &def.graph, 3).unwrap();
+        plan.set_input("images", images).unwrap();
+        plan.set_labels(labels).unwrap();
+        plan.forward_backward(&mut params).unwrap();
+        let grads = params
+            .table()
+            .iter()
+            .map(|e| params.grad(&e.name).unwrap())
+            .collect();
+        let loss = plan.loss().unwrap();
+        plan.step(&mut params, 1e-3).unwrap();
+        (loss, grads, params.values().unwrap())
+    }
+    let (_, images) = small_net(53);
+    let labels = [2u32, 5, 7];
+    let (loss, grads, after) = run(CpuBackend, &images, &labels);
+    let (eloss, egrads, eafter) = run(
+        EmuBackend {
+            order: ThreadOrder::Forward,
+        },
+        &images,
+        &labels,
+    );
+    assert!(
+        (eloss - loss).abs() <= 1e-5 * loss.abs(),
+        "loss {eloss} vs CPU plan {loss}"
+    );
+    for (i, (g, e)) in grads.iter().zip(&egrads).enumerate() {
+        common::assert_close(&format!("emulated planned step grad {i}"), e, g, 1e-5, 1e-3);
+    }
+    common::assert_close(
+        "emulated planned step, parameters after Adam",
+        &eafter,
+        &after,
+        1e-5,
+        1e-4,
+    );
+}

@@ -348,20 +348,32 @@ impl InceptionModule {
             b.view(&saved.mid5, whole(&saved.mid5))?,
             b.view(&saved.pooled, whole(&saved.pooled))?,
         );
-        b.conv_wgrad(&mut b.view_mut(dparams, r("branch1x1.weight"))?, &g, x, &s1)?;
-        b.conv_bgrad(&mut b.view_mut(dparams, r("branch1x1.bias"))?, &g, &s1)?;
-        b.conv_wgrad(
-            &mut b.view_mut(dparams, r("pool_proj.weight"))?,
+        // The 1×1 branch's weight and bias gradients now, its input gradient below with the others'.
+        crate::graph::defs::conv_bwd(
+            b,
+            None,
+            dparams,
+            [r("branch1x1.weight"), r("branch1x1.bias")],
             &g,
-            &pooled,
-            &sp,
+            x,
+            &p("branch1x1.weight")?,
+            &s1,
         )?;
-        b.conv_bgrad(&mut b.view_mut(dparams, r("pool_proj.bias"))?, &g, &sp)?;
         let r3 = l.at("reduce3x3.weight", "conv3x3.bias", base);
         let r5 = l.at("reduce5x5.weight", "conv5x5.bias", base);
         let Some(dx) = dx else {
             // No input gradient wanted (the first module): the fused branches still need somewhere to put
             // theirs, so they share the pooled-gradient scratch, which has the input's shape.
+            crate::graph::defs::conv_bwd(
+                b,
+                None,
+                dparams,
+                [r("pool_proj.weight"), r("pool_proj.bias")],
+                &g,
+                &pooled,
+                &p("pool_proj.weight")?,
+                &sp,
+            )?;
             let len = b.len(&scratch.dpooled);
             let mut sink = b.view_mut(&mut scratch.dpooled, 0..len)?;
             b.reduce_conv_bwd(
@@ -411,12 +423,18 @@ impl InceptionModule {
             true,
         )?;
         let dpooled_len = b.len(&scratch.dpooled);
-        b.conv_dgrad(
-            &mut b.view_mut(&mut scratch.dpooled, 0..dpooled_len)?,
+        crate::graph::defs::conv_bwd(
+            b,
+            Some((
+                &mut b.view_mut(&mut scratch.dpooled, 0..dpooled_len)?,
+                false,
+            )),
+            dparams,
+            [r("pool_proj.weight"), r("pool_proj.bias")],
             &g,
+            &pooled,
             &p("pool_proj.weight")?,
             &sp,
-            false,
         )?;
         let pool = PoolShape {
             n,
@@ -432,4 +450,43 @@ impl InceptionModule {
             true,
         )
     }
+}
+
+/// Adds an Inception module over `x [c_in, h, w]` to `g`: its twelve parameters named
+/// `{name}.{branch1x1, reduce3x3, conv3x3, reduce5x5, conv5x5, pool_proj}.{weight, bias}` (the reference's
+/// names and order, PyTorch's default initialisation), the four branches written in place into one
+/// concatenation, and one ReLU over it (in each branch's epilogue). Returns the `[c_out, h, w]` output.
+///
+/// ```
+/// use inception_cuda::graph::Graph;
+/// use inception_cuda::nn::{inception, InceptionWidths};
+/// # fn main() -> inception_cuda::Result<()> {
+/// let mut g = Graph::new();
+/// let x = g.input("x", &[192, 28, 28])?;
+/// let y = inception(&mut g, "inception_3a", x, InceptionWidths::googlenet_3a())?;
+/// assert_eq!(g.shape(y), &[256, 28, 28]);
+/// # Ok(())
+/// # }
+/// ```
+pub fn inception(
+    g: &mut crate::graph::Graph,
+    name: &str,
+    x: crate::graph::Value,
+    widths: InceptionWidths,
+) -> Result<crate::graph::Value> {
+    let c_in = g.shape(x).first().copied().unwrap_or(0);
+    let w = widths;
+    let (b1w, b1b) = g.conv_params(&format!("{name}.branch1x1"), c_in, w.c1x1, 1)?;
+    let (r3w, r3b) = g.conv_params(&format!("{name}.reduce3x3"), c_in, w.c3x3_reduce, 1)?;
+    let (c3w, c3b) = g.conv_params(&format!("{name}.conv3x3"), w.c3x3_reduce, w.c3x3, 3)?;
+    let (r5w, r5b) = g.conv_params(&format!("{name}.reduce5x5"), c_in, w.c5x5_reduce, 1)?;
+    let (c5w, c5b) = g.conv_params(&format!("{name}.conv5x5"), w.c5x5_reduce, w.c5x5, 5)?;
+    let (ppw, ppb) = g.conv_params(&format!("{name}.pool_proj"), c_in, w.pool_proj, 1)?;
+    let b1 = g.conv(x, b1w, b1b)?;
+    let b3 = g.reduce_conv(x, [r3w, r3b, c3w, c3b])?;
+    let b5 = g.reduce_conv(x, [r5w, r5b, c5w, c5b])?;
+    let pooled = g.maxpool3x3s1(x)?;
+    let bp = g.conv(pooled, ppw, ppb)?;
+    let y = g.concat(&[b1, b3, b5, bp])?;
+    g.relu(y)
 }

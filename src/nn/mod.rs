@@ -2,8 +2,11 @@
 
 mod inception;
 mod mnist;
+mod mnist_graph;
 
 pub use inception::{
-    BranchMacs, InceptionModule, InceptionWidths, ModuleLayout, ModuleSaved, ModuleScratch,
+    inception, BranchMacs, InceptionModule, InceptionWidths, ModuleLayout, ModuleSaved,
+    ModuleScratch,
 };
 pub use mnist::{InceptionMnist, MnistConfig, ParamEntry, StepStats, TrainState, LOSS_RING};
+pub use mnist_graph::MnistGraph;

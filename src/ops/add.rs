@@ -1,6 +1,6 @@
 //! Elementwise sum: `y = a + b`; backward passes `dy` to both inputs.
 
-use crate::graph::record;
+use crate::tape::record;
 use crate::tensor::{check_shape, fill_new, Tensor};
 use crate::Result;
 

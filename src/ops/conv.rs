@@ -5,9 +5,9 @@
 //! preallocated buffers and writes each branch into its channel slice instead.
 
 use crate::backend::reduce_conv_param_ranges;
-use crate::graph::record;
 use crate::ops::relu_bwd;
 use crate::shape::{ConvShape, ReduceConvShape};
+use crate::tape::record;
 use crate::tensor::{check_shape, Storage, Tensor};
 use crate::{Error, Result};
 
@@ -58,11 +58,17 @@ pub fn conv(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
 fn conv_bwd(dy: &Tensor, x: &Tensor, w: &Tensor, s: &ConvShape) -> Result<Vec<Tensor>> {
     let (x_len, w_len) = (s.x_len("conv_dgrad")?, s.w_len("conv_wgrad")?);
     let storages = dispatch_many!("conv_bwd", x.device(), |be, dy = dy, x = x, w = w| {
-        let (mut dx, mut dw, mut db) = (be.alloc_zeros(x_len)?, be.alloc_zeros(w_len)?, be.alloc_zeros(s.c_out)?);
-        be.conv_dgrad(&mut be.view_mut(&mut dx, 0..x_len)?, &dy, &w, s, false)?;
-        be.conv_wgrad(&mut be.view_mut(&mut dw, 0..w_len)?, &dy, &x, s)?;
-        be.conv_bgrad(&mut be.view_mut(&mut db, 0..s.c_out)?, &dy, s)?;
-        Ok::<_, Error>(vec![dx, dw, db])
+        // dw and db as one block [dw | db] (the layout of a flat gradient buffer), then split.
+        let (mut dx, mut block) = (be.alloc_zeros(x_len)?, be.alloc_zeros(w_len + s.c_out)?);
+        let ranges = [0..w_len, w_len..w_len + s.c_out];
+        crate::graph::defs::conv_bwd(be, Some((&mut be.view_mut(&mut dx, 0..x_len)?, false)), &mut block, ranges.clone(), &dy, &x, &w, s)?;
+        let mut out = vec![dx];
+        for r in ranges {
+            let mut part = be.alloc_zeros(r.len())?;
+            be.copy(&mut be.view_mut(&mut part, 0..r.len())?, &be.view(&block, r)?)?;
+            out.push(part);
+        }
+        Ok::<_, Error>(out)
     });
     Ok(tensors(
         storages,

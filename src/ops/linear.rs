@@ -1,7 +1,7 @@
 //! The linear layer `y = x · wᵀ + b` with PyTorch's weight layout `w [out, in]`.
 
-use crate::graph::record;
 use crate::shape::LinearShape;
+use crate::tape::record;
 use crate::tensor::{check_shape, Tensor};
 use crate::{Error, Result};
 
@@ -20,10 +20,12 @@ pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (x_saved, w_saved) = (x.detach(), w.detach());
     record("linear", &[x, w, b], y, move |dy| {
         let storages = dispatch_many!("linear_bwd", x_saved.device(), |be, dy = dy, x = x_saved, w = w_saved| {
-            let (mut dx, mut dw, mut db) = (be.alloc_zeros(m * k_in)?, be.alloc_zeros(n_out * k_in)?, be.alloc_zeros(n_out)?);
-            be.linear_dgrad(&mut be.view_mut(&mut dx, 0..m * k_in)?, &dy, &w, &s)?;
-            be.linear_wgrad(&mut be.view_mut(&mut dw, 0..n_out * k_in)?, &dy, &x, &s)?;
-            be.linear_bgrad(&mut be.view_mut(&mut db, 0..n_out)?, &dy, &s)?;
+            let (mut dx, mut block) = (be.alloc_zeros(m * k_in)?, be.alloc_zeros(n_out * k_in + n_out)?);
+            let (rw, rb) = (0..n_out * k_in, n_out * k_in..n_out * k_in + n_out);
+            crate::graph::defs::linear_bwd(be, Some(&mut be.view_mut(&mut dx, 0..m * k_in)?), &mut block, Some(rw.clone()), rb.clone(), &dy, &x, &w, &s)?;
+            let (mut dw, mut db) = (be.alloc_zeros(rw.len())?, be.alloc_zeros(n_out)?);
+            be.copy(&mut be.view_mut(&mut dw, 0..rw.len())?, &be.view(&block, rw)?)?;
+            be.copy(&mut be.view_mut(&mut db, 0..n_out)?, &be.view(&block, rb)?)?;
             Ok::<_, Error>(vec![dx, dw, db])
         });
         let shapes: [&[usize]; 3] = [&[m, k_in], &[n_out, k_in], &[n_out]];

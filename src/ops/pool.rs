@@ -1,7 +1,7 @@
 //! 3×3 stride-1 max pooling ('same', padding never wins; ties to the first cell in row-major order).
 
-use crate::graph::record;
 use crate::shape::PoolShape;
+use crate::tape::record;
 use crate::tensor::{check_shape, fill_new, Tensor};
 use crate::{Error, Result};
 

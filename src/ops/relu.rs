@@ -1,6 +1,6 @@
 //! ReLU: `y = max(x, 0)`; backward `dx = dy · [y > 0]`.
 
-use crate::graph::record;
+use crate::tape::record;
 use crate::tensor::{check_shape, fill_new, Tensor};
 use crate::Result;
 

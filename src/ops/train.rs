@@ -1,6 +1,6 @@
 //! The training ops: mean softmax cross-entropy and inverted dropout.
 
-use crate::graph::record;
+use crate::tape::record;
 use crate::tensor::{fill_new, Tensor};
 use crate::{Error, Result};
 

@@ -1,0 +1,1556 @@
+//! Planning a graph for one backend, batch size and precision: every buffer allocated once, a concat's parts
+//! placed as channel slices of its buffer, ReLUs fused into their producers' epilogues, and forward,
+//! backward and Adam as fixed launch lists that allocate nothing and never wait for the device.
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+use std::sync::Arc;
+
+use super::builder::{Graph, Op, Value};
+use super::defs;
+use super::params::{param_table, Params};
+use crate::backend::{Backend, BackendHandle};
+use crate::shape::{AdamStep, ConvShape, LinearShape, PoolShape, ReduceConvShape};
+use crate::{Error, Result};
+
+/// Slots of the on-device loss history behind [`Plan::take_mean_loss`].
+pub const LOSS_RING: usize = 1024;
+
+/// The arithmetic of a plan's kernels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Precision {
+    /// f32 operands, f32 accumulation (the kernels of today; deterministic).
+    #[default]
+    Fp32,
+}
+
+/// Which linear weights a training step updates with `linear_wgrad_adam` (gradient formed inside the Adam
+/// update, never stored) instead of `linear_wgrad` then `adam_step`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum FuseWgradAdam {
+    /// Every linear weight (whose gradient feeds only Adam: a parameter is used by one op).
+    #[default]
+    Every,
+    /// The linear weights of these names.
+    Named(Vec<String>),
+    /// None.
+    Never,
+}
+
+/// Options of a training plan.
+///
+/// ```
+/// use inception_cuda::graph::{FuseWgradAdam, Precision, TrainOptions};
+/// let opts = TrainOptions { fuse_wgrad_adam: FuseWgradAdam::Never, ..TrainOptions::default() };
+/// assert_eq!(opts.precision, Precision::Fp32);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrainOptions {
+    /// The kernels' arithmetic.
+    pub precision: Precision,
+    /// Which linear weights get the fused update.
+    pub fuse_wgrad_adam: FuseWgradAdam,
+}
+
+/// A buffer of the plan and the elements of it an op uses (from 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct BufRef {
+    id: usize,
+    len: usize,
+}
+
+/// One launch of a planned step: buffers resolved, shapes fixed.
+#[derive(Clone, Debug)]
+enum Launch {
+    ConvFwd {
+        y: BufRef,
+        x: BufRef,
+        w: Range<usize>,
+        b: Range<usize>,
+        s: ConvShape,
+        relu: bool,
+    },
+    ReduceConvFwd {
+        y: BufRef,
+        mid: BufRef,
+        x: BufRef,
+        p: Range<usize>,
+        s: ReduceConvShape,
+    },
+    MaxPoolFwd {
+        y: BufRef,
+        x: BufRef,
+        s: PoolShape,
+    },
+    LinearFwd {
+        y: BufRef,
+        x: BufRef,
+        w: Range<usize>,
+        b: Range<usize>,
+        s: LinearShape,
+    },
+    ReluFwd {
+        y: BufRef,
+        x: BufRef,
+    },
+    DropoutFwd {
+        y: BufRef,
+        x: BufRef,
+        p: f32,
+    },
+    SoftmaxXent {
+        loss: BufRef,
+        dlogits: BufRef,
+        logits: BufRef,
+        classes: usize,
+    },
+    ReluBwd {
+        dx: BufRef,
+        dy: BufRef,
+        y: BufRef,
+    },
+    DropoutBwd {
+        dx: BufRef,
+        dy: BufRef,
+        p: f32,
+    },
+    ConvBwd {
+        dx: Option<(BufRef, bool)>,
+        dw: Range<usize>,
+        db: Range<usize>,
+        dy: BufRef,
+        x: BufRef,
+        w: Range<usize>,
+        s: ConvShape,
+    },
+    ReduceConvBwd {
+        dx: BufRef,
+        accumulate: bool,
+        dp: Range<usize>,
+        scratch: BufRef,
+        dy: BufRef,
+        x: BufRef,
+        mid: BufRef,
+        p: Range<usize>,
+        s: ReduceConvShape,
+    },
+    MaxPoolBwd {
+        dx: BufRef,
+        accumulate: bool,
+        dy: BufRef,
+        x: BufRef,
+        s: PoolShape,
+    },
+    /// `dw` is `(range, fused)`: a fused weight's gradient is formed by the optimizer's
+    /// `linear_wgrad_adam` in a training step, and stored only by [`Plan::forward_backward`].
+    LinearBwd {
+        dx: Option<BufRef>,
+        dw: (Range<usize>, bool),
+        db: Range<usize>,
+        dy: BufRef,
+        x: BufRef,
+        w: Range<usize>,
+        s: LinearShape,
+    },
+    /// `dst += add` (for gradients whose kernel cannot accumulate), through `tmp`.
+    Accumulate {
+        dst: BufRef,
+        add: BufRef,
+        tmp: BufRef,
+    },
+    Adam {
+        range: Range<usize>,
+    },
+    LinearWgradAdam {
+        w: Range<usize>,
+        dy: BufRef,
+        x: BufRef,
+        s: LinearShape,
+    },
+}
+
+/// Where a value lives: a buffer and, for a concat's part, its channel slice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Loc {
+    buf: usize,
+    len: usize,
+    c_total: usize,
+    c_offset: usize,
+}
+
+/// How a ReLU is planned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReluKind {
+    /// Its own kernel.
+    Standalone,
+    /// Applied by the producer's epilogue (a conv, or every part of a concat); backward is its own.
+    Epilogue,
+    /// Over a fused reduce conv, which ends with a ReLU: the same value.
+    Alias,
+}
+
+fn plan_err(op: &'static str, reason: String) -> Error {
+    Error::Graph { op, reason }
+}
+
+/// The planning state of one graph.
+struct Planner<'g> {
+    g: &'g Graph,
+    op: &'static str,
+    n: usize,
+    train: bool,
+    live: Vec<bool>,
+    consumers: Vec<Vec<usize>>,
+    bufs: Vec<(usize, &'static str)>,
+    fwd: Vec<Option<Loc>>,
+    grad: Vec<Option<Loc>>,
+    needs_grad: Vec<bool>,
+    relu: Vec<ReluKind>,
+    conv_relu: Vec<bool>,
+    part_of: Vec<Option<usize>>,
+    scratch: [Option<usize>; 4],
+    written: Vec<bool>,
+    forward: Vec<Launch>,
+    backward: Vec<Launch>,
+    fused: Vec<Launch>,
+}
+
+const SCRATCH_A: usize = 0;
+const SCRATCH_B: usize = 1;
+const SCRATCH_MID: usize = 2;
+const SCRATCH_SINK: usize = 3;
+
+impl<'g> Planner<'g> {
+    fn new(g: &'g Graph, op: &'static str, n: usize, train: bool, target: Value) -> Result<Self> {
+        if n == 0 {
+            return Err(plan_err(op, "batch size 0".into()));
+        }
+        let len = g.nodes.len();
+        let mut live = vec![false; len];
+        let mut stack = vec![target.0];
+        while let Some(i) = stack.pop() {
+            if i >= len {
+                return Err(plan_err(op, format!("value {i} is not of this graph")));
+            }
+            if !std::mem::replace(&mut live[i], true) {
+                stack.extend(g.nodes[i].inputs().iter().map(|v| v.0));
+            }
+        }
+        let mut consumers = vec![Vec::new(); len];
+        for (i, node) in g.nodes.iter().enumerate().filter(|(i, _)| live[*i]) {
+            for v in node.inputs() {
+                if consumers[v.0].contains(&i) {
+                    return Err(plan_err(
+                        op,
+                        format!("{} (value {i}) reads value {} twice", node.name(), v.0),
+                    ));
+                }
+                consumers[v.0].push(i);
+            }
+        }
+        Ok(Planner {
+            g,
+            op,
+            n,
+            train,
+            live,
+            consumers,
+            bufs: Vec::new(),
+            fwd: vec![None; len],
+            grad: vec![None; len],
+            needs_grad: vec![false; len],
+            relu: vec![ReluKind::Standalone; len],
+            conv_relu: vec![false; len],
+            part_of: vec![None; len],
+            scratch: [None; 4],
+            written: Vec::new(),
+            forward: Vec::new(),
+            backward: Vec::new(),
+            fused: Vec::new(),
+        })
+    }
+
+    fn live_nodes(&self) -> impl Iterator<Item = (usize, &'g Op)> + '_ {
+        let g = self.g;
+        g.nodes.iter().enumerate().filter(|(i, _)| self.live[*i])
+    }
+
+    fn elems(&self, v: usize) -> usize {
+        match &self.g.nodes[v] {
+            Op::SoftmaxXent { .. } => 1,
+            _ => self.n * self.g.shapes[v].iter().product::<usize>(),
+        }
+    }
+
+    fn new_buf(&mut self, len: usize, role: &'static str) -> usize {
+        self.bufs.push((len, role));
+        self.written.push(false);
+        self.bufs.len() - 1
+    }
+
+    fn full(&mut self, v: usize, role: &'static str) -> Loc {
+        let len = self.elems(v);
+        let c = self.g.shapes[v].first().copied().unwrap_or(1);
+        Loc {
+            buf: self.new_buf(len, role),
+            len,
+            c_total: c,
+            c_offset: 0,
+        }
+    }
+
+    /// A scratch buffer shared by every op that needs one of this kind, grown to the largest use.
+    fn scratch(&mut self, which: usize, len: usize) -> BufRef {
+        let id = match self.scratch[which] {
+            Some(id) => id,
+            None => {
+                let id = self.new_buf(0, "scratch");
+                self.scratch[which] = Some(id);
+                id
+            }
+        };
+        self.bufs[id].0 = self.bufs[id].0.max(len);
+        BufRef { id, len }
+    }
+
+    fn r(loc: Loc) -> BufRef {
+        BufRef {
+            id: loc.buf,
+            len: loc.len,
+        }
+    }
+
+    fn fwd_ref(&self, v: Value) -> Result<BufRef> {
+        self.fwd[v.0]
+            .map(Self::r)
+            .ok_or_else(|| plan_err(self.op, format!("value {} has no buffer", v.0)))
+    }
+
+    fn fwd_loc(&self, v: usize) -> Result<Loc> {
+        self.fwd[v].ok_or_else(|| plan_err(self.op, format!("value {v} has no buffer")))
+    }
+
+    fn grad_loc(&self, v: usize) -> Result<Loc> {
+        self.grad[v].ok_or_else(|| plan_err(self.op, format!("value {v} has no gradient buffer")))
+    }
+
+    fn param_range(&self, p: super::Param) -> Range<usize> {
+        let mut at = 0;
+        for (i, d) in self.g.params.iter().enumerate() {
+            let len: usize = d.shape.iter().product();
+            if i == p.0 {
+                return at..at + len;
+            }
+            at += len;
+        }
+        at..at
+    }
+
+    fn chw(&self, v: usize) -> (usize, usize, usize) {
+        match self.g.shapes[v].as_slice() {
+            [c, h, w] => (*c, *h, *w),
+            _ => (0, 0, 0),
+        }
+    }
+
+    /// Concat parts, ReLU fusion.
+    fn fuse(&mut self) -> Result<()> {
+        let g = self.g;
+        for (i, node) in g.nodes.iter().enumerate() {
+            if !self.live[i] {
+                continue;
+            }
+            match node {
+                Op::Concat { parts } => {
+                    let mut reduce = false;
+                    for (k, p) in parts.iter().enumerate() {
+                        match &g.nodes[p.0] {
+                            Op::Conv { .. } => {}
+                            Op::ReduceConv { .. } => reduce = true,
+                            other => {
+                                return Err(plan_err(
+                                    self.op,
+                                    format!(
+                                        "concat (value {i}): part {k} comes from {}, which cannot write a channel \
+                                         slice (only conv and reduce_conv can)",
+                                        other.name()
+                                    ),
+                                ))
+                            }
+                        }
+                        if self.consumers[p.0] != [i] {
+                            return Err(plan_err(
+                                self.op,
+                                format!(
+                                    "concat (value {i}): part {k} (value {}) is also read by another op; a part is \
+                                     written in place into the concat",
+                                    p.0
+                                ),
+                            ));
+                        }
+                        self.part_of[p.0] = Some(i);
+                    }
+                    let relu_after = matches!(self.consumers[i].as_slice(),
+                        [c] if matches!(g.nodes[*c], Op::Relu { .. }));
+                    if reduce && !relu_after {
+                        return Err(plan_err(
+                            self.op,
+                            format!(
+                                "concat (value {i}) has a reduce_conv part, whose ReLU is built in: apply relu to \
+                                 the concat (and nothing else to it) so that every part ends with one"
+                            ),
+                        ));
+                    }
+                }
+                Op::Relu { x } => {
+                    let sole = self.consumers[x.0] == [i];
+                    self.relu[i] = match &g.nodes[x.0] {
+                        Op::ReduceConv { .. } if self.part_of[x.0].is_none() => ReluKind::Alias,
+                        Op::Conv { .. } if sole => {
+                            self.conv_relu[x.0] = true;
+                            ReluKind::Epilogue
+                        }
+                        Op::Concat { parts } if sole => {
+                            for p in parts {
+                                self.conv_relu[p.0] = true;
+                            }
+                            ReluKind::Epilogue
+                        }
+                        _ => ReluKind::Standalone,
+                    };
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// A buffer for each concat's output (or its gradient), and its parts' channel slices inside it.
+    fn place_concats(&mut self, grad: bool) {
+        let g = self.g;
+        for (i, node) in g.nodes.iter().enumerate() {
+            let Op::Concat { parts } = node else { continue };
+            if !self.live[i] || (grad && !self.needs_grad[i]) {
+                continue;
+            }
+            let loc = self.full(i, if grad { "gradient" } else { "activation" });
+            let locs = if grad { &mut self.grad } else { &mut self.fwd };
+            locs[i] = Some(loc);
+            let mut at = 0;
+            for p in parts {
+                locs[p.0] = Some(Loc {
+                    c_offset: at,
+                    ..loc
+                });
+                at += g.shapes[p.0].first().copied().unwrap_or(0);
+            }
+        }
+    }
+
+    /// Forward buffers: one per value, a concat's parts inside it, aliases sharing.
+    fn place_forward(&mut self) -> Result<()> {
+        let g = self.g;
+        self.place_concats(false);
+        for (i, node) in g.nodes.iter().enumerate() {
+            if !self.live[i] {
+                continue;
+            }
+            self.fwd[i] = match node {
+                Op::Concat { .. } => continue,
+                Op::Conv { .. } | Op::ReduceConv { .. } if self.part_of[i].is_some() => continue,
+                Op::Relu { x } if self.relu[i] != ReluKind::Standalone => self.fwd[x.0],
+                Op::Flatten { x } => self.fwd[x.0].map(|l| Loc {
+                    c_total: l.len / self.n,
+                    ..l
+                }),
+                Op::Dropout { x, .. } if !self.train => self.fwd[x.0],
+                Op::Input { .. } => Some(self.full(i, "input")),
+                _ => Some(self.full(i, "activation")),
+            };
+        }
+        Ok(())
+    }
+
+    /// Which values need a gradient, and their buffers.
+    fn place_grads(&mut self) -> Result<()> {
+        let g = self.g;
+        for (i, node) in g.nodes.iter().enumerate() {
+            if !self.live[i] {
+                continue;
+            }
+            self.needs_grad[i] = match node {
+                Op::Input { .. } | Op::SoftmaxXent { .. } => false,
+                Op::Conv { .. } | Op::ReduceConv { .. } | Op::Linear { .. } => true,
+                other => other.inputs().iter().any(|v| self.needs_grad[v.0]),
+            };
+        }
+        self.place_concats(true);
+        for (i, node) in g.nodes.iter().enumerate() {
+            if !self.live[i] {
+                continue;
+            }
+            if !self.needs_grad[i] {
+                continue;
+            }
+            self.grad[i] = match node {
+                Op::Concat { .. } => continue,
+                Op::Conv { .. } | Op::ReduceConv { .. } if self.part_of[i].is_some() => continue,
+                Op::Relu { x } if self.relu[i] == ReluKind::Alias => self.grad[x.0],
+                Op::Flatten { x } => self.grad[x.0].map(|l| Loc {
+                    c_total: l.len / self.n,
+                    ..l
+                }),
+                _ => Some(self.full(i, "gradient")),
+            };
+        }
+        // Shared weights would need their gradients summed: unsupported.
+        let mut users = vec![0usize; g.params.len()];
+        for (_, node) in self.live_nodes() {
+            let ps: Vec<usize> = match node {
+                Op::Conv { w, b, .. } | Op::Linear { w, b, .. } => vec![w.0, b.0],
+                Op::ReduceConv { p, .. } => p.iter().map(|p| p.0).collect(),
+                _ => vec![],
+            };
+            for p in ps {
+                users[p] += 1;
+                if users[p] > 1 {
+                    return Err(plan_err(
+                        self.op,
+                        format!(
+                            "parameter {} is used by two ops (shared weights are not supported)",
+                            g.params[p].name
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn conv_shape(&self, i: usize, x: Value, k: usize) -> Result<ConvShape> {
+        let (c_in, h, w) = self.chw(x.0);
+        let (c_out, _, _) = self.chw(i);
+        let loc = self.fwd_loc(i)?;
+        let s = ConvShape::new(self.n, c_in, c_out, h, w, k).into_slice(loc.c_total, loc.c_offset);
+        s.validate(self.op)?;
+        Ok(s)
+    }
+
+    fn reduce_shape(&self, i: usize, x: Value, k: usize) -> Result<ReduceConvShape> {
+        let (c_in, h, w) = self.chw(x.0);
+        let (c_out, _, _) = self.chw(i);
+        let loc = self.fwd_loc(i)?;
+        let c_mid = match &self.g.nodes[i] {
+            Op::ReduceConv { p, .. } => self.g.params[p[0].0].shape.first().copied().unwrap_or(0),
+            _ => 0,
+        };
+        let s = ReduceConvShape {
+            n: self.n,
+            c_in,
+            c_mid,
+            c_out,
+            h,
+            w,
+            k,
+            c_total: loc.c_total,
+            c_offset: loc.c_offset,
+        };
+        s.validate(self.op)?;
+        Ok(s)
+    }
+
+    fn linear_shape(&self, i: usize, x: Value) -> LinearShape {
+        LinearShape {
+            m: self.n,
+            k_in: self.g.shapes[x.0].iter().product(),
+            n_out: self.g.shapes[i].iter().product(),
+        }
+    }
+
+    /// The forward launch list; `saved` holds each fused reduce conv's reduced map (training) or not.
+    fn plan_forward(&mut self, saved: &mut Vec<Option<BufRef>>) -> Result<()> {
+        let g = self.g;
+        *saved = vec![None; g.nodes.len()];
+        for (i, node) in g.nodes.iter().enumerate() {
+            if !self.live[i] {
+                continue;
+            }
+            let launch = match node {
+                Op::Input { .. } | Op::Concat { .. } | Op::Flatten { .. } => continue,
+                Op::Relu { .. } if self.relu[i] != ReluKind::Standalone => continue,
+                Op::Dropout { .. } if !self.train => continue,
+                Op::Conv { x, w, b, k } => Launch::ConvFwd {
+                    y: Self::r(self.fwd_loc(i)?),
+                    x: self.fwd_ref(*x)?,
+                    w: self.param_range(*w),
+                    b: self.param_range(*b),
+                    s: self.conv_shape(i, *x, *k)?,
+                    relu: self.conv_relu[i],
+                },
+                Op::ReduceConv { x, p, k } => {
+                    let s = self.reduce_shape(i, *x, *k)?;
+                    let mid_len = s.mid_len(self.op)?;
+                    let mid = if self.train {
+                        BufRef {
+                            id: self.new_buf(mid_len, "saved"),
+                            len: mid_len,
+                        }
+                    } else {
+                        self.scratch(SCRATCH_MID, mid_len)
+                    };
+                    saved[i] = Some(mid);
+                    Launch::ReduceConvFwd {
+                        y: Self::r(self.fwd_loc(i)?),
+                        mid,
+                        x: self.fwd_ref(*x)?,
+                        p: self.param_range(p[0]).start..self.param_range(p[3]).end,
+                        s,
+                    }
+                }
+                Op::MaxPool { x } => {
+                    let (c, h, w) = self.chw(x.0);
+                    Launch::MaxPoolFwd {
+                        y: Self::r(self.fwd_loc(i)?),
+                        x: self.fwd_ref(*x)?,
+                        s: PoolShape { n: self.n, c, h, w },
+                    }
+                }
+                Op::Linear { x, w, b } => Launch::LinearFwd {
+                    y: Self::r(self.fwd_loc(i)?),
+                    x: self.fwd_ref(*x)?,
+                    w: self.param_range(*w),
+                    b: self.param_range(*b),
+                    s: self.linear_shape(i, *x),
+                },
+                Op::Relu { x } => Launch::ReluFwd {
+                    y: Self::r(self.fwd_loc(i)?),
+                    x: self.fwd_ref(*x)?,
+                },
+                Op::Dropout { x, p } => Launch::DropoutFwd {
+                    y: Self::r(self.fwd_loc(i)?),
+                    x: self.fwd_ref(*x)?,
+                    p: *p,
+                },
+                Op::SoftmaxXent { logits } => {
+                    if self.consumers[logits.0] != [i] {
+                        return Err(plan_err(
+                            self.op,
+                            format!(
+                                "softmax_xent: its logits (value {}) are read by another op",
+                                logits.0
+                            ),
+                        ));
+                    }
+                    let dlogits = match self.grad[logits.0] {
+                        Some(l) => Self::r(l),
+                        None => self.scratch(SCRATCH_A, self.elems(logits.0)),
+                    };
+                    self.written[dlogits.id] = true;
+                    Launch::SoftmaxXent {
+                        loss: Self::r(self.fwd_loc(i)?),
+                        dlogits,
+                        logits: self.fwd_ref(*logits)?,
+                        classes: g.shapes[logits.0].first().copied().unwrap_or(0),
+                    }
+                }
+            };
+            self.forward.push(launch);
+        }
+        Ok(())
+    }
+
+    /// The gradient buffer of input `x` as the target of one more contribution: `(buffer, accumulate)`.
+    fn contribute(&mut self, x: Value) -> Result<Option<(BufRef, bool)>> {
+        if !self.needs_grad[x.0] {
+            return Ok(None);
+        }
+        let loc = self.grad_loc(x.0)?;
+        let acc = std::mem::replace(&mut self.written[loc.buf], true);
+        Ok(Some((Self::r(loc), acc)))
+    }
+
+    /// As [`Self::contribute`] for kernels that only overwrite: the kernel's target, then an `Accumulate`
+    /// into the gradient when it already holds a contribution (pushed by `finish`).
+    fn contribute_plain(&mut self, x: Value) -> Result<Option<(BufRef, Option<Launch>)>> {
+        Ok(match self.contribute(x)? {
+            None => None,
+            Some((dst, false)) => Some((dst, None)),
+            Some((dst, true)) => {
+                let add = self.scratch(SCRATCH_A, dst.len);
+                let tmp = self.scratch(SCRATCH_B, dst.len);
+                Some((add, Some(Launch::Accumulate { dst, add, tmp })))
+            }
+        })
+    }
+
+    fn plan_backward(&mut self, saved: &[Option<BufRef>], fuse: &FuseWgradAdam) -> Result<()> {
+        let g = self.g;
+        // Ready when every reader of its output is done; the earliest-defined ready node first (so a value
+        // read by several branches gets their contributions in definition order).
+        let mut waiting: Vec<usize> = self.consumers.iter().map(Vec::len).collect();
+        let mut ready: BTreeSet<usize> = (0..g.nodes.len())
+            .filter(|&i| self.live[i] && waiting[i] == 0)
+            .collect();
+        while let Some(i) = ready.pop_first() {
+            let node = &g.nodes[i];
+            for v in node.inputs() {
+                waiting[v.0] -= 1;
+                if waiting[v.0] == 0 {
+                    ready.insert(v.0);
+                }
+            }
+            if !self.needs_grad[i] {
+                continue;
+            }
+            let dy = |p: &Self| p.grad_loc(i).map(Self::r);
+            match node {
+                Op::Input { .. }
+                | Op::Concat { .. }
+                | Op::Flatten { .. }
+                | Op::SoftmaxXent { .. } => {}
+                Op::Relu { .. } if self.relu[i] == ReluKind::Alias => {}
+                Op::Relu { x } => {
+                    let (dy, y) = (dy(self)?, Self::r(self.fwd_loc(i)?));
+                    if let Some((dx, acc)) = self.contribute_plain(*x)? {
+                        self.backward.push(Launch::ReluBwd { dx, dy, y });
+                        self.backward.extend(acc);
+                    }
+                }
+                Op::Dropout { x, p } => {
+                    let dy = dy(self)?;
+                    if let Some((dx, acc)) = self.contribute_plain(*x)? {
+                        self.backward.push(Launch::DropoutBwd { dx, dy, p: *p });
+                        self.backward.extend(acc);
+                    }
+                }
+                Op::MaxPool { x } => {
+                    let (c, h, w) = self.chw(x.0);
+                    let (dy, xr) = (dy(self)?, self.fwd_ref(*x)?);
+                    if let Some((dx, accumulate)) = self.contribute(*x)? {
+                        let s = PoolShape { n: self.n, c, h, w };
+                        self.backward.push(Launch::MaxPoolBwd {
+                            dx,
+                            accumulate,
+                            dy,
+                            x: xr,
+                            s,
+                        });
+                    }
+                }
+                Op::Conv { x, w, b, k } => {
+                    let s = self.conv_shape(i, *x, *k)?;
+                    let (dy, xr) = (dy(self)?, self.fwd_ref(*x)?);
+                    let dx = self.contribute(*x)?;
+                    self.backward.push(Launch::ConvBwd {
+                        dx,
+                        dw: self.param_range(*w),
+                        db: self.param_range(*b),
+                        dy,
+                        x: xr,
+                        w: self.param_range(*w),
+                        s,
+                    });
+                }
+                Op::ReduceConv { x, p, k } => {
+                    let s = self.reduce_shape(i, *x, *k)?;
+                    let mut dy = dy(self)?;
+                    if self.part_of[i].is_none() {
+                        // Its output ReLU: through it into a gradient of its own.
+                        let g_buf = self.new_buf(dy.len, "gradient");
+                        let y = Self::r(self.fwd_loc(i)?);
+                        let pre = BufRef {
+                            id: g_buf,
+                            len: dy.len,
+                        };
+                        self.backward.push(Launch::ReluBwd { dx: pre, dy, y });
+                        dy = pre;
+                    }
+                    let xr = self.fwd_ref(*x)?;
+                    let (dx, accumulate) = match self.contribute(*x)? {
+                        Some(t) => t,
+                        None => (self.scratch(SCRATCH_SINK, xr.len), false),
+                    };
+                    let mid = saved[i].ok_or_else(|| {
+                        plan_err(self.op, format!("reduce_conv {i}: no saved map"))
+                    })?;
+                    let scratch = self.scratch(SCRATCH_MID, mid.len);
+                    let pr = self.param_range(p[0]).start..self.param_range(p[3]).end;
+                    self.backward.push(Launch::ReduceConvBwd {
+                        dx,
+                        accumulate,
+                        dp: pr.clone(),
+                        scratch,
+                        dy,
+                        x: xr,
+                        mid,
+                        p: pr,
+                        s,
+                    });
+                }
+                Op::Linear { x, w, b } => {
+                    let s = self.linear_shape(i, *x);
+                    let (dy, xr) = (dy(self)?, self.fwd_ref(*x)?);
+                    let fused = match fuse {
+                        FuseWgradAdam::Every => true,
+                        FuseWgradAdam::Named(names) => {
+                            names.iter().any(|n| *n == g.params[w.0].name)
+                        }
+                        FuseWgradAdam::Never => false,
+                    };
+                    let wr = self.param_range(*w);
+                    let (dx, acc) = match self.contribute_plain(*x)? {
+                        Some((dx, acc)) => (Some(dx), acc),
+                        None => (None, None),
+                    };
+                    self.backward.push(Launch::LinearBwd {
+                        dx,
+                        dw: (wr.clone(), fused),
+                        db: self.param_range(*b),
+                        dy,
+                        x: xr,
+                        w: wr.clone(),
+                        s,
+                    });
+                    self.backward.extend(acc);
+                    if fused {
+                        self.fused.push(Launch::LinearWgradAdam {
+                            w: wr,
+                            dy,
+                            x: xr,
+                            s,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A graph planned for one backend, batch size and precision: every buffer allocated, every launch fixed.
+/// A training plan ([`Plan::train`]) runs forward, loss, backward and Adam; an inference plan
+/// ([`Plan::inference`]) runs the forward to one output, without dropout and saving nothing for backward.
+///
+/// ```
+/// use inception_cuda::cpu::CpuBackend;
+/// use inception_cuda::graph::{Graph, Params, Plan};
+/// # fn main() -> inception_cuda::Result<()> {
+/// let mut g = Graph::new();
+/// let x = g.input("x", &[3])?;
+/// let (w, b) = g.linear_params("fc", 3, 2)?;
+/// let logits = g.linear(x, w, b)?;
+/// g.softmax_xent(logits)?;
+/// let mut params = Params::new(CpuBackend, &g, 1)?;
+/// let mut train = Plan::train(CpuBackend, &g, 2)?;
+/// train.set_input("x", &[0.1, 0.2, 0.3, 0.4, 0.5, 0.6])?;
+/// train.set_labels(&[0, 1])?;
+/// train.step(&mut params, 1e-2)?;
+/// assert!(train.loss()?.is_finite());
+/// let mut eval = Plan::inference(CpuBackend, &g, 1, logits)?;
+/// eval.set_input("x", &[0.1, 0.2, 0.3])?;
+/// eval.forward(&params)?;
+/// assert_eq!(eval.output()?.len(), 2);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Plan<B: Backend> {
+    b: Arc<B>,
+    batch: usize,
+    train: bool,
+    precision: Precision,
+    bufs: Vec<Option<B::Buf>>,
+    bytes: usize,
+    inputs: Vec<(String, BufRef)>,
+    labels: B::Labels,
+    output: BufRef,
+    forward: Vec<Launch>,
+    backward: Vec<Launch>,
+    adam: Vec<Launch>,
+    losses: Option<B::Buf>,
+    pending: usize,
+    last_step: u64,
+    param_len: usize,
+}
+
+impl<B: Backend> std::fmt::Debug for Plan<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("backend", &self.b.name())
+            .field("batch", &self.batch)
+            .field("train", &self.train)
+            .field("bytes", &self.bytes)
+            .field(
+                "launches",
+                &(self.forward.len() + self.backward.len() + self.adam.len()),
+            )
+            .finish()
+    }
+}
+
+impl<B: Backend> Plan<B> {
+    /// A training plan of `g` (which must have a loss, [`Graph::softmax_xent`]) for batches of `batch`, with
+    /// the default [`TrainOptions`].
+    pub fn train(b: impl BackendHandle<Backend = B>, g: &Graph, batch: usize) -> Result<Self> {
+        Self::train_with(b, g, batch, &TrainOptions::default())
+    }
+
+    /// A training plan with `opts`.
+    pub fn train_with(
+        b: impl BackendHandle<Backend = B>,
+        g: &Graph,
+        batch: usize,
+        opts: &TrainOptions,
+    ) -> Result<Self> {
+        const OP: &str = "Plan::train";
+        let loss = g
+            .nodes
+            .iter()
+            .position(|n| matches!(n, Op::SoftmaxXent { .. }))
+            .ok_or_else(|| plan_err(OP, "the graph has no loss (softmax_xent)".into()))?;
+        let mut p = Planner::new(g, OP, batch, true, Value(loss))?;
+        p.fuse()?;
+        p.place_forward()?;
+        p.place_grads()?;
+        let mut saved = Vec::new();
+        p.plan_forward(&mut saved)?;
+        p.plan_backward(&saved, &opts.fuse_wgrad_adam)?;
+        // Adam over the runs of parameters outside the fused linear weights, one launch per run.
+        let table = param_table(g);
+        let len = table.last().map_or(0, |e| e.range.end);
+        let mut fused: Vec<Range<usize>> = p
+            .fused
+            .iter()
+            .filter_map(|l| match l {
+                Launch::LinearWgradAdam { w, .. } => Some(w.clone()),
+                _ => None,
+            })
+            .collect();
+        fused.sort_by_key(|r| r.start);
+        let mut adam = Vec::new();
+        let mut at = 0;
+        for r in fused.iter().chain(std::iter::once(&(len..len))) {
+            if r.start > at {
+                adam.push(Launch::Adam { range: at..r.start });
+            }
+            at = r.end;
+        }
+        adam.append(&mut p.fused);
+        let output = p.fwd_ref(Value(loss))?;
+        Self::allocate(b, p, opts.precision, output, adam, len)
+    }
+
+    /// An inference plan of `g` for batches of `batch`, computing `output` (dropout is the identity; nothing
+    /// is saved for backward).
+    pub fn inference(
+        b: impl BackendHandle<Backend = B>,
+        g: &Graph,
+        batch: usize,
+        output: Value,
+    ) -> Result<Self> {
+        const OP: &str = "Plan::inference";
+        let mut p = Planner::new(g, OP, batch, false, output)?;
+        if matches!(g.nodes[output.0], Op::SoftmaxXent { .. }) {
+            return Err(plan_err(
+                OP,
+                "the output is the loss: plan its logits instead".into(),
+            ));
+        }
+        p.fuse()?;
+        p.place_forward()?;
+        let mut saved = Vec::new();
+        p.plan_forward(&mut saved)?;
+        let out = p.fwd_loc(output.0)?;
+        if out.len != p.elems(output.0) {
+            return Err(plan_err(
+                OP,
+                format!("output value {} is a concat part", output.0),
+            ));
+        }
+        let len = param_table(g).last().map_or(0, |e| e.range.end);
+        Self::allocate(b, p, Precision::Fp32, Planner::r(out), Vec::new(), len)
+    }
+
+    fn allocate(
+        b: impl BackendHandle<Backend = B>,
+        p: Planner<'_>,
+        precision: Precision,
+        output: BufRef,
+        adam: Vec<Launch>,
+        param_len: usize,
+    ) -> Result<Self> {
+        let b = b.into_backend();
+        let mut bufs = Vec::with_capacity(p.bufs.len());
+        for &(len, _) in &p.bufs {
+            bufs.push(Some(b.alloc_zeros(len)?));
+        }
+        let inputs = p
+            .live_nodes()
+            .filter_map(|(i, n)| match n {
+                Op::Input { name } => p.fwd[i].map(|l| (name.clone(), Planner::r(l))),
+                _ => None,
+            })
+            .collect();
+        let losses = if p.train {
+            Some(b.alloc_zeros(LOSS_RING)?)
+        } else {
+            None
+        };
+        let bytes = p.bufs.iter().map(|(len, _)| len * 4).sum::<usize>()
+            + if p.train { LOSS_RING * 4 } else { 0 }
+            + p.n * 4;
+        Ok(Plan {
+            labels: b.upload_labels(&vec![0; p.n])?,
+            b,
+            batch: p.n,
+            train: p.train,
+            precision,
+            bufs,
+            bytes,
+            inputs,
+            output,
+            forward: p.forward,
+            backward: p.backward,
+            adam,
+            losses,
+            pending: 0,
+            last_step: 0,
+            param_len,
+        })
+    }
+
+    /// The batch size.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// The kernels' arithmetic.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Bytes of every buffer the plan allocated (activations, what backward saves, gradients, scratch,
+    /// labels, the loss history); the parameters' four flat buffers are [`Params::bytes`].
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Kernel launches of a training step (forward, backward, Adam) or of an inference forward.
+    pub fn launches(&self) -> usize {
+        self.forward.len() + self.backward.len() + self.adam.len()
+    }
+
+    /// Copies a batch into input `name`: `batch × shape` values. A missing name is an error.
+    pub fn set_input(&mut self, name: &str, data: &[f32]) -> Result<()> {
+        let r = self
+            .inputs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, r)| *r)
+            .ok_or_else(|| plan_err("Plan::set_input", format!("no input named {name:?}")))?;
+        crate::shape::check_len("Plan::set_input", "data", r.len, data.len())?;
+        let b = &*self.b;
+        let buf = self.bufs[r.id]
+            .as_mut()
+            .ok_or_else(|| plan_err("Plan::set_input", "buffer in use".into()))?;
+        b.write(&mut b.view_mut(buf, 0..r.len)?, data)
+    }
+
+    /// Copies the batch's `batch` class labels (for the loss).
+    pub fn set_labels(&mut self, labels: &[u32]) -> Result<()> {
+        crate::shape::check_len("Plan::set_labels", "labels", self.batch, labels.len())?;
+        self.b.write_labels(&mut self.labels, labels)
+    }
+
+    /// Runs the forward launches with `params` (a training plan's forward includes the loss, and dropout
+    /// uses the mask of the next step).
+    pub fn forward(&mut self, params: &Params<B>) -> Result<()> {
+        self.check_params(params)?;
+        let mut ctx = Ctx {
+            values: Values::Shared(&params.values),
+            grads: None,
+            moments: None,
+            seed: params.seed,
+            step: params.step + 1,
+            adam: AdamStep::new(0.0, params.step + 1),
+            store_fused: false,
+        };
+        let Plan {
+            b,
+            bufs,
+            labels,
+            forward,
+            ..
+        } = self;
+        forward
+            .iter()
+            .try_for_each(|l| exec(&**b, bufs, labels, l, &mut ctx))
+    }
+
+    /// Forward, loss and backward without the update, storing every gradient in `params` (fused linear
+    /// weights' included); dropout uses the mask of the next step.
+    pub fn forward_backward(&mut self, params: &mut Params<B>) -> Result<()> {
+        self.need_train("Plan::forward_backward")?;
+        self.check_params(params)?;
+        let (seed, step) = (params.seed, params.step + 1);
+        let Params { values, grads, .. } = params;
+        let mut ctx = Ctx {
+            values: Values::Shared(values),
+            grads: Some(grads),
+            moments: None,
+            seed,
+            step,
+            adam: AdamStep::new(0.0, step),
+            store_fused: true,
+        };
+        let Plan {
+            b,
+            bufs,
+            labels,
+            forward,
+            backward,
+            ..
+        } = self;
+        forward
+            .iter()
+            .chain(backward.iter())
+            .try_for_each(|l| exec(&**b, bufs, labels, l, &mut ctx))
+    }
+
+    /// One training step: forward, loss, backward and Adam with learning rate `lr` over every parameter
+    /// (fused linear weights through `linear_wgrad_adam`), all on the backend's stream, allocating nothing and
+    /// never waiting for the device. The step's loss is kept on the device ([`Self::take_mean_loss`]).
+    pub fn step(&mut self, params: &mut Params<B>, lr: f64) -> Result<()> {
+        self.need_train("Plan::step")?;
+        self.check_params(params)?;
+        let (seed, step) = (params.seed, params.step + 1);
+        let adam = AdamStep::new(lr, step);
+        adam.scalars("Plan::step")?;
+        let Params {
+            values,
+            grads,
+            adam_m,
+            adam_v,
+            ..
+        } = params;
+        let mut ctx = Ctx {
+            values: Values::Mut(values),
+            grads: Some(grads),
+            moments: Some((adam_m, adam_v)),
+            seed,
+            step,
+            adam,
+            store_fused: false,
+        };
+        {
+            let Plan {
+                b,
+                bufs,
+                labels,
+                forward,
+                backward,
+                adam,
+                ..
+            } = self;
+            forward
+                .iter()
+                .chain(backward.iter())
+                .chain(adam.iter())
+                .try_for_each(|l| exec(&**b, bufs, labels, l, &mut ctx))?;
+        }
+        params.step = step;
+        // Keep the step's loss on the device for the mean at the next logging point.
+        let slot = (step as usize - 1) % LOSS_RING;
+        let b = &*self.b;
+        let (Some(losses), Some(Some(loss))) =
+            (self.losses.as_mut(), self.bufs.get(self.output.id))
+        else {
+            return Err(plan_err("Plan::step", "no loss buffer".into()));
+        };
+        b.copy(
+            &mut b.view_mut(losses, slot..slot + 1)?,
+            &b.view(loss, 0..1)?,
+        )?;
+        self.pending += 1;
+        self.last_step = step;
+        Ok(())
+    }
+
+    /// The loss of the last forward of a training plan (reads one value back from the device).
+    pub fn loss(&self) -> Result<f32> {
+        self.need_train("Plan::loss")?;
+        Ok(self.output()?.first().copied().unwrap_or(f32::NAN))
+    }
+
+    /// The output of an inference plan (`batch × shape`), or a training plan's loss (copied to the host).
+    pub fn output(&self) -> Result<Vec<f32>> {
+        let buf = self.bufs[self.output.id]
+            .as_ref()
+            .ok_or_else(|| plan_err("Plan::output", "buffer in use".into()))?;
+        self.b.read(&self.b.view(buf, 0..self.output.len)?)
+    }
+
+    /// The mean loss of the training steps since the last call (at most the last [`LOSS_RING`]), read from
+    /// the device: the one synchronisation of a logging point. `None` when no step ran since.
+    pub fn take_mean_loss(&mut self) -> Result<Option<f32>> {
+        let Some(losses) = self.losses.as_ref() else {
+            return Err(plan_err(
+                "Plan::take_mean_loss",
+                "an inference plan has no loss".into(),
+            ));
+        };
+        if self.pending == 0 {
+            return Ok(None);
+        }
+        let n = self.pending.min(LOSS_RING);
+        let host = self.b.to_host(losses)?;
+        let last = (self.last_step as usize + LOSS_RING - 1) % LOSS_RING;
+        let sum: f64 = (0..n)
+            .map(|k| host[(last + LOSS_RING - k) % LOSS_RING] as f64)
+            .sum();
+        self.pending = 0;
+        Ok(Some((sum / n as f64) as f32))
+    }
+
+    fn need_train(&self, op: &'static str) -> Result<()> {
+        if self.train {
+            Ok(())
+        } else {
+            Err(plan_err(
+                op,
+                "an inference plan has no loss or backward".into(),
+            ))
+        }
+    }
+
+    fn check_params(&self, params: &Params<B>) -> Result<()> {
+        crate::shape::check_len("Plan", "params", self.param_len, params.len())
+    }
+}
+
+/// What the launches of one run read and update besides the plan's buffers.
+struct Ctx<'p, B: Backend> {
+    values: Values<'p, B>,
+    grads: Option<&'p mut B::Buf>,
+    moments: Option<(&'p mut B::Buf, &'p mut B::Buf)>,
+    seed: u64,
+    /// The dropout step (Adam's step count after this step).
+    step: u64,
+    adam: AdamStep,
+    /// Whether fused linear weights get their gradient stored (forward_backward) or not (a training step).
+    store_fused: bool,
+}
+
+fn missing(what: &str) -> Error {
+    plan_err(
+        "Plan",
+        format!("{what} missing (a training step's buffers are absent)"),
+    )
+}
+
+fn take<B: Backend>(bufs: &mut [Option<B::Buf>], r: BufRef) -> Result<B::Buf> {
+    bufs.get_mut(r.id)
+        .and_then(Option::take)
+        .ok_or_else(|| missing("buffer"))
+}
+
+fn view<'a, B: Backend>(b: &'a B, bufs: &'a [Option<B::Buf>], r: BufRef) -> Result<B::View<'a>> {
+    let buf = bufs
+        .get(r.id)
+        .and_then(Option::as_ref)
+        .ok_or_else(|| missing("buffer"))?;
+    b.view(buf, 0..r.len)
+}
+
+/// Runs `f` with buffer `r` taken out of `bufs` (so that the others can be viewed meanwhile), then puts it
+/// back.
+fn with_out<B: Backend>(
+    bufs: &mut [Option<B::Buf>],
+    r: BufRef,
+    f: impl FnOnce(&mut B::Buf, &[Option<B::Buf>]) -> Result<()>,
+) -> Result<()> {
+    let mut out = take::<B>(bufs, r)?;
+    let res = f(&mut out, bufs);
+    bufs[r.id] = Some(out);
+    res
+}
+
+/// As [`with_out`] with two buffers.
+fn with_outs<B: Backend>(
+    bufs: &mut [Option<B::Buf>],
+    r: [BufRef; 2],
+    f: impl FnOnce(&mut B::Buf, &mut B::Buf, &[Option<B::Buf>]) -> Result<()>,
+) -> Result<()> {
+    let mut first = take::<B>(bufs, r[0])?;
+    let res = match take::<B>(bufs, r[1]) {
+        Ok(mut second) => {
+            let res = f(&mut first, &mut second, bufs);
+            bufs[r[1].id] = Some(second);
+            res
+        }
+        Err(e) => Err(e),
+    };
+    bufs[r[0].id] = Some(first);
+    res
+}
+
+fn exec<B: Backend>(
+    b: &B,
+    bufs: &mut [Option<B::Buf>],
+    labels: &B::Labels,
+    launch: &Launch,
+    ctx: &mut Ctx<'_, B>,
+) -> Result<()> {
+    let p = |r: &Range<usize>| b.view(ctx.values.get(), r.clone());
+    match launch {
+        Launch::ConvFwd {
+            y,
+            x,
+            w,
+            b: bias,
+            s,
+            relu,
+        } => with_out::<B>(bufs, *y, |yb, bufs| {
+            b.conv_fwd(
+                &mut b.view_mut(yb, 0..y.len)?,
+                &view(b, bufs, *x)?,
+                &p(w)?,
+                &p(bias)?,
+                s,
+                *relu,
+            )
+        }),
+        Launch::ReduceConvFwd {
+            y,
+            mid,
+            x,
+            p: pr,
+            s,
+        } => with_outs::<B>(bufs, [*y, *mid], |yb, mb, bufs| {
+            b.reduce_conv_fwd(
+                &mut b.view_mut(yb, 0..y.len)?,
+                &mut b.view_mut(mb, 0..mid.len)?,
+                &view(b, bufs, *x)?,
+                &p(pr)?,
+                s,
+            )
+        }),
+        Launch::MaxPoolFwd { y, x, s } => with_out::<B>(bufs, *y, |yb, bufs| {
+            b.maxpool3x3s1_fwd(&mut b.view_mut(yb, 0..y.len)?, &view(b, bufs, *x)?, s)
+        }),
+        Launch::LinearFwd {
+            y,
+            x,
+            w,
+            b: bias,
+            s,
+        } => with_out::<B>(bufs, *y, |yb, bufs| {
+            b.linear_fwd(
+                &mut b.view_mut(yb, 0..y.len)?,
+                &view(b, bufs, *x)?,
+                &p(w)?,
+                &p(bias)?,
+                s,
+            )
+        }),
+        Launch::ReluFwd { y, x } => with_out::<B>(bufs, *y, |yb, bufs| {
+            b.relu_fwd(&mut b.view_mut(yb, 0..y.len)?, &view(b, bufs, *x)?)
+        }),
+        Launch::DropoutFwd { y, x, p: prob } => with_out::<B>(bufs, *y, |yb, bufs| {
+            b.dropout_fwd(
+                &mut b.view_mut(yb, 0..y.len)?,
+                &view(b, bufs, *x)?,
+                *prob,
+                ctx.seed,
+                ctx.step,
+            )
+        }),
+        Launch::SoftmaxXent {
+            loss,
+            dlogits,
+            logits,
+            classes,
+        } => with_outs::<B>(bufs, [*loss, *dlogits], |lb, db, bufs| {
+            b.softmax_xent(
+                &mut b.view_mut(lb, 0..loss.len)?,
+                &mut b.view_mut(db, 0..dlogits.len)?,
+                &view(b, bufs, *logits)?,
+                labels,
+                *classes,
+            )
+        }),
+        Launch::ReluBwd { dx, dy, y } => with_out::<B>(bufs, *dx, |db, bufs| {
+            b.relu_bwd(
+                &mut b.view_mut(db, 0..dx.len)?,
+                &view(b, bufs, *dy)?,
+                &view(b, bufs, *y)?,
+            )
+        }),
+        Launch::DropoutBwd { dx, dy, p: prob } => with_out::<B>(bufs, *dx, |db, bufs| {
+            b.dropout_bwd(
+                &mut b.view_mut(db, 0..dx.len)?,
+                &view(b, bufs, *dy)?,
+                *prob,
+                ctx.seed,
+                ctx.step,
+            )
+        }),
+        Launch::Accumulate { dst, add, tmp } => {
+            with_outs::<B>(bufs, [*dst, *tmp], |db, tb, bufs| {
+                b.copy(&mut b.view_mut(tb, 0..tmp.len)?, &b.view(db, 0..dst.len)?)?;
+                b.add_fwd(
+                    &mut b.view_mut(db, 0..dst.len)?,
+                    &b.view(tb, 0..tmp.len)?,
+                    &view(b, bufs, *add)?,
+                )
+            })
+        }
+        Launch::MaxPoolBwd {
+            dx,
+            accumulate,
+            dy,
+            x,
+            s,
+        } => with_out::<B>(bufs, *dx, |db, bufs| {
+            b.maxpool3x3s1_bwd(
+                &mut b.view_mut(db, 0..dx.len)?,
+                &view(b, bufs, *dy)?,
+                &view(b, bufs, *x)?,
+                s,
+                *accumulate,
+            )
+        }),
+        Launch::ConvBwd {
+            dx,
+            dw,
+            db,
+            dy,
+            x,
+            w,
+            s,
+        } => {
+            let grads = ctx
+                .grads
+                .as_deref_mut()
+                .ok_or_else(|| missing("gradients"))?;
+            let mut run =
+                |dxb: Option<(&mut B::Buf, usize, bool)>, bufs: &[Option<B::Buf>]| -> Result<()> {
+                    let mut dxv = match dxb {
+                        Some((buf, len, acc)) => Some((b.view_mut(buf, 0..len)?, acc)),
+                        None => None,
+                    };
+                    let dx = dxv.as_mut().map(|(v, a)| (v, *a));
+                    let (dyv, xv, wv) = (view(b, bufs, *dy)?, view(b, bufs, *x)?, p(w)?);
+                    defs::conv_bwd(b, dx, grads, [dw.clone(), db.clone()], &dyv, &xv, &wv, s)
+                };
+            match dx {
+                Some((d, acc)) => {
+                    with_out::<B>(bufs, *d, |dxb, bufs| run(Some((dxb, d.len, *acc)), bufs))
+                }
+                None => run(None, bufs),
+            }
+        }
+        Launch::ReduceConvBwd {
+            dx,
+            accumulate,
+            dp,
+            scratch,
+            dy,
+            x,
+            mid,
+            p: pr,
+            s,
+        } => {
+            let grads = ctx
+                .grads
+                .as_deref_mut()
+                .ok_or_else(|| missing("gradients"))?;
+            with_outs::<B>(bufs, [*dx, *scratch], |dxb, sb, bufs| {
+                b.reduce_conv_bwd(
+                    &mut b.view_mut(dxb, 0..dx.len)?,
+                    &mut b.view_mut(grads, dp.clone())?,
+                    &mut b.view_mut(sb, 0..scratch.len)?,
+                    &view(b, bufs, *dy)?,
+                    &view(b, bufs, *x)?,
+                    &view(b, bufs, *mid)?,
+                    &p(pr)?,
+                    s,
+                    *accumulate,
+                )
+            })
+        }
+        Launch::LinearBwd {
+            dx,
+            dw,
+            db,
+            dy,
+            x,
+            w,
+            s,
+        } => {
+            let grads = ctx
+                .grads
+                .as_deref_mut()
+                .ok_or_else(|| missing("gradients"))?;
+            let dw = (!dw.1 || ctx.store_fused).then(|| dw.0.clone());
+            let run = |dxb: Option<(&mut B::Buf, usize)>, bufs: &[Option<B::Buf>]| -> Result<()> {
+                let mut dxv = match dxb {
+                    Some((buf, len)) => Some(b.view_mut(buf, 0..len)?),
+                    None => None,
+                };
+                let (dyv, xv, wv) = (view(b, bufs, *dy)?, view(b, bufs, *x)?, p(w)?);
+                defs::linear_bwd(b, dxv.as_mut(), grads, dw, db.clone(), &dyv, &xv, &wv, s)
+            };
+            match dx {
+                Some(d) => with_out::<B>(bufs, *d, |dxb, bufs| run(Some((dxb, d.len)), bufs)),
+                None => run(None, bufs),
+            }
+        }
+        Launch::Adam { range } => {
+            let (Some(grads), Some((m, v)), Values::Mut(values)) =
+                (ctx.grads.as_deref(), ctx.moments.as_mut(), &mut ctx.values)
+            else {
+                return Err(missing("Adam state"));
+            };
+            b.adam_step(
+                &mut b.view_mut(values, range.clone())?,
+                &mut b.view_mut(m, range.clone())?,
+                &mut b.view_mut(v, range.clone())?,
+                &b.view(grads, range.clone())?,
+                &ctx.adam,
+            )
+        }
+        Launch::LinearWgradAdam { w, dy, x, s } => {
+            let (Some((m, v)), Values::Mut(values)) = (ctx.moments.as_mut(), &mut ctx.values)
+            else {
+                return Err(missing("Adam state"));
+            };
+            b.linear_wgrad_adam(
+                [
+                    &mut b.view_mut(values, w.clone())?,
+                    &mut b.view_mut(m, w.clone())?,
+                    &mut b.view_mut(v, w.clone())?,
+                ],
+                &view(b, bufs, *dy)?,
+                &view(b, bufs, *x)?,
+                s,
+                &ctx.adam,
+            )
+        }
+    }
+}
+
+/// The parameter values of a run: read-only (forward, backward) or writable (a training step's Adam).
+enum Values<'p, B: Backend> {
+    Shared(&'p B::Buf),
+    Mut(&'p mut B::Buf),
+}
+
+impl<B: Backend> Values<'_, B> {
+    fn get(&self) -> &B::Buf {
+        match self {
+            Values::Shared(v) => v,
+            Values::Mut(v) => v,
+        }
+    }
+}
