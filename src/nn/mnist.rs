@@ -11,6 +11,7 @@ use std::ops::Range;
 use super::inception::{InceptionModule, InceptionWidths, ModuleSaved, ModuleScratch};
 use crate::backend::{Backend, BackendHandle};
 use crate::shape::{AdamStep, LinearShape};
+use crate::tensor::check_alloc;
 use crate::{Error, Result};
 
 /// Classes of MNIST.
@@ -46,8 +47,99 @@ impl Default for MnistConfig {
     }
 }
 
+/// `a · b · …` or `None` on overflow.
+fn product(dims: &[usize]) -> Option<usize> {
+    dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+}
+
+/// `a + b + …` or `None` on overflow.
+fn sum(terms: &[usize]) -> Option<usize> {
+    terms.iter().try_fold(0usize, |n, &d| n.checked_add(d))
+}
+
+/// Parameters of an Inception module of uniform widths `map` and `reduce` on `c` input channels, checked.
+fn module_param_count(c: usize, map: usize, reduce: usize) -> Option<usize> {
+    sum(&[
+        product(&[map, c])?,
+        map,
+        product(&[reduce, c])?,
+        reduce,
+        product(&[map, reduce, 9])?,
+        map,
+        product(&[reduce, c])?,
+        reduce,
+        product(&[map, reduce, 25])?,
+        map,
+        product(&[map, c])?,
+        map,
+    ])
+}
+
 impl MnistConfig {
-    /// The two modules and every parameter of the net, in the reference's order, without allocating.
+    /// Checks the config before anything is sized from it (as [`InceptionMnist::new`] and
+    /// [`InceptionMnist::load`] do): every width at least 1, dropout finite in [0, 1), and every size, up to
+    /// the total parameter count it returns, within `usize`.
+    pub fn validate(&self, op: &'static str) -> Result<usize> {
+        let c = *self;
+        if [c.map1, c.map2, c.reduce, c.hidden, c.image].contains(&0) {
+            return Err(Error::InvalidShape {
+                op,
+                reason: format!("zero width in {c:?}"),
+            });
+        }
+        if !(c.dropout.is_finite() && (0.0..1.0).contains(&c.dropout)) {
+            return Err(Error::OutOfRange {
+                op,
+                what: "dropout".into(),
+                value: c.dropout.to_string(),
+                allowed: "0 <= dropout < 1",
+            });
+        }
+        let count = (|| {
+            let c2_in = c.map1.checked_mul(4)?;
+            let flat = product(&[c.image, c.image, c.map2, 4])?;
+            sum(&[
+                module_param_count(1, c.map1, c.reduce)?,
+                module_param_count(c2_in, c.map2, c.reduce)?,
+                product(&[c.hidden, flat])?,
+                c.hidden,
+                product(&[CLASSES, c.hidden])?,
+                CLASSES,
+            ])
+        })();
+        count.ok_or_else(|| Error::InvalidShape {
+            op,
+            reason: format!("{c:?} has more parameters than fit in memory"),
+        })
+    }
+
+    /// Elements of the activation and gradient buffers of a batch of `n` (workspace of a training step),
+    /// `None` on overflow. The config must have passed [`Self::validate`].
+    fn workspace_elems(&self, n: usize) -> Option<usize> {
+        let c = *self;
+        let hw = product(&[n, c.image, c.image])?;
+        let module = |c_in: usize, map: usize| -> Option<usize> {
+            let c_out = map.checked_mul(4)?;
+            // saved (mid3, mid5, pooled) + scratch (g, dpooled, dmid) + output + its gradient
+            product(&[
+                hw,
+                sum(&[
+                    c.reduce, c.reduce, c_in, c_out, c_in, c.reduce, c_out, c_out,
+                ])?,
+            ])
+        };
+        sum(&[
+            hw,
+            module(1, c.map1)?,
+            module(c.map1.checked_mul(4)?, c.map2)?,
+            product(&[n, c.hidden, 5])?,
+            product(&[n, CLASSES, 2])?,
+            1,
+        ])
+    }
+
+    /// The two modules and every parameter of the net, in the reference's order, without allocating. Sizes
+    /// are not checked here: a config from outside goes through [`Self::validate`] first.
     pub fn param_table(&self) -> (InceptionModule, InceptionModule, Vec<ParamEntry>) {
         let c = *self;
         let m1 = InceptionModule {
@@ -204,16 +296,21 @@ impl<B: Backend> InceptionMnist<B> {
     ///
     /// `b` is the backend by value (`CpuBackend`, `EmuBackend`) or shared (`CudaDevice::backend_arc()`).
     pub fn new(b: impl BackendHandle<Backend = B>, config: MnistConfig, seed: u64) -> Result<Self> {
+        const OP: &str = "InceptionMnist::new";
         let b = b.into_backend();
         let c = config;
-        if [c.map1, c.map2, c.reduce, c.hidden, c.image].contains(&0) {
-            return Err(Error::InvalidShape {
-                op: "InceptionMnist::new",
-                reason: format!("zero width in {c:?}"),
-            });
+        let at = c.validate(OP)?;
+        // The initial values are drawn on the host; a host-resident backend (the CPU twins, the emulator)
+        // also holds the parameters, gradients and both moments there.
+        check_alloc(OP, &format!("the {at} parameters of {c:?}"), at)?;
+        if b.name() != "cuda" {
+            check_alloc(
+                OP,
+                &format!("parameters, gradients and Adam's moments of {c:?}"),
+                at.saturating_mul(4),
+            )?;
         }
         let (m1, m2, entries) = c.param_table();
-        let at = entries.last().map_or(0, |e| e.range.end);
         let mut rng = SplitMix64(seed);
         let mut host = vec![0.0f32; at];
         for e in &entries {
@@ -292,7 +389,19 @@ impl<B: Backend> InceptionMnist<B> {
 
     /// Overwrites parameter `name` (for loading weights; the length must match its shape).
     pub fn set_param(&mut self, name: &str, values: &[f32]) -> Result<()> {
-        let r = self.entry(name)?.range.clone();
+        let e = self.entry(name)?;
+        if values.len() != e.range.len() {
+            return Err(Error::InvalidShape {
+                op: "InceptionMnist::set_param",
+                reason: format!(
+                    "parameter {name} of shape {:?} takes {} values, got {}",
+                    e.shape,
+                    e.range.len(),
+                    values.len()
+                ),
+            });
+        }
+        let r = e.range.clone();
         self.b
             .write(&mut self.b.view_mut(&mut self.params, r)?, values)
     }
@@ -305,6 +414,22 @@ impl<B: Backend> InceptionMnist<B> {
         if self.ws.as_ref().is_some_and(|ws| ws.n == n) {
             return Ok(());
         }
+        let elems = self
+            .config
+            .workspace_elems(n)
+            .ok_or_else(|| Error::InvalidShape {
+                op: "InceptionMnist::workspace",
+                reason: format!(
+                    "a batch of {n} has more activations than fit in memory for {:?}",
+                    self.config
+                ),
+            })?;
+        check_alloc(
+            "InceptionMnist::workspace",
+            &format!("the activations and gradients of a batch of {n}"),
+            elems,
+        )?;
+        self.ws = None; // the old batch size's buffers go before the new ones are allocated
         let (b, hw) = (&*self.b, n * self.image_len());
         let (m1, m2, c) = (&self.m1, &self.m2, &self.config);
         let (_, h, w) = (n, c.image, c.image);
@@ -352,6 +477,22 @@ impl<B: Backend> InceptionMnist<B> {
         let n = images.len() / px;
         if let Some(labels) = labels {
             crate::shape::check_len(op, "labels", n, labels.len())?;
+            // Checked here, before the upload, for every backend (the CUDA loss kernel cannot report it).
+            if let Some(i) = labels.iter().position(|&l| l as usize >= CLASSES) {
+                return Err(Error::OutOfRange {
+                    op,
+                    what: format!("label of image {i}"),
+                    value: labels[i].to_string(),
+                    allowed: "0 <= label < 10",
+                });
+            }
+        }
+        if let Some(i) = images.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                op,
+                what: format!("pixel {} of image {}", i % px, i / px),
+                value: images[i],
+            });
         }
         Ok(n)
     }
@@ -467,11 +608,23 @@ impl<B: Backend> InceptionMnist<B> {
     /// fc1's weight gradient is not stored: `linear_wgrad_adam` applies it to the weights and Adam's moments
     /// as it is formed (for fc1 that saves writing and reading back 562 MB a step), so after a step
     /// [`Self::grad`] holds every gradient but that one; [`Self::forward_backward`] computes them all.
+    ///
+    /// The learning rate and step count are checked before anything runs, and the step count advances only
+    /// when the whole step succeeded: after an error the next step is the one a fresh attempt would take.
     pub fn train_loaded(&mut self, lr: f64) -> Result<StepStats> {
+        let step = self.step.checked_add(1).ok_or_else(|| Error::OutOfRange {
+            op: "train_step",
+            what: "step count".into(),
+            value: self.step.to_string(),
+            allowed: "below u64::MAX",
+        })?;
+        let adam = AdamStep::new(lr, step);
+        adam.scalars("train_step")?;
+        if self.ws.is_none() {
+            return Err(missing_workspace());
+        }
         self.forward(true)?;
         self.backward(false)?;
-        self.step += 1;
-        let adam = AdamStep::new(lr, self.step);
         let b = &*self.b;
         let len = b.len(&self.params);
         let fc1w = self
@@ -514,13 +667,14 @@ impl<B: Backend> InceptionMnist<B> {
             &adam,
         )?;
         // Keep the step's loss on the device for the mean at the next logging point.
-        let slot = (self.step as usize - 1) % LOSS_RING;
+        let slot = ((step - 1) % LOSS_RING as u64) as usize;
         b.copy(
             &mut b.view_mut(&mut self.losses, slot..slot + 1)?,
             &b.view(&ws.loss, 0..1)?,
         )?;
         self.pending += 1;
-        Ok(StepStats { step: self.step })
+        self.step = step;
+        Ok(StepStats { step })
     }
 
     /// The mean loss of the training steps since the last call (at most the last [`LOSS_RING`]), read from
@@ -531,7 +685,7 @@ impl<B: Backend> InceptionMnist<B> {
         }
         let n = self.pending.min(LOSS_RING);
         let host = self.b.to_host(&self.losses)?;
-        let last = (self.step as usize - 1) % LOSS_RING;
+        let last = (self.step.saturating_sub(1) % LOSS_RING as u64) as usize;
         let sum: f64 = (0..n)
             .map(|k| host[(last + LOSS_RING - k) % LOSS_RING] as f64)
             .sum();
@@ -743,9 +897,21 @@ impl<B: Backend> InceptionMnist<B> {
         self.b.to_host(&ws.logits)
     }
 
-    /// Predicted classes of a batch (evaluation mode).
+    /// Predicted classes of a batch (evaluation mode): the first largest logit of each image. A NaN logit
+    /// (a diverged model) is an error naming the image, not a class.
     pub fn predict(&mut self, images: &[f32]) -> Result<Vec<u32>> {
         let logits = self.logits(images)?;
+        if let Some(i) = logits.iter().position(|v| v.is_nan()) {
+            return Err(Error::NonFinite {
+                op: "predict",
+                what: format!(
+                    "logit {} of image {} (the model's parameters are not finite?)",
+                    i % CLASSES,
+                    i / CLASSES
+                ),
+                value: logits[i],
+            });
+        }
         Ok(logits
             .chunks(CLASSES)
             .map(|row| {
@@ -759,6 +925,31 @@ impl<B: Backend> InceptionMnist<B> {
                 best.0 as u32
             })
             .collect())
+    }
+
+    /// The first non-finite value among the parameters and Adam's moments, as an error naming the buffer,
+    /// the parameter and the index (copies them to the host); `Ok` when all are finite. Run before a
+    /// checkpoint so a diverged model is never saved.
+    pub fn check_finite(&self) -> Result<()> {
+        for (what, buf) in [
+            ("parameter", &self.params),
+            ("Adam first moment of", &self.adam_m),
+            ("Adam second moment of", &self.adam_v),
+        ] {
+            let host = self.b.to_host(buf)?;
+            if let Some(i) = host.iter().position(|v| !v.is_finite()) {
+                let e = self.entries.iter().find(|e| e.range.contains(&i));
+                let name = e.map_or("?".to_string(), |e| {
+                    format!("{}[{}]", e.name, i - e.range.start)
+                });
+                return Err(Error::NonFinite {
+                    op: "check_finite",
+                    what: format!("{what} {name} at step {}", self.step),
+                    value: host[i],
+                });
+            }
+        }
+        Ok(())
     }
 }
 
