@@ -240,6 +240,23 @@ pub fn load_idx(images: &Path, labels: &Path) -> Result<Dataset> {
     })
 }
 
+/// The line (from 1) of the record at byte offset `byte` of `path`, counted when an error is reported: the
+/// CSV reader skips blank lines without counting them, and its record offset is where the blank lines
+/// before the record begin.
+fn line_at(path: &Path, byte: Option<u64>) -> Option<u64> {
+    let byte = byte?;
+    let mut file = BufReader::new(File::open(path).ok()?);
+    let (mut line, mut at, mut b) = (1u64, 0u64, [0u8]);
+    while file.read_exact(&mut b).is_ok() {
+        if at >= byte && !matches!(b[0], b'\n' | b'\r') {
+            break;
+        }
+        line += u64::from(b[0] == b'\n');
+        at += 1;
+    }
+    Some(line)
+}
+
 /// Loads the write-up's CSV layout: one image a row, the label first, then 784 pixel values 0–255; a header
 /// row (a first row whose first field is not a number) is skipped.
 pub fn load_csv(path: &Path) -> Result<Dataset> {
@@ -252,10 +269,11 @@ pub fn load_csv(path: &Path) -> Result<Dataset> {
     for (i, record) in reader.records().enumerate() {
         // The reader skips blank lines: the line number is the record's own, not its index.
         let record = record.map_err(|e| {
-            let line = e.position().map(|p| p.line());
+            let line = line_at(path, e.position().map(|p| p.byte()));
             data_error(path, line, format!("unreadable row: {e}"))
         })?;
-        let line = record.position().map_or(i as u64 + 1, |p| p.line());
+        let at = record.position().map(|p| p.byte());
+        let line = || line_at(path, at);
         let values: Vec<&str> = record.iter().map(str::trim).collect();
         if i == 0 && values.first().is_some_and(|v| v.parse::<f64>().is_err()) {
             continue; // a header row: its first field is a name, not a label
@@ -263,7 +281,7 @@ pub fn load_csv(path: &Path) -> Result<Dataset> {
         if values.len() != 785 {
             return Err(data_error(
                 path,
-                Some(line),
+                line(),
                 format!(
                     "{} fields, expected 785 (label and 784 pixels)",
                     values.len()
@@ -278,7 +296,7 @@ pub fn load_csv(path: &Path) -> Result<Dataset> {
                 .ok_or_else(|| {
                     data_error(
                         path,
-                        Some(line),
+                        line(),
                         format!(
                             "field {} = {:?} is not an integer in 0..={max}",
                             j + 1,
