@@ -100,11 +100,12 @@ struct Args {
     /// Initialisation [default: pytorch].
     #[arg(long, value_enum)]
     init: Option<Init>,
-    /// Validation accuracy (and the logged loss) every this many steps.
-    #[arg(long, default_value_t = 100)]
-    log_every: u64,
-    #[arg(long, default_value_t = 5000)]
-    checkpoint_every: u64,
+    /// Validation accuracy (and the logged loss) every this many steps [default: 100].
+    #[arg(long)]
+    log_every: Option<u64>,
+    /// A checkpoint every this many steps (and at the last) [default: 5000].
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
     /// Continue the run saved in this folder (its checkpoint.json and the files it names).
     #[arg(long)]
     resume: Option<PathBuf>,
@@ -130,7 +131,7 @@ fn main() -> ExitCode {
 
 /// Parses `argv` (program name first) and runs it: the command line without a process, for tests.
 #[allow(dead_code)]
-fn run_args<I, T>(argv: I) -> Res<()>
+pub(crate) fn run_args<I, T>(argv: I) -> Res<()>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
@@ -144,7 +145,7 @@ fn validate(args: &Args) -> Res<()> {
         ("--log-every", args.log_every),
         ("--checkpoint-every", args.checkpoint_every),
     ] {
-        if v == 0 {
+        if v == Some(0) {
             return Err(format!("{flag} 0: the cadence must be at least 1 step").into());
         }
     }
@@ -274,7 +275,7 @@ fn check_data(data: &MnistSplits, dir: &Path, image: Option<usize>, batch: usize
 
 /// A new, unique folder `runs/<unix time>` (`-2`, `-3`, ... when taken, also by a run started in the same
 /// second): created here, so two runs never share one.
-fn unique_run_folder() -> Res<PathBuf> {
+pub(crate) fn unique_run_folder() -> Res<PathBuf> {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -382,9 +383,13 @@ where
                 )
                 .into())
             } else {
+                let differs = if ["steps", "log_every", "checkpoint_every"].contains(&key) {
+                    ""
+                } else {
+                    ": the run no longer equals an uninterrupted one"
+                };
                 eprintln!(
-                    "note: this resume changes {key} from {s} to {g} ({}): the run no longer equals an \
-                     uninterrupted one",
+                    "note: this resume changes {key} from {s} to {g} ({}){differs}",
                     manifest.display()
                 );
                 Ok(Some(g))
@@ -443,7 +448,11 @@ fn train<H: BackendHandle>(backend: H, gpu: bool, args: &Args) -> Res<()> {
     }
     let (out, mut net, recipe, mut curve) = match &args.resume {
         Some(dir) => {
-            let removed = remove_stale_temporaries(dir)?;
+            let removed = if dir.is_dir() {
+                remove_stale_temporaries(dir)?
+            } else {
+                Vec::new() // load_checkpoint says what is wrong
+            };
             if !removed.is_empty() {
                 eprintln!(
                     "removed {} temporary file(s) of killed runs in {}",
@@ -491,12 +500,17 @@ fn train<H: BackendHandle>(backend: H, gpu: bool, args: &Args) -> Res<()> {
             }
             let lr = resumed_value(r, "lr", args.lr, false, &manifest)?.unwrap_or(1e-4);
             let batch = resumed_value(r, "batch", args.batch, false, &manifest)?.unwrap_or(50);
-            let steps = resumed_value(r, "steps", args.steps, false, &manifest)?;
             let mut recipe = r.clone();
             recipe.insert("lr".into(), lr.to_string());
             recipe.insert("batch".into(), batch.to_string());
-            if let Some(steps) = steps {
-                recipe.insert("steps".into(), steps.to_string());
+            for (key, given) in [
+                ("steps", args.steps),
+                ("log_every", args.log_every),
+                ("checkpoint_every", args.checkpoint_every),
+            ] {
+                if let Some(v) = resumed_value(r, key, given, false, &manifest)? {
+                    recipe.insert(key.into(), v.to_string());
+                }
             }
             eprintln!("resumed {} at step {}", dir.display(), net.step());
             let curve = truncate_log(&dir.join("log.jsonl"), ckpt.step)?;
@@ -534,6 +548,11 @@ fn train<H: BackendHandle>(backend: H, gpu: bool, args: &Args) -> Res<()> {
                 ("batch", batch.to_string()),
                 ("seed", seed.to_string()),
                 ("init", init.name().to_string()),
+                ("log_every", args.log_every.unwrap_or(100).to_string()),
+                (
+                    "checkpoint_every",
+                    args.checkpoint_every.unwrap_or(5000).to_string(),
+                ),
             ] {
                 recipe.insert(k.to_string(), v);
             }
@@ -550,10 +569,10 @@ fn train<H: BackendHandle>(backend: H, gpu: bool, args: &Args) -> Res<()> {
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(50);
     check_data(&data, &args.data, Some(net.config().image), batch)?;
-    let steps = recipe
-        .get("steps")
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(if gpu { 20_000 } else { 200 });
+    let count = |key: &str| recipe.get(key).and_then(|v| v.parse::<u64>().ok());
+    let steps = count("steps").unwrap_or(if gpu { 20_000 } else { 200 });
+    let log_every = count("log_every").unwrap_or(100).max(1);
+    let checkpoint_every = count("checkpoint_every").unwrap_or(5000).max(1);
     if net.step() > steps {
         return Err(format!(
             "{}: the checkpoint is at step {}, past --steps {steps}",
@@ -600,7 +619,7 @@ fn train<H: BackendHandle>(backend: H, gpu: bool, args: &Args) -> Res<()> {
         let (x, y) = data.train.batch(net.step(), batch)?;
         net.train_step(x, y, lr)?;
         let s = net.step();
-        if s % args.log_every == 0 || s == steps {
+        if s % log_every == 0 || s == steps {
             let loss = net.take_mean_loss()?.unwrap_or(f32::NAN);
             if !loss.is_finite() {
                 pb.abandon();
@@ -621,7 +640,7 @@ fn train<H: BackendHandle>(backend: H, gpu: bool, args: &Args) -> Res<()> {
                 ((s - first) as f64 * batch as f64) / secs.max(1e-9)
             ));
         }
-        if s % args.checkpoint_every == 0 || s == steps {
+        if s % checkpoint_every == 0 || s == steps {
             match net.save_checkpoint(&out, &recipe) {
                 Ok(c) => last_good = Some(c.step),
                 Err(e @ inception_cuda::Error::NonFinite { .. }) => {
