@@ -519,9 +519,11 @@ impl<B: Backend> InceptionMnist<B> {
     fn train_state_tensors(&self) -> Result<ModelTensors> {
         let state = self.train_state()?;
         let len = state.adam_m.len();
+        let pending = self.pending_losses()?;
         let tensors = vec![
             ("adam.m".to_string(), vec![len], state.adam_m),
             ("adam.v".to_string(), vec![len], state.adam_v),
+            ("loss.pending".to_string(), vec![pending.len()], pending),
         ];
         let meta = HashMap::from([
             ("step".to_string(), state.step.to_string()),
@@ -537,7 +539,8 @@ impl<B: Backend> InceptionMnist<B> {
         write_tensors(path, &tensors, meta)
     }
 
-    /// Saves Adam's moments, the step count and the dropout seed beside a model file, atomically. A resume
+    /// Saves Adam's moments, the losses not yet logged, the step count and the dropout seed beside a model
+    /// file, atomically. A resume
     /// takes a whole checkpoint unit instead: see [`Self::save_checkpoint`].
     pub fn save_train_state(&self, path: &Path) -> Result<()> {
         let (tensors, meta) = self.train_state_tensors()?;
@@ -571,6 +574,11 @@ impl<B: Backend> InceptionMnist<B> {
             seed: number("seed")?,
         };
         self.set_train_state(&state)
+            .and_then(|()| {
+                // The losses of the steps since the last logging point (absent from older files).
+                let pending = tensors.remove("loss.pending").map(|(_, v)| v);
+                self.set_pending_losses(&pending.unwrap_or_default())
+            })
             .map_err(|e| file_error(path, e.to_string()))
     }
 

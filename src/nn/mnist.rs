@@ -693,6 +693,45 @@ impl<B: Backend> InceptionMnist<B> {
         Ok(Some((sum / n as f64) as f32))
     }
 
+    /// The losses of the steps since the last [`Self::take_mean_loss`], oldest first (at most
+    /// [`LOSS_RING`]), read from the device: a checkpoint stores them so that the first mean logged after a
+    /// resume equals the uninterrupted run's.
+    pub fn pending_losses(&self) -> Result<Vec<f32>> {
+        let n = self.pending.min(LOSS_RING);
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let host = self.b.to_host(&self.losses)?;
+        let last = (self.step.saturating_sub(1) % LOSS_RING as u64) as usize;
+        Ok((0..n)
+            .rev()
+            .map(|k| host[(last + LOSS_RING - k) % LOSS_RING])
+            .collect())
+    }
+
+    /// Restores [`Self::pending_losses`] as the losses of the last `losses.len()` steps (after
+    /// [`Self::set_train_state`] has set the step count).
+    pub fn set_pending_losses(&mut self, losses: &[f32]) -> Result<()> {
+        let n = losses.len();
+        if n > LOSS_RING || n as u64 > self.step {
+            return Err(Error::OutOfRange {
+                op: "set_pending_losses",
+                what: "pending losses".into(),
+                value: format!("{n} at step {}", self.step),
+                allowed: "at most the step count and LOSS_RING",
+            });
+        }
+        let mut host = self.b.to_host(&self.losses)?;
+        let last = (self.step.saturating_sub(1) % LOSS_RING as u64) as usize;
+        for (k, &v) in losses.iter().rev().enumerate() {
+            host[(last + LOSS_RING - k) % LOSS_RING] = v;
+        }
+        self.b
+            .write(&mut self.b.view_mut(&mut self.losses, 0..LOSS_RING)?, &host)?;
+        self.pending = n;
+        Ok(())
+    }
+
     /// Re-draws every weight and bias from the write-up's initialisation: a normal of standard deviation 0.1
     /// truncated at two standard deviations (TensorFlow's `truncated_normal`), from `seed`.
     pub fn init_writeup(&mut self, seed: u64) -> Result<()> {
