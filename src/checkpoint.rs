@@ -231,7 +231,7 @@ fn config_of(
         None => MnistConfig::default().dropout,
     };
     let flat = dim("fc1.weight", 1)?;
-    let per_px = map2.checked_mul(4).unwrap_or(usize::MAX);
+    let per_px = map2.saturating_mul(4);
     let image = (1..=4096usize)
         .find(|&s| s.checked_mul(s).and_then(|a| a.checked_mul(per_px)) == Some(flat))
         .ok_or_else(|| {

@@ -91,7 +91,7 @@ fn a_kill_between_the_two_files_resumes_the_previous_unit_bit_for_bit() {
     let dead = dir.join("train_state-00000006.tmp-4194999"); // above the kernel's pid_max
     std::fs::write(&dead, b"half a file").unwrap();
     let removed = remove_stale_temporaries(&dir).unwrap();
-    assert_eq!(removed, [dead.clone()]);
+    assert_eq!(removed, [dead]);
     let (mut resumed, ckpt) = InceptionMnist::load_checkpoint(&dir, CpuBackend).unwrap();
     assert_eq!((ckpt.step, resumed.step()), (3, 3));
     assert_eq!(ckpt.recipe, recipe());

@@ -345,7 +345,7 @@ fn eval_only_of_a_nan_model_is_an_error() {
 #[test]
 fn fuzzed_command_line_numbers_give_errors_never_panics() {
     let (data, dir) = (tiny_data(), scratch("fuzz"));
-    let mut state = 0x0dd_b1a5_e5ba_d5eedu64;
+    let mut state = 0x0ddb_1a5e_5bad_5eed_u64;
     let mut next = move || {
         state ^= state << 13;
         state ^= state >> 7;
