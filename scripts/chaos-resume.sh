@@ -80,13 +80,13 @@ while [ "$killed" -lt "$kills" ]; do
     cmd=("$bin" --device cpu --resume "$run")
     what="a resume from step $s"
     resumes=$((resumes + 1))
-    left_ms=$(( 800 + ms * (steps - s) / steps ))   # loading, the steps left, the test set
+    left_ms=$(( 500 + ms * 3 / 4 * (steps - s) / steps ))   # loading and the steps left
   else
     # No checkpoint yet, or a finished run: a new run in the same folder.
     cmd=("$bin" "${net[@]}" --steps "$steps" --out "$run" --overwrite)
     what="a new run"
     fresh=$((fresh + 1))
-    left_ms=$ms
+    left_ms=$(( ms * 3 / 4 ))   # the last quarter is mostly the test-set evaluation after the last step
   fi
   delay_ms=$(( 100 + (RANDOM * 32768 + RANDOM) % left_ms ))
   "${cmd[@]}" >"$work/out.$attempt" 2>"$work/err.$attempt" &
