@@ -3,10 +3,16 @@
 //!
 //!     cargo run --example train_mnist --release [-- --help]
 //!
-//! Writes to `--out` (default `runs/<unix time>`): `model.safetensors` (the reference PyTorch module's tensors),
-//! `train_state.safetensors` (Adam's state, for `--resume`), `log.jsonl` (one line per evaluation) and
+//! Writes to `--out` (default `runs/<unix time>`, made unique; an existing non-empty folder only with
+//! `--overwrite`): checkpoint units (`checkpoint.json` naming `model-<step>.safetensors` and
+//! `train_state-<step>.safetensors`, with the run's recipe, for `--resume`), `model.safetensors` (the latest
+//! checkpoint's model, the reference PyTorch module's tensors), `log.jsonl` (one line per evaluation) and
 //! `curves.svg` (loss and validation accuracy). The last line printed is `test accuracy: NN.NN%`.
+//!
+//! Every number is checked before anything runs, the data set before the first step, and every checkpoint
+//! before it is written: a diverged model is never saved, and the error names the last good checkpoint.
 
+use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,9 +20,11 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
+use inception_cuda::checkpoint::{remove_stale_temporaries, write_file_atomic, MANIFEST};
 use inception_cuda::cpu::CpuBackend;
-use inception_cuda::data::{load_dir, Dataset};
+use inception_cuda::data::{load_dir, Dataset, MnistSplits};
 use inception_cuda::nn::{InceptionMnist, MnistConfig};
+use inception_cuda::shape::AdamStep;
 use inception_cuda::{Backend, BackendHandle, Device};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -36,44 +44,69 @@ enum Init {
     Writeup,
 }
 
+impl Init {
+    fn name(self) -> &'static str {
+        match self {
+            Init::Pytorch => "pytorch",
+            Init::Writeup => "writeup",
+        }
+    }
+}
+
 /// Train the MNIST Inception net of the original write-up.
+///
+/// The recipe options (widths, dropout, lr, batch, steps, seed, init) default to the write-up's; a resumed
+/// run takes them from its checkpoint, and one given explicitly is compared with the stored recipe.
 #[derive(Parser, Debug)]
 struct Args {
     /// MNIST folder: the four IDX files (gzip or raw) or mnist_train.csv and mnist_test.csv.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data"))]
     data: PathBuf,
-    #[arg(long, default_value_t = 32)]
-    map1: usize,
-    #[arg(long, default_value_t = 64)]
-    map2: usize,
-    #[arg(long, default_value_t = 16)]
-    reduce: usize,
-    #[arg(long, default_value_t = 700)]
-    hidden: usize,
-    #[arg(long, default_value_t = 0.5)]
-    dropout: f32,
-    #[arg(long, default_value_t = 1e-4)]
-    lr: f64,
-    #[arg(long, default_value_t = 50)]
-    batch: usize,
+    /// Maps of every branch of module 1 [default: 32].
+    #[arg(long)]
+    map1: Option<usize>,
+    /// Maps of every branch of module 2 [default: 64].
+    #[arg(long)]
+    map2: Option<usize>,
+    /// Maps of every 1×1 reduce [default: 16].
+    #[arg(long)]
+    reduce: Option<usize>,
+    /// Width of fc1 [default: 700].
+    #[arg(long)]
+    hidden: Option<usize>,
+    /// Dropout probability on fc1's activations, in [0, 1) [default: 0.5].
+    #[arg(long)]
+    dropout: Option<f32>,
+    /// Adam's learning rate [default: 1e-4].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Images per step [default: 50].
+    #[arg(long)]
+    batch: Option<usize>,
     /// Training steps (default: 20,000 on a GPU, 200 on the CPU).
     #[arg(long)]
     steps: Option<u64>,
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Output folder (default runs/<unix time>; with --resume, the resumed folder).
+    /// Seed of the initial weights and the dropout masks [default: 0].
     #[arg(long)]
+    seed: Option<u64>,
+    /// Output folder (default runs/<unix time>, made unique). It must be empty or new unless --overwrite.
+    #[arg(long, conflicts_with = "resume")]
     out: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t = Init::Pytorch)]
-    init: Init,
-    /// Validation accuracy (and the logged loss) every this many steps.
-    #[arg(long, default_value_t = 100)]
-    log_every: u64,
-    #[arg(long, default_value_t = 5000)]
-    checkpoint_every: u64,
-    /// Continue the run saved in this folder (model.safetensors + train_state.safetensors).
+    /// Replace the run in a non-empty --out (its checkpoints, log and plot are deleted first).
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
+    /// Initialisation [default: pytorch].
+    #[arg(long, value_enum)]
+    init: Option<Init>,
+    /// Validation accuracy (and the logged loss) every this many steps [default: 100].
+    #[arg(long)]
+    log_every: Option<u64>,
+    /// A checkpoint every this many steps (and at the last) [default: 5000].
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
+    /// Continue the run saved in this folder (its checkpoint.json and the files it names).
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Only evaluate --checkpoint on the test set.
@@ -96,7 +129,57 @@ fn main() -> ExitCode {
     }
 }
 
+/// Parses `argv` (program name first) and runs it: the command line without a process, for tests.
+#[allow(dead_code)]
+pub(crate) fn run_args<I, T>(argv: I) -> Res<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    run(Args::try_parse_from(argv)?)
+}
+
+/// The numbers of the command line that need no data or device: checked before anything runs.
+fn validate(args: &Args) -> Res<()> {
+    for (flag, v) in [
+        ("--log-every", args.log_every),
+        ("--checkpoint-every", args.checkpoint_every),
+    ] {
+        if v == Some(0) {
+            return Err(format!("{flag} 0: the cadence must be at least 1 step").into());
+        }
+    }
+    if let Some(d) = args.dropout {
+        if !(d.is_finite() && (0.0..1.0).contains(&d)) {
+            return Err(format!("--dropout {d}: a probability in [0, 1) is needed").into());
+        }
+    }
+    if let Some(lr) = args.lr {
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(format!("--lr {lr}: a finite learning rate above 0 is needed").into());
+        }
+        AdamStep::new(lr, 1)
+            .scalars("--lr")
+            .map_err(|e| format!("--lr {lr}: {e}"))?;
+    }
+    if args.batch == Some(0) {
+        return Err("--batch 0: a batch needs at least one image".into());
+    }
+    for (flag, v) in [
+        ("--map1", args.map1),
+        ("--map2", args.map2),
+        ("--reduce", args.reduce),
+        ("--hidden", args.hidden),
+    ] {
+        if v == Some(0) {
+            return Err(format!("{flag} 0: a width must be at least 1").into());
+        }
+    }
+    Ok(())
+}
+
 fn run(args: Args) -> Res<()> {
+    validate(&args)?;
     let device = match args.device {
         DeviceArg::Cpu => Device::Cpu,
         DeviceArg::Cuda => Device::cuda(0)?,
@@ -126,76 +209,384 @@ fn accuracy<B: Backend>(
     n: usize,
     batch: usize,
 ) -> Res<f64> {
+    if n == 0 {
+        return Err("no images to evaluate".into());
+    }
     let (px, mut correct) = (data.pixels(), 0usize);
     for start in (0..n).step_by(batch.max(1)) {
         let end = (start + batch.max(1)).min(n);
-        let predicted = net.predict(&data.images[start * px..end * px])?;
+        let images = data
+            .images
+            .get(start * px..end * px)
+            .ok_or("the data set holds fewer pixels than its labels need")?;
+        let predicted = net.predict(images)?;
         correct += predicted
             .iter()
             .zip(&data.labels[start..end])
             .filter(|(p, l)| p == l)
             .count();
     }
-    Ok(100.0 * correct as f64 / n.max(1) as f64)
+    Ok(100.0 * correct as f64 / n as f64)
+}
+
+/// Checks the data set before the first step: images in every split, all of one square size (that of the
+/// net when `image` is given), and enough training images for a batch.
+fn check_data(data: &MnistSplits, dir: &Path, image: Option<usize>, batch: usize) -> Res<()> {
+    let t = &data.train;
+    for (name, set) in [
+        ("training", t),
+        ("validation", &data.val),
+        ("test", &data.test),
+    ] {
+        if set.is_empty() {
+            return Err(format!("{}: the {name} set has no images", dir.display()).into());
+        }
+        if (set.rows, set.cols) != (t.rows, t.cols) {
+            return Err(format!(
+                "{}: the {name} images are {}×{}, the training images {}×{}",
+                dir.display(),
+                set.rows,
+                set.cols,
+                t.rows,
+                t.cols
+            )
+            .into());
+        }
+    }
+    if let Some(image) = image.filter(|&i| i != t.rows || i != t.cols) {
+        return Err(format!(
+            "{}: the images are {}×{}, the model takes {image}×{image}",
+            dir.display(),
+            t.rows,
+            t.cols
+        )
+        .into());
+    }
+    if batch > t.len() {
+        return Err(format!(
+            "--batch {batch}: the training set of {} has {} images",
+            dir.display(),
+            t.len()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// A new, unique folder `runs/<unix time>` (`-2`, `-3`, ... when taken, also by a run started in the same
+/// second): created here, so two runs never share one.
+pub(crate) fn unique_run_folder() -> Res<PathBuf> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let runs = Path::new("runs");
+    std::fs::create_dir_all(runs)
+        .map_err(|e| format!("{}: cannot create the folder: {e}", runs.display()))?;
+    for n in 1..10_000 {
+        let dir = match n {
+            1 => runs.join(secs.to_string()),
+            _ => runs.join(format!("{secs}-{n}")),
+        };
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(format!("{}: cannot create the folder: {e}", dir.display()).into())
+            }
+        }
+    }
+    Err(format!("{}: no free run folder name for {secs}", runs.display()).into())
+}
+
+/// Whether a file name is one a run writes (what --overwrite deletes).
+fn is_run_file(name: &str) -> bool {
+    let unit = (name.starts_with("model") || name.starts_with("train_state"))
+        && name.ends_with(".safetensors");
+    unit || name.contains(".tmp-") || [MANIFEST, "log.jsonl", "curves.svg"].contains(&name)
+}
+
+/// The output folder of a new run: `--out` (refused when it holds anything, unless --overwrite, which
+/// deletes the files a run writes when `create`) or, when `create`, a new unique folder. Without `create`
+/// only the checks run (before the net is allocated); with it the folder is made ready.
+fn fresh_out(args: &Args, create: bool) -> Res<Option<PathBuf>> {
+    let Some(out) = &args.out else {
+        return if create {
+            unique_run_folder().map(Some)
+        } else {
+            Ok(None)
+        };
+    };
+    let entries: Vec<_> = match std::fs::read_dir(out) {
+        Ok(entries) => entries.flatten().collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(format!("{}: cannot use as --out: {e}", out.display()).into()),
+    };
+    if !entries.is_empty() {
+        if !args.overwrite {
+            let mut names: Vec<String> = entries
+                .iter()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            return Err(format!(
+                "{} is not empty ({}): --resume {} continues its run, --overwrite replaces it, or \
+                 choose another --out",
+                out.display(),
+                names.join(", "),
+                out.display()
+            )
+            .into());
+        }
+        if !create {
+            return Ok(None);
+        }
+        // The manifest first: a crash part-way leaves no checkpoint that names deleted files.
+        let manifest = out.join(MANIFEST);
+        if manifest.exists() {
+            std::fs::remove_file(&manifest)
+                .map_err(|e| format!("{}: cannot delete: {e}", manifest.display()))?;
+        }
+        for e in entries {
+            if is_run_file(&e.file_name().to_string_lossy()) && e.path().is_file() {
+                std::fs::remove_file(e.path())
+                    .map_err(|err| format!("{}: cannot delete: {err}", e.path().display()))?;
+            }
+        }
+    }
+    if create {
+        std::fs::create_dir_all(out)
+            .map_err(|e| format!("{}: cannot create the output folder: {e}", out.display()))?;
+    }
+    Ok(Some(out.clone()))
+}
+
+/// The value of recipe option `key` for a resumed run: the stored one, unless the command line gives one.
+/// A given value that differs is an error for what a resume cannot change (`fixed`), else it is said.
+fn resumed_value<T>(
+    recipe: &BTreeMap<String, String>,
+    key: &str,
+    given: Option<T>,
+    fixed: bool,
+    manifest: &Path,
+) -> Res<Option<T>>
+where
+    T: std::str::FromStr + std::fmt::Display + PartialEq + Copy,
+{
+    let stored = recipe.get(key).and_then(|v| v.parse::<T>().ok());
+    match (stored, given) {
+        (Some(s), Some(g)) if s != g => {
+            if fixed {
+                Err(format!(
+                    "--{key} {g}: the resumed run has {key} {s} ({}); a resume cannot change it",
+                    manifest.display()
+                )
+                .into())
+            } else {
+                let differs = if ["steps", "log_every", "checkpoint_every"].contains(&key) {
+                    ""
+                } else {
+                    ": the run no longer equals an uninterrupted one"
+                };
+                eprintln!(
+                    "note: this resume changes {key} from {s} to {g} ({}){differs}",
+                    manifest.display()
+                );
+                Ok(Some(g))
+            }
+        }
+        (s, g) => Ok(g.or(s)),
+    }
+}
+
+/// Keeps the lines of `log.jsonl` up to step `step` (those after it were logged after the checkpoint and
+/// will be logged again) and returns their points for the plot.
+fn truncate_log(path: &Path, step: u64) -> Res<Vec<(u64, f32, f64)>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("{}: cannot read: {e}", path.display()).into()),
+    };
+    let (mut kept, mut points) = (String::new(), Vec::new());
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue; // a line cut by a kill
+        };
+        let s = v.get("step").and_then(|s| s.as_u64());
+        if s.is_some_and(|s| s <= step) {
+            kept.push_str(line);
+            kept.push('\n');
+            let loss = v.get("loss").and_then(|l| l.as_f64());
+            let val = v.get("val_accuracy").and_then(|a| a.as_f64());
+            if let (Some(s), Some(loss), Some(val)) = (s, loss, val) {
+                points.push((s, loss as f32, val));
+            }
+        }
+    }
+    write_file_atomic(path, kept.as_bytes())?;
+    Ok(points)
 }
 
 fn train<H: BackendHandle>(backend: H, gpu: bool, args: &Args) -> Res<()> {
     let data = load_dir(&args.data)?;
-    let seed = args.seed;
     if args.eval_only {
         let path = args
             .checkpoint
             .as_deref()
             .ok_or("--eval-only needs --checkpoint FILE")?;
-        let mut net = InceptionMnist::load(path, backend, seed)?;
-        println!(
-            "test accuracy: {:.2}%",
-            accuracy(&mut net, &data.test, data.test.len(), args.batch)?
-        );
+        let mut net = InceptionMnist::load(path, backend, args.seed.unwrap_or(0))?;
+        check_data(&data, &args.data, Some(net.config().image), 1)?;
+        let acc = accuracy(
+            &mut net,
+            &data.test,
+            data.test.len(),
+            args.batch.unwrap_or(50),
+        )
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("test accuracy: {acc:.2}%");
         return Ok(());
     }
-    let config = MnistConfig {
-        map1: args.map1,
-        map2: args.map2,
-        reduce: args.reduce,
-        hidden: args.hidden,
-        dropout: args.dropout,
-        image: data.train.rows,
-    };
-    let out = match (&args.out, &args.resume) {
-        (Some(out), _) => out.clone(),
-        (None, Some(dir)) => dir.clone(),
-        (None, None) => {
-            let secs = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            PathBuf::from(format!("runs/{secs}"))
-        }
-    };
-    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let mut net = match &args.resume {
+    let (out, mut net, recipe, mut curve) = match &args.resume {
         Some(dir) => {
-            let mut net = InceptionMnist::load(&dir.join("model.safetensors"), backend, seed)?;
-            net.load_train_state(&dir.join("train_state.safetensors"))?;
+            let removed = if dir.is_dir() {
+                remove_stale_temporaries(dir)?
+            } else {
+                Vec::new() // load_checkpoint says what is wrong
+            };
+            if !removed.is_empty() {
+                eprintln!(
+                    "removed {} temporary file(s) of killed runs in {}",
+                    removed.len(),
+                    dir.display()
+                );
+            }
+            let (net, ckpt) = InceptionMnist::load_checkpoint(dir, backend)?;
+            let manifest = dir.join(MANIFEST);
+            let r = &ckpt.recipe;
+            let c = *net.config();
+            let stored = |key: &str| r.get(key).cloned();
+            // Fixed by the checkpoint: the widths and dropout (in the model file) and the seed and init.
+            for (key, given, have) in [
+                ("map1", args.map1, c.map1),
+                ("map2", args.map2, c.map2),
+                ("reduce", args.reduce, c.reduce),
+                ("hidden", args.hidden, c.hidden),
+            ] {
+                resumed_value(
+                    &BTreeMap::from([(key.to_string(), have.to_string())]),
+                    key,
+                    given,
+                    true,
+                    &manifest,
+                )?;
+            }
+            resumed_value(
+                &BTreeMap::from([("dropout".to_string(), c.dropout.to_string())]),
+                "dropout",
+                args.dropout,
+                true,
+                &manifest,
+            )?;
+            resumed_value(r, "seed", args.seed, true, &manifest)?;
+            if let (Some(s), Some(g)) = (stored("init"), args.init) {
+                if s != g.name() {
+                    return Err(format!(
+                        "--init {}: the resumed run has init {s} ({}); a resume cannot change it",
+                        g.name(),
+                        manifest.display()
+                    )
+                    .into());
+                }
+            }
+            let lr = resumed_value(r, "lr", args.lr, false, &manifest)?.unwrap_or(1e-4);
+            let batch = resumed_value(r, "batch", args.batch, false, &manifest)?.unwrap_or(50);
+            let mut recipe = r.clone();
+            recipe.insert("lr".into(), lr.to_string());
+            recipe.insert("batch".into(), batch.to_string());
+            for (key, given) in [
+                ("steps", args.steps),
+                ("log_every", args.log_every),
+                ("checkpoint_every", args.checkpoint_every),
+            ] {
+                if let Some(v) = resumed_value(r, key, given, false, &manifest)? {
+                    recipe.insert(key.into(), v.to_string());
+                }
+            }
             eprintln!("resumed {} at step {}", dir.display(), net.step());
-            net
+            let curve = truncate_log(&dir.join("log.jsonl"), ckpt.step)?;
+            (dir.clone(), net, recipe, curve)
         }
         None => {
+            let d = MnistConfig::default();
+            let config = MnistConfig {
+                map1: args.map1.unwrap_or(d.map1),
+                map2: args.map2.unwrap_or(d.map2),
+                reduce: args.reduce.unwrap_or(d.reduce),
+                hidden: args.hidden.unwrap_or(d.hidden),
+                dropout: args.dropout.unwrap_or(d.dropout),
+                image: data.train.rows,
+            };
+            config.validate("train_mnist")?;
+            let batch = args.batch.unwrap_or(50);
+            check_data(&data, &args.data, None, batch)?;
+            let (seed, init) = (args.seed.unwrap_or(0), args.init.unwrap_or(Init::Pytorch));
+            fresh_out(args, false)?;
             let mut net = InceptionMnist::new(backend, config, seed)?;
-            if args.init == Init::Writeup {
+            if init == Init::Writeup {
                 net.init_writeup(seed)?;
             }
-            net
+            let out = fresh_out(args, true)?.ok_or("no output folder")?;
+            let mut recipe = BTreeMap::new();
+            for (k, v) in [
+                ("map1", config.map1.to_string()),
+                ("map2", config.map2.to_string()),
+                ("reduce", config.reduce.to_string()),
+                ("hidden", config.hidden.to_string()),
+                ("dropout", config.dropout.to_string()),
+                ("image", config.image.to_string()),
+                ("lr", args.lr.unwrap_or(1e-4).to_string()),
+                ("batch", batch.to_string()),
+                ("seed", seed.to_string()),
+                ("init", init.name().to_string()),
+                ("log_every", args.log_every.unwrap_or(100).to_string()),
+                (
+                    "checkpoint_every",
+                    args.checkpoint_every.unwrap_or(5000).to_string(),
+                ),
+            ] {
+                recipe.insert(k.to_string(), v);
+            }
+            if let Some(steps) = args.steps {
+                recipe.insert("steps".into(), steps.to_string());
+            }
+            (out, net, recipe, Vec::new())
         }
     };
-    let steps = args.steps.unwrap_or(if gpu { 20_000 } else { 200 });
+    let number = |key: &str| recipe.get(key).and_then(|v| v.parse::<f64>().ok());
+    let lr = number("lr").unwrap_or(1e-4);
+    let batch = recipe
+        .get("batch")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(50);
+    check_data(&data, &args.data, Some(net.config().image), batch)?;
+    let count = |key: &str| recipe.get(key).and_then(|v| v.parse::<u64>().ok());
+    let steps = count("steps").unwrap_or(if gpu { 20_000 } else { 200 });
+    let log_every = count("log_every").unwrap_or(100).max(1);
+    let checkpoint_every = count("checkpoint_every").unwrap_or(5000).max(1);
+    if net.step() > steps {
+        return Err(format!(
+            "{}: the checkpoint is at step {}, past --steps {steps}",
+            out.display(),
+            net.step()
+        )
+        .into());
+    }
     let val_n = if gpu {
         data.val.len()
     } else {
         data.val.len().min(1000)
     };
-    if !gpu && args.steps.is_none() {
+    if !gpu && !recipe.contains_key("steps") {
         eprintln!("shortened CPU run: {steps} steps (the write-up's advice without a GPU; --steps overrides)");
     }
     if val_n < data.val.len() {
@@ -207,51 +598,76 @@ fn train<H: BackendHandle>(backend: H, gpu: bool, args: &Args) -> Res<()> {
             .map_err(|e| e.to_string())?,
     );
     pb.set_position(net.step());
+    let log_path = out.join("log.jsonl");
     let mut log = OpenOptions::new()
         .create(true)
         .append(true)
-        .open(out.join("log.jsonl"))?;
-    let (start, mut curve) = (Instant::now(), Vec::new());
+        .open(&log_path)
+        .map_err(|e| format!("{}: cannot open: {e}", log_path.display()))?;
+    // The last checkpoint known good: the resumed one, then each one saved.
+    let mut last_good = args.resume.as_ref().map(|_| net.step());
+    let last_good_msg = |last: Option<u64>| match last {
+        Some(s) => format!(
+            "the last good checkpoint is step {s} in {} (--resume {})",
+            out.display(),
+            out.display()
+        ),
+        None => format!("no checkpoint was saved in {}", out.display()),
+    };
+    let (start, first) = (Instant::now(), net.step());
     while net.step() < steps {
-        let (x, y) = data.train.batch(net.step(), args.batch)?;
-        net.train_step(x, y, args.lr)?;
+        let (x, y) = data.train.batch(net.step(), batch)?;
+        net.train_step(x, y, lr)?;
         let s = net.step();
-        if s % args.log_every == 0 || s == steps {
+        if s % log_every == 0 || s == steps {
             let loss = net.take_mean_loss()?.unwrap_or(f32::NAN);
             if !loss.is_finite() {
                 pb.abandon();
                 return Err(format!(
-                    "non-finite loss {loss} at step {s}; the last good checkpoint is in {}",
-                    out.display()
+                    "non-finite loss {loss} at step {s}; {}",
+                    last_good_msg(last_good)
                 )
                 .into());
             }
-            let val = accuracy(&mut net, &data.val, val_n, args.batch)?;
+            let val = accuracy(&mut net, &data.val, val_n, batch)?;
             let secs = start.elapsed().as_secs_f64();
-            writeln!(log, "{{\"step\": {s}, \"loss\": {loss}, \"val_accuracy\": {val:.4}, \"seconds\": {secs:.2}}}")?;
+            writeln!(log, "{{\"step\": {s}, \"loss\": {loss}, \"val_accuracy\": {val:.4}, \"seconds\": {secs:.2}}}")
+                .and_then(|()| log.flush())
+                .map_err(|e| format!("{}: cannot write: {e}", log_path.display()))?;
             curve.push((s, loss, val));
             pb.set_message(format!(
                 "loss {loss:.4} val {val:.2}% ({:.0} img/s)",
-                (s as f64 * args.batch as f64) / secs.max(1e-9)
+                ((s - first) as f64 * batch as f64) / secs.max(1e-9)
             ));
         }
-        if s % args.checkpoint_every == 0 || s == steps {
-            net.save(&out.join("model.safetensors"))?;
-            net.save_train_state(&out.join("train_state.safetensors"))?;
+        if s % checkpoint_every == 0 || s == steps {
+            match net.save_checkpoint(&out, &recipe) {
+                Ok(c) => last_good = Some(c.step),
+                Err(e @ inception_cuda::Error::NonFinite { .. }) => {
+                    pb.abandon();
+                    return Err(format!(
+                        "diverged, checkpoint of step {s} not saved: {e}; {}",
+                        last_good_msg(last_good)
+                    )
+                    .into());
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         pb.set_position(s);
     }
     pb.finish();
+    log.sync_all()
+        .map_err(|e| format!("{}: cannot write: {e}", log_path.display()))?;
     write_curves(&out.join("curves.svg"), &curve)?;
     eprintln!(
-        "{steps} steps in {:.1} s; outputs in {}",
+        "{} steps in {:.1} s; outputs in {}",
+        net.step() - first,
         start.elapsed().as_secs_f64(),
         out.display()
     );
-    println!(
-        "test accuracy: {:.2}%",
-        accuracy(&mut net, &data.test, data.test.len(), args.batch)?
-    );
+    let acc = accuracy(&mut net, &data.test, data.test.len(), batch)?;
+    println!("test accuracy: {acc:.2}%");
     Ok(())
 }
 
@@ -289,5 +705,5 @@ fn write_curves(path: &Path, points: &[(u64, f32, f64)]) -> Res<()> {
         loss = line(&|p| p.1 as f64 / max_loss),
         acc = line(&|p| p.2 / 100.0),
     );
-    std::fs::write(path, svg).map_err(|e| format!("{}: {e}", path.display()).into())
+    Ok(write_file_atomic(path, svg.as_bytes())?)
 }

@@ -3,7 +3,7 @@
 //! line), never a panic.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
@@ -42,15 +42,43 @@ impl Dataset {
         self.rows * self.cols
     }
 
-    /// Images `range` as a new dataset.
-    pub fn slice(&self, range: std::ops::Range<usize>) -> Dataset {
-        let px = self.pixels();
-        Dataset {
-            images: self.images[range.start * px..range.end * px].to_vec(),
-            labels: self.labels[range].to_vec(),
+    /// The pixels and labels of images `range`, or an error naming `op` when the range is out of bounds
+    /// (or `images` does not hold `rows · cols` pixels per label).
+    fn range(&self, op: &'static str, range: std::ops::Range<usize>) -> Result<(&[f32], &[u32])> {
+        let px = self.rows.checked_mul(self.cols);
+        let pixels =
+            px.and_then(|px| Some(range.start.checked_mul(px)?..range.end.checked_mul(px)?));
+        match (
+            pixels.and_then(|r| self.images.get(r)),
+            self.labels.get(range.clone()),
+        ) {
+            (Some(images), Some(labels)) if self.images.len() == self.len() * px.unwrap_or(0) => {
+                Ok((images, labels))
+            }
+            _ => Err(Error::OutOfRange {
+                op,
+                what: "images".into(),
+                value: format!(
+                    "{range:?} of {} images of {}×{} ({} pixels)",
+                    self.len(),
+                    self.rows,
+                    self.cols,
+                    self.images.len()
+                ),
+                allowed: "start <= end <= number of images, rows · cols pixels per image",
+            }),
+        }
+    }
+
+    /// Images `range` as a new dataset; an out-of-range `range` is an error.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Result<Dataset> {
+        let (images, labels) = self.range("Dataset::slice", range)?;
+        Ok(Dataset {
+            images: images.to_vec(),
+            labels: labels.to_vec(),
             rows: self.rows,
             cols: self.cols,
-        }
+        })
     }
 
     /// The write-up's batch of training step `step`: `batch` images starting at
@@ -66,11 +94,7 @@ impl Dataset {
         }
         let span = (self.len() - batch).max(1) as u64;
         let start = (step.wrapping_mul(batch as u64) % span) as usize;
-        let px = self.pixels();
-        Ok((
-            &self.images[start * px..(start + batch) * px],
-            &self.labels[start..start + batch],
-        ))
+        self.range("Dataset::batch", start..start + batch)
     }
 }
 
@@ -93,25 +117,60 @@ fn data_error(file: &Path, line: Option<u64>, reason: impl Into<String>) -> Erro
     }
 }
 
-/// The bytes of `path`, gunzipped when they start with the gzip magic.
-fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let mut raw = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut raw))
-        .map_err(|e| data_error(path, None, format!("cannot read: {e}")))?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .map_err(|e| data_error(path, None, format!("corrupt gzip: {e}")))?;
-        Ok(out)
-    } else {
-        Ok(raw)
-    }
+/// At most `limit` bytes of `reader` (fewer at its end).
+fn read_up_to(reader: &mut impl Read, limit: usize) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    reader.take(limit as u64).read_to_end(&mut out)?;
+    Ok(out)
 }
 
-/// Dimensions and payload of an IDX file of unsigned bytes with `want_dims` dimensions.
-fn parse_idx<'a>(path: &Path, bytes: &'a [u8], want_dims: u8) -> Result<(Vec<usize>, &'a [u8])> {
+/// Dimensions and payload of an IDX file of unsigned bytes with `want_dims` dimensions, gunzipped when it
+/// starts with the gzip magic. Reads the header first and then at most the payload it declares (plus one
+/// byte, to tell trailing bytes): neither a large file nor a gzip stream that inflates without end is read
+/// past that.
+fn read_idx(path: &Path, want_dims: u8) -> Result<(Vec<usize>, Vec<u8>)> {
+    let cannot_read = |e: std::io::Error| data_error(path, None, format!("cannot read: {e}"));
+    let mut file = BufReader::new(File::open(path).map_err(cannot_read)?);
+    let gz = file
+        .fill_buf()
+        .map_err(cannot_read)?
+        .starts_with(&[0x1f, 0x8b]);
+    let mut reader: Box<dyn Read> = if gz {
+        Box::new(flate2::read::GzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    let io = |e: std::io::Error| {
+        let reason = if gz {
+            format!("corrupt gzip: {e}")
+        } else {
+            format!("cannot read: {e}")
+        };
+        data_error(path, None, reason)
+    };
+    let header = read_up_to(&mut reader, 4 + 4 * want_dims as usize).map_err(io)?;
+    let (dims, expected) = parse_idx_header(path, &header, want_dims)?;
+    let payload = read_up_to(&mut reader, expected.saturating_add(1)).map_err(io)?;
+    if payload.len() != expected {
+        let (what, has) = if payload.len() < expected {
+            ("truncated", payload.len().to_string())
+        } else {
+            ("trailing bytes", format!("more than {expected}"))
+        };
+        return Err(data_error(
+            path,
+            None,
+            format!(
+                "{what}: dimensions {dims:?} need {expected} bytes of data, the file has {has}"
+            ),
+        ));
+    }
+    Ok((dims, payload))
+}
+
+/// Dimensions of an IDX header of unsigned bytes with `want_dims` dimensions, and the payload bytes they
+/// declare.
+fn parse_idx_header(path: &Path, bytes: &[u8], want_dims: u8) -> Result<(Vec<usize>, usize)> {
     let magic = bytes
         .get(..4)
         .ok_or_else(|| data_error(path, None, "truncated: no IDX header"))?;
@@ -137,30 +196,23 @@ fn parse_idx<'a>(path: &Path, bytes: &'a [u8], want_dims: u8) -> Result<(Vec<usi
         .iter()
         .try_fold(1usize, |n, &d| n.checked_mul(d))
         .ok_or_else(|| data_error(path, None, format!("dimensions {dims:?} overflow")))?;
-    let payload = &bytes[header..];
-    if payload.len() != expected {
-        let what = if payload.len() < expected {
-            "truncated"
-        } else {
-            "trailing bytes"
-        };
-        return Err(data_error(
-            path,
-            None,
-            format!(
-                "{what}: dimensions {dims:?} need {expected} bytes of data, the file has {}",
-                payload.len()
-            ),
-        ));
-    }
-    Ok((dims, payload))
+    Ok((dims, expected))
 }
 
 /// Loads an IDX image file and its IDX label file (gzip or raw).
 pub fn load_idx(images: &Path, labels: &Path) -> Result<Dataset> {
-    let (img_bytes, lbl_bytes) = (read_maybe_gz(images)?, read_maybe_gz(labels)?);
-    let (dims, pixels) = parse_idx(images, &img_bytes, 3)?;
-    let (ldims, lbls) = parse_idx(labels, &lbl_bytes, 1)?;
+    let (dims, pixels) = read_idx(images, 3)?;
+    if dims[1] == 0 || dims[1] != dims[2] {
+        return Err(data_error(
+            images,
+            None,
+            format!(
+                "images of {}×{} pixels: the net takes square images of at least 1×1",
+                dims[1], dims[2]
+            ),
+        ));
+    }
+    let (ldims, lbls) = read_idx(labels, 1)?;
     if dims[0] != ldims[0] {
         return Err(data_error(
             labels,
@@ -188,6 +240,23 @@ pub fn load_idx(images: &Path, labels: &Path) -> Result<Dataset> {
     })
 }
 
+/// The line (from 1) of the record at byte offset `byte` of `path`, counted when an error is reported: the
+/// CSV reader skips blank lines without counting them, and its record offset is where the blank lines
+/// before the record begin.
+fn line_at(path: &Path, byte: Option<u64>) -> Option<u64> {
+    let byte = byte?;
+    let mut file = BufReader::new(File::open(path).ok()?);
+    let (mut line, mut at, mut b) = (1u64, 0u64, [0u8]);
+    while file.read_exact(&mut b).is_ok() {
+        if at >= byte && !matches!(b[0], b'\n' | b'\r') {
+            break;
+        }
+        line += u64::from(b[0] == b'\n');
+        at += 1;
+    }
+    Some(line)
+}
+
 /// Loads the write-up's CSV layout: one image a row, the label first, then 784 pixel values 0–255; a header
 /// row (a first row whose first field is not a number) is skipped.
 pub fn load_csv(path: &Path) -> Result<Dataset> {
@@ -198,9 +267,13 @@ pub fn load_csv(path: &Path) -> Result<Dataset> {
         .from_reader(file);
     let (mut images, mut labels) = (Vec::new(), Vec::new());
     for (i, record) in reader.records().enumerate() {
-        let line = i as u64 + 1;
-        let record =
-            record.map_err(|e| data_error(path, Some(line), format!("unreadable row: {e}")))?;
+        // The reader skips blank lines: the line number is the record's own, not its index.
+        let record = record.map_err(|e| {
+            let line = line_at(path, e.position().map(|p| p.byte()));
+            data_error(path, line, format!("unreadable row: {e}"))
+        })?;
+        let at = record.position().map(|p| p.byte());
+        let line = || line_at(path, at);
         let values: Vec<&str> = record.iter().map(str::trim).collect();
         if i == 0 && values.first().is_some_and(|v| v.parse::<f64>().is_err()) {
             continue; // a header row: its first field is a name, not a label
@@ -208,7 +281,7 @@ pub fn load_csv(path: &Path) -> Result<Dataset> {
         if values.len() != 785 {
             return Err(data_error(
                 path,
-                Some(line),
+                line(),
                 format!(
                     "{} fields, expected 785 (label and 784 pixels)",
                     values.len()
@@ -223,7 +296,7 @@ pub fn load_csv(path: &Path) -> Result<Dataset> {
                 .ok_or_else(|| {
                     data_error(
                         path,
-                        Some(line),
+                        line(),
                         format!(
                             "field {} = {:?} is not an integer in 0..={max}",
                             j + 1,
@@ -295,8 +368,8 @@ pub fn load_dir(dir: &Path) -> Result<MnistSplits> {
         train.len() * 11 / 12
     };
     Ok(MnistSplits {
-        val: train.slice(split..train.len()),
-        train: train.slice(0..split),
+        val: train.slice(split..train.len())?,
+        train: train.slice(0..split)?,
         test,
     })
 }

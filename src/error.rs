@@ -81,6 +81,28 @@ pub enum Error {
         /// The offending shape.
         shape: Vec<usize>,
     },
+    /// A value that must be finite is NaN or infinite (a pixel, a logit, a parameter about to be saved).
+    #[error("{op}: {what} is {value}")]
+    NonFinite {
+        /// The op that checked.
+        op: &'static str,
+        /// Which value (for example "logit 3 of image 0" or "parameter fc1.weight[12]").
+        what: String,
+        /// The value found.
+        value: f32,
+    },
+    /// A buffer is larger than this machine can hold: refused before the allocation, which would abort.
+    #[error("{op}: {what} needs {bytes} bytes ({gib:.2} GiB): {reason}", gib = *bytes as f64 / (1u64 << 30) as f64)]
+    Alloc {
+        /// The op or constructor.
+        op: &'static str,
+        /// The buffers asked for.
+        what: String,
+        /// Bytes asked for.
+        bytes: u64,
+        /// Why it was refused.
+        reason: String,
+    },
     /// Operands live on different devices.
     #[error("{op}: {what} is on {got}, expected {expected}")]
     DeviceMismatch {

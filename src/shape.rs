@@ -305,13 +305,24 @@ impl AdamStep {
         let t = i32::try_from(self.t).unwrap_or(i32::MAX);
         let bc1 = 1.0 - self.beta1.powi(t);
         let bc2 = 1.0 - self.beta2.powi(t);
-        Ok([
+        let scalars = [
             (1.0 - self.beta1) as f32,
             self.beta2 as f32,
             (1.0 - self.beta2) as f32,
             (self.lr / bc1) as f32,
             bc2.sqrt() as f32,
             self.eps as f32,
-        ])
+        ];
+        // A learning rate such as 1e300 is finite in f64 but its step size is not in f32: every parameter
+        // would become non-finite for good.
+        if let Some(v) = scalars.iter().find(|v| !v.is_finite()) {
+            return Err(Error::OutOfRange {
+                op,
+                what: "Adam step size lr / (1 - beta1^t)".into(),
+                value: format!("{} (as f32: {v}; lr = {})", self.lr / bc1, self.lr),
+                allowed: "finite in f32",
+            });
+        }
+        Ok(scalars)
     }
 }

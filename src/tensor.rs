@@ -68,6 +68,53 @@ pub(crate) fn elem_count(op: &'static str, shape: &[usize]) -> Result<usize> {
         })
 }
 
+/// Bytes of memory and swap this machine has (Linux: `MemTotal + SwapTotal` of /proc/meminfo), read once;
+/// `None` where it cannot be read.
+fn host_memory() -> Option<u64> {
+    static TOTAL: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *TOTAL.get_or_init(|| {
+        let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let kib = |key: &str| -> Option<u64> {
+            let line = info.lines().find(|l| l.starts_with(key))?;
+            line[key.len()..]
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()
+        };
+        Some(kib("MemTotal:")?.saturating_add(kib("SwapTotal:").unwrap_or(0)) * 1024)
+    })
+}
+
+/// Checks that `elems` f32 values (`what`, for `op`) can be allocated on the host before a backend's
+/// `alloc_zeros` (a `vec!`, which aborts the process on failure) is asked for them: an error saying how much
+/// was asked for when the size overflows, exceeds the machine's memory and swap, or the allocator refuses it.
+pub(crate) fn check_alloc(op: &'static str, what: &str, elems: usize) -> Result<()> {
+    let refuse = |bytes: u64, reason: String| Error::Alloc {
+        op,
+        what: what.to_string(),
+        bytes,
+        reason,
+    };
+    let bytes = u64::try_from(elems)
+        .ok()
+        .and_then(|e| e.checked_mul(4))
+        .ok_or_else(|| refuse(u64::MAX, "more than fits in a 64-bit address space".into()))?;
+    if let Some(total) = host_memory().filter(|&t| bytes > t) {
+        return Err(refuse(
+            bytes,
+            format!(
+                "more than this machine's memory and swap ({:.2} GiB)",
+                total as f64 / (1u64 << 30) as f64
+            ),
+        ));
+    }
+    Vec::<f32>::new()
+        .try_reserve_exact(elems)
+        .map_err(|e| refuse(bytes, format!("the allocator refused: {e}")))
+}
+
 /// Checks that operand `what` of `op` has shape `expected`.
 pub(crate) fn check_shape(
     op: &'static str,
@@ -113,6 +160,7 @@ impl Tensor {
     /// A zero-filled tensor.
     pub fn zeros(shape: &[usize], device: &Device) -> Result<Tensor> {
         let n = elem_count("Tensor::zeros", shape)?;
+        check_alloc("Tensor::zeros", &format!("a tensor of shape {shape:?}"), n)?;
         let storage = dispatch!("Tensor::zeros", device, |b| b.alloc_zeros(n));
         Ok(Tensor::from_storage(storage, shape, device.clone()))
     }

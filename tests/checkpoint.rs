@@ -151,7 +151,7 @@ fn bad_model_files_name_the_tensor_and_both_shapes() {
 
 fn first_images(n: usize) -> inception_cuda::data::Dataset {
     let s = inception_cuda::data::load_dir(&common::repo_path("data")).unwrap();
-    s.train.slice(0..n)
+    s.train.slice(0..n).unwrap()
 }
 
 /// Save after 3 steps, load into a fresh net, run 3 more: the losses equal an uninterrupted run's, bit for bit.

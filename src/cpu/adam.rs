@@ -1,5 +1,5 @@
 //! CPU twin of `adam_step`: one Adam update over flat parameter, gradient and moment buffers (PyTorch's
-//! formulation: `m ← m + (1-β1)(g - m)`, `v ← β2·v + (1-β2)·g²`, `p ← p - lr/(1-β1ᵗ) · m / (√v/√(1-β2ᵗ) + eps)`).
+//! formulation: `m ← m + (1-β1)(g - m)`, `v ← β2·v + ((1-β2)·g)·g`, `p ← p - lr/(1-β1ᵗ) · m / (√v/√(1-β2ᵗ) + eps)`).
 
 use rayon::prelude::*;
 
@@ -29,7 +29,7 @@ pub fn adam_step(
         .for_each(|((p, m), (v, g))| {
             for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
                 *m += one_minus_b1 * (g - *m);
-                *v = *v * b2 + one_minus_b2 * (g * g);
+                *v = *v * b2 + (one_minus_b2 * g) * g;
                 let denom = v.sqrt() / bc2_sqrt + eps;
                 *p -= step_size * (*m / denom);
             }

@@ -107,6 +107,7 @@ impl<B: Backend> Params<B> {
         let b = b.into_backend();
         let table = param_table(g);
         let len = table.last().map_or(0, |e| e.range.end);
+        crate::tensor::check_alloc("Params::new", &format!("the {len} parameters"), len)?;
         let mut rng = SplitMix64(seed);
         let mut host = vec![0.0f32; len];
         for (e, d) in table.iter().zip(&g.params) {
@@ -188,7 +189,19 @@ impl<B: Backend> Params<B> {
 
     /// Overwrites parameter `name` (the length must match its shape).
     pub fn set(&mut self, name: &str, values: &[f32]) -> Result<()> {
-        let r = self.entry(name)?.range.clone();
+        let e = self.entry(name)?;
+        if values.len() != e.range.len() {
+            return Err(crate::Error::InvalidShape {
+                op: "Params::set",
+                reason: format!(
+                    "parameter {name} of shape {:?} takes {} values, got {}",
+                    e.shape,
+                    e.range.len(),
+                    values.len()
+                ),
+            });
+        }
+        let r = e.range.clone();
         self.b
             .write(&mut self.b.view_mut(&mut self.values, r)?, values)
     }

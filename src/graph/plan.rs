@@ -980,6 +980,18 @@ impl<B: Backend> Plan<B> {
         param_len: usize,
     ) -> Result<Self> {
         let b = b.into_backend();
+        // A host-resident backend's `alloc_zeros` aborts on failure (the CUDA driver returns an error).
+        if b.name() != "cuda" {
+            let elems = p
+                .bufs
+                .iter()
+                .try_fold(0usize, |t, (len, _)| t.checked_add(*len));
+            crate::tensor::check_alloc(
+                "Plan::allocate",
+                &format!("the activations and gradients of a batch of {}", p.n),
+                elems.unwrap_or(usize::MAX),
+            )?;
+        }
         let mut bufs = Vec::with_capacity(p.bufs.len());
         for &(len, _) in &p.bufs {
             bufs.push(Some(b.alloc_zeros(len)?));
@@ -1092,7 +1104,16 @@ impl<B: Backend> Plan<B> {
     pub fn forward_backward(&mut self, params: &mut Params<B>) -> Result<()> {
         self.need_train("Plan::forward_backward")?;
         self.check_params(params)?;
-        let (seed, step) = (params.seed, params.step + 1);
+        let step = params
+            .step
+            .checked_add(1)
+            .ok_or_else(|| Error::OutOfRange {
+                op: "Plan::step",
+                what: "step count".into(),
+                value: params.step.to_string(),
+                allowed: "below u64::MAX",
+            })?;
+        let seed = params.seed;
         let Params { values, grads, .. } = params;
         let mut ctx = Ctx {
             values: Values::Shared(values),
@@ -1123,7 +1144,16 @@ impl<B: Backend> Plan<B> {
     pub fn step(&mut self, params: &mut Params<B>, lr: f64) -> Result<()> {
         self.need_train("Plan::step")?;
         self.check_params(params)?;
-        let (seed, step) = (params.seed, params.step + 1);
+        let step = params
+            .step
+            .checked_add(1)
+            .ok_or_else(|| Error::OutOfRange {
+                op: "Plan::step",
+                what: "step count".into(),
+                value: params.step.to_string(),
+                allowed: "below u64::MAX",
+            })?;
+        let seed = params.seed;
         let adam = AdamStep::new(lr, step);
         adam.scalars("Plan::step")?;
         let Params {
@@ -1210,6 +1240,51 @@ impl<B: Backend> Plan<B> {
             .sum();
         self.pending = 0;
         Ok(Some((sum / n as f64) as f32))
+    }
+
+    /// The losses of the steps since the last [`Self::take_mean_loss`], oldest first (at most
+    /// [`LOSS_RING`]), read from the device; empty for an inference plan.
+    pub fn pending_losses(&self) -> Result<Vec<f32>> {
+        let (Some(losses), n) = (self.losses.as_ref(), self.pending.min(LOSS_RING)) else {
+            return Ok(Vec::new());
+        };
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let host = self.b.to_host(losses)?;
+        let last = (self.last_step as usize + LOSS_RING - 1) % LOSS_RING;
+        Ok((0..n)
+            .rev()
+            .map(|k| host[(last + LOSS_RING - k) % LOSS_RING])
+            .collect())
+    }
+
+    /// Restores [`Self::pending_losses`] as the losses of the `losses.len()` steps up to `step` (a resumed
+    /// run's), so the next [`Self::take_mean_loss`] equals the uninterrupted run's.
+    pub fn set_pending_losses(&mut self, losses: &[f32], step: u64) -> Result<()> {
+        const OP: &str = "Plan::set_pending_losses";
+        let n = losses.len();
+        if n > LOSS_RING || n as u64 > step {
+            return Err(Error::OutOfRange {
+                op: OP,
+                what: "pending losses".into(),
+                value: format!("{n} at step {step}"),
+                allowed: "at most the step count and LOSS_RING",
+            });
+        }
+        let b = self.b.clone();
+        let Some(buf) = self.losses.as_mut() else {
+            return Err(plan_err(OP, "an inference plan has no loss".into()));
+        };
+        let mut host = b.to_host(buf)?;
+        let last = ((step + LOSS_RING as u64 - 1) % LOSS_RING as u64) as usize;
+        for (k, &v) in losses.iter().rev().enumerate() {
+            host[(last + LOSS_RING - k) % LOSS_RING] = v;
+        }
+        b.write(&mut b.view_mut(buf, 0..LOSS_RING)?, &host)?;
+        self.pending = n;
+        self.last_step = step;
+        Ok(())
     }
 
     fn need_train(&self, op: &'static str) -> Result<()> {

@@ -13,6 +13,7 @@ use super::inception::{InceptionModule, InceptionWidths};
 use super::mnist_graph::MnistGraph;
 use crate::backend::{Backend, BackendHandle};
 use crate::graph::{FuseWgradAdam, Params, Plan, SplitMix64, TrainOptions};
+use crate::tensor::check_alloc;
 use crate::{Error, Result};
 
 pub use crate::graph::{ParamEntry, LOSS_RING};
@@ -50,7 +51,72 @@ impl Default for MnistConfig {
     }
 }
 
+/// `a · b · …` or `None` on overflow.
+fn product(dims: &[usize]) -> Option<usize> {
+    dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+}
+
+/// `a + b + …` or `None` on overflow.
+fn sum(terms: &[usize]) -> Option<usize> {
+    terms.iter().try_fold(0usize, |n, &d| n.checked_add(d))
+}
+
+/// Parameters of an Inception module of uniform widths `map` and `reduce` on `c` input channels, checked.
+fn module_param_count(c: usize, map: usize, reduce: usize) -> Option<usize> {
+    sum(&[
+        product(&[map, c])?,
+        map,
+        product(&[reduce, c])?,
+        reduce,
+        product(&[map, reduce, 9])?,
+        map,
+        product(&[reduce, c])?,
+        reduce,
+        product(&[map, reduce, 25])?,
+        map,
+        product(&[map, c])?,
+        map,
+    ])
+}
+
 impl MnistConfig {
+    /// Checks the config before anything is sized from it (as [`InceptionMnist::new`] and
+    /// [`InceptionMnist::load`] do): every width at least 1, dropout finite in [0, 1), and every size, up to
+    /// the total parameter count it returns, within `usize`.
+    pub fn validate(&self, op: &'static str) -> Result<usize> {
+        let c = *self;
+        if [c.map1, c.map2, c.reduce, c.hidden, c.image].contains(&0) {
+            return Err(Error::InvalidShape {
+                op,
+                reason: format!("zero width in {c:?}"),
+            });
+        }
+        if !(c.dropout.is_finite() && (0.0..1.0).contains(&c.dropout)) {
+            return Err(Error::OutOfRange {
+                op,
+                what: "dropout".into(),
+                value: c.dropout.to_string(),
+                allowed: "0 <= dropout < 1",
+            });
+        }
+        let count = (|| {
+            let c2_in = c.map1.checked_mul(4)?;
+            let flat = product(&[c.image, c.image, c.map2, 4])?;
+            sum(&[
+                module_param_count(1, c.map1, c.reduce)?,
+                module_param_count(c2_in, c.map2, c.reduce)?,
+                product(&[c.hidden, flat])?,
+                c.hidden,
+                product(&[CLASSES, c.hidden])?,
+                CLASSES,
+            ])
+        })();
+        count.ok_or_else(|| Error::InvalidShape {
+            op,
+            reason: format!("{c:?} has more parameters than fit in memory"),
+        })
+    }
+
     /// The two modules.
     pub fn modules(&self) -> (InceptionModule, InceptionModule) {
         let m1 = InceptionModule {
@@ -65,7 +131,8 @@ impl MnistConfig {
     }
 
     /// The two modules and every parameter of the net, in the reference's order (the graph's table;
-    /// empty for a configuration with a zero width, which [`Self::graph`] rejects).
+    /// empty for a configuration with a zero width, which [`Self::graph`] rejects). Sizes are not checked
+    /// here: a config from outside goes through [`Self::validate`] first.
     pub fn param_table(&self) -> (InceptionModule, InceptionModule, Vec<ParamEntry>) {
         let (m1, m2) = self.modules();
         let entries = self
@@ -108,6 +175,8 @@ pub struct InceptionMnist<B: Backend> {
     train: Option<Plan<B>>,
     /// The inference plan of the last evaluation batch size.
     eval: Option<Plan<B>>,
+    /// Losses restored by [`InceptionMnist::set_pending_losses`] before a training plan existed.
+    restored_losses: Vec<f32>,
 }
 
 impl<B: Backend> std::fmt::Debug for InceptionMnist<B> {
@@ -127,13 +196,19 @@ impl<B: Backend> InceptionMnist<B> {
     ///
     /// `b` is the backend by value (`CpuBackend`, `EmuBackend`) or shared (`CudaDevice::backend_arc()`).
     pub fn new(b: impl BackendHandle<Backend = B>, config: MnistConfig, seed: u64) -> Result<Self> {
+        const OP: &str = "InceptionMnist::new";
         let b = b.into_backend();
         let c = config;
-        if [c.map1, c.map2, c.reduce, c.hidden, c.image].contains(&0) {
-            return Err(Error::InvalidShape {
-                op: "InceptionMnist::new",
-                reason: format!("zero width in {c:?}"),
-            });
+        let at = c.validate(OP)?;
+        // The initial values are drawn on the host; a host-resident backend (the CPU twins, the emulator)
+        // also holds the parameters, gradients and both moments there.
+        check_alloc(OP, &format!("the {at} parameters of {c:?}"), at)?;
+        if b.name() != "cuda" {
+            check_alloc(
+                OP,
+                &format!("parameters, gradients and Adam's moments of {c:?}"),
+                at.saturating_mul(4),
+            )?;
         }
         let def = c.graph()?;
         let (m1, m2) = c.modules();
@@ -146,6 +221,7 @@ impl<B: Backend> InceptionMnist<B> {
             def,
             train: None,
             eval: None,
+            restored_losses: Vec::new(),
         })
     }
 
@@ -219,6 +295,22 @@ impl<B: Backend> InceptionMnist<B> {
         let n = images.len() / px;
         if let Some(labels) = labels {
             crate::shape::check_len(op, "labels", n, labels.len())?;
+            // Checked here, before the upload, for every backend (the CUDA loss kernel cannot report it).
+            if let Some(i) = labels.iter().position(|&l| l as usize >= CLASSES) {
+                return Err(Error::OutOfRange {
+                    op,
+                    what: format!("label of image {i}"),
+                    value: labels[i].to_string(),
+                    allowed: "0 <= label < 10",
+                });
+            }
+        }
+        if let Some(i) = images.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                op,
+                what: format!("pixel {} of image {}", i % px, i / px),
+                value: images[i],
+            });
         }
         Ok(n)
     }
@@ -233,7 +325,13 @@ impl<B: Backend> InceptionMnist<B> {
                 fuse_wgrad_adam: FuseWgradAdam::Named(vec!["fc1.weight".into()]),
                 ..TrainOptions::default()
             };
-            self.train = Some(Plan::train_with(self.b.clone(), &self.def.graph, n, &opts)?);
+            self.train = None; // the old batch size's buffers go before the new ones are allocated
+            let mut plan = Plan::train_with(self.b.clone(), &self.def.graph, n, &opts)?;
+            if !self.restored_losses.is_empty() {
+                plan.set_pending_losses(&self.restored_losses, self.params.step())?;
+                self.restored_losses.clear();
+            }
+            self.train = Some(plan);
         }
         self.train.as_mut().ok_or_else(no_step)
     }
@@ -281,6 +379,37 @@ impl<B: Backend> InceptionMnist<B> {
         match self.train.as_mut() {
             Some(plan) => plan.take_mean_loss(),
             None => Ok(None),
+        }
+    }
+
+    /// The losses of the steps since the last [`Self::take_mean_loss`], oldest first (at most
+    /// [`LOSS_RING`]), read from the device: a checkpoint stores them so that the first mean logged after a
+    /// resume equals the uninterrupted run's.
+    pub fn pending_losses(&self) -> Result<Vec<f32>> {
+        match self.train.as_ref() {
+            Some(plan) => plan.pending_losses(),
+            None => Ok(self.restored_losses.clone()),
+        }
+    }
+
+    /// Restores [`Self::pending_losses`] as the losses of the last `losses.len()` steps (after
+    /// [`Self::set_train_state`] has set the step count).
+    pub fn set_pending_losses(&mut self, losses: &[f32]) -> Result<()> {
+        let step = self.params.step();
+        if losses.len() > LOSS_RING || losses.len() as u64 > step {
+            return Err(Error::OutOfRange {
+                op: "set_pending_losses",
+                what: "pending losses".into(),
+                value: format!("{} at step {step}", losses.len()),
+                allowed: "at most the step count and LOSS_RING",
+            });
+        }
+        match self.train.as_mut() {
+            Some(plan) => plan.set_pending_losses(losses, step),
+            None => {
+                self.restored_losses = losses.to_vec();
+                Ok(())
+            }
         }
     }
 
@@ -349,9 +478,21 @@ impl<B: Backend> InceptionMnist<B> {
         plan.output()
     }
 
-    /// Predicted classes of a batch (evaluation mode).
+    /// Predicted classes of a batch (evaluation mode): the first largest logit of each image. A NaN logit
+    /// (a diverged model) is an error naming the image, not a class.
     pub fn predict(&mut self, images: &[f32]) -> Result<Vec<u32>> {
         let logits = self.logits(images)?;
+        if let Some(i) = logits.iter().position(|v| v.is_nan()) {
+            return Err(Error::NonFinite {
+                op: "predict",
+                what: format!(
+                    "logit {} of image {} (the model's parameters are not finite?)",
+                    i % CLASSES,
+                    i / CLASSES
+                ),
+                value: logits[i],
+            });
+        }
         Ok(logits
             .chunks(CLASSES)
             .map(|row| {
@@ -365,6 +506,31 @@ impl<B: Backend> InceptionMnist<B> {
                 best.0 as u32
             })
             .collect())
+    }
+
+    /// The first non-finite value among the parameters and Adam's moments, as an error naming the buffer,
+    /// the parameter and the index (copies them to the host); `Ok` when all are finite. Run before a
+    /// checkpoint so a diverged model is never saved.
+    pub fn check_finite(&self) -> Result<()> {
+        let (adam_m, adam_v) = self.params.moments()?;
+        for (what, host) in [
+            ("parameter", self.params.values()?),
+            ("Adam first moment of", adam_m),
+            ("Adam second moment of", adam_v),
+        ] {
+            if let Some(i) = host.iter().position(|v| !v.is_finite()) {
+                let e = self.params().iter().find(|e| e.range.contains(&i));
+                let name = e.map_or("?".to_string(), |e| {
+                    format!("{}[{}]", e.name, i - e.range.start)
+                });
+                return Err(Error::NonFinite {
+                    op: "check_finite",
+                    what: format!("{what} {name} at step {}", self.step()),
+                    value: host[i],
+                });
+            }
+        }
+        Ok(())
     }
 }
 
