@@ -31,7 +31,7 @@ for line in sys.stdin:
         print(f"stage/{kind}/{name}")
 ' "$1"
 }
-cargo test --release --no-run --message-format=json 2>/dev/null | collect tests >>stage/MANIFEST
+cargo test --release --features emulation --no-run --message-format=json 2>/dev/null | collect tests >>stage/MANIFEST
 cargo build --release --examples --message-format=json 2>/dev/null | collect examples >>stage/MANIFEST
 cargo bench --features baselines --no-run --message-format=json 2>/dev/null | collect benches >>stage/MANIFEST
 # Symbols and debug sections off: the working tree and stage/ travel together under 64 MiB (panics keep

@@ -76,6 +76,10 @@ macro_rules! for_each_kernel {
             fn dropout_bwd(out dx, inp dy, val p: f32, val seed: u64, val step: u64);
             /// One Adam update over flat buffers (see [`crate::cpu::adam_step`]).
             fn adam_step(out p, out m, out v, inp g, val step: &$crate::shape::AdamStep);
+            /// `d = a · b + c` for one 16 × 8 × 8 tile on the tensor cores, operands rounded to TF32: the
+            /// probe of the fragment layout the TF32 kernels share (see [`crate::cpu::mma_tf32_tile`]).
+            /// Shapes: `d, a, c: [16, 8]`, `b: [8, 8]` (k, n), row-major.
+            fn mma_tf32_tile(out d, inp a, inp b, inp c);
         }
     };
 }

@@ -3,6 +3,7 @@
 
 mod common;
 
+use approx::assert_abs_diff_eq;
 use common::gradcheck::{dot, gradcheck};
 use common::{assert_bits_eq, assert_close, uniform};
 use inception_cuda::cpu;
@@ -166,7 +167,7 @@ fn softmax_xent_values_gradient_and_errors() {
     // Uniform logits: loss ln(C); gradient (1/C - onehot)/m.
     let (mut loss, mut d) = ([0.0f32], vec![0.0f32; 8]);
     cpu::softmax_xent(&mut loss, &mut d, &[3.0; 8], &[1, 3], 4).unwrap();
-    assert!((loss[0] - 4f32.ln()).abs() < 1e-6, "{loss:?}");
+    assert_abs_diff_eq!(loss[0], 4f32.ln(), epsilon = 1e-6);
     assert_close(
         "dlogits",
         &d,

@@ -3,6 +3,7 @@
 
 mod common;
 
+use approx::assert_abs_diff_eq;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -82,7 +83,7 @@ fn shipped_mnist_loads_with_the_known_label_counts() {
         .map(|&p| p as f64 * 255.0)
         .sum::<f64>()
         / (60_000.0 * 784.0);
-    assert!((mean - 33.318).abs() < 0.01, "pixel mean {mean}");
+    assert_abs_diff_eq!(mean, 33.318, epsilon = 0.01);
     assert!(s.train.images.iter().all(|&p| (0.0..=1.0).contains(&p)));
 }
 

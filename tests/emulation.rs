@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::kernels::{pool_on, train_ops_on};
+use common::kernels::{mma_inputs, mma_tile_on, pool_on, train_ops_on};
 use common::{assert_bits_eq, uniform};
 use inception_cuda::cpu::CpuBackend;
 use inception_cuda::emu::{planted, EmuBackend, ThreadOrder};
@@ -662,4 +662,41 @@ fn emulated_planned_step_matches_the_cpu_plan() {
         1e-5,
         1e-4,
     );
+}
+
+/// The emulator's tensor-core collective (kernels/mma.cuh) with the PTX ISA's fragment layout equals the CPU
+/// twin bit for bit (same TF32 rounding, products summed in k order), in both thread orders.
+#[test]
+fn emulated_mma_tile_matches_its_twin_bit_for_bit() {
+    for (seed, exact) in [(1, true), (2, false), (3, false)] {
+        let [a, b, c] = mma_inputs(seed, exact);
+        let want = mma_tile_on(&CpuBackend, &a, &b, &c);
+        assert!(want.iter().all(|v| v.is_finite()));
+        for order in ORDERS {
+            let got = mma_tile_on(&EmuBackend { order }, &a, &b, &c);
+            assert_bits_eq(
+                &format!("emulated mma_tf32_tile, seed {seed}, {order:?}"),
+                &got,
+                &want,
+            );
+        }
+    }
+}
+
+/// A kernel that loads one fragment register from the wrong place (a1 and a2 swapped) fails the comparison
+/// the correct kernel passes.
+#[test]
+fn a_wrong_mma_fragment_index_is_caught() {
+    let [a, b, c] = mma_inputs(4, false);
+    let want = mma_tile_on(&CpuBackend, &a, &b, &c);
+    for order in ORDERS {
+        let mut d = vec![f32::NAN; 128];
+        planted::mma_wrong_fragment(&mut d, &a, &b, &c, order).unwrap();
+        let wrong = d
+            .iter()
+            .zip(&want)
+            .filter(|(g, w)| g.to_bits() != w.to_bits())
+            .count();
+        assert!(wrong >= 64, "{order:?}: only {wrong} of 128 outputs differ");
+    }
 }

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::kernels::{pool_on, train_ops_on};
+use common::kernels::{mma_inputs, mma_tile_on, pool_on, train_ops_on};
 use common::{assert_bits_eq, assert_close, uniform};
 use inception_cuda::cpu::CpuBackend;
 use inception_cuda::nn::{InceptionModule, InceptionWidths};
@@ -308,4 +308,41 @@ fn gpu_training_step_is_forward_backward_then_adam() {
         &images,
         &labels,
     );
+}
+
+/// The fragment layout of `mma.sync.m16n8k8` TF32 on the hardware equals the emulator's (PTX ISA layout):
+/// with exact inputs bit for bit against the CPU twin, which the emulated test holds equal to the emulator, and
+/// (in a build with `--features emulation`, as `scripts/stage-gpu.sh` makes) against the emulator itself;
+/// with inexact inputs within f32 summation-order rounding (the hardware's order is not documented).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn small_gpu_mma_fragment_layout_matches_the_emulator() {
+    for (seed, exact) in [(1, true), (5, true), (2, false)] {
+        let [a, b, c] = mma_inputs(seed, exact);
+        let got = with_gpu(|g| mma_tile_on(g, &a, &b, &c));
+        let want = mma_tile_on(&CpuBackend, &a, &b, &c);
+        if exact {
+            assert_bits_eq(&format!("gpu mma_tf32_tile, seed {seed}"), &got, &want);
+            #[cfg(feature = "emulation")]
+            {
+                let emu = inception_cuda::emu::EmuBackend {
+                    order: inception_cuda::emu::ThreadOrder::Forward,
+                };
+                let emulated = mma_tile_on(&emu, &a, &b, &c);
+                assert_bits_eq(
+                    &format!("gpu vs emulated mma, seed {seed}"),
+                    &got,
+                    &emulated,
+                );
+            }
+        } else {
+            assert_close(
+                &format!("gpu mma_tf32_tile, seed {seed}"),
+                &got,
+                &want,
+                1e-5,
+                1e-5,
+            );
+        }
+    }
 }

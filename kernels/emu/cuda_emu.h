@@ -7,8 +7,13 @@
 // declarations into per-block slots (filled with NaN bytes at each block, so uninitialised reads show) and
 // `extern __shared__` into the exact-size dynamic buffer, and generates one C launcher per kernel.
 //
-// Out of reach: inline PTX, mma/wmma, timing, and the memory model between blocks (blocks never overlap).
+// Tensor cores: kernels/mma.cuh's helpers (mma.sync m16n8k8 TF32, cvt.rna.tf32, cp.async) become warp
+// collectives and checked copies here (mma_tf32_m16n8k8, tf32_rna, cp_async below).
+// Out of reach: other inline PTX, wmma, timing, and the memory model between blocks (blocks never overlap).
 #pragma once
+
+// Lets shared headers (kernels/mma.cuh) tell the emulator's compile from nvcc's host pass.
+#define INCEPTION_CUDA_EMU 1
 
 #include <algorithm>
 #include <cassert>
@@ -66,6 +71,21 @@ void syncthreads();
 // Warp rendezvous: deposits `value`, waits for every lane of `mask`, returns lane `src`'s value (for
 // shuffles) or the ballot of the deposited values (for votes).
 unsigned long long warp_exchange(unsigned int mask, unsigned long long value, int src, bool ballot);
+// Warp gather: deposits `value`, waits for every lane of `mask`, writes every lane's deposit to out[lane]
+// (0 for lanes outside the mask).
+void warp_gather(unsigned int mask, unsigned long long value, unsigned long long out[32]);
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 as a warp collective over all 32 lanes, with the PTX
+// ISA's fragment layout (A: a0, a2 rows g, a1, a3 rows g + 8, columns t (a0, a1) and t + 4 (a2, a3);
+// B: b0 row t, b1 row t + 4, column g; C/D: c0, c1 row g, c2, c3 row g + 8, columns 2t, 2t + 1; g = lane / 4,
+// t = lane % 4). The operands' low 13 bits are dropped as the hardware does; products are exact in f32 and
+// summed in k order onto c.
+void mma_tf32_m16n8k8(float d[4], const unsigned int a[4], const unsigned int b[2], const float c[4]);
+// cvt.rna.tf32.f32: round to the nearest TF32 (10 explicit mantissa bits), ties away from zero; the bits
+// of the result (low 13 zero).
+unsigned int tf32_rna(float x);
+// cp.async.{ca,cg}.shared.global of `bytes` (4, 8 or 16): an error unless both addresses are aligned to it,
+// then a plain copy (so the wait is a no-op; the barrier after it is the kernel's own __syncthreads).
+void cp_async(void* dst, const void* src, unsigned int bytes);
 void* shared_static(int id, std::size_t bytes);
 void* shared_dynamic();
 int run(const Launch& cfg, void (*body)(void*), void* ctx);

@@ -210,6 +210,92 @@ unsigned long long warp_exchange(unsigned int mask, unsigned long long value, in
   return b.fibers[s].slot[f.warp_seq & 1];
 }
 
+void warp_gather(unsigned int mask, unsigned long long value, unsigned long long out[32]) {
+  Block& b = *g_block;
+  Fiber& f = *b.current;
+  unsigned int lane = f.linear & 31u;
+  if (!(mask >> lane & 1u)) {
+    fail("warp collective at " + where(f) + ": the calling lane is not in its own mask");
+    yield();
+  }
+  f.warp_seq += 1;
+  f.slot[f.warp_seq & 1] = value;
+  f.wait_mask = mask;
+  f.state = State::AtWarp;
+  yield();
+  unsigned int base = f.linear & ~31u;
+  for (unsigned int l = 0; l < 32; ++l) out[l] = mask >> l & 1u ? b.fibers[base + l].slot[f.warp_seq & 1] : 0;
+}
+
+namespace {
+struct MmaOperands {
+  const unsigned int* a;
+  const unsigned int* b;
+  const float* c;
+};
+
+float tf32_operand(unsigned int bits) {
+  bits &= ~0x1fffu;  // the tensor core reads 19 bits of an operand: sign, exponent, 10 mantissa bits
+  float v;
+  std::memcpy(&v, &bits, 4);
+  return v;
+}
+}  // namespace
+
+void mma_tf32_m16n8k8(float d[4], const unsigned int a[4], const unsigned int b[2], const float c[4]) {
+  // Every lane deposits the address of its operands (live on its stack until the second rendezvous below),
+  // then reads the whole warp's.
+  MmaOperands mine{a, b, c};
+  unsigned long long all[32];
+  warp_gather(0xffffffffu, (unsigned long long)(std::uintptr_t)&mine, all);
+  float A[16][8], B[8][8], C[16][8];
+  for (unsigned int l = 0; l < 32; ++l) {
+    const MmaOperands& o = *(const MmaOperands*)(std::uintptr_t)all[l];
+    const unsigned int g = l >> 2, t = l & 3u;
+    A[g][t] = tf32_operand(o.a[0]);
+    A[g + 8][t] = tf32_operand(o.a[1]);
+    A[g][t + 4] = tf32_operand(o.a[2]);
+    A[g + 8][t + 4] = tf32_operand(o.a[3]);
+    B[t][g] = tf32_operand(o.b[0]);
+    B[t + 4][g] = tf32_operand(o.b[1]);
+    C[g][2 * t] = o.c[0];
+    C[g][2 * t + 1] = o.c[1];
+    C[g + 8][2 * t] = o.c[2];
+    C[g + 8][2 * t + 1] = o.c[3];
+  }
+  const unsigned int lane = g_block->current->linear & 31u;
+  const unsigned int g = lane >> 2, t = lane & 3u;
+  const unsigned int rows[4] = {g, g, g + 8, g + 8}, cols[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
+  float out[4];
+  for (int i = 0; i < 4; ++i) {
+    float acc = C[rows[i]][cols[i]];
+    for (int k = 0; k < 8; ++k) acc += A[rows[i]][k] * B[k][cols[i]];
+    out[i] = acc;
+  }
+  // No lane leaves (and reuses its stack) before every lane has read the others' operands; d may alias c.
+  warp_gather(0xffffffffu, 0, all);
+  for (int i = 0; i < 4; ++i) d[i] = out[i];
+}
+
+unsigned int tf32_rna(float x) {
+  unsigned int bits;
+  std::memcpy(&bits, &x, 4);
+  if ((bits & 0x7f800000u) == 0x7f800000u) return (bits & ~0x1fffu) | (bits & 0x1fffu ? 0x1000u : 0u);  // inf, NaN
+  return (bits + 0x1000u) & ~0x1fffu;  // add half an ulp of TF32 to the magnitude, truncate: ties away
+}
+
+void cp_async(void* dst, const void* src, unsigned int bytes) {
+  if (bytes != 4 && bytes != 8 && bytes != 16) {
+    fail("cp.async of " + std::to_string(bytes) + " bytes (4, 8 or 16)");
+    yield();
+  }
+  if ((std::uintptr_t)dst % bytes || (std::uintptr_t)src % bytes) {
+    fail("cp.async of " + std::to_string(bytes) + " bytes from a misaligned address");
+    yield();
+  }
+  std::memcpy(dst, src, bytes);
+}
+
 void* shared_static(int id, std::size_t bytes) {
   auto& v = g_block->shared[id];
   if (v.empty()) v.assign(bytes, 0xFF);  // NaN as float, -1 as int: uninitialised reads show

@@ -12,6 +12,7 @@ mod matmul;
 mod pool;
 mod reduce_conv;
 mod relu;
+mod tf32;
 
 pub use adam::adam_step;
 pub use add::add_fwd;
@@ -22,6 +23,7 @@ pub use loss::{check_labels, softmax_xent};
 pub use pool::{maxpool3x3s1_bwd, maxpool3x3s1_fwd};
 pub use reduce_conv::{reduce_conv_bwd, reduce_conv_fwd};
 pub use relu::{relu_bwd, relu_fwd};
+pub use tf32::{mma_tf32_tile, tf32_round};
 
 use rayon::prelude::*;
 

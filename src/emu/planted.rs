@@ -25,6 +25,13 @@ extern "C" {
     fn emu_launch_planted_oob_write(cfg: *const Launch, y: *mut f32, n: u64) -> i32;
     fn emu_launch_planted_shfl_inactive_lane(cfg: *const Launch, y: *mut f32) -> i32;
     fn emu_launch_planted_dynamic_shared_overflow(cfg: *const Launch, y: *mut f32) -> i32;
+    fn emu_launch_planted_mma_wrong_fragment(
+        cfg: *const Launch,
+        d: *mut f32,
+        a: *const f32,
+        b: *const f32,
+        c: *const f32,
+    ) -> i32;
 }
 
 fn one_block(threads: usize, shared_bytes: u32) -> Result<LaunchDims> {
@@ -132,4 +139,31 @@ pub fn dynamic_shared_overflow(y: &mut [f32], shared_bytes: u32, order: ThreadOr
         order,
         |cfg| unsafe { emu_launch_planted_dynamic_shared_overflow(cfg, y.as_mut_ptr()) },
     )
+}
+
+/// `mma_tf32_tile` with two of A's fragment indices swapped (a1 and a2): shapes as
+/// [`crate::cpu::mma_tf32_tile`].
+pub fn mma_wrong_fragment(
+    d: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+    order: ThreadOrder,
+) -> Result<()> {
+    const OP: &str = "planted_mma_wrong_fragment";
+    check_len(OP, "d", 128, d.len())?;
+    check_len(OP, "a", 128, a.len())?;
+    check_len(OP, "b", 64, b.len())?;
+    check_len(OP, "c", 128, c.len())?;
+    let dims = one_block(32, 0)?;
+    // SAFETY: one warp reads a[0..128], b[0..64], c[0..128] and writes d[0..128], all checked above.
+    run(OP, dims, order, |cfg| unsafe {
+        emu_launch_planted_mma_wrong_fragment(
+            cfg,
+            d.as_mut_ptr(),
+            a.as_ptr(),
+            b.as_ptr(),
+            c.as_ptr(),
+        )
+    })
 }

@@ -202,6 +202,12 @@ fn call_every_kernel(r: &Recorder) -> Result<()> {
         &ls,
     )?;
     r.linear_bgrad(&mut z(5).as_mut_slice(), &z(yl).as_slice(), &ls)?;
+    r.mma_tf32_tile(
+        &mut z(128).as_mut_slice(),
+        &z(128).as_slice(),
+        &z(64).as_slice(),
+        &z(128).as_slice(),
+    )?;
     let (mut w, mut m, mut v) = (z(wl), z(wl), z(wl));
     r.linear_wgrad_adam(
         [

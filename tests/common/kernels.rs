@@ -626,3 +626,39 @@ pub fn assert_step_is_forward_backward_then_adam<B: Backend>(
         "{what}: no moment was updated"
     );
 }
+
+/// `d = a · b + c` for one TF32 tile (`mma_tf32_tile`) on backend `b`: `a, c: [16, 8]`, `bm: [8, 8]`.
+pub fn mma_tile_on<B: Backend>(b: &B, a: &[f32], bm: &[f32], c: &[f32]) -> Vec<f32> {
+    let (a, bm, c) = (
+        b.upload(a).unwrap(),
+        b.upload(bm).unwrap(),
+        b.upload(c).unwrap(),
+    );
+    let mut d = b.upload(&[f32::NAN; 128]).unwrap();
+    b.mma_tf32_tile(
+        &mut b.view_mut(&mut d, 0..128).unwrap(),
+        &b.view(&a, 0..128).unwrap(),
+        &b.view(&bm, 0..64).unwrap(),
+        &b.view(&c, 0..128).unwrap(),
+    )
+    .unwrap();
+    b.to_host(&d).unwrap()
+}
+
+/// Inputs of the TF32 tile tests: `(a [16, 8], b [8, 8], c [16, 8])`. `exact`: small integers, so every
+/// product and sum is exact and any summation order gives the same bits (the hardware's order is not
+/// documented); otherwise values with bits below TF32's precision, so the rounding shows.
+pub fn mma_inputs(seed: u64, exact: bool) -> [Vec<f32>; 3] {
+    let shape = |v: Vec<f32>| -> Vec<f32> {
+        if exact {
+            v.iter().map(|x| (x * 8.0).round()).collect()
+        } else {
+            v.iter().map(|x| x * (1.0 + 1.0 / 3.0)).collect()
+        }
+    };
+    [
+        shape(super::uniform(seed, 128)),
+        shape(super::uniform(seed + 1, 64)),
+        shape(super::uniform(seed + 2, 128)),
+    ]
+}

@@ -1,6 +1,8 @@
 // planted.cu: kernels with deliberate bugs (and one correct twin), compiled only under emulation, so the
 // tests can show that the emulator catches each kind of bug it claims to. Never compiled to PTX.
 
+#include "mma.cuh"
+
 // BUG: threads >= 16 never reach the barrier (a divergent __syncthreads()).
 extern "C" __global__ void planted_divergent_barrier(float* y, unsigned long long n) {
   if (threadIdx.x < 16) __syncthreads();
@@ -59,4 +61,20 @@ extern "C" __global__ void planted_dynamic_shared_overflow(float* y) {
   dyn[threadIdx.x] = (float)threadIdx.x;
   __syncthreads();
   y[threadIdx.x] = dyn[threadIdx.x];
+}
+
+// BUG: mma_tf32_tile (kernels/mma.cu) with the rows of a1 and a2 swapped: A[g][t + 4] where the layout puts
+// A[g + 8][t], and the other way round.
+extern "C" __global__ void planted_mma_wrong_fragment(float* d, const float* a, const float* b, const float* c) {
+  const unsigned int lane = threadIdx.x & 31u, g = lane >> 2, t = lane & 3u;
+  const unsigned int af[4] = {tf32_bits(a[g * 8 + t]), tf32_bits(a[g * 8 + t + 4]), tf32_bits(a[(g + 8) * 8 + t]),
+                              tf32_bits(a[(g + 8) * 8 + t + 4])};
+  const unsigned int bf[2] = {tf32_bits(b[t * 8 + g]), tf32_bits(b[(t + 4) * 8 + g])};
+  const float cf[4] = {c[g * 8 + 2 * t], c[g * 8 + 2 * t + 1], c[(g + 8) * 8 + 2 * t], c[(g + 8) * 8 + 2 * t + 1]};
+  float df[4];
+  mma_tf32_m16n8k8(df, af, bf, cf);
+  d[g * 8 + 2 * t] = df[0];
+  d[g * 8 + 2 * t + 1] = df[1];
+  d[(g + 8) * 8 + 2 * t] = df[2];
+  d[(g + 8) * 8 + 2 * t + 1] = df[3];
 }

@@ -1,0 +1,59 @@
+// mma.cuh: the tensor-core helpers the kernels share (TF32 path), in one place so that the emulator can stand
+// in for each (kernels/emu/cuda_emu.h): on the GPU they are the PTX instructions, under emulation a warp
+// collective with the PTX ISA's fragment layout, the same TF32 rounding, and checked copies.
+//
+// Fragments of mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 (PTX ISA, "Matrix Fragments for
+// mma.m16n8k8"), g = lane / 4, t = lane % 4:
+//   A (16 × 8, row-major): a0 = A[g][t], a1 = A[g + 8][t], a2 = A[g][t + 4], a3 = A[g + 8][t + 4]
+//   B (8 × 8, k × n):      b0 = B[t][g], b1 = B[t + 4][g]
+//   C, D (16 × 8):         c0 = C[g][2t], c1 = C[g][2t + 1], c2 = C[g + 8][2t], c3 = C[g + 8][2t + 1]
+// Rounding: the operands go through cvt.rna.tf32.f32 (round to nearest, ties away from zero; CPU twin:
+// src/cpu/tf32.rs), never the hardware's truncation of raw f32 bits; products are exact in f32 and the
+// accumulation is f32.
+#pragma once
+
+// The TF32 operand of x: cvt.rna.tf32.f32, as the bits of a .b32 register (the low 13 bits zero).
+__device__ __forceinline__ unsigned int tf32_bits(float x) {
+#ifdef __CUDA_ARCH__
+  unsigned int r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return r;
+#elif defined(INCEPTION_CUDA_EMU)
+  return ::emu::tf32_rna(x);
+#else
+  return 0u;  // nvcc's host pass: never run
+#endif
+}
+
+// d = a · b + c for one 16 × 8 × 8 tile, the whole warp together (every lane must call it).
+__device__ __forceinline__ void mma_tf32_m16n8k8(float d[4], const unsigned int a[4], const unsigned int b[2],
+                                                 const float c[4]) {
+#ifdef __CUDA_ARCH__
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%10, %11, %12, %13};"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
+        "f"(c[3]));
+#elif defined(INCEPTION_CUDA_EMU)
+  ::emu::mma_tf32_m16n8k8(d, a, b, c);
+#endif
+}
+
+// cp.async of 16 bytes from global to shared memory (both 16-byte aligned), completed by cp_async_wait_all;
+// other threads see it after the __syncthreads that follows the wait.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+#ifdef __CUDA_ARCH__
+  const unsigned int s = (unsigned int)__cvta_generic_to_shared(smem);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem));
+#elif defined(INCEPTION_CUDA_EMU)
+  ::emu::cp_async(smem, gmem, 16);
+#endif
+}
+
+// Waits for every cp.async this thread issued.
+__device__ __forceinline__ void cp_async_wait_all() {
+#ifdef __CUDA_ARCH__
+  asm volatile("cp.async.wait_all;" ::);
+#endif
+}
