@@ -424,11 +424,7 @@ fn bench_fused<B: Backend>(c: &mut Criterion, b: &B, dev: &Device) {
 
 /// fc1's three GEMMs at batch 50 (M=50, N=700, K=200,704).
 fn bench_fc1<B: Backend>(c: &mut Criterion, b: &B, dev: &Device) {
-    let s = LinearShape {
-        m: 50,
-        k_in: 200_704,
-        n_out: 700,
-    };
+    let s = LinearShape::new(50, 200_704, 700);
     let x = b.upload(&rand(6, 50 * 200_704)).expect("x");
     let wt = b.upload(&rand(7, 700 * 200_704)).expect("w");
     let bias = b.upload(&rand(8, 700)).expect("b");

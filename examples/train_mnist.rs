@@ -24,7 +24,7 @@ use inception_cuda::checkpoint::{remove_stale_temporaries, write_file_atomic, MA
 use inception_cuda::cpu::CpuBackend;
 use inception_cuda::data::{load_dir, Dataset, MnistSplits};
 use inception_cuda::nn::{InceptionMnist, MnistConfig};
-use inception_cuda::shape::AdamStep;
+use inception_cuda::shape::{AdamStep, Precision};
 use inception_cuda::{Backend, BackendHandle, Device};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -42,6 +42,50 @@ enum Init {
     Pytorch,
     /// The write-up's: a normal of σ 0.1 truncated at 2σ.
     Writeup,
+}
+
+/// The arithmetic of the linear layers' products (`--precision`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum PrecisionArg {
+    /// f32 operands and accumulation.
+    Fp32,
+    /// TF32 operands on the tensor cores (cvt.rna rounding), f32 accumulation; the convolutions stay fp32.
+    Tf32,
+}
+
+impl PrecisionArg {
+    fn name(self) -> &'static str {
+        match self {
+            PrecisionArg::Fp32 => "fp32",
+            PrecisionArg::Tf32 => "tf32",
+        }
+    }
+}
+
+impl std::fmt::Display for PrecisionArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for PrecisionArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fp32" => Ok(PrecisionArg::Fp32),
+            "tf32" => Ok(PrecisionArg::Tf32),
+            _ => Err(format!("precision {s:?} (fp32 or tf32)")),
+        }
+    }
+}
+
+impl From<PrecisionArg> for Precision {
+    fn from(p: PrecisionArg) -> Precision {
+        match p {
+            PrecisionArg::Fp32 => Precision::Fp32,
+            PrecisionArg::Tf32 => Precision::Tf32,
+        }
+    }
 }
 
 impl Init {
@@ -100,6 +144,9 @@ struct Args {
     /// Initialisation [default: pytorch].
     #[arg(long, value_enum)]
     init: Option<Init>,
+    /// The linear layers' arithmetic [default: fp32; TF32's accuracy on the full schedule is unmeasured].
+    #[arg(long, value_enum)]
+    precision: Option<PrecisionArg>,
     /// Validation accuracy (and the logged loss) every this many steps [default: 100].
     #[arg(long)]
     log_every: Option<u64>,
@@ -500,9 +547,12 @@ fn train<H: BackendHandle>(backend: H, gpu: bool, args: &Args) -> Res<()> {
             }
             let lr = resumed_value(r, "lr", args.lr, false, &manifest)?.unwrap_or(1e-4);
             let batch = resumed_value(r, "batch", args.batch, false, &manifest)?.unwrap_or(50);
+            let precision = resumed_value(r, "precision", args.precision, false, &manifest)?;
             let mut recipe = r.clone();
             recipe.insert("lr".into(), lr.to_string());
             recipe.insert("batch".into(), batch.to_string());
+            let precision = precision.unwrap_or(PrecisionArg::Fp32);
+            recipe.insert("precision".into(), precision.name().into());
             for (key, given) in [
                 ("steps", args.steps),
                 ("log_every", args.log_every),
@@ -548,6 +598,13 @@ fn train<H: BackendHandle>(backend: H, gpu: bool, args: &Args) -> Res<()> {
                 ("batch", batch.to_string()),
                 ("seed", seed.to_string()),
                 ("init", init.name().to_string()),
+                (
+                    "precision",
+                    args.precision
+                        .unwrap_or(PrecisionArg::Fp32)
+                        .name()
+                        .to_string(),
+                ),
                 ("log_every", args.log_every.unwrap_or(100).to_string()),
                 (
                     "checkpoint_every",
@@ -562,6 +619,11 @@ fn train<H: BackendHandle>(backend: H, gpu: bool, args: &Args) -> Res<()> {
             (out, net, recipe, Vec::new())
         }
     };
+    let precision = recipe
+        .get("precision")
+        .and_then(|v| v.parse::<PrecisionArg>().ok())
+        .unwrap_or(PrecisionArg::Fp32);
+    net.set_precision(precision.into())?;
     let number = |key: &str| recipe.get(key).and_then(|v| v.parse::<f64>().ok());
     let lr = number("lr").unwrap_or(1e-4);
     let batch = recipe

@@ -18,7 +18,8 @@
 //              compared within tolerances).
 
 #include "adam.cuh"
-#include "args.h"  // GemmDims; GEMM_BM × GEMM_BN tiles of C per block (WGRAD_ADAM_BM rows for linear_wgrad_adam),
+#include "args.h"
+#include "mma.cuh"  // the TF32 path: tf32_bits, mma_tf32_m16n8k8  // GemmDims; GEMM_BM × GEMM_BN tiles of C per block (WGRAD_ADAM_BM rows for linear_wgrad_adam),
                    // k in steps of GEMM_BK, GEMM_THREADS threads: 16 column groups × 8 row groups, 8 × 8 outputs each
 #define GEMM_PAD 4        // shared row padding: keeps rows 16-byte aligned for float4 reads
 #define GEMM_MIN_BLOCKS 3   // blocks per SM the register budget must allow (≤ 168 registers a thread)
@@ -152,7 +153,11 @@ __device__ __forceinline__ GemmTile gemm_tile_of(const GemmDims& d) {
 
 // acc[a][b] = Σ_k A(i0 + row(a), k) · B(k, j0 + col(b)) over this block's tile (TM · 8 rows) and k range
 // (slice z of k), k in increasing order: the same order for every TM.
-template <int TM>
+// TF32: the same shared-memory tiles feed mma.sync m16n8k8 (mma.cuh) instead of the FMAs: the block's 4 warps
+// split the tile 2 × 2 (TM 8: 32 × 64 each) or 1 × 4 (TM 4: 32 × 32 each), operands rounded by cvt.rna, and
+// the warps' accumulators go through shared memory into acc's layout, so every epilogue serves both paths.
+// Each output is accumulated by the same sequence of mma instructions (k in steps of 8) for every TM.
+template <int TM, bool TF32 = false>
 __device__ __forceinline__ void gemm_block(float (&acc)[TM][8], const float* __restrict__ a,
                                            const float* __restrict__ b, const GemmDims& d) {
   constexpr int BM = TM * 8;
@@ -172,6 +177,10 @@ __device__ __forceinline__ void gemm_block(float (&acc)[TM][8], const float* __r
   gemm_fetch<BM>(av, amode, a, d.a_rs, d.a_ks, i0, d.m, k_begin, k_end);  // A(i, k)
   gemm_fetch<GEMM_BN>(bv, bmode, b, d.b_cs, d.b_ks, j0, d.n, k_begin, k_end);  // B(k, j) as X(j, k)
   const unsigned int ty4 = (threadIdx.x / 16) * 4, tx4 = (threadIdx.x % 16) * 4;
+  constexpr int WR = BM / 32, WC = 4 / WR, NT = GEMM_BN / WC / 8;  // TF32: warps per column, per row; n8 tiles
+  [[maybe_unused]] const unsigned int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+  [[maybe_unused]] const unsigned int wr0 = threadIdx.x / 32 / WC * 32, wc0 = threadIdx.x / 32 % WC * (GEMM_BN / WC);
+  [[maybe_unused]] float mc[TF32 ? 2 : 1][TF32 ? NT : 1][4] = {};
   for (u64 k0 = k_begin; k0 < k_end; k0 += GEMM_BK) {
     gemm_stash<BM>(as, av, amode, d.a_ks == 1);
     gemm_stash<GEMM_BN>(bs, bv, bmode, d.b_ks == 1);
@@ -179,6 +188,32 @@ __device__ __forceinline__ void gemm_block(float (&acc)[TM][8], const float* __r
     if (k0 + GEMM_BK < k_end) {  // the next step's loads, in flight during the FMAs below
       gemm_fetch<BM>(av, amode, a, d.a_rs, d.a_ks, i0, d.m, k0 + GEMM_BK, k_end);
       gemm_fetch<GEMM_BN>(bv, bmode, b, d.b_cs, d.b_ks, j0, d.n, k0 + GEMM_BK, k_end);
+    }
+    if constexpr (TF32) {
+#pragma unroll
+      for (int k8 = 0; k8 < GEMM_BK; k8 += 8) {
+        unsigned int af[2][4], bf[NT][2];
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          const unsigned int r = wr0 + mt * 16 + g;
+          af[mt][0] = tf32_bits(as[k8 + t][r]);
+          af[mt][1] = tf32_bits(as[k8 + t][r + 8]);
+          af[mt][2] = tf32_bits(as[k8 + t + 4][r]);
+          af[mt][3] = tf32_bits(as[k8 + t + 4][r + 8]);
+        }
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          const unsigned int c = wc0 + nt * 8 + g;
+          bf[nt][0] = tf32_bits(bs[k8 + t][c]);
+          bf[nt][1] = tf32_bits(bs[k8 + t + 4][c]);
+        }
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) mma_tf32_m16n8k8(mc[mt][nt], af[mt], bf[nt], mc[mt][nt]);
+      }
+      __syncthreads();
+      continue;
     }
 #pragma unroll
     for (int kk = 0; kk < GEMM_BK; ++kk) {
@@ -198,6 +233,20 @@ __device__ __forceinline__ void gemm_block(float (&acc)[TM][8], const float* __r
         for (int c = 0; c < 8; ++c) acc[r][c] += ar[r] * br[c];
     }
     __syncthreads();
+  }
+  if constexpr (TF32) {  // the warps' fragments (c0, c1: row g; c2, c3: row g + 8; columns 2t, 2t + 1) into acc
+    __shared__ __align__(16) float cs[BM][GEMM_BN + GEMM_PAD];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) cs[wr0 + mt * 16 + g + e / 2 * 8][wc0 + nt * 8 + 2 * t + e % 2] = mc[mt][nt][e];
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < TM; ++r)
+#pragma unroll
+      for (int c = 0; c < 8; ++c) acc[r][c] = cs[gemm_row(r)][gemm_col(c / 4) + c % 4];
   }
 }
 
@@ -225,14 +274,28 @@ __device__ __forceinline__ void gemm_store(float* __restrict__ c, const float (&
   }
 }
 
-// Grid (ceil(m / 64) · ceil(n_out / 128), 1, splits): partials[z] = x[:, z-th k range] · w[:, same]ᵀ.
+// Grid (ceil(m / 64) · ceil(n_out / 128), 1, splits): partials[z] = x[:, z-th k range] · w[:, same]ᵀ. The
+// kernels named *_tf32 below are the same computation on the tensor cores (gemm_block's TF32 path).
+template <bool TF32>
+__device__ __forceinline__ void linear_fwd_body(float* __restrict__ partials, const float* __restrict__ x,
+                                                const float* __restrict__ w, const GemmDims& d) {
+  float acc[8][8];
+  gemm_block<8, TF32>(acc, x, w, d);
+  gemm_store(partials + (u64)blockIdx.z * d.c_slice, acc, d);
+}
+
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS) linear_fwd(float* __restrict__ partials,  // [splits, m, n_out]
                                                                       const float* __restrict__ x,   // [m, k_in]
                                                                       const float* __restrict__ w,   // [n_out, k_in]
                                                                       GemmDims d) {
-  float acc[8][8];
-  gemm_block(acc, x, w, d);
-  gemm_store(partials + (u64)blockIdx.z * d.c_slice, acc, d);
+  linear_fwd_body<false>(partials, x, w, d);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS) linear_fwd_tf32(float* __restrict__ partials,  // [splits, m, n_out]
+                                                                           const float* __restrict__ x,   // [m, k_in]
+                                                                           const float* __restrict__ w,   // [n_out, k_in]
+                                                                           GemmDims d) {
+  linear_fwd_body<true>(partials, x, w, d);
 }
 
 // y[i, j] = b[j] + Σ_z partials[z, i, j], z in order. One thread per output (grid-stride).
@@ -249,14 +312,28 @@ extern "C" __global__ void linear_fwd_reduce(float* __restrict__ y,             
   }
 }
 
+// C = A · B over the whole k range, stored: the body of dgrad and wgrad in both precisions.
+template <bool TF32>
+__device__ __forceinline__ void gemm_product(float* __restrict__ c, const float* __restrict__ a,
+                                             const float* __restrict__ b, const GemmDims& d) {
+  float acc[8][8];
+  gemm_block<8, TF32>(acc, a, b, d);
+  gemm_store(c, acc, d);
+}
+
 // Grid (ceil(m / 64) · ceil(k_in / 128)): dx = dy · w.
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS) linear_dgrad(float* __restrict__ dx,        // [m, k_in]
                                                                         const float* __restrict__ dy,  // [m, n_out]
                                                                         const float* __restrict__ w,   // [n_out, k_in]
                                                                         GemmDims d) {
-  float acc[8][8];
-  gemm_block(acc, dy, w, d);
-  gemm_store(dx, acc, d);
+  gemm_product<false>(dx, dy, w, d);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS) linear_dgrad_tf32(float* __restrict__ dx,        // [m, k_in]
+                                                                             const float* __restrict__ dy,  // [m, n_out]
+                                                                             const float* __restrict__ w,   // [n_out, k_in]
+                                                                             GemmDims d) {
+  gemm_product<true>(dx, dy, w, d);
 }
 
 // Grid (ceil(n_out / 64) · ceil(k_in / 128)): dw = dyᵀ · x.
@@ -264,9 +341,14 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS) line
                                                                         const float* __restrict__ dy,  // [m, n_out]
                                                                         const float* __restrict__ x,   // [m, k_in]
                                                                         GemmDims d) {
-  float acc[8][8];
-  gemm_block(acc, dy, x, d);
-  gemm_store(dw, acc, d);
+  gemm_product<false>(dw, dy, x, d);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS) linear_wgrad_tf32(float* __restrict__ dw,        // [n_out, k_in]
+                                                                             const float* __restrict__ dy,  // [m, n_out]
+                                                                             const float* __restrict__ x,   // [m, k_in]
+                                                                             GemmDims d) {
+  gemm_product<true>(dw, dy, x, d);
 }
 
 // Grid (ceil(n_out / 32) · ceil(k_in / 128)): g = dyᵀ · x formed in registers, then Adam's update of w, m, v with
@@ -274,12 +356,11 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS) line
 // in place. The update is bound by memory latency: the block asks L2 for its w, m, v lines before the
 // product, and 32-row tiles (4 rows a thread) leave registers for four blocks an SM (16 warps, against 12
 // with 64-row tiles), each thread with half its w, m, v loads in flight.
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 4) linear_wgrad_adam(float* __restrict__ w,         // [n_out, k_in]
-                                                                                float* __restrict__ m,         // [n_out, k_in]
-                                                                                float* __restrict__ v,         // [n_out, k_in]
-                                                                                const float* __restrict__ dy,  // [rows, n_out]
-                                                                                const float* __restrict__ x,   // [rows, k_in]
-                                                                                GemmDims d, AdamScalars s) {
+template <bool TF32>
+__device__ __forceinline__ void linear_wgrad_adam_body(float* __restrict__ w, float* __restrict__ m,
+                                                       float* __restrict__ v, const float* __restrict__ dy,
+                                                       const float* __restrict__ x, const GemmDims& d,
+                                                       const AdamScalars& s) {
   const GemmTile tile = gemm_tile_of<WGRAD_ADAM_BM>(d);
   // Ask L2 for the tile's w, m, v (32 rows × 128 columns each: 384 lines of 128 bytes, three a thread) before
   // the product, so that they stream in while it runs: hints hold no registers, unlike loads.
@@ -289,7 +370,7 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 4) linear_wgrad_adam(
     if (i < d.m && j < d.n) prefetch_l2(base + (u64)i * d.c_rs + j);
   }
   float acc[4][8];
-  gemm_block<4>(acc, dy, x, d);
+  gemm_block<4, TF32>(acc, dy, x, d);
   const bool vec = (((u64)w | (u64)m | (u64)v) & 15) == 0 && d.c_rs % 4 == 0;
 #pragma unroll
   for (int q0 = 0; q0 < 8; q0 += 4) {  // two halves: the loads of four output groups in flight together
@@ -328,6 +409,24 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 4) linear_wgrad_adam(
       }
     }
   }
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 4) linear_wgrad_adam(float* __restrict__ w,         // [n_out, k_in]
+                                                                                float* __restrict__ m,         // [n_out, k_in]
+                                                                                float* __restrict__ v,         // [n_out, k_in]
+                                                                                const float* __restrict__ dy,  // [rows, n_out]
+                                                                                const float* __restrict__ x,   // [rows, k_in]
+                                                                                GemmDims d, AdamScalars s) {
+  linear_wgrad_adam_body<false>(w, m, v, dy, x, d, s);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 4) linear_wgrad_adam_tf32(float* __restrict__ w,         // [n_out, k_in]
+                                                                                float* __restrict__ m,         // [n_out, k_in]
+                                                                                float* __restrict__ v,         // [n_out, k_in]
+                                                                                const float* __restrict__ dy,  // [rows, n_out]
+                                                                                const float* __restrict__ x,   // [rows, k_in]
+                                                                                GemmDims d, AdamScalars s) {
+  linear_wgrad_adam_body<true>(w, m, v, dy, x, d, s);
 }
 
 // db[j] = Σ_i dy[i, j], rows in order: one thread per column.

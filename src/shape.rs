@@ -215,6 +215,19 @@ impl PoolShape {
     }
 }
 
+/// The arithmetic of a kernel's products (DESIGN.md, "Precision"). Half types come later.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Precision {
+    /// f32 operands, f32 accumulation on FMAs: deterministic, the bits of the CPU twins' order aside.
+    #[default]
+    Fp32,
+    /// The products' operands rounded to TF32 (`cvt.rna`: nearest, ties away from zero; 10 explicit mantissa
+    /// bits) and multiplied on the tensor cores (`mma.sync` m16n8k8), f32 accumulation; bias, reductions
+    /// of partials and Adam stay f32. The CPU twins round the same operands the same way.
+    Tf32,
+}
+
 /// A linear layer `y [m, n_out] = x [m, k_in] · wᵀ + b` with PyTorch's weight layout `w [n_out, k_in]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LinearShape {
@@ -224,9 +237,26 @@ pub struct LinearShape {
     pub k_in: usize,
     /// Output features.
     pub n_out: usize,
+    /// The arithmetic of the layer's three products (forward, dgrad, wgrad).
+    pub precision: Precision,
 }
 
 impl LinearShape {
+    /// An fp32 layer of `m` rows, `k_in` inputs and `n_out` outputs.
+    pub const fn new(m: usize, k_in: usize, n_out: usize) -> Self {
+        LinearShape {
+            m,
+            k_in,
+            n_out,
+            precision: Precision::Fp32,
+        }
+    }
+
+    /// The same layer computed in `precision`.
+    pub const fn with_precision(self, precision: Precision) -> Self {
+        LinearShape { precision, ..self }
+    }
+
     /// Checks that every buffer length fits in `usize`.
     pub fn validate(&self, op: &'static str) -> Result<()> {
         product(op, &[self.m, self.k_in])?;

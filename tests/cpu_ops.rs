@@ -114,11 +114,7 @@ fn maxpool_matches_reference_and_finite_differences() {
 
 #[test]
 fn linear_backward_passes_match_finite_differences() {
-    let s = LinearShape {
-        m: 3,
-        k_in: 7,
-        n_out: 5,
-    };
+    let s = LinearShape::new(3, 7, 5);
     let (x, w, b, r) = (
         uniform(1, 21),
         uniform(2, 35),
@@ -295,11 +291,7 @@ fn adam_matches_pytorch_formulation() {
 /// a direct f64 reference, and the same bits with 1 and 3 threads.
 #[test]
 fn linear_split_paths_match_reference_and_are_thread_independent() {
-    let s = LinearShape {
-        m: 3,
-        k_in: 10_000,
-        n_out: 5,
-    };
+    let s = LinearShape::new(3, 10_000, 5);
     let (x, w, b, dy) = (
         uniform(1, 30_000),
         uniform(2, 50_000),

@@ -463,23 +463,11 @@ fn emulated_linear_kernels_match_their_twins() {
     use common::kernels::{assert_outputs, linear_inputs, linear_on, LINEAR_TOL};
     use inception_cuda::shape::LinearShape;
     for s in [
-        LinearShape {
-            m: 5,
-            k_in: 37,
-            n_out: 13,
-        },
-        LinearShape {
-            m: 3,
-            k_in: 9000,
-            n_out: 70,
-        },
+        LinearShape::new(5, 37, 13),
+        LinearShape::new(3, 9000, 70),
         // float4 paths with tails: two row tiles (66 rows), a 4-wide last k slice (4100 = 4096 + 4), 70
         // columns (a partial float4 group at the edge)
-        LinearShape {
-            m: 66,
-            k_in: 4100,
-            n_out: 70,
-        },
+        LinearShape::new(66, 4100, 70),
     ] {
         let [x, w, b, dy] = linear_inputs(&s);
         let want = linear_on(&CpuBackend, &s, &x, &w, &b, &dy);
@@ -501,17 +489,88 @@ fn emulated_linear_kernels_match_their_twins() {
 /// arithmetic), and within the GEMM tolerance of its CPU twin; at an odd shape (scalar loads and
 /// stores), one at the float4 edges (partial column group, a row tile of 6, 66 = 64 + 2 rows of k), and
 /// an empty batch (zero gradient: Adam still decays the moments).
+/// The tensor-core (TF32) linear kernels against their twins, which round the same operands the same way, on
+/// shapes that hit every tile edge (rows, columns and k not multiples of the tiles; several split-K slices),
+/// and at an unaligned view offset (the operands' scalar read paths).
+#[test]
+fn emulated_tf32_linear_kernels_match_their_twins() {
+    use common::kernels::{assert_outputs, linear_inputs, linear_on, LINEAR_TOL};
+    use inception_cuda::shape::{LinearShape, Precision};
+    let emu = EmuBackend {
+        order: ThreadOrder::Forward,
+    };
+    for s in [
+        LinearShape::new(5, 37, 13),
+        LinearShape::new(66, 2100, 70),
+        LinearShape::new(17, 9, 130),
+    ] {
+        let s = s.with_precision(Precision::Tf32);
+        let [x, w, b, dy] = linear_inputs(&s);
+        let want = linear_on(&CpuBackend, &s, &x, &w, &b, &dy);
+        let got = linear_on(&emu, &s, &x, &w, &b, &dy);
+        assert_outputs(
+            &format!("emulated tf32 linear {s:?}"),
+            &LINEAR_TOL,
+            &got,
+            &want,
+        );
+        // the same product in fp32 differs (the operands' rounding shows)
+        let fp32 = linear_on(
+            &CpuBackend,
+            &s.with_precision(Precision::Fp32),
+            &x,
+            &w,
+            &b,
+            &dy,
+        );
+        assert!(
+            fp32[0] != want[0],
+            "{s:?}: TF32 and fp32 forward agree bit for bit"
+        );
+    }
+    // an unaligned view: x and w one element into their buffers
+    let s = LinearShape::new(6, 41, 10).with_precision(Precision::Tf32);
+    let [x, w, _, _] = linear_inputs(&s);
+    let (xb, wb) = ([&[0.0][..], &x].concat(), [&[0.0][..], &w].concat());
+    let mut want = vec![0.0; 60];
+    inception_cuda::cpu::linear_fwd(&mut want, &x, &w, &[0.0; 10], &s).unwrap();
+    let mut got = vec![f32::NAN; 60];
+    emu.linear_fwd(
+        &mut got.as_mut_slice(),
+        &&xb[1..],
+        &&wb[1..],
+        &&[0.0; 10][..],
+        &s,
+    )
+    .unwrap();
+    common::assert_close(
+        "emulated tf32 linear_fwd, unaligned views",
+        &got,
+        &want,
+        1e-4,
+        1e-3,
+    );
+}
+
+/// linear_wgrad_adam on the tensor cores equals linear_wgrad on them then adam_step, bit for bit.
+#[test]
+fn emulated_tf32_linear_wgrad_adam_is_wgrad_then_adam() {
+    use inception_cuda::shape::Precision;
+    let emu = EmuBackend {
+        order: ThreadOrder::Reverse,
+    };
+    let shapes =
+        common::kernels::WGRAD_ADAM_SMALL_SHAPES.map(|s| s.with_precision(Precision::Tf32));
+    common::kernels::assert_wgrad_adam("emulated tf32", &emu, &shapes);
+}
+
 #[test]
 fn emulated_linear_wgrad_adam_is_wgrad_then_adam() {
     use inception_cuda::shape::LinearShape;
     let emu = EmuBackend {
         order: ThreadOrder::Reverse,
     };
-    let empty_batch = LinearShape {
-        m: 0,
-        k_in: 8,
-        n_out: 3,
-    };
+    let empty_batch = LinearShape::new(0, 8, 3);
     let [odd, edges] = common::kernels::WGRAD_ADAM_SMALL_SHAPES;
     common::kernels::assert_wgrad_adam("emulated", &emu, &[odd, edges, empty_batch]);
 }

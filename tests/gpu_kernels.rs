@@ -183,18 +183,7 @@ fn linear_case(shapes: &[inception_cuda::shape::LinearShape]) {
 #[ignore = "needs a CUDA GPU"]
 fn small_gpu_linear_matches_twin() {
     use inception_cuda::shape::LinearShape;
-    linear_case(&[
-        LinearShape {
-            m: 5,
-            k_in: 37,
-            n_out: 13,
-        },
-        LinearShape {
-            m: 3,
-            k_in: 9000,
-            n_out: 70,
-        },
-    ]);
+    linear_case(&[LinearShape::new(5, 37, 13), LinearShape::new(3, 9000, 70)]);
 }
 
 /// fc1 and fc2 of the MNIST net at batch 50.
@@ -203,16 +192,8 @@ fn small_gpu_linear_matches_twin() {
 fn gpu_linear_at_fc1_and_fc2_shapes_matches_twin() {
     use inception_cuda::shape::LinearShape;
     linear_case(&[
-        LinearShape {
-            m: 50,
-            k_in: 200_704,
-            n_out: 700,
-        },
-        LinearShape {
-            m: 50,
-            k_in: 700,
-            n_out: 10,
-        },
+        LinearShape::new(50, 200_704, 700),
+        LinearShape::new(50, 700, 10),
     ]);
 }
 
@@ -274,16 +255,8 @@ fn wgrad_adam_case(shapes: &[inception_cuda::shape::LinearShape]) {
 fn gpu_linear_wgrad_adam_is_wgrad_then_adam() {
     use inception_cuda::shape::LinearShape;
     let [odd, edges] = common::kernels::WGRAD_ADAM_SMALL_SHAPES;
-    let fc2 = LinearShape {
-        m: 50,
-        k_in: 700,
-        n_out: 10,
-    };
-    let fc1 = LinearShape {
-        m: 50,
-        k_in: 200_704,
-        n_out: 700,
-    };
+    let fc2 = LinearShape::new(50, 700, 10);
+    let fc1 = LinearShape::new(50, 200_704, 700);
     wgrad_adam_case(&[odd, edges, fc2, fc1]);
 }
 

@@ -12,7 +12,8 @@ use rayon::prelude::*;
 use super::adam_step;
 use super::matmul::{matmul, Mat, MatMut, Threads};
 use super::sum_in_order;
-use crate::shape::{check_len, AdamStep, LinearShape};
+use super::tf32::rounded;
+use crate::shape::{check_len, AdamStep, LinearShape, Precision};
 use crate::Result;
 
 /// Chunks of k_in in the forward's split-K (fixed: the result must not depend on the thread count).
@@ -29,8 +30,13 @@ fn check(op: &'static str, bufs: &[(&'static str, usize, usize)]) -> Result<()> 
 
 /// `y = x · wᵀ + b`. Shapes: `y [m, n_out]`, `x [m, k_in]`, `w [n_out, k_in]`, `b [n_out]`.
 pub fn linear_fwd(y: &mut [f32], x: &[f32], w: &[f32], b: &[f32], s: &LinearShape) -> Result<()> {
+    if s.precision == Precision::Tf32 {
+        // The products' operands rounded as the tensor-core kernels round them, then the fp32 twin.
+        let fp32 = s.with_precision(Precision::Fp32);
+        return linear_fwd(y, &rounded(x), &rounded(w), b, &fp32);
+    }
     const OP: &str = "linear_fwd";
-    let LinearShape { m, k_in, n_out } = *s;
+    let LinearShape { m, k_in, n_out, .. } = *s;
     s.validate(OP)?;
     check(
         OP,
@@ -102,8 +108,12 @@ pub fn linear_fwd(y: &mut [f32], x: &[f32], w: &[f32], b: &[f32], s: &LinearShap
 
 /// `dx = dy · w`. Shapes: `dx [m, k_in]`, `dy [m, n_out]`, `w [n_out, k_in]`.
 pub fn linear_dgrad(dx: &mut [f32], dy: &[f32], w: &[f32], s: &LinearShape) -> Result<()> {
+    if s.precision == Precision::Tf32 {
+        let fp32 = s.with_precision(Precision::Fp32);
+        return linear_dgrad(dx, &rounded(dy), &rounded(w), &fp32);
+    }
     const OP: &str = "linear_dgrad";
-    let LinearShape { m, k_in, n_out } = *s;
+    let LinearShape { m, k_in, n_out, .. } = *s;
     s.validate(OP)?;
     check(
         OP,
@@ -152,8 +162,12 @@ pub fn linear_dgrad(dx: &mut [f32], dy: &[f32], w: &[f32], s: &LinearShape) -> R
 
 /// `dw = dyᵀ · x`. Shapes: `dw [n_out, k_in]`, `dy [m, n_out]`, `x [m, k_in]`.
 pub fn linear_wgrad(dw: &mut [f32], dy: &[f32], x: &[f32], s: &LinearShape) -> Result<()> {
+    if s.precision == Precision::Tf32 {
+        let fp32 = s.with_precision(Precision::Fp32);
+        return linear_wgrad(dw, &rounded(dy), &rounded(x), &fp32);
+    }
     const OP: &str = "linear_wgrad";
-    let LinearShape { m, k_in, n_out } = *s;
+    let LinearShape { m, k_in, n_out, .. } = *s;
     s.validate(OP)?;
     check(
         OP,
@@ -187,8 +201,12 @@ pub fn linear_wgrad_adam(
     s: &LinearShape,
     step: &AdamStep,
 ) -> Result<()> {
+    if s.precision == Precision::Tf32 {
+        let fp32 = s.with_precision(Precision::Fp32);
+        return linear_wgrad_adam([w, adam_m, adam_v], &rounded(dy), &rounded(x), &fp32, step);
+    }
     const OP: &str = "linear_wgrad_adam";
-    let LinearShape { m, k_in, n_out } = *s;
+    let LinearShape { m, k_in, n_out, .. } = *s;
     s.validate(OP)?;
     check(
         OP,

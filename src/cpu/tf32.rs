@@ -18,6 +18,12 @@ pub fn tf32_round(x: f32) -> f32 {
     f32::from_bits(bits.wrapping_add(0x1000) & !0x1fff)
 }
 
+/// A copy of `v` rounded to TF32 ([`tf32_round`]): the operands of a TF32 product.
+pub(crate) fn rounded(v: &[f32]) -> Vec<f32> {
+    use rayon::prelude::*;
+    v.par_iter().map(|&x| tf32_round(x)).collect()
+}
+
 /// Twin of `mma_tf32_tile`: `d = a · b + c` for one 16 × 8 × 8 tile, operands rounded to TF32 (products exact
 /// in f32), each output's products added onto `c` in k order. Shapes: `d, c: [16, 8]`, `a: [16, 8]`,
 /// `b: [8, 8]` (k, n), all row-major.

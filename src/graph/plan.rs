@@ -16,14 +16,7 @@ use crate::{Error, Result};
 /// Slots of the on-device loss history behind [`Plan::take_mean_loss`].
 pub const LOSS_RING: usize = 1024;
 
-/// The arithmetic of a plan's kernels.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Precision {
-    /// f32 operands, f32 accumulation (the kernels of today; deterministic).
-    #[default]
-    Fp32,
-}
+pub use crate::shape::Precision;
 
 /// Which linear weights a training step updates with `linear_wgrad_adam` (gradient formed inside the Adam
 /// update, never stored) instead of `linear_wgrad` then `adam_step`.
@@ -200,6 +193,8 @@ struct Planner<'g> {
     op: &'static str,
     n: usize,
     train: bool,
+    /// The arithmetic of the linear layers' products (the convolutions are fp32 in every precision today).
+    precision: Precision,
     live: Vec<bool>,
     consumers: Vec<Vec<usize>>,
     bufs: Vec<(usize, &'static str)>,
@@ -254,6 +249,7 @@ impl<'g> Planner<'g> {
             op,
             n,
             train,
+            precision: Precision::Fp32,
             live,
             consumers,
             bufs: Vec::new(),
@@ -561,11 +557,11 @@ impl<'g> Planner<'g> {
     }
 
     fn linear_shape(&self, i: usize, x: Value) -> LinearShape {
-        LinearShape {
-            m: self.n,
-            k_in: self.g.shapes[x.0].iter().product(),
-            n_out: self.g.shapes[i].iter().product(),
-        }
+        let (k_in, n_out) = (
+            self.g.shapes[x.0].iter().product(),
+            self.g.shapes[i].iter().product(),
+        );
+        LinearShape::new(self.n, k_in, n_out).with_precision(self.precision)
     }
 
     /// The forward launch list; `saved` holds each fused reduce conv's reduced map (training) or not.
@@ -909,6 +905,7 @@ impl<B: Backend> Plan<B> {
             .position(|n| matches!(n, Op::SoftmaxXent { .. }))
             .ok_or_else(|| plan_err(OP, "the graph has no loss (softmax_xent)".into()))?;
         let mut p = Planner::new(g, OP, batch, true, Value(loss))?;
+        p.precision = opts.precision;
         p.fuse()?;
         p.place_forward()?;
         p.place_grads()?;

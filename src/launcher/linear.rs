@@ -3,8 +3,16 @@
 use super::{Driver, Kernel};
 use crate::bindings::AdamScalars;
 use crate::launch::{check_lens, linear_plan, LaunchDims, LinearPlan};
-use crate::shape::{AdamStep, LinearShape};
+use crate::shape::{AdamStep, LinearShape, Precision};
 use crate::Result;
+
+/// The kernel of a product in the layer's precision: the fp32 kernel or its tensor-core twin.
+fn pick(s: &LinearShape, fp32: Kernel, tf32: Kernel) -> Kernel {
+    match s.precision {
+        Precision::Fp32 => fp32,
+        Precision::Tf32 => tf32,
+    }
+}
 
 /// The plan of a linear layer's launch after checking each `(buffer, expected length, length)`.
 fn checked(
@@ -44,7 +52,8 @@ pub fn linear_fwd<D: Driver + ?Sized>(
     };
     let (gd, dims) = p.fwd;
     d.with_scratch(OP, p.partials_len(), |partials| {
-        launch!(d, OP, Kernel::LinearFwd, dims; out partials, inp x, inp w, val &gd)?;
+        let kernel = pick(s, Kernel::LinearFwd, Kernel::LinearFwdTf32);
+        launch!(d, OP, kernel, dims; out partials, inp x, inp w, val &gd)?;
         reduce_partials(d, reduce, y, &D::reader(partials), b, &p)
     })
 }
@@ -86,7 +95,8 @@ pub fn linear_dgrad<D: Driver + ?Sized>(
         return Ok(());
     }
     let (gd, dims) = p.dgrad;
-    launch!(d, OP, Kernel::LinearDgrad, dims; out dx, inp dy, inp w, val &gd)?;
+    let kernel = pick(s, Kernel::LinearDgrad, Kernel::LinearDgradTf32);
+    launch!(d, OP, kernel, dims; out dx, inp dy, inp w, val &gd)?;
     Ok(())
 }
 
@@ -112,7 +122,8 @@ pub fn linear_wgrad<D: Driver + ?Sized>(
         return Ok(());
     }
     let (gd, dims) = p.wgrad;
-    launch!(d, OP, Kernel::LinearWgrad, dims; out dw, inp dy, inp x, val &gd)?;
+    let kernel = pick(s, Kernel::LinearWgrad, Kernel::LinearWgradTf32);
+    launch!(d, OP, kernel, dims; out dw, inp dy, inp x, val &gd)?;
     Ok(())
 }
 
@@ -122,14 +133,15 @@ pub fn linear_wgrad<D: Driver + ?Sized>(
 /// Shapes: `w, adam_m, adam_v [n_out, k_in]`, `dy [m, n_out]`, `x [m, k_in]`.
 ///
 /// ```no_run
+/// # #[cfg(feature = "cuda")]
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use inception_cuda::{cuda, shape::{AdamStep, LinearShape}, Device};
 ///
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let dev = Device::cuda(0)?;
 /// let Device::Cuda(d) = &dev else { unreachable!() };
 /// let gpu = d.backend();
 /// // A 784 → 10 layer at batch 50: its weights and Adam moments, the output gradient and the input.
-/// let s = LinearShape { m: 50, k_in: 784, n_out: 10 };
+/// let s = LinearShape::new(50, 784, 10);
 /// let mut w = gpu.stream().clone_htod(&vec![0.01f32; 10 * 784])?;
 /// let (mut m, mut v) = (gpu.stream().alloc_zeros::<f32>(7840)?, gpu.stream().alloc_zeros::<f32>(7840)?);
 /// let dy = gpu.stream().clone_htod(&vec![0.1f32; 50 * 10])?;
@@ -138,6 +150,8 @@ pub fn linear_wgrad<D: Driver + ?Sized>(
 /// cuda::linear_wgrad_adam(gpu, wmv, &dy.as_view(), &x.as_view(), &s, &AdamStep::new(1e-3, 1))?;
 /// # Ok(())
 /// # }
+/// # #[cfg(not(feature = "cuda"))]
+/// # fn main() {}
 /// ```
 pub fn linear_wgrad_adam<D: Driver + ?Sized>(
     d: &D,
@@ -165,7 +179,8 @@ pub fn linear_wgrad_adam<D: Driver + ?Sized>(
         return Ok(());
     }
     let (gd, dims) = p.wgrad_adam;
-    launch!(d, OP, Kernel::LinearWgradAdam, dims; out w, out m, out v, inp dy, inp x, val &gd,
+    let kernel = pick(s, Kernel::LinearWgradAdam, Kernel::LinearWgradAdamTf32);
+    launch!(d, OP, kernel, dims; out w, out m, out v, inp dy, inp x, val &gd,
         val &scalars)?;
     Ok(())
 }

@@ -176,11 +176,7 @@ fn call_every_kernel(r: &Recorder) -> Result<()> {
         true,
     )?;
 
-    let ls = LinearShape {
-        m: 3,
-        k_in: 70,
-        n_out: 5,
-    };
+    let ls = LinearShape::new(3, 70, 5);
     let (xl, yl, wl) = (3 * 70, 3 * 5, 5 * 70);
     r.linear_fwd(
         &mut z(yl).as_mut_slice(),
@@ -202,6 +198,39 @@ fn call_every_kernel(r: &Recorder) -> Result<()> {
         &ls,
     )?;
     r.linear_bgrad(&mut z(5).as_mut_slice(), &z(yl).as_slice(), &ls)?;
+    // the tensor-core kernels of the same products
+    let lt = ls.with_precision(crate::shape::Precision::Tf32);
+    r.linear_fwd(
+        &mut z(yl).as_mut_slice(),
+        &z(xl).as_slice(),
+        &z(wl).as_slice(),
+        &z(5).as_slice(),
+        &lt,
+    )?;
+    r.linear_dgrad(
+        &mut z(xl).as_mut_slice(),
+        &z(yl).as_slice(),
+        &z(wl).as_slice(),
+        &lt,
+    )?;
+    r.linear_wgrad(
+        &mut z(wl).as_mut_slice(),
+        &z(yl).as_slice(),
+        &z(xl).as_slice(),
+        &lt,
+    )?;
+    let (mut w, mut m, mut v) = (z(wl), z(wl), z(wl));
+    r.linear_wgrad_adam(
+        [
+            &mut w.as_mut_slice(),
+            &mut m.as_mut_slice(),
+            &mut v.as_mut_slice(),
+        ],
+        &z(yl).as_slice(),
+        &z(xl).as_slice(),
+        &lt,
+        &AdamStep::new(1e-3, 1),
+    )?;
     r.mma_tf32_tile(
         &mut z(128).as_mut_slice(),
         &z(128).as_slice(),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use super::inception::{InceptionModule, InceptionWidths};
 use super::mnist_graph::MnistGraph;
 use crate::backend::{Backend, BackendHandle};
-use crate::graph::{FuseWgradAdam, Params, Plan, SplitMix64, TrainOptions};
+use crate::graph::{FuseWgradAdam, Params, Plan, Precision, SplitMix64, TrainOptions};
 use crate::tensor::check_alloc;
 use crate::{Error, Result};
 
@@ -177,6 +177,8 @@ pub struct InceptionMnist<B: Backend> {
     eval: Option<Plan<B>>,
     /// Losses restored by [`InceptionMnist::set_pending_losses`] before a training plan existed.
     restored_losses: Vec<f32>,
+    /// The arithmetic of the training plan's linear layers.
+    precision: Precision,
 }
 
 impl<B: Backend> std::fmt::Debug for InceptionMnist<B> {
@@ -222,6 +224,7 @@ impl<B: Backend> InceptionMnist<B> {
             train: None,
             eval: None,
             restored_losses: Vec::new(),
+            precision: Precision::Fp32,
         })
     }
 
@@ -315,6 +318,26 @@ impl<B: Backend> InceptionMnist<B> {
         Ok(n)
     }
 
+    /// The arithmetic of the training steps' linear layers (fp32 unless [`Self::set_precision`] chose
+    /// another).
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Trains the linear layers (fc1, fc2) in `precision` from the next batch on: [`Precision::Tf32`] runs
+    /// their products on the tensor cores with TF32 operands (the convolutions stay fp32). Evaluation stays
+    /// fp32. The losses not yet read by [`Self::take_mean_loss`] are kept.
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        if precision != self.precision {
+            if let Some(plan) = self.train.take() {
+                // re-planned at the next batch
+                self.restored_losses = plan.pending_losses()?;
+            }
+            self.precision = precision;
+        }
+        Ok(())
+    }
+
     /// The training plan for batches of `n` (planned on first use of that size).
     fn train_plan(&mut self, n: usize) -> Result<&mut Plan<B>> {
         if self.train.as_ref().is_none_or(|p| p.batch() != n) {
@@ -323,7 +346,7 @@ impl<B: Backend> InceptionMnist<B> {
             // the gradient in another order, so fusing fc2 too would change the step's bits).
             let opts = TrainOptions {
                 fuse_wgrad_adam: FuseWgradAdam::Named(vec!["fc1.weight".into()]),
-                ..TrainOptions::default()
+                precision: self.precision,
             };
             self.train = None; // the old batch size's buffers go before the new ones are allocated
             let mut plan = Plan::train_with(self.b.clone(), &self.def.graph, n, &opts)?;

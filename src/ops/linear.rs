@@ -11,7 +11,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     let ([m, k_in], [n_out, _]) = (dims2(OP, "x", x)?, dims2(OP, "w", w)?);
     check_shape(OP, "w", &[n_out, k_in], w.shape())?;
     check_shape(OP, "b", &[n_out], b.shape())?;
-    let s = LinearShape { m, k_in, n_out };
+    let s = LinearShape::new(m, k_in, n_out);
     s.validate(OP)?;
     let storage = dispatch!(OP, x.device(), |be, x = x, w = w, b = b| {
         crate::tensor::fill_new(be, m * n_out, |y| be.linear_fwd(y, &x, &w, &b, &s))

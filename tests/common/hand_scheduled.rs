@@ -293,16 +293,8 @@ impl<B: Backend> HandScheduledMnist<B> {
             (&self.params, m2_base),
             dims,
         )?;
-        let fc1 = LinearShape {
-            m: n,
-            k_in: b.len(&ws.m2_out) / n,
-            n_out: c.hidden,
-        };
-        let fc2 = LinearShape {
-            m: n,
-            k_in: c.hidden,
-            n_out: CLASSES,
-        };
+        let fc1 = LinearShape::new(n, b.len(&ws.m2_out) / n, c.hidden);
+        let fc2 = LinearShape::new(n, c.hidden, CLASSES);
         let p = |name: &str| -> Result<B::View<'_>> {
             let e = self
                 .entries
@@ -387,11 +379,7 @@ impl<B: Backend> HandScheduledMnist<B> {
         // ...and over fc1's weight with its gradient formed in the update (after fc1's dgrad read the weight).
         let ws = self.ws.as_ref().ok_or_else(missing_workspace)?;
         let n = ws.n;
-        let fc1 = LinearShape {
-            m: n,
-            k_in: b.len(&ws.m2_out) / n.max(1),
-            n_out: self.config.hidden,
-        };
+        let fc1 = LinearShape::new(n, b.len(&ws.m2_out) / n.max(1), self.config.hidden);
         let dh1 = if self.config.dropout > 0.0 {
             &ws.dd1
         } else {
@@ -511,16 +499,8 @@ impl<B: Backend> HandScheduledMnist<B> {
                 .map(|e| e.range.clone())
                 .unwrap_or(0..0)
         };
-        let fc1 = LinearShape {
-            m: n,
-            k_in: b.len(&ws.m2_out) / n,
-            n_out: c.hidden,
-        };
-        let fc2 = LinearShape {
-            m: n,
-            k_in: c.hidden,
-            n_out: CLASSES,
-        };
+        let fc1 = LinearShape::new(n, b.len(&ws.m2_out) / n, c.hidden);
+        let fc2 = LinearShape::new(n, c.hidden, CLASSES);
         let dropped = c.dropout > 0.0;
         let rh = all(&ws.h1);
         // fc2

@@ -535,16 +535,8 @@ pub fn wgrad_adam_on<B: Backend>(
 /// Small shapes for [`assert_wgrad_adam`]: an odd one (scalar loads and stores) and one at the float4 edges
 /// (a partial column group, a row tile of 6, 66 = 64 + 2 rows of k).
 pub const WGRAD_ADAM_SMALL_SHAPES: [inception_cuda::shape::LinearShape; 2] = [
-    inception_cuda::shape::LinearShape {
-        m: 5,
-        k_in: 37,
-        n_out: 13,
-    },
-    inception_cuda::shape::LinearShape {
-        m: 66,
-        k_in: 260,
-        n_out: 70,
-    },
+    inception_cuda::shape::LinearShape::new(5, 37, 13),
+    inception_cuda::shape::LinearShape::new(66, 260, 70),
 ];
 
 /// Asserts, for each shape, that `linear_wgrad_adam` on `b` equals `linear_wgrad` then `adam_step` on `b` bit
