@@ -13,6 +13,11 @@
 #define GEMM_THREADS 128
 #define WGRAD_ADAM_BM 32
 
+// linear_bwd_adam (linear.cu): rows of w per shared-memory chunk, and the largest batch it takes (the batch's
+// x column and dx accumulators are registers).
+#define BWD_ADAM_ROWS 32
+#define BWD_ADAM_MAX_BATCH 64
+
 // conv_wgrad (conv.cu): 256 threads, WGRAD_TILE × WGRAD_TILE outputs of [c_out, c_in·k·k] per block.
 #define WGRAD_TILE 64
 #define WGRAD_THREADS 256

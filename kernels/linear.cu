@@ -440,3 +440,62 @@ extern "C" __global__ void linear_bgrad(float* __restrict__ db,        // [n_out
     db[j] = acc;
   }
 }
+
+// fc1's backward and Adam in one pass over the weight (fp32): dx = dy · w from the weight before its update,
+// then w, m, v updated by Adam with g = dyᵀ · x, each element of w, m, v read once and written once (the two-
+// kernel form, linear_dgrad then linear_wgrad_adam, reads w twice). Grid (ceil(k_in / GEMM_THREADS)): block j
+// owns the column strip [j · 128, j · 128 + 128) of w, m, v and dx, one column a thread, and walks every row of
+// w in order in chunks of BWD_ADAM_ROWS, so all n_out rows of dx are summed inside the block in row order: dx
+// equals linear_dgrad's bits and w, m, v linear_wgrad_adam's (each output is the same chain of FMAs in the same
+// order). Batches of at most BWD_ADAM_MAX_BATCH rows (x's column and dx's accumulators live in registers);
+// the launcher uses the two-kernel form beyond that.
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS) linear_bwd_adam(float* __restrict__ dx,        // [rows, k_in]
+                                                                         float* __restrict__ w,         // [n_out, k_in]
+                                                                         float* __restrict__ m,         // [n_out, k_in]
+                                                                         float* __restrict__ v,         // [n_out, k_in]
+                                                                         const float* __restrict__ dy,  // [rows, n_out]
+                                                                         const float* __restrict__ x,   // [rows, k_in]
+                                                                         unsigned int rows, unsigned int n_out,
+                                                                         unsigned int k_in, AdamScalars s) {
+  constexpr int B = BWD_ADAM_MAX_BATCH;
+  __shared__ float dys[BWD_ADAM_ROWS][B];  // dys[r][b] = dy[b, r0 + r]: the chunk's gradients, read by all threads
+  const unsigned int col = blockIdx.x * GEMM_THREADS + threadIdx.x;
+  const bool mine = col < k_in;
+  float xc[B], acc[B];
+#pragma unroll
+  for (int b = 0; b < B; ++b) {
+    xc[b] = mine && b < (int)rows ? x[(u64)b * k_in + col] : 0.0f;
+    acc[b] = 0.0f;
+  }
+  for (unsigned int r0 = 0; r0 < n_out; r0 += BWD_ADAM_ROWS) {
+    const unsigned int chunk = n_out - r0 < BWD_ADAM_ROWS ? n_out - r0 : BWD_ADAM_ROWS;
+    __syncthreads();  // the previous chunk's dys is no longer read
+    for (unsigned int e = threadIdx.x; e < BWD_ADAM_ROWS * B; e += GEMM_THREADS) {
+      const unsigned int r = e / B, b = e % B;
+      dys[r][b] = r < chunk && b < rows ? dy[(u64)b * n_out + r0 + r] : 0.0f;
+    }
+    __syncthreads();
+    if (!mine) continue;
+    for (unsigned int r = 0; r < chunk; ++r) {
+      const u64 at = (u64)(r0 + r) * k_in + col;
+      float wv = w[at], mv = m[at], vv = v[at];
+      float g = 0.0f;
+#pragma unroll
+      for (int b = 0; b < B; ++b) {
+        if (b < (int)rows) {
+          acc[b] += dys[r][b] * wv;  // dx[b, col] over the rows of w in order, from the weight before its update
+          g += dys[r][b] * xc[b];    // g[r0 + r, col] over the batch in order
+        }
+      }
+      if (rows % GEMM_BK) g += 0.0f;  // linear_wgrad_adam's zero padding of k to GEMM_BK (the sign of a zero g)
+      adam_update(wv, mv, vv, g, s);
+      w[at] = wv;
+      m[at] = mv;
+      v[at] = vv;
+    }
+  }
+  if (!mine) return;
+#pragma unroll
+  for (int b = 0; b < B; ++b)  // n_out % GEMM_BK: linear_dgrad's zero padding of k (the sign of a zero dx)
+    if (b < (int)rows) dx[(u64)b * k_in + col] = n_out % GEMM_BK ? acc[b] + 0.0f : acc[b];
+}

@@ -65,6 +65,14 @@ macro_rules! for_each_kernel {
             /// [`crate::cpu::linear_wgrad_adam`]). Shapes: `w, adam_m, adam_v [n_out, k_in]`,
             /// `dy [m, n_out]`, `x [m, k_in]`.
             fn linear_wgrad_adam(outs3 w_m_v, inp dy, inp x, val s: &$crate::shape::LinearShape, val step: &$crate::shape::AdamStep);
+            /// A linear layer's input gradient and its weight's Adam update in one pass over the weight:
+            /// `dx = dy · w` from the weight before its update, then `w, adam_m, adam_v` as
+            /// `linear_wgrad_adam` leaves them (see [`crate::cpu::linear_bwd_adam`]). Shapes: `dx [m, k_in]`,
+            /// `w, adam_m, adam_v [n_out, k_in]`, `dy [m, n_out]`, `x [m, k_in]`.
+            fn linear_bwd_adam(
+                out dx, outs3 w_m_v, inp dy, inp x, val s: &$crate::shape::LinearShape,
+                val step: &$crate::shape::AdamStep
+            );
             /// `db = Σ_rows dy`.
             fn linear_bgrad(out db, inp dy, val s: &$crate::shape::LinearShape);
             /// Mean softmax cross-entropy and its gradient (see [`crate::cpu::softmax_xent`]); the loss

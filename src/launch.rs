@@ -163,7 +163,7 @@ pub const REDUCE_TILE_H: usize = 4;
 pub const MAX_DYNAMIC_SHARED: usize = 163 * 1024;
 
 /// A grid's x extent: at most 2³¹ − 1 blocks (CUDA's limit).
-fn grid_x(op: &'static str, blocks: usize) -> crate::Result<u32> {
+pub(crate) fn grid_x(op: &'static str, blocks: usize) -> crate::Result<u32> {
     u32::try_from(blocks)
         .ok()
         .filter(|&b| b <= i32::MAX as u32)
@@ -374,6 +374,7 @@ pub(crate) struct LinearPlan {
     pub bgrad: Option<LaunchDims>,
     pub m: u32,
     pub n_out: u32,
+    pub k_in: u32,
 }
 
 impl LinearPlan {
@@ -461,6 +462,7 @@ pub(crate) fn linear_plan(
         bgrad: elementwise(n),
         m: m32,
         n_out: n32,
+        k_in: k32,
     })
 }
 

@@ -759,3 +759,13 @@ fn a_wrong_mma_fragment_index_is_caught() {
         assert!(wrong >= 64, "{order:?}: only {wrong} of 128 outputs differ");
     }
 }
+
+/// fc1's one-pass backward + Adam equals linear_dgrad then linear_wgrad_adam bit for bit, on shapes that hit
+/// every strip and row-chunk edge (and the two-pass fallback past 64 rows).
+#[test]
+fn emulated_linear_bwd_adam_is_dgrad_then_wgrad_adam() {
+    let emu = EmuBackend {
+        order: ThreadOrder::Reverse,
+    };
+    common::kernels::assert_bwd_adam("emulated", &emu, &common::kernels::BWD_ADAM_SHAPES);
+}

@@ -28,11 +28,24 @@ pub fn adam_step(
         .zip(v.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)))
         .for_each(|((p, m), (v, g))| {
             for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
-                *m += one_minus_b1 * (g - *m);
-                *v = *v * b2 + (one_minus_b2 * g) * g;
-                let denom = v.sqrt() / bc2_sqrt + eps;
-                *p -= step_size * (*m / denom);
+                adam_update(
+                    p,
+                    m,
+                    v,
+                    g,
+                    &[one_minus_b1, b2, one_minus_b2, step_size, bc2_sqrt, eps],
+                );
             }
         });
     Ok(())
+}
+
+/// One element's update with the scalars of [`AdamStep::scalars`] (`[1 - β1, β2, 1 - β2, step size,
+/// √(1 - β2ᵗ), eps]`): the arithmetic of `kernels/adam.cuh`, operation for operation.
+pub(crate) fn adam_update(p: &mut f32, m: &mut f32, v: &mut f32, g: f32, s: &[f32; 6]) {
+    let [one_minus_b1, b2, one_minus_b2, step_size, bc2_sqrt, eps] = *s;
+    *m += one_minus_b1 * (g - *m);
+    *v = *v * b2 + (one_minus_b2 * g) * g;
+    let denom = v.sqrt() / bc2_sqrt + eps;
+    *p -= step_size * (*m / denom);
 }

@@ -9,6 +9,7 @@
 
 use rayon::prelude::*;
 
+use super::adam::adam_update;
 use super::adam_step;
 use super::matmul::{matmul, Mat, MatMut, Threads};
 use super::sum_in_order;
@@ -260,6 +261,132 @@ pub fn linear_bgrad(db: &mut [f32], dy: &[f32], s: &LinearShape) -> Result<()> {
     if n_out > 0 {
         for row in dy.chunks(n_out) {
             db.iter_mut().zip(row).for_each(|(d, v)| *d += v);
+        }
+    }
+    Ok(())
+}
+
+/// Columns of w per task of [`linear_bwd_adam`]: a strip of fc1's weight (700 rows) and its moments stays
+/// in the last-level cache between the strip's dgrad and its update.
+const BWD_ADAM_COLS: usize = 1024;
+
+/// fc1's backward and Adam in one pass over column strips of the weight: `dx = dy · w` from the weight before
+/// its update, then `w`, `adam_m`, `adam_v` updated by Adam with `g = dyᵀ · x`, strip by strip (each strip's
+/// w, m and v are read once from memory). `dx` equals [`linear_dgrad`]'s and `w, adam_m, adam_v`
+/// [`linear_wgrad_adam`]'s (the same products, the same update). Shapes: `dx [m, k_in]`,
+/// `w, adam_m, adam_v [n_out, k_in]`, `dy [m, n_out]`, `x [m, k_in]`.
+pub fn linear_bwd_adam(
+    dx: &mut [f32],
+    [w, adam_m, adam_v]: [&mut [f32]; 3],
+    dy: &[f32],
+    x: &[f32],
+    s: &LinearShape,
+    step: &AdamStep,
+) -> Result<()> {
+    if s.precision == Precision::Tf32 {
+        let fp32 = s.with_precision(Precision::Fp32);
+        let (dy, x) = (rounded(dy), rounded(x));
+        return linear_bwd_adam(dx, [w, adam_m, adam_v], &dy, &x, &fp32, step);
+    }
+    const OP: &str = "linear_bwd_adam";
+    let LinearShape { m, k_in, n_out, .. } = *s;
+    s.validate(OP)?;
+    check(
+        OP,
+        &[
+            ("dx", m * k_in, dx.len()),
+            ("w", n_out * k_in, w.len()),
+            ("adam_m", n_out * k_in, adam_m.len()),
+            ("adam_v", n_out * k_in, adam_v.len()),
+            ("dy", m * n_out, dy.len()),
+            ("x", m * k_in, x.len()),
+        ],
+    )?;
+    let scalars = step.scalars(OP)?;
+    if k_in == 0 {
+        return Ok(());
+    }
+    // Each task owns a column strip of w, m, v: the rows' segments in that strip, borrowed disjointly.
+    let strips = k_in.div_ceil(BWD_ADAM_COLS);
+    let mut segs: Vec<[Vec<&mut [f32]>; 3]> = (0..strips)
+        .map(|_| {
+            [
+                Vec::with_capacity(n_out),
+                Vec::with_capacity(n_out),
+                Vec::with_capacity(n_out),
+            ]
+        })
+        .collect();
+    for (k, buf) in [w, adam_m, adam_v].into_iter().enumerate() {
+        for row in buf.chunks_mut(k_in) {
+            for (c, seg) in row.chunks_mut(BWD_ADAM_COLS).enumerate() {
+                segs[c][k].push(seg);
+            }
+        }
+    }
+    let parts: Vec<Vec<f32>> = segs
+        .into_par_iter()
+        .enumerate()
+        .map(|(c, [mut ws, mut ms, mut vs])| {
+            let start = c * BWD_ADAM_COLS;
+            let width = ws.first().map_or(0, |r| r.len());
+            // The strip of w before its update, contiguous: dx's product reads it, then Adam overwrites it.
+            let w_old: Vec<f32> = ws.iter().flat_map(|r| r.iter().copied()).collect();
+            let mut part = vec![0.0f32; m * width];
+            if m > 0 {
+                let dst = MatMut::rows(&mut part, m, width);
+                let rhs = Mat::rows(&w_old, n_out, width);
+                matmul(
+                    OP,
+                    dst,
+                    Mat::rows(dy, m, n_out),
+                    rhs,
+                    false,
+                    Threads::Serial,
+                )?;
+            }
+            let mut g = vec![0.0f32; n_out * width];
+            let lhs = Mat {
+                data: dy,
+                rows: n_out,
+                cols: m,
+                rs: 1,
+                cs: n_out,
+            };
+            let rhs = Mat {
+                data: &x[start..],
+                rows: m,
+                cols: width,
+                rs: k_in,
+                cs: 1,
+            };
+            matmul(
+                OP,
+                MatMut::rows(&mut g, n_out, width),
+                lhs,
+                rhs,
+                false,
+                Threads::Serial,
+            )?;
+            for (((w, am), av), g) in ws
+                .iter_mut()
+                .zip(&mut ms)
+                .zip(&mut vs)
+                .zip(g.chunks(width.max(1)))
+            {
+                for (((p, mm), vv), &gj) in
+                    w.iter_mut().zip(am.iter_mut()).zip(av.iter_mut()).zip(g)
+                {
+                    adam_update(p, mm, vv, gj, &scalars);
+                }
+            }
+            Ok(part)
+        })
+        .collect::<Result<_>>()?;
+    for (c, part) in parts.iter().enumerate() {
+        let (start, width) = (c * BWD_ADAM_COLS, part.len() / m.max(1));
+        for (row, src) in dx.chunks_mut(k_in).zip(part.chunks(width.max(1))) {
+            row[start..start + width].copy_from_slice(src);
         }
     }
     Ok(())

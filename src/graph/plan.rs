@@ -161,6 +161,55 @@ enum Launch {
         x: BufRef,
         s: LinearShape,
     },
+    /// A training step's backward of a linear layer whose weight gets the fused update and whose input needs
+    /// a gradient: `linear_bwd_adam` (dx from the weight before its update, then the update, one pass over
+    /// the weight and its moments) and the bias gradient. Replaces that layer's `LinearBwd` and
+    /// `LinearWgradAdam` in [`Plan::step`].
+    LinearBwdAdam {
+        dx: BufRef,
+        w: Range<usize>,
+        db: Range<usize>,
+        dy: BufRef,
+        x: BufRef,
+        s: LinearShape,
+    },
+}
+
+/// The launch lists of a training step: `backward` with each fused linear layer that has an input gradient
+/// done in one pass ([`Launch::LinearBwdAdam`]), and `adam` without those layers' separate update.
+fn one_pass_lists(backward: &[Launch], adam: &[Launch]) -> (Vec<Launch>, Vec<Launch>) {
+    let mut done = Vec::new();
+    let step_backward = backward
+        .iter()
+        .map(|l| match l {
+            Launch::LinearBwd {
+                dx: Some(dx),
+                dw: (w, true),
+                db,
+                dy,
+                x,
+                s,
+                ..
+            } => {
+                done.push(w.clone());
+                Launch::LinearBwdAdam {
+                    dx: *dx,
+                    w: w.clone(),
+                    db: db.clone(),
+                    dy: *dy,
+                    x: *x,
+                    s: *s,
+                }
+            }
+            other => other.clone(),
+        })
+        .collect();
+    let step_adam = adam
+        .iter()
+        .filter(|l| !matches!(l, Launch::LinearWgradAdam { w, .. } if done.contains(w)))
+        .cloned()
+        .collect();
+    (step_backward, step_adam)
 }
 
 /// Where a value lives: a buffer and, for a concat's part, its channel slice.
@@ -863,6 +912,9 @@ pub struct Plan<B: Backend> {
     forward: Vec<Launch>,
     backward: Vec<Launch>,
     adam: Vec<Launch>,
+    /// The training step's backward and Adam lists ([`one_pass_lists`]); `backward` and `adam` as planned
+    /// serve [`Plan::forward_backward`].
+    step_lists: (Vec<Launch>, Vec<Launch>),
     losses: Option<B::Buf>,
     pending: usize,
     last_step: u64,
@@ -1018,6 +1070,7 @@ impl<B: Backend> Plan<B> {
             bytes,
             inputs,
             output,
+            step_lists: one_pass_lists(&p.backward, &adam),
             forward: p.forward,
             backward: p.backward,
             adam,
@@ -1175,14 +1228,13 @@ impl<B: Backend> Plan<B> {
                 bufs,
                 labels,
                 forward,
-                backward,
-                adam,
+                step_lists: (step_backward, step_adam),
                 ..
             } = self;
             forward
                 .iter()
-                .chain(backward.iter())
-                .chain(adam.iter())
+                .chain(step_backward.iter())
+                .chain(step_adam.iter())
                 .try_for_each(|l| exec(&**b, bufs, labels, l, &mut ctx))?;
         }
         params.step = step;
@@ -1591,6 +1643,38 @@ fn exec<B: Backend>(
                 &b.view(grads, range.clone())?,
                 &ctx.adam,
             )
+        }
+        Launch::LinearBwdAdam {
+            dx,
+            w,
+            db,
+            dy,
+            x,
+            s,
+        } => {
+            let (Some(grads), Some((m, v)), Values::Mut(values)) = (
+                ctx.grads.as_deref_mut(),
+                ctx.moments.as_mut(),
+                &mut ctx.values,
+            ) else {
+                return Err(missing("Adam state"));
+            };
+            b.linear_bgrad(&mut b.view_mut(grads, db.clone())?, &view(b, bufs, *dy)?, s)?;
+            with_out::<B>(bufs, *dx, |dxb, bufs| {
+                let (dyv, xv) = (view(b, bufs, *dy)?, view(b, bufs, *x)?);
+                b.linear_bwd_adam(
+                    &mut b.view_mut(dxb, 0..dx.len)?,
+                    [
+                        &mut b.view_mut(values, w.clone())?,
+                        &mut b.view_mut(m, w.clone())?,
+                        &mut b.view_mut(v, w.clone())?,
+                    ],
+                    &dyv,
+                    &xv,
+                    s,
+                    &ctx.adam,
+                )
+            })
         }
         Launch::LinearWgradAdam { w, dy, x, s } => {
             let (Some((m, v)), Values::Mut(values)) = (ctx.moments.as_mut(), &mut ctx.values)

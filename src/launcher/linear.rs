@@ -2,6 +2,7 @@
 
 use super::{Driver, Kernel};
 use crate::bindings::AdamScalars;
+use crate::bindings::{BWD_ADAM_MAX_BATCH, GEMM_THREADS};
 use crate::launch::{check_lens, linear_plan, LaunchDims, LinearPlan};
 use crate::shape::{AdamStep, LinearShape, Precision};
 use crate::Result;
@@ -203,5 +204,49 @@ pub fn linear_bgrad<D: Driver + ?Sized>(
     )?;
     let Some(dims) = p.bgrad else { return Ok(()) };
     launch!(d, OP, Kernel::LinearBgrad, dims; out db, inp dy, val &p.m, val &p.n_out)?;
+    Ok(())
+}
+
+/// fc1's backward and Adam in one pass over the weight (`linear_bwd_adam` of kernels/linear.cu): `dx = dy · w`
+/// from the weight before its update, then `w, m, v` updated by Adam with `dyᵀ · x`, every element of the
+/// weight and its moments read and written once. `dx` equals [`linear_dgrad`]'s bits and `w, m, v`
+/// [`linear_wgrad_adam`]'s. Batches of more than `BWD_ADAM_MAX_BATCH` (64) rows and TF32 layers take the
+/// two-kernel form ([`linear_dgrad`], then [`linear_wgrad_adam`]), with the same results. Shapes:
+/// `dx [m, k_in]`, `w, adam_m, adam_v [n_out, k_in]`, `dy [m, n_out]`, `x [m, k_in]`.
+pub fn linear_bwd_adam<D: Driver + ?Sized>(
+    d: &D,
+    dx: &mut D::ViewMut<'_>,
+    [w, m, v]: [&mut D::ViewMut<'_>; 3],
+    dy: &D::View<'_>,
+    x: &D::View<'_>,
+    s: &LinearShape,
+    step: &AdamStep,
+) -> Result<()> {
+    const OP: &str = "linear_bwd_adam";
+    let wl = s.w_len(OP)?;
+    let p = checked(
+        OP,
+        s,
+        &[
+            ("dx", s.x_len(OP)?, D::len_of_mut(dx)),
+            ("w", wl, D::len_of_mut(w)),
+            ("adam_m", wl, D::len_of_mut(m)),
+            ("adam_v", wl, D::len_of_mut(v)),
+            ("dy", s.y_len(OP)?, D::len_of(dy)),
+            ("x", s.x_len(OP)?, D::len_of(x)),
+        ],
+    )?;
+    let scalars = AdamScalars::of(OP, step)?;
+    if s.precision != Precision::Fp32 || s.m > BWD_ADAM_MAX_BATCH as usize {
+        linear_dgrad(d, dx, dy, &D::reader(w), s)?;
+        return linear_wgrad_adam(d, [w, m, v], dy, x, s, step);
+    }
+    if wl == 0 {
+        return Ok(());
+    }
+    let blocks = s.k_in.div_ceil(GEMM_THREADS as usize);
+    let dims = LaunchDims::new([crate::launch::grid_x(OP, blocks)?, 1, 1], GEMM_THREADS, 0);
+    launch!(d, OP, Kernel::LinearBwdAdam, dims; out dx, out w, out m, out v, inp dy, inp x, val &p.m,
+        val &p.n_out, val &p.k_in, val &scalars)?;
     Ok(())
 }

@@ -23,7 +23,9 @@ mod mma;
 mod train;
 
 pub use conv::{conv_bgrad, conv_dgrad, conv_fwd, conv_wgrad, reduce_conv_bwd, reduce_conv_fwd};
-pub use linear::{linear_bgrad, linear_dgrad, linear_fwd, linear_wgrad, linear_wgrad_adam};
+pub use linear::{
+    linear_bgrad, linear_bwd_adam, linear_dgrad, linear_fwd, linear_wgrad, linear_wgrad_adam,
+};
 pub use mma::mma_tf32_tile;
 pub use train::{
     adam_step, add_fwd, dropout_bwd, dropout_fwd, maxpool3x3s1_bwd, maxpool3x3s1_fwd, relu_bwd,

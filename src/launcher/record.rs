@@ -198,6 +198,19 @@ fn call_every_kernel(r: &Recorder) -> Result<()> {
         &ls,
     )?;
     r.linear_bgrad(&mut z(5).as_mut_slice(), &z(yl).as_slice(), &ls)?;
+    let (mut dx, mut w, mut m, mut v) = (z(xl), z(wl), z(wl), z(wl));
+    r.linear_bwd_adam(
+        &mut dx.as_mut_slice(),
+        [
+            &mut w.as_mut_slice(),
+            &mut m.as_mut_slice(),
+            &mut v.as_mut_slice(),
+        ],
+        &z(yl).as_slice(),
+        &z(xl).as_slice(),
+        &ls,
+        &AdamStep::new(1e-3, 1),
+    )?;
     // the tensor-core kernels of the same products
     let lt = ls.with_precision(crate::shape::Precision::Tf32);
     r.linear_fwd(
