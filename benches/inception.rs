@@ -15,7 +15,9 @@ use criterion::{
 };
 use inception_cuda::cpu::CpuBackend;
 use inception_cuda::nn::{BranchMacs, InceptionModule, InceptionWidths, MnistConfig};
-use inception_cuda::shape::{AdamStep, ConvShape, LinearShape, PoolShape, ReduceConvShape};
+use inception_cuda::shape::{
+    AdamStep, ConvShape, LinearShape, PoolShape, Precision, ReduceConvShape,
+};
 use inception_cuda::{Backend, Device};
 
 #[cfg(feature = "baselines")]
@@ -422,22 +424,26 @@ fn bench_fused<B: Backend>(c: &mut Criterion, b: &B, dev: &Device) {
     group.finish();
 }
 
-/// fc1's three GEMMs at batch 50 (M=50, N=700, K=200,704).
-fn bench_fc1<B: Backend>(c: &mut Criterion, b: &B, dev: &Device) {
-    let s = LinearShape::new(50, 200_704, 700);
-    let x = b.upload(&rand(6, 50 * 200_704)).expect("x");
-    let wt = b.upload(&rand(7, 700 * 200_704)).expect("w");
+/// fc1's three GEMMs at batch 50 (M=50, N=700, K=200,704), in `precision`, then the training step's forms of
+/// its backward: the weight gradient applied by Adam as it is formed (`linear_wgrad_adam`) and dgrad with it in
+/// one pass over the weight (`linear_bwd_adam`, fp32; TF32 takes the two-kernel form).
+fn bench_fc1<B: Backend>(c: &mut Criterion, b: &B, dev: &Device, precision: Precision) {
+    let s = LinearShape::new(50, 200_704, 700).with_precision(precision);
+    let (nx, nw) = (50 * 200_704, 700 * 200_704);
+    let x = b.upload(&rand(6, nx)).expect("x");
+    let wt = b.upload(&rand(7, nw)).expect("w");
     let bias = b.upload(&rand(8, 700)).expect("b");
     let (mut y, mut dx, mut dw) = (
         b.alloc_zeros(35_000).expect("y"),
-        b.alloc_zeros(50 * 200_704).expect("dx"),
-        b.alloc_zeros(700 * 200_704).expect("dw"),
+        b.alloc_zeros(nx).expect("dx"),
+        b.alloc_zeros(nw).expect("dw"),
     );
-    let mut group = configured_group(c, format!("fc1 GEMMs [{}]", device_header(dev)));
+    let name = format!("fc1 GEMMs {precision:?} [{}]", device_header(dev));
+    let mut group = configured_group(c, name);
     group.throughput(Throughput::Elements(2 * 50 * 200_704 * 700));
     let (xv, wv, bv) = (
-        b.view(&x, 0..50 * 200_704).expect("v"),
-        b.view(&wt, 0..700 * 200_704).expect("v"),
+        b.view(&x, 0..nx).expect("v"),
+        b.view(&wt, 0..nw).expect("v"),
         b.view(&bias, 0..700).expect("v"),
     );
     group.bench_function("linear_fwd", |bch| {
@@ -456,52 +462,58 @@ fn bench_fc1<B: Backend>(c: &mut Criterion, b: &B, dev: &Device) {
     let yv = b.view(&y, 0..35_000).expect("v");
     group.bench_function("linear_dgrad", |bch| {
         bch.iter(|| {
-            b.linear_dgrad(
-                &mut b.view_mut(&mut dx, 0..50 * 200_704).expect("v"),
-                &yv,
-                &wv,
-                &s,
-            )
-            .expect("dgrad");
+            b.linear_dgrad(&mut b.view_mut(&mut dx, 0..nx).expect("v"), &yv, &wv, &s)
+                .expect("dgrad");
             dev.synchronize().expect("sync");
         })
     });
     group.bench_function("linear_wgrad", |bch| {
         bch.iter(|| {
-            b.linear_wgrad(
-                &mut b.view_mut(&mut dw, 0..700 * 200_704).expect("v"),
-                &yv,
-                &xv,
-                &s,
-            )
-            .expect("wgrad");
+            b.linear_wgrad(&mut b.view_mut(&mut dw, 0..nw).expect("v"), &yv, &xv, &s)
+                .expect("wgrad");
             dev.synchronize().expect("sync");
         })
     });
-    // The training step's form of wgrad: the gradient applied by Adam as it is formed, never stored.
+    // The training step's forms: Adam applied to the gradient as it is formed (never stored), and dgrad with it
+    // in one pass. Bytes moved by the one pass: w, m, v read and written, dy, x read, dx written.
     let (mut am, mut av) = (
-        b.alloc_zeros(700 * 200_704).expect("adam_m"),
-        b.alloc_zeros(700 * 200_704).expect("adam_v"),
+        b.alloc_zeros(nw).expect("adam_m"),
+        b.alloc_zeros(nw).expect("adam_v"),
     );
     let mut t = 0;
     group.bench_function("linear_wgrad_adam", |bch| {
         bch.iter(|| {
             t += 1;
-            b.linear_wgrad_adam(
-                [
-                    &mut b.view_mut(&mut dw, 0..700 * 200_704).expect("v"),
-                    &mut b.view_mut(&mut am, 0..700 * 200_704).expect("v"),
-                    &mut b.view_mut(&mut av, 0..700 * 200_704).expect("v"),
-                ],
-                &yv,
-                &xv,
-                &s,
-                &AdamStep::new(1e-4, t),
-            )
-            .expect("wgrad_adam");
+            let wmv = [
+                &mut b.view_mut(&mut dw, 0..nw).expect("v"),
+                &mut b.view_mut(&mut am, 0..nw).expect("v"),
+                &mut b.view_mut(&mut av, 0..nw).expect("v"),
+            ];
+            b.linear_wgrad_adam(wmv, &yv, &xv, &s, &AdamStep::new(1e-4, t))
+                .expect("wgrad_adam");
             dev.synchronize().expect("sync");
         })
     });
+    group.throughput(Throughput::Bytes(
+        4 * (6 * nw as u64 + 2 * nx as u64 + 35_000),
+    ));
+    group.bench_function(
+        "linear_bwd_adam (dgrad + wgrad + Adam, one pass; bytes)",
+        |bch| {
+            bch.iter(|| {
+                t += 1;
+                let wmv = [
+                    &mut b.view_mut(&mut dw, 0..nw).expect("v"),
+                    &mut b.view_mut(&mut am, 0..nw).expect("v"),
+                    &mut b.view_mut(&mut av, 0..nw).expect("v"),
+                ];
+                let mut dxv = b.view_mut(&mut dx, 0..nx).expect("v");
+                b.linear_bwd_adam(&mut dxv, wmv, &yv, &xv, &s, &AdamStep::new(1e-4, t))
+                    .expect("bwd_adam");
+                dev.synchronize().expect("sync");
+            })
+        },
+    );
     group.finish();
 }
 
@@ -516,7 +528,10 @@ fn run_all<B: Backend>(c: &mut Criterion, b: &B, dev: &Device, gpu: bool) {
         bench_naive(c, b, dev, "GoogLeNet (3a)", &g3a, 128);
     }
     bench_fused(c, b, dev);
-    bench_fc1(c, b, dev);
+    bench_fc1(c, b, dev, Precision::Fp32);
+    if gpu {
+        bench_fc1(c, b, dev, Precision::Tf32);
+    }
 }
 
 /// cuDNN modules (reduced and naive forward) and cuBLAS fc1 GEMMs at the shapes timed above, same stream, same

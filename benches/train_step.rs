@@ -57,15 +57,30 @@ fn train_step_gpu(c: &mut Criterion) {
     group
         .sample_size(20)
         .measurement_time(secs::measurement_or(std::time::Duration::from_secs(5)));
-    for batch in [50usize, 256] {
+    use inception_cuda::shape::Precision;
+    for (batch, precision) in [
+        (50usize, Precision::Fp32),
+        (256, Precision::Fp32),
+        (50, Precision::Tf32),
+        (256, Precision::Tf32),
+    ] {
         let mut net =
             InceptionMnist::new(cuda.backend_arc(), MnistConfig::default(), 0).expect("net");
+        net.set_precision(precision).expect("precision");
         let images: Vec<f32> = (0..batch * 784).map(|i| (i % 255) as f32 / 255.0).collect();
         let labels: Vec<u32> = (0..batch as u32).map(|i| i % 10).collect();
         net.load_batch(&images, Some(&labels)).expect("load");
         net.train_loaded(1e-4).expect("warm-up step"); // workspace and scratch exist from here on
         dev.synchronize().expect("sync");
-        group.bench_function(format!("batch {batch}, fp32"), |b| {
+        let name = format!(
+            "batch {batch}, {}",
+            if precision == Precision::Tf32 {
+                "tf32 (linear layers)"
+            } else {
+                "fp32"
+            }
+        );
+        group.bench_function(name, |b| {
             b.iter(|| {
                 net.train_loaded(1e-4).expect("step");
                 dev.synchronize().expect("sync");
