@@ -34,6 +34,16 @@ for line in sys.stdin:
 cargo test --release --features emulation --no-run --message-format=json 2>/dev/null | collect tests >>stage/MANIFEST
 cargo build --release --examples --message-format=json 2>/dev/null | collect examples >>stage/MANIFEST
 cargo bench --features baselines --no-run --message-format=json 2>/dev/null | collect benches >>stage/MANIFEST
+# Only the test binaries with GPU tests travel (an ignored test whose name says gpu: `small_gpu_*`, `gpu_*`,
+# `*::small_gpu`); the CPU and emulated tests are CI's. The tests are built with the emulation feature so that
+# the GPU tests can compare the hardware with the emulator (gpu_kernels' mma layout test).
+for t in stage/tests/*; do
+  list=$("$t" --list --ignored 2>/dev/null || true)  # whole, so grep -q cannot cut the pipe short
+  if ! grep -q 'gpu.*: test$' <<<"$list"; then
+    rm "$t"
+    grep -v "^$t\$" stage/MANIFEST >stage/MANIFEST.tmp && mv stage/MANIFEST.tmp stage/MANIFEST
+  fi
+done
 # Symbols and debug sections off: the working tree and stage/ travel together under 64 MiB (panics keep
 # their messages; backtraces lose function names).
 strip stage/tests/* stage/examples/* stage/benches/*
