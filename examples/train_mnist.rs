@@ -20,7 +20,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
-use inception_cuda::checkpoint::{remove_stale_temporaries, write_file_atomic, MANIFEST};
+use inception_cuda::checkpoint::{
+    remove_stale_temporaries, write_file_atomic, Checkpoint, MANIFEST,
+};
 use inception_cuda::cpu::CpuBackend;
 use inception_cuda::data::{load_dir, Dataset, MnistSplits};
 use inception_cuda::nn::{InceptionMnist, MnistConfig};
@@ -226,6 +228,7 @@ fn validate(args: &Args) -> Res<()> {
 }
 
 fn run(args: Args) -> Res<()> {
+    let started = Instant::now();
     validate(&args)?;
     let device = match args.device {
         DeviceArg::Cpu => Device::Cpu,
@@ -240,9 +243,9 @@ fn run(args: Args) -> Res<()> {
     };
     eprintln!("device: {}", device.describe());
     match &device {
-        Device::Cpu => train(CpuBackend, false, &args),
+        Device::Cpu => train(CpuBackend, false, &args, started),
         #[cfg(feature = "cuda")]
-        Device::Cuda(cuda) => train(cuda.backend_arc(), true, &args),
+        Device::Cuda(cuda) => train(cuda.backend_arc(), true, &args, started),
         #[cfg(not(feature = "cuda"))]
         Device::Cuda(_) => Err("built without the cuda feature".into()),
     }
@@ -474,7 +477,7 @@ fn truncate_log(path: &Path, step: u64) -> Res<Vec<(u64, f32, f64)>> {
     Ok(points)
 }
 
-fn train<H: BackendHandle>(backend: H, gpu: bool, args: &Args) -> Res<()> {
+fn train<H: BackendHandle>(backend: H, gpu: bool, args: &Args, started: Instant) -> Res<()> {
     let data = load_dir(&args.data)?;
     if args.eval_only {
         let path = args
@@ -676,13 +679,28 @@ fn train<H: BackendHandle>(backend: H, gpu: bool, args: &Args) -> Res<()> {
         ),
         None => format!("no checkpoint was saved in {}", out.display()),
     };
+    // Checkpoints are written by a background thread (at most one in flight) from a host snapshot taken here;
+    // training goes on meanwhile. A write that fails stops the run at the next checkpoint or at the end.
+    let mut writer: Option<std::thread::JoinHandle<inception_cuda::Result<Checkpoint>>> = None;
+    let join = |h: std::thread::JoinHandle<inception_cuda::Result<Checkpoint>>| -> Res<Checkpoint> {
+        Ok(h.join()
+            .map_err(|_| "the checkpoint writer thread panicked")??)
+    };
+    let mut time = Timing {
+        startup: started.elapsed().as_secs_f64(),
+        ..Timing::default()
+    };
     let (start, first) = (Instant::now(), net.step());
     while net.step() < steps {
+        let t = Instant::now();
         let (x, y) = data.train.batch(net.step(), batch)?;
         net.train_step(x, y, lr)?;
+        time.steps += t.elapsed().as_secs_f64();
         let s = net.step();
         if s % log_every == 0 || s == steps {
+            let t = Instant::now();
             let loss = net.take_mean_loss()?.unwrap_or(f32::NAN);
+            time.host_waits += t.elapsed().as_secs_f64();
             if !loss.is_finite() {
                 pb.abandon();
                 return Err(format!(
@@ -691,7 +709,9 @@ fn train<H: BackendHandle>(backend: H, gpu: bool, args: &Args) -> Res<()> {
                 )
                 .into());
             }
+            let t = Instant::now();
             let val = accuracy(&mut net, &data.val, val_n, batch)?;
+            time.validation += t.elapsed().as_secs_f64();
             let secs = start.elapsed().as_secs_f64();
             writeln!(log, "{{\"step\": {s}, \"loss\": {loss}, \"val_accuracy\": {val:.4}, \"seconds\": {secs:.2}}}")
                 .and_then(|()| log.flush())
@@ -703,8 +723,13 @@ fn train<H: BackendHandle>(backend: H, gpu: bool, args: &Args) -> Res<()> {
             ));
         }
         if s % checkpoint_every == 0 || s == steps {
-            match net.save_checkpoint(&out, &recipe) {
-                Ok(c) => last_good = Some(c.step),
+            let t = Instant::now();
+            let snapshot = net.checkpoint_snapshot();
+            if let Some(h) = writer.take() {
+                last_good = Some(join(h)?.step); // the previous checkpoint, written meanwhile
+            }
+            let snapshot = match snapshot {
+                Ok(snapshot) => snapshot,
                 Err(e @ inception_cuda::Error::NonFinite { .. }) => {
                     pb.abandon();
                     return Err(format!(
@@ -714,11 +739,19 @@ fn train<H: BackendHandle>(backend: H, gpu: bool, args: &Args) -> Res<()> {
                     .into());
                 }
                 Err(e) => return Err(e.into()),
-            }
+            };
+            let (dir, recipe) = (out.clone(), recipe.clone());
+            writer = Some(std::thread::spawn(move || snapshot.write(&dir, &recipe)));
+            time.checkpoints += t.elapsed().as_secs_f64();
         }
         pb.set_position(s);
     }
     pb.finish();
+    let t = Instant::now();
+    if let Some(h) = writer.take() {
+        join(h)?;
+    }
+    time.checkpoints += t.elapsed().as_secs_f64();
     log.sync_all()
         .map_err(|e| format!("{}: cannot write: {e}", log_path.display()))?;
     write_curves(&out.join("curves.svg"), &curve)?;
@@ -728,9 +761,53 @@ fn train<H: BackendHandle>(backend: H, gpu: bool, args: &Args) -> Res<()> {
         start.elapsed().as_secs_f64(),
         out.display()
     );
+    let t = Instant::now();
     let acc = accuracy(&mut net, &data.test, data.test.len(), batch)?;
+    time.test = t.elapsed().as_secs_f64();
+    time.total = started.elapsed().as_secs_f64();
+    eprintln!("{}", time.summary());
+    writeln!(log, "{}", time.json())
+        .and_then(|()| log.sync_all())
+        .map_err(|e| format!("{}: cannot write: {e}", log_path.display()))?;
     println!("test accuracy: {acc:.2}%");
     Ok(())
+}
+
+/// Where a run's time went, in seconds (printed at the end and written as the last line of `log.jsonl`).
+#[derive(Default)]
+struct Timing {
+    /// From the start of the program to the first step: data, device, net (or resume), output folder.
+    startup: f64,
+    /// Issuing the training steps (on a GPU the kernels run asynchronously; their time shows up in the waits).
+    steps: f64,
+    /// Reading the mean loss at logging points: the host's waits for the device.
+    host_waits: f64,
+    /// Validation passes.
+    validation: f64,
+    /// Checkpoints on the training thread: the host snapshot and waits for the writer thread.
+    checkpoints: f64,
+    /// The test set's evaluation.
+    test: f64,
+    /// The whole run.
+    total: f64,
+}
+
+impl Timing {
+    fn summary(&self) -> String {
+        format!(
+            "time: {:.1} s in all: start-up {:.1} s, steps {:.1} s, host waits {:.1} s, validation {:.1} s, \
+             checkpoints {:.1} s (writing runs in the background), test {:.1} s",
+            self.total, self.startup, self.steps, self.host_waits, self.validation, self.checkpoints, self.test
+        )
+    }
+
+    fn json(&self) -> String {
+        format!(
+            "{{\"time\": {{\"total\": {:.3}, \"startup\": {:.3}, \"steps\": {:.3}, \"host_waits\": {:.3}, \
+             \"validation\": {:.3}, \"checkpoints\": {:.3}, \"test\": {:.3}}}}}",
+            self.total, self.startup, self.steps, self.host_waits, self.validation, self.checkpoints, self.test
+        )
+    }
 }
 
 /// Loss (left axis) and validation accuracy (right axis, %) over steps, as an SVG line chart.

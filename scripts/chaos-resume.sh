@@ -130,7 +130,7 @@ same_unit "$run" "$steps" || exit 1
 same_safetensors "$run/model.safetensors" "$work/ref/model.safetensors" || { echo "FAIL: model.safetensors differs"; exit 1; }
 # The logged steps with their loss and validation accuracy (not the seconds), each step once.
 log_points() {
-  python3 -c 'import json,sys; print(" ".join("%d:%s:%s" % (d["step"], d["loss"], d["val_accuracy"]) for d in map(json.loads, open(sys.argv[1]))))' "$1"
+  python3 -c 'import json,sys; print(" ".join("%d:%s:%s" % (d["step"], d["loss"], d["val_accuracy"]) for d in map(json.loads, open(sys.argv[1])) if "step" in d))' "$1"
 }
 logged=$(log_points "$run/log.jsonl")
 want=$(log_points "$work/ref/log.jsonl")

@@ -105,8 +105,38 @@ fn serialize_tensors(
                 .map_err(|e| file_error(path, format!("tensor {name}: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize(views, Some(metadata))
-        .map_err(|e| file_error(path, format!("cannot serialize: {e}")))
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| file_error(path, format!("cannot serialize: {e}")))?;
+    deterministic_header(path, bytes)
+}
+
+/// `bytes` with its safetensors header's JSON written with sorted keys: safetensors writes the metadata map in
+/// hash order, which differs between maps, so two writes of the same tensors would differ in bytes (and in
+/// the manifest's CRC). The data and its offsets are unchanged; the header stays padded to 8 bytes.
+fn deterministic_header(path: &Path, bytes: Vec<u8>) -> Result<Vec<u8>> {
+    let bad = |what: &str| file_error(path, format!("cannot serialize: {what}"));
+    let len = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|&n| 8 + n <= bytes.len())
+        .ok_or_else(|| bad("no header"))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&bytes[8..8 + len]).map_err(|e| bad(&e.to_string()))?;
+    let mut text = serde_json::to_vec(&header).map_err(|e| bad(&e.to_string()))?;
+    text.resize(text.len().next_multiple_of(8), b' ');
+    let mut bytes = bytes;
+    if text.len() == len {
+        // the same keys and values in another order: the same length, rewritten in place
+        bytes[8..8 + len].copy_from_slice(&text);
+        return Ok(bytes);
+    }
+    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - 8 - len);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[8 + len..]);
+    Ok(out)
 }
 
 /// The largest safetensors header read (safetensors' own limit).
@@ -616,14 +646,55 @@ impl<B: Backend> InceptionMnist<B> {
         dir: &Path,
         recipe: &BTreeMap<String, String>,
     ) -> Result<Checkpoint> {
+        self.checkpoint_snapshot()?.write(dir, recipe)
+    }
+
+    /// The contents of a checkpoint unit of the current step, copied to the host: what
+    /// [`CheckpointSnapshot::write`] writes, on this thread or another (training goes on meanwhile). Refused
+    /// when a parameter or moment is not finite ([`Self::check_finite`]).
+    pub fn checkpoint_snapshot(&self) -> Result<CheckpointSnapshot> {
         self.check_finite()?;
-        let step = self.step();
+        Ok(CheckpointSnapshot {
+            step: self.step(),
+            model: self.model_tensors()?,
+            train_state: self.train_state_tensors()?,
+        })
+    }
+}
+
+/// A checkpoint unit's tensors on the host ([`InceptionMnist::checkpoint_snapshot`]), not yet written: it can
+/// be sent to a writer thread, so the files, their fsyncs and the manifest do not stall training.
+pub struct CheckpointSnapshot {
+    step: u64,
+    model: ModelTensors,
+    train_state: ModelTensors,
+}
+
+impl std::fmt::Debug for CheckpointSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointSnapshot")
+            .field("step", &self.step)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CheckpointSnapshot {
+    /// The training step it holds.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// Writes the unit into run folder `dir` (see the module's documentation): both tensor files, each
+    /// fsynced before its rename, then the manifest (the commit point), then `model.safetensors`; the files
+    /// of earlier units go. The same bytes as [`InceptionMnist::save_checkpoint`]. An I/O error names the file.
+    pub fn write(self, dir: &Path, recipe: &BTreeMap<String, String>) -> Result<Checkpoint> {
+        let step = self.step;
         let (model_name, state_name) = unit_names(step);
         let (model, train_state) = (dir.join(&model_name), dir.join(&state_name));
         let mut files = serde_json::Map::new();
         for (key, path, (tensors, meta)) in [
-            ("model", &model, self.model_tensors()?),
-            ("train_state", &train_state, self.train_state_tensors()?),
+            ("model", &model, self.model),
+            ("train_state", &train_state, self.train_state),
         ] {
             let bytes = serialize_tensors(path, &tensors, meta)?;
             drop(tensors);
@@ -674,7 +745,9 @@ impl<B: Backend> InceptionMnist<B> {
             recipe: recipe.clone(),
         })
     }
+}
 
+impl<B: Backend> InceptionMnist<B> {
     /// Loads the checkpoint unit of run folder `dir` onto backend `b`: the net with its training state, and
     /// the unit's step, files and recipe. Refused, naming the files: a folder without a manifest (a folder
     /// from before checkpoint units is named as such), a file whose size or CRC-32 differs from the

@@ -524,3 +524,57 @@ fn loaders_name_the_file_and_read_no_more_than_declared() {
         .to_string();
     assert!(err.contains("blank.csv, line 4: field 1 = \"12\""), "{err}");
 }
+
+/// A checkpoint written from a snapshot on another thread (as train_mnist's background writer does) equals
+/// one written synchronously, byte for byte, file for file; a writer whose folder is gone reports the file.
+#[test]
+fn a_background_checkpoint_equals_a_synchronous_one_byte_for_byte() {
+    let config = MnistConfig {
+        map1: 2,
+        map2: 2,
+        reduce: 1,
+        hidden: 8,
+        dropout: 0.5,
+        image: 8,
+    };
+    let mut net = InceptionMnist::new(CpuBackend, config, 3).unwrap();
+    let images: Vec<f32> = (0..2 * 64).map(|i| (i % 7) as f32 / 7.0).collect();
+    net.train_step(&images, &[1, 2], 1e-3).unwrap();
+    let recipe = BTreeMap::from([("lr".to_string(), "0.001".to_string())]);
+    let root = std::env::temp_dir().join(format!("inception-bg-ckpt-{}", std::process::id()));
+    let (sync_dir, bg_dir) = (root.join("sync"), root.join("background"));
+    std::fs::create_dir_all(&sync_dir).unwrap();
+    std::fs::create_dir_all(&bg_dir).unwrap();
+    net.save_checkpoint(&sync_dir, &recipe).unwrap();
+    let snapshot = net.checkpoint_snapshot().unwrap();
+    let (dir, r) = (bg_dir.clone(), recipe.clone());
+    std::thread::spawn(move || snapshot.write(&dir, &r))
+        .join()
+        .unwrap()
+        .unwrap();
+    let mut names: Vec<_> = std::fs::read_dir(&sync_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert!(names.len() >= 4, "{names:?}");
+    for name in &names {
+        let (a, b) = (
+            std::fs::read(sync_dir.join(name)).unwrap(),
+            std::fs::read(bg_dir.join(name)).unwrap(),
+        );
+        assert!(
+            a == b,
+            "{name:?} differs between the synchronous and the background checkpoint"
+        );
+    }
+    // the writer's folder removed under it: an error naming a file in it
+    let gone = root.join("gone");
+    let snapshot = net.checkpoint_snapshot().unwrap();
+    let err = std::thread::spawn(move || snapshot.write(&gone, &recipe))
+        .join()
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("gone"), "{err}");
+    std::fs::remove_dir_all(&root).unwrap();
+}

@@ -113,9 +113,13 @@ fn log_steps(dir: &Path) -> Vec<u64> {
     std::fs::read_to_string(dir.join("log.jsonl"))
         .unwrap()
         .lines()
-        .map(|l| {
+        .filter_map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v["step"].as_u64().unwrap()
+            // every line is a logging point but the run's last, which says where the time went
+            match v.get("time") {
+                Some(_) => None,
+                None => Some(v["step"].as_u64().unwrap()),
+            }
         })
         .collect()
 }
