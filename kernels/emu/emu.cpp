@@ -182,11 +182,11 @@ void syncthreads() {
   yield();
 }
 
-unsigned long long warp_exchange(unsigned int mask, unsigned long long value, int src, bool ballot) {
-  Block& b = *g_block;
-  Fiber& f = *b.current;
-  unsigned int lane = f.linear & 31u;
-  if (!(mask >> lane & 1u)) {
+namespace {
+// The calling lane deposits `value` and waits until every lane of `mask` has deposited one.
+void rendezvous(unsigned int mask, unsigned long long value) {
+  Fiber& f = *g_block->current;
+  if (!(mask >> (f.linear & 31u) & 1u)) {
     fail("warp intrinsic at " + where(f) + ": the calling lane is not in its own mask");
     yield();
   }
@@ -195,6 +195,13 @@ unsigned long long warp_exchange(unsigned int mask, unsigned long long value, in
   f.wait_mask = mask;
   f.state = State::AtWarp;
   yield();
+}
+}  // namespace
+
+unsigned long long warp_exchange(unsigned int mask, unsigned long long value, int src, bool ballot) {
+  Block& b = *g_block;
+  Fiber& f = *b.current;
+  rendezvous(mask, value);
   unsigned int base = f.linear & ~31u;
   if (ballot) {
     unsigned long long votes = 0;
@@ -213,16 +220,7 @@ unsigned long long warp_exchange(unsigned int mask, unsigned long long value, in
 void warp_gather(unsigned int mask, unsigned long long value, unsigned long long out[32]) {
   Block& b = *g_block;
   Fiber& f = *b.current;
-  unsigned int lane = f.linear & 31u;
-  if (!(mask >> lane & 1u)) {
-    fail("warp collective at " + where(f) + ": the calling lane is not in its own mask");
-    yield();
-  }
-  f.warp_seq += 1;
-  f.slot[f.warp_seq & 1] = value;
-  f.wait_mask = mask;
-  f.state = State::AtWarp;
-  yield();
+  rendezvous(mask, value);
   unsigned int base = f.linear & ~31u;
   for (unsigned int l = 0; l < 32; ++l) out[l] = mask >> l & 1u ? b.fibers[base + l].slot[f.warp_seq & 1] : 0;
 }

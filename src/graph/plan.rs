@@ -175,6 +175,16 @@ enum Launch {
     },
 }
 
+/// The step count after one more step of `params` (an error past `u64::MAX`).
+fn next_step<B: Backend>(params: &Params<B>) -> Result<u64> {
+    params.step.checked_add(1).ok_or_else(|| Error::OutOfRange {
+        op: "Plan::step",
+        what: "step count".into(),
+        value: params.step.to_string(),
+        allowed: "below u64::MAX",
+    })
+}
+
 /// The launch lists of a training step: `backward` with each fused linear layer that has an input gradient
 /// done in one pass ([`Launch::LinearBwdAdam`]), and `adam` without those layers' separate update.
 fn one_pass_lists(backward: &[Launch], adam: &[Launch]) -> (Vec<Launch>, Vec<Launch>) {
@@ -1154,15 +1164,7 @@ impl<B: Backend> Plan<B> {
     pub fn forward_backward(&mut self, params: &mut Params<B>) -> Result<()> {
         self.need_train("Plan::forward_backward")?;
         self.check_params(params)?;
-        let step = params
-            .step
-            .checked_add(1)
-            .ok_or_else(|| Error::OutOfRange {
-                op: "Plan::step",
-                what: "step count".into(),
-                value: params.step.to_string(),
-                allowed: "below u64::MAX",
-            })?;
+        let step = next_step(params)?;
         let seed = params.seed;
         let Params { values, grads, .. } = params;
         let mut ctx = Ctx {
@@ -1189,20 +1191,13 @@ impl<B: Backend> Plan<B> {
     }
 
     /// One training step: forward, loss, backward and Adam with learning rate `lr` over every parameter
-    /// (fused linear weights through `linear_wgrad_adam`), all on the backend's stream, allocating nothing and
+    /// (fused linear weights through `linear_wgrad_adam`, or with their input gradient in one pass through
+    /// `linear_bwd_adam`), all on the backend's stream, allocating nothing and
     /// never waiting for the device. The step's loss is kept on the device ([`Self::take_mean_loss`]).
     pub fn step(&mut self, params: &mut Params<B>, lr: f64) -> Result<()> {
         self.need_train("Plan::step")?;
         self.check_params(params)?;
-        let step = params
-            .step
-            .checked_add(1)
-            .ok_or_else(|| Error::OutOfRange {
-                op: "Plan::step",
-                what: "step count".into(),
-                value: params.step.to_string(),
-                allowed: "below u64::MAX",
-            })?;
+        let step = next_step(params)?;
         let seed = params.seed;
         let adam = AdamStep::new(lr, step);
         adam.scalars("Plan::step")?;

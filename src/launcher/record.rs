@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use super::{Driver, Kernel, ParamKind, Value};
 use crate::backend::Backend;
 use crate::launch::{LaunchDims, MAX_DYNAMIC_SHARED};
-use crate::shape::{AdamStep, ConvShape, LinearShape, PoolShape, ReduceConvShape};
+use crate::shape::{AdamStep, ConvShape, LinearShape, PoolShape, Precision, ReduceConvShape};
 use crate::Result;
 
 /// One recorded launch: the kernel, its geometry, and each argument's kind and (for buffers) length.
@@ -176,92 +176,65 @@ fn call_every_kernel(r: &Recorder) -> Result<()> {
         true,
     )?;
 
-    let ls = LinearShape::new(3, 70, 5);
-    let (xl, yl, wl) = (3 * 70, 3 * 5, 5 * 70);
-    r.linear_fwd(
-        &mut z(yl).as_mut_slice(),
-        &z(xl).as_slice(),
-        &z(wl).as_slice(),
-        &z(5).as_slice(),
-        &ls,
-    )?;
-    r.linear_dgrad(
-        &mut z(xl).as_mut_slice(),
-        &z(yl).as_slice(),
-        &z(wl).as_slice(),
-        &ls,
-    )?;
-    r.linear_wgrad(
-        &mut z(wl).as_mut_slice(),
-        &z(yl).as_slice(),
-        &z(xl).as_slice(),
-        &ls,
-    )?;
-    r.linear_bgrad(&mut z(5).as_mut_slice(), &z(yl).as_slice(), &ls)?;
-    let (mut dx, mut w, mut m, mut v) = (z(xl), z(wl), z(wl), z(wl));
-    r.linear_bwd_adam(
-        &mut dx.as_mut_slice(),
-        [
-            &mut w.as_mut_slice(),
-            &mut m.as_mut_slice(),
-            &mut v.as_mut_slice(),
-        ],
-        &z(yl).as_slice(),
-        &z(xl).as_slice(),
-        &ls,
-        &AdamStep::new(1e-3, 1),
-    )?;
-    // the tensor-core kernels of the same products
-    let lt = ls.with_precision(crate::shape::Precision::Tf32);
-    r.linear_fwd(
-        &mut z(yl).as_mut_slice(),
-        &z(xl).as_slice(),
-        &z(wl).as_slice(),
-        &z(5).as_slice(),
-        &lt,
-    )?;
-    r.linear_dgrad(
-        &mut z(xl).as_mut_slice(),
-        &z(yl).as_slice(),
-        &z(wl).as_slice(),
-        &lt,
-    )?;
-    r.linear_wgrad(
-        &mut z(wl).as_mut_slice(),
-        &z(yl).as_slice(),
-        &z(xl).as_slice(),
-        &lt,
-    )?;
-    let (mut w, mut m, mut v) = (z(wl), z(wl), z(wl));
-    r.linear_wgrad_adam(
-        [
-            &mut w.as_mut_slice(),
-            &mut m.as_mut_slice(),
-            &mut v.as_mut_slice(),
-        ],
-        &z(yl).as_slice(),
-        &z(xl).as_slice(),
-        &lt,
-        &AdamStep::new(1e-3, 1),
-    )?;
     r.mma_tf32_tile(
         &mut z(128).as_mut_slice(),
         &z(128).as_slice(),
         &z(64).as_slice(),
         &z(128).as_slice(),
     )?;
-    let (mut w, mut m, mut v) = (z(wl), z(wl), z(wl));
-    r.linear_wgrad_adam(
-        [
-            &mut w.as_mut_slice(),
-            &mut m.as_mut_slice(),
-            &mut v.as_mut_slice(),
-        ],
-        &z(yl).as_slice(),
-        &z(xl).as_slice(),
-        &ls,
-        &AdamStep::new(1e-3, 1),
-    )
+
+    // the linear kernels, fp32 and their tensor-core twins
+    let (xl, yl, wl) = (3 * 70, 3 * 5, 5 * 70);
+    for precision in [Precision::Fp32, Precision::Tf32] {
+        let ls = LinearShape::new(3, 70, 5).with_precision(precision);
+        r.linear_fwd(
+            &mut z(yl).as_mut_slice(),
+            &z(xl).as_slice(),
+            &z(wl).as_slice(),
+            &z(5).as_slice(),
+            &ls,
+        )?;
+        r.linear_dgrad(
+            &mut z(xl).as_mut_slice(),
+            &z(yl).as_slice(),
+            &z(wl).as_slice(),
+            &ls,
+        )?;
+        r.linear_wgrad(
+            &mut z(wl).as_mut_slice(),
+            &z(yl).as_slice(),
+            &z(xl).as_slice(),
+            &ls,
+        )?;
+        r.linear_bgrad(&mut z(5).as_mut_slice(), &z(yl).as_slice(), &ls)?;
+        let (mut dx, mut w, mut m, mut v) = (z(xl), z(wl), z(wl), z(wl));
+        let step = AdamStep::new(1e-3, 1);
+        let (dy, x) = (z(yl), z(xl));
+        r.linear_bwd_adam(
+            &mut dx.as_mut_slice(),
+            [
+                &mut w.as_mut_slice(),
+                &mut m.as_mut_slice(),
+                &mut v.as_mut_slice(),
+            ],
+            &dy.as_slice(),
+            &x.as_slice(),
+            &ls,
+            &step,
+        )?;
+        r.linear_wgrad_adam(
+            [
+                &mut w.as_mut_slice(),
+                &mut m.as_mut_slice(),
+                &mut v.as_mut_slice(),
+            ],
+            &dy.as_slice(),
+            &x.as_slice(),
+            &ls,
+            &step,
+        )?;
+    }
+    Ok(())
 }
 
 #[test]
