@@ -262,21 +262,17 @@ fn accuracy<B: Backend>(
     if n == 0 {
         return Err("no images to evaluate".into());
     }
-    let (px, mut correct) = (data.pixels(), 0usize);
-    for start in (0..n).step_by(batch.max(1)) {
-        let end = (start + batch.max(1)).min(n);
-        let images = data
-            .images
-            .get(start * px..end * px)
-            .ok_or("the data set holds fewer pixels than its labels need")?;
-        let predicted = net.predict(images)?;
-        correct += predicted
-            .iter()
-            .zip(&data.labels[start..end])
-            .filter(|(p, l)| p == l)
-            .count();
-    }
-    Ok(100.0 * correct as f64 / n as f64)
+    let px = data.pixels();
+    let (images, labels) = (
+        data.images
+            .get(..n * px)
+            .ok_or("the data set holds fewer pixels than its labels need")?,
+        data.labels
+            .get(..n)
+            .ok_or("the data set holds fewer labels than asked for")?,
+    );
+    // Correct predictions are counted on the device and read once.
+    Ok(net.accuracy(images, labels, batch)?)
 }
 
 /// Checks the data set before the first step: images in every split, all of one square size (that of the

@@ -1,7 +1,9 @@
-// train.cu: the training kernels that are not convolutions: softmax_xent, dropout, adam_step.
+// train.cu: the training kernels that are not convolutions: softmax_xent, dropout, adam_step, and the
+// evaluation's count_correct.
 //
 // Provides: softmax_xent (one block: per-row loss and dlogits, then the mean loss summed in row order by
-//           thread 0), dropout_fwd / dropout_bwd (the hash mask of (seed, step, index), identical to the CPU
+//           thread 0), count_correct (one block: the rows whose first largest logit is their label, counted
+//           into a device scalar, so an evaluation reads one number, not every batch's logits), dropout_fwd / dropout_bwd (the hash mask of (seed, step, index), identical to the CPU
 //           twin's integer function), adam_step (PyTorch's update over flat buffers).
 // Backward needs saved: dropout recomputes its mask from (seed, step); softmax_xent's dlogits is its own
 //           backward; adam_step has none.
@@ -48,6 +50,40 @@ extern "C" __global__ void softmax_xent(float* __restrict__ loss,          // [1
     float total = 0.0f;
     for (unsigned int r = 0; r < m; ++r) total = __fadd_rn(total, row_loss[r]);
     loss[0] = __fmul_rn(total, inv_m);
+  }
+}
+
+// count[0] (+)= the rows whose first largest logit is at their label, count[1] (+)= the rows holding a NaN
+// (they never count as correct; the host reports them), adding to the counts when `accumulate`. Per-thread
+// counts summed in thread order by thread 0: counts below 2^24 are exact in f32, whatever the order.
+extern "C" __global__ void count_correct(float* __restrict__ count,                 // [2]
+                                         const float* __restrict__ logits,          // [m, classes]
+                                         const unsigned int* __restrict__ labels,   // [m]
+                                         unsigned int m, unsigned int classes, int accumulate) {
+  __shared__ float hits[256][2];
+  float mine = 0.0f, nans = 0.0f;
+  for (unsigned int r = threadIdx.x; r < m; r += blockDim.x) {
+    const float* l = logits + (unsigned long long)r * classes;
+    unsigned int best = 0;
+    bool nan = false;
+    for (unsigned int c = 0; c < classes; ++c) {
+      nan |= l[c] != l[c];
+      if (l[c] > l[best]) best = c;
+    }
+    if (nan) nans += 1.0f;
+    else if (best == labels[r]) mine += 1.0f;
+  }
+  hits[threadIdx.x][0] = mine;
+  hits[threadIdx.x][1] = nans;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float total = accumulate ? count[0] : 0.0f, total_nan = accumulate ? count[1] : 0.0f;
+    for (unsigned int t = 0; t < blockDim.x; ++t) {
+      total += hits[t][0];
+      total_nan += hits[t][1];
+    }
+    count[0] = total;
+    count[1] = total_nan;
   }
 }
 

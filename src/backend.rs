@@ -78,6 +78,10 @@ macro_rules! for_each_kernel {
             /// Mean softmax cross-entropy and its gradient (see [`crate::cpu::softmax_xent`]); the loss
             /// stays on the device in `loss [1]`.
             fn softmax_xent(out loss, out dlogits, inp logits, labels labels, val classes: usize);
+            /// `count[0]` (+)= the number of rows of `logits [m, classes]` whose first largest logit is at
+            /// their label (`labels [m]`), `count[1]` (+)= the rows holding a NaN (see
+            /// [`crate::cpu::count_correct`]). The counts stay on the device: an evaluation reads them once.
+            fn count_correct(out count, inp logits, labels labels, val classes: usize, val accumulate: bool);
             /// Inverted dropout with the hash mask of `(seed, step)` (see [`crate::cpu::dropout_fwd`]).
             fn dropout_fwd(out y, inp x, val p: f32, val seed: u64, val step: u64);
             /// Its backward: the same mask and scale applied to `dy`.

@@ -188,3 +188,42 @@ fn full_size_net_runs_a_small_batch() {
     }
     assert_eq!(net.logits(&images).unwrap().len(), 20);
 }
+
+/// `InceptionMnist::accuracy` (counts on the device, batches of any size) equals the host's count of
+/// `predict`'s classes.
+#[test]
+fn accuracy_counted_on_the_device_equals_the_hosts_count_of_predictions() {
+    use inception_cuda::cpu::CpuBackend;
+    use inception_cuda::nn::{InceptionMnist, MnistConfig};
+    let config = MnistConfig {
+        map1: 2,
+        map2: 2,
+        reduce: 1,
+        hidden: 8,
+        dropout: 0.5,
+        image: 8,
+    };
+    let mut net = InceptionMnist::new(CpuBackend, config, 5).unwrap();
+    let n = 23;
+    let images: Vec<f32> = (0..n * 64)
+        .map(|i| ((i * 37) % 101) as f32 / 101.0)
+        .collect();
+    let predicted = net.predict(&images).unwrap();
+    // labels: the prediction for every third image, another class for the rest
+    let labels: Vec<u32> = predicted
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| if i % 3 == 0 { p } else { (p + 1) % 10 })
+        .collect();
+    let want = 100.0
+        * predicted
+            .iter()
+            .zip(&labels)
+            .filter(|(p, l)| p == l)
+            .count() as f64
+        / n as f64;
+    for batch in [1, 5, 23, 64] {
+        let got = net.accuracy(&images, &labels, batch).unwrap();
+        assert_eq!(got, want, "batch {batch}");
+    }
+}

@@ -769,3 +769,43 @@ fn emulated_linear_bwd_adam_is_dgrad_then_wgrad_adam() {
     };
     common::kernels::assert_bwd_adam("emulated", &emu, &common::kernels::BWD_ADAM_SHAPES);
 }
+
+/// The evaluation's correct count on the device equals the twin's (ties: the first largest logit; rows with
+/// a NaN counted apart), overwriting and accumulating, on more rows than the block's threads.
+#[test]
+fn emulated_count_correct_matches_its_twin() {
+    fn counts<B>(b: &B, logits: &[f32], labels: &[u32]) -> Vec<f32>
+    where
+        for<'a> B: Backend<
+            Buf = Vec<f32>,
+            Labels = Vec<u32>,
+            View<'a> = &'a [f32],
+            ViewMut<'a> = &'a mut [f32],
+        >,
+    {
+        let labels = labels.to_vec();
+        let mut count = vec![5.0f32, 1.0];
+        b.count_correct(&mut count.as_mut_slice(), &logits, &labels, 10, true)
+            .unwrap();
+        let accumulated = count.clone();
+        b.count_correct(&mut count.as_mut_slice(), &logits, &labels, 10, false)
+            .unwrap();
+        [accumulated, count].concat()
+    }
+    let rows = 300;
+    let mut logits: Vec<f32> = uniform(9, rows * 10)
+        .iter()
+        .map(|v| (v * 3.0).round())
+        .collect(); // ties
+    logits[7 * 10 + 3] = f32::NAN;
+    let labels: Vec<u32> = uniform(10, rows)
+        .iter()
+        .map(|v| ((v + 1.0) * 5.0) as u32 % 10)
+        .collect();
+    let want = counts(&CpuBackend, &logits, &labels);
+    assert!(want[2] > 0.0 && want[3] == 1.0, "{want:?}");
+    for order in ORDERS {
+        let got = counts(&EmuBackend { order }, &logits, &labels);
+        assert_bits_eq(&format!("emulated count_correct, {order:?}"), &got, &want);
+    }
+}

@@ -82,3 +82,45 @@ pub fn check_labels(op: &'static str, labels: &[u32], classes: usize) -> Result<
         }),
     }
 }
+
+/// Twin of `count_correct`: `count[0]` (+)= the number of rows of `logits [m, classes]` whose first largest
+/// logit is at `labels [m]`, `count[1]` (+)= the number of rows holding a NaN (never correct); the counts are
+/// added to when `accumulate`, else overwritten.
+pub fn count_correct(
+    count: &mut [f32],
+    logits: &[f32],
+    labels: &[u32],
+    classes: usize,
+    accumulate: bool,
+) -> Result<()> {
+    const OP: &str = "count_correct";
+    let m = labels.len();
+    check_len(OP, "count", 2, count.len())?;
+    if classes == 0 && m > 0 {
+        return Err(Error::InvalidShape {
+            op: OP,
+            reason: format!("{m} rows of 0 classes"),
+        });
+    }
+    check_len(OP, "logits", m.saturating_mul(classes), logits.len())?;
+    let (mut hits, mut nans) = (0usize, 0usize);
+    for (row, &label) in logits.chunks(classes.max(1)).zip(labels) {
+        let best = row
+            .iter()
+            .enumerate()
+            .fold(0, |best, (c, &v)| if v > row[best] { c } else { best });
+        if row.iter().any(|v| v.is_nan()) {
+            nans += 1;
+        } else if best == label as usize {
+            hits += 1;
+        }
+    }
+    let (h0, n0) = if accumulate {
+        (count[0], count[1])
+    } else {
+        (0.0, 0.0)
+    };
+    count[0] = h0 + hits as f32;
+    count[1] = n0 + nans as f32;
+    Ok(())
+}

@@ -21,7 +21,7 @@ pub use dropout::{dropout_bwd, dropout_fwd, dropout_hash, dropout_threshold};
 pub use linear::{
     linear_bgrad, linear_bwd_adam, linear_dgrad, linear_fwd, linear_wgrad, linear_wgrad_adam,
 };
-pub use loss::{check_labels, softmax_xent};
+pub use loss::{check_labels, count_correct, softmax_xent};
 pub use pool::{maxpool3x3s1_bwd, maxpool3x3s1_fwd};
 pub use reduce_conv::{reduce_conv_bwd, reduce_conv_fwd};
 pub use relu::{relu_bwd, relu_fwd};

@@ -1256,6 +1256,29 @@ impl<B: Backend> Plan<B> {
         Ok(self.output()?.first().copied().unwrap_or(f32::NAN))
     }
 
+    /// Counts the rows of the plan's output (logits `[batch, classes]`, after [`Self::forward`]) whose first
+    /// largest value is at their label into `count [2]` on the device: `count[0]` (+)= correct rows,
+    /// `count[1]` (+)= rows holding a NaN; added to when `accumulate`. Nothing is read back: an evaluation
+    /// over many batches reads the two numbers once. `labels` are checked (`< classes`) before the upload.
+    pub fn count_correct(
+        &mut self,
+        count: &mut B::ViewMut<'_>,
+        labels: &[u32],
+        accumulate: bool,
+    ) -> Result<()> {
+        const OP: &str = "Plan::count_correct";
+        crate::shape::check_len(OP, "labels", self.batch, labels.len())?;
+        let classes = self.output.len / self.batch.max(1);
+        crate::cpu::check_labels(OP, labels, classes)?;
+        self.b.write_labels(&mut self.labels, labels)?;
+        let out = self.bufs[self.output.id]
+            .as_ref()
+            .ok_or_else(|| plan_err(OP, "buffer in use".into()))?;
+        let logits = self.b.view(out, 0..self.output.len)?;
+        self.b
+            .count_correct(count, &logits, &self.labels, classes, accumulate)
+    }
+
     /// The output of an inference plan (`batch × shape`), or a training plan's loss (copied to the host).
     pub fn output(&self) -> Result<Vec<f32>> {
         let buf = self.bufs[self.output.id]

@@ -28,8 +28,8 @@ pub use linear::{
 };
 pub use mma::mma_tf32_tile;
 pub use train::{
-    adam_step, add_fwd, dropout_bwd, dropout_fwd, maxpool3x3s1_bwd, maxpool3x3s1_fwd, relu_bwd,
-    relu_fwd, softmax_xent,
+    adam_step, add_fwd, count_correct, dropout_bwd, dropout_fwd, maxpool3x3s1_bwd,
+    maxpool3x3s1_fwd, relu_bwd, relu_fwd, softmax_xent,
 };
 
 use std::ops::Range;

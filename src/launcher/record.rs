@@ -119,6 +119,14 @@ fn call_every_kernel(r: &Recorder) -> Result<()> {
         10,
     )?;
 
+    r.count_correct(
+        &mut z(2).as_mut_slice(),
+        &z(30).as_slice(),
+        &labels,
+        10,
+        true,
+    )?;
+
     let cs = ConvShape::new(2, 3, 4, 5, 6, 3).into_slice(9, 2);
     let (xl, yl, wl) = (2 * 3 * 30, 2 * 9 * 30, 4 * 3 * 9);
     r.conv_fwd(

@@ -125,6 +125,47 @@ pub fn softmax_xent<D: Driver + ?Sized>(
     Ok(())
 }
 
+/// `count[0]` (+)= the rows of `logits [m, classes]` whose first largest logit is at their label (`labels [m]`),
+/// `count[1]` (+)= the rows holding a NaN (never correct). One block of 256 threads. Shapes: `count [2]`.
+pub fn count_correct<D: Driver + ?Sized>(
+    d: &D,
+    count: &mut D::ViewMut<'_>,
+    logits: &D::View<'_>,
+    labels: &D::Labels,
+    classes: usize,
+    accumulate: bool,
+) -> Result<()> {
+    const OP: &str = "count_correct";
+    let m = D::len_of_labels(labels);
+    let rows_of = m.checked_mul(classes).ok_or(crate::Error::ShapeOverflow {
+        op: OP,
+        shape: vec![m, classes],
+    })?;
+    crate::launch::check_lens(
+        OP,
+        &[
+            ("count", 2, D::len_of_mut(count)),
+            ("logits", rows_of, D::len_of(logits)),
+        ],
+    )?;
+    let (Ok(m32), Ok(c32)) = (u32::try_from(m), u32::try_from(classes)) else {
+        return Err(crate::Error::InvalidShape {
+            op: OP,
+            reason: format!("{m} rows of {classes} classes exceed u32"),
+        });
+    };
+    if classes == 0 && m > 0 {
+        return Err(crate::Error::InvalidShape {
+            op: OP,
+            reason: format!("{m} rows of 0 classes"),
+        });
+    }
+    let dims = crate::launch::LaunchDims::new([1, 1, 1], 256, 0);
+    launch!(d, OP, Kernel::CountCorrect, dims; out count, inp logits, labels labels, val &m32,
+        val &c32, val &i32::from(accumulate))?;
+    Ok(())
+}
+
 /// Inverted dropout with the hash mask of `(seed, step)`. Shapes: `y, x: [n]`.
 pub fn dropout_fwd<D: Driver + ?Sized>(
     d: &D,

@@ -487,18 +487,52 @@ impl<B: Backend> InceptionMnist<B> {
     /// Logits `[n, 10]` of a batch in evaluation mode (no dropout), by the inference plan of its batch size.
     pub fn logits(&mut self, images: &[f32]) -> Result<Vec<f32>> {
         let n = self.check_batch("logits", images, None)?;
-        if self.eval.as_ref().is_none_or(|p| p.batch() != n) {
-            self.eval = Some(Plan::inference(
-                self.b.clone(),
-                &self.def.graph,
-                n,
-                self.def.logits,
-            )?);
-        }
+        self.plan_eval(n)?;
         let plan = self.eval.as_mut().ok_or_else(no_step)?;
         plan.set_input("images", images)?;
         plan.forward(&self.params)?;
         plan.output()
+    }
+
+    /// Plans the inference plan for batches of `n` (once per size).
+    fn plan_eval(&mut self, n: usize) -> Result<()> {
+        if self.eval.as_ref().is_none_or(|p| p.batch() != n) {
+            self.eval = None;
+            let plan = Plan::inference(self.b.clone(), &self.def.graph, n, self.def.logits)?;
+            self.eval = Some(plan);
+        }
+        Ok(())
+    }
+
+    /// The accuracy (%) on `images` (`n × image²` pixels) with their `labels`, in evaluation mode, in batches
+    /// of at most `batch`: the correct predictions are counted on the device and read once at the end (the
+    /// logits never leave it). A diverged model (NaN logits) is an error naming how many images had them.
+    pub fn accuracy(&mut self, images: &[f32], labels: &[u32], batch: usize) -> Result<f64> {
+        const OP: &str = "accuracy";
+        let n = self.check_batch(OP, images, Some(labels))?;
+        let (px, batch) = (self.image_len(), batch.max(1));
+        let mut count = self.b.alloc_zeros(2)?;
+        for start in (0..n).step_by(batch) {
+            let end = (start + batch).min(n);
+            self.plan_eval(end - start)?;
+            let plan = self.eval.as_mut().ok_or_else(no_step)?;
+            plan.set_input("images", &images[start * px..end * px])?;
+            plan.forward(&self.params)?;
+            let mut counts = self.b.view_mut(&mut count, 0..2)?;
+            plan.count_correct(&mut counts, &labels[start..end], start > 0)?;
+        }
+        let count = self.b.to_host(&count)?;
+        if count[1] > 0.0 {
+            return Err(Error::NonFinite {
+                op: OP,
+                what: format!(
+                    "the logits of {} of {n} images (the model's parameters are not finite?)",
+                    count[1]
+                ),
+                value: f32::NAN,
+            });
+        }
+        Ok(100.0 * f64::from(count[0]) / n as f64)
     }
 
     /// Predicted classes of a batch (evaluation mode): the first largest logit of each image. A NaN logit
