@@ -525,15 +525,23 @@ fn step_of(path: &Path, meta: &HashMap<String, String>) -> Result<u64> {
 impl<B: Backend> InceptionMnist<B> {
     /// The model file's tensors and metadata (the config and the step).
     fn model_tensors(&self) -> Result<ModelTensors> {
+        Ok(self.model_tensors_of(&self.host_values()?))
+    }
+
+    /// The model file's tensors and metadata from the flat parameter values (one host copy of them).
+    fn model_tensors_of(&self, values: &[f32]) -> ModelTensors {
         let c = self.config();
         let tensors = self
             .params()
             .iter()
             .map(|e| {
-                self.param(&e.name)
-                    .map(|v| (e.name.clone(), e.shape.clone(), v))
+                (
+                    e.name.clone(),
+                    e.shape.clone(),
+                    values[e.range.clone()].to_vec(),
+                )
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect();
         let meta = HashMap::from([
             ("map1".to_string(), c.map1.to_string()),
             ("map2".to_string(), c.map2.to_string()),
@@ -542,22 +550,26 @@ impl<B: Backend> InceptionMnist<B> {
             ("dropout".to_string(), c.dropout.to_string()),
             ("step".to_string(), self.step().to_string()),
         ]);
-        Ok((tensors, meta))
+        (tensors, meta)
     }
 
-    /// The training-state file's tensors and metadata.
     fn train_state_tensors(&self) -> Result<ModelTensors> {
-        let state = self.train_state()?;
-        let len = state.adam_m.len();
+        let [_, adam_m, adam_v] = self.host_state()?;
+        self.train_state_tensors_of(adam_m, adam_v)
+    }
+
+    /// The training-state file's tensors and metadata from Adam's moments (already on the host).
+    fn train_state_tensors_of(&self, adam_m: Vec<f32>, adam_v: Vec<f32>) -> Result<ModelTensors> {
+        let len = adam_m.len();
         let pending = self.pending_losses()?;
         let tensors = vec![
-            ("adam.m".to_string(), vec![len], state.adam_m),
-            ("adam.v".to_string(), vec![len], state.adam_v),
+            ("adam.m".to_string(), vec![len], adam_m),
+            ("adam.v".to_string(), vec![len], adam_v),
             ("loss.pending".to_string(), vec![pending.len()], pending),
         ];
         let meta = HashMap::from([
-            ("step".to_string(), state.step.to_string()),
-            ("seed".to_string(), state.seed.to_string()),
+            ("step".to_string(), self.step().to_string()),
+            ("seed".to_string(), self.seed().to_string()),
         ]);
         Ok((tensors, meta))
     }
@@ -653,11 +665,14 @@ impl<B: Backend> InceptionMnist<B> {
     /// [`CheckpointSnapshot::write`] writes, on this thread or another (training goes on meanwhile). Refused
     /// when a parameter or moment is not finite ([`Self::check_finite`]).
     pub fn checkpoint_snapshot(&self) -> Result<CheckpointSnapshot> {
-        self.check_finite()?;
+        // One host copy of the parameters and moments: checked, then handed to the files as they are.
+        let state = self.host_state()?;
+        self.check_finite_host(&state)?;
+        let [values, adam_m, adam_v] = state;
         Ok(CheckpointSnapshot {
             step: self.step(),
-            model: self.model_tensors()?,
-            train_state: self.train_state_tensors()?,
+            model: self.model_tensors_of(&values),
+            train_state: self.train_state_tensors_of(adam_m, adam_v)?,
         })
     }
 }

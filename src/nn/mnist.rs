@@ -569,12 +569,29 @@ impl<B: Backend> InceptionMnist<B> {
     /// the parameter and the index (copies them to the host); `Ok` when all are finite. Run before a
     /// checkpoint so a diverged model is never saved.
     pub fn check_finite(&self) -> Result<()> {
+        self.check_finite_host(&self.host_state()?)
+    }
+
+    /// The parameters and Adam's two moments, flat, copied to the host (one read each).
+    pub(crate) fn host_state(&self) -> Result<[Vec<f32>; 3]> {
         let (adam_m, adam_v) = self.params.moments()?;
-        for (what, host) in [
-            ("parameter", self.params.values()?),
-            ("Adam first moment of", adam_m),
-            ("Adam second moment of", adam_v),
-        ] {
+        Ok([self.host_values()?, adam_m, adam_v])
+    }
+
+    /// The parameters, flat in the reference's order, copied to the host.
+    pub(crate) fn host_values(&self) -> Result<Vec<f32>> {
+        self.params.values()
+    }
+
+    /// The seed of the dropout masks.
+    pub(crate) fn seed(&self) -> u64 {
+        self.params.seed()
+    }
+
+    /// [`Self::check_finite`] on a [`Self::host_state`] already read.
+    pub(crate) fn check_finite_host(&self, state: &[Vec<f32>; 3]) -> Result<()> {
+        let whats = ["parameter", "Adam first moment of", "Adam second moment of"];
+        for (what, host) in whats.into_iter().zip(state) {
             if let Some(i) = host.iter().position(|v| !v.is_finite()) {
                 let e = self.params().iter().find(|e| e.range.contains(&i));
                 let name = e.map_or("?".to_string(), |e| {
