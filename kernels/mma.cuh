@@ -40,8 +40,8 @@ __device__ __forceinline__ void mma_tf32_m16n8k8(float d[4], const unsigned int 
 #endif
 }
 
-// cp.async of 16 bytes from global to shared memory (both 16-byte aligned), completed by cp_async_wait_all;
-// other threads see it after the __syncthreads that follows the wait.
+// cp.async of 16 bytes from global to shared memory (both 16-byte aligned), completed by a wait
+// (cp_async_wait_group, cp_async_wait_all); other threads see it after the __syncthreads that follows the wait.
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
 #ifdef __CUDA_ARCH__
   const unsigned int s = (unsigned int)__cvta_generic_to_shared(smem);
@@ -51,9 +51,31 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
 #endif
 }
 
-// Waits for every cp.async this thread issued.
+// Closes the group of the cp.asyncs this thread issued since the last commit.
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef __CUDA_ARCH__
+  asm volatile("cp.async.commit_group;" ::);
+#elif defined(INCEPTION_CUDA_EMU)
+  ::emu::cp_async_commit();
+#endif
+}
+
+// Waits until at most N of this thread's committed groups (the newest) are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait_group() {
+#ifdef __CUDA_ARCH__
+  asm volatile("cp.async.wait_group %0;" ::"n"(N));
+#elif defined(INCEPTION_CUDA_EMU)
+  ::emu::cp_async_wait(N);
+#endif
+}
+
+// Waits for every cp.async this thread issued (committed or not).
 __device__ __forceinline__ void cp_async_wait_all() {
 #ifdef __CUDA_ARCH__
   asm volatile("cp.async.wait_all;" ::);
+#elif defined(INCEPTION_CUDA_EMU)
+  ::emu::cp_async_commit();
+  ::emu::cp_async_wait(0);
 #endif
 }

@@ -134,6 +134,42 @@ fn a_shuffle_naming_an_exited_lane_is_an_error() {
     }
 }
 
+/// `cp.async` under emulation: the correct staging (issue, commit, wait, barrier, read) gives the input in both
+/// thread orders; reading before the wait or without the barrier reads the old shared memory (NaN), a copy
+/// from a misaligned address and a thread that exits with its copy in flight are errors.
+#[test]
+fn cp_async_misuse_is_caught() {
+    use planted::CpAsyncBug;
+    #[repr(C, align(16))]
+    struct Aligned([f32; 4 * 64 + 4]);
+    let mut x = Aligned([0.0; 4 * 64 + 4]);
+    x.0.iter_mut().enumerate().for_each(|(i, v)| *v = i as f32);
+    let want: Vec<f32> = (0..4 * 64).map(|i| ((i + 4) % 256) as f32).collect();
+    for order in ORDERS {
+        let run = |bug| {
+            let mut y = vec![0.0f32; 4 * 64];
+            planted::cp_async_stage(&mut y, &x.0, bug, order).map(|()| y)
+        };
+        assert_eq!(
+            run(CpAsyncBug::None).unwrap(),
+            want,
+            "{order:?}: correct staging"
+        );
+        for bug in [CpAsyncBug::ReadBeforeWait, CpAsyncBug::MissingBarrier] {
+            let y = run(bug).unwrap();
+            let stale = y.iter().filter(|v| v.is_nan()).count();
+            assert!(
+                stale > 0,
+                "{order:?} {bug:?}: every read saw the copied data"
+            );
+        }
+        let err = run(CpAsyncBug::Misaligned).unwrap_err().to_string();
+        assert!(err.contains("misaligned"), "{order:?}: {err}");
+        let err = run(CpAsyncBug::NeverWaited).unwrap_err().to_string();
+        assert!(err.contains("never waited for"), "{order:?}: {err}");
+    }
+}
+
 #[test]
 fn writing_past_dynamic_shared_memory_is_an_error() {
     let mut y = vec![0.0; 64];

@@ -83,9 +83,15 @@ void mma_tf32_m16n8k8(float d[4], const unsigned int a[4], const unsigned int b[
 // cvt.rna.tf32.f32: round to the nearest TF32 (10 explicit mantissa bits), ties away from zero; the bits
 // of the result (low 13 zero).
 unsigned int tf32_rna(float x);
-// cp.async.{ca,cg}.shared.global of `bytes` (4, 8 or 16): an error unless both addresses are aligned to it,
-// then a plain copy (so the wait is a no-op; the barrier after it is the kernel's own __syncthreads).
+// cp.async.{ca,cg}.shared.global of `bytes` (4, 8 or 16): an error unless both addresses are aligned to it.
+// The source is read now, the destination written when a wait completes the copy's group (cp_async_wait),
+// so reading it earlier shows the old contents; a thread that exits with copies not waited for is an error.
 void cp_async(void* dst, const void* src, unsigned int bytes);
+// cp.async.commit_group: closes the group of the copies issued since the last commit.
+void cp_async_commit();
+// cp.async.wait_group n: completes every committed group but the newest `newest_pending` (copies issued after
+// the last commit stay pending). cp.async.wait_all is a commit followed by cp_async_wait(0).
+void cp_async_wait(unsigned int newest_pending);
 void* shared_static(int id, std::size_t bytes);
 void* shared_dynamic();
 int run(const Launch& cfg, void (*body)(void*), void* ctx);

@@ -37,6 +37,17 @@ struct Fiber {
   unsigned long long warp_seq = 0;  // warp ops this lane has entered
   unsigned int wait_mask = 0;
   unsigned long long slot[2] = {0, 0};  // deposited values, by warp_seq parity
+  // cp.async copies issued and not yet completed: the source is read at the issue, the destination written at
+  // the wait that completes the copy's group (so a read of the destination before that wait, or by another
+  // thread before the barrier after it, sees the old contents).
+  struct PendingCopy {
+    void* dst;
+    unsigned char data[16];
+    unsigned int bytes;
+    unsigned long long group;  // the commit group: open_group at the issue
+  };
+  std::vector<PendingCopy> pending;
+  unsigned long long open_group = 0;  // groups committed so far (the id of the group being filled)
 };
 
 struct Block {
@@ -78,6 +89,9 @@ void yield() {
 void entry() {
   Block& b = *g_block;
   b.body(b.body_ctx);
+  if (!b.current->pending.empty())
+    fail("cp.async at " + where(*b.current) + ": " + std::to_string(b.current->pending.size()) +
+         " copies never waited for (the thread exited)");
   b.current->state = State::Done;
   swapcontext(&b.current->ctx, &b.scheduler);
 }
@@ -291,7 +305,25 @@ void cp_async(void* dst, const void* src, unsigned int bytes) {
     fail("cp.async of " + std::to_string(bytes) + " bytes from a misaligned address");
     yield();
   }
-  std::memcpy(dst, src, bytes);
+  Fiber& f = *g_block->current;
+  Fiber::PendingCopy c{dst, {}, bytes, f.open_group};
+  std::memcpy(c.data, src, bytes);
+  f.pending.push_back(c);
+}
+
+void cp_async_commit() { g_block->current->open_group += 1; }
+
+void cp_async_wait(unsigned int newest_pending) {
+  Fiber& f = *g_block->current;
+  const unsigned long long keep_from = f.open_group > newest_pending ? f.open_group - newest_pending : 0;
+  std::vector<Fiber::PendingCopy> left;
+  for (const Fiber::PendingCopy& c : f.pending) {
+    if (c.group < keep_from)
+      std::memcpy(c.dst, c.data, c.bytes);
+    else
+      left.push_back(c);
+  }
+  f.pending.swap(left);
 }
 
 void* shared_static(int id, std::size_t bytes) {

@@ -32,6 +32,12 @@ extern "C" {
         b: *const f32,
         c: *const f32,
     ) -> i32;
+    fn emu_launch_planted_cp_async_stage(
+        cfg: *const Launch,
+        y: *mut f32,
+        x: *const f32,
+        mode: u32,
+    ) -> i32;
 }
 
 fn one_block(threads: usize, shared_bytes: u32) -> Result<LaunchDims> {
@@ -165,5 +171,36 @@ pub fn mma_wrong_fragment(
             b.as_ptr(),
             c.as_ptr(),
         )
+    })
+}
+
+/// How [`cp_async_stage`] stages its input (mode 0 is correct; the others plant one bug each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpAsyncBug {
+    /// Issue, commit, wait, barrier, read: correct.
+    None = 0,
+    /// Reads after the barrier but before its wait.
+    ReadBeforeWait = 1,
+    /// Waits for its own copy but skips the barrier before reading its neighbour's.
+    MissingBarrier = 2,
+    /// Copies 16 bytes from an address 4 bytes past a 16-byte boundary.
+    Misaligned = 3,
+    /// Exits with its copy never waited for.
+    NeverWaited = 4,
+}
+
+/// `y[4·t + u] = x[4·((t + 1) % threads) + u]` through shared memory filled by `cp.async` (one block of
+/// `x.len() / 4` ≤ 256 threads), with the bug `bug` planted. `x` holds one float more than the threads read
+/// (the misaligned copy reads one past the slice's first float4s).
+pub fn cp_async_stage(y: &mut [f32], x: &[f32], bug: CpAsyncBug, order: ThreadOrder) -> Result<()> {
+    const OP: &str = "planted_cp_async_stage";
+    let threads = y.len() / 4;
+    check_len(OP, "y", 4 * threads, y.len())?;
+    check_len(OP, "x", 4 * threads + 4, x.len())?;
+    let dims = one_block(threads, 0)?;
+    // SAFETY: one block of y.len() / 4 threads; thread t reads x[4t .. 4t + 5) at most (x has 4 floats to
+    // spare) and writes y[4t .. 4t + 4).
+    run(OP, dims, order, |cfg| unsafe {
+        emu_launch_planted_cp_async_stage(cfg, y.as_mut_ptr(), x.as_ptr(), bug as u32)
     })
 }

@@ -78,3 +78,20 @@ extern "C" __global__ void planted_mma_wrong_fragment(float* d, const float* a, 
   d[(g + 8) * 8 + 2 * t] = df[2];
   d[(g + 8) * 8 + 2 * t + 1] = df[3];
 }
+
+// cp.async staging of x (one float4 a thread) through shared memory, each thread then reading its neighbour's
+// float4 (y[4 · tid + u] = x[4 · ((tid + 1) % threads) + u]). mode 0 is correct: issue, commit, wait, barrier,
+// read. The bugs: 1 reads before its wait (after the barrier: the copies are still in flight), 2 waits but skips the barrier (the
+// neighbour's copy may not have landed), 3 copies from an address 4 bytes past a 16-byte boundary, 4 exits
+// without waiting.
+extern "C" __global__ void planted_cp_async_stage(float* y, const float* x, unsigned int mode) {
+  __shared__ __align__(16) float stage[256 * 4];
+  const unsigned int t = threadIdx.x, n = blockDim.x, from = (t + 1) % n;
+  cp_async16(&stage[4 * t], x + 4 * t + (mode == 3 ? 1 : 0));
+  cp_async_commit();
+  if (mode == 4) return;
+  if (mode != 1) cp_async_wait_group<0>();
+  if (mode != 2) __syncthreads();
+  for (int u = 0; u < 4; ++u) y[4 * t + u] = stage[4 * from + u];
+  if (mode == 1) cp_async_wait_group<0>();
+}
