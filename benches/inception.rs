@@ -426,7 +426,7 @@ fn bench_fused<B: Backend>(c: &mut Criterion, b: &B, dev: &Device) {
 
 /// fc1's three GEMMs at batch 50 (M=50, N=700, K=200,704), in `precision`, then the training step's forms of
 /// its backward: the weight gradient applied by Adam as it is formed (`linear_wgrad_adam`) and dgrad with it in
-/// one pass over the weight (`linear_bwd_adam`, fp32; TF32 takes the two-kernel form).
+/// one pass over the weight (`linear_bwd_adam`; in TF32 `linear_bwd_adam_tf32`, cp.async-pipelined).
 fn bench_fc1<B: Backend>(c: &mut Criterion, b: &B, dev: &Device, precision: Precision) {
     let s = LinearShape::new(50, 200_704, 700).with_precision(precision);
     let (nx, nw) = (50 * 200_704, 700 * 200_704);

@@ -499,3 +499,180 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS) linear_bwd_adam(float
   for (int b = 0; b < B; ++b)  // n_out % GEMM_BK: linear_dgrad's zero padding of k (the sign of a zero dx)
     if (b < (int)rows) dx[(u64)b * k_in + col] = n_out % GEMM_BK ? acc[b] + 0.0f : acc[b];
 }
+
+// One chunk of linear_bwd_adam_tf32 into shared memory: rows [r0, r0 + BWD_TC_ROWS) of the strip [c0, c0 +
+// BWD_TC_COLS) of w, m and v (tiles [row][col], rows BWD_TC_COLS + BWD_TC_PAD apart), then dy[:, r0 .. r0 +
+// BWD_TC_ROWS) as [batch][row] (rows BWD_TC_ROWS + BWD_TC_PAD apart); zeros outside the matrices and past the
+// batch. `async`: every 16-byte piece is aligned (k_in and n_out multiples of 4, 16-byte aligned pointers), so
+// the pieces go by cp.async and land at the caller's wait; otherwise plain loads.
+__device__ __forceinline__ void bwd_tc_stage(float* __restrict__ st, const float* __restrict__ w,
+                                             const float* __restrict__ m, const float* __restrict__ v,
+                                             const float* __restrict__ dy, unsigned int r0, unsigned int c0,
+                                             unsigned int rows, unsigned int n_out, unsigned int k_in, bool async) {
+  constexpr unsigned int W4 = BWD_TC_COLS / 4, LD = BWD_TC_COLS + BWD_TC_PAD;
+  for (unsigned int e = threadIdx.x; e < 3 * BWD_TC_ROWS * W4; e += BWD_TC_THREADS) {
+    const unsigned int which = e / (BWD_TC_ROWS * W4), r = e / W4 % BWD_TC_ROWS, cq = e % W4 * 4;
+    const float* src = which == 0 ? w : which == 1 ? m : v;
+    float* dst = st + which * BWD_TC_TILE_FLOATS + r * LD + cq;
+    const unsigned int row = r0 + r, col = c0 + cq;
+    const u64 at = (u64)row * k_in + col;
+    if (async && row < n_out && col < k_in) {  // k_in % 4 == 0: col < k_in means the whole float4 is inside
+      cp_async16(dst, src + at);
+    } else {
+      for (unsigned int u = 0; u < 4; ++u) dst[u] = row < n_out && col + u < k_in ? src[at + u] : 0.0f;
+    }
+  }
+  constexpr unsigned int R4 = BWD_TC_ROWS / 4, DLD = BWD_TC_ROWS + BWD_TC_PAD;
+  float* dys = st + 3 * BWD_TC_TILE_FLOATS;
+  for (unsigned int e = threadIdx.x; e < BWD_ADAM_MAX_BATCH * R4; e += BWD_TC_THREADS) {
+    const unsigned int b = e / R4, rq = e % R4 * 4, row = r0 + rq;
+    float* dst = dys + b * DLD + rq;
+    const u64 at = (u64)b * n_out + row;
+    if (async && b < rows && row < n_out) {
+      cp_async16(dst, dy + at);
+    } else {
+      for (unsigned int u = 0; u < 4; ++u) dst[u] = b < rows && row + u < n_out ? dy[at + u] : 0.0f;
+    }
+  }
+}
+
+// fc1's backward and Adam in one pass over the weight on the tensor cores: linear_bwd_adam's computation with
+// linear_dgrad_tf32's dx and linear_wgrad_adam_tf32's w, m, v, bit for bit. Grid (ceil(k_in / BWD_TC_COLS)),
+// BWD_TC_THREADS threads, BWD_TC_SHARED_FLOATS floats of dynamic shared memory. Block j owns the column strip
+// [j · 128, j · 128 + 128) of w, m, v and dx and walks the rows of w in chunks of BWD_TC_ROWS, streamed into
+// shared memory by cp.async one chunk ahead: the kernel is bound by moving w, m and v, and the copies keep a
+// chunk (60 KB) per SM in flight without holding registers. For each chunk:
+//   dx[:, strip] += dy[:, chunk] · w[chunk, strip]   (mma, from the weight before its update)
+//   g = dy[:, chunk]ᵀ · x[:, strip]                   (mma, x's fragments in registers for the whole strip)
+//   g through shared memory, then Adam (adam.cuh) on float4s of w, m, v: coalesced stores
+// The same fragments and chains as the two-kernel form: dx's k (rows of w) runs in steps of 8 from 0 to n_out
+// rounded up to GEMM_BK, as in linear_dgrad_tf32's gemm_block; g's k (the batch) likewise to rows rounded up
+// to GEMM_BK, as in linear_wgrad_adam_tf32's; the padding is zeros in both. Warp q owns columns [16q, 16q +
+// 16) of the strip: its dx accumulators are up to 4 m16 tiles of the batch × 2 n8 tiles. Batches of at most
+// BWD_ADAM_MAX_BATCH rows (the launcher uses the two-kernel form beyond that).
+extern "C" __global__ void __launch_bounds__(BWD_TC_THREADS, 1) linear_bwd_adam_tf32(float* __restrict__ dx,        // [rows, k_in]
+                                                                                   float* __restrict__ w,         // [n_out, k_in]
+                                                                                   float* __restrict__ m,         // [n_out, k_in]
+                                                                                   float* __restrict__ v,         // [n_out, k_in]
+                                                                                   const float* __restrict__ dy,  // [rows, n_out]
+                                                                                   const float* __restrict__ x,   // [rows, k_in]
+                                                                                   unsigned int rows, unsigned int n_out,
+                                                                                   unsigned int k_in, AdamScalars s) {
+  static_assert(BWD_TC_STAGES == 2, "the pipeline below keeps one chunk in flight");
+  static_assert(BWD_TC_THREADS / 32 * 16 == BWD_TC_COLS, "8 warps of 16 columns");
+  extern __shared__ __align__(16) float bwd_tc_s[];  // BWD_TC_STAGES × (w, m, v, dy chunk), then g
+  constexpr unsigned int LD = BWD_TC_COLS + BWD_TC_PAD, DLD = BWD_TC_ROWS + BWD_TC_PAD, W4 = BWD_TC_COLS / 4;
+  constexpr int KB = BWD_ADAM_MAX_BATCH / 8;  // k8 steps of g at most
+  float* const gs = bwd_tc_s + BWD_TC_STAGES * BWD_TC_STAGE_FLOATS;  // g of the chunk, [row][col]
+  const unsigned int c0 = blockIdx.x * BWD_TC_COLS;
+  const unsigned int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, wc = threadIdx.x / 32 * 16;
+  const bool async = (((u64)w | (u64)m | (u64)v | (u64)dy) & 15) == 0 && k_in % 4 == 0 && n_out % 4 == 0;
+  const unsigned int kb = (rows + GEMM_BK - 1) / GEMM_BK * GEMM_BK;    // g's k, padded as gemm_block pads it
+  const unsigned int kr = (n_out + GEMM_BK - 1) / GEMM_BK * GEMM_BK;   // dx's k, likewise
+  const unsigned int mts = kb / 16;                                     // dx's m16 tiles (the batch)
+  const unsigned int chunks = (n_out + BWD_TC_ROWS - 1) / BWD_TC_ROWS;
+
+  bwd_tc_stage(bwd_tc_s, w, m, v, dy, 0, c0, rows, n_out, k_in, async);
+  cp_async_commit();
+  // x[:, strip] as the B fragments of g's mma (B(k = b, n = col) = x[b, col]), zero past the batch.
+  unsigned int xf[KB][2][2];
+#pragma unroll
+  for (int k8 = 0; k8 < KB; ++k8)
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      const unsigned int col = c0 + wc + nt * 8 + g, b = k8 * 8 + t;
+      xf[k8][nt][0] = tf32_bits(b < rows && col < k_in ? x[(u64)b * k_in + col] : 0.0f);
+      xf[k8][nt][1] = tf32_bits(b + 4 < rows && col < k_in ? x[(u64)(b + 4) * k_in + col] : 0.0f);
+    }
+  float dacc[4][2][4] = {};
+  for (unsigned int c = 0; c < chunks; ++c) {
+    if (c + 1 < chunks) {  // the next chunk's copies, in flight while this one is computed
+      bwd_tc_stage(bwd_tc_s + (c + 1) % BWD_TC_STAGES * BWD_TC_STAGE_FLOATS, w, m, v, dy, (c + 1) * BWD_TC_ROWS, c0,
+                   rows, n_out, k_in, async);
+      cp_async_commit();
+      cp_async_wait_group<1>();  // this chunk's group has landed
+    } else {
+      cp_async_wait_group<0>();
+    }
+    __syncthreads();  // every thread's pieces of this chunk are visible
+    const float* ws = bwd_tc_s + c % BWD_TC_STAGES * BWD_TC_STAGE_FLOATS;
+    const float *ms = ws + BWD_TC_TILE_FLOATS, *vs = ws + 2 * BWD_TC_TILE_FLOATS, *dys = ws + 3 * BWD_TC_TILE_FLOATS;
+    const unsigned int r0 = c * BWD_TC_ROWS;
+#pragma unroll
+    for (int k8 = 0; k8 < BWD_TC_ROWS; k8 += 8) {  // dx += dy[:, chunk] · w[chunk, strip]
+      if (r0 + k8 >= kr) break;                     // uniform: past linear_dgrad's padded k
+      unsigned int bf[2][2];
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+        const unsigned int col = wc + nt * 8 + g;
+        bf[nt][0] = tf32_bits(ws[(k8 + t) * LD + col]);
+        bf[nt][1] = tf32_bits(ws[(k8 + t + 4) * LD + col]);
+      }
+#pragma unroll
+      for (int mt = 0; mt < 4; ++mt) {
+        if (mt >= (int)mts) break;  // uniform: past the batch
+        const float* a = dys + (mt * 16 + g) * DLD + k8 + t;  // A(i = b, k = row) = dy[b, r0 + row]
+        const unsigned int af[4] = {tf32_bits(a[0]), tf32_bits(a[8 * DLD]), tf32_bits(a[4]), tf32_bits(a[8 * DLD + 4])};
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) mma_tf32_m16n8k8(dacc[mt][nt], af, bf[nt], dacc[mt][nt]);
+      }
+    }
+    float gacc[2][2][4] = {};
+#pragma unroll
+    for (int k8 = 0; k8 < KB; ++k8) {  // g = dy[:, chunk]ᵀ · x[:, strip]
+      if (k8 * 8 >= (int)kb) break;    // uniform: past linear_wgrad_adam's padded k
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        const float* a = dys + (k8 * 8 + t) * DLD + mt * 16 + g;  // A(i = row, k = b) = dy[b, r0 + row]
+        const unsigned int af[4] = {tf32_bits(a[0]), tf32_bits(a[8]), tf32_bits(a[4 * DLD]), tf32_bits(a[4 * DLD + 8])};
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) mma_tf32_m16n8k8(gacc[mt][nt], af, xf[k8][nt], gacc[mt][nt]);
+      }
+    }
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)  // the fragments (c0, c1: row g; c2, c3: row g + 8; columns 2t, 2t + 1)
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) gs[(mt * 16 + g + e / 2 * 8) * LD + wc + nt * 8 + 2 * t + e % 2] = gacc[mt][nt][e];
+    __syncthreads();
+    for (unsigned int e = threadIdx.x; e < BWD_TC_ROWS * W4; e += BWD_TC_THREADS) {  // Adam on the chunk
+      const unsigned int r = e / W4, cq = e % W4 * 4, row = r0 + r, col = c0 + cq;
+      if (row >= n_out || col >= k_in) continue;
+      const u64 at = (u64)row * k_in + col;
+      const unsigned int o = r * LD + cq;
+      if (async) {  // aligned and k_in % 4 == 0: whole float4s
+        float4 wq = *reinterpret_cast<const float4*>(ws + o), mq = *reinterpret_cast<const float4*>(ms + o),
+               vq = *reinterpret_cast<const float4*>(vs + o);
+        const float4 gq = *reinterpret_cast<const float4*>(gs + o);
+        adam_update(wq.x, mq.x, vq.x, gq.x, s);
+        adam_update(wq.y, mq.y, vq.y, gq.y, s);
+        adam_update(wq.z, mq.z, vq.z, gq.z, s);
+        adam_update(wq.w, mq.w, vq.w, gq.w, s);
+        *reinterpret_cast<float4*>(w + at) = wq;
+        *reinterpret_cast<float4*>(m + at) = mq;
+        *reinterpret_cast<float4*>(v + at) = vq;
+      } else {
+        for (unsigned int u = 0; u < 4 && col + u < k_in; ++u) {
+          float wv = ws[o + u], mv = ms[o + u], vv = vs[o + u];
+          adam_update(wv, mv, vv, gs[o + u], s);
+          w[at + u] = wv;
+          m[at + u] = mv;
+          v[at + u] = vv;
+        }
+      }
+    }
+    __syncthreads();  // this stage and g are free: the next iteration refills the stage, rewrites g
+  }
+#pragma unroll
+  for (int mt = 0; mt < 4; ++mt) {
+    if (mt >= (int)mts) break;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const unsigned int b = mt * 16 + g + e / 2 * 8, col = c0 + wc + nt * 8 + 2 * t + e % 2;
+        if (b < rows && col < k_in) dx[(u64)b * k_in + col] = dacc[mt][nt][e];
+      }
+  }
+}

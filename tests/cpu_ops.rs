@@ -332,11 +332,12 @@ fn linear_split_paths_match_reference_and_are_thread_independent() {
     assert_close("linear_dgrad blocks", &one.1, &dx_ref, 1e-5, 1e-5);
 }
 
-/// The CPU twin's one-pass backward + Adam (column strips) equals its dgrad then wgrad + Adam bit for bit.
+/// The CPU twin's one-pass backward + Adam (column strips) equals its dgrad then wgrad + Adam bit for bit, in
+/// both precisions.
 #[test]
 fn cpu_linear_bwd_adam_is_dgrad_then_wgrad_adam() {
     use inception_cuda::shape::LinearShape;
-    let mut shapes = common::kernels::BWD_ADAM_SHAPES.to_vec();
+    let mut shapes = common::kernels::bwd_adam_shapes();
     shapes.push(LinearShape::new(3, 2100, 11)); // three strips, the last one partial
     common::kernels::assert_bwd_adam("cpu", &inception_cuda::cpu::CpuBackend, &shapes);
 }

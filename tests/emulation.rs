@@ -797,13 +797,13 @@ fn a_wrong_mma_fragment_index_is_caught() {
 }
 
 /// fc1's one-pass backward + Adam equals linear_dgrad then linear_wgrad_adam bit for bit, on shapes that hit
-/// every strip and row-chunk edge (and the two-pass fallback past 64 rows).
+/// every strip and row-chunk edge (and the two-pass fallback past 64 rows), in both precisions.
 #[test]
 fn emulated_linear_bwd_adam_is_dgrad_then_wgrad_adam() {
     let emu = EmuBackend {
         order: ThreadOrder::Reverse,
     };
-    common::kernels::assert_bwd_adam("emulated", &emu, &common::kernels::BWD_ADAM_SHAPES);
+    common::kernels::assert_bwd_adam("emulated", &emu, &common::kernels::bwd_adam_shapes());
 }
 
 /// The evaluation's correct count on the device equals the twin's (ties: the first largest logit; rows with

@@ -325,18 +325,25 @@ fn small_gpu_mma_fragment_layout_matches_the_emulator() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn small_gpu_linear_bwd_adam_is_dgrad_then_wgrad_adam() {
-    with_gpu(|g| common::kernels::assert_bwd_adam("gpu", g, &common::kernels::BWD_ADAM_SHAPES));
+    with_gpu(|g| common::kernels::assert_bwd_adam("gpu", g, &common::kernels::bwd_adam_shapes()));
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn gpu_linear_bwd_adam_at_fc1_shape_is_dgrad_then_wgrad_adam() {
     use common::kernels::{bwd_adam_on, linear_inputs, wgrad_adam_state};
-    let s = inception_cuda::shape::LinearShape::new(50, 200_704, 700);
-    let [x, _, _, dy] = linear_inputs(&s);
-    let [w, m, v] = wgrad_adam_state(&s);
-    let [one, two] = with_gpu(|g| bwd_adam_on(g, &s, &dy, &x, [&w, &m, &v]));
-    for (k, name) in ["dx", "w", "adam_m", "adam_v"].iter().enumerate() {
-        assert_bits_eq(&format!("gpu fc1 linear_bwd_adam {name}"), &one[k], &two[k]);
+    use inception_cuda::shape::Precision;
+    for p in [Precision::Fp32, Precision::Tf32] {
+        let s = inception_cuda::shape::LinearShape::new(50, 200_704, 700).with_precision(p);
+        let [x, _, _, dy] = linear_inputs(&s);
+        let [w, m, v] = wgrad_adam_state(&s);
+        let [one, two] = with_gpu(|g| bwd_adam_on(g, &s, &dy, &x, [&w, &m, &v], 0));
+        for (k, name) in ["dx", "w", "adam_m", "adam_v"].iter().enumerate() {
+            assert_bits_eq(
+                &format!("gpu fc1 {p:?} linear_bwd_adam {name}"),
+                &one[k],
+                &two[k],
+            );
+        }
     }
 }

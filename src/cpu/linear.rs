@@ -13,7 +13,7 @@ use super::adam::adam_update;
 use super::adam_step;
 use super::matmul::{matmul, Mat, MatMut, Threads};
 use super::sum_in_order;
-use super::tf32::rounded;
+use super::tf32::{rounded, tf32_round};
 use crate::shape::{check_len, AdamStep, LinearShape, Precision};
 use crate::Result;
 
@@ -283,12 +283,20 @@ pub fn linear_bwd_adam(
     s: &LinearShape,
     step: &AdamStep,
 ) -> Result<()> {
-    if s.precision == Precision::Tf32 {
-        let fp32 = s.with_precision(Precision::Fp32);
-        let (dy, x) = (rounded(dy), rounded(x));
-        return linear_bwd_adam(dx, [w, adam_m, adam_v], &dy, &x, &fp32, step);
-    }
     const OP: &str = "linear_bwd_adam";
+    // TF32: the products' operands rounded as the tensor-core kernel rounds them (dy and x here, each strip of
+    // w before its update below); Adam updates the unrounded weight.
+    let tf32 = s.precision == Precision::Tf32;
+    let (dy_tf32, x_tf32) = if tf32 {
+        (rounded(dy), rounded(x))
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let (dy, x) = if tf32 {
+        (&dy_tf32[..], &x_tf32[..])
+    } else {
+        (dy, x)
+    };
     let LinearShape { m, k_in, n_out, .. } = *s;
     s.validate(OP)?;
     check(
@@ -330,8 +338,13 @@ pub fn linear_bwd_adam(
         .map(|(c, [mut ws, mut ms, mut vs])| {
             let start = c * BWD_ADAM_COLS;
             let width = ws.first().map_or(0, |r| r.len());
-            // The strip of w before its update, contiguous: dx's product reads it, then Adam overwrites it.
-            let w_old: Vec<f32> = ws.iter().flat_map(|r| r.iter().copied()).collect();
+            // The strip of w before its update, contiguous and in TF32 rounded: dx's product reads it, then Adam
+            // overwrites w.
+            let w_old: Vec<f32> = ws
+                .iter()
+                .flat_map(|r| r.iter())
+                .map(|&v| if tf32 { tf32_round(v) } else { v })
+                .collect();
             let mut part = vec![0.0f32; m * width];
             if m > 0 {
                 let dst = MatMut::rows(&mut part, m, width);

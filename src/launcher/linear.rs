@@ -2,7 +2,9 @@
 
 use super::{Driver, Kernel};
 use crate::bindings::AdamScalars;
-use crate::bindings::{BWD_ADAM_MAX_BATCH, GEMM_THREADS};
+use crate::bindings::{
+    BWD_ADAM_MAX_BATCH, BWD_TC_COLS, BWD_TC_SHARED_FLOATS, BWD_TC_THREADS, GEMM_THREADS,
+};
 use crate::launch::{check_lens, linear_plan, LaunchDims, LinearPlan};
 use crate::shape::{AdamStep, LinearShape, Precision};
 use crate::Result;
@@ -210,8 +212,9 @@ pub fn linear_bgrad<D: Driver + ?Sized>(
 /// fc1's backward and Adam in one pass over the weight (`linear_bwd_adam` of kernels/linear.cu): `dx = dy · w`
 /// from the weight before its update, then `w, m, v` updated by Adam with `dyᵀ · x`, every element of the
 /// weight and its moments read and written once. `dx` equals [`linear_dgrad`]'s bits and `w, m, v`
-/// [`linear_wgrad_adam`]'s. Batches of more than `BWD_ADAM_MAX_BATCH` (64) rows and TF32 layers take the
-/// two-kernel form ([`linear_dgrad`], then [`linear_wgrad_adam`]), with the same results. Shapes:
+/// [`linear_wgrad_adam`]'s, in either precision (`linear_bwd_adam_tf32` on the tensor cores). Batches of more
+/// than `BWD_ADAM_MAX_BATCH` (64) rows take the two-kernel form ([`linear_dgrad`], then
+/// [`linear_wgrad_adam`]), with the same results. Shapes:
 /// `dx [m, k_in]`, `w, adam_m, adam_v [n_out, k_in]`, `dy [m, n_out]`, `x [m, k_in]`.
 pub fn linear_bwd_adam<D: Driver + ?Sized>(
     d: &D,
@@ -237,16 +240,25 @@ pub fn linear_bwd_adam<D: Driver + ?Sized>(
         ],
     )?;
     let scalars = AdamScalars::of(OP, step)?;
-    if s.precision != Precision::Fp32 || s.m > BWD_ADAM_MAX_BATCH as usize {
+    if s.m > BWD_ADAM_MAX_BATCH as usize {
         linear_dgrad(d, dx, dy, &D::reader(w), s)?;
         return linear_wgrad_adam(d, [w, m, v], dy, x, s, step);
     }
     if wl == 0 {
         return Ok(());
     }
-    let blocks = s.k_in.div_ceil(GEMM_THREADS as usize);
-    let dims = LaunchDims::new([crate::launch::grid_x(OP, blocks)?, 1, 1], GEMM_THREADS, 0);
-    launch!(d, OP, Kernel::LinearBwdAdam, dims; out dx, out w, out m, out v, inp dy, inp x, val &p.m,
+    let (kernel, cols, threads, shared) = match s.precision {
+        Precision::Fp32 => (Kernel::LinearBwdAdam, GEMM_THREADS, GEMM_THREADS, 0),
+        Precision::Tf32 => (
+            Kernel::LinearBwdAdamTf32,
+            BWD_TC_COLS,
+            BWD_TC_THREADS,
+            BWD_TC_SHARED_FLOATS * 4,
+        ),
+    };
+    let blocks = s.k_in.div_ceil(cols as usize);
+    let dims = LaunchDims::new([crate::launch::grid_x(OP, blocks)?, 1, 1], threads, shared);
+    launch!(d, OP, kernel, dims; out dx, out w, out m, out v, inp dy, inp x, val &p.m,
         val &p.n_out, val &p.k_in, val &scalars)?;
     Ok(())
 }

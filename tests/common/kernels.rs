@@ -656,35 +656,42 @@ pub fn mma_inputs(seed: u64, exact: bool) -> [Vec<f32>; 3] {
 }
 
 /// `linear_bwd_adam` on backend `b` (one pass) and `linear_dgrad` then `linear_wgrad_adam` (two passes) from the
-/// same state: `[[dx, w, m, v] one pass, [dx, w, m, v] two passes]`, on the host.
+/// same state: `[[dx, w, m, v] one pass, [dx, w, m, v] two passes]`, on the host. Every tensor is a view that
+/// starts `offset` floats into its buffer (an offset of 1 takes the kernels off their aligned paths).
 pub fn bwd_adam_on<B: Backend>(
     b: &B,
     s: &inception_cuda::shape::LinearShape,
     dy: &[f32],
     x: &[f32],
     [w, m, v]: [&[f32]; 3],
+    offset: usize,
 ) -> [[Vec<f32>; 4]; 2] {
     use inception_cuda::shape::AdamStep;
     let step = AdamStep::new(1e-3, 3);
-    let up = |v: &[f32]| b.upload(v).unwrap();
+    let up = |v: &[f32]| {
+        let mut padded = vec![f32::NAN; offset];
+        padded.extend_from_slice(v);
+        b.upload(&padded).unwrap()
+    };
+    let at = |len: usize| offset..offset + len;
     let (dyb, xb) = (up(dy), up(x));
     let (dyv, xv) = (
-        b.view(&dyb, 0..dy.len()).unwrap(),
-        b.view(&xb, 0..x.len()).unwrap(),
+        b.view(&dyb, at(dy.len())).unwrap(),
+        b.view(&xb, at(x.len())).unwrap(),
     );
     let (n, nx) = (w.len(), x.len());
     let run = |one_pass: bool| -> [Vec<f32>; 4] {
         let (mut dx, mut bw, mut bm, mut bv) = (up(&vec![f32::NAN; nx]), up(w), up(m), up(v));
         {
-            let mut dxv = b.view_mut(&mut dx, 0..nx).unwrap();
+            let mut dxv = b.view_mut(&mut dx, at(nx)).unwrap();
             if !one_pass {
-                b.linear_dgrad(&mut dxv, &dyv, &b.view(&bw, 0..n).unwrap(), s)
+                b.linear_dgrad(&mut dxv, &dyv, &b.view(&bw, at(n)).unwrap(), s)
                     .unwrap();
             }
             let wmv = [
-                &mut b.view_mut(&mut bw, 0..n).unwrap(),
-                &mut b.view_mut(&mut bm, 0..n).unwrap(),
-                &mut b.view_mut(&mut bv, 0..n).unwrap(),
+                &mut b.view_mut(&mut bw, at(n)).unwrap(),
+                &mut b.view_mut(&mut bm, at(n)).unwrap(),
+                &mut b.view_mut(&mut bv, at(n)).unwrap(),
             ];
             if one_pass {
                 b.linear_bwd_adam(&mut dxv, wmv, &dyv, &xv, s, &step)
@@ -693,24 +700,35 @@ pub fn bwd_adam_on<B: Backend>(
                 b.linear_wgrad_adam(wmv, &dyv, &xv, s, &step).unwrap();
             }
         }
-        [dx, bw, bm, bv].map(|buf| b.to_host(&buf).unwrap())
+        [dx, bw, bm, bv].map(|buf| b.to_host(&buf).unwrap()[offset..].to_vec())
     };
     [run(true), run(false)]
 }
 
-/// Shapes for the one-pass backward: strip and row-chunk edges (k_in not a multiple of 128, n_out not a
-/// multiple of 32 or 16), batches of 1, an odd one, the largest one pass takes (64) and one past it (65, the
-/// two-pass fallback).
-pub const BWD_ADAM_SHAPES: [inception_cuda::shape::LinearShape; 5] = [
-    inception_cuda::shape::LinearShape::new(1, 300, 45),
-    inception_cuda::shape::LinearShape::new(7, 129, 33),
-    inception_cuda::shape::LinearShape::new(50, 260, 70),
-    inception_cuda::shape::LinearShape::new(64, 131, 16),
-    inception_cuda::shape::LinearShape::new(65, 70, 9),
-];
+/// Shapes for the one-pass backward, each in both precisions: strip and row-chunk edges (k_in not a multiple
+/// of 128, n_out not a multiple of 32 or 16), batches of 1, an odd one, the largest one pass takes (64) and
+/// one past it (65, the two-pass fallback); k_in and n_out multiples of 4 (the TF32 kernel's cp.async path)
+/// and not.
+pub fn bwd_adam_shapes() -> Vec<inception_cuda::shape::LinearShape> {
+    use inception_cuda::shape::{LinearShape, Precision};
+    let shapes = [
+        LinearShape::new(1, 300, 45),
+        LinearShape::new(7, 129, 33),
+        LinearShape::new(50, 260, 70),
+        LinearShape::new(50, 264, 72),
+        LinearShape::new(64, 256, 16),
+        LinearShape::new(64, 131, 16),
+        LinearShape::new(65, 70, 9),
+    ];
+    [Precision::Fp32, Precision::Tf32]
+        .into_iter()
+        .flat_map(|p| shapes.map(|s| s.with_precision(p)))
+        .collect()
+}
 
 /// Asserts that `linear_bwd_adam` on `b` equals `linear_dgrad` then `linear_wgrad_adam` on `b` bit for bit,
-/// and the CPU twin's one pass within the linear layers' tolerances.
+/// and the CPU twin's one pass within the linear layers' tolerances, from aligned views and from views one
+/// float into their buffers.
 pub fn assert_bwd_adam<B: Backend>(
     what: &str,
     b: &B,
@@ -719,13 +737,16 @@ pub fn assert_bwd_adam<B: Backend>(
     for s in shapes {
         let [x, _, _, dy] = linear_inputs(s);
         let [w, m, v] = wgrad_adam_state(s);
-        let [one, two] = bwd_adam_on(b, s, &dy, &x, [&w, &m, &v]);
-        let [twin, _] = bwd_adam_on(&inception_cuda::cpu::CpuBackend, s, &dy, &x, [&w, &m, &v]);
-        for (k, name) in ["dx", "w", "adam_m", "adam_v"].iter().enumerate() {
-            let what = format!("{what} linear_bwd_adam {s:?} {name}");
-            super::assert_bits_eq(&format!("{what}: one pass vs two"), &one[k], &two[k]);
-            super::assert_close_scaled(&what, &one[k], &twin[k], 1e-6, 1e-4);
+        let cpu = &inception_cuda::cpu::CpuBackend;
+        let [twin, _] = bwd_adam_on(cpu, s, &dy, &x, [&w, &m, &v], 0);
+        for offset in [0, 1] {
+            let [one, two] = bwd_adam_on(b, s, &dy, &x, [&w, &m, &v], offset);
+            for (k, name) in ["dx", "w", "adam_m", "adam_v"].iter().enumerate() {
+                let what = format!("{what} linear_bwd_adam {s:?} offset {offset} {name}");
+                super::assert_bits_eq(&format!("{what}: one pass vs two"), &one[k], &two[k]);
+                super::assert_close_scaled(&what, &one[k], &twin[k], 1e-6, 1e-4);
+            }
+            assert!(one[1] != w, "{what} {s:?}: the weights did not move");
         }
-        assert!(one[1] != w, "{what} {s:?}: the weights did not move");
     }
 }
