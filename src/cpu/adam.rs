@@ -23,25 +23,28 @@ pub fn adam_step(
         &[("m", m.len()), ("v", v.len()), ("g", g.len())],
     )?;
     let [one_minus_b1, b2, one_minus_b2, step_size, bc2_sqrt, eps] = step.scalars(OP)?;
+    let s = [one_minus_b1, b2, one_minus_b2, step_size, bc2_sqrt, eps];
     p.par_chunks_mut(CHUNK)
         .zip(m.par_chunks_mut(CHUNK))
         .zip(v.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)))
-        .for_each(|((p, m), (v, g))| {
-            for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
-                adam_update(
-                    p,
-                    m,
-                    v,
-                    g,
-                    &[one_minus_b1, b2, one_minus_b2, step_size, bc2_sqrt, eps],
-                );
-            }
-        });
+        .for_each(|((p, m), (v, g))| adam_slices(p, m, v, g, &s));
     Ok(())
+}
+
+/// [`adam_update`] over equal-length slices, compiled for the widest vector instructions the CPU has (pulp's
+/// runtime dispatch: AVX2 where present, SSE2 otherwise). The update has no fused operations and IEEE division
+/// and square root are correctly rounded at every width, so every path gives the same bits.
+pub(crate) fn adam_slices(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], s: &[f32; 6]) {
+    pulp::Arch::new().dispatch(|| {
+        for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+            adam_update(p, m, v, g, s);
+        }
+    });
 }
 
 /// One element's update with the scalars of [`AdamStep::scalars`] (`[1 - β1, β2, 1 - β2, step size,
 /// √(1 - β2ᵗ), eps]`): the arithmetic of `kernels/adam.cuh`, operation for operation.
+#[inline(always)] // inlined into adam_slices' vectorised loop
 pub(crate) fn adam_update(p: &mut f32, m: &mut f32, v: &mut f32, g: f32, s: &[f32; 6]) {
     let [one_minus_b1, b2, one_minus_b2, step_size, bc2_sqrt, eps] = *s;
     *m += one_minus_b1 * (g - *m);

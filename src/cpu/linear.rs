@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use super::adam::adam_update;
+use super::adam::adam_slices;
 use super::adam_step;
 use super::matmul::{matmul, Mat, MatMut, Threads};
 use super::sum_in_order;
@@ -270,6 +270,9 @@ pub fn linear_bgrad(db: &mut [f32], dy: &[f32], s: &LinearShape) -> Result<()> {
 /// in the last-level cache between the strip's dgrad and its update.
 const BWD_ADAM_COLS: usize = 1024;
 
+/// Rows of the weight gradient [`linear_bwd_adam`] forms and applies at a time (64 × 1024 floats: 256 KB).
+const BWD_ADAM_G_ROWS: usize = 64;
+
 /// fc1's backward and Adam in one pass over column strips of the weight: `dx = dy · w` from the weight before
 /// its update, then `w`, `adam_m`, `adam_v` updated by Adam with `g = dyᵀ · x`, strip by strip (each strip's
 /// w, m and v are read once from memory). `dx` equals [`linear_dgrad`]'s and `w, adam_m, adam_v`
@@ -340,11 +343,14 @@ pub fn linear_bwd_adam(
             let width = ws.first().map_or(0, |r| r.len());
             // The strip of w before its update, contiguous and in TF32 rounded: dx's product reads it, then Adam
             // overwrites w.
-            let w_old: Vec<f32> = ws
-                .iter()
-                .flat_map(|r| r.iter())
-                .map(|&v| if tf32 { tf32_round(v) } else { v })
-                .collect();
+            let mut w_old = Vec::with_capacity(n_out * width);
+            for r in &ws {
+                if tf32 {
+                    w_old.extend(r.iter().map(|&v| tf32_round(v)));
+                } else {
+                    w_old.extend_from_slice(r);
+                }
+            }
             let mut part = vec![0.0f32; m * width];
             if m > 0 {
                 let dst = MatMut::rows(&mut part, m, width);
@@ -358,14 +364,8 @@ pub fn linear_bwd_adam(
                     Threads::Serial,
                 )?;
             }
-            let mut g = vec![0.0f32; n_out * width];
-            let lhs = Mat {
-                data: dy,
-                rows: n_out,
-                cols: m,
-                rs: 1,
-                cs: n_out,
-            };
+            // g = dyᵀ · x[:, strip] and its update, BWD_ADAM_G_ROWS rows at a time: the block of g stays in cache
+            // between the product and Adam, and one small buffer serves the whole strip.
             let rhs = Mat {
                 data: &x[start..],
                 rows: m,
@@ -373,24 +373,33 @@ pub fn linear_bwd_adam(
                 rs: k_in,
                 cs: 1,
             };
-            matmul(
-                OP,
-                MatMut::rows(&mut g, n_out, width),
-                lhs,
-                rhs,
-                false,
-                Threads::Serial,
-            )?;
-            for (((w, am), av), g) in ws
-                .iter_mut()
-                .zip(&mut ms)
-                .zip(&mut vs)
-                .zip(g.chunks(width.max(1)))
-            {
-                for (((p, mm), vv), &gj) in
-                    w.iter_mut().zip(am.iter_mut()).zip(av.iter_mut()).zip(g)
+            let mut g = vec![0.0f32; BWD_ADAM_G_ROWS.min(n_out) * width];
+            for r0 in (0..n_out).step_by(BWD_ADAM_G_ROWS) {
+                let rows = BWD_ADAM_G_ROWS.min(n_out - r0);
+                let g = &mut g[..rows * width];
+                let lhs = Mat {
+                    data: &dy[r0..],
+                    rows,
+                    cols: m,
+                    rs: 1,
+                    cs: n_out,
+                };
+                matmul(
+                    OP,
+                    MatMut::rows(g, rows, width),
+                    lhs,
+                    rhs,
+                    false,
+                    Threads::Serial,
+                )?;
+                let block = r0..r0 + rows;
+                for (((w, am), av), g) in ws[block.clone()]
+                    .iter_mut()
+                    .zip(&mut ms[block.clone()])
+                    .zip(&mut vs[block])
+                    .zip(g.chunks(width.max(1)))
                 {
-                    adam_update(p, mm, vv, gj, &scalars);
+                    adam_slices(w, am, av, g, &scalars);
                 }
             }
             Ok(part)

@@ -11,27 +11,45 @@ use crate::shape::{check_len, PoolShape};
 use crate::Result;
 
 /// For every output cell of one `h × w` plane, the plane index of its window's winner (first maximal cell in
-/// row-major order; a NaN wins, the last NaN over an earlier one).
-fn winners(win: &mut Vec<u32>, plane: &[f32], h: usize, w: usize) {
+/// row-major order; a NaN wins, the last NaN over an earlier one), in the second half of `win` (the first is
+/// scratch).
+///
+/// Separable: the winner of each cell's row of three, then the winner among the three rows' winners. The rule
+/// "a later cell replaces the best so far iff it is greater or NaN" picks the maximum of one total order (NaNs
+/// above numbers, later NaNs above earlier ones; numbers by value, earlier first on ties), so the winner of
+/// the winners of the rows is the winner of the window.
+fn winners<'a>(win: &'a mut Vec<u32>, plane: &[f32], h: usize, w: usize) -> &'a [u32] {
+    let hw = h * w;
     win.clear();
+    win.resize(2 * hw, 0);
+    let (rows, out) = win.split_at_mut(hw);
+    let better = |cand: usize, best: usize| plane[cand] > plane[best] || plane[cand].is_nan();
+    for y in 0..h {
+        for x in 0..w {
+            let (x0, x1) = (x.saturating_sub(1), (x + 2).min(w));
+            let mut best = y * w + x0;
+            for c in y * w + x0 + 1..y * w + x1 {
+                if better(c, best) {
+                    best = c;
+                }
+            }
+            rows[y * w + x] = best as u32;
+        }
+    }
     for y in 0..h {
         let (y0, y1) = (y.saturating_sub(1), (y + 2).min(h));
         for x in 0..w {
-            let (x0, x1) = (x.saturating_sub(1), (x + 2).min(w));
-            let mut best = y0 * w + x0;
-            let mut max = plane[best];
-            for wy in y0..y1 {
-                for wx in x0..x1 {
-                    let v = plane[wy * w + wx];
-                    if v > max || v.is_nan() {
-                        best = wy * w + wx;
-                        max = v;
-                    }
+            let mut best = rows[y0 * w + x] as usize;
+            for wy in y0 + 1..y1 {
+                let cand = rows[wy * w + x] as usize;
+                if better(cand, best) {
+                    best = cand;
                 }
             }
-            win.push(best as u32);
+            out[y * w + x] = best as u32;
         }
     }
+    &win[hw..]
 }
 
 /// `y = maxpool3x3s1(x)`. Shapes: `y, x: [n, c, h, w]`.
@@ -47,7 +65,7 @@ pub fn maxpool3x3s1_fwd(y: &mut [f32], x: &[f32], s: &PoolShape) -> Result<()> {
     y.par_chunks_mut(hw)
         .zip(x.par_chunks(hw))
         .for_each_init(Vec::new, |win, (y, x)| {
-            winners(win, x, s.h, s.w);
+            let win = winners(win, x, s.h, s.w);
             for (y, &i) in y.iter_mut().zip(win.iter()) {
                 *y = x[i as usize];
             }
@@ -81,7 +99,7 @@ pub fn maxpool3x3s1_bwd(
         .for_each_init(
             || (Vec::new(), Vec::new()),
             |(win, g), (dx, (dy, x))| {
-                winners(win, x, s.h, s.w);
+                let win = winners(win, x, s.h, s.w);
                 // Scattering in row-major output order adds each cell's terms in the gather's order.
                 g.clear();
                 g.resize(hw, 0.0f32);
