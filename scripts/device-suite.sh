@@ -9,7 +9,8 @@
 #     examples    primitives (a module from the public launchers vs the twin); profile_step at batch 50, 256
 #     benches     the GPU criterion groups ("cuda:" in the name, 1 s each) with cuDNN/cuBLAS side by side
 #                 (BENCHES: which bench binaries, default "train_step inception"; BENCH_FILTER: criterion's
-#                 filter, default "cuda:")
+#                 filter, default "cuda:"); a staged <bench>@prev (PREV= in stage-gpu.sh) runs right after
+#                 its bench with PREV_FILTER (default "fc1 GEMMs Fp32"): the previous main in the same call
 #     baseline    scripts/baseline/pytorch_baseline.py (same GPU, same run: the ratios; BASELINE_ARGS adds
 #                 options, e.g. --fp32-only)
 #     profile     one training step under ncu → per-kernel table (scripts/ncu-summary.py)
@@ -83,6 +84,13 @@ PY
       timeout 150 stage/benches/$b --bench "${BENCH_FILTER:-cuda:}" --warm-up-time 0.5 --noplot 2>&1 | tee "$logs/bench-$b.log" \
       | grep --line-buffered -E '^[A-Za-z].*(cuda:|/)|time:|thrpt:|skipped|not found|not timed' \
       | grep --line-buffered -v 'Benchmarking'
+    if [ -x "stage/benches/$b@prev" ]; then
+      echo "-- the same groups from $(cat stage/PREV 2>/dev/null) (filter ${PREV_FILTER:-fc1 GEMMs Fp32})"
+      LD_LIBRARY_PATH=${libdirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} INCEPTION_BENCH_SECS=1 INCEPTION_BENCH_CPU=0 \
+        timeout 150 "stage/benches/$b@prev" --bench "${PREV_FILTER:-fc1 GEMMs Fp32}" --warm-up-time 0.5 --noplot 2>&1 \
+        | tee "$logs/bench-$b-prev.log" | grep --line-buffered -E '^[A-Za-z].*(cuda:|/)|time:|thrpt:|skipped' \
+        | grep --line-buffered -v 'Benchmarking'
+    fi
   done
 }
 

@@ -5,6 +5,9 @@
 # from the repo root: scripts/gpu-run.sh (see there).
 #
 #   scripts/stage-gpu.sh            stage/{tests,examples,benches}/<name>, stage/MANIFEST
+#   PREV=<commit> scripts/stage-gpu.sh   also that commit's benches as stage/benches/<name>@prev (built in a
+#                                   temporary worktree into target/prev), which scripts/device-suite.sh runs
+#                                   right after ours: "not slower than the previous main" in one call
 #
 # Kernels: with nvcc (NVCC, CUDA_HOME, PATH) they are compiled fresh, else the committed PTX is embedded.
 # The benches are built with `--features baselines` (cuDNN/cuBLAS side by side, loaded at run time).
@@ -12,10 +15,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rm -rf stage
 mkdir -p stage/tests stage/examples stage/benches
-collect() { # $1: tests|examples|benches; reads cargo's JSON messages, copies the matching executables
+collect() { # $1: tests|examples|benches, $2: a suffix for the names; reads cargo's JSON messages, copies the
+  # matching executables
   python3 -c '
 import json, os, shutil, sys
-kind = sys.argv[1]
+kind, suffix = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else ""
 for line in sys.stdin:
     try:
         m = json.loads(line)
@@ -26,14 +30,22 @@ for line in sys.stdin:
     wanted = {"tests": m.get("profile", {}).get("test") and "bench" not in kinds,
               "examples": "example" in kinds, "benches": "bench" in kinds}[kind]
     if exe and wanted:
-        name = m["target"]["name"]
+        name = m["target"]["name"] + suffix
         shutil.copy2(exe, os.path.join("stage", kind, name))
         print(f"stage/{kind}/{name}")
-' "$1"
+' "$@"
 }
 cargo test --release --features emulation --no-run --message-format=json 2>/dev/null | collect tests >>stage/MANIFEST
 cargo build --release --examples --message-format=json 2>/dev/null | collect examples >>stage/MANIFEST
 cargo bench --features baselines --no-run --message-format=json 2>/dev/null | collect benches >>stage/MANIFEST
+if [ -n "${PREV:-}" ]; then
+  prev_src=$(mktemp -d)/src
+  git worktree add -q --detach "$prev_src" "$PREV"
+  (cd "$prev_src" && CARGO_TARGET_DIR="$OLDPWD/target/prev" cargo bench --features baselines --no-run \
+    --message-format=json 2>/dev/null) | collect benches @prev >>stage/MANIFEST
+  git worktree remove --force "$prev_src"
+  echo "PREV=$PREV ($(git rev-parse --short "$PREV"))" >stage/PREV
+fi
 # Only the test binaries with GPU tests travel (an ignored test whose name says gpu: `small_gpu_*`, `gpu_*`,
 # `*::small_gpu`); the CPU and emulated tests are CI's. The tests are built with the emulation feature so that
 # the GPU tests can compare the hardware with the emulator (gpu_kernels' mma layout test).
