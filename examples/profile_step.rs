@@ -2,13 +2,14 @@
 //! kernel of a step (`scripts/device-suite.sh` runs it under `ncu`, `scripts/ncu-summary.py` makes the table).
 //! Prints the mean wall time of the timed steps (host clock around synchronised steps).
 //!
-//!     cargo run --example profile_step --release -- [BATCH] [WARM_UP_STEPS] [TIMED_STEPS]
+//!     cargo run --example profile_step --release -- [BATCH] [WARM_UP_STEPS] [TIMED_STEPS] [fp32|tf32]
 //!
 //! Needs a CUDA GPU: without one it says why and exits with status 2.
 
 use std::time::Instant;
 
 use inception_cuda::nn::{InceptionMnist, MnistConfig};
+use inception_cuda::shape::Precision;
 use inception_cuda::Device;
 
 fn arg(i: usize, default: usize) -> Result<usize, Box<dyn std::error::Error>> {
@@ -22,6 +23,11 @@ fn arg(i: usize, default: usize) -> Result<usize, Box<dyn std::error::Error>> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (batch, warm, timed) = (arg(1, 50)?, arg(2, 1)?, arg(3, 1)?);
+    let precision = match std::env::args().nth(4).as_deref() {
+        None | Some("fp32") => Precision::Fp32,
+        Some("tf32") => Precision::Tf32,
+        Some(other) => return Err(format!("argument 4 ({other:?}): fp32 or tf32").into()),
+    };
     let dev = match Device::cuda(0) {
         Ok(dev) => dev,
         Err(reason) => {
@@ -33,6 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         unreachable!("Device::cuda returns a CUDA device")
     };
     let mut net = InceptionMnist::new(cuda.backend_arc(), MnistConfig::default(), 0)?;
+    net.set_precision(precision)?;
     // images [batch, 1, 28, 28] in [0, 1), labels [batch]
     let images: Vec<f32> = (0..batch * 784)
         .map(|i| (i as u32).wrapping_mul(2_654_435_761) as f32 / u32::MAX as f32)
@@ -50,7 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     dev.synchronize()?;
     let ms = t0.elapsed().as_secs_f64() * 1e3 / timed.max(1) as f64;
     println!(
-        "{}: batch {batch}, {timed} timed steps after {warm} warm-up: {ms:.3} ms/step, loss {:.5}",
+        "{}: batch {batch}, {precision:?}, {timed} timed steps after {warm} warm-up: {ms:.3} ms/step, loss {:.5}",
         dev.describe(),
         net.loss()?
     );

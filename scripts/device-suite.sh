@@ -13,11 +13,12 @@
 #                 its bench with PREV_FILTER (default "fc1 GEMMs Fp32"): the previous main in the same call
 #     baseline    scripts/baseline/pytorch_baseline.py (same GPU, same run: the ratios; BASELINE_ARGS adds
 #                 options, e.g. --fp32-only)
-#     profile     one training step under ncu → per-kernel table (scripts/ncu-summary.py)
+#     profile     one training step under ncu, fp32 and tf32 (PROFILE_PRECISIONS) → per-kernel tables
+#                 (scripts/ncu-summary.py) in profile.md
 #     sanitizers  compute-sanitizer memcheck and racecheck over the small GPU tests
 # DEADLINE (seconds from the start, default 560) boxes the sanitizers (SANITIZER_SECS caps each run): what does
 # not fit is reported as not run. EXAMPLES_QUICK=1 runs only primitives. Every phase has its own timeout. Output: $OUT (else stage/out): suite.log (all that
-# was printed), logs.tar.gz (every log), baseline.json, ncu.csv, profile.md, train-log.jsonl, curves.svg.
+# was printed), logs.tar.gz (every log), baseline.json, ncu-<precision>.csv, profile.md, train-log.jsonl, curves.svg.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-stage/out}
@@ -61,7 +62,9 @@ examples() {
   timeout 60 stage/examples/primitives 2>&1 | tail -n 3
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
   if [ "${EXAMPLES_QUICK:-0}" != 1 ]; then
-    for b in 50 256; do timeout 60 stage/examples/profile_step $b 5 30; done
+    for p in fp32 tf32; do
+      for b in 50 256; do timeout 60 stage/examples/profile_step $b 5 30 $p; done
+    done
   fi
 }
 
@@ -103,17 +106,20 @@ baseline() {
 }
 
 profile() {
-  phase "one training step (batch 50) under ncu"
   local metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum
   metrics=$metrics,smsp__sass_thread_inst_executed_op_ffma_pred_on.sum
   metrics=$metrics,smsp__sass_thread_inst_executed_op_fadd_pred_on.sum,smsp__sass_thread_inst_executed_op_fmul_pred_on.sum
-  timeout 120 ncu --clock-control none --print-units base --csv --metrics "$metrics" \
-    stage/examples/profile_step 50 0 1 >"$out/ncu.csv" 2>"$logs/ncu.err"
   local copy
   copy=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["copy_read_write_TBps"])' \
     "$out/baseline.json" 2>/dev/null)
-  python3 scripts/ncu-summary.py "$out/ncu.csv" $copy | tee "$out/profile.md"
-  tail -n 3 "$logs/ncu.err"
+  : >"$out/profile.md"
+  for p in ${PROFILE_PRECISIONS:-fp32 tf32}; do
+    phase "one training step (batch 50, $p) under ncu"
+    timeout 120 ncu --clock-control none --print-units base --csv --metrics "$metrics" \
+      stage/examples/profile_step 50 0 1 "$p" >"$out/ncu-$p.csv" 2>"$logs/ncu-$p.err"
+    { echo "## $p"; python3 scripts/ncu-summary.py "$out/ncu-$p.csv" $copy; echo; } | tee -a "$out/profile.md"
+    tail -n 3 "$logs/ncu-$p.err"
+  done
 }
 
 sanitizers() {
