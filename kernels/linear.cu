@@ -11,7 +11,8 @@
 //           8 × 8 outputs per thread in registers, k in steps of 16 through shared memory; the next step's
 //           global loads are issued into registers before the current step's FMAs (one shared buffer). Every
 //           thread sums its outputs over k in the same order in all four GEMM kernels, so linear_wgrad_adam
-//           equals linear_wgrad followed by adam_step bit for bit.
+//           equals linear_wgrad followed by adam_step bit for bit. The *_tf32 kernels run the same tiles on the
+//           tensor cores (gemm_block_tc: mma.sync m16n8k8, tiles filled by cp.async GEMM_STAGES − 1 k-steps ahead).
 // Backward needs saved: x (for wgrad) and w (for dgrad). linear_wgrad_adam updates w in place: a step runs
 //           dgrad (which reads w) before it.
 // Write rules: every output element is written once. CPU twin: src/cpu/linear.rs (other summation orders:
@@ -151,15 +152,11 @@ __device__ __forceinline__ GemmTile gemm_tile_of(const GemmDims& d) {
   return GemmTile{(blockIdx.x % rt) * BM, (blockIdx.x / rt) * GEMM_BN};
 }
 
-// acc[a][b] = Σ_k A(i0 + row(a), k) · B(k, j0 + col(b)) over this block's tile (TM · 8 rows) and k range
-// (slice z of k), k in increasing order: the same order for every TM.
-// TF32: the same shared-memory tiles feed mma.sync m16n8k8 (mma.cuh) instead of the FMAs: the block's 4 warps
-// split the tile 2 × 2 (TM 8: 32 × 64 each) or 1 × 4 (TM 4: 32 × 32 each), operands rounded by cvt.rna, and
-// the warps' accumulators go through shared memory into acc's layout, so every epilogue serves both paths.
-// Each output is accumulated by the same sequence of mma instructions (k in steps of 8) for every TM.
-template <int TM, bool TF32 = false>
-__device__ __forceinline__ void gemm_block(float (&acc)[TM][8], const float* __restrict__ a,
-                                           const float* __restrict__ b, const GemmDims& d) {
+// The fp32 GEMM core: acc as gemm_block states it, by FMAs; A's and B's next k-step loaded into registers
+// during the current step's FMAs (one shared buffer).
+template <int TM>
+__device__ __forceinline__ void gemm_block_fma(float (&acc)[TM][8], const float* __restrict__ a,
+                                               const float* __restrict__ b, const GemmDims& d) {
   constexpr int BM = TM * 8;
   __shared__ __align__(16) float as[GEMM_BK][BM + GEMM_PAD];       // as[kk][i]
   __shared__ __align__(16) float bs[GEMM_BK][GEMM_BN + GEMM_PAD];  // bs[kk][j]
@@ -177,10 +174,6 @@ __device__ __forceinline__ void gemm_block(float (&acc)[TM][8], const float* __r
   gemm_fetch<BM>(av, amode, a, d.a_rs, d.a_ks, i0, d.m, k_begin, k_end);  // A(i, k)
   gemm_fetch<GEMM_BN>(bv, bmode, b, d.b_cs, d.b_ks, j0, d.n, k_begin, k_end);  // B(k, j) as X(j, k)
   const unsigned int ty4 = (threadIdx.x / 16) * 4, tx4 = (threadIdx.x % 16) * 4;
-  constexpr int WR = BM / 32, WC = 4 / WR, NT = GEMM_BN / WC / 8;  // TF32: warps per column, per row; n8 tiles
-  [[maybe_unused]] const unsigned int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
-  [[maybe_unused]] const unsigned int wr0 = threadIdx.x / 32 / WC * 32, wc0 = threadIdx.x / 32 % WC * (GEMM_BN / WC);
-  [[maybe_unused]] float mc[TF32 ? 2 : 1][TF32 ? NT : 1][4] = {};
   for (u64 k0 = k_begin; k0 < k_end; k0 += GEMM_BK) {
     gemm_stash<BM>(as, av, amode, d.a_ks == 1);
     gemm_stash<GEMM_BN>(bs, bv, bmode, d.b_ks == 1);
@@ -188,32 +181,6 @@ __device__ __forceinline__ void gemm_block(float (&acc)[TM][8], const float* __r
     if (k0 + GEMM_BK < k_end) {  // the next step's loads, in flight during the FMAs below
       gemm_fetch<BM>(av, amode, a, d.a_rs, d.a_ks, i0, d.m, k0 + GEMM_BK, k_end);
       gemm_fetch<GEMM_BN>(bv, bmode, b, d.b_cs, d.b_ks, j0, d.n, k0 + GEMM_BK, k_end);
-    }
-    if constexpr (TF32) {
-#pragma unroll
-      for (int k8 = 0; k8 < GEMM_BK; k8 += 8) {
-        unsigned int af[2][4], bf[NT][2];
-#pragma unroll
-        for (int mt = 0; mt < 2; ++mt) {
-          const unsigned int r = wr0 + mt * 16 + g;
-          af[mt][0] = tf32_bits(as[k8 + t][r]);
-          af[mt][1] = tf32_bits(as[k8 + t][r + 8]);
-          af[mt][2] = tf32_bits(as[k8 + t + 4][r]);
-          af[mt][3] = tf32_bits(as[k8 + t + 4][r + 8]);
-        }
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-          const unsigned int c = wc0 + nt * 8 + g;
-          bf[nt][0] = tf32_bits(bs[k8 + t][c]);
-          bf[nt][1] = tf32_bits(bs[k8 + t + 4][c]);
-        }
-#pragma unroll
-        for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-          for (int nt = 0; nt < NT; ++nt) mma_tf32_m16n8k8(mc[mt][nt], af[mt], bf[nt], mc[mt][nt]);
-      }
-      __syncthreads();
-      continue;
     }
 #pragma unroll
     for (int kk = 0; kk < GEMM_BK; ++kk) {
@@ -234,19 +201,157 @@ __device__ __forceinline__ void gemm_block(float (&acc)[TM][8], const float* __r
     }
     __syncthreads();
   }
-  if constexpr (TF32) {  // the warps' fragments (c0, c1: row g; c2, c3: row g + 8; columns 2t, 2t + 1) into acc
-    __shared__ __align__(16) float cs[BM][GEMM_BN + GEMM_PAD];
+}
+
+// The TF32 GEMM core: acc as gemm_block states it, on mma.sync m16n8k8 (mma.cuh), from shared-memory tiles
+// that cp.async fills GEMM_STAGES − 1 k-steps ahead (the copies hold no registers, so more bytes are in flight
+// than the fp32 core's register pipeline allows). Each operand X(r, k) is staged in the layout its memory order
+// copies in 16-byte pieces: k fastest (s[r][k], rows GEMM_BK + GEMM_PAD apart) when X is contiguous in k, r
+// fastest (s[k][r], rows R + GEMM_PAD apart) when contiguous in r; pieces at the matrix's edges and strided or
+// unaligned operands are loaded by the threads (zeros outside the matrix). The fragment loads hit distinct
+// banks in both layouts ((20g + t) and (4t + g) mod 32). The block's 4 warps split the tile 2 × 2 (TM 8: 32 × 64
+// each) or 1 × 4 (TM 4: 32 × 32 each); the accumulators go through shared memory into acc's layout, so every
+// epilogue serves both cores. Each output is the same chain of mma instructions (k in steps of 8, from zero,
+// padded with zeros to a multiple of GEMM_BK) for every TM.
+#define GEMM_STAGES 3
+
+struct TcOperand {
+  const float* p;
+  u64 rs, ks;            // X(r, k) = p[r · rs + k · ks]
+  unsigned int r_end;    // rows r >= r_end are zeros
+  bool kfast;            // staged as s[r][k] (else s[k][r])
+  bool async;            // 16-byte pieces by cp.async where whole and inside the matrix
+  unsigned int srs, sks; // X(r, k) of the tile at s[r · srs + k · sks]
+};
+
+template <int R>
+__device__ __forceinline__ TcOperand tc_operand(const float* p, u64 rs, u64 ks, unsigned int r_end) {
+  const int mode = gemm_read_mode(p, rs, ks);
+  const bool kfast = mode == READ_K4 || (mode == READ_SCALAR && ks == 1);
+  return TcOperand{p, rs, ks, r_end, kfast, mode != READ_SCALAR, kfast ? GEMM_BK + GEMM_PAD : 1u,
+                   kfast ? 1u : (unsigned int)(R + GEMM_PAD)};
+}
+
+// The floats one stage of an R-row operand needs in either layout.
+template <int R>
+__host__ __device__ constexpr int tc_tile_floats() {
+  return R * (GEMM_BK + GEMM_PAD) > GEMM_BK * (R + GEMM_PAD) ? R * (GEMM_BK + GEMM_PAD) : GEMM_BK * (R + GEMM_PAD);
+}
+
+// Stages the GEMM_BK (k) × R (r) tile of X at rows [r0, r0 + R), k in [k0, k0 + GEMM_BK), as 4-element pieces
+// along the staged layout's fast dimension.
+template <int R>
+__device__ __forceinline__ void tc_fill(float* __restrict__ s, const TcOperand& o, unsigned int r0, u64 k0,
+                                        u64 k_end) {
+  for (unsigned int q = threadIdx.x; q < R * GEMM_BK / 4; q += GEMM_THREADS) {
+    const unsigned int r = o.kfast ? q / (GEMM_BK / 4) : q % (R / 4) * 4;
+    const unsigned int kk = o.kfast ? q % (GEMM_BK / 4) * 4 : q / (R / 4);
+    float* dst = s + r * o.srs + kk * o.sks;  // the piece's 4 elements are contiguous in either layout
+    const unsigned int rr = r0 + r;
+    const u64 k = k0 + kk;
+    const float* src = o.p + (u64)rr * o.rs + k * o.ks;
+    const u64 step = o.kfast ? o.ks : o.rs;  // from one element of the piece to the next
+    const bool whole = o.kfast ? rr < o.r_end && k + 3 < k_end : k < k_end && rr + 3 < o.r_end;
+    if (o.async && whole) {
+      cp_async16(dst, src);
+    } else {
+      for (unsigned int u = 0; u < 4; ++u) {
+        const bool in = o.kfast ? rr < o.r_end && k + u < k_end : k < k_end && rr + u < o.r_end;
+        dst[u] = in ? src[u * step] : 0.0f;
+      }
+    }
+  }
+}
+
+template <int TM>
+__device__ __forceinline__ void gemm_block_tc(float (&acc)[TM][8], const float* __restrict__ a,
+                                              const float* __restrict__ b, const GemmDims& d) {
+  constexpr int BM = TM * 8, A_FLOATS = tc_tile_floats<BM>(), STAGE = A_FLOATS + tc_tile_floats<GEMM_BN>();
+  static_assert(GEMM_STAGES * STAGE >= BM * (GEMM_BN + GEMM_PAD), "the epilogue reuses the stages");
+  __shared__ __align__(16) float tc_s[GEMM_STAGES * STAGE];  // GEMM_STAGES × (A tile, B tile); then C
+  const GemmTile tile = gemm_tile_of<BM>(d);
+  const u64 k_begin = (u64)blockIdx.z * d.k_chunk;
+  const u64 k_end = k_begin + d.k_chunk < d.k ? k_begin + d.k_chunk : d.k;
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
+  for (int r = 0; r < TM; ++r)
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
+    for (int c = 0; c < 8; ++c) acc[r][c] = 0.0f;
+  if (k_begin >= k_end) return;  // uniform: an empty k range
+  const TcOperand ao = tc_operand<BM>(a, d.a_rs, d.a_ks, d.m), bo = tc_operand<GEMM_BN>(b, d.b_cs, d.b_ks, d.n);
+  const unsigned int ktiles = (unsigned int)((k_end - k_begin + GEMM_BK - 1) / GEMM_BK);
+  constexpr int WR = BM / 32, WC = 4 / WR, NT = GEMM_BN / WC / 8;  // warps per column, per row; n8 tiles
+  const unsigned int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+  const unsigned int wr0 = threadIdx.x / 32 / WC * 32, wc0 = threadIdx.x / 32 % WC * (GEMM_BN / WC);
+  float mc[2][NT][4] = {};
 #pragma unroll
-        for (int e = 0; e < 4; ++e) cs[wr0 + mt * 16 + g + e / 2 * 8][wc0 + nt * 8 + 2 * t + e % 2] = mc[mt][nt][e];
-    __syncthreads();
+  for (int st = 0; st < GEMM_STAGES - 1; ++st) {  // the first k-steps in flight
+    if ((unsigned int)st < ktiles) {
+      tc_fill<BM>(tc_s + st * STAGE, ao, tile.i0, k_begin + st * GEMM_BK, k_end);
+      tc_fill<GEMM_BN>(tc_s + st * STAGE + A_FLOATS, bo, tile.j0, k_begin + st * GEMM_BK, k_end);
+    }
+    cp_async_commit();  // one group per k-step, empty or not: the wait below counts k-steps
+  }
+  for (unsigned int kt = 0; kt < ktiles; ++kt) {
+    cp_async_wait_group<GEMM_STAGES - 2>();  // this thread's pieces of step kt have landed
+    __syncthreads();  // everyone's have; and every warp is done with step kt - 1, whose stage is refilled now
+    const unsigned int nk = kt + GEMM_STAGES - 1;
+    if (nk < ktiles) {
+      float* sn = tc_s + nk % GEMM_STAGES * STAGE;
+      tc_fill<BM>(sn, ao, tile.i0, k_begin + (u64)nk * GEMM_BK, k_end);
+      tc_fill<GEMM_BN>(sn + A_FLOATS, bo, tile.j0, k_begin + (u64)nk * GEMM_BK, k_end);
+    }
+    cp_async_commit();
+    const float* as = tc_s + kt % GEMM_STAGES * STAGE;
+    const float* bs = as + A_FLOATS;
 #pragma unroll
-    for (int r = 0; r < TM; ++r)
+    for (int k8 = 0; k8 < GEMM_BK; k8 += 8) {
+      unsigned int af[2][4], bf[NT][2];
 #pragma unroll
-      for (int c = 0; c < 8; ++c) acc[r][c] = cs[gemm_row(r)][gemm_col(c / 4) + c % 4];
+      for (int mt = 0; mt < 2; ++mt) {
+        const unsigned int r = wr0 + mt * 16 + g;
+        af[mt][0] = tf32_bits(as[r * ao.srs + (k8 + t) * ao.sks]);
+        af[mt][1] = tf32_bits(as[(r + 8) * ao.srs + (k8 + t) * ao.sks]);
+        af[mt][2] = tf32_bits(as[r * ao.srs + (k8 + t + 4) * ao.sks]);
+        af[mt][3] = tf32_bits(as[(r + 8) * ao.srs + (k8 + t + 4) * ao.sks]);
+      }
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const unsigned int c = wc0 + nt * 8 + g;
+        bf[nt][0] = tf32_bits(bs[c * bo.srs + (k8 + t) * bo.sks]);
+        bf[nt][1] = tf32_bits(bs[c * bo.srs + (k8 + t + 4) * bo.sks]);
+      }
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) mma_tf32_m16n8k8(mc[mt][nt], af[mt], bf[nt], mc[mt][nt]);
+    }
+  }
+  cp_async_wait_group<0>();  // only empty groups remain
+  __syncthreads();           // every warp is done with the stages: C reuses them
+  float(*cs)[GEMM_BN + GEMM_PAD] = reinterpret_cast<float(*)[GEMM_BN + GEMM_PAD]>(tc_s);
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)  // c0, c1: row g; c2, c3: row g + 8; columns 2t, 2t + 1
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) cs[wr0 + mt * 16 + g + e / 2 * 8][wc0 + nt * 8 + 2 * t + e % 2] = mc[mt][nt][e];
+  __syncthreads();
+#pragma unroll
+  for (int r = 0; r < TM; ++r)
+#pragma unroll
+    for (int c = 0; c < 8; ++c) acc[r][c] = cs[gemm_row(r)][gemm_col(c / 4) + c % 4];
+}
+
+// acc[a][b] = Σ_k A(i0 + row(a), k) · B(k, j0 + col(b)) over this block's tile (TM · 8 rows) and k range
+// (slice z of k), k in increasing order: the same order for every TM. fp32: FMAs (gemm_block_fma); TF32: the
+// tensor cores (gemm_block_tc), operands rounded by cvt.rna.
+template <int TM, bool TF32 = false>
+__device__ __forceinline__ void gemm_block(float (&acc)[TM][8], const float* __restrict__ a,
+                                           const float* __restrict__ b, const GemmDims& d) {
+  if constexpr (TF32) {
+    gemm_block_tc<TM>(acc, a, b, d);
+  } else {
+    gemm_block_fma<TM>(acc, a, b, d);
   }
 }
 
