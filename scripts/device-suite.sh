@@ -13,12 +13,14 @@
 #                 its bench with PREV_FILTER (default "fc1 GEMMs Fp32"): the previous main in the same call
 #     baseline    scripts/baseline/pytorch_baseline.py (same GPU, same run: the ratios; BASELINE_ARGS adds
 #                 options, e.g. --fp32-only)
+#     modules     the module table (scripts/module-table.py: our modules from the benches phase next to PyTorch +
+#                 cuDNN's from the baseline phase, both of this run) → modules.md
 #     profile     one training step under ncu, fp32 and tf32 (PROFILE_PRECISIONS) → per-kernel tables
 #                 (scripts/ncu-summary.py) in profile.md
 #     sanitizers  compute-sanitizer memcheck and racecheck over the small GPU tests
 # DEADLINE (seconds from the start, default 560) boxes the sanitizers (SANITIZER_SECS caps each run): what does
 # not fit is reported as not run. EXAMPLES_QUICK=1 runs only primitives. Every phase has its own timeout. Output: $OUT (else stage/out): suite.log (all that
-# was printed), logs.tar.gz (every log), baseline.json, ncu-<precision>.csv, profile.md, train-log.jsonl, curves.svg.
+# was printed), logs.tar.gz (every log), baseline.json, modules.md, ncu-<precision>.csv, profile.md, train-log.jsonl, curves.svg.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-stage/out}
@@ -105,6 +107,11 @@ baseline() {
   tail -n 42 "$logs/baseline.log"
 }
 
+modules() {
+  phase "module table (ours from the benches phase, PyTorch + cuDNN from the baseline phase)"
+  python3 scripts/module-table.py "$logs/bench-inception.log" "$out/baseline.json" | tee "$out/modules.md"
+}
+
 profile() {
   local metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum
   metrics=$metrics,smsp__sass_thread_inst_executed_op_ffma_pred_on.sum
@@ -129,10 +136,10 @@ sanitizers() {
 }
 
 phases=("$@")
-[ ${#phases[@]} -eq 0 ] && phases=(tests examples benches baseline profile sanitizers)
+[ ${#phases[@]} -eq 0 ] && phases=(tests examples benches baseline modules profile sanitizers)
 for p in "${phases[@]}"; do
   case $p in
-    tests | train | examples | benches | baseline | profile | sanitizers) "$p" ;;
+    tests | train | examples | benches | baseline | modules | profile | sanitizers) "$p" ;;
     *) echo "unknown phase: $p" >&2; status=2 ;;
   esac
 done
