@@ -629,27 +629,38 @@ fn small_net(seed: u64) -> (inception_cuda::nn::MnistConfig, Vec<f32>) {
 }
 
 /// A training step on emulated kernels is `forward_backward` then Adam over every parameter, bit for bit:
-/// fc1's fused weight update included.
+/// fc1's fused weight update included (its one-pass backward + Adam), in both precisions.
 #[test]
 fn emulated_training_step_is_forward_backward_then_adam() {
     use inception_cuda::nn::InceptionMnist;
+    use inception_cuda::shape::Precision;
     let (cfg, images) = small_net(52);
     let labels = [1u32, 9, 4];
     let emu = EmuBackend {
         order: ThreadOrder::Forward,
     };
-    common::kernels::assert_step_is_forward_backward_then_adam(
-        "emulated step",
-        || InceptionMnist::new(emu, cfg, 11).unwrap(),
-        &images,
-        &labels,
-    );
-    common::kernels::assert_step_is_forward_backward_then_adam(
-        "cpu step",
-        || InceptionMnist::new(CpuBackend, cfg, 11).unwrap(),
-        &images,
-        &labels,
-    );
+    for p in [Precision::Fp32, Precision::Tf32] {
+        common::kernels::assert_step_is_forward_backward_then_adam(
+            &format!("emulated {p:?} step"),
+            || {
+                let mut net = InceptionMnist::new(emu, cfg, 11).unwrap();
+                net.set_precision(p).unwrap();
+                net
+            },
+            &images,
+            &labels,
+        );
+        common::kernels::assert_step_is_forward_backward_then_adam(
+            &format!("cpu {p:?} step"),
+            || {
+                let mut net = InceptionMnist::new(CpuBackend, cfg, 11).unwrap();
+                net.set_precision(p).unwrap();
+                net
+            },
+            &images,
+            &labels,
+        );
+    }
 }
 
 /// A whole training step of a small net (dropout on) with every kernel emulated, against the twins: the

@@ -266,6 +266,7 @@ fn gpu_linear_wgrad_adam_is_wgrad_then_adam() {
 #[ignore = "needs a CUDA GPU"]
 fn gpu_training_step_is_forward_backward_then_adam() {
     use inception_cuda::nn::{InceptionMnist, MnistConfig};
+    use inception_cuda::shape::Precision;
     let dev = common::gpu();
     let Device::Cuda(d) = &dev else {
         unreachable!("common::gpu() returns a CUDA device")
@@ -275,12 +276,19 @@ fn gpu_training_step_is_forward_backward_then_adam() {
         .map(|v| (v + 1.0) / 2.0)
         .collect();
     let labels: Vec<u32> = (0..50).map(|i| (i * 3 + 1) % 10).collect();
-    common::kernels::assert_step_is_forward_backward_then_adam(
-        "gpu step",
-        || InceptionMnist::new(d.backend_arc(), MnistConfig::default(), 5).unwrap(),
-        &images,
-        &labels,
-    );
+    for p in [Precision::Fp32, Precision::Tf32] {
+        common::kernels::assert_step_is_forward_backward_then_adam(
+            &format!("gpu {p:?} step"),
+            || {
+                let mut net =
+                    InceptionMnist::new(d.backend_arc(), MnistConfig::default(), 5).unwrap();
+                net.set_precision(p).unwrap();
+                net
+            },
+            &images,
+            &labels,
+        );
+    }
 }
 
 /// The fragment layout of `mma.sync.m16n8k8` TF32 on the hardware equals the emulator's (PTX ISA layout):
