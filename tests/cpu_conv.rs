@@ -173,6 +173,7 @@ fn reduce_shapes() -> Vec<ReduceConvShape> {
                 k,
                 c_total: 10,
                 c_offset: 5,
+                precision: inception_cuda::shape::Precision::Fp32,
             });
         }
     }
@@ -186,6 +187,7 @@ fn reduce_shapes() -> Vec<ReduceConvShape> {
         k: 5,
         c_total: 2,
         c_offset: 0,
+        precision: inception_cuda::shape::Precision::Fp32,
     });
     v
 }
@@ -435,6 +437,7 @@ fn conv_twins_reject_bad_shapes_and_buffers() {
         k: 1,
         c_total: 3,
         c_offset: 0,
+        precision: inception_cuda::shape::Precision::Fp32,
     };
     let mut mid = vec![0.0; 32];
     let block = [&[0.0; 4][..], &[0.0; 2], &[0.0; 6], &b].concat();

@@ -323,6 +323,47 @@ fn emulated_convs_match_their_twins() {
     }
 }
 
+/// The tensor-core convs (conv_fwd_tf32, conv_dgrad_tf32, conv_wgrad_tf32) against the TF32 twins, which
+/// round the same operands the same way, on shapes at every tile edge (see `conv_tf32_shapes`), in both
+/// thread orders; and the rounding shows: the same outputs of the fp32 twin lie outside the tolerance, so
+/// an fp32 kernel in place of a TF32 one fails this test.
+#[test]
+fn emulated_tf32_convs_match_their_twins() {
+    use common::kernels::{
+        assert_outputs, conv_on, conv_tf32_shapes, differs_beyond, CONV_TF32_TOL,
+    };
+    use inception_cuda::shape::Precision;
+    for s in conv_tf32_shapes() {
+        let [x, w, b, dy, dx0] = conv_inputs(&s);
+        let want = conv_on(&CpuBackend, &s, &x, &w, &b, &dy, &dx0);
+        let fp32 = conv_on(
+            &CpuBackend,
+            &s.with_precision(Precision::Fp32),
+            &x,
+            &w,
+            &b,
+            &dy,
+            &dx0,
+        );
+        for order in ORDERS {
+            let got = conv_on(&EmuBackend { order }, &s, &x, &w, &b, &dy, &dx0);
+            assert_outputs(
+                &format!("emulated tf32 conv {s:?} {order:?}"),
+                &CONV_TF32_TOL,
+                &got,
+                &want,
+            );
+            for i in [1, 2, 4] {
+                let (name, atol, rtol) = CONV_TF32_TOL[i];
+                assert!(
+                    differs_beyond(&got[i], &fp32[i], atol, rtol),
+                    "{s:?} {order:?}: tf32 {name} is within fp32's tolerance of the fp32 twin"
+                );
+            }
+        }
+    }
+}
+
 /// A batch of no images: the weight and bias gradients are zeros (no split to sum), written over whatever
 /// the buffers held, on the twins and the emulated kernels alike.
 #[test]

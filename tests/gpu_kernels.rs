@@ -140,6 +140,7 @@ fn gpu_convs_at_module_2_size_match_twins() {
         k,
         c_total: 256,
         c_offset: off,
+        precision: inception_cuda::shape::Precision::Fp32,
     };
     fused_case(&[fused(3, 64), fused(5, 128)]);
 }

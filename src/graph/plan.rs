@@ -610,6 +610,7 @@ impl<'g> Planner<'g> {
             k,
             c_total: loc.c_total,
             c_offset: loc.c_offset,
+            precision: crate::shape::Precision::Fp32,
         };
         s.validate(self.op)?;
         Ok(s)
