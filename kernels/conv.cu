@@ -476,7 +476,9 @@ __device__ __forceinline__ unsigned int tc_col(int nt, int e) {
 // the image): the im2col of src, gathered on the fly (never stored).
 //   forward: m = output channel, src = x (c_in channels), A(co, kidx) = wt[co, kidx] (a row of the weight);
 //   dgrad:   m = input channel, src = dy's slice (c_out channels), A(ci, (co, tap)) = wt[co, ci, flipped tap]
-//            (conv_dgrad's flipped, transposed kernel).
+//            (conv_dgrad's flipped, transposed kernel); with MASK (reduce_conv_dmid_tf32, the fused conv's k×k
+//            with c_in = c_mid) the result goes through the reduce ReLU: kept where aux (the saved mid) > 0.
+// aux: the bias of the forward, the saved reduced map of MASK, unused by plain dgrad.
 // Grid (ceil(n·h·w / 128), ceil(rows / 32)): block (x, y) computes channels [32y, 32y + 32) of pixels
 // [128x, 128x + 128) counted over all images. Thread i gathers pixel 128x + i of every B step (its image
 // position decoded once) and 4 consecutive k of row i / 4 of every A step.
@@ -485,9 +487,9 @@ __device__ __forceinline__ unsigned int tc_col(int nt, int e) {
 // end of the row); dgrad's A reads the kernel flipped (descending addresses) and the im2col of B is a gather
 // of single floats with zero fill at the border and shifts by kx that break 16-byte alignment: both go
 // through registers, loaded before the current step's mma and stored to shared memory after them.
-template <int K, bool DGRAD>
+template <int K, bool DGRAD, bool MASK>
 __device__ __forceinline__ void conv_tc_body(float* __restrict__ out, const float* __restrict__ src,
-                                             const float* __restrict__ wt, const float* __restrict__ bias,
+                                             const float* __restrict__ wt, const float* __restrict__ aux,
                                              const ConvDims& d, int flag, float (*as)[CONV_TC_BM][TC_AROW],
                                              float (*bs)[CONV_TC_BK][TC_BROW]) {
   constexpr int KK = K * K, P = K / 2;
@@ -585,27 +587,30 @@ __device__ __forceinline__ void conv_tc_body(float* __restrict__ out, const floa
           if (m >= rows) continue;
           const float v = acc[mt][nt][eh * 2 + e2];
           if (DGRAD) {
-            float* o = out + ((unsigned long long)img * d.c_in + m) * hw + pix;
-            *o = flag ? *o + v : v;
+            const unsigned long long at = ((unsigned long long)img * d.c_in + m) * hw + pix;
+            if (MASK)
+              out[at] = aux[at] > 0.0f ? v : 0.0f;
+            else
+              out[at] = flag ? out[at] + v : v;
           } else {
-            out[((unsigned long long)img * d.c_total + d.c_offset + m) * hw + pix] = relu_epilogue(v + bias[m], flag);
+            out[((unsigned long long)img * d.c_total + d.c_offset + m) * hw + pix] = relu_epilogue(v + aux[m], flag);
           }
         }
     }
 }
 
-template <bool DGRAD>
+template <bool DGRAD, bool MASK>
 __device__ __forceinline__ void conv_tc(float* __restrict__ out, const float* __restrict__ src,
-                                        const float* __restrict__ wt, const float* __restrict__ bias,
+                                        const float* __restrict__ wt, const float* __restrict__ aux,
                                         const ConvDims& d, int flag) {
   __shared__ __align__(16) float as[2][CONV_TC_BM][TC_AROW];
   __shared__ __align__(16) float bs[2][CONV_TC_BK][TC_BROW];
   if (d.k == 1)
-    conv_tc_body<1, DGRAD>(out, src, wt, bias, d, flag, as, bs);
+    conv_tc_body<1, DGRAD, MASK>(out, src, wt, aux, d, flag, as, bs);
   else if (d.k == 3)
-    conv_tc_body<3, DGRAD>(out, src, wt, bias, d, flag, as, bs);
+    conv_tc_body<3, DGRAD, MASK>(out, src, wt, aux, d, flag, as, bs);
   else
-    conv_tc_body<5, DGRAD>(out, src, wt, bias, d, flag, as, bs);
+    conv_tc_body<5, DGRAD, MASK>(out, src, wt, aux, d, flag, as, bs);
 }
 
 // conv_fwd on the tensor cores (TF32). Grid (ceil(n·h·w / CONV_TC_BN), ceil(c_out / CONV_TC_BM)).
@@ -614,7 +619,7 @@ extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) conv_fwd_tf32(floa
                                                                           const float* __restrict__ wt, // [c_out, c_in, k, k]
                                                                           const float* __restrict__ b,  // [c_out]
                                                                           ConvDims d, int relu) {
-  conv_tc<false>(y, x, wt, b, d, relu);
+  conv_tc<false, false>(y, x, wt, b, d, relu);
 }
 
 // conv_dgrad on the tensor cores (TF32). Grid (ceil(n·h·w / CONV_TC_BN), ceil(c_in / CONV_TC_BM)).
@@ -622,7 +627,7 @@ extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) conv_dgrad_tf32(fl
                                                                             const float* __restrict__ dy,  // [n, c_total, h, w], slice read
                                                                             const float* __restrict__ wt,  // [c_out, c_in, k, k]
                                                                             ConvDims d, int accumulate) {
-  conv_tc<true>(dx, dy, wt, nullptr, d, accumulate);
+  conv_tc<true, false>(dx, dy, wt, nullptr, d, accumulate);
 }
 
 // The weight gradient as an implicit GEMM: dw(co, col) = Σ_p dy[img(p), c_offset + co, pix(p)] · X(col, p),
@@ -744,4 +749,163 @@ extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) conv_wgrad_tf32(fl
     conv_wgrad_tc_body<3>(partials, dy, x, d, imgs_per_split, as, bs);
   else
     conv_wgrad_tc_body<5>(partials, dy, x, d, imgs_per_split, as, bs);
+}
+
+// reduce_conv_dmid on the tensor cores (TF32): conv_dgrad_tf32's GEMM over the fused conv's k×k (c_mid input
+// channels), kept where the saved reduced map is > 0. Grid (ceil(n·h·w / CONV_TC_BN), ceil(c_mid /
+// CONV_TC_BM)).
+extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) reduce_conv_dmid_tf32(float* __restrict__ dpre,       // [n, c_mid, h, w]
+                                                                                  const float* __restrict__ dy,   // [n, c_total, h, w], slice read
+                                                                                  const float* __restrict__ w2,   // [c_out, c_mid, k, k]
+                                                                                  const float* __restrict__ mid,  // [n, c_mid, h, w] saved
+                                                                                  ReduceDims rd) {
+  const ConvDims d = {rd.n, rd.c_mid, rd.c_out, rd.h, rd.w, rd.k, rd.c_total, rd.c_offset};
+  conv_tc<true, true>(dpre, dy, w2, mid, d, 0);
+}
+
+// The fused reduce conv forward on the tensor cores (TF32): reduce_conv_fwd's blocks, tiles and shared
+// reduced map (one block per image, group of REDUCE_CO_GROUP output channels and tile of tile_h rows; the
+// tile's rows of the reduced map with their halo in dynamic shared memory, computed once, never leaving the
+// chip except for group 0's copy saved for backward), with both convs as GEMMs on mma.sync:
+//   1. mid[cm, q] = relu(b1[cm] + Σ_ci w1[cm, ci] · x[img, ci, r0·w + q]) for the rows·w pixels q of the tile
+//      and its halo: M = c_mid, N = rows·w, K = c_in;
+//   2. y[co, q] = relu(b2[co] + Σ_(cm, ky, kx) w2[co, cm, ky, kx] · mid[cm, oy(q) + ky - K/2, ox(q) + kx - K/2])
+//      for the tile's own pixels, mid read from shared memory (zero off the image): M = the group's channels,
+//      N = (y1 - y0)·w, K = c_mid·K².
+// Each warp takes 32 × 32 slabs of the output (2 × 4 tiles of 16 × 8) in turn, columns first. The fragments
+// are read straight from memory, without a shared-memory staging of the operands: the weights from global
+// memory (a few KB, read by every block: L1 and L2 hold them), x from global memory (8 consecutive pixels of
+// 4 channels per fragment load), and mid from shared memory. The reduced map is stored in f32 (the saved copy
+// is f32) and rounded by cvt.rna where it feeds the k×k conv, as every operand is.
+template <int K>
+__device__ __forceinline__ void reduce_conv_tc_body(float* __restrict__ y, float* __restrict__ mid,
+                                                    const float* __restrict__ x, const float* __restrict__ w1,
+                                                    const float* __restrict__ b1, const float* __restrict__ w2,
+                                                    const float* __restrict__ b2, const ReduceDims& d,
+                                                    float* __restrict__ mid_s) {
+  constexpr int KK = K * K, P = K / 2;
+  const unsigned int groups = (d.c_out + REDUCE_CO_GROUP - 1) / REDUCE_CO_GROUP;
+  const unsigned int tiles = (d.h + d.tile_h - 1) / d.tile_h;
+  const unsigned int img = blockIdx.x / (groups * tiles), group = blockIdx.x / tiles % groups, tile = blockIdx.x % tiles;
+  const unsigned int hw = d.h * d.w;
+  const unsigned int y0 = tile * d.tile_h, y1 = y0 + d.tile_h < d.h ? y0 + d.tile_h : d.h;
+  const unsigned int r0 = y0 > (unsigned int)P ? y0 - P : 0, r1 = y1 + P < d.h ? y1 + P : d.h, rows = r1 - r0;
+  const unsigned int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+  const unsigned int nwarps = blockDim.x / 32;
+  // 1. The reduced map of rows r0 .. r1.
+  const unsigned int mpix = rows * d.w, m_slabs = (d.c_mid + 31) / 32, n_slabs1 = (mpix + 31) / 32;
+  const float* x_img = x + (unsigned long long)img * d.c_in * hw + r0 * d.w;
+  for (unsigned int slab = warp; slab < m_slabs * n_slabs1; slab += nwarps) {
+    const unsigned int cm0 = slab / n_slabs1 * 32, q0 = slab % n_slabs1 * 32;
+    float acc[2][4][4] = {};
+    for (unsigned int k8 = 0; k8 < d.c_in; k8 += 8) {
+      unsigned int af[2][4], bf[4][2];
+      const unsigned int ka = k8 + t, kb = k8 + t + 4;
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        const unsigned int m = cm0 + mt * 16 + g;
+        af[mt][0] = tf32_bits(m < d.c_mid && ka < d.c_in ? __ldg(w1 + m * d.c_in + ka) : 0.0f);
+        af[mt][1] = tf32_bits(m + 8 < d.c_mid && ka < d.c_in ? __ldg(w1 + (m + 8) * d.c_in + ka) : 0.0f);
+        af[mt][2] = tf32_bits(m < d.c_mid && kb < d.c_in ? __ldg(w1 + m * d.c_in + kb) : 0.0f);
+        af[mt][3] = tf32_bits(m + 8 < d.c_mid && kb < d.c_in ? __ldg(w1 + (m + 8) * d.c_in + kb) : 0.0f);
+      }
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        const unsigned int q = q0 + nt * 8 + g;
+        bf[nt][0] = tf32_bits(q < mpix && ka < d.c_in ? x_img[(unsigned long long)ka * hw + q] : 0.0f);
+        bf[nt][1] = tf32_bits(q < mpix && kb < d.c_in ? x_img[(unsigned long long)kb * hw + q] : 0.0f);
+      }
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) mma_tf32_m16n8k8(acc[mt][nt], af[mt], bf[nt], acc[mt][nt]);
+    }
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const unsigned int cm = cm0 + mt * 16 + g + e / 2 * 8, q = q0 + nt * 8 + 2 * t + e % 2;
+          if (cm >= d.c_mid || q >= mpix) continue;
+          const float v = relu_epilogue(acc[mt][nt][e] + b1[cm], 1);
+          mid_s[cm * mpix + q] = v;
+          const unsigned int row = r0 + q / d.w;
+          if (group == 0 && row >= y0 && row < y1) mid[((unsigned long long)img * d.c_mid + cm) * hw + r0 * d.w + q] = v;
+        }
+  }
+  __syncthreads();
+  // 2. The k×k conv of the tile's rows for this block's output channels.
+  const unsigned int co0 = group * REDUCE_CO_GROUP;
+  const unsigned int co1 = co0 + REDUCE_CO_GROUP < d.c_out ? co0 + REDUCE_CO_GROUP : d.c_out;
+  const unsigned int opix = (y1 - y0) * d.w, n_slabs2 = (opix + 31) / 32, ktot = d.c_mid * KK;
+  const unsigned int o_slabs = (co1 - co0 + 31) / 32;
+  for (unsigned int slab = warp; slab < o_slabs * n_slabs2; slab += nwarps) {
+    const unsigned int m0 = co0 + slab / n_slabs2 * 32, q0 = slab % n_slabs2 * 32;
+    int oy[4], ox[4];  // this lane's B column (pixel) of each n tile, in image coordinates
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+      const unsigned int q = q0 + nt * 8 + g;
+      oy[nt] = q < opix ? (int)(y0 + q / d.w) : -(K + 1);  // a pixel past the tile reads only zeros
+      ox[nt] = (int)(q % d.w);
+    }
+    float acc[2][4][4] = {};
+    for (unsigned int k8 = 0; k8 < ktot; k8 += 8) {
+      unsigned int af[2][4], bf[4][2];
+      const unsigned int ka = k8 + t, kb = k8 + t + 4;
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        const unsigned int m = m0 + mt * 16 + g;
+        const float* wa = w2 + (unsigned long long)m * ktot;
+        const float* wb = w2 + (unsigned long long)(m + 8) * ktot;
+        af[mt][0] = tf32_bits(m < co1 && ka < ktot ? __ldg(wa + ka) : 0.0f);
+        af[mt][1] = tf32_bits(m + 8 < co1 && ka < ktot ? __ldg(wb + ka) : 0.0f);
+        af[mt][2] = tf32_bits(m < co1 && kb < ktot ? __ldg(wa + kb) : 0.0f);
+        af[mt][3] = tf32_bits(m + 8 < co1 && kb < ktot ? __ldg(wb + kb) : 0.0f);
+      }
+      // The B rows ka and kb as (reduce channel, tap offset).
+      const unsigned int cma = ka / KK, cmb = kb / KK;
+      const int dya = (int)(ka % KK / K) - P, dxa = (int)(ka % K) - P;
+      const int dyb = (int)(kb % KK / K) - P, dxb = (int)(kb % K) - P;
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        const int sya = oy[nt] + dya, sxa = ox[nt] + dxa, syb = oy[nt] + dyb, sxb = ox[nt] + dxb;
+        const bool in_a = ka < ktot && sya >= 0 && sya < (int)d.h && sxa >= 0 && sxa < (int)d.w;
+        const bool in_b = kb < ktot && syb >= 0 && syb < (int)d.h && sxb >= 0 && sxb < (int)d.w;
+        bf[nt][0] = tf32_bits(in_a ? mid_s[cma * mpix + (unsigned int)(sya - (int)r0) * d.w + sxa] : 0.0f);
+        bf[nt][1] = tf32_bits(in_b ? mid_s[cmb * mpix + (unsigned int)(syb - (int)r0) * d.w + sxb] : 0.0f);
+      }
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) mma_tf32_m16n8k8(acc[mt][nt], af[mt], bf[nt], acc[mt][nt]);
+    }
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const unsigned int co = m0 + mt * 16 + g + e / 2 * 8, q = q0 + nt * 8 + 2 * t + e % 2;
+          if (co >= co1 || q >= opix) continue;
+          y[((unsigned long long)img * d.c_total + d.c_offset + co) * hw + y0 * d.w + q] =
+              relu_epilogue(acc[mt][nt][e] + b2[co], 1);
+        }
+  }
+}
+
+// Grid and dynamic shared memory as reduce_conv_fwd's; CONV_TC_THREADS (128) threads. k is 3 or 5.
+extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) reduce_conv_fwd_tf32(float* __restrict__ y,         // [n, c_total, h, w]
+                                                                                 float* __restrict__ mid,       // [n, c_mid, h, w] saved
+                                                                                 const float* __restrict__ x,   // [n, c_in, h, w]
+                                                                                 const float* __restrict__ w1,  // [c_mid, c_in]
+                                                                                 const float* __restrict__ b1,  // [c_mid]
+                                                                                 const float* __restrict__ w2,  // [c_out, c_mid, k, k]
+                                                                                 const float* __restrict__ b2,  // [c_out]
+                                                                                 ReduceDims d) {
+  extern __shared__ float mid_s[];  // [c_mid, rows, w]: rows r0..r1 of the reduced map
+  if (d.k == 3)
+    reduce_conv_tc_body<3>(y, mid, x, w1, b1, w2, b2, d, mid_s);
+  else
+    reduce_conv_tc_body<5>(y, mid, x, w1, b1, w2, b2, d, mid_s);
 }

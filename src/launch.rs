@@ -360,6 +360,23 @@ impl ReduceDims {
         Ok((grid > 0).then_some(LaunchDims::new([grid, 1, 1], 256, bytes as u32)))
     }
 
+    /// reduce_conv_fwd_tf32: [`Self::fwd`]'s blocks and shared memory, `CONV_TC_THREADS` threads.
+    pub fn fwd_tf32(&self, op: &'static str) -> crate::Result<Option<LaunchDims>> {
+        Ok(self.fwd(op)?.map(|d| LaunchDims {
+            block: crate::bindings::CONV_TC_THREADS,
+            ..d
+        }))
+    }
+
+    /// reduce_conv_dmid_tf32: conv_dgrad_tf32's tiles over `[c_mid, n·h·w]`.
+    pub fn dmid_tf32(&self, op: &'static str) -> crate::Result<Option<LaunchDims>> {
+        ConvDims {
+            c_in: self.c_mid,
+            ..self.conv()
+        }
+        .dgrad_tf32(op)
+    }
+
     /// The k×k conv of the fused branch as a plain conv (for its weight and bias gradients).
     pub fn conv(&self) -> ConvDims {
         ConvDims {

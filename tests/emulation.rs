@@ -426,6 +426,51 @@ fn emulated_fused_reduce_conv_matches_its_twin() {
     }
 }
 
+/// The fused reduce conv in TF32 (reduce_conv_fwd_tf32 with the reduced map on chip; the backward's
+/// reduce_conv_dmid_tf32 and TF32 conv kernels) against the TF32 twin, in both thread orders; and the
+/// rounding shows in the output and every gradient (an fp32 kernel in place of a TF32 one fails).
+#[test]
+fn emulated_tf32_fused_reduce_conv_matches_its_twin() {
+    use common::kernels::{
+        assert_outputs, differs_beyond, fused_on, fused_tf32_shapes, FUSED_TF32_TOL,
+    };
+    use inception_cuda::shape::Precision;
+    for s in fused_tf32_shapes() {
+        let x = uniform(21, s.n * s.c_in * s.h * s.w);
+        let plen = s.c_mid * s.c_in + s.c_mid + s.c_out * s.c_mid * s.k * s.k + s.c_out;
+        let params = uniform(22, plen);
+        let (dy, dx0) = (
+            uniform(23, s.n * s.c_total * s.h * s.w),
+            uniform(24, x.len()),
+        );
+        let want = fused_on(&CpuBackend, &s, &x, &params, &dy, &dx0);
+        let fp32 = fused_on(
+            &CpuBackend,
+            &s.with_precision(Precision::Fp32),
+            &x,
+            &params,
+            &dy,
+            &dx0,
+        );
+        for order in ORDERS {
+            let got = fused_on(&EmuBackend { order }, &s, &x, &params, &dy, &dx0);
+            assert_outputs(
+                &format!("emulated tf32 reduce_conv {s:?} {order:?}"),
+                &FUSED_TF32_TOL,
+                &got,
+                &want,
+            );
+            for i in [0, 2, 3] {
+                let (name, atol, rtol) = FUSED_TF32_TOL[i];
+                assert!(
+                    differs_beyond(&got[i], &fp32[i], atol, rtol),
+                    "{s:?} {order:?}: tf32 {name} is within fp32's tolerance of the fp32 twin"
+                );
+            }
+        }
+    }
+}
+
 /// One whole Inception module (all four branches written in place, the module input's gradient accumulated
 /// from four branches) under emulation against the twins.
 #[test]

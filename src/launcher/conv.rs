@@ -206,17 +206,23 @@ pub fn reduce_conv_fwd<D: Driver + ?Sized>(
             ("params", ranges[3].end, D::len_of(params)),
         ],
     )?;
-    let Some(dims) = rd.fwd(OP)? else {
+    let (kernel, dims) = match s.precision {
+        Precision::Fp32 => (Kernel::ReduceConvFwd, rd.fwd(OP)?),
+        Precision::Tf32 => (Kernel::ReduceConvFwdTf32, rd.fwd_tf32(OP)?),
+    };
+    let Some(dims) = dims else {
         return Ok(());
     };
     let [w1, b1, w2, b2] = ranges.map(|r| D::sub(params, r));
-    fwd_launch(d, dims, y, mid, x, [&w1?, &b1?, &w2?, &b2?], &rd)
+    fwd_launch(d, kernel, dims, y, mid, x, [&w1?, &b1?, &w2?, &b2?], &rd)
 }
 
 /// The launch of [`reduce_conv_fwd`]. The parameter views come in as arguments: a generic driver's view made
 /// in a function and pushed there is beyond what the borrow checker can prove lives long enough.
+#[allow(clippy::too_many_arguments)] // the kernel's arguments, plus the kernel of the precision
 fn fwd_launch<D: Driver + ?Sized>(
     d: &D,
+    kernel: Kernel,
     dims: LaunchDims,
     y: &mut D::ViewMut<'_>,
     mid: &mut D::ViewMut<'_>,
@@ -224,7 +230,7 @@ fn fwd_launch<D: Driver + ?Sized>(
     [w1, b1, w2, b2]: [&D::View<'_>; 4],
     rd: &ReduceDims,
 ) -> Result<()> {
-    launch!(d, "reduce_conv_fwd", Kernel::ReduceConvFwd, dims; out y, out mid, inp x, inp w1, inp b1,
+    launch!(d, "reduce_conv_fwd", kernel, dims; out y, out mid, inp x, inp w1, inp b1,
         inp w2, inp b2, val rd)?;
     Ok(())
 }
@@ -273,8 +279,12 @@ pub fn reduce_conv_bwd<D: Driver + ?Sized>(
         s.precision,
     )?;
     bgrad(d, OP, &mut D::sub_mut(dparams, rb2)?, dy, &conv)?;
-    if let Some(dims) = rd.dmid() {
-        dmid_launch(d, dims, scratch, dy, &w2, mid, &rd)?;
+    let (kernel, dims) = match s.precision {
+        Precision::Fp32 => (Kernel::ReduceConvDmid, rd.dmid()),
+        Precision::Tf32 => (Kernel::ReduceConvDmidTf32, rd.dmid_tf32(OP)?),
+    };
+    if let Some(dims) = dims {
+        dmid_launch(d, kernel, dims, scratch, dy, &w2, mid, &rd)?;
     }
     let dpre = D::reader(scratch);
     wgrad(
@@ -294,6 +304,7 @@ pub fn reduce_conv_bwd<D: Driver + ?Sized>(
 #[allow(clippy::too_many_arguments)]
 fn dmid_launch<D: Driver + ?Sized>(
     d: &D,
+    kernel: Kernel,
     dims: LaunchDims,
     dpre: &mut D::ViewMut<'_>,
     dy: &D::View<'_>,
@@ -301,6 +312,6 @@ fn dmid_launch<D: Driver + ?Sized>(
     mid: &D::View<'_>,
     rd: &ReduceDims,
 ) -> Result<()> {
-    launch!(d, "reduce_conv_bwd", Kernel::ReduceConvDmid, dims; out dpre, inp dy, inp w2, inp mid, val rd)?;
+    launch!(d, "reduce_conv_bwd", kernel, dims; out dpre, inp dy, inp w2, inp mid, val rd)?;
     Ok(())
 }

@@ -341,6 +341,44 @@ pub fn fused_shapes() -> Vec<ReduceConvShape> {
     v
 }
 
+/// Shapes for the tensor-core fused reduce conv (reduce_conv_fwd_tf32, reduce_conv_dmid_tf32 and the
+/// TF32 conv kernels of its backward), smaller than [`fused_shapes`] where the tile edges allow (dmid's
+/// reduction runs over c_out·k² in steps of 16, slow to emulate): two output-channel groups (66 = 64 + 2) on
+/// three row tiles of 9 × 9 with 5 reduce channels; batch 1 with k = 5 on 5 × 5 (one tile, the halo clipped
+/// both sides); batch 3 with k = 3 and k = 5 on 7 × 7 (two row tiles); and 11 input channels (two k steps of
+/// 8 in the 1×1), 35 reduce channels (two 32-row slabs of the reduced map and of dmid's tiles), 33 output
+/// channels (two slabs in the k×k) on an odd 7 × 11 image. All write a channel slice.
+pub fn fused_tf32_shapes() -> Vec<ReduceConvShape> {
+    let shape = |n, c_in, c_mid, c_out, (h, w), k, c_total, c_offset| ReduceConvShape {
+        n,
+        c_in,
+        c_mid,
+        c_out,
+        h,
+        w,
+        k,
+        c_total,
+        c_offset,
+        precision: inception_cuda::shape::Precision::Tf32,
+    };
+    vec![
+        shape(1, 3, 5, 66, (9, 9), 3, 70, 3),
+        shape(1, 3, 2, 20, (5, 5), 5, 26, 5),
+        shape(3, 3, 2, 6, (7, 7), 3, 8, 1),
+        shape(3, 3, 2, 6, (7, 7), 5, 8, 2),
+        shape(1, 11, 35, 33, (7, 11), 3, 40, 4),
+    ]
+}
+
+/// Tolerances of [`fused_on`]'s outputs for the TF32 kernels against the TF32 twin: those of [`FUSED_TOL`],
+/// for the reason given at [`CONV_TF32_TOL`] (the same rounded operands, sums in another order). One more
+/// effect, not bounded by them: the reduced map (forward) and `dpre` (backward) are f32 sums, in another
+/// order on each side, that are then rounded to TF32 as operands of the next product; where such a sum lies
+/// within its last-bit difference of a TF32 rounding boundary (about one value in 2¹³ of those that differ
+/// at all), the two sides round it one TF32 ulp (2⁻¹⁰ relative) apart. These shapes' values do not hit one
+/// under emulation; on another device a failure confined to one such value is that, not a wrong kernel.
+pub const FUSED_TF32_TOL: [(&str, f32, f32); 4] = FUSED_TOL;
+
 /// One Inception module forward and backward on backend `b`: `[y, dx, dparams]` on the host. The backward
 /// runs on the CPU twin's forward results (y and the saved maps, uploaded), not on `b`'s own: where a
 /// pre-activation lies within rounding of 0, the two forwards can put it on opposite sides of a ReLU, and
