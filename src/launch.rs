@@ -368,13 +368,9 @@ impl ReduceDims {
         }))
     }
 
-    /// reduce_conv_dmid_tf32: conv_dgrad_tf32's tiles over `[c_mid, n·h·w]`.
+    /// reduce_conv_dmid_tf32: conv_dgrad_tf32's tiles of the k×k conv (`c_in` = `c_mid`): `[c_mid, n·h·w]`.
     pub fn dmid_tf32(&self, op: &'static str) -> crate::Result<Option<LaunchDims>> {
-        ConvDims {
-            c_in: self.c_mid,
-            ..self.conv()
-        }
-        .dgrad_tf32(op)
+        self.conv().dgrad_tf32(op)
     }
 
     /// The k×k conv of the fused branch as a plain conv (for its weight and bias gradients).
