@@ -362,6 +362,7 @@ fn bench_fused<B: Backend>(c: &mut Criterion, b: &B, dev: &Device) {
         k: 5,
         c_total: 64,
         c_offset: 0,
+        precision: inception_cuda::shape::Precision::Fp32,
     };
     let plen = 16 * 128 + 16 + 64 * 16 * 25 + 64;
     let x = b.upload(&rand(4, 50 * 128 * 784)).expect("x");

@@ -35,6 +35,15 @@
 #define WGRAD_TILE 64
 #define WGRAD_THREADS 256
 
+// The tensor-core (TF32) convs (conv.cu, conv_*_tf32): implicit GEMMs in which a block of CONV_TC_THREADS
+// threads (4 warps side by side along the columns) computes a CONV_TC_BM × CONV_TC_BN tile, the reduction in
+// steps of CONV_TC_BK through double-buffered shared memory. Forward and dgrad: rows are channels, columns
+// pixels (of all images); wgrad: rows are output channels, columns (c_in, ky, kx), the reduction over pixels.
+#define CONV_TC_BM 32
+#define CONV_TC_BN 128
+#define CONV_TC_BK 16
+#define CONV_TC_THREADS 128
+
 // reduce_conv_fwd (conv.cu): output channels per block.
 #define REDUCE_CO_GROUP 64
 

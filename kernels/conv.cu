@@ -20,7 +20,8 @@
 //              partials live in the launcher's scratch memory.
 // CPU twins: src/cpu/conv.rs, src/cpu/reduce_conv.rs (other summation orders: compared within tolerances).
 
-#include "args.h"  // ConvDims, ReduceDims, WGRAD_TILE, WGRAD_THREADS, REDUCE_CO_GROUP
+#include "args.h"  // ConvDims, ReduceDims, WGRAD_TILE, WGRAD_THREADS, REDUCE_CO_GROUP, CONV_TC_*
+#include "mma.cuh"  // the TF32 kernels: tf32_bits, mma_tf32_m16n8k8, cp_async16
 
 __device__ __forceinline__ float relu_epilogue(float pre, int relu) {
   return (!relu || !(pre <= 0.0f)) ? pre : 0.0f;
@@ -401,4 +402,510 @@ extern "C" __global__ void reduce_conv_dmid(float* __restrict__ dpre,       // [
         if (it.ox0 + i < (int)d.w) dpre[base + it.ox0 + i] = mid[base + it.ox0 + i] > 0.0f ? acc[j][i] : 0.0f;
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The tensor-core (TF32) convs: conv_fwd_tf32, conv_dgrad_tf32, conv_wgrad_tf32 compute what conv_fwd,
+// conv_dgrad, conv_wgrad compute (same arguments, same launch semantics) as implicit GEMMs on mma.sync m16n8k8
+// (mma.cuh): every operand element goes through tf32_bits (cvt.rna) as it is read from shared memory into a
+// fragment, and the products accumulate in f32. Bias, ReLU, the accumulate of dgrad and the split sum of wgrad
+// (conv_split_sum) stay f32.
+//
+// A block of CONV_TC_THREADS (128) threads computes a CONV_TC_BM × CONV_TC_BN (32 × 128) tile; warp w owns
+// columns [32w, 32w + 32) of it, all 32 rows (2 × 4 tiles of 16 × 8, 32 accumulators a thread). The
+// reduction runs in steps of CONV_TC_BK (16) through two shared-memory buffers: step s + 1's operands are
+// loaded (cp.async straight into shared memory, or into registers) while step s's are multiplied, then one
+// barrier per step. Every output sums its products in reduction order, k in steps of 8 (one mma each).
+//
+// Shared layouts (padding chosen so that the fragment reads of a warp hit 32 different banks):
+//   [rows][CONV_TC_BK + 4]   (A of every pass, B of wgrad): row stride 20 words, lane (g, t) reads word
+//                            20g + t (+ const): distinct mod 32; rows of 80 bytes keep cp.async's 16-byte
+//                            alignment.
+//   [CONV_TC_BK][CONV_TC_BN + 8] (B of fwd and dgrad): row stride 136 ≡ 8 mod 32, lane (g, t) reads 8t + g.
+#define TC_APAD 4
+#define TC_BPAD 8
+#define TC_AROW (CONV_TC_BK + TC_APAD)
+#define TC_BROW (CONV_TC_BN + TC_BPAD)
+
+// One CONV_TC_BK step of the block's tile: acc (this warp's 2 × 4 tiles of 16 × 8) += A · B with A as[m][k]
+// (32 × 16) and B bs[k][n] (16 × 128, B_NK false) or bs[n][k] (128 × 16, B_NK true). Fragments by the PTX
+// layout (mma.cuh): a0 = A[g][t], a1 = A[g + 8][t], a2 = A[g][t + 4], a3 = A[g + 8][t + 4]; b0 = B[t][g],
+// b1 = B[t + 4][g].
+template <bool B_NK>
+__device__ __forceinline__ void tc_step(float (&acc)[2][4][4], const float (*__restrict__ as)[TC_AROW],
+                                        const float* __restrict__ bs) {
+  const unsigned int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, n0 = threadIdx.x / 32 * 32;
+#pragma unroll
+  for (int k8 = 0; k8 < CONV_TC_BK; k8 += 8) {
+    unsigned int af[2][4], bf[4][2];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+      const unsigned int r = mt * 16 + g;
+      af[mt][0] = tf32_bits(as[r][k8 + t]);
+      af[mt][1] = tf32_bits(as[r + 8][k8 + t]);
+      af[mt][2] = tf32_bits(as[r][k8 + t + 4]);
+      af[mt][3] = tf32_bits(as[r + 8][k8 + t + 4]);
+    }
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+      const unsigned int c = n0 + nt * 8 + g;
+      if (B_NK) {
+        bf[nt][0] = tf32_bits(bs[c * TC_AROW + k8 + t]);
+        bf[nt][1] = tf32_bits(bs[c * TC_AROW + k8 + t + 4]);
+      } else {
+        bf[nt][0] = tf32_bits(bs[(k8 + t) * TC_BROW + c]);
+        bf[nt][1] = tf32_bits(bs[(k8 + t + 4) * TC_BROW + c]);
+      }
+    }
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) mma_tf32_m16n8k8(acc[mt][nt], af[mt], bf[nt], acc[mt][nt]);
+  }
+}
+
+// Where accumulator e of tile (mt, nt) of this thread lands in the block's tile: row mt·16 + g + 8·(e / 2),
+// column 32·warp + nt·8 + 2t + e % 2 (the C fragment layout).
+__device__ __forceinline__ unsigned int tc_row(int mt, int e) { return mt * 16 + threadIdx.x % 32 / 4 + e / 2 * 8; }
+__device__ __forceinline__ unsigned int tc_col(int nt, int e) {
+  return threadIdx.x / 32 * 32 + nt * 8 + threadIdx.x % 4 * 2 + e % 2;
+}
+
+// The forward and the input gradient as one implicit GEMM: out(m, p) = Σ_kidx A(m, kidx) · X(kidx, p) over
+// kidx = (c, ky, kx), c < in_c, with X(kidx, p) = src[img(p), c, oy(p) + ky - K/2, ox(p) + kx - K/2] (zero off
+// the image): the im2col of src, gathered on the fly (never stored).
+//   forward: m = output channel, src = x (c_in channels), A(co, kidx) = wt[co, kidx] (a row of the weight);
+//   dgrad:   m = input channel, src = dy's slice (c_out channels), A(ci, (co, tap)) = wt[co, ci, flipped tap]
+//            (conv_dgrad's flipped, transposed kernel); with MASK (reduce_conv_dmid_tf32, the fused conv's k×k
+//            with c_in = c_mid) the result goes through the reduce ReLU: kept where aux (the saved mid) > 0.
+// aux: the bias of the forward, the saved reduced map of MASK, unused by plain dgrad.
+// Grid (ceil(n·h·w / 128), ceil(rows / 32)): block (x, y) computes channels [32y, 32y + 32) of pixels
+// [128x, 128x + 128) counted over all images. Thread i gathers pixel 128x + i of every B step (its image
+// position decoded once) and 4 consecutive k of row i / 4 of every A step.
+// The loads: A of the forward is cp.async16 straight into shared memory when the weight rows allow it
+// (c_in·K² a multiple of 4 and the view 16-byte aligned: then a 4-float group never straddles a row or the
+// end of the row); dgrad's A reads the kernel flipped (descending addresses) and the im2col of B is a gather
+// of single floats with zero fill at the border and shifts by kx that break 16-byte alignment: both go
+// through registers, loaded before the current step's mma and stored to shared memory after them.
+template <int K, bool DGRAD, bool MASK>
+__device__ __forceinline__ void conv_tc_body(float* __restrict__ out, const float* __restrict__ src,
+                                             const float* __restrict__ wt, const float* __restrict__ aux,
+                                             const ConvDims& d, int flag, float (*as)[CONV_TC_BM][TC_AROW],
+                                             float (*bs)[CONV_TC_BK][TC_BROW]) {
+  constexpr int KK = K * K, P = K / 2;
+  const unsigned int hw = d.h * d.w;
+  const unsigned int rows = DGRAD ? d.c_in : d.c_out, in_c = DGRAD ? d.c_out : d.c_in;
+  const unsigned int ktot = in_c * KK, steps = (ktot + CONV_TC_BK - 1) / CONV_TC_BK;
+  const unsigned long long pixels = (unsigned long long)d.n * hw;
+  const unsigned long long p0 = (unsigned long long)blockIdx.x * CONV_TC_BN;
+  const unsigned int m0 = blockIdx.y * CONV_TC_BM;
+  // This thread's B pixel.
+  const unsigned long long pb = p0 + threadIdx.x;
+  const bool p_ok = pb < pixels;
+  const unsigned int b_img = p_ok ? (unsigned int)(pb / hw) : 0, b_pix = p_ok ? (unsigned int)(pb % hw) : 0;
+  const int oy = (int)(b_pix / d.w), ox = (int)(b_pix % d.w);
+  const float* src_img =
+      src + (DGRAD ? ((unsigned long long)b_img * d.c_total + d.c_offset) * hw : (unsigned long long)b_img * d.c_in * hw);
+  // The running position (c, ky, kx) of the next B row this thread gathers: rows are gathered in order.
+  unsigned int bc = 0;
+  int bky = 0, bkx = 0;
+  // This thread's A row and k group.
+  const unsigned int ar = threadIdx.x / 4, akq = threadIdx.x % 4 * 4, am = m0 + ar;
+  const bool a_async = !DGRAD && ktot % 4 == 0 && ((unsigned long long)wt & 15) == 0;
+  float bv[CONV_TC_BK], av[4];
+  auto load = [&](unsigned int s, int buf) {
+    const unsigned int k0 = s * CONV_TC_BK;
+#pragma unroll
+    for (int q = 0; q < CONV_TC_BK; ++q) {
+      float v = 0.0f;
+      if (p_ok && bc < in_c) {
+        const int sy = oy + bky - P, sx = ox + bkx - P;
+        if (sy >= 0 && sy < (int)d.h && sx >= 0 && sx < (int)d.w) v = src_img[bc * hw + (unsigned int)sy * d.w + sx];
+      }
+      bv[q] = v;
+      if (++bkx == K) {
+        bkx = 0;
+        if (++bky == K) bky = 0, ++bc;
+      }
+    }
+    const unsigned int ak = k0 + akq;
+    if (a_async) {
+      if (am < rows && ak < ktot)
+        cp_async16(&as[buf][ar][akq], wt + (unsigned long long)am * ktot + ak);
+      else
+        *reinterpret_cast<float4*>(&as[buf][ar][akq]) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    } else {
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const unsigned int k = ak + u;
+        float v = 0.0f;
+        if (am < rows && k < ktot) {
+          if (DGRAD) {
+            const unsigned int co = k / KK, tap = k % KK;
+            v = wt[((unsigned long long)co * d.c_in + am) * KK + (KK - 1 - tap)];
+          } else {
+            v = wt[(unsigned long long)am * ktot + k];
+          }
+        }
+        av[u] = v;
+      }
+    }
+  };
+  auto stash = [&](int buf) {
+#pragma unroll
+    for (int q = 0; q < CONV_TC_BK; ++q) bs[buf][q][threadIdx.x] = bv[q];
+    if (!a_async) *reinterpret_cast<float4*>(&as[buf][ar][akq]) = make_float4(av[0], av[1], av[2], av[3]);
+  };
+  float acc[2][4][4] = {};
+  load(0, 0);
+  stash(0);
+  cp_async_wait_all();
+  __syncthreads();
+  for (unsigned int s = 0; s < steps; ++s) {
+    const int cur = s & 1, nxt = cur ^ 1;
+    const bool more = s + 1 < steps;  // uniform
+    if (more) load(s + 1, nxt);       // in flight during the mma below
+    tc_step<false>(acc, as[cur], &bs[cur][0][0]);
+    if (more) stash(nxt);
+    cp_async_wait_all();
+    __syncthreads();
+  }
+  // Epilogue: the forward adds the bias and applies the optional ReLU into its channel slice; dgrad
+  // overwrites or accumulates.
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+    for (int e2 = 0; e2 < 2; ++e2) {
+      const unsigned long long p = p0 + tc_col(nt, e2);
+      if (p >= pixels) continue;
+      const unsigned int img = (unsigned int)(p / hw), pix = (unsigned int)(p % hw);
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int eh = 0; eh < 2; ++eh) {
+          const unsigned int m = m0 + tc_row(mt, eh * 2);
+          if (m >= rows) continue;
+          const float v = acc[mt][nt][eh * 2 + e2];
+          if (DGRAD) {
+            const unsigned long long at = ((unsigned long long)img * d.c_in + m) * hw + pix;
+            if (MASK)
+              out[at] = aux[at] > 0.0f ? v : 0.0f;
+            else
+              out[at] = flag ? out[at] + v : v;
+          } else {
+            out[((unsigned long long)img * d.c_total + d.c_offset + m) * hw + pix] = relu_epilogue(v + aux[m], flag);
+          }
+        }
+    }
+}
+
+template <bool DGRAD, bool MASK>
+__device__ __forceinline__ void conv_tc(float* __restrict__ out, const float* __restrict__ src,
+                                        const float* __restrict__ wt, const float* __restrict__ aux,
+                                        const ConvDims& d, int flag) {
+  __shared__ __align__(16) float as[2][CONV_TC_BM][TC_AROW];
+  __shared__ __align__(16) float bs[2][CONV_TC_BK][TC_BROW];
+  if (d.k == 1)
+    conv_tc_body<1, DGRAD, MASK>(out, src, wt, aux, d, flag, as, bs);
+  else if (d.k == 3)
+    conv_tc_body<3, DGRAD, MASK>(out, src, wt, aux, d, flag, as, bs);
+  else
+    conv_tc_body<5, DGRAD, MASK>(out, src, wt, aux, d, flag, as, bs);
+}
+
+// conv_fwd on the tensor cores (TF32). Grid (ceil(n·h·w / CONV_TC_BN), ceil(c_out / CONV_TC_BM)).
+extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) conv_fwd_tf32(float* __restrict__ y,        // [n, c_total, h, w]
+                                                                          const float* __restrict__ x,  // [n, c_in, h, w]
+                                                                          const float* __restrict__ wt, // [c_out, c_in, k, k]
+                                                                          const float* __restrict__ b,  // [c_out]
+                                                                          ConvDims d, int relu) {
+  conv_tc<false, false>(y, x, wt, b, d, relu);
+}
+
+// conv_dgrad on the tensor cores (TF32). Grid (ceil(n·h·w / CONV_TC_BN), ceil(c_in / CONV_TC_BM)).
+extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) conv_dgrad_tf32(float* __restrict__ dx,        // [n, c_in, h, w]
+                                                                            const float* __restrict__ dy,  // [n, c_total, h, w], slice read
+                                                                            const float* __restrict__ wt,  // [c_out, c_in, k, k]
+                                                                            ConvDims d, int accumulate) {
+  conv_tc<true, false>(dx, dy, wt, nullptr, d, accumulate);
+}
+
+// The weight gradient as an implicit GEMM: dw(co, col) = Σ_p dy[img(p), c_offset + co, pix(p)] · X(col, p),
+// col = (ci, ky, kx), X the im2col of x, p over the pixels of the images [z · imgs_per_split, ...) of split z.
+// Grid (ceil(c_in·K² / 128), ceil(c_out / 32), splits); block (x, y, z) writes its tile of partials[z].
+// Thread i loads 4 consecutive pixels of dy row i / 4 per step (cp.async16 when h·w is a multiple of 4 and dy
+// is 16-byte aligned: a group then never straddles an image, and the split's pixel count is a multiple of 4;
+// else scalars through registers) and gathers pixel i % 16 of 16 consecutive columns 16·(i / 16) + q (x is
+// shifted by the tap and zero off the image: single floats, through registers).
+template <int K>
+__device__ __forceinline__ void conv_wgrad_tc_body(float* __restrict__ partials, const float* __restrict__ dy,
+                                                   const float* __restrict__ x, const ConvDims& d,
+                                                   unsigned int imgs_per_split, float (*as)[CONV_TC_BM][TC_AROW],
+                                                   float (*bs)[CONV_TC_BN][TC_AROW]) {
+  constexpr int KK = K * K, P = K / 2;
+  const unsigned int hw = d.h * d.w, cols = d.c_in * KK;
+  const unsigned int m0 = blockIdx.y * CONV_TC_BM, j0 = blockIdx.x * CONV_TC_BN;
+  const unsigned int img0 = blockIdx.z * imgs_per_split;
+  const unsigned int img1 = img0 + imgs_per_split < d.n ? img0 + imgs_per_split : d.n;
+  const unsigned int count = (img1 - img0) * hw, steps = (count + CONV_TC_BK - 1) / CONV_TC_BK;
+  // A: row ar (output channel am), pixels akq .. akq + 3 of each step.
+  const unsigned int ar = threadIdx.x / 4, akq = threadIdx.x % 4 * 4, am = m0 + ar;
+  const bool a_async = hw % 4 == 0 && ((unsigned long long)dy & 15) == 0;
+  const float* dy_row = dy + (unsigned long long)(d.c_offset + am) * hw;  // image 0's plane of channel am
+  // B: pixel bk of each step, columns bn0 .. bn0 + 15 (their (ci, ky, kx) decoded once).
+  const unsigned int bk = threadIdx.x % CONV_TC_BK, bn0 = threadIdx.x / CONV_TC_BK * 16, col0 = j0 + bn0;
+  const unsigned int ci0 = col0 / KK;
+  const int ky0 = (int)(col0 % KK / K), kx0 = (int)(col0 % K);
+  // This thread's B pixel as (image, row, column), advanced by CONV_TC_BK per step without divisions.
+  unsigned int b_img = img0 + bk / hw;
+  int b_oy = (int)(bk % hw / d.w), b_ox = (int)(bk % d.w);
+  float bv[16], av[4];
+  auto load = [&](unsigned int s, int buf) {
+    const unsigned int t0 = s * CONV_TC_BK;
+    if (t0 + bk < count) {
+      const float* x_img = x + (unsigned long long)b_img * d.c_in * hw;
+      unsigned int ci = ci0;
+      int ky = ky0, kx = kx0;
+#pragma unroll
+      for (int q = 0; q < 16; ++q) {
+        float v = 0.0f;
+        const int sy = b_oy + ky - P, sx = b_ox + kx - P;
+        if (ci < d.c_in && sy >= 0 && sy < (int)d.h && sx >= 0 && sx < (int)d.w)
+          v = x_img[ci * hw + (unsigned int)sy * d.w + sx];
+        bv[q] = v;
+        if (++kx == K) {
+          kx = 0;
+          if (++ky == K) ky = 0, ++ci;
+        }
+      }
+    } else {
+#pragma unroll
+      for (int q = 0; q < 16; ++q) bv[q] = 0.0f;
+    }
+    for (b_ox += CONV_TC_BK; b_ox >= (int)d.w; b_ox -= (int)d.w) {
+      if (++b_oy == (int)d.h) b_oy = 0, ++b_img;
+    }
+    const unsigned int t = t0 + akq;
+    if (a_async) {
+      if (am < d.c_out && t < count) {
+        const unsigned int img = img0 + t / hw;
+        cp_async16(&as[buf][ar][akq], dy_row + (unsigned long long)img * d.c_total * hw + t % hw);
+      } else {
+        *reinterpret_cast<float4*>(&as[buf][ar][akq]) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
+    } else {
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const unsigned int tu = t + u;
+        av[u] = am < d.c_out && tu < count
+                    ? dy_row[(unsigned long long)(img0 + tu / hw) * d.c_total * hw + tu % hw]
+                    : 0.0f;
+      }
+    }
+  };
+  auto stash = [&](int buf) {
+#pragma unroll
+    for (int q = 0; q < 16; ++q) bs[buf][bn0 + q][bk] = bv[q];
+    if (!a_async) *reinterpret_cast<float4*>(&as[buf][ar][akq]) = make_float4(av[0], av[1], av[2], av[3]);
+  };
+  float acc[2][4][4] = {};
+  if (steps > 0) {  // uniform
+    load(0, 0);
+    stash(0);
+    cp_async_wait_all();
+    __syncthreads();
+  }
+  for (unsigned int s = 0; s < steps; ++s) {
+    const int cur = s & 1, nxt = cur ^ 1;
+    const bool more = s + 1 < steps;  // uniform
+    if (more) load(s + 1, nxt);
+    tc_step<true>(acc, as[cur], &bs[cur][0][0]);
+    if (more) stash(nxt);
+    cp_async_wait_all();
+    __syncthreads();
+  }
+  float* out = partials + (unsigned long long)blockIdx.z * d.c_out * cols;
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const unsigned int co = m0 + tc_row(mt, e), col = j0 + tc_col(nt, e);
+        if (co < d.c_out && col < cols) out[(unsigned long long)co * cols + col] = acc[mt][nt][e];
+      }
+}
+
+// conv_wgrad on the tensor cores (TF32): split partials as conv_wgrad's, summed by conv_split_sum.
+extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) conv_wgrad_tf32(float* __restrict__ partials,  // [splits, c_out, c_in·k·k]
+                                                                            const float* __restrict__ dy,  // [n, c_total, h, w], slice read
+                                                                            const float* __restrict__ x,   // [n, c_in, h, w]
+                                                                            ConvDims d, unsigned int imgs_per_split) {
+  __shared__ __align__(16) float as[2][CONV_TC_BM][TC_AROW];
+  __shared__ __align__(16) float bs[2][CONV_TC_BN][TC_AROW];
+  if (d.k == 1)
+    conv_wgrad_tc_body<1>(partials, dy, x, d, imgs_per_split, as, bs);
+  else if (d.k == 3)
+    conv_wgrad_tc_body<3>(partials, dy, x, d, imgs_per_split, as, bs);
+  else
+    conv_wgrad_tc_body<5>(partials, dy, x, d, imgs_per_split, as, bs);
+}
+
+// reduce_conv_dmid on the tensor cores (TF32): conv_dgrad_tf32's GEMM over the fused conv's k×k (c_mid input
+// channels), kept where the saved reduced map is > 0. Grid (ceil(n·h·w / CONV_TC_BN), ceil(c_mid /
+// CONV_TC_BM)).
+extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) reduce_conv_dmid_tf32(float* __restrict__ dpre,       // [n, c_mid, h, w]
+                                                                                  const float* __restrict__ dy,   // [n, c_total, h, w], slice read
+                                                                                  const float* __restrict__ w2,   // [c_out, c_mid, k, k]
+                                                                                  const float* __restrict__ mid,  // [n, c_mid, h, w] saved
+                                                                                  ReduceDims rd) {
+  const ConvDims d = {rd.n, rd.c_mid, rd.c_out, rd.h, rd.w, rd.k, rd.c_total, rd.c_offset};
+  conv_tc<true, true>(dpre, dy, w2, mid, d, 0);
+}
+
+// The fused reduce conv forward on the tensor cores (TF32): reduce_conv_fwd's blocks, tiles and shared
+// reduced map (one block per image, group of REDUCE_CO_GROUP output channels and tile of tile_h rows; the
+// tile's rows of the reduced map with their halo in dynamic shared memory, computed once, never leaving the
+// chip except for group 0's copy saved for backward), with both convs as GEMMs on mma.sync:
+//   1. mid[cm, q] = relu(b1[cm] + Σ_ci w1[cm, ci] · x[img, ci, r0·w + q]) for the rows·w pixels q of the tile
+//      and its halo: M = c_mid, N = rows·w, K = c_in;
+//   2. y[co, q] = relu(b2[co] + Σ_(cm, ky, kx) w2[co, cm, ky, kx] · mid[cm, oy(q) + ky - K/2, ox(q) + kx - K/2])
+//      for the tile's own pixels, mid read from shared memory (zero off the image): M = the group's channels,
+//      N = (y1 - y0)·w, K = c_mid·K².
+// Each warp takes 32 × 32 slabs of the output (2 × 4 tiles of 16 × 8) in turn, columns first. The fragments
+// are read straight from memory, without a shared-memory staging of the operands: the weights from global
+// memory (a few KB, read by every block: L1 and L2 hold them), x from global memory (8 consecutive pixels of
+// 4 channels per fragment load), and mid from shared memory. The reduced map is stored in f32 (the saved copy
+// is f32) and rounded by cvt.rna where it feeds the k×k conv, as every operand is.
+template <int K>
+__device__ __forceinline__ void reduce_conv_tc_body(float* __restrict__ y, float* __restrict__ mid,
+                                                    const float* __restrict__ x, const float* __restrict__ w1,
+                                                    const float* __restrict__ b1, const float* __restrict__ w2,
+                                                    const float* __restrict__ b2, const ReduceDims& d,
+                                                    float* __restrict__ mid_s) {
+  constexpr int KK = K * K, P = K / 2;
+  const unsigned int groups = (d.c_out + REDUCE_CO_GROUP - 1) / REDUCE_CO_GROUP;
+  const unsigned int tiles = (d.h + d.tile_h - 1) / d.tile_h;
+  const unsigned int img = blockIdx.x / (groups * tiles), group = blockIdx.x / tiles % groups, tile = blockIdx.x % tiles;
+  const unsigned int hw = d.h * d.w;
+  const unsigned int y0 = tile * d.tile_h, y1 = y0 + d.tile_h < d.h ? y0 + d.tile_h : d.h;
+  const unsigned int r0 = y0 > (unsigned int)P ? y0 - P : 0, r1 = y1 + P < d.h ? y1 + P : d.h, rows = r1 - r0;
+  const unsigned int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+  const unsigned int nwarps = blockDim.x / 32;
+  // 1. The reduced map of rows r0 .. r1.
+  const unsigned int mpix = rows * d.w, m_slabs = (d.c_mid + 31) / 32, n_slabs1 = (mpix + 31) / 32;
+  const float* x_img = x + (unsigned long long)img * d.c_in * hw + r0 * d.w;
+  for (unsigned int slab = warp; slab < m_slabs * n_slabs1; slab += nwarps) {
+    const unsigned int cm0 = slab / n_slabs1 * 32, q0 = slab % n_slabs1 * 32;
+    float acc[2][4][4] = {};
+    for (unsigned int k8 = 0; k8 < d.c_in; k8 += 8) {
+      unsigned int af[2][4], bf[4][2];
+      const unsigned int ka = k8 + t, kb = k8 + t + 4;
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        const unsigned int m = cm0 + mt * 16 + g;
+        af[mt][0] = tf32_bits(m < d.c_mid && ka < d.c_in ? __ldg(w1 + m * d.c_in + ka) : 0.0f);
+        af[mt][1] = tf32_bits(m + 8 < d.c_mid && ka < d.c_in ? __ldg(w1 + (m + 8) * d.c_in + ka) : 0.0f);
+        af[mt][2] = tf32_bits(m < d.c_mid && kb < d.c_in ? __ldg(w1 + m * d.c_in + kb) : 0.0f);
+        af[mt][3] = tf32_bits(m + 8 < d.c_mid && kb < d.c_in ? __ldg(w1 + (m + 8) * d.c_in + kb) : 0.0f);
+      }
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        const unsigned int q = q0 + nt * 8 + g;
+        bf[nt][0] = tf32_bits(q < mpix && ka < d.c_in ? x_img[(unsigned long long)ka * hw + q] : 0.0f);
+        bf[nt][1] = tf32_bits(q < mpix && kb < d.c_in ? x_img[(unsigned long long)kb * hw + q] : 0.0f);
+      }
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) mma_tf32_m16n8k8(acc[mt][nt], af[mt], bf[nt], acc[mt][nt]);
+    }
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const unsigned int cm = cm0 + mt * 16 + g + e / 2 * 8, q = q0 + nt * 8 + 2 * t + e % 2;
+          if (cm >= d.c_mid || q >= mpix) continue;
+          const float v = relu_epilogue(acc[mt][nt][e] + b1[cm], 1);
+          mid_s[cm * mpix + q] = v;
+          const unsigned int row = r0 + q / d.w;
+          if (group == 0 && row >= y0 && row < y1) mid[((unsigned long long)img * d.c_mid + cm) * hw + r0 * d.w + q] = v;
+        }
+  }
+  __syncthreads();
+  // 2. The k×k conv of the tile's rows for this block's output channels.
+  const unsigned int co0 = group * REDUCE_CO_GROUP;
+  const unsigned int co1 = co0 + REDUCE_CO_GROUP < d.c_out ? co0 + REDUCE_CO_GROUP : d.c_out;
+  const unsigned int opix = (y1 - y0) * d.w, n_slabs2 = (opix + 31) / 32, ktot = d.c_mid * KK;
+  const unsigned int o_slabs = (co1 - co0 + 31) / 32;
+  for (unsigned int slab = warp; slab < o_slabs * n_slabs2; slab += nwarps) {
+    const unsigned int m0 = co0 + slab / n_slabs2 * 32, q0 = slab % n_slabs2 * 32;
+    int oy[4], ox[4];  // this lane's B column (pixel) of each n tile, in image coordinates
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+      const unsigned int q = q0 + nt * 8 + g;
+      oy[nt] = q < opix ? (int)(y0 + q / d.w) : -(K + 1);  // a pixel past the tile reads only zeros
+      ox[nt] = (int)(q % d.w);
+    }
+    float acc[2][4][4] = {};
+    for (unsigned int k8 = 0; k8 < ktot; k8 += 8) {
+      unsigned int af[2][4], bf[4][2];
+      const unsigned int ka = k8 + t, kb = k8 + t + 4;
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        const unsigned int m = m0 + mt * 16 + g;
+        const float* wa = w2 + (unsigned long long)m * ktot;
+        const float* wb = w2 + (unsigned long long)(m + 8) * ktot;
+        af[mt][0] = tf32_bits(m < co1 && ka < ktot ? __ldg(wa + ka) : 0.0f);
+        af[mt][1] = tf32_bits(m + 8 < co1 && ka < ktot ? __ldg(wb + ka) : 0.0f);
+        af[mt][2] = tf32_bits(m < co1 && kb < ktot ? __ldg(wa + kb) : 0.0f);
+        af[mt][3] = tf32_bits(m + 8 < co1 && kb < ktot ? __ldg(wb + kb) : 0.0f);
+      }
+      // The B rows ka and kb as (reduce channel, tap offset).
+      const unsigned int cma = ka / KK, cmb = kb / KK;
+      const int dya = (int)(ka % KK / K) - P, dxa = (int)(ka % K) - P;
+      const int dyb = (int)(kb % KK / K) - P, dxb = (int)(kb % K) - P;
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        const int sya = oy[nt] + dya, sxa = ox[nt] + dxa, syb = oy[nt] + dyb, sxb = ox[nt] + dxb;
+        const bool in_a = ka < ktot && sya >= 0 && sya < (int)d.h && sxa >= 0 && sxa < (int)d.w;
+        const bool in_b = kb < ktot && syb >= 0 && syb < (int)d.h && sxb >= 0 && sxb < (int)d.w;
+        bf[nt][0] = tf32_bits(in_a ? mid_s[cma * mpix + (unsigned int)(sya - (int)r0) * d.w + sxa] : 0.0f);
+        bf[nt][1] = tf32_bits(in_b ? mid_s[cmb * mpix + (unsigned int)(syb - (int)r0) * d.w + sxb] : 0.0f);
+      }
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) mma_tf32_m16n8k8(acc[mt][nt], af[mt], bf[nt], acc[mt][nt]);
+    }
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const unsigned int co = m0 + mt * 16 + g + e / 2 * 8, q = q0 + nt * 8 + 2 * t + e % 2;
+          if (co >= co1 || q >= opix) continue;
+          y[((unsigned long long)img * d.c_total + d.c_offset + co) * hw + y0 * d.w + q] =
+              relu_epilogue(acc[mt][nt][e] + b2[co], 1);
+        }
+  }
+}
+
+// Grid and dynamic shared memory as reduce_conv_fwd's; CONV_TC_THREADS (128) threads. k is 3 or 5.
+extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) reduce_conv_fwd_tf32(float* __restrict__ y,         // [n, c_total, h, w]
+                                                                                 float* __restrict__ mid,       // [n, c_mid, h, w] saved
+                                                                                 const float* __restrict__ x,   // [n, c_in, h, w]
+                                                                                 const float* __restrict__ w1,  // [c_mid, c_in]
+                                                                                 const float* __restrict__ b1,  // [c_mid]
+                                                                                 const float* __restrict__ w2,  // [c_out, c_mid, k, k]
+                                                                                 const float* __restrict__ b2,  // [c_out]
+                                                                                 ReduceDims d) {
+  extern __shared__ float mid_s[];  // [c_mid, rows, w]: rows r0..r1 of the reduced map
+  if (d.k == 3)
+    reduce_conv_tc_body<3>(y, mid, x, w1, b1, w2, b2, d, mid_s);
+  else
+    reduce_conv_tc_body<5>(y, mid, x, w1, b1, w2, b2, d, mid_s);
 }

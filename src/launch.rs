@@ -244,6 +244,67 @@ impl ConvDims {
         Some(LaunchDims::new(grid, crate::bindings::WGRAD_THREADS, 0))
     }
 
+    /// The tensor-core convs' grid over a GEMM of `rows` × `cols` (`CONV_TC_BM` × `CONV_TC_BN` tiles per
+    /// block, `CONV_TC_THREADS` threads), `z` slices; None if empty or beyond CUDA's grid limits.
+    fn tc_grid(rows: usize, cols: usize, z: u32) -> Option<LaunchDims> {
+        use crate::bindings::{CONV_TC_BM, CONV_TC_BN, CONV_TC_THREADS};
+        if rows == 0 || cols == 0 || z == 0 {
+            return None;
+        }
+        let gx = u32::try_from(cols.div_ceil(CONV_TC_BN as usize)).ok()?;
+        let gy = u32::try_from(rows.div_ceil(CONV_TC_BM as usize)).ok()?;
+        (gx <= i32::MAX as u32 && gy <= 65_535)
+            .then(|| LaunchDims::new([gx, gy, z], CONV_TC_THREADS, 0))
+    }
+
+    /// conv_fwd_tf32: tiles of 32 output channels × 128 pixels (counted over all images).
+    pub fn fwd_tf32(&self, op: &'static str) -> crate::Result<Option<LaunchDims>> {
+        self.tc_checked(
+            op,
+            self.c_out,
+            self.n as usize * (self.h * self.w) as usize,
+            1,
+        )
+    }
+
+    /// conv_dgrad_tf32: tiles of 32 input channels × 128 pixels.
+    pub fn dgrad_tf32(&self, op: &'static str) -> crate::Result<Option<LaunchDims>> {
+        self.tc_checked(
+            op,
+            self.c_in,
+            self.n as usize * (self.h * self.w) as usize,
+            1,
+        )
+    }
+
+    /// conv_wgrad_tf32: tiles of 32 output channels × 128 columns of `[c_out, c_in·k·k]`, one grid z-slice
+    /// per image split (the same splits as [`Self::wgrad`]).
+    pub fn wgrad_tf32(&self, op: &'static str) -> crate::Result<Option<LaunchDims>> {
+        if self.n == 0 {
+            return Ok(None);
+        }
+        let cols = (self.c_in * self.k * self.k) as usize;
+        self.tc_checked(op, self.c_out, cols, self.splits())
+    }
+
+    fn tc_checked(
+        &self,
+        op: &'static str,
+        rows: u32,
+        cols: usize,
+        z: u32,
+    ) -> crate::Result<Option<LaunchDims>> {
+        if rows == 0 || cols == 0 || z == 0 {
+            return Ok(None);
+        }
+        Self::tc_grid(rows as usize, cols, z)
+            .map(Some)
+            .ok_or_else(|| crate::Error::InvalidShape {
+                op,
+                reason: format!("{rows} × {cols} outputs exceed CUDA's grid limits"),
+            })
+    }
+
     /// conv_bgrad: one block per (output channel, image split) (None if empty).
     pub fn bgrad(&self) -> Option<LaunchDims> {
         if self.n == 0 || self.c_out == 0 {
@@ -297,6 +358,19 @@ impl ReduceDims {
         let tiles = (self.h as usize).div_ceil(self.tile_h as usize);
         let grid = u32_of(op, self.n as usize * groups * tiles)?;
         Ok((grid > 0).then_some(LaunchDims::new([grid, 1, 1], 256, bytes as u32)))
+    }
+
+    /// reduce_conv_fwd_tf32: [`Self::fwd`]'s blocks and shared memory, `CONV_TC_THREADS` threads.
+    pub fn fwd_tf32(&self, op: &'static str) -> crate::Result<Option<LaunchDims>> {
+        Ok(self.fwd(op)?.map(|d| LaunchDims {
+            block: crate::bindings::CONV_TC_THREADS,
+            ..d
+        }))
+    }
+
+    /// reduce_conv_dmid_tf32: conv_dgrad_tf32's tiles of the k×k conv (`c_in` = `c_mid`): `[c_mid, n·h·w]`.
+    pub fn dmid_tf32(&self, op: &'static str) -> crate::Result<Option<LaunchDims>> {
+        self.conv().dgrad_tf32(op)
     }
 
     /// The k×k conv of the fused branch as a plain conv (for its weight and bias gradients).

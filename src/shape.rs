@@ -61,6 +61,9 @@ pub struct ConvShape {
     pub c_total: usize,
     /// First channel of this conv's slice of the output.
     pub c_offset: usize,
+    /// The arithmetic of the conv's products (forward, dgrad, wgrad); the bias gradient is a sum, f32 in
+    /// every precision.
+    pub precision: Precision,
 }
 
 impl ConvShape {
@@ -75,7 +78,13 @@ impl ConvShape {
             k,
             c_total: c_out,
             c_offset: 0,
+            precision: Precision::Fp32,
         }
+    }
+
+    /// The same conv computed in `precision`.
+    pub const fn with_precision(self, precision: Precision) -> Self {
+        ConvShape { precision, ..self }
     }
 
     /// The same conv writing channels `[c_offset, c_offset + c_out)` of a `c_total`-channel output.
@@ -163,18 +172,28 @@ pub struct ReduceConvShape {
     pub c_total: usize,
     /// First channel of this branch's slice.
     pub c_offset: usize,
+    /// The arithmetic of the branch's products (both convs, forward and backward); biases, ReLUs and
+    /// reductions of partials stay f32.
+    pub precision: Precision,
 }
 
 impl ReduceConvShape {
     /// The 1×1 reduce conv (its own `[n, c_mid, h, w]` output).
     pub fn reduce(&self) -> ConvShape {
         ConvShape::new(self.n, self.c_in, self.c_mid, self.h, self.w, 1)
+            .with_precision(self.precision)
+    }
+
+    /// The same branch computed in `precision`.
+    pub const fn with_precision(self, precision: Precision) -> Self {
+        ReduceConvShape { precision, ..self }
     }
 
     /// The k×k conv from the reduced map into the output slice.
     pub fn conv(&self) -> ConvShape {
         ConvShape::new(self.n, self.c_mid, self.c_out, self.h, self.w, self.k)
             .into_slice(self.c_total, self.c_offset)
+            .with_precision(self.precision)
     }
 
     /// Checks the sizes (`k` must be 3 or 5) and that every buffer length fits in `usize`.

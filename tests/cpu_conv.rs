@@ -173,6 +173,7 @@ fn reduce_shapes() -> Vec<ReduceConvShape> {
                 k,
                 c_total: 10,
                 c_offset: 5,
+                precision: inception_cuda::shape::Precision::Fp32,
             });
         }
     }
@@ -186,6 +187,7 @@ fn reduce_shapes() -> Vec<ReduceConvShape> {
         k: 5,
         c_total: 2,
         c_offset: 0,
+        precision: inception_cuda::shape::Precision::Fp32,
     });
     v
 }
@@ -254,9 +256,13 @@ fn fused_bwd(p: &Params, s: &ReduceConvShape, dy: &[f32], mid: &[f32]) -> [Vec<f
     [dx, rest, db1, dw2, db2]
 }
 
+/// In both precisions: in TF32 the composed conv twins round their operands (the reduced map where it feeds
+/// the k×k, `dpre` where it feeds dw1 and dx) where the fused twin does, so the two still agree.
 #[test]
 fn fused_reduce_conv_matches_the_composed_convs() {
-    for s in reduce_shapes() {
+    use inception_cuda::shape::Precision;
+    let shapes = reduce_shapes().into_iter();
+    for s in shapes.flat_map(|s| [Precision::Fp32, Precision::Tf32].map(|p| s.with_precision(p))) {
         let p = params(&s, 10);
         let (y, mid) = fused_fwd(&p, &s);
         // Composition: 1×1 conv + ReLU, then k×k conv + ReLU into the slice.
@@ -435,6 +441,7 @@ fn conv_twins_reject_bad_shapes_and_buffers() {
         k: 1,
         c_total: 3,
         c_offset: 0,
+        precision: inception_cuda::shape::Precision::Fp32,
     };
     let mut mid = vec![0.0; 32];
     let block = [&[0.0; 4][..], &[0.0; 2], &[0.0; 6], &b].concat();

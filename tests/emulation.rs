@@ -359,6 +359,47 @@ fn emulated_convs_match_their_twins() {
     }
 }
 
+/// The tensor-core convs (conv_fwd_tf32, conv_dgrad_tf32, conv_wgrad_tf32) against the TF32 twins, which
+/// round the same operands the same way, on shapes at every tile edge (see `conv_tf32_shapes`), in both
+/// thread orders; and the rounding shows: the same outputs of the fp32 twin lie outside the tolerance, so
+/// an fp32 kernel in place of a TF32 one fails this test.
+#[test]
+fn emulated_tf32_convs_match_their_twins() {
+    use common::kernels::{
+        assert_outputs, conv_on, conv_tf32_shapes, differs_beyond, CONV_TF32_TOL,
+    };
+    use inception_cuda::shape::Precision;
+    for s in conv_tf32_shapes() {
+        let [x, w, b, dy, dx0] = conv_inputs(&s);
+        let want = conv_on(&CpuBackend, &s, &x, &w, &b, &dy, &dx0);
+        let fp32 = conv_on(
+            &CpuBackend,
+            &s.with_precision(Precision::Fp32),
+            &x,
+            &w,
+            &b,
+            &dy,
+            &dx0,
+        );
+        for order in ORDERS {
+            let got = conv_on(&EmuBackend { order }, &s, &x, &w, &b, &dy, &dx0);
+            assert_outputs(
+                &format!("emulated tf32 conv {s:?} {order:?}"),
+                &CONV_TF32_TOL,
+                &got,
+                &want,
+            );
+            for i in [1, 2, 4] {
+                let (name, atol, rtol) = CONV_TF32_TOL[i];
+                assert!(
+                    differs_beyond(&got[i], &fp32[i], atol, rtol),
+                    "{s:?} {order:?}: tf32 {name} is within fp32's tolerance of the fp32 twin"
+                );
+            }
+        }
+    }
+}
+
 /// A batch of no images: the weight and bias gradients are zeros (no split to sum), written over whatever
 /// the buffers held, on the twins and the emulated kernels alike.
 #[test]
@@ -417,6 +458,51 @@ fn emulated_fused_reduce_conv_matches_its_twin() {
                 &got,
                 &want,
             );
+        }
+    }
+}
+
+/// The fused reduce conv in TF32 (reduce_conv_fwd_tf32 with the reduced map on chip; the backward's
+/// reduce_conv_dmid_tf32 and TF32 conv kernels) against the TF32 twin, in both thread orders; and the
+/// rounding shows in the output and every gradient (an fp32 kernel in place of a TF32 one fails).
+#[test]
+fn emulated_tf32_fused_reduce_conv_matches_its_twin() {
+    use common::kernels::{
+        assert_outputs, differs_beyond, fused_on, fused_tf32_shapes, FUSED_TF32_TOL,
+    };
+    use inception_cuda::shape::Precision;
+    for s in fused_tf32_shapes() {
+        let x = uniform(21, s.n * s.c_in * s.h * s.w);
+        let plen = s.c_mid * s.c_in + s.c_mid + s.c_out * s.c_mid * s.k * s.k + s.c_out;
+        let params = uniform(22, plen);
+        let (dy, dx0) = (
+            uniform(23, s.n * s.c_total * s.h * s.w),
+            uniform(24, x.len()),
+        );
+        let want = fused_on(&CpuBackend, &s, &x, &params, &dy, &dx0);
+        let fp32 = fused_on(
+            &CpuBackend,
+            &s.with_precision(Precision::Fp32),
+            &x,
+            &params,
+            &dy,
+            &dx0,
+        );
+        for order in ORDERS {
+            let got = fused_on(&EmuBackend { order }, &s, &x, &params, &dy, &dx0);
+            assert_outputs(
+                &format!("emulated tf32 reduce_conv {s:?} {order:?}"),
+                &FUSED_TF32_TOL,
+                &got,
+                &want,
+            );
+            for i in [0, 2, 3] {
+                let (name, atol, rtol) = FUSED_TF32_TOL[i];
+                assert!(
+                    differs_beyond(&got[i], &fp32[i], atol, rtol),
+                    "{s:?} {order:?}: tf32 {name} is within fp32's tolerance of the fp32 twin"
+                );
+            }
         }
     }
 }
@@ -718,12 +804,18 @@ fn emulated_planned_module_matches_the_cpu_plan() {
 }
 
 /// A planned training step of the small MNIST net (dropout on) on emulated kernels against the CPU plan:
-/// the loss, every gradient, and the parameters after one Adam step.
+/// the loss, every gradient, and the parameters after one Adam step; in fp32 and in TF32 (every conv and
+/// linear product on the tensor-core kernels, against the twins that round the same operands). The TF32
+/// tolerances are fp32's: both sides multiply the same rounded operands and differ in the order of their
+/// f32 sums (activations rounded again as the next layer's operands can land one TF32 ulp apart where a
+/// sum sits at a rounding boundary, a rare event these inputs do not hit). Every nonzero gradient of the
+/// TF32 step must differ from the fp32 step's by more than fp32 noise.
 #[test]
 fn emulated_planned_step_matches_the_cpu_plan() {
-    use inception_cuda::graph::{Params, Plan};
+    use inception_cuda::graph::{Params, Plan, Precision, TrainOptions};
     fn run<B: inception_cuda::Backend>(
         b: B,
+        precision: Precision,
         images: &[f32],
         labels: &[u32],
     ) -> (f32, Vec<Vec<f32>>, Vec<f32>) {
@@ -731,7 +823,11 @@ fn emulated_planned_step_matches_the_cpu_plan() {
         let def = cfg.graph().unwrap();
         let b = std::sync::Arc::new(b);
         let mut params = Params::new(b.clone(), &def.graph, 7).unwrap();
-        let mut plan = Plan::train(b, &def.graph, 3).unwrap();
+        let opts = TrainOptions {
+            precision,
+            ..TrainOptions::default()
+        };
+        let mut plan = Plan::train_with(b, &def.graph, 3, &opts).unwrap();
         plan.set_input("images", images).unwrap();
         plan.set_labels(labels).unwrap();
         plan.forward_backward(&mut params).unwrap();
@@ -744,30 +840,70 @@ fn emulated_planned_step_matches_the_cpu_plan() {
         plan.step(&mut params, 1e-3).unwrap();
         (loss, grads, params.values().unwrap())
     }
+    fn weight_names() -> Vec<String> {
+        let (cfg, _) = small_net(0);
+        let def = cfg.graph().unwrap();
+        let params = Params::new(std::sync::Arc::new(CpuBackend), &def.graph, 7).unwrap();
+        params.table().iter().map(|e| e.name.clone()).collect()
+    }
     let (_, images) = small_net(53);
     let labels = [2u32, 5, 7];
-    let (loss, grads, after) = run(CpuBackend, &images, &labels);
-    let (eloss, egrads, eafter) = run(
-        EmuBackend {
-            order: ThreadOrder::Forward,
-        },
-        &images,
-        &labels,
-    );
-    assert!(
-        (eloss - loss).abs() <= 1e-5 * loss.abs(),
-        "loss {eloss} vs CPU plan {loss}"
-    );
-    for (i, (g, e)) in grads.iter().zip(&egrads).enumerate() {
-        common::assert_close(&format!("emulated planned step grad {i}"), e, g, 1e-5, 1e-3);
+    let (_, fp32_grads, _) = run(CpuBackend, Precision::Fp32, &images, &labels);
+    for precision in [Precision::Fp32, Precision::Tf32] {
+        let (loss, grads, after) = run(CpuBackend, precision, &images, &labels);
+        let (eloss, egrads, eafter) = run(
+            EmuBackend {
+                order: ThreadOrder::Forward,
+            },
+            precision,
+            &images,
+            &labels,
+        );
+        assert!(
+            (eloss - loss).abs() <= 1e-5 * loss.abs(),
+            "{precision:?}: loss {eloss} vs CPU plan {loss}"
+        );
+        for (i, (g, e)) in grads.iter().zip(&egrads).enumerate() {
+            common::assert_close(
+                &format!("{precision:?} emulated planned step grad {i}"),
+                e,
+                g,
+                1e-5,
+                1e-3,
+            );
+        }
+        common::assert_close(
+            &format!("{precision:?} emulated planned step, parameters after Adam"),
+            &eafter,
+            &after,
+            1e-5,
+            1e-4,
+        );
+        if precision == Precision::Tf32 {
+            // every nonzero weight gradient (a product's result) shows the rounding, the convs' included:
+            // TF32 operands move the products by up to 2⁻¹¹ relative each, far beyond fp32's
+            // summation-order noise (1e-5 relative; this small net's gradients go down to 1e-6, so no
+            // absolute tolerance); some of its channels are dead (4 of its 14 weight gradients are zero)
+            let names = weight_names();
+            let weights = names.iter().filter(|n| n.ends_with("weight")).count();
+            let mut checked = 0;
+            for (i, (g, f)) in egrads.iter().zip(&fp32_grads).enumerate() {
+                if !names[i].ends_with("weight") || f.iter().all(|&v| v == 0.0) {
+                    continue;
+                }
+                checked += 1;
+                assert!(
+                    common::kernels::differs_beyond(g, f, 0.0, 1e-5),
+                    "TF32 gradient of {} equals the fp32 step's within fp32 noise",
+                    names[i]
+                );
+            }
+            assert!(
+                2 * checked >= weights,
+                "{checked} of {weights} weight gradients live"
+            );
+        }
     }
-    common::assert_close(
-        "emulated planned step, parameters after Adam",
-        &eafter,
-        &after,
-        1e-5,
-        1e-4,
-    );
 }
 
 /// The emulator's tensor-core collective (kernels/mma.cuh) with the PTX ISA's fragment layout equals the CPU

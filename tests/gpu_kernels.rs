@@ -76,7 +76,12 @@ fn small_gpu_dropout_adam_softmax_match_twins() {
 }
 
 fn conv_case(shapes: &[inception_cuda::shape::ConvShape]) {
-    use common::kernels::{assert_outputs, conv_on, CONV_TOL};
+    conv_case_tol(shapes, &common::kernels::CONV_TOL);
+}
+
+/// [`conv_case`] with the tolerances `tol` (the TF32 kernels use `CONV_TF32_TOL`).
+fn conv_case_tol(shapes: &[inception_cuda::shape::ConvShape], tol: &[(&str, f32, f32); 6]) {
+    use common::kernels::{assert_outputs, conv_on};
     for s in shapes {
         let (x, w, b) = (
             uniform(11, s.n * s.c_in * s.h * s.w),
@@ -89,12 +94,17 @@ fn conv_case(shapes: &[inception_cuda::shape::ConvShape]) {
         );
         let want = conv_on(&CpuBackend, s, &x, &w, &b, &dy, &dx0);
         let got = with_gpu(|g| conv_on(g, s, &x, &w, &b, &dy, &dx0));
-        assert_outputs(&format!("gpu conv {s:?}"), &CONV_TOL, &got, &want);
+        assert_outputs(&format!("gpu conv {s:?}"), tol, &got, &want);
     }
 }
 
 fn fused_case(shapes: &[inception_cuda::shape::ReduceConvShape]) {
-    use common::kernels::{assert_outputs, fused_on, FUSED_TOL};
+    fused_case_tol(shapes, &common::kernels::FUSED_TOL);
+}
+
+/// [`fused_case`] with the tolerances `tol` (the TF32 kernels use `FUSED_TF32_TOL`).
+fn fused_case_tol(shapes: &[inception_cuda::shape::ReduceConvShape], tol: &[(&str, f32, f32); 4]) {
+    use common::kernels::{assert_outputs, fused_on};
     for s in shapes {
         let x = uniform(21, s.n * s.c_in * s.h * s.w);
         let params = uniform(
@@ -107,7 +117,7 @@ fn fused_case(shapes: &[inception_cuda::shape::ReduceConvShape]) {
         );
         let want = fused_on(&CpuBackend, s, &x, &params, &dy, &dx0);
         let got = with_gpu(|g| fused_on(g, s, &x, &params, &dy, &dx0));
-        assert_outputs(&format!("gpu reduce_conv {s:?}"), &FUSED_TOL, &got, &want);
+        assert_outputs(&format!("gpu reduce_conv {s:?}"), tol, &got, &want);
     }
 }
 
@@ -122,6 +132,60 @@ fn small_gpu_convs_match_twins() {
 fn small_gpu_fused_reduce_conv_matches_twin() {
     fused_case(&common::kernels::fused_shapes());
     fused_case(&common::kernels::fused_tiled_shapes());
+}
+
+/// The tensor-core convs (conv_*_tf32) against the TF32 twins at every tile edge.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn small_gpu_tf32_convs_match_twins() {
+    conv_case_tol(
+        &common::kernels::conv_tf32_shapes(),
+        &common::kernels::CONV_TF32_TOL,
+    );
+}
+
+/// The fused reduce conv on the tensor cores (reduce_conv_fwd_tf32, reduce_conv_dmid_tf32) against the TF32
+/// twin, at the tile edges and on GoogLeNet (3a)-wide reduced maps (row tiles with halos, 96 reduce channels:
+/// three 32-row slabs of the on-chip map).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn small_gpu_tf32_fused_reduce_conv_matches_twin() {
+    use common::kernels::{fused_tf32_shapes, fused_tiled_shapes, FUSED_TF32_TOL};
+    use inception_cuda::shape::Precision;
+    let tiled: Vec<_> = fused_tiled_shapes()
+        .into_iter()
+        .map(|s| s.with_precision(Precision::Tf32))
+        .collect();
+    fused_case_tol(&fused_tf32_shapes(), &FUSED_TF32_TOL);
+    fused_case_tol(&tiled, &FUSED_TF32_TOL);
+}
+
+/// Module 2's convs at batch 50 on the tensor cores: the 1×1 branch, and both fused branches (the reduced
+/// map's 50 KB in shared memory with the opt-in).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_tf32_convs_at_module_2_size_match_twins() {
+    use common::kernels::{CONV_TF32_TOL, FUSED_TF32_TOL};
+    use inception_cuda::shape::{ConvShape, Precision, ReduceConvShape};
+    conv_case_tol(
+        &[ConvShape::new(50, 128, 64, 28, 28, 1)
+            .into_slice(256, 0)
+            .with_precision(Precision::Tf32)],
+        &CONV_TF32_TOL,
+    );
+    let fused = |k, off| ReduceConvShape {
+        n: 50,
+        c_in: 128,
+        c_mid: 16,
+        c_out: 64,
+        h: 28,
+        w: 28,
+        k,
+        c_total: 256,
+        c_offset: off,
+        precision: Precision::Tf32,
+    };
+    fused_case_tol(&[fused(3, 64), fused(5, 128)], &FUSED_TF32_TOL);
 }
 
 /// Module 2 of the MNIST net at batch 50: the 28×28×16 reduced map (50 KB) needs the shared-memory opt-in.
@@ -140,6 +204,7 @@ fn gpu_convs_at_module_2_size_match_twins() {
         k,
         c_total: 256,
         c_offset: off,
+        precision: inception_cuda::shape::Precision::Fp32,
     };
     fused_case(&[fused(3, 64), fused(5, 128)]);
 }

@@ -5,12 +5,18 @@
 //! gradient of the conv's output *before* that ReLU (the module applies `relu_bwd` to its whole output once).
 //! Per image: im2col, then one matrix product (`W [c_out, c_in·k²] · col [c_in·k², h·w]`). Weight and bias
 //! gradients sum per-image partials in image order, so results do not depend on the thread count.
+//!
+//! In [`Precision::Tf32`] the products' operands are rounded to TF32 ([`tf32_round`](super::tf32_round)) as
+//! the tensor-core kernels round them (`cvt.rna` on every fragment element), then the fp32 twin runs on the
+//! rounded copies: forward rounds `x` and `w`, dgrad `dy` and `w`, wgrad `dy` and `x`; the bias, the ReLU and
+//! the bias gradient (a plain sum) stay f32.
 
 use rayon::prelude::*;
 
 use super::matmul::{matmul, Mat, MatMut, Threads};
 use super::sum_over_images;
-use crate::shape::{check_len, ConvShape};
+use super::tf32::rounded;
+use crate::shape::{check_len, ConvShape, Precision};
 use crate::Result;
 
 /// `y[:, off..off+c_out] = relu?(w ⊛ x + b)`. Shapes: `y [n, c_total, h, w]`, `x [n, c_in, h, w]`,
@@ -27,6 +33,10 @@ pub fn conv_fwd(
     check_conv(OP, s, x, w)?;
     check_len(OP, "y", s.y_len(OP)?, y.len())?;
     check_len(OP, "b", s.c_out, b.len())?;
+    if s.precision == Precision::Tf32 {
+        let fp32 = s.with_precision(Precision::Fp32);
+        return conv_fwd(y, &rounded(x), &rounded(w), b, &fp32, relu);
+    }
     let (hw, ckk) = (s.h * s.w, s.c_in * s.k * s.k);
     y.par_chunks_mut(s.c_total * hw)
         .zip(x.par_chunks(s.c_in * hw))
@@ -59,6 +69,10 @@ pub fn conv_dgrad(
     const OP: &str = "conv_dgrad";
     check_conv(OP, s, dx, w)?;
     check_len(OP, "dy", s.y_len(OP)?, dy.len())?;
+    if s.precision == Precision::Tf32 {
+        let fp32 = s.with_precision(Precision::Fp32);
+        return conv_dgrad(dx, &rounded(dy), &rounded(w), &fp32, accumulate);
+    }
     let (hw, ckk) = (s.h * s.w, s.c_in * s.k * s.k);
     let wt = Mat::rows(w, s.c_out, ckk).t(); // [c_in·k², c_out]
     dx.par_chunks_mut(s.c_in * hw)
@@ -111,6 +125,10 @@ pub fn conv_wgrad(dw: &mut [f32], dy: &[f32], x: &[f32], s: &ConvShape) -> Resul
     const OP: &str = "conv_wgrad";
     check_conv(OP, s, x, dw)?;
     check_len(OP, "dy", s.y_len(OP)?, dy.len())?;
+    if s.precision == Precision::Tf32 {
+        let fp32 = s.with_precision(Precision::Fp32);
+        return conv_wgrad(dw, &rounded(dy), &rounded(x), &fp32);
+    }
     let (hw, ckk) = (s.h * s.w, s.c_in * s.k * s.k);
     sum_over_images(dw, s.n, |i, partial| {
         let x_n = &x[i * s.c_in * hw..(i + 1) * s.c_in * hw];
@@ -132,7 +150,8 @@ pub fn conv_wgrad(dw: &mut [f32], dy: &[f32], x: &[f32], s: &ConvShape) -> Resul
     })
 }
 
-/// `db[c] = Σ_{images, pixels} dy[:, c_offset + c]`. Shapes: `db [c_out]`, `dy [n, c_total, h, w]`.
+/// `db[c] = Σ_{images, pixels} dy[:, c_offset + c]`. Shapes: `db [c_out]`, `dy [n, c_total, h, w]`. A sum, not
+/// a product: f32 in every precision.
 pub fn conv_bgrad(db: &mut [f32], dy: &[f32], s: &ConvShape) -> Result<()> {
     const OP: &str = "conv_bgrad";
     s.validate(OP)?;

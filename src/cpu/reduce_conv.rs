@@ -7,11 +7,19 @@
 //! `j = y·wp + x` of tap `(ky, kx)` reads padded pixel `j + ky·wp + kx`: a constant shift, so each tap is one
 //! matrix product `W2[:, :, ky, kx] · midpad[:, shift..]` over `h·wp` columns, of which the `k - 1` extra
 //! columns per row are discarded. Backward runs the same trick on a zero-padded copy of the gradient.
+//!
+//! In [`Precision::Tf32`] every product's operands are rounded to TF32 ([`tf32_round`]) where the
+//! tensor-core kernels round them, and everything else stays f32. Forward: `x` and `w1` for the 1×1; the
+//! reduced map (computed and ReLU'd in f32, saved unrounded in `mid`) is rounded where it feeds the k×k conv,
+//! with `w2`. Backward: `dy` and `w2` for `dmid`; `dy` and the saved `mid` for `dw2`; the masked `dpre`
+//! (computed in f32) with `x` for `dw1` and with `w1` for `dx`. The biases' gradients sum the unrounded `dy`
+//! and `dpre`, and the ReLU mask reads the unrounded `mid`.
 
 use super::matmul::{matmul, Mat, MatMut, Threads};
 use super::sum_in_order;
+use super::tf32::{rounded, tf32_round};
 use crate::backend::reduce_conv_param_ranges;
-use crate::shape::{check_len, ReduceConvShape};
+use crate::shape::{check_len, Precision, ReduceConvShape};
 use crate::Result;
 
 use rayon::prelude::*;
@@ -42,8 +50,9 @@ impl Pad {
         self.hp * self.wp + self.k - 1
     }
 
-    /// Copies `src [c, h, w]` into the interior of zeroed padded planes `dst [c, plane]`.
-    fn pad(&self, dst: &mut Vec<f32>, src: &[f32]) {
+    /// Copies `src [c, h, w]` into the interior of zeroed padded planes `dst [c, plane]`, rounded to TF32
+    /// when `tf32` (the copy is a product's operand).
+    fn pad(&self, dst: &mut Vec<f32>, src: &[f32], tf32: bool) {
         let (p, plane) = (self.k / 2, self.plane());
         dst.clear();
         dst.resize(src.len() / (self.h * self.w) * plane, 0.0);
@@ -52,6 +61,9 @@ impl Pad {
                 let at = (y + p) * self.wp + p;
                 d[at..at + self.w].copy_from_slice(row);
             }
+        }
+        if tf32 {
+            dst.iter_mut().for_each(|v| *v = tf32_round(*v));
         }
     }
 
@@ -79,7 +91,7 @@ fn check(op: &'static str, s: &ReduceConvShape, x: &[f32], w1: &[f32], w2: &[f32
     check_len(op, "w2", s.conv().w_len(op)?, w2.len())
 }
 
-/// Forward of the fused branch. Shapes: `y [n, c_total, h, w]` (channels `c_offset..c_offset + c_out`
+/// Forward of the fused branch (in TF32: see the module docs). Shapes: `y [n, c_total, h, w]` (channels `c_offset..c_offset + c_out`
 /// written), `mid [n, c_mid, h, w]` (saved reduced map, post-ReLU), `x [n, c_in, h, w]`, `params` the block
 /// `[w1 [c_mid, c_in] | b1 [c_mid] | w2 [c_out, c_mid, k, k] | b2 [c_out]]`
 /// ([`crate::backend::reduce_conv_param_ranges`]).
@@ -91,9 +103,14 @@ pub fn reduce_conv_fwd(
     s: &ReduceConvShape,
 ) -> Result<()> {
     let [w1, b1, w2, b2] = split_params("reduce_conv_fwd", params, s)?;
+    if s.precision == Precision::Tf32 {
+        return fwd(y, mid, &rounded(x), &rounded(w1), b1, &rounded(w2), b2, s);
+    }
     fwd(y, mid, x, w1, b1, w2, b2, s)
 }
 
+/// The forward on operands already rounded as `s.precision` asks (`x`, `w1`, `w2`); the reduced map is rounded
+/// here, as it is computed.
 #[allow(clippy::too_many_arguments)]
 fn fwd(
     y: &mut [f32],
@@ -134,7 +151,7 @@ fn fwd(
                     }
                 }
                 // k×k conv as k² shifted products into acc [c_out, h·wp].
-                pad.pad(midpad, mid_n);
+                pad.pad(midpad, mid_n, s.precision == Precision::Tf32);
                 acc.clear();
                 acc.resize(s.c_out * s.h * pad.wp, 0.0);
                 for ky in 0..s.k {
@@ -199,6 +216,10 @@ pub fn reduce_conv_bwd(
     let (dw1, rest) = dparams.split_at_mut(r1.end);
     let (db1, rest) = rest.split_at_mut(rb1.len());
     let (dw2, db2) = rest.split_at_mut(r2.len());
+    if s.precision == Precision::Tf32 {
+        let (x, w1, w2) = (rounded(x), rounded(w1), rounded(w2));
+        return bwd(dx, dw1, db1, dw2, db2, dy, &x, mid, &w1, &w2, s, accumulate);
+    }
     bwd(dx, dw1, db1, dw2, db2, dy, x, mid, w1, w2, s, accumulate)
 }
 
@@ -214,6 +235,8 @@ fn split_params<'a>(
     Ok(ranges.map(|r| &params[r]))
 }
 
+/// The backward on `x`, `w1`, `w2` already rounded as `s.precision` asks; `dy`, `mid` and `dpre` are rounded
+/// here where they are a product's operand.
 #[allow(clippy::too_many_arguments)]
 fn bwd(
     dx: &mut [f32],
@@ -240,6 +263,7 @@ fn bwd(
     check_len(OP, "mid", s.mid_len(OP)?, mid.len())?;
     let (hw, pad, kk) = (s.h * s.w, Pad::new(s), s.k * s.k);
     let (n_w1, n_w2) = (w1.len(), w2.len());
+    let tf32 = s.precision == Precision::Tf32;
     // One per-image partial holds [dw1 | db1 | dw2 | db2]; partials are summed in image order.
     let partials = dx.par_chunks_mut(s.c_in * hw).enumerate().map(|(i, dx_n)| {
         let mut partial = vec![0.0f32; n_w1 + s.c_mid + n_w2 + s.c_out];
@@ -251,8 +275,8 @@ fn bwd(
         let g_n =
             &dy[(i * s.c_total + s.c_offset) * hw..(i * s.c_total + s.c_offset + s.c_out) * hw];
         let (mut gpad, mut midpad) = (Vec::new(), Vec::new());
-        pad.pad(&mut gpad, g_n);
-        pad.pad(&mut midpad, mid_n);
+        pad.pad(&mut gpad, g_n, tf32);
+        pad.pad(&mut midpad, mid_n, tf32);
         // The gradient in the padded-width layout [c_out, h·wp]: gpad seen from its interior origin; the
         // discarded columns read padding, which is zero.
         let g_wide = pad.shifted(&gpad, s.c_out, pad.tap(s.k / 2, s.k / 2));
@@ -309,6 +333,12 @@ fn bwd(
                 *d = if m > 0.0 { g } else { 0.0 };
             }
         }
+        for (b, row) in p_b1.iter_mut().zip(dpre.chunks(hw)) {
+            *b = row.iter().sum();
+        }
+        if tf32 {
+            dpre.iter_mut().for_each(|v| *v = tf32_round(*v)); // the operand of dw1 and dx
+        }
         matmul(
             OP,
             MatMut::rows(p_w1, s.c_mid, s.c_in),
@@ -317,9 +347,7 @@ fn bwd(
             false,
             Threads::Serial,
         )?;
-        for (b, row) in p_b1.iter_mut().zip(dpre.chunks(hw)) {
-            *b = row.iter().sum();
-        }
+
         // dx (+)= w1ᵀ · dpre
         matmul(
             OP,

@@ -175,6 +175,22 @@ enum Launch {
     },
 }
 
+impl Launch {
+    /// The arithmetic of a launch's products: its shape's precision; `None` for launches without products.
+    #[cfg(test)]
+    fn precision(&self) -> Option<Precision> {
+        match self {
+            Launch::ConvFwd { s, .. } | Launch::ConvBwd { s, .. } => Some(s.precision),
+            Launch::ReduceConvFwd { s, .. } | Launch::ReduceConvBwd { s, .. } => Some(s.precision),
+            Launch::LinearFwd { s, .. }
+            | Launch::LinearBwd { s, .. }
+            | Launch::LinearWgradAdam { s, .. }
+            | Launch::LinearBwdAdam { s, .. } => Some(s.precision),
+            _ => None,
+        }
+    }
+}
+
 /// The step count after one more step of `params` (an error past `u64::MAX`).
 fn next_step<B: Backend>(params: &Params<B>) -> Result<u64> {
     params.step.checked_add(1).ok_or_else(|| Error::OutOfRange {
@@ -252,7 +268,7 @@ struct Planner<'g> {
     op: &'static str,
     n: usize,
     train: bool,
-    /// The arithmetic of the linear layers' products (the convolutions are fp32 in every precision today).
+    /// The arithmetic of the convolutions' and linear layers' products.
     precision: Precision,
     live: Vec<bool>,
     consumers: Vec<Vec<usize>>,
@@ -587,7 +603,9 @@ impl<'g> Planner<'g> {
         let (c_in, h, w) = self.chw(x.0);
         let (c_out, _, _) = self.chw(i);
         let loc = self.fwd_loc(i)?;
-        let s = ConvShape::new(self.n, c_in, c_out, h, w, k).into_slice(loc.c_total, loc.c_offset);
+        let s = ConvShape::new(self.n, c_in, c_out, h, w, k)
+            .into_slice(loc.c_total, loc.c_offset)
+            .with_precision(self.precision);
         s.validate(self.op)?;
         Ok(s)
     }
@@ -610,6 +628,7 @@ impl<'g> Planner<'g> {
             k,
             c_total: loc.c_total,
             c_offset: loc.c_offset,
+            precision: self.precision,
         };
         s.validate(self.op)?;
         Ok(s)
@@ -1725,6 +1744,67 @@ impl<B: Backend> Values<'_, B> {
         match self {
             Values::Shared(v) => v,
             Values::Mut(v) => v,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Launch, Plan, Precision, TrainOptions};
+    use crate::cpu::CpuBackend;
+    use crate::nn::MnistConfig;
+
+    /// A training plan's precision reaches every launch with products: the convolutions (plain and fused,
+    /// forward and backward) as well as the linear layers. An inference plan stays fp32.
+    #[test]
+    fn every_product_of_a_training_plan_runs_in_its_precision() {
+        let cfg = MnistConfig {
+            map1: 2,
+            map2: 3,
+            reduce: 2,
+            hidden: 6,
+            dropout: 0.5,
+            image: 6,
+        };
+        let def = cfg.graph().expect("small net");
+        for precision in [Precision::Fp32, Precision::Tf32] {
+            let opts = TrainOptions {
+                precision,
+                ..TrainOptions::default()
+            };
+            let plan = Plan::train_with(CpuBackend, &def.graph, 2, &opts).expect("plan");
+            let lists = [
+                &plan.forward,
+                &plan.backward,
+                &plan.adam,
+                &plan.step_lists.0,
+                &plan.step_lists.1,
+            ];
+            let launches: Vec<&Launch> = lists.into_iter().flatten().collect();
+            let convs = launches
+                .iter()
+                .filter(|l| {
+                    matches!(
+                        l,
+                        Launch::ConvFwd { .. }
+                            | Launch::ConvBwd { .. }
+                            | Launch::ReduceConvFwd { .. }
+                            | Launch::ReduceConvBwd { .. }
+                    )
+                })
+                .count();
+            assert!(convs >= 4, "{precision:?}: {convs} conv launches");
+            for l in &launches {
+                if let Some(p) = l.precision() {
+                    assert_eq!(p, precision, "{l:?}");
+                }
+            }
+            let logits = def.logits;
+            let eval = Plan::inference(CpuBackend, &def.graph, 2, logits).expect("inference plan");
+            assert!(eval
+                .forward
+                .iter()
+                .all(|l| l.precision().is_none_or(|p| p == Precision::Fp32)));
         }
     }
 }

@@ -5,7 +5,7 @@ use super::{Driver, Kernel};
 use crate::backend::reduce_conv_param_ranges;
 use crate::bindings::{ConvDims, ReduceDims};
 use crate::launch::{check_lens, elementwise, LaunchDims};
-use crate::shape::{ConvShape, ReduceConvShape};
+use crate::shape::{ConvShape, Precision, ReduceConvShape};
 use crate::Result;
 
 /// Convolution into a channel slice of `y`, optional ReLU epilogue. Shapes: `y [n, c_total, h, w]`,
@@ -30,8 +30,12 @@ pub fn conv_fwd<D: Driver + ?Sized>(
             ("b", s.c_out, D::len_of(b)),
         ],
     )?;
-    let Some(dims) = cd.fwd() else { return Ok(()) };
-    launch!(d, OP, Kernel::ConvFwd, dims; out y, inp x, inp w, inp b, val &cd, val &i32::from(relu))?;
+    let (kernel, dims) = match s.precision {
+        Precision::Fp32 => (Kernel::ConvFwd, cd.fwd()),
+        Precision::Tf32 => (Kernel::ConvFwdTf32, cd.fwd_tf32(OP)?),
+    };
+    let Some(dims) = dims else { return Ok(()) };
+    launch!(d, OP, kernel, dims; out y, inp x, inp w, inp b, val &cd, val &i32::from(relu))?;
     Ok(())
 }
 
@@ -54,9 +58,10 @@ pub fn conv_dgrad<D: Driver + ?Sized>(
             ("w", s.w_len(OP)?, D::len_of(w)),
         ],
     )?;
-    dgrad(d, OP, dx, dy, w, &cd, accumulate)
+    dgrad(d, OP, dx, dy, w, &cd, s.precision, accumulate)
 }
 
+#[allow(clippy::too_many_arguments)] // the kernel's arguments, plus the op and the precision that picks it
 fn dgrad<D: Driver + ?Sized>(
     d: &D,
     op: &'static str,
@@ -64,12 +69,17 @@ fn dgrad<D: Driver + ?Sized>(
     dy: &D::View<'_>,
     w: &D::View<'_>,
     cd: &ConvDims,
+    precision: Precision,
     accumulate: bool,
 ) -> Result<()> {
-    let Some(dims) = cd.dgrad() else {
+    let (kernel, dims) = match precision {
+        Precision::Fp32 => (Kernel::ConvDgrad, cd.dgrad()),
+        Precision::Tf32 => (Kernel::ConvDgradTf32, cd.dgrad_tf32(op)?),
+    };
+    let Some(dims) = dims else {
         return Ok(());
     };
-    launch!(d, op, Kernel::ConvDgrad, dims; out dx, inp dy, inp w, val cd, val &i32::from(accumulate))?;
+    launch!(d, op, kernel, dims; out dx, inp dy, inp w, val cd, val &i32::from(accumulate))?;
     Ok(())
 }
 
@@ -92,7 +102,7 @@ pub fn conv_wgrad<D: Driver + ?Sized>(
             ("x", s.x_len(OP)?, D::len_of(x)),
         ],
     )?;
-    wgrad(d, OP, dw, dy, x, &cd)
+    wgrad(d, OP, dw, dy, x, &cd, s.precision)
 }
 
 fn wgrad<D: Driver + ?Sized>(
@@ -102,12 +112,17 @@ fn wgrad<D: Driver + ?Sized>(
     dy: &D::View<'_>,
     x: &D::View<'_>,
     cd: &ConvDims,
+    precision: Precision,
 ) -> Result<()> {
-    let Some(dims) = cd.wgrad() else {
+    let (kernel, dims) = match precision {
+        Precision::Fp32 => (Kernel::ConvWgrad, cd.wgrad()),
+        Precision::Tf32 => (Kernel::ConvWgradTf32, cd.wgrad_tf32(op)?),
+    };
+    let Some(dims) = dims else {
         return d.zero(op, dw); // no images: the gradient is zero
     };
     d.with_scratch(op, cd.wgrad_partials_len(), |partials| {
-        launch!(d, op, Kernel::ConvWgrad, dims; out partials, inp dy, inp x, val cd,
+        launch!(d, op, kernel, dims; out partials, inp dy, inp x, val cd,
             val &cd.imgs_per_split())?;
         split_sum(d, op, dw, &D::reader(partials), cd.splits())
     })
@@ -191,17 +206,23 @@ pub fn reduce_conv_fwd<D: Driver + ?Sized>(
             ("params", ranges[3].end, D::len_of(params)),
         ],
     )?;
-    let Some(dims) = rd.fwd(OP)? else {
+    let (kernel, dims) = match s.precision {
+        Precision::Fp32 => (Kernel::ReduceConvFwd, rd.fwd(OP)?),
+        Precision::Tf32 => (Kernel::ReduceConvFwdTf32, rd.fwd_tf32(OP)?),
+    };
+    let Some(dims) = dims else {
         return Ok(());
     };
     let [w1, b1, w2, b2] = ranges.map(|r| D::sub(params, r));
-    fwd_launch(d, dims, y, mid, x, [&w1?, &b1?, &w2?, &b2?], &rd)
+    fwd_launch(d, kernel, dims, y, mid, x, [&w1?, &b1?, &w2?, &b2?], &rd)
 }
 
 /// The launch of [`reduce_conv_fwd`]. The parameter views come in as arguments: a generic driver's view made
 /// in a function and pushed there is beyond what the borrow checker can prove lives long enough.
+#[allow(clippy::too_many_arguments)] // the kernel's arguments, plus the kernel of the precision
 fn fwd_launch<D: Driver + ?Sized>(
     d: &D,
+    kernel: Kernel,
     dims: LaunchDims,
     y: &mut D::ViewMut<'_>,
     mid: &mut D::ViewMut<'_>,
@@ -209,7 +230,7 @@ fn fwd_launch<D: Driver + ?Sized>(
     [w1, b1, w2, b2]: [&D::View<'_>; 4],
     rd: &ReduceDims,
 ) -> Result<()> {
-    launch!(d, "reduce_conv_fwd", Kernel::ReduceConvFwd, dims; out y, out mid, inp x, inp w1, inp b1,
+    launch!(d, "reduce_conv_fwd", kernel, dims; out y, out mid, inp x, inp w1, inp b1,
         inp w2, inp b2, val rd)?;
     Ok(())
 }
@@ -248,21 +269,42 @@ pub fn reduce_conv_bwd<D: Driver + ?Sized>(
     )?;
     let (w1, w2) = (D::sub(params, r1.clone())?, D::sub(params, r2.clone())?);
     let (conv, reduce) = (rd.conv(), rd.reduce());
-    wgrad(d, OP, &mut D::sub_mut(dparams, r2)?, dy, mid, &conv)?;
+    wgrad(
+        d,
+        OP,
+        &mut D::sub_mut(dparams, r2)?,
+        dy,
+        mid,
+        &conv,
+        s.precision,
+    )?;
     bgrad(d, OP, &mut D::sub_mut(dparams, rb2)?, dy, &conv)?;
-    if let Some(dims) = rd.dmid() {
-        dmid_launch(d, dims, scratch, dy, &w2, mid, &rd)?;
+    let (kernel, dims) = match s.precision {
+        Precision::Fp32 => (Kernel::ReduceConvDmid, rd.dmid()),
+        Precision::Tf32 => (Kernel::ReduceConvDmidTf32, rd.dmid_tf32(OP)?),
+    };
+    if let Some(dims) = dims {
+        dmid_launch(d, kernel, dims, scratch, dy, &w2, mid, &rd)?;
     }
     let dpre = D::reader(scratch);
-    wgrad(d, OP, &mut D::sub_mut(dparams, r1)?, &dpre, x, &reduce)?;
+    wgrad(
+        d,
+        OP,
+        &mut D::sub_mut(dparams, r1)?,
+        &dpre,
+        x,
+        &reduce,
+        s.precision,
+    )?;
     bgrad(d, OP, &mut D::sub_mut(dparams, rb1)?, &dpre, &reduce)?;
-    dgrad(d, OP, dx, &dpre, &w1, &reduce, accumulate)
+    dgrad(d, OP, dx, &dpre, &w1, &reduce, s.precision, accumulate)
 }
 
 /// The launch of `reduce_conv_dmid` (the view of `w2` as an argument: see [`fwd_launch`]).
 #[allow(clippy::too_many_arguments)]
 fn dmid_launch<D: Driver + ?Sized>(
     d: &D,
+    kernel: Kernel,
     dims: LaunchDims,
     dpre: &mut D::ViewMut<'_>,
     dy: &D::View<'_>,
@@ -270,6 +312,6 @@ fn dmid_launch<D: Driver + ?Sized>(
     mid: &D::View<'_>,
     rd: &ReduceDims,
 ) -> Result<()> {
-    launch!(d, "reduce_conv_bwd", Kernel::ReduceConvDmid, dims; out dpre, inp dy, inp w2, inp mid, val rd)?;
+    launch!(d, "reduce_conv_bwd", kernel, dims; out dpre, inp dy, inp w2, inp mid, val rd)?;
     Ok(())
 }

@@ -127,62 +127,68 @@ fn call_every_kernel(r: &Recorder) -> Result<()> {
         true,
     )?;
 
-    let cs = ConvShape::new(2, 3, 4, 5, 6, 3).into_slice(9, 2);
+    // the convs and the fused reduce conv, fp32 and on the tensor cores
     let (xl, yl, wl) = (2 * 3 * 30, 2 * 9 * 30, 4 * 3 * 9);
-    r.conv_fwd(
-        &mut z(yl).as_mut_slice(),
-        &z(xl).as_slice(),
-        &z(wl).as_slice(),
-        &z(4).as_slice(),
-        &cs,
-        true,
-    )?;
-    r.conv_dgrad(
-        &mut z(xl).as_mut_slice(),
-        &z(yl).as_slice(),
-        &z(wl).as_slice(),
-        &cs,
-        false,
-    )?;
-    r.conv_wgrad(
-        &mut z(wl).as_mut_slice(),
-        &z(yl).as_slice(),
-        &z(xl).as_slice(),
-        &cs,
-    )?;
-    r.conv_bgrad(&mut z(4).as_mut_slice(), &z(yl).as_slice(), &cs)?;
+    for precision in [Precision::Fp32, Precision::Tf32] {
+        let cs = ConvShape::new(2, 3, 4, 5, 6, 3)
+            .into_slice(9, 2)
+            .with_precision(precision);
+        r.conv_fwd(
+            &mut z(yl).as_mut_slice(),
+            &z(xl).as_slice(),
+            &z(wl).as_slice(),
+            &z(4).as_slice(),
+            &cs,
+            true,
+        )?;
+        r.conv_dgrad(
+            &mut z(xl).as_mut_slice(),
+            &z(yl).as_slice(),
+            &z(wl).as_slice(),
+            &cs,
+            false,
+        )?;
+        r.conv_wgrad(
+            &mut z(wl).as_mut_slice(),
+            &z(yl).as_slice(),
+            &z(xl).as_slice(),
+            &cs,
+        )?;
+        r.conv_bgrad(&mut z(4).as_mut_slice(), &z(yl).as_slice(), &cs)?;
 
-    let rs = ReduceConvShape {
-        n: 2,
-        c_in: 3,
-        c_mid: 2,
-        c_out: 4,
-        h: 5,
-        w: 6,
-        k: 3,
-        c_total: 9,
-        c_offset: 2,
-    };
-    let block = crate::backend::reduce_conv_param_ranges(&rs)[3].end;
-    let ml = 2 * 2 * 30;
-    r.reduce_conv_fwd(
-        &mut z(yl).as_mut_slice(),
-        &mut z(ml).as_mut_slice(),
-        &z(xl).as_slice(),
-        &z(block).as_slice(),
-        &rs,
-    )?;
-    r.reduce_conv_bwd(
-        &mut z(xl).as_mut_slice(),
-        &mut z(block).as_mut_slice(),
-        &mut z(ml).as_mut_slice(),
-        &z(yl).as_slice(),
-        &z(xl).as_slice(),
-        &z(ml).as_slice(),
-        &z(block).as_slice(),
-        &rs,
-        true,
-    )?;
+        let rs = ReduceConvShape {
+            n: 2,
+            c_in: 3,
+            c_mid: 2,
+            c_out: 4,
+            h: 5,
+            w: 6,
+            k: 3,
+            c_total: 9,
+            c_offset: 2,
+            precision,
+        };
+        let block = crate::backend::reduce_conv_param_ranges(&rs)[3].end;
+        let ml = 2 * 2 * 30;
+        r.reduce_conv_fwd(
+            &mut z(yl).as_mut_slice(),
+            &mut z(ml).as_mut_slice(),
+            &z(xl).as_slice(),
+            &z(block).as_slice(),
+            &rs,
+        )?;
+        r.reduce_conv_bwd(
+            &mut z(xl).as_mut_slice(),
+            &mut z(block).as_mut_slice(),
+            &mut z(ml).as_mut_slice(),
+            &z(yl).as_slice(),
+            &z(xl).as_slice(),
+            &z(ml).as_slice(),
+            &z(block).as_slice(),
+            &rs,
+            true,
+        )?;
+    }
 
     r.mma_tf32_tile(
         &mut z(128).as_mut_slice(),

@@ -190,6 +190,7 @@ impl InceptionModule {
             k,
             c_total: total,
             c_offset,
+            precision: crate::shape::Precision::Fp32,
         };
         let b3 = fused(wd.c3x3_reduce, wd.c3x3, 3, wd.c1x1);
         let b5 = fused(wd.c5x5_reduce, wd.c5x5, 5, wd.c1x1 + wd.c3x3);

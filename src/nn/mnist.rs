@@ -318,15 +318,15 @@ impl<B: Backend> InceptionMnist<B> {
         Ok(n)
     }
 
-    /// The arithmetic of the training steps' linear layers (fp32 unless [`Self::set_precision`] chose
-    /// another).
+    /// The arithmetic of the training steps' products, convolutions and linear layers (fp32 unless
+    /// [`Self::set_precision`] chose another).
     pub fn precision(&self) -> Precision {
         self.precision
     }
 
-    /// Trains the linear layers (fc1, fc2) in `precision` from the next batch on: [`Precision::Tf32`] runs
-    /// their products on the tensor cores with TF32 operands (the convolutions stay fp32). Evaluation stays
-    /// fp32. The losses not yet read by [`Self::take_mean_loss`] are kept.
+    /// Trains in `precision` from the next batch on: [`Precision::Tf32`] runs the products of the
+    /// convolutions (plain and fused reduce convs, forward and backward) and of the linear layers (fc1, fc2)
+    /// on the tensor cores with TF32 operands, f32 accumulation. Evaluation stays fp32. The losses not yet read by [`Self::take_mean_loss`] are kept.
     pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
         if precision != self.precision {
             if let Some(plan) = self.train.take() {

@@ -129,6 +129,7 @@ fn reduce_conv(
         k,
         c_total: c_out,
         c_offset: 0,
+        precision: crate::shape::Precision::Fp32,
     };
     s.validate(OP)?;
     let (y_len, mid_len) = (s.conv().y_len(OP)?, s.mid_len(OP)?);

@@ -250,6 +250,43 @@ pub fn conv_shapes() -> Vec<ConvShape> {
     v
 }
 
+/// Shapes for the tensor-core (TF32) conv tests, hitting every tile edge of `conv_*_tf32` (tiles of 32
+/// channels × 128 pixels or columns, the reduction in steps of 16): batch 1 and an odd 7 × 11 image with every
+/// kernel size and a channel slice (3·k² columns: scalar weight loads; 77 pixels: scalar dy loads in wgrad);
+/// 33 output channels (two row tiles, the second with one row) with c_in·k² = 36 and 6 × 6 images (the
+/// cp.async paths of the forward's weight rows and wgrad's dy rows); 135 pixels and 200 weight columns (two
+/// column tiles each); 35 input channels for dgrad's rows; and 130 images in 44 wgrad splits, the last short.
+pub fn conv_tf32_shapes() -> Vec<ConvShape> {
+    let mut v: Vec<ConvShape> = [1, 3, 5]
+        .map(|k| ConvShape::new(1, 3, 5, 7, 11, k).into_slice(9, 2))
+        .into();
+    v.push(ConvShape::new(2, 4, 33, 6, 6, 3).into_slice(40, 5));
+    v.push(ConvShape::new(3, 8, 6, 5, 9, 5));
+    v.push(ConvShape::new(1, 35, 3, 4, 7, 3).into_slice(4, 1));
+    v.push(ConvShape::new(130, 2, 3, 3, 3, 3));
+    v.into_iter()
+        .map(|s| s.with_precision(inception_cuda::shape::Precision::Tf32))
+        .collect()
+}
+
+/// Tolerances of [`conv_on`]'s outputs for the TF32 kernels against the TF32 twins. Both multiply the same
+/// TF32-rounded operands, whose products are exact in f32 (11 × 11 significant bits), so the two differ only
+/// in the order of their f32 sums (the kernels' mma steps of 8 in reduction order, the twins' matrix
+/// products): the fp32 bound of [`CONV_TOL`] (relative error of a sum of m products at most about
+/// m·2⁻²⁴·Σ|products|, m ≤ 200 here) applies unchanged.
+pub const CONV_TF32_TOL: [(&str, f32, f32); 6] = CONV_TOL;
+
+/// Whether `got` lies outside `|got - want| <= atol·max(1, rms(want)) + rtol·|want|` somewhere (the criterion
+/// of [`super::assert_close_scaled`]): that two results differ by more than summation order.
+pub fn differs_beyond(got: &[f32], want: &[f32], atol: f32, rtol: f32) -> bool {
+    let rms = (want.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / want.len().max(1) as f64)
+        .sqrt()
+        .max(1.0) as f32;
+    got.iter()
+        .zip(want)
+        .any(|(g, w)| (g - w).abs() > atol * rms + rtol * w.abs())
+}
+
 /// Reduced maps too large for one block's shared memory (GoogLeNet (3a)'s 96 reduce channels at 28×28):
 /// the forward splits them into row tiles with a halo (3 and 2 tiles here). One output channel keeps them
 /// cheap to emulate.
@@ -264,6 +301,7 @@ pub fn fused_tiled_shapes() -> Vec<ReduceConvShape> {
         k,
         c_total,
         c_offset,
+        precision: inception_cuda::shape::Precision::Fp32,
     };
     vec![big(96, 3, 2, 1), big(64, 5, 1, 0)]
 }
@@ -282,6 +320,7 @@ pub fn fused_shapes() -> Vec<ReduceConvShape> {
         k: 5,
         c_total: 75,
         c_offset: 3,
+        precision: inception_cuda::shape::Precision::Fp32,
     }];
     for (n, hw) in [(1, 5), (3, 7)] {
         for k in [3, 5] {
@@ -295,11 +334,50 @@ pub fn fused_shapes() -> Vec<ReduceConvShape> {
                 k,
                 c_total: 26,
                 c_offset: 5,
+                precision: inception_cuda::shape::Precision::Fp32,
             });
         }
     }
     v
 }
+
+/// Shapes for the tensor-core fused reduce conv (reduce_conv_fwd_tf32, reduce_conv_dmid_tf32 and the
+/// TF32 conv kernels of its backward), smaller than [`fused_shapes`] where the tile edges allow (dmid's
+/// reduction runs over c_out·k² in steps of 16, slow to emulate): two output-channel groups (66 = 64 + 2) on
+/// three row tiles of 9 × 9 with 5 reduce channels; batch 1 with k = 5 on 5 × 5 (one tile, the halo clipped
+/// both sides); batch 3 with k = 3 and k = 5 on 7 × 7 (two row tiles); and 11 input channels (two k steps of
+/// 8 in the 1×1), 35 reduce channels (two 32-row slabs of the reduced map and of dmid's tiles), 33 output
+/// channels (two slabs in the k×k) on an odd 7 × 11 image. All write a channel slice.
+pub fn fused_tf32_shapes() -> Vec<ReduceConvShape> {
+    let shape = |n, c_in, c_mid, c_out, (h, w), k, c_total, c_offset| ReduceConvShape {
+        n,
+        c_in,
+        c_mid,
+        c_out,
+        h,
+        w,
+        k,
+        c_total,
+        c_offset,
+        precision: inception_cuda::shape::Precision::Tf32,
+    };
+    vec![
+        shape(1, 3, 5, 66, (9, 9), 3, 70, 3),
+        shape(1, 3, 2, 20, (5, 5), 5, 26, 5),
+        shape(3, 3, 2, 6, (7, 7), 3, 8, 1),
+        shape(3, 3, 2, 6, (7, 7), 5, 8, 2),
+        shape(1, 11, 35, 33, (7, 11), 3, 40, 4),
+    ]
+}
+
+/// Tolerances of [`fused_on`]'s outputs for the TF32 kernels against the TF32 twin: those of [`FUSED_TOL`],
+/// for the reason given at [`CONV_TF32_TOL`] (the same rounded operands, sums in another order). One more
+/// effect, not bounded by them: the reduced map (forward) and `dpre` (backward) are f32 sums, in another
+/// order on each side, that are then rounded to TF32 as operands of the next product; where such a sum lies
+/// within its last-bit difference of a TF32 rounding boundary (about one value in 2¹³ of those that differ
+/// at all), the two sides round it one TF32 ulp (2⁻¹⁰ relative) apart. These shapes' values do not hit one
+/// under emulation; on another device a failure confined to one such value is that, not a wrong kernel.
+pub const FUSED_TF32_TOL: [(&str, f32, f32); 4] = FUSED_TOL;
 
 /// One Inception module forward and backward on backend `b`: `[y, dx, dparams]` on the host. The backward
 /// runs on the CPU twin's forward results (y and the saved maps, uploaded), not on `b`'s own: where a
