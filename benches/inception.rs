@@ -28,10 +28,7 @@ mod secs;
 
 fn modules() -> [(&'static str, InceptionModule, usize); 3] {
     let (m1, m2, _) = MnistConfig::default().param_table();
-    let g3a = InceptionModule {
-        c_in: 192,
-        widths: InceptionWidths::googlenet_3a(),
-    };
+    let g3a = InceptionModule::new(192, InceptionWidths::googlenet_3a());
     [
         ("MNIST module 1", m1, 28),
         ("MNIST module 2", m2, 28),
@@ -75,10 +72,7 @@ fn flop_table() -> String {
             "| {name} | naive / reduced | | | | | {ratio:.2}: {verdict} |"
         );
     }
-    let g3a = InceptionModule {
-        c_in: 192,
-        widths: InceptionWidths::googlenet_3a(),
-    };
+    let g3a = InceptionModule::new(192, InceptionWidths::googlenet_3a());
     let (n5, r5) = (g3a.macs_naive(28, 28).b5x5, g3a.macs_reduced(28, 28).b5x5);
     let _ = writeln!(
         md,
@@ -119,7 +113,7 @@ fn rand(seed: u32, len: usize) -> Vec<f32> {
         .collect()
 }
 
-/// The reduced module's forward and forward + backward at batch `n`.
+/// The reduced module's forward and forward + backward at batch `n`, its convs in `m.precision`.
 fn bench_module<B: Backend>(
     c: &mut Criterion,
     b: &B,
@@ -128,7 +122,7 @@ fn bench_module<B: Backend>(
     m: &InceptionModule,
     n: usize,
 ) {
-    let (h, w) = (28, 28);
+    let (h, w, precision) = (28, 28, m.precision);
     let x = b.upload(&rand(1, n * m.c_in * h * w)).expect("x");
     let params = b.upload(&rand(2, m.layout().len())).expect("params");
     let dy = b.upload(&rand(3, n * m.c_out() * h * w)).expect("dy");
@@ -140,7 +134,10 @@ fn bench_module<B: Backend>(
     let flops = 2 * m.macs_reduced(h, w).total() * n as u64;
     let mut group = configured_group(
         c,
-        format!("inception module, reduced [{}]", device_header(dev)),
+        format!(
+            "inception module, reduced {precision:?} [{}]",
+            device_header(dev)
+        ),
     );
     group.throughput(Throughput::Elements(flops));
     let (yl, xl) = (b.len(&y), b.len(&x));
@@ -212,7 +209,7 @@ fn bench_naive<B: Backend>(
     m: &InceptionModule,
     n: usize,
 ) {
-    let (h, w, c_in, wd) = (28, 28, m.c_in, m.widths);
+    let (h, w, c_in, wd, precision) = (28, 28, m.c_in, m.widths, m.precision);
     let (hw, c_total) = (h * w, wd.c1x1 + wd.c3x3 + wd.c5x5 + m.c_in);
     let convs: Vec<ConvShape> = [
         (wd.c1x1, 1, 0),
@@ -220,7 +217,11 @@ fn bench_naive<B: Backend>(
         (wd.c5x5, 5, wd.c1x1 + wd.c3x3),
     ]
     .into_iter()
-    .map(|(co, k, off)| ConvShape::new(n, c_in, co, h, w, k).into_slice(c_total, off))
+    .map(|(co, k, off)| {
+        ConvShape::new(n, c_in, co, h, w, k)
+            .into_slice(c_total, off)
+            .with_precision(precision)
+    })
     .collect();
     let pool_off = wd.c1x1 + wd.c3x3 + wd.c5x5;
     let ps = PoolShape { n, c: c_in, h, w };
@@ -284,7 +285,10 @@ fn bench_naive<B: Backend>(
     let flops = 2 * macs * n as u64;
     let mut group = configured_group(
         c,
-        format!("inception module, naive [{}]", device_header(dev)),
+        format!(
+            "inception module, naive {precision:?} [{}]",
+            device_header(dev)
+        ),
     );
     group.throughput(Throughput::Elements(flops));
     group.bench_function(BenchmarkId::new(format!("{label} forward"), n), |bch| {
@@ -520,13 +524,22 @@ fn bench_fc1<B: Backend>(c: &mut Criterion, b: &B, dev: &Device, precision: Prec
 
 fn run_all<B: Backend>(c: &mut Criterion, b: &B, dev: &Device, gpu: bool) {
     let [_, (_, m2, _), (_, g3a, _)] = modules();
-    bench_module(c, b, dev, "MNIST module 2", &m2, 50);
-    bench_naive(c, b, dev, "MNIST module 2", &m2, 50);
-    bench_module(c, b, dev, "GoogLeNet (3a)", &g3a, 32);
-    bench_naive(c, b, dev, "GoogLeNet (3a)", &g3a, 32);
-    if gpu {
-        bench_module(c, b, dev, "GoogLeNet (3a)", &g3a, 128);
-        bench_naive(c, b, dev, "GoogLeNet (3a)", &g3a, 128);
+    // TF32 on the GPU only: on the CPU the twins round the operands and run the same fp32 products.
+    let precisions: &[Precision] = if gpu {
+        &[Precision::Fp32, Precision::Tf32]
+    } else {
+        &[Precision::Fp32]
+    };
+    for &p in precisions {
+        let (m2, g3a) = (m2.with_precision(p), g3a.with_precision(p));
+        bench_module(c, b, dev, "MNIST module 2", &m2, 50);
+        bench_naive(c, b, dev, "MNIST module 2", &m2, 50);
+        bench_module(c, b, dev, "GoogLeNet (3a)", &g3a, 32);
+        bench_naive(c, b, dev, "GoogLeNet (3a)", &g3a, 32);
+        if gpu {
+            bench_module(c, b, dev, "GoogLeNet (3a)", &g3a, 128);
+            bench_naive(c, b, dev, "GoogLeNet (3a)", &g3a, 128);
+        }
     }
     bench_fused(c, b, dev);
     bench_fc1(c, b, dev, Precision::Fp32);

@@ -27,10 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("device: {}", dev.describe());
 
     // Module 2 of the MNIST net on a batch of 8: 128 inputs, branches 64 | 16→64 | 16→64 | pool→64.
-    let m = InceptionModule {
-        c_in: 128,
-        widths: InceptionWidths::uniform(64, 16),
-    };
+    let m = InceptionModule::new(128, InceptionWidths::uniform(64, 16));
     let (n, h, w) = (8, 28, 28);
     let (s1, s3, s5, sp) = m.branch_shapes(n, h, w);
     let layout = m.layout();

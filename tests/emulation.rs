@@ -508,29 +508,35 @@ fn emulated_tf32_fused_reduce_conv_matches_its_twin() {
 }
 
 /// One whole Inception module (all four branches written in place, the module input's gradient accumulated
-/// from four branches) under emulation against the twins.
+/// from four branches) under emulation against the twins, in both precisions.
 #[test]
 fn emulated_inception_module_matches_its_twin() {
     use common::kernels::{assert_outputs, module_on, MODULE_TOL};
     use inception_cuda::nn::{InceptionModule, InceptionWidths};
-    let m = InceptionModule {
-        c_in: 3,
-        widths: InceptionWidths::uniform(4, 2),
-    };
+    use inception_cuda::shape::Precision;
     let (n, h, w) = (2, 7, 7);
     let x = uniform(31, n * 3 * h * w);
-    let params = uniform(32, m.layout().len());
-    let dy = uniform(33, n * m.c_out() * h * w);
-    let want = module_on(&CpuBackend, &m, (n, h, w), &x, &params, &dy);
-    for order in ORDERS {
-        let got = module_on(&EmuBackend { order }, &m, (n, h, w), &x, &params, &dy);
-        assert_outputs(
-            &format!("emulated module {order:?}"),
-            &MODULE_TOL,
-            &got,
-            &want,
-        );
+    let mut twins = Vec::new();
+    for p in [Precision::Fp32, Precision::Tf32] {
+        let m = InceptionModule::new(3, InceptionWidths::uniform(4, 2)).with_precision(p);
+        let params = uniform(32, m.layout().len());
+        let dy = uniform(33, n * m.c_out() * h * w);
+        let want = module_on(&CpuBackend, &m, (n, h, w), &x, &params, &dy);
+        twins.push(want[0].clone());
+        for order in ORDERS {
+            let got = module_on(&EmuBackend { order }, &m, (n, h, w), &x, &params, &dy);
+            assert_outputs(
+                &format!("emulated {p:?} module {order:?}"),
+                &MODULE_TOL,
+                &got,
+                &want,
+            );
+        }
     }
+    assert!(
+        twins[0] != twins[1],
+        "the TF32 module's output equals the fp32 one: the precision did not reach the convs"
+    );
 }
 
 /// Regression of the H100 round: image 26 of the module-2 parity inputs (seeds 31, 32, 33 at batch 50) has
@@ -544,10 +550,7 @@ fn emulated_inception_module_matches_its_twin() {
 fn emulated_module_2_parity_survives_a_relu_kink() {
     use common::kernels::{assert_outputs, module_on, MODULE_TOL};
     use inception_cuda::nn::{InceptionModule, InceptionWidths};
-    let m = InceptionModule {
-        c_in: 128,
-        widths: InceptionWidths::uniform(64, 16),
-    };
+    let m = InceptionModule::new(128, InceptionWidths::uniform(64, 16));
     let (n, h, w, img) = (50, 28, 28, 26);
     let one = |v: Vec<f32>| -> Vec<f32> {
         let per = v.len() / n;

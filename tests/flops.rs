@@ -4,10 +4,7 @@ use inception_cuda::nn::{InceptionModule, InceptionWidths, MnistConfig};
 
 #[test]
 fn googlenet_3a_five_by_five_branch() {
-    let m = InceptionModule {
-        c_in: 192,
-        widths: InceptionWidths::googlenet_3a(),
-    };
+    let m = InceptionModule::new(192, InceptionWidths::googlenet_3a());
     assert_eq!(m.macs_naive(28, 28).b5x5, 120_422_400);
     assert_eq!(m.macs_reduced(28, 28).b5x5, 2_408_448 + 10_035_200);
     assert_eq!(m.macs_reduced(28, 28).b5x5, 12_443_648);

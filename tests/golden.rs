@@ -31,10 +31,7 @@ fn load(file: &str) -> HashMap<String, Vec<f32>> {
 #[test]
 fn inception_module_matches_pytorch() {
     let g = load("module.safetensors");
-    let m = InceptionModule {
-        c_in: 3,
-        widths: InceptionWidths::uniform(4, 2),
-    };
+    let m = InceptionModule::new(3, InceptionWidths::uniform(4, 2));
     let (n, h, w) = (2, 7, 7);
     let b = CpuBackend;
     let layout = m.layout();

@@ -225,7 +225,7 @@ fn gpu_inception_module_2_matches_twin() {
 
 fn module_case(c_in: usize, widths: InceptionWidths, (n, h, w): (usize, usize, usize)) {
     use common::kernels::{assert_outputs, module_on, MODULE_TOL};
-    let m = InceptionModule { c_in, widths };
+    let m = InceptionModule::new(c_in, widths);
     let x = uniform(31, n * c_in * h * w);
     let params = uniform(32, m.layout().len());
     let dy = uniform(33, n * m.c_out() * h * w);

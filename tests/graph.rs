@@ -30,7 +30,7 @@ fn planned_module_forward_equals_the_nn_module() {
     plan.set_input("x", &xs).unwrap();
     plan.forward(&params).unwrap();
 
-    let m = InceptionModule { c_in, widths };
+    let m = InceptionModule::new(c_in, widths);
     let b = CpuBackend;
     let mut want = vec![0.0; n * m.c_out() * h * w];
     let mut saved = m.alloc_saved(&b, n, h, w).unwrap();

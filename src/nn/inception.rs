@@ -5,7 +5,7 @@
 use std::ops::Range;
 
 use crate::backend::Backend;
-use crate::shape::{ConvShape, PoolShape, ReduceConvShape};
+use crate::shape::{ConvShape, PoolShape, Precision, ReduceConvShape};
 use crate::Result;
 
 /// GoogLeNet's six widths of a module (its table's columns).
@@ -113,6 +113,8 @@ pub struct InceptionModule {
     pub c_in: usize,
     /// The six widths.
     pub widths: InceptionWidths,
+    /// The arithmetic of its convolutions' products ([`Precision::Fp32`] from [`Self::new`]).
+    pub precision: Precision,
 }
 
 /// Buffers the forward pass saves for backward: the two reduced maps and the pooled input.
@@ -136,6 +138,20 @@ pub struct ModuleScratch<B: Backend> {
 }
 
 impl InceptionModule {
+    /// The module over `c_in` input channels with these widths, in fp32.
+    pub const fn new(c_in: usize, widths: InceptionWidths) -> Self {
+        InceptionModule {
+            c_in,
+            widths,
+            precision: Precision::Fp32,
+        }
+    }
+
+    /// The same module computing its convolutions in `precision`.
+    pub const fn with_precision(self, precision: Precision) -> Self {
+        InceptionModule { precision, ..self }
+    }
+
     /// Output channels: `#1×1 + #3×3 + #5×5 + pool proj`.
     pub fn c_out(&self) -> usize {
         let w = &self.widths;
@@ -179,7 +195,9 @@ impl InceptionModule {
         w: usize,
     ) -> (ConvShape, ReduceConvShape, ReduceConvShape, ConvShape) {
         let (c, wd, total) = (self.c_in, &self.widths, self.c_out());
-        let b1 = ConvShape::new(n, c, wd.c1x1, h, w, 1).into_slice(total, 0);
+        let b1 = ConvShape::new(n, c, wd.c1x1, h, w, 1)
+            .into_slice(total, 0)
+            .with_precision(self.precision);
         let fused = |c_mid, c_out, k, c_offset| ReduceConvShape {
             n,
             c_in: c,
@@ -190,12 +208,13 @@ impl InceptionModule {
             k,
             c_total: total,
             c_offset,
-            precision: crate::shape::Precision::Fp32,
+            precision: self.precision,
         };
         let b3 = fused(wd.c3x3_reduce, wd.c3x3, 3, wd.c1x1);
         let b5 = fused(wd.c5x5_reduce, wd.c5x5, 5, wd.c1x1 + wd.c3x3);
         let pool = ConvShape::new(n, c, wd.pool_proj, h, w, 1)
-            .into_slice(total, wd.c1x1 + wd.c3x3 + wd.c5x5);
+            .into_slice(total, wd.c1x1 + wd.c3x3 + wd.c5x5)
+            .with_precision(self.precision);
         (b1, b3, b5, pool)
     }
 

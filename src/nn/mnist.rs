@@ -119,14 +119,8 @@ impl MnistConfig {
 
     /// The two modules.
     pub fn modules(&self) -> (InceptionModule, InceptionModule) {
-        let m1 = InceptionModule {
-            c_in: 1,
-            widths: InceptionWidths::uniform(self.map1, self.reduce),
-        };
-        let m2 = InceptionModule {
-            c_in: m1.c_out(),
-            widths: InceptionWidths::uniform(self.map2, self.reduce),
-        };
+        let m1 = InceptionModule::new(1, InceptionWidths::uniform(self.map1, self.reduce));
+        let m2 = InceptionModule::new(m1.c_out(), InceptionWidths::uniform(self.map2, self.reduce));
         (m1, m2)
     }
 
