@@ -260,6 +260,57 @@ pub trait Backend {
         let _ = f;
         Ok(None)
     }
+
+    /// Copies `buf` to host memory in stream order without waiting: the copy sees every launch issued before
+    /// it and none issued after, and [`Download::wait`] (on any thread) waits for it alone. A host-resident
+    /// backend copies at once; the CUDA backend copies into pinned memory asynchronously.
+    fn download_async(&self, buf: &Self::Buf) -> Result<Download> {
+        Ok(Download::ready(self.to_host(buf)?))
+    }
+}
+
+/// A device-to-host copy issued by [`Backend::download_async`]: sendable to another thread, which waits for
+/// it there.
+pub struct Download(DownloadState);
+
+enum DownloadState {
+    Ready(Vec<f32>),
+    Pending(Box<dyn PendingDownload>),
+}
+
+/// A copy still in flight ([`Download::pending`]).
+pub trait PendingDownload: Send {
+    /// Waits for the copy and hands the values over.
+    fn wait(self: Box<Self>) -> Result<Vec<f32>>;
+}
+
+impl Download {
+    /// A copy already made.
+    pub fn ready(values: Vec<f32>) -> Self {
+        Download(DownloadState::Ready(values))
+    }
+
+    /// A copy in flight.
+    pub fn pending(copy: Box<dyn PendingDownload>) -> Self {
+        Download(DownloadState::Pending(copy))
+    }
+
+    /// The values, once the copy has finished (waiting for it here).
+    pub fn wait(self) -> Result<Vec<f32>> {
+        match self.0 {
+            DownloadState::Ready(v) => Ok(v),
+            DownloadState::Pending(p) => p.wait(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Download {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            DownloadState::Ready(_) => "Download(ready)",
+            DownloadState::Pending(_) => "Download(pending)",
+        })
+    }
 }
 
 /// Launches recorded by [`Backend::capture_graph`], replayable on the backend's stream.

@@ -44,11 +44,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut,
-    DeviceRepr, DriverError, LaunchArgs, LaunchConfig, PushKernelArg,
+    DeviceRepr, DriverError, LaunchArgs, LaunchConfig, PinnedHostSlice, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 
-use crate::backend::{check_range, Backend, StepGraph};
+use crate::backend::{check_range, Backend, Download, PendingDownload, StepGraph};
 use crate::bindings::{AdamScalars, ConvDims, GemmDims, ReduceDims};
 use crate::error::CudaUnavailable;
 use crate::launch::LaunchDims;
@@ -133,7 +133,13 @@ pub struct CudaBackend {
     /// Set while [`Backend::capture_graph`] records: the working memory must not grow then (an allocation
     /// would be recorded into the graph, its address valid only inside it).
     capturing: AtomicBool,
+    /// Pinned host buffers of finished [`Backend::download_async`] copies, reused by later ones of the same
+    /// length (a checkpoint's three 562 MB copies would otherwise pin memory anew every time).
+    pinned: PinnedPool,
 }
+
+/// Pinned host buffers kept for reuse.
+type PinnedPool = Arc<Mutex<Vec<PinnedHostSlice<f32>>>>;
 
 impl std::fmt::Debug for CudaBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -188,6 +194,7 @@ impl CudaBackend {
             scratch: Mutex::new(None),
             scratch_generation: Arc::new(AtomicU64::new(0)),
             capturing: AtomicBool::new(false),
+            pinned: Arc::new(Mutex::new(Vec::new())),
         })
     }
 
@@ -362,6 +369,55 @@ impl Backend for CudaBackend {
             generation,
             scratch_generation: self.scratch_generation.clone(),
         })))
+    }
+
+    fn download_async(&self, buf: &CudaSlice<f32>) -> Result<Download> {
+        const OP: &str = "download_async";
+        self.check_buf(OP, "buffer", buf)?;
+        let reused = {
+            let mut pool = self.pinned.lock().unwrap_or_else(PoisonError::into_inner);
+            let at = pool.iter().position(|p| p.len() == buf.len());
+            at.map(|i| pool.swap_remove(i))
+        };
+        let mut pinned = match reused {
+            Some(p) => p,
+            // Plain page-locked memory (flags 0), not cudarc's default write-combined kind, which the host
+            // reads uncached: the checkpoint writer reads every value.
+            // SAFETY: the memory is uninitialised; the copy below fills all of it, and it is read only after
+            // waiting for that copy (PinnedHostSlice::as_slice waits for the event the copy records).
+            None => unsafe { self.ctx.alloc_pinned_with_flags::<f32>(buf.len(), 0) }
+                .map_err(driver_error(OP))?,
+        };
+        self.stream
+            .memcpy_dtoh(buf, &mut pinned)
+            .map_err(driver_error(OP))?;
+        Ok(Download::pending(Box::new(PinnedDownload {
+            pinned: Some(pinned),
+            pool: self.pinned.clone(),
+        })))
+    }
+}
+
+/// A copy into pinned memory in flight; waiting returns the buffer to its device's pool.
+struct PinnedDownload {
+    pinned: Option<PinnedHostSlice<f32>>,
+    pool: PinnedPool,
+}
+
+impl PendingDownload for PinnedDownload {
+    fn wait(mut self: Box<Self>) -> Result<Vec<f32>> {
+        let Some(pinned) = self.pinned.take() else {
+            return Ok(Vec::new());
+        };
+        let values = pinned
+            .as_slice()
+            .map_err(driver_error("download_async"))?
+            .to_vec();
+        self.pool
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(pinned);
+        Ok(values)
     }
 }
 

@@ -251,6 +251,16 @@ impl<B: Backend> Params<B> {
         self.b.to_host(&self.values)
     }
 
+    /// The values and both moments copied to host memory in stream order without waiting
+    /// ([`Backend::download_async`]).
+    pub fn download_state(&self) -> Result<[crate::backend::Download; 3]> {
+        Ok([
+            self.b.download_async(&self.values)?,
+            self.b.download_async(&self.adam_m)?,
+            self.b.download_async(&self.adam_v)?,
+        ])
+    }
+
     /// Adam's two moments, flat in declaration order (copied to the host).
     pub fn moments(&self) -> Result<(Vec<f32>, Vec<f32>)> {
         Ok((self.b.to_host(&self.adam_m)?, self.b.to_host(&self.adam_v)?))

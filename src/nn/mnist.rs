@@ -705,22 +705,37 @@ impl<B: Backend> InceptionMnist<B> {
 
     /// [`Self::check_finite`] on a [`Self::host_state`] already read.
     pub(crate) fn check_finite_host(&self, state: &[Vec<f32>; 3]) -> Result<()> {
-        let whats = ["parameter", "Adam first moment of", "Adam second moment of"];
-        for (what, host) in whats.into_iter().zip(state) {
-            if let Some(i) = host.iter().position(|v| !v.is_finite()) {
-                let e = self.params().iter().find(|e| e.range.contains(&i));
-                let name = e.map_or("?".to_string(), |e| {
-                    format!("{}[{}]", e.name, i - e.range.start)
-                });
-                return Err(Error::NonFinite {
-                    op: "check_finite",
-                    what: format!("{what} {name} at step {}", self.step()),
-                    value: host[i],
-                });
-            }
-        }
-        Ok(())
+        check_finite_state(self.params(), self.step(), state)
     }
+
+    /// The parameters and Adam's two moments copied to host memory in stream order, not waited for.
+    pub(crate) fn download_state(&self) -> Result<[crate::backend::Download; 3]> {
+        self.params.download_state()
+    }
+}
+
+/// The first non-finite value of `state` (parameters, Adam's first and second moments, flat in the order of
+/// `entries`) as an error naming the buffer, the parameter, the index and `step`.
+pub(crate) fn check_finite_state(
+    entries: &[ParamEntry],
+    step: u64,
+    state: &[Vec<f32>; 3],
+) -> Result<()> {
+    let whats = ["parameter", "Adam first moment of", "Adam second moment of"];
+    for (what, host) in whats.into_iter().zip(state) {
+        if let Some(i) = host.iter().position(|v| !v.is_finite()) {
+            let e = entries.iter().find(|e| e.range.contains(&i));
+            let name = e.map_or("?".to_string(), |e| {
+                format!("{}[{}]", e.name, i - e.range.start)
+            });
+            return Err(Error::NonFinite {
+                op: "check_finite",
+                what: format!("{what} {name} at step {step}"),
+                value: host[i],
+            });
+        }
+    }
+    Ok(())
 }
 
 fn no_step() -> Error {
