@@ -5,7 +5,8 @@
 #   scripts/device-suite.sh [PHASE...]     the phases in the order given; default: all but train, in order
 #     tests       every GPU test (scripts/gpu-run.sh --no-sanitizers)
 #     train       train_mnist's default GPU schedule (20,000 steps; TRAIN_ARGS adds options, TRAIN_TIMEOUT caps
-#                 it; SCHEDULE=1 then runs PyTorch's schedule, pytorch_baseline.py --schedule)
+#                 it; SCHEDULE=1 then runs PyTorch's schedule, pytorch_baseline.py --schedule; SCHEDULE=cadence
+#                 PyTorch's schedule with train_mnist's cadence, --cadence; SCHEDULE=both both)
 #     examples    primitives (a module from the public launchers vs the twin); profile_step at batch 50, 256
 #     benches     the GPU criterion groups ("cuda:" in the name, 1 s each) with cuDNN/cuBLAS side by side
 #                 (BENCHES: which bench binaries, default "train_step inception"; BENCH_FILTER: criterion's
@@ -48,10 +49,17 @@ train() {
   cp /tmp/run/log.jsonl "$out/train-log.jsonl" 2>/dev/null
   cp /tmp/run/curves.svg "$out/" 2>/dev/null
   tail -n 2 /tmp/run/log.jsonl 2>/dev/null
-  if [ "${SCHEDULE:-0}" = 1 ]; then
-    phase "PyTorch schedule (pytorch_baseline.py --schedule)"
-    PYTHONUNBUFFERED=1 timeout 300 python3 scripts/baseline/pytorch_baseline.py data "$out/baseline-schedule.json" \
-      --schedule | grep -A8 '"schedule"'
+  local modes=""
+  case "${SCHEDULE:-0}" in
+    1) modes="--schedule" ;;
+    cadence) modes="--cadence" ;;
+    both) modes="--schedule --cadence" ;;
+  esac
+  if [ -n "$modes" ]; then
+    phase "PyTorch schedule (pytorch_baseline.py $modes)"
+    # shellcheck disable=SC2086
+    PYTHONUNBUFFERED=1 timeout "${SCHEDULE_TIMEOUT:-300}" python3 scripts/baseline/pytorch_baseline.py data \
+      "$out/baseline-schedule.json" $modes ${BASELINE_ARGS:-} | grep -A12 -E '"(schedule|cadence)"'
   fi
 }
 
