@@ -5,7 +5,7 @@
 // Where a launch's scalars come from (the convention of every Adam kernel: adam_step in train.cu,
 // linear_wgrad_adam, linear_wgrad_adam_tf32 and linear_bwd_adam in linear.cu, and any new one). Each ends its
 // parameter list with the same three,
-//     AdamScalars s_arg, const float* adam_table /* [rows, 6] */, const unsigned int* adam_step /* [1] or null */
+//     AdamScalars s_arg, const float* adam_table /* [steps, 6] */, const unsigned int* adam_step /* [1] or null */
 // and obtains its scalars by ONE call, `const AdamScalars s = adam_scalars(s_arg, adam_table, adam_step);`
 // (or passes `adam_scalars(...)` where it hands `s` to a shared body):
 //   - adam_step null: s_arg, computed on the host for this launch (a direct call with an AdamStep);

@@ -417,7 +417,7 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 4) linear_wgrad_adam(
                                                                                 const float* __restrict__ dy,  // [rows, n_out]
                                                                                 const float* __restrict__ x,   // [rows, k_in]
                                                                                 GemmDims d, AdamScalars s_arg,
-                                                                                const float* __restrict__ adam_table,          // [rows, 6] (adam.cuh)
+                                                                                const float* __restrict__ adam_table,          // [steps, 6] (adam.cuh)
                                                                                 const unsigned int* __restrict__ adam_step) {  // [1] or null
   linear_wgrad_adam_body<false>(w, m, v, dy, x, d, adam_scalars(s_arg, adam_table, adam_step));
 }
@@ -428,7 +428,7 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 4) linear_wgrad_adam_
                                                                                 const float* __restrict__ dy,  // [rows, n_out]
                                                                                 const float* __restrict__ x,   // [rows, k_in]
                                                                                 GemmDims d, AdamScalars s_arg,
-                                                                                const float* __restrict__ adam_table,          // [rows, 6] (adam.cuh)
+                                                                                const float* __restrict__ adam_table,          // [steps, 6] (adam.cuh)
                                                                                 const unsigned int* __restrict__ adam_step) {  // [1] or null
   linear_wgrad_adam_body<true>(w, m, v, dy, x, d, adam_scalars(s_arg, adam_table, adam_step));
 }
@@ -461,7 +461,7 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS) linear_bwd_adam(float
                                                                          const float* __restrict__ x,   // [rows, k_in]
                                                                          unsigned int rows, unsigned int n_out,
                                                                          unsigned int k_in, AdamScalars s_arg,
-                                                                         const float* __restrict__ adam_table,          // [rows, 6] (adam.cuh)
+                                                                         const float* __restrict__ adam_table,          // [steps, 6] (adam.cuh)
                                                                          const unsigned int* __restrict__ adam_step) {  // [1] or null
   const AdamScalars s = adam_scalars(s_arg, adam_table, adam_step);
   constexpr int B = BWD_ADAM_MAX_BATCH;

@@ -154,7 +154,7 @@ extern "C" __global__ void adam_step(float* __restrict__ p,        // [n] parame
                                      float* __restrict__ v,        // [n] second moment
                                      const float* __restrict__ g,  // [n] gradient
                                      unsigned long long n, AdamScalars s_arg,
-                                     const float* __restrict__ adam_table,          // [rows, 6] or unused
+                                     const float* __restrict__ adam_table,          // [steps, 6] or unused
                                      const unsigned int* __restrict__ adam_step) {  // [1] or null (adam.cuh)
   const AdamScalars s = adam_scalars(s_arg, adam_table, adam_step);
   const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
