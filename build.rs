@@ -334,6 +334,7 @@ mod sigs {
             "float*" => "Out",
             "const float*" => "In",
             "const unsigned int*" => "Labels",
+            "unsigned int*" => "LabelsOut",
             "unsigned int" => "U32",
             "int" => "I32",
             "unsigned long long" => "U64",

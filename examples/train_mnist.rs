@@ -24,7 +24,7 @@ use inception_cuda::checkpoint::{
     remove_stale_temporaries, write_file_atomic, Checkpoint, MANIFEST,
 };
 use inception_cuda::cpu::CpuBackend;
-use inception_cuda::data::{load_dir, Dataset, MnistSplits};
+use inception_cuda::data::{load_dir, Dataset, DeviceDataset, MnistSplits};
 use inception_cuda::nn::{InceptionMnist, MnistConfig};
 use inception_cuda::shape::{AdamStep, Precision};
 use inception_cuda::{Backend, BackendHandle, Device};
@@ -155,6 +155,14 @@ struct Args {
     /// A checkpoint every this many steps (and at the last) [default: 5000].
     #[arg(long)]
     checkpoint_every: Option<u64>,
+    /// Images per validation and test batch (an inference plan of its own, with its own workspace)
+    /// [default: 1000 on a GPU, the training batch on the CPU].
+    #[arg(long)]
+    eval_batch: Option<usize>,
+    /// On a GPU: issue every step launch by launch instead of replaying it as a captured CUDA graph (the
+    /// results are the same bits; for measuring the uncaptured step).
+    #[arg(long)]
+    no_graph: bool,
     /// Continue the run saved in this folder (its checkpoint.json and the files it names).
     #[arg(long)]
     resume: Option<PathBuf>,
@@ -214,6 +222,9 @@ fn validate(args: &Args) -> Res<()> {
     if args.batch == Some(0) {
         return Err("--batch 0: a batch needs at least one image".into());
     }
+    if args.eval_batch == Some(0) {
+        return Err("--eval-batch 0: a batch needs at least one image".into());
+    }
     for (flag, v) in [
         ("--map1", args.map1),
         ("--map2", args.map2),
@@ -230,6 +241,7 @@ fn validate(args: &Args) -> Res<()> {
 fn run(args: Args) -> Res<()> {
     let started = Instant::now();
     validate(&args)?;
+    let device_started = Instant::now();
     let device = match args.device {
         DeviceArg::Cpu => Device::Cpu,
         DeviceArg::Cuda => Device::cuda(0)?,
@@ -243,9 +255,15 @@ fn run(args: Args) -> Res<()> {
     };
     eprintln!("device: {}", device.describe());
     match &device {
-        Device::Cpu => train(CpuBackend, false, &args, started),
+        Device::Cpu => train(CpuBackend, false, &args, started, device_started.elapsed()),
         #[cfg(feature = "cuda")]
-        Device::Cuda(cuda) => train(cuda.backend_arc(), true, &args, started),
+        Device::Cuda(cuda) => train(
+            cuda.backend_arc(),
+            true,
+            &args,
+            started,
+            device_started.elapsed(),
+        ),
         #[cfg(not(feature = "cuda"))]
         Device::Cuda(_) => Err("built without the cuda feature".into()),
     }
@@ -473,8 +491,24 @@ fn truncate_log(path: &Path, step: u64) -> Res<Vec<(u64, f32, f64)>> {
     Ok(points)
 }
 
-fn train<H: BackendHandle>(backend: H, gpu: bool, args: &Args, started: Instant) -> Res<()> {
+/// The data sets resident on the device for a GPU run: training steps and evaluations gather their batches
+/// there, so no step copies anything from the host.
+struct Resident<B: Backend> {
+    train: DeviceDataset<B>,
+    val: DeviceDataset<B>,
+    test: DeviceDataset<B>,
+}
+
+fn train<H: BackendHandle>(
+    backend: H,
+    gpu: bool,
+    args: &Args,
+    started: Instant,
+    kernel_load: std::time::Duration,
+) -> Res<()> {
+    let t = Instant::now();
     let data = load_dir(&args.data)?;
+    let data_load = t.elapsed().as_secs_f64();
     if args.eval_only {
         let path = args
             .checkpoint
@@ -486,7 +520,7 @@ fn train<H: BackendHandle>(backend: H, gpu: bool, args: &Args, started: Instant)
             &mut net,
             &data.test,
             data.test.len(),
-            args.batch.unwrap_or(50),
+            args.eval_batch.or(args.batch).unwrap_or(50),
         )
         .map_err(|e| format!("{}: {e}", path.display()))?;
         println!("test accuracy: {acc:.2}%");
@@ -647,6 +681,22 @@ fn train<H: BackendHandle>(backend: H, gpu: bool, args: &Args, started: Instant)
     } else {
         data.val.len().min(1000)
     };
+    // Evaluation batches: an inference plan of their own size and workspace (the training plan's buffers
+    // stay as they are). On the CPU the training batch, as before (a batch of 1,000 would plan ~1.5 GB).
+    let eval_batch = args.eval_batch.unwrap_or(if gpu { 1000 } else { batch });
+    let t = Instant::now();
+    let resident = if gpu {
+        net.set_capture(!args.no_graph);
+        net.reserve_steps(lr, steps)?;
+        Some(Resident {
+            train: net.to_device(&data.train)?,
+            val: net.to_device(&data.val.slice(0..val_n)?)?,
+            test: net.to_device(&data.test)?,
+        })
+    } else {
+        None
+    };
+    let upload = t.elapsed().as_secs_f64();
     if !gpu && !recipe.contains_key("steps") {
         eprintln!("shortened CPU run: {steps} steps (the write-up's advice without a GPU; --steps overrides)");
     }
@@ -675,22 +725,49 @@ fn train<H: BackendHandle>(backend: H, gpu: bool, args: &Args, started: Instant)
         ),
         None => format!("no checkpoint was saved in {}", out.display()),
     };
-    // Checkpoints are written by a background thread (at most one in flight) from a host snapshot taken here;
-    // training goes on meanwhile. A write that fails stops the run at the next checkpoint or at the end.
-    let mut writer: Option<std::thread::JoinHandle<inception_cuda::Result<Checkpoint>>> = None;
-    let join = |h: std::thread::JoinHandle<inception_cuda::Result<Checkpoint>>| -> Res<Checkpoint> {
-        Ok(h.join()
-            .map_err(|_| "the checkpoint writer thread panicked")??)
+    // Checkpoints: the parameters and moments are copied to host memory in stream order (pinned memory on a
+    // GPU, no wait), then a background thread waits for the copy, checks every value is finite and writes the
+    // unit while training goes on. At most one in flight: the previous writer is joined before the next copy
+    // is issued. A diverged model or an I/O error in the writer stops the run at the next checkpoint or at the
+    // end, naming the step or the file.
+    type Writer = (
+        u64,
+        std::thread::JoinHandle<inception_cuda::Result<Checkpoint>>,
+    );
+    let mut writer: Option<Writer> = None;
+    let join = |(step, h): Writer, last_good: Option<u64>| -> Res<Checkpoint> {
+        match h
+            .join()
+            .map_err(|_| "the checkpoint writer thread panicked")?
+        {
+            Ok(c) => Ok(c),
+            Err(e @ inception_cuda::Error::NonFinite { .. }) => Err(format!(
+                "diverged, checkpoint of step {step} not saved: {e}; {}",
+                last_good_msg(last_good)
+            )
+            .into()),
+            Err(e) => Err(format!("checkpoint of step {step} not saved: {e}").into()),
+        }
     };
     let mut time = Timing {
         startup: started.elapsed().as_secs_f64(),
+        data_load,
+        kernel_load: kernel_load.as_secs_f64(),
+        upload,
         ..Timing::default()
     };
     let (start, first) = (Instant::now(), net.step());
     while net.step() < steps {
         let t = Instant::now();
-        let (x, y) = data.train.batch(net.step(), batch)?;
-        net.train_step(x, y, lr)?;
+        match &resident {
+            Some(r) => {
+                net.train_gathered(&r.train, batch, lr)?;
+            }
+            None => {
+                let (x, y) = data.train.batch(net.step(), batch)?;
+                net.train_step(x, y, lr)?;
+            }
+        }
         time.steps += t.elapsed().as_secs_f64();
         let s = net.step();
         if s % log_every == 0 || s == steps {
@@ -706,7 +783,10 @@ fn train<H: BackendHandle>(backend: H, gpu: bool, args: &Args, started: Instant)
                 .into());
             }
             let t = Instant::now();
-            let val = accuracy(&mut net, &data.val, val_n, batch)?;
+            let val = match &resident {
+                Some(r) => net.accuracy_on(&r.val, val_n, eval_batch)?,
+                None => accuracy(&mut net, &data.val, val_n, eval_batch)?,
+            };
             time.validation += t.elapsed().as_secs_f64();
             let secs = start.elapsed().as_secs_f64();
             writeln!(log, "{{\"step\": {s}, \"loss\": {loss}, \"val_accuracy\": {val:.4}, \"seconds\": {secs:.2}}}")
@@ -720,32 +800,28 @@ fn train<H: BackendHandle>(backend: H, gpu: bool, args: &Args, started: Instant)
         }
         if s % checkpoint_every == 0 || s == steps {
             let t = Instant::now();
-            let snapshot = net.checkpoint_snapshot();
-            if let Some(h) = writer.take() {
-                last_good = Some(join(h)?.step); // the previous checkpoint, written meanwhile
-            }
-            let snapshot = match snapshot {
-                Ok(snapshot) => snapshot,
-                Err(e @ inception_cuda::Error::NonFinite { .. }) => {
-                    pb.abandon();
-                    return Err(format!(
-                        "diverged, checkpoint of step {s} not saved: {e}; {}",
-                        last_good_msg(last_good)
-                    )
-                    .into());
+            if let Some(w) = writer.take() {
+                // the previous checkpoint, written meanwhile
+                match join(w, last_good) {
+                    Ok(c) => last_good = Some(c.step),
+                    Err(e) => {
+                        pb.abandon();
+                        return Err(e);
+                    }
                 }
-                Err(e) => return Err(e.into()),
-            };
+            }
+            let pending = net.checkpoint_snapshot_async()?;
             let (dir, recipe) = (out.clone(), recipe.clone());
-            writer = Some(std::thread::spawn(move || snapshot.write(&dir, &recipe)));
+            let h = std::thread::spawn(move || pending.finish()?.write(&dir, &recipe));
+            writer = Some((s, h));
             time.checkpoints += t.elapsed().as_secs_f64();
         }
         pb.set_position(s);
     }
     pb.finish();
     let t = Instant::now();
-    if let Some(h) = writer.take() {
-        join(h)?;
+    if let Some(w) = writer.take() {
+        join(w, last_good)?;
     }
     time.checkpoints += t.elapsed().as_secs_f64();
     log.sync_all()
@@ -758,8 +834,13 @@ fn train<H: BackendHandle>(backend: H, gpu: bool, args: &Args, started: Instant)
         out.display()
     );
     let t = Instant::now();
-    let acc = accuracy(&mut net, &data.test, data.test.len(), batch)?;
+    let acc = match &resident {
+        Some(r) => net.accuracy_on(&r.test, data.test.len(), eval_batch)?,
+        None => accuracy(&mut net, &data.test, data.test.len(), eval_batch)?,
+    };
     time.test = t.elapsed().as_secs_f64();
+    time.capture = net.capture_seconds();
+    time.replays = net.replays();
     time.total = started.elapsed().as_secs_f64();
     eprintln!("{}", time.summary());
     writeln!(log, "{}", time.json())
@@ -772,15 +853,27 @@ fn train<H: BackendHandle>(backend: H, gpu: bool, args: &Args, started: Instant)
 /// Where a run's time went, in seconds (printed at the end and written as the last line of `log.jsonl`).
 #[derive(Default)]
 struct Timing {
-    /// From the start of the program to the first step: data, device, net (or resume), output folder.
+    /// From the start of the program to the first step: data, device, net (or resume), output folder, the
+    /// data's upload (the terms below are parts of it).
     startup: f64,
-    /// Issuing the training steps (on a GPU the kernels run asynchronously; their time shows up in the waits).
+    /// Reading the data set from disk.
+    data_load: f64,
+    /// Opening the device: the driver, the context, the kernels' PTX loaded (JIT-compiled).
+    kernel_load: f64,
+    /// A GPU run's data sets and Adam table uploaded to the device.
+    upload: f64,
+    /// Issuing the training steps (on a GPU the kernels run asynchronously; their time shows up in the
+    /// host waits), the graph captures excluded.
     steps: f64,
-    /// Reading the mean loss at logging points: the host's waits for the device.
+    /// Recording the step as a CUDA graph (once per batch size, again when working memory grew).
+    capture: f64,
+    /// Steps run by replaying the captured graph.
+    replays: u64,
+    /// Reading the mean loss at logging points: the host's waits for the device (the queued steps).
     host_waits: f64,
     /// Validation passes.
     validation: f64,
-    /// Checkpoints on the training thread: the host snapshot and waits for the writer thread.
+    /// Checkpoints on the training thread: the device-to-host copies issued, and waits for the writer thread.
     checkpoints: f64,
     /// The test set's evaluation.
     test: f64,
@@ -789,19 +882,48 @@ struct Timing {
 }
 
 impl Timing {
+    /// Steps without the captures (which happen inside a step).
+    fn steps_only(&self) -> f64 {
+        (self.steps - self.capture).max(0.0)
+    }
+
     fn summary(&self) -> String {
         format!(
-            "time: {:.1} s in all: start-up {:.1} s, steps {:.1} s, host waits {:.1} s, validation {:.1} s, \
+            "time: {:.1} s in all: start-up {:.1} s (data {:.1} s, device and kernels {:.1} s, upload {:.2} s), \
+             steps {:.1} s (+ graph capture {:.2} s; {} steps replayed), host waits {:.1} s, validation {:.1} s, \
              checkpoints {:.1} s (writing runs in the background), test {:.1} s",
-            self.total, self.startup, self.steps, self.host_waits, self.validation, self.checkpoints, self.test
+            self.total,
+            self.startup,
+            self.data_load,
+            self.kernel_load,
+            self.upload,
+            self.steps_only(),
+            self.capture,
+            self.replays,
+            self.host_waits,
+            self.validation,
+            self.checkpoints,
+            self.test
         )
     }
 
     fn json(&self) -> String {
         format!(
-            "{{\"time\": {{\"total\": {:.3}, \"startup\": {:.3}, \"steps\": {:.3}, \"host_waits\": {:.3}, \
+            "{{\"time\": {{\"total\": {:.3}, \"startup\": {:.3}, \"data_load\": {:.3}, \"kernel_load\": {:.3}, \
+             \"upload\": {:.3}, \"steps\": {:.3}, \"capture\": {:.3}, \"replayed_steps\": {}, \"host_waits\": {:.3}, \
              \"validation\": {:.3}, \"checkpoints\": {:.3}, \"test\": {:.3}}}}}",
-            self.total, self.startup, self.steps, self.host_waits, self.validation, self.checkpoints, self.test
+            self.total,
+            self.startup,
+            self.data_load,
+            self.kernel_load,
+            self.upload,
+            self.steps_only(),
+            self.capture,
+            self.replays,
+            self.host_waits,
+            self.validation,
+            self.checkpoints,
+            self.test
         )
     }
 }

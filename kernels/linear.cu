@@ -521,8 +521,10 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 4) linear_wgrad_adam(
                                                                                 float* __restrict__ v,         // [n_out, k_in]
                                                                                 const float* __restrict__ dy,  // [rows, n_out]
                                                                                 const float* __restrict__ x,   // [rows, k_in]
-                                                                                GemmDims d, AdamScalars s) {
-  linear_wgrad_adam_body<false>(w, m, v, dy, x, d, s);
+                                                                                GemmDims d, AdamScalars s_arg,
+                                                                                const float* __restrict__ adam_table,          // [steps, 6] (adam.cuh)
+                                                                                const unsigned int* __restrict__ adam_step) {  // [1] or null
+  linear_wgrad_adam_body<false>(w, m, v, dy, x, d, adam_scalars(s_arg, adam_table, adam_step));
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 4) linear_wgrad_adam_tf32(float* __restrict__ w,         // [n_out, k_in]
@@ -530,8 +532,10 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 4) linear_wgrad_adam_
                                                                                 float* __restrict__ v,         // [n_out, k_in]
                                                                                 const float* __restrict__ dy,  // [rows, n_out]
                                                                                 const float* __restrict__ x,   // [rows, k_in]
-                                                                                GemmDims d, AdamScalars s) {
-  linear_wgrad_adam_body<true>(w, m, v, dy, x, d, s);
+                                                                                GemmDims d, AdamScalars s_arg,
+                                                                                const float* __restrict__ adam_table,          // [steps, 6] (adam.cuh)
+                                                                                const unsigned int* __restrict__ adam_step) {  // [1] or null
+  linear_wgrad_adam_body<true>(w, m, v, dy, x, d, adam_scalars(s_arg, adam_table, adam_step));
 }
 
 // db[j] = Σ_i dy[i, j], rows in order: one thread per column.
@@ -561,7 +565,10 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS) linear_bwd_adam(float
                                                                          const float* __restrict__ dy,  // [rows, n_out]
                                                                          const float* __restrict__ x,   // [rows, k_in]
                                                                          unsigned int rows, unsigned int n_out,
-                                                                         unsigned int k_in, AdamScalars s) {
+                                                                         unsigned int k_in, AdamScalars s_arg,
+                                                                         const float* __restrict__ adam_table,          // [steps, 6] (adam.cuh)
+                                                                         const unsigned int* __restrict__ adam_step) {  // [1] or null
+  const AdamScalars s = adam_scalars(s_arg, adam_table, adam_step);
   constexpr int B = BWD_ADAM_MAX_BATCH;
   __shared__ float dys[BWD_ADAM_ROWS][B];  // dys[r][b] = dy[b, r0 + r]: the chunk's gradients, read by all threads
   const unsigned int col = blockIdx.x * GEMM_THREADS + threadIdx.x;
@@ -662,7 +669,10 @@ extern "C" __global__ void __launch_bounds__(BWD_TC_THREADS, 1) linear_bwd_adam_
                                                                                    const float* __restrict__ dy,  // [rows, n_out]
                                                                                    const float* __restrict__ x,   // [rows, k_in]
                                                                                    unsigned int rows, unsigned int n_out,
-                                                                                   unsigned int k_in, AdamScalars s) {
+                                                                                   unsigned int k_in, AdamScalars s_arg,
+                                                                                   const float* __restrict__ adam_table,          // [rows, 6] (adam.cuh)
+                                                                                   const unsigned int* __restrict__ adam_step) {  // [1] or null
+  const AdamScalars s = adam_scalars(s_arg, adam_table, adam_step);
   static_assert(BWD_TC_STAGES == 2, "the pipeline below keeps one chunk in flight");
   static_assert(BWD_TC_THREADS / 32 * 16 == BWD_TC_COLS, "8 warps of 16 columns");
   extern __shared__ __align__(16) float bwd_tc_s[];  // BWD_TC_STAGES × (w, m, v, dy chunk), then g

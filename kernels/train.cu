@@ -1,17 +1,27 @@
-// train.cu: the training kernels that are not convolutions: softmax_xent, dropout, adam_step, and the
-// evaluation's count_correct.
+// train.cu: the training kernels that are not convolutions: softmax_xent, dropout, adam_step, the
+// evaluation's count_correct, and the schedule around a step: batch_gather and step_end.
 //
 // Provides: softmax_xent (one block: per-row loss and dlogits, then the mean loss summed in row order by
 //           thread 0), count_correct (one block: the rows whose first largest logit is their label, counted
-//           into a device scalar, so an evaluation reads one number, not every batch's logits), dropout_fwd / dropout_bwd (the hash mask of (seed, step, index), identical to the CPU
-//           twin's integer function), adam_step (PyTorch's update over flat buffers).
+//           into a device scalar, so an evaluation reads one number, not every batch's logits), dropout_fwd /
+//           dropout_bwd (the hash mask of (seed, step, index), identical to the CPU twin's integer function),
+//           adam_step (PyTorch's update over flat buffers), batch_gather (a batch copied out of a data set
+//           resident in device memory, at the write-up's offset of the device step counter) and step_end (the
+//           step's loss into the loss ring, then the device step counter advanced).
+// The device step counter: one `unsigned int` in device memory holding the training steps taken (Params'
+//           step count, 32 bits: the host refuses a step past 2^32 - 1). A step's launches that depend on
+//           the step read it instead of taking the step as a value, so a step captured into a CUDA graph
+//           replays correctly: batch_gather (the batch offset), dropout (step = *device_step + 1), the Adam
+//           kernels (row *device_step of the Adam table, see adam.cuh); step_end, the step's last launch,
+//           advances it. A null device_step means "use the value arguments" (a direct launch).
 // Backward needs saved: dropout recomputes its mask from (seed, step); softmax_xent's dlogits is its own
 //           backward; adam_step has none.
 // Write rules: every output element is written once; adam_step updates p, m, v in place. A label outside
 //              [0, classes) makes its row's loss and gradient NaN (the host checks the loss; the CPU twin
 //              returns an error instead). Elementwise updates use explicit _rn intrinsics so no FMA is
-//              contracted: dropout and adam match their twins bit for bit.
-// CPU twins: src/cpu/loss.rs, src/cpu/dropout.rs, src/cpu/adam.rs.
+//              contracted: dropout and adam match their twins bit for bit. batch_gather copies (the data set is
+//              resident as the host's normalised f32 values), so its batch equals the host's bit for bit.
+// CPU twins: src/cpu/loss.rs, src/cpu/dropout.rs, src/cpu/adam.rs, src/cpu/schedule.rs.
 
 #include "adam.cuh"
 
@@ -107,6 +117,12 @@ __device__ __forceinline__ unsigned int dropout_hash(unsigned long long seed, un
   return mix32(h ^ (unsigned int)(index >> 32));
 }
 
+// The training step of a launch: `step` itself in a direct launch (device_step null), else the device
+// counter's steps taken + 1 (the step being run).
+__device__ __forceinline__ unsigned long long step_of(unsigned long long step, const unsigned int* device_step) {
+  return device_step == nullptr ? step : (unsigned long long)*device_step + 1ull;
+}
+
 // out[i] = in[i] * scale where (hash >> 8) >= threshold, else 0: dropout's forward and backward alike.
 __device__ __forceinline__ void dropout_apply(float* __restrict__ out, const float* __restrict__ in,
                                               unsigned long long n, unsigned long long seed,
@@ -120,22 +136,27 @@ __device__ __forceinline__ void dropout_apply(float* __restrict__ out, const flo
 extern "C" __global__ void dropout_fwd(float* __restrict__ y,        // [n]
                                        const float* __restrict__ x,  // [n]
                                        unsigned long long n, unsigned long long seed, unsigned long long step,
+                                       const unsigned int* __restrict__ device_step,  // [1] or null: step_of
                                        unsigned int threshold, float scale) {
-  dropout_apply(y, x, n, seed, step, threshold, scale);
+  dropout_apply(y, x, n, seed, step_of(step, device_step), threshold, scale);
 }
 
 extern "C" __global__ void dropout_bwd(float* __restrict__ dx,        // [n]
                                        const float* __restrict__ dy,  // [n]
                                        unsigned long long n, unsigned long long seed, unsigned long long step,
+                                       const unsigned int* __restrict__ device_step,  // [1] or null: step_of
                                        unsigned int threshold, float scale) {
-  dropout_apply(dx, dy, n, seed, step, threshold, scale);
+  dropout_apply(dx, dy, n, seed, step_of(step, device_step), threshold, scale);
 }
 
 extern "C" __global__ void adam_step(float* __restrict__ p,        // [n] parameters
                                      float* __restrict__ m,        // [n] first moment
                                      float* __restrict__ v,        // [n] second moment
                                      const float* __restrict__ g,  // [n] gradient
-                                     unsigned long long n, AdamScalars s) {
+                                     unsigned long long n, AdamScalars s_arg,
+                                     const float* __restrict__ adam_table,          // [steps, 6] or unused
+                                     const unsigned int* __restrict__ adam_step) {  // [1] or null (adam.cuh)
+  const AdamScalars s = adam_scalars(s_arg, adam_table, adam_step);
   const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
   for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
     float pi = p[i], mi = m[i], vi = v[i];
@@ -143,5 +164,41 @@ extern "C" __global__ void adam_step(float* __restrict__ p,        // [n] parame
     p[i] = pi;
     m[i] = mi;
     v[i] = vi;
+  }
+}
+
+// The batch of a step, from a data set resident in device memory: images[b] = data[first + b] and
+// labels[b] = all_labels[first + b] for b < batch, where first = (*device_step · batch) mod span (the write-up's
+// offset, Dataset::batch on the host, span = max(count − batch, 1)) or, without a counter, `start` (an
+// evaluation's batch). A copy: the data set holds the host's normalised values, so the batch is the host's bit
+// for bit. Grid-stride over the batch's pixels; the first batch threads copy the labels.
+extern "C" __global__ void batch_gather(float* __restrict__ images,                   // [batch, px]
+                                        unsigned int* __restrict__ labels,            // [batch]
+                                        const float* __restrict__ data,               // [count, px]
+                                        const unsigned int* __restrict__ all_labels,  // [count]
+                                        const unsigned int* __restrict__ device_step, // [1] or null
+                                        unsigned long long start, unsigned long long span, unsigned int batch,
+                                        unsigned int px) {
+  const unsigned long long first =
+      device_step == nullptr ? start : ((unsigned long long)*device_step * batch) % span;
+  const unsigned long long n = (unsigned long long)batch * px;
+  const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+  const unsigned long long t = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+  const float* src = data + first * px;
+  for (unsigned long long i = t; i < n; i += stride) images[i] = src[i];
+  for (unsigned long long b = t; b < batch; b += stride) labels[b] = all_labels[first + b];
+}
+
+// The end of a training step on the device: losses[*device_step % ring] = loss[0] (the loss history read at
+// logging points), then *device_step += 1. One thread: the step's last launch, so every launch of the step
+// before it read the counter of this step.
+extern "C" __global__ void step_end(float* __restrict__ losses,                // [ring]
+                                    unsigned int* __restrict__ device_step,    // [1]
+                                    const float* __restrict__ loss,            // [1]
+                                    unsigned int ring) {
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    const unsigned int s = *device_step;
+    losses[s % ring] = loss[0];
+    *device_step = s + 1u;
   }
 }

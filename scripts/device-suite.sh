@@ -5,8 +5,10 @@
 #   scripts/device-suite.sh [PHASE...]     the phases in the order given; default: all but train, in order
 #     tests       every GPU test (scripts/gpu-run.sh --no-sanitizers)
 #     train       train_mnist's default GPU schedule (20,000 steps; TRAIN_ARGS adds options, TRAIN_TIMEOUT caps
-#                 it; SCHEDULE=1 then runs PyTorch's schedule, pytorch_baseline.py --schedule)
-#     examples    primitives (a module from the public launchers vs the twin); profile_step at batch 50, 256
+#                 it; SCHEDULE=1 then runs PyTorch's schedule, pytorch_baseline.py --schedule; SCHEDULE=cadence
+#                 PyTorch's schedule with train_mnist's cadence, --cadence; SCHEDULE=both both)
+#     examples    primitives (a module from the public launchers vs the twin); profile_step at batch 50, 256,
+#                 launch by launch (loaded) and replayed as a CUDA graph, fp32 and tf32
 #     benches     the GPU criterion groups ("cuda:" in the name, 1 s each) with cuDNN/cuBLAS side by side
 #                 (BENCHES: which bench binaries, default "train_step inception"; BENCH_FILTER: criterion's
 #                 filter, default "cuda:"); a staged <bench>@prev (PREV= in stage-gpu.sh) runs right after
@@ -52,10 +54,17 @@ train() {
   cp /tmp/run/log.jsonl "$out/train-log.jsonl" 2>/dev/null
   cp /tmp/run/curves.svg "$out/" 2>/dev/null
   tail -n 2 /tmp/run/log.jsonl 2>/dev/null
-  if [ "${SCHEDULE:-0}" = 1 ]; then
-    phase "PyTorch schedule (pytorch_baseline.py --schedule)"
-    PYTHONUNBUFFERED=1 timeout 300 python3 scripts/baseline/pytorch_baseline.py data "$out/baseline-schedule.json" \
-      --schedule | grep -A8 '"schedule"'
+  local modes=""
+  case "${SCHEDULE:-0}" in
+    1) modes="--schedule" ;;
+    cadence) modes="--cadence" ;;
+    both) modes="--schedule --cadence" ;;
+  esac
+  if [ -n "$modes" ]; then
+    phase "PyTorch schedule (pytorch_baseline.py $modes)"
+    # shellcheck disable=SC2086
+    PYTHONUNBUFFERED=1 timeout "${SCHEDULE_TIMEOUT:-300}" python3 scripts/baseline/pytorch_baseline.py data \
+      "$out/baseline-schedule.json" $modes ${BASELINE_ARGS:-} | grep -A12 -E '"(schedule|cadence)"'
   fi
 }
 
@@ -65,7 +74,9 @@ examples() {
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
   if [ "${EXAMPLES_QUICK:-0}" != 1 ]; then
     for p in fp32 tf32; do
-      for b in 50 256; do timeout 60 stage/examples/profile_step $b 5 30 $p; done
+      for b in 50 256; do
+        for mode in loaded replayed; do timeout 60 stage/examples/profile_step $b 5 30 $mode $p; done
+      done
     done
   fi
 }
@@ -123,7 +134,7 @@ profile() {
   for p in ${PROFILE_PRECISIONS:-fp32 tf32}; do
     phase "one training step (batch 50, $p) under ncu"
     timeout 120 ncu --clock-control none --print-units base --csv --metrics "$metrics" \
-      stage/examples/profile_step 50 0 1 "$p" >"$out/ncu-$p.csv" 2>"$logs/ncu-$p.err"
+      stage/examples/profile_step 50 0 1 loaded "$p" >"$out/ncu-$p.csv" 2>"$logs/ncu-$p.err"
     { echo "## $p"; python3 scripts/ncu-summary.py "$out/ncu-$p.csv" $copy; echo; } | tee -a "$out/profile.md"
     tail -n 3 "$logs/ncu-$p.err"
   done

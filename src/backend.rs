@@ -17,8 +17,9 @@ use crate::shape::ReduceConvShape;
 use crate::{Error, Result};
 
 /// The kernel methods of [`Backend`], each declared once: its docs, name and parameters. A parameter is
-/// `out name` (a writable view), `inp name` (a view), `outs3 name` (three writable views), `labels name` (the
-/// label buffer) or `val name: Type`. `for_each_kernel!(m)` hands the whole list to the macro `m`:
+/// `out name` (a writable view), `inp name` (a view), `outs3 name` (three writable views), `labels name` (a
+/// label buffer: class labels, or the device step counter), `labels_out name` (a writable one) or
+/// `val name: Type`. `for_each_kernel!(m)` hands the whole list to the macro `m`:
 /// [`declare_kernels`] writes the trait's methods, `forward_to_twins` the CPU backend's (each calls
 /// `crate::cpu::<name>`), `forward_to_launchers` a driver's (each calls `crate::launcher::<name>`).
 macro_rules! for_each_kernel {
@@ -88,6 +89,35 @@ macro_rules! for_each_kernel {
             fn dropout_bwd(out dx, inp dy, val p: f32, val seed: u64, val step: u64);
             /// One Adam update over flat buffers (see [`crate::cpu::adam_step`]).
             fn adam_step(out p, out m, out v, inp g, val step: &$crate::shape::AdamStep);
+            /// [`Backend::adam_step`] with the scalars of the step being run read on the device: row
+            /// `counter[0]` of the Adam table `table [rows, 6]` (rows of [`crate::shape::AdamStep::scalars`]
+            /// for steps 1, 2, ...; `counter [1]` holds the steps taken), so a captured step replays right.
+            /// The caller keeps `counter[0] < rows` (the CPU twin and the emulator check it).
+            fn adam_step_at(out p, out m, out v, inp g, inp table, labels counter);
+            /// [`Backend::linear_wgrad_adam`] with the scalars read on the device as [`Backend::adam_step_at`].
+            fn linear_wgrad_adam_at(
+                outs3 w_m_v, inp dy, inp x, val s: &$crate::shape::LinearShape, inp table, labels counter
+            );
+            /// [`Backend::linear_bwd_adam`] with the scalars read on the device as [`Backend::adam_step_at`].
+            fn linear_bwd_adam_at(
+                out dx, outs3 w_m_v, inp dy, inp x, val s: &$crate::shape::LinearShape, inp table,
+                labels counter
+            );
+            /// [`Backend::dropout_fwd`] at the step being run, `counter[0] + 1` (`counter [1]`: steps taken).
+            fn dropout_fwd_at(out y, inp x, val p: f32, val seed: u64, labels counter);
+            /// [`Backend::dropout_bwd`] at the step being run, `counter[0] + 1`.
+            fn dropout_bwd_at(out dx, inp dy, val p: f32, val seed: u64, labels counter);
+            /// A batch out of a data set resident on the device (see [`crate::cpu::batch_gather`]):
+            /// `images [batch, px]` and `labels [batch]` copied from images `start..start + batch` of
+            /// `data [count, px]` and `all_labels [count]`.
+            fn batch_gather(out images, labels_out labels, inp data, labels all_labels, val start: usize);
+            /// [`Backend::batch_gather`] of the training step being run: from the write-up's offset
+            /// `(counter[0] · batch) mod max(count − batch, 1)` of the device step counter `counter [1]` (the
+            /// host's [`crate::data::Dataset::batch`] of that step).
+            fn batch_gather_at(out images, labels_out labels, inp data, labels all_labels, labels counter);
+            /// The end of a training step on the device: `losses[counter[0] % losses.len()] = loss[0]`, then
+            /// `counter[0] += 1` (see [`crate::cpu::step_end`]). Shapes: `losses [ring]`, `counter, loss [1]`.
+            fn step_end(out losses, labels_out counter, inp loss);
             /// `d = a · b + c` for one 16 × 8 × 8 tile on the tensor cores, operands rounded to TF32: the
             /// probe of the fragment layout the TF32 kernels share (see [`crate::cpu::mma_tf32_tile`]).
             /// Shapes: `d, a, c: [16, 8]`, `b: [8, 8]` (k, n), row-major.
@@ -103,6 +133,7 @@ macro_rules! kernel_param {
     (inp) => { &Self::View<'_> };
     (outs3) => { [&mut Self::ViewMut<'_>; 3] };
     (labels) => { &Self::Labels };
+    (labels_out) => { &mut Self::Labels };
     (val $t:ty) => { $t };
 }
 pub(crate) use kernel_param;
@@ -144,6 +175,9 @@ macro_rules! twin_arg {
         $a.map(|v| &mut **v)
     };
     (labels $a:ident) => {
+        $a
+    };
+    (labels_out $a:ident) => {
         $a
     };
     (val $a:ident) => {
@@ -213,6 +247,79 @@ pub trait Backend {
     ) -> Result<Self::ViewMut<'a>>;
 
     for_each_kernel!(declare_kernels);
+
+    /// Records the launches `f` issues on this backend as a replayable graph (a CUDA graph), without
+    /// running them: the caller replays it ([`StepGraph::replay`]) to run them, once now and again for every
+    /// later step whose launches are the same. `None` when this backend does not record (the CPU twins and
+    /// the emulator run launches as they are issued; `f` is then not called) or could not record this work
+    /// as a replayable graph (then nothing of `f` ran either, and the caller issues the work itself).
+    fn capture_graph(
+        &self,
+        f: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Option<Box<dyn StepGraph>>> {
+        let _ = f;
+        Ok(None)
+    }
+
+    /// Copies `buf` to host memory in stream order without waiting: the copy sees every launch issued before
+    /// it and none issued after, and [`Download::wait`] (on any thread) waits for it alone. A host-resident
+    /// backend copies at once; the CUDA backend copies into pinned memory asynchronously.
+    fn download_async(&self, buf: &Self::Buf) -> Result<Download> {
+        Ok(Download::ready(self.to_host(buf)?))
+    }
+}
+
+/// A device-to-host copy issued by [`Backend::download_async`]: sendable to another thread, which waits for
+/// it there.
+pub struct Download(DownloadState);
+
+enum DownloadState {
+    Ready(Vec<f32>),
+    Pending(Box<dyn PendingDownload>),
+}
+
+/// A copy still in flight ([`Download::pending`]).
+pub trait PendingDownload: Send {
+    /// Waits for the copy and hands the values over.
+    fn wait(self: Box<Self>) -> Result<Vec<f32>>;
+}
+
+impl Download {
+    /// A copy already made.
+    pub fn ready(values: Vec<f32>) -> Self {
+        Download(DownloadState::Ready(values))
+    }
+
+    /// A copy in flight.
+    pub fn pending(copy: Box<dyn PendingDownload>) -> Self {
+        Download(DownloadState::Pending(copy))
+    }
+
+    /// The values, once the copy has finished (waiting for it here).
+    pub fn wait(self) -> Result<Vec<f32>> {
+        match self.0 {
+            DownloadState::Ready(v) => Ok(v),
+            DownloadState::Pending(p) => p.wait(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Download {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            DownloadState::Ready(_) => "Download(ready)",
+            DownloadState::Pending(_) => "Download(pending)",
+        })
+    }
+}
+
+/// Launches recorded by [`Backend::capture_graph`], replayable on the backend's stream.
+pub trait StepGraph {
+    /// Whether the recorded addresses are all still the ones to use (a backend's working memory may have
+    /// been reallocated since the capture: then the graph must be captured again).
+    fn is_current(&self) -> bool;
+    /// Runs the recorded launches again, asynchronously, in stream order.
+    fn replay(&self) -> Result<()>;
 }
 
 /// Something that provides a shared backend: a backend value (`CpuBackend`, `EmuBackend`) or an `Arc` of one

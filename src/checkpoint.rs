@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use crate::backend::{Backend, BackendHandle};
+use crate::backend::{Backend, BackendHandle, Download};
 use crate::nn::{InceptionMnist, MnistConfig, ParamEntry};
 use crate::{Error, Result};
 
@@ -530,27 +530,7 @@ impl<B: Backend> InceptionMnist<B> {
 
     /// The model file's tensors and metadata from the flat parameter values (one host copy of them).
     fn model_tensors_of(&self, values: &[f32]) -> ModelTensors {
-        let c = self.config();
-        let tensors = self
-            .params()
-            .iter()
-            .map(|e| {
-                (
-                    e.name.clone(),
-                    e.shape.clone(),
-                    values[e.range.clone()].to_vec(),
-                )
-            })
-            .collect();
-        let meta = HashMap::from([
-            ("map1".to_string(), c.map1.to_string()),
-            ("map2".to_string(), c.map2.to_string()),
-            ("reduce".to_string(), c.reduce.to_string()),
-            ("hidden".to_string(), c.hidden.to_string()),
-            ("dropout".to_string(), c.dropout.to_string()),
-            ("step".to_string(), self.step().to_string()),
-        ]);
-        (tensors, meta)
+        model_tensors_of(self.params(), self.config(), self.step(), values)
     }
 
     fn train_state_tensors(&self) -> Result<ModelTensors> {
@@ -560,20 +540,68 @@ impl<B: Backend> InceptionMnist<B> {
 
     /// The training-state file's tensors and metadata from Adam's moments (already on the host).
     fn train_state_tensors_of(&self, adam_m: Vec<f32>, adam_v: Vec<f32>) -> Result<ModelTensors> {
-        let len = adam_m.len();
         let pending = self.pending_losses()?;
-        let tensors = vec![
-            ("adam.m".to_string(), vec![len], adam_m),
-            ("adam.v".to_string(), vec![len], adam_v),
-            ("loss.pending".to_string(), vec![pending.len()], pending),
-        ];
-        let meta = HashMap::from([
-            ("step".to_string(), self.step().to_string()),
-            ("seed".to_string(), self.seed().to_string()),
-        ]);
-        Ok((tensors, meta))
+        Ok(train_state_tensors_of(
+            self.step(),
+            self.seed(),
+            adam_m,
+            adam_v,
+            pending,
+        ))
     }
+}
 
+/// The model file's tensors (the parameters of `entries`, cut out of the flat `values`) and metadata (the
+/// config and the step).
+fn model_tensors_of(
+    entries: &[ParamEntry],
+    c: &MnistConfig,
+    step: u64,
+    values: &[f32],
+) -> ModelTensors {
+    let tensors = entries
+        .iter()
+        .map(|e| {
+            (
+                e.name.clone(),
+                e.shape.clone(),
+                values[e.range.clone()].to_vec(),
+            )
+        })
+        .collect();
+    let meta = HashMap::from([
+        ("map1".to_string(), c.map1.to_string()),
+        ("map2".to_string(), c.map2.to_string()),
+        ("reduce".to_string(), c.reduce.to_string()),
+        ("hidden".to_string(), c.hidden.to_string()),
+        ("dropout".to_string(), c.dropout.to_string()),
+        ("step".to_string(), step.to_string()),
+    ]);
+    (tensors, meta)
+}
+
+/// The training-state file's tensors (Adam's moments, the losses not yet logged) and metadata (step, seed).
+fn train_state_tensors_of(
+    step: u64,
+    seed: u64,
+    adam_m: Vec<f32>,
+    adam_v: Vec<f32>,
+    pending: Vec<f32>,
+) -> ModelTensors {
+    let len = adam_m.len();
+    let tensors = vec![
+        ("adam.m".to_string(), vec![len], adam_m),
+        ("adam.v".to_string(), vec![len], adam_v),
+        ("loss.pending".to_string(), vec![pending.len()], pending),
+    ];
+    let meta = HashMap::from([
+        ("step".to_string(), step.to_string()),
+        ("seed".to_string(), seed.to_string()),
+    ]);
+    (tensors, meta)
+}
+
+impl<B: Backend> InceptionMnist<B> {
     /// Saves the parameters as a model file (the reference module's tensors, config and step as metadata),
     /// atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
@@ -665,14 +693,63 @@ impl<B: Backend> InceptionMnist<B> {
     /// [`CheckpointSnapshot::write`] writes, on this thread or another (training goes on meanwhile). Refused
     /// when a parameter or moment is not finite ([`Self::check_finite`]).
     pub fn checkpoint_snapshot(&self) -> Result<CheckpointSnapshot> {
-        // One host copy of the parameters and moments: checked, then handed to the files as they are.
-        let state = self.host_state()?;
-        self.check_finite_host(&state)?;
+        self.checkpoint_snapshot_async()?.finish()
+    }
+
+    /// [`Self::checkpoint_snapshot`] without waiting: the parameters and both moments are copied to host
+    /// memory in stream order ([`Backend::download_async`]: pinned memory on a GPU), so the copy holds this
+    /// step's values however many steps are issued after it; [`PendingSnapshot::finish`], on any thread,
+    /// waits for the copy, checks every value is finite and builds the files' contents. (The losses not yet
+    /// logged are read here: none at a logging point.)
+    pub fn checkpoint_snapshot_async(&self) -> Result<PendingSnapshot> {
+        Ok(PendingSnapshot {
+            step: self.step(),
+            seed: self.seed(),
+            config: *self.config(),
+            entries: self.params().to_vec(),
+            state: self.download_state()?,
+            pending: self.pending_losses()?,
+        })
+    }
+}
+
+/// A checkpoint's copy in flight ([`InceptionMnist::checkpoint_snapshot_async`]): sendable to a writer thread.
+pub struct PendingSnapshot {
+    step: u64,
+    seed: u64,
+    config: MnistConfig,
+    entries: Vec<ParamEntry>,
+    /// The parameters and Adam's two moments, being copied.
+    state: [Download; 3],
+    pending: Vec<f32>,
+}
+
+impl std::fmt::Debug for PendingSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingSnapshot")
+            .field("step", &self.step)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingSnapshot {
+    /// The training step it holds.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// Waits for the copy, checks that every parameter and moment is finite (an error naming the first that
+    /// is not, with its step) and builds the unit's contents: the same as a synchronous
+    /// [`InceptionMnist::checkpoint_snapshot`] of that step.
+    pub fn finish(self) -> Result<CheckpointSnapshot> {
+        let [values, adam_m, adam_v] = self.state;
+        let state = [values.wait()?, adam_m.wait()?, adam_v.wait()?];
+        crate::nn::check_finite_state(&self.entries, self.step, &state)?;
         let [values, adam_m, adam_v] = state;
         Ok(CheckpointSnapshot {
-            step: self.step(),
-            model: self.model_tensors_of(&values),
-            train_state: self.train_state_tensors_of(adam_m, adam_v)?,
+            step: self.step,
+            model: model_tensors_of(&self.entries, &self.config, self.step, &values),
+            train_state: train_state_tensors_of(self.step, self.seed, adam_m, adam_v, self.pending),
         })
     }
 }

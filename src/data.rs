@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
+use crate::backend::Backend;
 use crate::{Error, Result};
 
 /// Classes of MNIST.
@@ -95,6 +96,70 @@ impl Dataset {
         let span = (self.len() - batch).max(1) as u64;
         let start = (step.wrapping_mul(batch as u64) % span) as usize;
         self.range("Dataset::batch", start..start + batch)
+    }
+}
+
+/// A data set resident in a backend's memory for a whole run: its images as the host's normalised f32
+/// values (a copy of [`Dataset::images`], so a batch gathered on the device equals the host's bit for bit)
+/// and its labels. A training step gathers its batch from it on the device
+/// ([`crate::graph::Plan::step_gathered`]); an evaluation gathers its batches by offset
+/// ([`crate::graph::Plan::gather`]).
+pub struct DeviceDataset<B: Backend> {
+    pub(crate) images: B::Buf,
+    pub(crate) labels: B::Labels,
+    len: usize,
+    pixels: usize,
+    /// Its identity: a captured step holds its addresses.
+    pub(crate) id: u64,
+}
+
+impl<B: Backend> std::fmt::Debug for DeviceDataset<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceDataset")
+            .field("images", &self.len)
+            .field("pixels", &self.pixels)
+            .finish()
+    }
+}
+
+impl<B: Backend> DeviceDataset<B> {
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no images.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Pixels per image.
+    pub fn pixels(&self) -> usize {
+        self.pixels
+    }
+}
+
+impl Dataset {
+    /// Uploads the whole set to backend `b` (images as they are, f32 in [0, 1]; labels checked to be digits
+    /// first, since a kernel cannot report a bad one).
+    pub fn to_device<B: Backend>(&self, b: &B) -> Result<DeviceDataset<B>> {
+        const OP: &str = "Dataset::to_device";
+        let (images, labels) = self.range(OP, 0..self.len())?;
+        if let Some(i) = labels.iter().position(|&l| l >= CLASSES) {
+            return Err(Error::OutOfRange {
+                op: OP,
+                what: format!("label of image {i}"),
+                value: labels[i].to_string(),
+                allowed: "0 <= label < 10",
+            });
+        }
+        Ok(DeviceDataset {
+            images: b.upload(images)?,
+            labels: b.upload_labels(labels)?,
+            len: self.len(),
+            pixels: self.pixels(),
+            id: crate::graph::next_id(),
+        })
     }
 }
 

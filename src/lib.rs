@@ -105,7 +105,7 @@ pub mod shape;
 pub mod tape;
 mod tensor;
 
-pub use backend::{Backend, BackendHandle};
+pub use backend::{Backend, BackendHandle, Download, PendingDownload, StepGraph};
 pub use device::{CudaDevice, Device};
 pub use error::{CudaUnavailable, Error, Result};
 pub use tape::{Gradients, Tape};

@@ -374,4 +374,78 @@ impl AdamStep {
         }
         Ok(scalars)
     }
+
+    /// The Adam table of a run at learning rate `lr` with PyTorch's defaults: the rows of
+    /// [`Self::scalars`] for steps `1..=rows`, 6 floats a row in the kernels' `AdamScalars` field order
+    /// (row `t − 1` is step `t`), computed exactly as a step computes them, so a kernel that reads row
+    /// `counter` (the steps taken) updates bit for bit as a launch given the step's [`AdamStep`].
+    pub fn table(lr: f64, rows: usize) -> Result<Vec<f32>> {
+        let mut table = Vec::with_capacity(rows.saturating_mul(ADAM_ROW));
+        for t in 1..=rows as u64 {
+            table.extend_from_slice(&AdamStep::new(lr, t).scalars("AdamStep::table")?);
+        }
+        Ok(table)
+    }
+}
+
+/// Floats in a row of an Adam table ([`AdamStep::table`]): the kernels' `AdamScalars`.
+pub const ADAM_ROW: usize = 6;
+
+/// Where the scalars of an Adam update come from: an [`AdamStep`] (computed for the update), or a row of an
+/// Adam table ([`AdamStep::table`]) that a kernel reads at the device step counter. The CPU twins take
+/// either (`&AdamStep` converts).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum AdamSource<'a> {
+    /// Scalars computed from the step's hyperparameters.
+    Step(&'a AdamStep),
+    /// A table row, already computed.
+    Row([f32; ADAM_ROW]),
+}
+
+impl<'a> From<&'a AdamStep> for AdamSource<'a> {
+    fn from(step: &'a AdamStep) -> Self {
+        AdamSource::Step(step)
+    }
+}
+
+impl AdamSource<'_> {
+    /// The update's scalars `(1 - β1, β2, 1 - β2, lr / (1 - β1ᵗ), √(1 - β2ᵗ), eps)`; an error naming `op`
+    /// for hyperparameters out of range.
+    pub fn scalars(&self, op: &'static str) -> Result<[f32; ADAM_ROW]> {
+        match self {
+            AdamSource::Step(step) => step.scalars(op),
+            AdamSource::Row(row) => Ok(*row),
+        }
+    }
+
+    /// Row `counter[0]` of Adam table `table` (the steps taken index the step being run's row), checked:
+    /// a counter of one element, a row inside the table.
+    pub fn row_at(op: &'static str, table: &[f32], counter: &[u32]) -> Result<Self> {
+        let [c] = counter else {
+            return Err(Error::BufferLength {
+                op,
+                what: "step counter",
+                expected: 1,
+                len: counter.len(),
+            });
+        };
+        let at = (*c as usize).saturating_mul(ADAM_ROW);
+        match table.get(at..at.saturating_add(ADAM_ROW)) {
+            Some(row) => {
+                let mut r = [0.0f32; ADAM_ROW];
+                r.copy_from_slice(row);
+                Ok(AdamSource::Row(r))
+            }
+            None => Err(Error::OutOfRange {
+                op,
+                what: "the step counter's row of the Adam table".into(),
+                value: format!(
+                    "step {} of a table of {} rows",
+                    u64::from(*c) + 1,
+                    table.len() / ADAM_ROW
+                ),
+                allowed: "a step the table covers",
+            }),
+        }
+    }
 }

@@ -995,3 +995,322 @@ fn emulated_count_correct_matches_its_twin() {
         assert_bits_eq(&format!("emulated count_correct, {order:?}"), &got, &want);
     }
 }
+
+/// A batch gathered by `b` (outputs pre-filled: NaN pixels, `u32::MAX` labels): from the device step counter
+/// `counter` when given, else from image `start`.
+fn gathered<B>(
+    b: &B,
+    data: &inception_cuda::data::Dataset,
+    batch: usize,
+    counter: Option<u32>,
+    start: usize,
+) -> inception_cuda::Result<(Vec<f32>, Vec<u32>)>
+where
+    for<'a> B: Backend<
+        Buf = Vec<f32>,
+        Labels = Vec<u32>,
+        View<'a> = &'a [f32],
+        ViewMut<'a> = &'a mut [f32],
+    >,
+{
+    let mut images = vec![f32::NAN; batch * data.pixels()];
+    let mut labels = vec![u32::MAX; batch];
+    let all = data.images.as_slice();
+    match counter {
+        Some(c) => b.batch_gather_at(
+            &mut images.as_mut_slice(),
+            &mut labels,
+            &all,
+            &data.labels,
+            &vec![c],
+        )?,
+        None => b.batch_gather(
+            &mut images.as_mut_slice(),
+            &mut labels,
+            &all,
+            &data.labels,
+            start,
+        )?,
+    }
+    Ok((images, labels))
+}
+
+/// batch_gather under emulation equals its twin, and both equal the host's own batch of the step
+/// (`Dataset::batch`, the write-up's offset `(s · batch) mod (count − batch)`) bit for bit, for counters up to
+/// u32::MAX − 1 and batches up to the whole set; gathering by offset too; an offset past the set is an error.
+/// step_end stores the loss at the counter's slot of the ring and advances the counter (wrapping as u32).
+#[test]
+fn emulated_batch_gather_and_step_end_match_their_twins_and_the_host_batch() {
+    use inception_cuda::data::Dataset;
+    let (count, px) = (37usize, 5usize);
+    let data = Dataset {
+        images: uniform(70, count * px)
+            .iter()
+            .map(|v| (v + 1.0) / 2.0)
+            .collect(),
+        labels: (0..count as u32).map(|i| (i * 7 + 3) % 10).collect(),
+        rows: 1,
+        cols: px,
+    };
+    for batch in [1, 4, 36, 37] {
+        for c in [0u32, 1, 8, 1000, u32::MAX - 1] {
+            let (hx, hy) = data.batch(u64::from(c), batch).unwrap();
+            let want = gathered(&CpuBackend, &data, batch, Some(c), 0).unwrap();
+            let what = format!("batch {batch} at counter {c}");
+            assert_bits_eq(&format!("twin gather, {what}"), &want.0, hx);
+            assert_eq!(want.1, hy, "twin gather's labels, {what}");
+            for order in ORDERS {
+                let got = gathered(&EmuBackend { order }, &data, batch, Some(c), 0).unwrap();
+                assert_bits_eq(&format!("emulated gather, {what}, {order:?}"), &got.0, hx);
+                assert_eq!(got.1, hy, "emulated gather's labels, {what}, {order:?}");
+            }
+        }
+        for start in [0, (count - batch) / 2, count - batch] {
+            let want = data.slice(start..start + batch).unwrap();
+            for order in ORDERS {
+                let got = gathered(&EmuBackend { order }, &data, batch, None, start).unwrap();
+                assert_bits_eq(
+                    &format!("emulated gather from {start}"),
+                    &got.0,
+                    &want.images,
+                );
+                assert_eq!(got.1, want.labels);
+            }
+            let twin = gathered(&CpuBackend, &data, batch, None, start).unwrap();
+            assert_bits_eq(&format!("twin gather from {start}"), &twin.0, &want.images);
+        }
+        let emu = EmuBackend {
+            order: ThreadOrder::Forward,
+        };
+        for err in [
+            gathered(&emu, &data, batch, None, count - batch + 1),
+            gathered(&CpuBackend, &data, batch, None, count - batch + 1),
+        ] {
+            let err = err.unwrap_err().to_string();
+            assert!(
+                err.contains("batch_gather") && err.contains("start"),
+                "{err}"
+            );
+        }
+    }
+
+    fn end<B>(b: &B, counter: u32) -> (Vec<f32>, Vec<u32>)
+    where
+        for<'a> B: Backend<
+            Buf = Vec<f32>,
+            Labels = Vec<u32>,
+            View<'a> = &'a [f32],
+            ViewMut<'a> = &'a mut [f32],
+        >,
+    {
+        let mut ring = vec![f32::NAN; 5];
+        let mut c = vec![counter];
+        b.step_end(&mut ring.as_mut_slice(), &mut c, &[2.5f32].as_slice())
+            .unwrap();
+        (ring, c)
+    }
+    for counter in [0u32, 7, u32::MAX] {
+        let want = end(&CpuBackend, counter);
+        assert_eq!(want.1, [counter.wrapping_add(1)]);
+        assert_eq!(want.0[counter as usize % 5], 2.5);
+        for order in ORDERS {
+            let got = end(&EmuBackend { order }, counter);
+            assert_bits_eq(
+                &format!("emulated step_end ring at {counter}"),
+                &got.0,
+                &want.0,
+            );
+            assert_eq!(got.1, want.1, "emulated step_end counter at {counter}");
+        }
+    }
+}
+
+/// `|v|` elementwise (outside the generic helpers, whose higher-ranked bounds a closure trips over).
+fn abs_all(v: Vec<f32>) -> Vec<f32> {
+    v.into_iter().map(f32::abs).collect()
+}
+
+/// The kernels of a step that read the step on the device equal the same kernels given the step's values,
+/// bit for bit, under emulation (both thread orders) and on the twins: Adam with row `c` of the Adam table
+/// against `AdamStep::new(lr, c + 1)` (adam_step, linear_wgrad_adam and linear_bwd_adam, fp32 and TF32),
+/// dropout at counter `c` against step `c + 1`. A counter past the table is an error naming the step.
+#[test]
+fn emulated_device_counter_kernels_equal_the_by_value_launches() {
+    use inception_cuda::shape::{AdamStep, LinearShape, Precision};
+    fn both<B>(b: &B, c: u32) -> Vec<(String, Vec<f32>, Vec<f32>)>
+    where
+        for<'a> B: Backend<
+            Buf = Vec<f32>,
+            Labels = Vec<u32>,
+            View<'a> = &'a [f32],
+            ViewMut<'a> = &'a mut [f32],
+        >,
+    {
+        let lr = 1e-3;
+        let table = AdamStep::table(lr, 9).unwrap();
+        let step = AdamStep::new(lr, u64::from(c) + 1);
+        let counter = vec![c];
+        let n = 1001;
+        let g = uniform(80, n);
+        let start = [uniform(81, n), uniform(82, n), abs_all(uniform(83, n))];
+        let mut out = Vec::new();
+        let (mut a, mut t) = (start.clone(), start.clone());
+        let [ap, am, av] = &mut a;
+        b.adam_step(
+            &mut ap.as_mut_slice(),
+            &mut am.as_mut_slice(),
+            &mut av.as_mut_slice(),
+            &g.as_slice(),
+            &step,
+        )
+        .unwrap();
+        let [tp, tm, tv] = &mut t;
+        b.adam_step_at(
+            &mut tp.as_mut_slice(),
+            &mut tm.as_mut_slice(),
+            &mut tv.as_mut_slice(),
+            &g.as_slice(),
+            &table.as_slice(),
+            &counter,
+        )
+        .unwrap();
+        out.push(("adam_step".into(), a.concat(), t.concat()));
+        let (mut y1, mut y2) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+        b.dropout_fwd(&mut y1.as_mut_slice(), &g.as_slice(), 0.5, 9, step.t)
+            .unwrap();
+        b.dropout_fwd_at(&mut y2.as_mut_slice(), &g.as_slice(), 0.5, 9, &counter)
+            .unwrap();
+        out.push(("dropout_fwd".into(), y1.clone(), y2.clone()));
+        b.dropout_bwd(&mut y1.as_mut_slice(), &g.as_slice(), 0.3, 9, step.t)
+            .unwrap();
+        b.dropout_bwd_at(&mut y2.as_mut_slice(), &g.as_slice(), 0.3, 9, &counter)
+            .unwrap();
+        out.push(("dropout_bwd".into(), y1, y2));
+        for precision in [Precision::Fp32, Precision::Tf32] {
+            let s = LinearShape::new(3, 37, 5).with_precision(precision);
+            let (dy, x) = (uniform(84, 3 * 5), uniform(85, 3 * 37));
+            let w0 = [uniform(86, 5 * 37), uniform(87, 5 * 37), vec![0.01; 5 * 37]];
+            let (mut a, mut t) = (w0.clone(), w0.clone());
+            let [aw, am, av] = &mut a;
+            let [tw, tm, tv] = &mut t;
+            b.linear_wgrad_adam(
+                [
+                    &mut aw.as_mut_slice(),
+                    &mut am.as_mut_slice(),
+                    &mut av.as_mut_slice(),
+                ],
+                &dy.as_slice(),
+                &x.as_slice(),
+                &s,
+                &step,
+            )
+            .unwrap();
+            b.linear_wgrad_adam_at(
+                [
+                    &mut tw.as_mut_slice(),
+                    &mut tm.as_mut_slice(),
+                    &mut tv.as_mut_slice(),
+                ],
+                &dy.as_slice(),
+                &x.as_slice(),
+                &s,
+                &table.as_slice(),
+                &counter,
+            )
+            .unwrap();
+            out.push((
+                format!("linear_wgrad_adam {precision:?}"),
+                a.concat(),
+                t.concat(),
+            ));
+            let (mut a, mut t) = (w0.clone(), w0.clone());
+            let (mut dxa, mut dxt) = (vec![f32::NAN; 3 * 37], vec![f32::NAN; 3 * 37]);
+            let [aw, am, av] = &mut a;
+            let [tw, tm, tv] = &mut t;
+            b.linear_bwd_adam(
+                &mut dxa.as_mut_slice(),
+                [
+                    &mut aw.as_mut_slice(),
+                    &mut am.as_mut_slice(),
+                    &mut av.as_mut_slice(),
+                ],
+                &dy.as_slice(),
+                &x.as_slice(),
+                &s,
+                &step,
+            )
+            .unwrap();
+            b.linear_bwd_adam_at(
+                &mut dxt.as_mut_slice(),
+                [
+                    &mut tw.as_mut_slice(),
+                    &mut tm.as_mut_slice(),
+                    &mut tv.as_mut_slice(),
+                ],
+                &dy.as_slice(),
+                &x.as_slice(),
+                &s,
+                &table.as_slice(),
+                &counter,
+            )
+            .unwrap();
+            out.push((
+                format!("linear_bwd_adam {precision:?}"),
+                [dxa, a.concat()].concat(),
+                [dxt, t.concat()].concat(),
+            ));
+        }
+        out
+    }
+    for c in [0u32, 3, 8] {
+        let twin = both(&CpuBackend, c);
+        for (name, by_value, at) in &twin {
+            assert_bits_eq(&format!("twin {name} at counter {c}"), at, by_value);
+        }
+        for order in ORDERS {
+            let emu = both(&EmuBackend { order }, c);
+            for ((name, by_value, at), (_, twin_value, _)) in emu.iter().zip(&twin) {
+                assert_bits_eq(
+                    &format!("emulated {name} at counter {c}, {order:?}"),
+                    at,
+                    by_value,
+                );
+                if name.starts_with("adam") || name.starts_with("dropout") {
+                    assert_bits_eq(
+                        &format!("emulated {name} vs twin, {order:?}"),
+                        at,
+                        twin_value,
+                    );
+                }
+            }
+        }
+    }
+    // counter 9 of a 9-row table: past it, on the emulator and the twin alike
+    let table = AdamStep::table(1e-3, 9).unwrap();
+    let emu = EmuBackend {
+        order: ThreadOrder::Forward,
+    };
+    let mut p = vec![0.0f32; 4];
+    let (mut m, mut v, g) = (p.clone(), p.clone(), p.clone());
+    for err in [
+        emu.adam_step_at(
+            &mut p.as_mut_slice(),
+            &mut m.as_mut_slice(),
+            &mut v.as_mut_slice(),
+            &g.as_slice(),
+            &table.as_slice(),
+            &vec![9],
+        ),
+        CpuBackend.adam_step_at(
+            &mut p.as_mut_slice(),
+            &mut m.as_mut_slice(),
+            &mut v.as_mut_slice(),
+            &g.as_slice(),
+            &table.as_slice(),
+            &vec![9],
+        ),
+    ] {
+        let err = err.unwrap_err().to_string();
+        assert!(err.contains("step 10 of a table of 9 rows"), "{err}");
+    }
+}

@@ -546,9 +546,13 @@ fn a_background_checkpoint_equals_a_synchronous_one_byte_for_byte() {
     std::fs::create_dir_all(&sync_dir).unwrap();
     std::fs::create_dir_all(&bg_dir).unwrap();
     net.save_checkpoint(&sync_dir, &recipe).unwrap();
-    let snapshot = net.checkpoint_snapshot().unwrap();
+    // the copy issued in stream order, a step issued after it, then finished and written on another thread
+    // (as train_mnist does): the unit of the step it was issued at
+    let pending = net.checkpoint_snapshot_async().unwrap();
+    assert_eq!(pending.step(), 1);
+    net.train_step(&images, &[3, 4], 1e-3).unwrap();
     let (dir, r) = (bg_dir.clone(), recipe.clone());
-    std::thread::spawn(move || snapshot.write(&dir, &r))
+    std::thread::spawn(move || pending.finish()?.write(&dir, &r))
         .join()
         .unwrap()
         .unwrap();

@@ -428,3 +428,81 @@ fn fuzzed_command_line_numbers_give_errors_never_panics() {
     eprintln!("fuzz: {ok} runs, {errors} errors, no panic");
     assert!(ok >= 10 && errors >= 10, "{ok} runs, {errors} errors");
 }
+
+/// A checkpoint the background writer cannot write (its model file's name taken by a folder, as when the
+/// folder is unwritable) ends the run with an error naming the file and the step, not lost in the thread;
+/// the run's earlier state is untouched.
+#[test]
+fn a_checkpoint_the_writer_cannot_write_ends_the_run_naming_the_file() {
+    let (data, dir) = (tiny_data(), scratch("unwritable"));
+    let out = dir.join("run");
+    std::fs::create_dir_all(out.join("model-00000002.safetensors")).unwrap();
+    let err = run(argv(
+        &data,
+        Some(&out),
+        &["--overwrite", "--steps", "4", "--checkpoint-every", "2"],
+    ))
+    .unwrap_err();
+    assert!(
+        err.contains("model-00000002.safetensors") && err.contains("step 2"),
+        "{err}"
+    );
+    assert!(
+        read_manifest(&out).unwrap().is_none(),
+        "no unit was committed"
+    );
+}
+
+/// The evaluation batch (`--eval-batch`, an inference plan of its own) changes no result: the logged
+/// validation accuracies and the model equal those of the default; the run's last log line says where the
+/// time went, with its parts.
+#[test]
+fn the_evaluation_batch_changes_no_result_and_the_time_is_logged() {
+    let (data, dir) = (tiny_data(), scratch("eval-batch"));
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    let extra = ["--steps", "4", "--log-every", "2"];
+    run(argv(&data, Some(&a), &extra)).unwrap();
+    run(argv(
+        &data,
+        Some(&b),
+        &[&extra[..], &["--eval-batch", "1"]].concat(),
+    ))
+    .unwrap();
+    let lines = |d: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(d.join("log.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (la, lb) = (lines(&a), lines(&b));
+    assert_eq!(la.len(), 3, "{la:?}");
+    for (x, y) in la.iter().zip(&lb).take(2) {
+        assert_eq!(x["val_accuracy"], y["val_accuracy"]);
+        assert_eq!(x["loss"], y["loss"]);
+    }
+    assert_eq!(
+        params_of(&a.join(MODEL_FILE)),
+        params_of(&b.join(MODEL_FILE))
+    );
+    let time = &la[2]["time"];
+    for key in [
+        "total",
+        "startup",
+        "data_load",
+        "kernel_load",
+        "upload",
+        "steps",
+        "capture",
+        "replayed_steps",
+        "host_waits",
+        "validation",
+        "checkpoints",
+        "test",
+    ] {
+        assert!(
+            time.get(key).is_some_and(|v| v.is_number()),
+            "{key} missing: {time}"
+        );
+    }
+}

@@ -5,16 +5,17 @@ use rayon::prelude::*;
 
 use super::CHUNK;
 use crate::backend::check_same_len;
-use crate::shape::AdamStep;
+use crate::shape::AdamSource;
 use crate::Result;
 
-/// Updates `p`, `m` and `v` in place from `g`. Shapes: `p, m, v, g: [n]`.
-pub fn adam_step(
+/// Updates `p`, `m` and `v` in place from `g` with the scalars of `step` (an `&AdamStep`, or an Adam table's
+/// row). Shapes: `p, m, v, g: [n]`.
+pub fn adam_step<'s>(
     p: &mut [f32],
     m: &mut [f32],
     v: &mut [f32],
     g: &[f32],
-    step: &AdamStep,
+    step: impl Into<AdamSource<'s>>,
 ) -> Result<()> {
     const OP: &str = "adam_step";
     check_same_len(
@@ -22,8 +23,7 @@ pub fn adam_step(
         p.len(),
         &[("m", m.len()), ("v", v.len()), ("g", g.len())],
     )?;
-    let [one_minus_b1, b2, one_minus_b2, step_size, bc2_sqrt, eps] = step.scalars(OP)?;
-    let s = [one_minus_b1, b2, one_minus_b2, step_size, bc2_sqrt, eps];
+    let s = step.into().scalars(OP)?;
     p.par_chunks_mut(CHUNK)
         .zip(m.par_chunks_mut(CHUNK))
         .zip(v.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)))
@@ -42,7 +42,21 @@ pub(crate) fn adam_slices(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]
     });
 }
 
-/// One element's update with the scalars of [`AdamStep::scalars`] (`[1 - β1, β2, 1 - β2, step size,
+/// [`adam_step`] with the scalars of row `counter[0]` of Adam table `table [rows, 6]`
+/// ([`crate::shape::AdamStep::table`]; `counter [1]` holds the steps taken): the twin of the kernel reading them on the
+/// device. A counter past the table is an error. Shapes: `p, m, v, g: [n]`.
+pub fn adam_step_at(
+    p: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    g: &[f32],
+    table: &[f32],
+    counter: &[u32],
+) -> Result<()> {
+    adam_step(p, m, v, g, AdamSource::row_at("adam_step", table, counter)?)
+}
+
+/// One element's update with the scalars of [`crate::shape::AdamStep::scalars`] (`[1 - β1, β2, 1 - β2, step size,
 /// √(1 - β2ᵗ), eps]`): the arithmetic of `kernels/adam.cuh`, operation for operation.
 #[inline(always)] // inlined into adam_slices' vectorised loop
 pub(crate) fn adam_update(p: &mut f32, m: &mut f32, v: &mut f32, g: f32, s: &[f32; 6]) {

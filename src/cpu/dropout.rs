@@ -55,6 +55,35 @@ pub fn dropout_bwd(dx: &mut [f32], dy: &[f32], p: f32, seed: u64, step: u64) -> 
     apply(dx, dy, p, seed, step)
 }
 
+/// The step a device step counter `counter [1]` (the steps taken) is running: `counter[0] + 1`.
+pub(crate) fn step_of(op: &'static str, counter: &[u32]) -> Result<u64> {
+    match counter {
+        [c] => Ok(u64::from(*c) + 1),
+        _ => Err(Error::BufferLength {
+            op,
+            what: "step counter",
+            expected: 1,
+            len: counter.len(),
+        }),
+    }
+}
+
+/// [`dropout_fwd`] at the step of the device step counter `counter [1]`: `counter[0] + 1`.
+pub fn dropout_fwd_at(y: &mut [f32], x: &[f32], p: f32, seed: u64, counter: &[u32]) -> Result<()> {
+    dropout_fwd(y, x, p, seed, step_of("dropout_fwd", counter)?)
+}
+
+/// [`dropout_bwd`] at the step of the device step counter `counter [1]`: `counter[0] + 1`.
+pub fn dropout_bwd_at(
+    dx: &mut [f32],
+    dy: &[f32],
+    p: f32,
+    seed: u64,
+    counter: &[u32],
+) -> Result<()> {
+    dropout_bwd(dx, dy, p, seed, step_of("dropout_bwd", counter)?)
+}
+
 fn apply(out: &mut [f32], inp: &[f32], p: f32, seed: u64, step: u64) -> Result<()> {
     let (threshold, scale) = dropout_threshold(p)?;
     out.par_chunks_mut(CHUNK)

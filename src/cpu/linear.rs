@@ -14,7 +14,7 @@ use super::adam_step;
 use super::matmul::{matmul, Mat, MatMut, Threads};
 use super::sum_in_order;
 use super::tf32::{rounded, tf32_round};
-use crate::shape::{check_len, AdamStep, LinearShape, Precision};
+use crate::shape::{check_len, AdamSource, LinearShape, Precision};
 use crate::Result;
 
 /// Chunks of k_in in the forward's split-K (fixed: the result must not depend on the thread count).
@@ -195,13 +195,14 @@ const WGRAD_ADAM_ROWS: usize = 8;
 /// their gradient (as [`linear_wgrad`] computes it) and their update in turn. The result of `linear_wgrad`
 /// then [`crate::cpu::adam_step`] over `w`, up to the gradient's summation order. Shapes:
 /// `w, adam_m, adam_v [n_out, k_in]`, `dy [m, n_out]`, `x [m, k_in]`.
-pub fn linear_wgrad_adam(
+pub fn linear_wgrad_adam<'s>(
     [w, adam_m, adam_v]: [&mut [f32]; 3],
     dy: &[f32],
     x: &[f32],
     s: &LinearShape,
-    step: &AdamStep,
+    step: impl Into<AdamSource<'s>>,
 ) -> Result<()> {
+    let step: AdamSource<'s> = step.into();
     if s.precision == Precision::Tf32 {
         let fp32 = s.with_precision(Precision::Fp32);
         return linear_wgrad_adam([w, adam_m, adam_v], &rounded(dy), &rounded(x), &fp32, step);
@@ -219,7 +220,7 @@ pub fn linear_wgrad_adam(
             ("x", m * k_in, x.len()),
         ],
     )?;
-    step.scalars(OP)?; // hyperparameter errors before any work
+    let scalars = AdamSource::Row(step.scalars(OP)?); // hyperparameter errors before any work
     if k_in == 0 {
         return Ok(());
     }
@@ -247,7 +248,7 @@ pub fn linear_wgrad_adam(
                 false,
                 Threads::Serial,
             )?;
-            adam_step(w, am, av, &g, step)
+            adam_step(w, am, av, &g, scalars)
         })
 }
 
@@ -278,14 +279,15 @@ const BWD_ADAM_G_ROWS: usize = 64;
 /// w, m and v are read once from memory). `dx` equals [`linear_dgrad`]'s and `w, adam_m, adam_v`
 /// [`linear_wgrad_adam`]'s (the same products, the same update). Shapes: `dx [m, k_in]`,
 /// `w, adam_m, adam_v [n_out, k_in]`, `dy [m, n_out]`, `x [m, k_in]`.
-pub fn linear_bwd_adam(
+pub fn linear_bwd_adam<'s>(
     dx: &mut [f32],
     [w, adam_m, adam_v]: [&mut [f32]; 3],
     dy: &[f32],
     x: &[f32],
     s: &LinearShape,
-    step: &AdamStep,
+    step: impl Into<AdamSource<'s>>,
 ) -> Result<()> {
+    let step: AdamSource<'s> = step.into();
     const OP: &str = "linear_bwd_adam";
     // TF32: the products' operands rounded as the tensor-core kernel rounds them (dy and x here, each strip of
     // w before its update below); Adam updates the unrounded weight.
@@ -412,4 +414,33 @@ pub fn linear_bwd_adam(
         }
     }
     Ok(())
+}
+
+/// [`linear_wgrad_adam`] with the scalars of row `counter[0]` of Adam table `table` (see
+/// [`crate::cpu::adam_step_at`]).
+pub fn linear_wgrad_adam_at(
+    w_m_v: [&mut [f32]; 3],
+    dy: &[f32],
+    x: &[f32],
+    s: &LinearShape,
+    table: &[f32],
+    counter: &[u32],
+) -> Result<()> {
+    let row = AdamSource::row_at("linear_wgrad_adam", table, counter)?;
+    linear_wgrad_adam(w_m_v, dy, x, s, row)
+}
+
+/// [`linear_bwd_adam`] with the scalars of row `counter[0]` of Adam table `table` (see
+/// [`crate::cpu::adam_step_at`]).
+pub fn linear_bwd_adam_at(
+    dx: &mut [f32],
+    w_m_v: [&mut [f32]; 3],
+    dy: &[f32],
+    x: &[f32],
+    s: &LinearShape,
+    table: &[f32],
+    counter: &[u32],
+) -> Result<()> {
+    let row = AdamSource::row_at("linear_bwd_adam", table, counter)?;
+    linear_bwd_adam(dx, w_m_v, dy, x, s, row)
 }

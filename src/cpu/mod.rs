@@ -12,19 +12,25 @@ mod matmul;
 mod pool;
 mod reduce_conv;
 mod relu;
+mod schedule;
 mod tf32;
 
-pub use adam::adam_step;
+pub use adam::{adam_step, adam_step_at};
 pub use add::add_fwd;
 pub use conv::{conv_bgrad, conv_dgrad, conv_fwd, conv_wgrad};
-pub use dropout::{dropout_bwd, dropout_fwd, dropout_hash, dropout_threshold};
+pub use dropout::{
+    dropout_bwd, dropout_bwd_at, dropout_fwd, dropout_fwd_at, dropout_hash, dropout_threshold,
+};
 pub use linear::{
-    linear_bgrad, linear_bwd_adam, linear_dgrad, linear_fwd, linear_wgrad, linear_wgrad_adam,
+    linear_bgrad, linear_bwd_adam, linear_bwd_adam_at, linear_dgrad, linear_fwd, linear_wgrad,
+    linear_wgrad_adam, linear_wgrad_adam_at,
 };
 pub use loss::{check_labels, count_correct, softmax_xent};
 pub use pool::{maxpool3x3s1_bwd, maxpool3x3s1_fwd};
 pub use reduce_conv::{reduce_conv_bwd, reduce_conv_fwd};
 pub use relu::{relu_bwd, relu_fwd};
+pub(crate) use schedule::gather_shape;
+pub use schedule::{batch_gather, batch_gather_at, gather_offset, step_end};
 pub use tf32::{mma_tf32_tile, tf32_round};
 
 use rayon::prelude::*;

@@ -29,24 +29,26 @@
 mod graph;
 
 pub use crate::launcher::{
-    adam_step, add_fwd, conv_bgrad, conv_dgrad, conv_fwd, conv_wgrad, count_correct, dropout_bwd,
-    dropout_fwd, linear_bgrad, linear_bwd_adam, linear_dgrad, linear_fwd, linear_wgrad,
-    linear_wgrad_adam, maxpool3x3s1_bwd, maxpool3x3s1_fwd, mma_tf32_tile, reduce_conv_bwd,
-    reduce_conv_fwd, relu_bwd, relu_fwd, softmax_xent,
+    adam_step, adam_step_at, add_fwd, batch_gather, batch_gather_at, conv_bgrad, conv_dgrad,
+    conv_fwd, conv_wgrad, count_correct, dropout_bwd, dropout_bwd_at, dropout_fwd, dropout_fwd_at,
+    linear_bgrad, linear_bwd_adam, linear_bwd_adam_at, linear_dgrad, linear_fwd, linear_wgrad,
+    linear_wgrad_adam, linear_wgrad_adam_at, maxpool3x3s1_bwd, maxpool3x3s1_fwd, mma_tf32_tile,
+    reduce_conv_bwd, reduce_conv_fwd, relu_bwd, relu_fwd, softmax_xent, step_end,
 };
 pub use graph::{CapturedGraph, GraphNode};
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut,
-    DeviceRepr, DriverError, LaunchArgs, LaunchConfig, PushKernelArg,
+    DeviceRepr, DriverError, LaunchArgs, LaunchConfig, PinnedHostSlice, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 
-use crate::backend::{check_range, Backend};
+use crate::backend::{check_range, Backend, Download, PendingDownload, StepGraph};
 use crate::bindings::{AdamScalars, ConvDims, GemmDims, ReduceDims};
 use crate::error::CudaUnavailable;
 use crate::launch::LaunchDims;
@@ -126,7 +128,18 @@ pub struct CudaBackend {
     /// Working memory of kernels that need some (the linear forward's split-K partials), kept and grown,
     /// never shrunk: after the first step nothing is allocated. Used only on `stream`, in issue order.
     scratch: Mutex<Option<CudaSlice<f32>>>,
+    /// Bumped whenever `scratch` is reallocated: a captured graph holds the old buffer's address.
+    scratch_generation: Arc<AtomicU64>,
+    /// Set while [`Backend::capture_graph`] records: the working memory must not grow then (an allocation
+    /// would be recorded into the graph, its address valid only inside it).
+    capturing: AtomicBool,
+    /// Pinned host buffers of finished [`Backend::download_async`] copies, reused by later ones of the same
+    /// length (a checkpoint's three 562 MB copies would otherwise pin memory anew every time).
+    pinned: PinnedPool,
 }
+
+/// Pinned host buffers kept for reuse.
+type PinnedPool = Arc<Mutex<Vec<PinnedHostSlice<f32>>>>;
 
 impl std::fmt::Debug for CudaBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -179,6 +192,9 @@ impl CudaBackend {
             kernels,
             name,
             scratch: Mutex::new(None),
+            scratch_generation: Arc::new(AtomicU64::new(0)),
+            capturing: AtomicBool::new(false),
+            pinned: Arc::new(Mutex::new(Vec::new())),
         })
     }
 
@@ -323,6 +339,104 @@ impl Backend for CudaBackend {
     }
 
     crate::backend::for_each_kernel!(forward_to_launchers);
+
+    fn capture_graph(
+        &self,
+        f: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Option<Box<dyn StepGraph>>> {
+        const OP: &str = "capture_graph";
+        let generation = self.scratch_generation.load(Ordering::Acquire);
+        self.capturing.store(true, Ordering::Release);
+        let captured = self.capture(f);
+        self.capturing.store(false, Ordering::Release);
+        let ((), graph) = captured?;
+        let nodes = graph.nodes()?;
+        if let Some(n) = nodes.iter().find(|n| {
+            !matches!(
+                n,
+                GraphNode::Kernel | GraphNode::Memset | GraphNode::MemcpyDeviceToDevice
+            )
+        }) {
+            return Err(Error::Internal {
+                op: OP,
+                reason: format!(
+                    "the recorded work holds a {n:?} node: a training step must neither allocate nor copy                      from or to the host"
+                ),
+            });
+        }
+        Ok(Some(Box::new(CudaStepGraph {
+            graph,
+            generation,
+            scratch_generation: self.scratch_generation.clone(),
+        })))
+    }
+
+    fn download_async(&self, buf: &CudaSlice<f32>) -> Result<Download> {
+        const OP: &str = "download_async";
+        self.check_buf(OP, "buffer", buf)?;
+        let reused = {
+            let mut pool = self.pinned.lock().unwrap_or_else(PoisonError::into_inner);
+            let at = pool.iter().position(|p| p.len() == buf.len());
+            at.map(|i| pool.swap_remove(i))
+        };
+        let mut pinned = match reused {
+            Some(p) => p,
+            // Plain page-locked memory (flags 0), not cudarc's default write-combined kind, which the host
+            // reads uncached: the checkpoint writer reads every value.
+            // SAFETY: the memory is uninitialised; the copy below fills all of it, and it is read only after
+            // waiting for that copy (PinnedHostSlice::as_slice waits for the event the copy records).
+            None => unsafe { self.ctx.alloc_pinned_with_flags::<f32>(buf.len(), 0) }
+                .map_err(driver_error(OP))?,
+        };
+        self.stream
+            .memcpy_dtoh(buf, &mut pinned)
+            .map_err(driver_error(OP))?;
+        Ok(Download::pending(Box::new(PinnedDownload {
+            pinned: Some(pinned),
+            pool: self.pinned.clone(),
+        })))
+    }
+}
+
+/// A copy into pinned memory in flight; waiting returns the buffer to its device's pool.
+struct PinnedDownload {
+    pinned: Option<PinnedHostSlice<f32>>,
+    pool: PinnedPool,
+}
+
+impl PendingDownload for PinnedDownload {
+    fn wait(mut self: Box<Self>) -> Result<Vec<f32>> {
+        let Some(pinned) = self.pinned.take() else {
+            return Ok(Vec::new());
+        };
+        let values = pinned
+            .as_slice()
+            .map_err(driver_error("download_async"))?
+            .to_vec();
+        self.pool
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(pinned);
+        Ok(values)
+    }
+}
+
+/// A step captured by [`Backend::capture_graph`] on a CUDA device.
+struct CudaStepGraph {
+    graph: CapturedGraph,
+    /// The working memory's generation it was recorded with.
+    generation: u64,
+    scratch_generation: Arc<AtomicU64>,
+}
+
+impl StepGraph for CudaStepGraph {
+    fn is_current(&self) -> bool {
+        self.scratch_generation.load(Ordering::Acquire) == self.generation
+    }
+
+    fn replay(&self) -> Result<()> {
+        self.graph.replay()
+    }
 }
 
 // SAFETY: #[repr(C)] structs generated by bindgen from kernels/args.h, the header the kernels are compiled
@@ -354,6 +468,16 @@ impl Driver for CudaBackend {
 
     fn push_labels<'a>(args: &mut LaunchArgs<'a>, v: &'a CudaSlice<u32>) {
         args.arg(v);
+    }
+
+    fn push_labels_out<'a>(args: &mut LaunchArgs<'a>, v: &'a mut CudaSlice<u32>) {
+        args.arg(v);
+    }
+
+    fn push_null(args: &mut LaunchArgs<'_>, _kind: crate::launcher::ParamKind) {
+        // A device pointer is a 64-bit address: 0 is the null the kernel tests for.
+        static NULL: u64 = 0;
+        args.arg(&NULL);
     }
 
     fn push_value<'a>(args: &mut LaunchArgs<'a>, v: Value<'a>) {
@@ -411,9 +535,19 @@ impl Driver for CudaBackend {
     ) -> Result<T> {
         let mut guard = self.scratch.lock().unwrap_or_else(PoisonError::into_inner);
         if guard.as_ref().is_none_or(|s| s.len() < len) {
+            if self.capturing.load(Ordering::Acquire) {
+                return Err(Error::Internal {
+                    op,
+                    reason: format!(
+                        "{len} floats of working memory needed while a graph is recorded (run the step once \
+                         uncaptured first, so that it is allocated)"
+                    ),
+                });
+            }
             // SAFETY: uninitialised f32 device memory; every kernel using scratch writes before it reads.
             *guard =
                 Some(unsafe { self.stream.alloc::<f32>(len.max(1)) }.map_err(driver_error(op))?);
+            self.scratch_generation.fetch_add(1, Ordering::AcqRel);
         }
         let buf = guard.as_mut().ok_or(Error::Internal {
             op,

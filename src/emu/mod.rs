@@ -130,6 +130,14 @@ impl Driver for EmuBackend {
         args.slots.push(Slot::Ptr(v.as_ptr().cast_mut().cast()));
     }
 
+    fn push_labels_out<'a>(args: &mut EmuArgs<'a>, v: &'a mut Vec<u32>) {
+        args.slots.push(Slot::Ptr(v.as_mut_ptr().cast()));
+    }
+
+    fn push_null(args: &mut EmuArgs<'_>, _kind: crate::launcher::ParamKind) {
+        args.slots.push(Slot::Ptr(std::ptr::null_mut()));
+    }
+
     fn push_value<'a>(args: &mut EmuArgs<'a>, v: Value<'a>) {
         let p: *const c_void = match v {
             Value::U32(x) => (x as *const u32).cast(),

@@ -33,6 +33,6 @@ mod params;
 mod plan;
 
 pub use builder::{Graph, Init, Param, Value};
-pub(crate) use params::SplitMix64;
+pub(crate) use params::{next_id, SplitMix64};
 pub use params::{param_table, ParamEntry, Params};
 pub use plan::{FuseWgradAdam, Plan, Precision, TrainOptions, LOSS_RING};

@@ -1,13 +1,32 @@
 //! A graph's parameters on a backend: values, gradients and both Adam moments, each one flat buffer in
-//! declaration order (each parameter a range of it), looked up by name; plus Adam's step count and the
-//! dropout seed.
+//! declaration order (each parameter a range of it), looked up by name; plus Adam's step count (on the host
+//! and as the device step counter), the Adam table of the run and the dropout seed.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::builder::Graph;
 use crate::backend::{Backend, BackendHandle};
+use crate::shape::{AdamStep, ADAM_ROW};
 use crate::{Error, Result};
+
+/// A fresh identity for an object whose device addresses a captured step holds (parameters, data sets).
+pub(crate) fn next_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Rows an Adam table gets at least when a step outgrows it (1,024 steps: 24 KiB).
+const MIN_TABLE_ROWS: usize = 1024;
+
+/// The Adam table of a run on the device ([`AdamStep::table`] at one learning rate): the Adam kernels of a
+/// training step read row `counter[0]` of it.
+pub(crate) struct AdamTable<B: Backend> {
+    pub(crate) buf: B::Buf,
+    pub(crate) lr: f64,
+    pub(crate) rows: usize,
+}
 
 /// One named parameter and where it lives in the flat buffers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,6 +104,15 @@ pub struct Params<B: Backend> {
     pub(crate) adam_v: B::Buf,
     /// Adam's step count (training steps taken).
     pub(crate) step: u64,
+    /// The device step counter `[1]`: `step` in device memory (32 bits), advanced by the device at the end
+    /// of every training step (`step_end`), read by the step's gather, dropout and Adam launches.
+    pub(crate) counter: B::Labels,
+    /// The Adam table of the steps so far planned, if any.
+    pub(crate) adam_table: Option<AdamTable<B>>,
+    /// Bumped whenever the table is rebuilt (a new buffer): a captured step holds the old one's address.
+    pub(crate) table_version: u64,
+    /// This object's identity (see [`next_id`]).
+    pub(crate) id: u64,
     /// The seed of the dropout masks.
     pub(crate) seed: u64,
 }
@@ -122,9 +150,13 @@ impl<B: Backend> Params<B> {
             grads: b.alloc_zeros(len)?,
             adam_m: b.alloc_zeros(len)?,
             adam_v: b.alloc_zeros(len)?,
+            counter: b.upload_labels(&[0])?,
             b,
             table,
             step: 0,
+            adam_table: None,
+            table_version: 0,
+            id: next_id(),
             seed,
         })
     }
@@ -219,9 +251,57 @@ impl<B: Backend> Params<B> {
         self.b.to_host(&self.values)
     }
 
+    /// The values and both moments copied to host memory in stream order without waiting
+    /// ([`Backend::download_async`]).
+    pub fn download_state(&self) -> Result<[crate::backend::Download; 3]> {
+        Ok([
+            self.b.download_async(&self.values)?,
+            self.b.download_async(&self.adam_m)?,
+            self.b.download_async(&self.adam_v)?,
+        ])
+    }
+
     /// Adam's two moments, flat in declaration order (copied to the host).
     pub fn moments(&self) -> Result<(Vec<f32>, Vec<f32>)> {
         Ok((self.b.to_host(&self.adam_m)?, self.b.to_host(&self.adam_v)?))
+    }
+
+    /// Adam's table covering the steps `1..=steps` at learning rate `lr` ([`AdamStep::table`]), built and
+    /// uploaded now if the current one does not (a run calls it once with its last step, so that no step
+    /// rebuilds it: a captured step holds the table's address). A training step at another learning rate or
+    /// past the table rebuilds it, growing it to at least twice its rows.
+    pub fn reserve_steps(&mut self, lr: f64, steps: u64) -> Result<()> {
+        let covered = self
+            .adam_table
+            .as_ref()
+            .is_some_and(|t| t.lr.to_bits() == lr.to_bits() && t.rows as u64 >= steps);
+        if covered {
+            return Ok(());
+        }
+        let grown = match &self.adam_table {
+            Some(t) if t.lr.to_bits() == lr.to_bits() => t.rows.saturating_mul(2),
+            _ => 0,
+        };
+        let want = usize::try_from(steps).map_err(|_| Error::OutOfRange {
+            op: "Params::reserve_steps",
+            what: "steps".into(),
+            value: steps.to_string(),
+            allowed: "a table that fits in memory",
+        })?;
+        let rows = want.max(grown).max(MIN_TABLE_ROWS);
+        crate::tensor::check_alloc(
+            "Params::reserve_steps",
+            &format!("an Adam table of {rows} steps"),
+            rows.saturating_mul(ADAM_ROW),
+        )?;
+        let host = AdamStep::table(lr, rows)?;
+        self.adam_table = Some(AdamTable {
+            buf: self.b.upload(&host)?,
+            lr,
+            rows,
+        });
+        self.table_version += 1;
+        Ok(())
     }
 
     /// Restores Adam's moments, its step count and the dropout seed.
@@ -239,6 +319,10 @@ impl<B: Backend> Params<B> {
             .write(&mut self.b.view_mut(&mut self.adam_m, 0..len)?, adam_m)?;
         self.b
             .write(&mut self.b.view_mut(&mut self.adam_v, 0..len)?, adam_v)?;
+        // The device step counter is 32 bits: a step count past it is kept on the host, where the next
+        // training step refuses it (`Plan::step`).
+        let device = u32::try_from(step).unwrap_or(u32::MAX);
+        self.b.write_labels(&mut self.counter, &[device])?;
         self.step = step;
         self.seed = seed;
         Ok(())

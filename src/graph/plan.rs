@@ -9,7 +9,8 @@ use std::sync::Arc;
 use super::builder::{Graph, Op, Value};
 use super::defs;
 use super::params::{param_table, Params};
-use crate::backend::{Backend, BackendHandle};
+use crate::backend::{Backend, BackendHandle, StepGraph};
+use crate::data::DeviceDataset;
 use crate::shape::{AdamStep, ConvShape, LinearShape, PoolShape, ReduceConvShape};
 use crate::{Error, Result};
 
@@ -191,14 +192,27 @@ impl Launch {
     }
 }
 
-/// The step count after one more step of `params` (an error past `u64::MAX`).
+/// The step count after one more step of `params`: an error past `u32::MAX` (the device step counter that
+/// a training step reads and advances is 32 bits; a run of 2³² steps of 1 ms would take 50 days).
 fn next_step<B: Backend>(params: &Params<B>) -> Result<u64> {
-    params.step.checked_add(1).ok_or_else(|| Error::OutOfRange {
-        op: "Plan::step",
-        what: "step count".into(),
-        value: params.step.to_string(),
-        allowed: "below u64::MAX",
-    })
+    match params.step.checked_add(1) {
+        Some(step) if step <= u64::from(u32::MAX) => Ok(step),
+        _ => Err(Error::OutOfRange {
+            op: "Plan::step",
+            what: "step count".into(),
+            value: params.step.to_string(),
+            allowed: "below u32::MAX (the device step counter is 32 bits)",
+        }),
+    }
+}
+
+/// What a captured training step was recorded with: a step replays only with the same parameters, Adam
+/// table and data set (their device addresses are in the graph).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct GraphKey {
+    params: u64,
+    table_version: u64,
+    data: u64,
 }
 
 /// The launch lists of a training step: `backward` with each fused linear layer that has an input gradient
@@ -948,6 +962,16 @@ pub struct Plan<B: Backend> {
     pending: usize,
     last_step: u64,
     param_len: usize,
+    /// Whether [`Plan::step_gathered`] records its step as a graph and replays it (where the backend can).
+    capture: bool,
+    /// Whether a gathered step has run uncaptured (sizing the backend's working memory before a capture).
+    warm: bool,
+    /// The captured gathered step and what it was recorded with.
+    graph: Option<(GraphKey, Box<dyn StepGraph>)>,
+    /// Steps run by replaying a captured graph.
+    replays: u64,
+    /// Seconds spent recording graphs.
+    capture_secs: f64,
 }
 
 impl<B: Backend> std::fmt::Debug for Plan<B> {
@@ -1107,6 +1131,11 @@ impl<B: Backend> Plan<B> {
             pending: 0,
             last_step: 0,
             param_len,
+            capture: true,
+            warm: false,
+            graph: None,
+            replays: 0,
+            capture_secs: 0.0,
         })
     }
 
@@ -1165,6 +1194,7 @@ impl<B: Backend> Plan<B> {
             step: params.step + 1,
             adam: AdamStep::new(0.0, params.step + 1),
             store_fused: false,
+            device: None,
         };
         let Plan {
             b,
@@ -1194,6 +1224,7 @@ impl<B: Backend> Plan<B> {
             step,
             adam: AdamStep::new(0.0, step),
             store_fused: true,
+            device: None,
         };
         let Plan {
             b,
@@ -1213,30 +1244,193 @@ impl<B: Backend> Plan<B> {
     /// (fused linear weights through `linear_wgrad_adam`, or with their input gradient in one pass through
     /// `linear_bwd_adam`), all on the backend's stream, allocating nothing and
     /// never waiting for the device. The step's loss is kept on the device ([`Self::take_mean_loss`]).
+    ///
+    /// What depends on the step is read on the device from `params`' device step counter: the dropout
+    /// masks' step and Adam's scalars (a row of the Adam table, [`Params::reserve_steps`], built here when
+    /// it does not cover the step); the step's last launch stores the loss and advances the counter. So the
+    /// same launches serve every step, and a captured step replays right ([`Self::step_gathered`]).
     pub fn step(&mut self, params: &mut Params<B>, lr: f64) -> Result<()> {
+        let step = self.prepare_step(params, lr)?;
+        self.issue_step(params)?;
+        self.finish_step(params, step);
+        Ok(())
+    }
+
+    /// The training step of `params`' device step counter on the batch gathered on the device from `data`
+    /// into input `input` and the labels: images `(s · batch) mod max(len − batch, 1)` onwards, `s` being the
+    /// steps taken (the host's [`crate::data::Dataset::batch`] of the step), then [`Self::step`]. Nothing is
+    /// copied from the host.
+    ///
+    /// On a backend that records graphs (CUDA) the second such step is captured as a graph (the first runs
+    /// as it is issued and sizes the backend's working memory) and every later one replays it, while the
+    /// parameters, the Adam table and `data` are those it was captured with (otherwise it is captured
+    /// again); [`Self::set_capture`] turns this off. Elsewhere every step runs its launches directly: the
+    /// same launches, the same device-counter logic, the same results.
+    pub fn step_gathered(
+        &mut self,
+        params: &mut Params<B>,
+        data: &DeviceDataset<B>,
+        input: &str,
+        lr: f64,
+    ) -> Result<()> {
+        let step = self.prepare_step(params, lr)?;
+        let at = self.input_ref("Plan::step_gathered", input)?;
+        crate::shape::check_len(
+            "Plan::step_gathered",
+            "the data set's pixels per image",
+            at.len / self.batch.max(1),
+            data.pixels(),
+        )?;
+        let key = GraphKey {
+            params: params.id,
+            table_version: params.table_version,
+            data: data.id,
+        };
+        if self
+            .graph
+            .as_ref()
+            .is_some_and(|(k, g)| *k != key || !g.is_current())
+        {
+            self.graph = None;
+        }
+        if self.capture && self.warm && self.graph.is_none() {
+            let (b, t) = (self.b.clone(), std::time::Instant::now());
+            let mut issue = || self.issue_gathered(params, data, at);
+            let graph = b.capture_graph(&mut issue)?;
+            if let Some(g) = graph {
+                self.graph = Some((key, g));
+                self.capture_secs += t.elapsed().as_secs_f64();
+            }
+        }
+        match &self.graph {
+            Some((_, g)) if self.capture => {
+                g.replay()?;
+                self.replays += 1;
+            }
+            _ => self.issue_gathered(params, data, at)?,
+        }
+        self.warm = true;
+        self.finish_step(params, step);
+        Ok(())
+    }
+
+    /// Whether [`Self::step_gathered`] captures its step as a graph and replays it (on by default; only a
+    /// backend that records graphs, CUDA, does). Off, every step is issued launch by launch: a replayed run
+    /// and an uncaptured one give the same bits.
+    pub fn set_capture(&mut self, on: bool) {
+        self.capture = on;
+        if !on {
+            self.graph = None;
+        }
+    }
+
+    /// Training steps run so far by replaying a captured graph.
+    pub fn replays(&self) -> u64 {
+        self.replays
+    }
+
+    /// Seconds spent recording graphs of the step (on the host, the graph's instantiation included).
+    pub fn capture_seconds(&self) -> f64 {
+        self.capture_secs
+    }
+
+    /// Copies images `start..start + batch` of the resident data set `data` into input `input` and their
+    /// labels into the plan's labels (for the loss, or [`Self::count_correct_loaded`]), on the device.
+    pub fn gather(&mut self, input: &str, data: &DeviceDataset<B>, start: usize) -> Result<()> {
+        const OP: &str = "Plan::gather";
+        let at = self.input_ref(OP, input)?;
+        crate::shape::check_len(
+            OP,
+            "the data set's pixels per image",
+            at.len / self.batch.max(1),
+            data.pixels(),
+        )?;
+        let b = &*self.b;
+        let buf = self.bufs[at.id]
+            .as_mut()
+            .ok_or_else(|| plan_err(OP, "buffer in use".into()))?;
+        b.batch_gather(
+            &mut b.view_mut(buf, 0..at.len)?,
+            &mut self.labels,
+            &b.view(&data.images, 0..b.len(&data.images))?,
+            &data.labels,
+            start,
+        )
+    }
+
+    /// The buffer of input `name`.
+    fn input_ref(&self, op: &'static str, name: &str) -> Result<BufRef> {
+        self.inputs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, r)| *r)
+            .ok_or_else(|| plan_err(op, format!("no input named {name:?}")))
+    }
+
+    /// The checks of a training step before anything is launched, and the Adam table made to cover it:
+    /// returns the step count after it.
+    fn prepare_step(&mut self, params: &mut Params<B>, lr: f64) -> Result<u64> {
         self.need_train("Plan::step")?;
         self.check_params(params)?;
         let step = next_step(params)?;
+        AdamStep::new(lr, step).scalars("Plan::step")?;
+        params.reserve_steps(lr, step)?;
+        if self.losses.is_none() || self.bufs.get(self.output.id).is_none() {
+            return Err(plan_err("Plan::step", "no loss buffer".into()));
+        }
+        Ok(step)
+    }
+
+    /// The launches of a gathered training step: the batch of the device counter, then the step.
+    fn issue_gathered(
+        &mut self,
+        params: &mut Params<B>,
+        data: &DeviceDataset<B>,
+        at: BufRef,
+    ) -> Result<()> {
+        {
+            let b = &*self.b;
+            let buf = self.bufs[at.id]
+                .as_mut()
+                .ok_or_else(|| plan_err("Plan::step_gathered", "buffer in use".into()))?;
+            b.batch_gather_at(
+                &mut b.view_mut(buf, 0..at.len)?,
+                &mut self.labels,
+                &b.view(&data.images, 0..b.len(&data.images))?,
+                &data.labels,
+                &params.counter,
+            )?;
+        }
+        self.issue_step(params)
+    }
+
+    /// The launches of a training step (after [`Self::prepare_step`]): nothing on the host changes, so the
+    /// same call can be recorded as a graph.
+    fn issue_step(&mut self, params: &mut Params<B>) -> Result<()> {
         let seed = params.seed;
-        let adam = AdamStep::new(lr, step);
-        adam.scalars("Plan::step")?;
         let Params {
             values,
             grads,
             adam_m,
             adam_v,
+            counter,
+            adam_table,
             ..
         } = params;
-        let mut ctx = Ctx {
-            values: Values::Mut(values),
-            grads: Some(grads),
-            moments: Some((adam_m, adam_v)),
-            seed,
-            step,
-            adam,
-            store_fused: false,
-        };
+        let table = adam_table
+            .as_ref()
+            .ok_or_else(|| plan_err("Plan::step", "no Adam table".into()))?;
         {
+            let mut ctx = Ctx {
+                values: Values::Mut(values),
+                grads: Some(grads),
+                moments: Some((adam_m, adam_v)),
+                seed,
+                step: 0,
+                adam: AdamStep::new(0.0, 1),
+                store_fused: false,
+                device: Some((&table.buf, &*counter)),
+            };
             let Plan {
                 b,
                 bufs,
@@ -1251,22 +1445,25 @@ impl<B: Backend> Plan<B> {
                 .chain(step_adam.iter())
                 .try_for_each(|l| exec(&**b, bufs, labels, l, &mut ctx))?;
         }
-        params.step = step;
-        // Keep the step's loss on the device for the mean at the next logging point.
-        let slot = (step as usize - 1) % LOSS_RING;
+        // The step's loss into the loss ring (read at the next logging point), then the counter advanced.
         let b = &*self.b;
         let (Some(losses), Some(Some(loss))) =
             (self.losses.as_mut(), self.bufs.get(self.output.id))
         else {
             return Err(plan_err("Plan::step", "no loss buffer".into()));
         };
-        b.copy(
-            &mut b.view_mut(losses, slot..slot + 1)?,
+        b.step_end(
+            &mut b.view_mut(losses, 0..LOSS_RING)?,
+            counter,
             &b.view(loss, 0..1)?,
-        )?;
+        )
+    }
+
+    /// The host's side of a step issued: its count, and the losses pending on the device.
+    fn finish_step(&mut self, params: &mut Params<B>, step: u64) {
+        params.step = step;
         self.pending += 1;
         self.last_step = step;
-        Ok(())
     }
 
     /// The loss of the last forward of a training plan (reads one value back from the device).
@@ -1290,6 +1487,18 @@ impl<B: Backend> Plan<B> {
         let classes = self.output.len / self.batch.max(1);
         crate::cpu::check_labels(OP, labels, classes)?;
         self.b.write_labels(&mut self.labels, labels)?;
+        self.count_correct_loaded(count, accumulate)
+    }
+
+    /// [`Self::count_correct`] against the labels already in the plan (gathered on the device by
+    /// [`Self::gather`], whose data set's labels were checked at its upload).
+    pub fn count_correct_loaded(
+        &mut self,
+        count: &mut B::ViewMut<'_>,
+        accumulate: bool,
+    ) -> Result<()> {
+        const OP: &str = "Plan::count_correct";
+        let classes = self.output.len / self.batch.max(1);
         let out = self.bufs[self.output.id]
             .as_ref()
             .ok_or_else(|| plan_err(OP, "buffer in use".into()))?;
@@ -1400,6 +1609,9 @@ struct Ctx<'p, B: Backend> {
     adam: AdamStep,
     /// Whether fused linear weights get their gradient stored (forward_backward) or not (a training step).
     store_fused: bool,
+    /// A training step's Adam table and device step counter: dropout and Adam read the step on the device
+    /// (the `_at` kernels) instead of `step` and `adam`.
+    device: Option<(&'p B::Buf, &'p B::Labels)>,
 }
 
 fn missing(what: &str) -> Error {
@@ -1518,13 +1730,11 @@ fn exec<B: Backend>(
             b.relu_fwd(&mut b.view_mut(yb, 0..y.len)?, &view(b, bufs, *x)?)
         }),
         Launch::DropoutFwd { y, x, p: prob } => with_out::<B>(bufs, *y, |yb, bufs| {
-            b.dropout_fwd(
-                &mut b.view_mut(yb, 0..y.len)?,
-                &view(b, bufs, *x)?,
-                *prob,
-                ctx.seed,
-                ctx.step,
-            )
+            let (yv, xv) = (&mut b.view_mut(yb, 0..y.len)?, &view(b, bufs, *x)?);
+            match ctx.device {
+                Some((_, counter)) => b.dropout_fwd_at(yv, xv, *prob, ctx.seed, counter),
+                None => b.dropout_fwd(yv, xv, *prob, ctx.seed, ctx.step),
+            }
         }),
         Launch::SoftmaxXent {
             loss,
@@ -1548,13 +1758,11 @@ fn exec<B: Backend>(
             )
         }),
         Launch::DropoutBwd { dx, dy, p: prob } => with_out::<B>(bufs, *dx, |db, bufs| {
-            b.dropout_bwd(
-                &mut b.view_mut(db, 0..dx.len)?,
-                &view(b, bufs, *dy)?,
-                *prob,
-                ctx.seed,
-                ctx.step,
-            )
+            let (dxv, dyv) = (&mut b.view_mut(db, 0..dx.len)?, &view(b, bufs, *dy)?);
+            match ctx.device {
+                Some((_, counter)) => b.dropout_bwd_at(dxv, dyv, *prob, ctx.seed, counter),
+                None => b.dropout_bwd(dxv, dyv, *prob, ctx.seed, ctx.step),
+            }
         }),
         Launch::Accumulate { dst, add, tmp } => {
             with_outs::<B>(bufs, [*dst, *tmp], |db, tb, bufs| {
@@ -1673,13 +1881,18 @@ fn exec<B: Backend>(
             else {
                 return Err(missing("Adam state"));
             };
-            b.adam_step(
+            let (pv, mv, vv, gv) = (
                 &mut b.view_mut(values, range.clone())?,
                 &mut b.view_mut(m, range.clone())?,
                 &mut b.view_mut(v, range.clone())?,
                 &b.view(grads, range.clone())?,
-                &ctx.adam,
-            )
+            );
+            match ctx.device {
+                Some((table, counter)) => {
+                    b.adam_step_at(pv, mv, vv, gv, &b.view(table, 0..b.len(table))?, counter)
+                }
+                None => b.adam_step(pv, mv, vv, gv, &ctx.adam),
+            }
         }
         Launch::LinearBwdAdam {
             dx,
@@ -1699,18 +1912,19 @@ fn exec<B: Backend>(
             b.linear_bgrad(&mut b.view_mut(grads, db.clone())?, &view(b, bufs, *dy)?, s)?;
             with_out::<B>(bufs, *dx, |dxb, bufs| {
                 let (dyv, xv) = (view(b, bufs, *dy)?, view(b, bufs, *x)?);
-                b.linear_bwd_adam(
-                    &mut b.view_mut(dxb, 0..dx.len)?,
-                    [
-                        &mut b.view_mut(values, w.clone())?,
-                        &mut b.view_mut(m, w.clone())?,
-                        &mut b.view_mut(v, w.clone())?,
-                    ],
-                    &dyv,
-                    &xv,
-                    s,
-                    &ctx.adam,
-                )
+                let dxv = &mut b.view_mut(dxb, 0..dx.len)?;
+                let wmv = [
+                    &mut b.view_mut(values, w.clone())?,
+                    &mut b.view_mut(m, w.clone())?,
+                    &mut b.view_mut(v, w.clone())?,
+                ];
+                match ctx.device {
+                    Some((table, counter)) => {
+                        let tv = b.view(table, 0..b.len(table))?;
+                        b.linear_bwd_adam_at(dxv, wmv, &dyv, &xv, s, &tv, counter)
+                    }
+                    None => b.linear_bwd_adam(dxv, wmv, &dyv, &xv, s, &ctx.adam),
+                }
             })
         }
         Launch::LinearWgradAdam { w, dy, x, s } => {
@@ -1718,17 +1932,19 @@ fn exec<B: Backend>(
             else {
                 return Err(missing("Adam state"));
             };
-            b.linear_wgrad_adam(
-                [
-                    &mut b.view_mut(values, w.clone())?,
-                    &mut b.view_mut(m, w.clone())?,
-                    &mut b.view_mut(v, w.clone())?,
-                ],
-                &view(b, bufs, *dy)?,
-                &view(b, bufs, *x)?,
-                s,
-                &ctx.adam,
-            )
+            let wmv = [
+                &mut b.view_mut(values, w.clone())?,
+                &mut b.view_mut(m, w.clone())?,
+                &mut b.view_mut(v, w.clone())?,
+            ];
+            let (dyv, xv) = (view(b, bufs, *dy)?, view(b, bufs, *x)?);
+            match ctx.device {
+                Some((table, counter)) => {
+                    let tv = b.view(table, 0..b.len(table))?;
+                    b.linear_wgrad_adam_at(wmv, &dyv, &xv, s, &tv, counter)
+                }
+                None => b.linear_wgrad_adam(wmv, &dyv, &xv, s, &ctx.adam),
+            }
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Launchers of `kernels/linear.cu`.
 
-use super::{Driver, Kernel};
-use crate::bindings::AdamScalars;
+use super::train::AdamArgs;
+use super::{Driver, Kernel, Launch};
 use crate::bindings::{
     BWD_ADAM_MAX_BATCH, BWD_TC_COLS, BWD_TC_SHARED_FLOATS, BWD_TC_THREADS, GEMM_THREADS,
 };
@@ -158,11 +158,38 @@ pub fn linear_wgrad<D: Driver + ?Sized>(
 /// ```
 pub fn linear_wgrad_adam<D: Driver + ?Sized>(
     d: &D,
-    [w, m, v]: [&mut D::ViewMut<'_>; 3],
+    w_m_v: [&mut D::ViewMut<'_>; 3],
     dy: &D::View<'_>,
     x: &D::View<'_>,
     s: &LinearShape,
     step: &AdamStep,
+) -> Result<()> {
+    let args = AdamArgs::of("linear_wgrad_adam", step)?;
+    wgrad_adam(d, w_m_v, dy, x, s, &args)
+}
+
+/// [`linear_wgrad_adam`] with the scalars read on the device: row `counter[0]` of the Adam table
+/// `table [rows, 6]` (see [`super::adam_step_at`]).
+pub fn linear_wgrad_adam_at<D: Driver + ?Sized>(
+    d: &D,
+    w_m_v: [&mut D::ViewMut<'_>; 3],
+    dy: &D::View<'_>,
+    x: &D::View<'_>,
+    s: &LinearShape,
+    table: &D::View<'_>,
+    counter: &D::Labels,
+) -> Result<()> {
+    let args = AdamArgs::table("linear_wgrad_adam", table, counter)?;
+    wgrad_adam(d, w_m_v, dy, x, s, &args)
+}
+
+fn wgrad_adam<D: Driver + ?Sized>(
+    d: &D,
+    [w, m, v]: [&mut D::ViewMut<'_>; 3],
+    dy: &D::View<'_>,
+    x: &D::View<'_>,
+    s: &LinearShape,
+    args: &AdamArgs<'_, '_, D>,
 ) -> Result<()> {
     const OP: &str = "linear_wgrad_adam";
     let wl = s.w_len(OP)?;
@@ -177,15 +204,19 @@ pub fn linear_wgrad_adam<D: Driver + ?Sized>(
             ("x", s.x_len(OP)?, D::len_of(x)),
         ],
     )?;
-    let scalars = AdamScalars::of(OP, step)?;
     if wl == 0 {
         return Ok(());
     }
     let (gd, dims) = p.wgrad_adam;
     let kernel = pick(s, Kernel::LinearWgradAdam, Kernel::LinearWgradAdamTf32);
-    launch!(d, OP, kernel, dims; out w, out m, out v, inp dy, inp x, val &gd,
-        val &scalars)?;
-    Ok(())
+    let l = Launch::new(d, OP, kernel, dims)
+        .out(w)
+        .out(m)
+        .out(v)
+        .inp(dy)
+        .inp(x)
+        .val(&gd);
+    args.push(l).run()
 }
 
 /// `db = Σ_rows dy`, rows in order. Shapes: `db [n_out]`, `dy [m, n_out]`.
@@ -219,11 +250,41 @@ pub fn linear_bgrad<D: Driver + ?Sized>(
 pub fn linear_bwd_adam<D: Driver + ?Sized>(
     d: &D,
     dx: &mut D::ViewMut<'_>,
-    [w, m, v]: [&mut D::ViewMut<'_>; 3],
+    w_m_v: [&mut D::ViewMut<'_>; 3],
     dy: &D::View<'_>,
     x: &D::View<'_>,
     s: &LinearShape,
     step: &AdamStep,
+) -> Result<()> {
+    let args = AdamArgs::of("linear_bwd_adam", step)?;
+    bwd_adam(d, dx, w_m_v, dy, x, s, &args)
+}
+
+/// [`linear_bwd_adam`] with the scalars read on the device: row `counter[0]` of the Adam table
+/// `table [rows, 6]` (see [`super::adam_step_at`]).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_bwd_adam_at<D: Driver + ?Sized>(
+    d: &D,
+    dx: &mut D::ViewMut<'_>,
+    w_m_v: [&mut D::ViewMut<'_>; 3],
+    dy: &D::View<'_>,
+    x: &D::View<'_>,
+    s: &LinearShape,
+    table: &D::View<'_>,
+    counter: &D::Labels,
+) -> Result<()> {
+    let args = AdamArgs::table("linear_bwd_adam", table, counter)?;
+    bwd_adam(d, dx, w_m_v, dy, x, s, &args)
+}
+
+fn bwd_adam<D: Driver + ?Sized>(
+    d: &D,
+    dx: &mut D::ViewMut<'_>,
+    [w, m, v]: [&mut D::ViewMut<'_>; 3],
+    dy: &D::View<'_>,
+    x: &D::View<'_>,
+    s: &LinearShape,
+    args: &AdamArgs<'_, '_, D>,
 ) -> Result<()> {
     const OP: &str = "linear_bwd_adam";
     let wl = s.w_len(OP)?;
@@ -239,10 +300,9 @@ pub fn linear_bwd_adam<D: Driver + ?Sized>(
             ("x", s.x_len(OP)?, D::len_of(x)),
         ],
     )?;
-    let scalars = AdamScalars::of(OP, step)?;
     if s.m > BWD_ADAM_MAX_BATCH as usize {
         linear_dgrad(d, dx, dy, &D::reader(w), s)?;
-        return linear_wgrad_adam(d, [w, m, v], dy, x, s, step);
+        return wgrad_adam(d, [w, m, v], dy, x, s, args);
     }
     if wl == 0 {
         return Ok(());
@@ -258,7 +318,15 @@ pub fn linear_bwd_adam<D: Driver + ?Sized>(
     };
     let blocks = s.k_in.div_ceil(cols as usize);
     let dims = LaunchDims::new([crate::launch::grid_x(OP, blocks)?, 1, 1], threads, shared);
-    launch!(d, OP, kernel, dims; out dx, out w, out m, out v, inp dy, inp x, val &p.m,
-        val &p.n_out, val &p.k_in, val &scalars)?;
-    Ok(())
+    let l = Launch::new(d, OP, kernel, dims)
+        .out(dx)
+        .out(w)
+        .out(m)
+        .out(v)
+        .inp(dy)
+        .inp(x)
+        .val(&p.m)
+        .val(&p.n_out)
+        .val(&p.k_in);
+    args.push(l).run()
 }

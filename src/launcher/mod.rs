@@ -24,12 +24,14 @@ mod train;
 
 pub use conv::{conv_bgrad, conv_dgrad, conv_fwd, conv_wgrad, reduce_conv_bwd, reduce_conv_fwd};
 pub use linear::{
-    linear_bgrad, linear_bwd_adam, linear_dgrad, linear_fwd, linear_wgrad, linear_wgrad_adam,
+    linear_bgrad, linear_bwd_adam, linear_bwd_adam_at, linear_dgrad, linear_fwd, linear_wgrad,
+    linear_wgrad_adam, linear_wgrad_adam_at,
 };
 pub use mma::mma_tf32_tile;
 pub use train::{
-    adam_step, add_fwd, count_correct, dropout_bwd, dropout_fwd, maxpool3x3s1_bwd,
-    maxpool3x3s1_fwd, relu_bwd, relu_fwd, softmax_xent,
+    adam_step, adam_step_at, add_fwd, batch_gather, batch_gather_at, count_correct, dropout_bwd,
+    dropout_bwd_at, dropout_fwd, dropout_fwd_at, maxpool3x3s1_bwd, maxpool3x3s1_fwd, relu_bwd,
+    relu_fwd, softmax_xent, step_end,
 };
 
 use std::ops::Range;
@@ -48,8 +50,10 @@ pub enum ParamKind {
     Out,
     /// `const float*`: an input view.
     In,
-    /// `const unsigned int*`: class labels.
+    /// `const unsigned int*`: class labels, or the device step counter (a backend's `u32` buffer).
     Labels,
+    /// `unsigned int*`: a writable `u32` buffer (a gathered batch's labels, the device step counter).
+    LabelsOut,
     /// `unsigned int`.
     U32,
     /// `int`.
@@ -132,6 +136,11 @@ pub trait Driver: Backend {
     fn push_in<'a>(args: &mut Self::Args<'a>, v: &'a Self::View<'_>);
     /// Appends a label buffer (`const unsigned int*`).
     fn push_labels<'a>(args: &mut Self::Args<'a>, v: &'a Self::Labels);
+    /// Appends a writable label buffer (`unsigned int*`).
+    fn push_labels_out<'a>(args: &mut Self::Args<'a>, v: &'a mut Self::Labels);
+    /// Appends a null pointer for a pointer parameter of kind `kind` (an optional buffer the kernel does not
+    /// read when it is null, such as the device step counter of a direct launch).
+    fn push_null(args: &mut Self::Args<'_>, kind: ParamKind);
     /// Appends a value.
     fn push_value<'a>(args: &mut Self::Args<'a>, v: Value<'a>);
     /// Launches `kernel` with `dims` and the arguments pushed (already checked against its parameters).
@@ -222,6 +231,18 @@ impl<'a, D: Driver + ?Sized> Launch<'a, D> {
     pub fn labels(mut self, v: &'a D::Labels) -> Self {
         D::push_labels(&mut self.args, v);
         self.kind(ParamKind::Labels)
+    }
+
+    /// A writable label buffer.
+    pub fn labels_out(mut self, v: &'a mut D::Labels) -> Self {
+        D::push_labels_out(&mut self.args, v);
+        self.kind(ParamKind::LabelsOut)
+    }
+
+    /// A null pointer for a pointer parameter of kind `kind` (`In`, `Out`, `Labels` or `LabelsOut`).
+    pub fn null(mut self, kind: ParamKind) -> Self {
+        D::push_null(&mut self.args, kind);
+        self.kind(kind)
     }
 
     /// A value (scalar or argument struct).

@@ -11,6 +11,9 @@ use crate::launch::{LaunchDims, MAX_DYNAMIC_SHARED};
 use crate::shape::{AdamStep, ConvShape, LinearShape, PoolShape, Precision, ReduceConvShape};
 use crate::Result;
 
+/// The length recorded for a null pointer argument.
+const NULL: usize = usize::MAX;
+
 /// One recorded launch: the kernel, its geometry, and each argument's kind and (for buffers) length.
 #[derive(Debug)]
 struct Record {
@@ -53,6 +56,14 @@ impl Driver for Recorder {
         args.1.push((ParamKind::Labels, v.len()));
     }
 
+    fn push_labels_out<'a>(args: &mut Self::Args<'a>, v: &'a mut Vec<u32>) {
+        args.1.push((ParamKind::LabelsOut, v.len()));
+    }
+
+    fn push_null(args: &mut Self::Args<'_>, kind: ParamKind) {
+        args.1.push((kind, NULL));
+    }
+
     fn push_value<'a>(args: &mut Self::Args<'a>, v: Value<'a>) {
         args.1.push((v.kind(), 0));
     }
@@ -93,6 +104,36 @@ fn call_every_kernel(r: &Recorder) -> Result<()> {
         &z(n).as_slice(),
         &AdamStep::new(1e-3, 1),
     )?;
+
+    // the device-counter forms: the counter read by the kernel, the Adam table's rows
+    let (counter, table) = (vec![0u32], z(12));
+    r.dropout_fwd_at(&mut y.as_mut_slice(), &z(n).as_slice(), 0.5, 1, &counter)?;
+    r.dropout_bwd_at(&mut y.as_mut_slice(), &z(n).as_slice(), 0.5, 1, &counter)?;
+    r.adam_step_at(
+        &mut y.as_mut_slice(),
+        &mut m.as_mut_slice(),
+        &mut v.as_mut_slice(),
+        &z(n).as_slice(),
+        &table.as_slice(),
+        &counter,
+    )?;
+    let (mut images, mut batch_labels, all_labels) = (z(3 * 5), vec![0u32; 3], vec![1u32; 7]);
+    r.batch_gather(
+        &mut images.as_mut_slice(),
+        &mut batch_labels,
+        &z(7 * 5).as_slice(),
+        &all_labels,
+        4,
+    )?;
+    r.batch_gather_at(
+        &mut images.as_mut_slice(),
+        &mut batch_labels,
+        &z(7 * 5).as_slice(),
+        &all_labels,
+        &counter,
+    )?;
+    let mut counter = counter;
+    r.step_end(&mut z(8).as_mut_slice(), &mut counter, &z(1).as_slice())?;
 
     let ps = PoolShape {
         n: 2,
@@ -246,6 +287,32 @@ fn call_every_kernel(r: &Recorder) -> Result<()> {
             &x.as_slice(),
             &ls,
             &step,
+        )?;
+        let (table, counter) = (z(6), vec![0u32]);
+        r.linear_bwd_adam_at(
+            &mut dx.as_mut_slice(),
+            [
+                &mut w.as_mut_slice(),
+                &mut m.as_mut_slice(),
+                &mut v.as_mut_slice(),
+            ],
+            &dy.as_slice(),
+            &x.as_slice(),
+            &ls,
+            &table.as_slice(),
+            &counter,
+        )?;
+        r.linear_wgrad_adam_at(
+            [
+                &mut w.as_mut_slice(),
+                &mut m.as_mut_slice(),
+                &mut v.as_mut_slice(),
+            ],
+            &dy.as_slice(),
+            &x.as_slice(),
+            &ls,
+            &table.as_slice(),
+            &counter,
         )?;
     }
     Ok(())

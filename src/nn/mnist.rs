@@ -12,6 +12,7 @@ use std::sync::Arc;
 use super::inception::{InceptionModule, InceptionWidths};
 use super::mnist_graph::MnistGraph;
 use crate::backend::{Backend, BackendHandle};
+use crate::data::{Dataset, DeviceDataset};
 use crate::graph::{FuseWgradAdam, Params, Plan, Precision, SplitMix64, TrainOptions};
 use crate::tensor::check_alloc;
 use crate::{Error, Result};
@@ -171,6 +172,8 @@ pub struct InceptionMnist<B: Backend> {
     eval: Option<Plan<B>>,
     /// Losses restored by [`InceptionMnist::set_pending_losses`] before a training plan existed.
     restored_losses: Vec<f32>,
+    /// Whether gathered training steps are captured as a graph and replayed (where the backend can).
+    capture: bool,
     /// The arithmetic of the training plan's linear layers.
     precision: Precision,
 }
@@ -218,6 +221,7 @@ impl<B: Backend> InceptionMnist<B> {
             train: None,
             eval: None,
             restored_losses: Vec::new(),
+            capture: true,
             precision: Precision::Fp32,
         })
     }
@@ -348,6 +352,7 @@ impl<B: Backend> InceptionMnist<B> {
                 plan.set_pending_losses(&self.restored_losses, self.params.step())?;
                 self.restored_losses.clear();
             }
+            plan.set_capture(self.capture);
             self.train = Some(plan);
         }
         self.train.as_mut().ok_or_else(no_step)
@@ -388,6 +393,77 @@ impl<B: Backend> InceptionMnist<B> {
         Ok(StepStats {
             step: self.params.step(),
         })
+    }
+
+    /// A data set uploaded to this net's backend for the whole run (see [`Dataset::to_device`]): training
+    /// steps gather their batches from it on the device ([`Self::train_gathered`]), evaluations theirs
+    /// ([`Self::accuracy_on`]). Its images must be of this net's size.
+    pub fn to_device(&self, data: &Dataset) -> Result<DeviceDataset<B>> {
+        let px = self.image_len();
+        if data.pixels() != px {
+            return Err(Error::InvalidShape {
+                op: "InceptionMnist::to_device",
+                reason: format!(
+                    "images of {}×{}, the net takes {}×{}",
+                    data.rows, data.cols, self.config.image, self.config.image
+                ),
+            });
+        }
+        data.to_device(&*self.b)
+    }
+
+    /// Prepares Adam's table for the steps up to `steps` at learning rate `lr` (one upload; see
+    /// [`Params::reserve_steps`]): a run calls it once before its first step, so no later step rebuilds
+    /// it (a rebuild costs a graph capture on a GPU).
+    pub fn reserve_steps(&mut self, lr: f64, steps: u64) -> Result<()> {
+        self.params.reserve_steps(lr, steps)
+    }
+
+    /// One training step of `batch` images gathered on the device from `data`: the write-up's batch of the
+    /// step (images `(s · batch) mod (len − batch)` onwards after `s` steps, as [`Dataset::batch`]), then
+    /// forward, loss, backward and Adam with learning rate `lr`. Nothing is copied from the host; on a GPU
+    /// the step is captured once as a CUDA graph and replayed (see [`Plan::step_gathered`]). The same bits
+    /// as [`Self::train_step`] on the host's batch of the step.
+    pub fn train_gathered(
+        &mut self,
+        data: &DeviceDataset<B>,
+        batch: usize,
+        lr: f64,
+    ) -> Result<StepStats> {
+        const OP: &str = "train_gathered";
+        if batch == 0 || batch > data.len() {
+            return Err(Error::OutOfRange {
+                op: OP,
+                what: "batch".into(),
+                value: batch.to_string(),
+                allowed: "1 <= batch <= images in the data set",
+            });
+        }
+        self.train_plan(batch)?;
+        let plan = self.train.as_mut().ok_or_else(no_batch)?;
+        plan.step_gathered(&mut self.params, data, "images", lr)?;
+        Ok(StepStats {
+            step: self.params.step(),
+        })
+    }
+
+    /// Whether [`Self::train_gathered`] captures its step as a graph and replays it, where the backend can
+    /// (on by default; a replayed run equals an uncaptured one bit for bit).
+    pub fn set_capture(&mut self, on: bool) {
+        self.capture = on;
+        if let Some(plan) = self.train.as_mut() {
+            plan.set_capture(on);
+        }
+    }
+
+    /// Training steps of the current training plan run by replaying a captured graph.
+    pub fn replays(&self) -> u64 {
+        self.train.as_ref().map_or(0, Plan::replays)
+    }
+
+    /// Seconds the current training plan spent recording its step as a graph.
+    pub fn capture_seconds(&self) -> f64 {
+        self.train.as_ref().map_or(0.0, Plan::capture_seconds)
     }
 
     /// The mean loss of the training steps since the last call (at most the last [`LOSS_RING`]), read from
@@ -529,6 +605,45 @@ impl<B: Backend> InceptionMnist<B> {
         Ok(100.0 * f64::from(count[0]) / n as f64)
     }
 
+    /// The accuracy (%) on the first `n` images of the resident data set `data`, in evaluation mode, in
+    /// batches of at most `batch` (an inference plan of that size, its own workspace): each batch is gathered
+    /// on the device, and the correct predictions are counted there and read once at the end. A diverged
+    /// model (NaN logits) is an error naming how many images had them.
+    pub fn accuracy_on(&mut self, data: &DeviceDataset<B>, n: usize, batch: usize) -> Result<f64> {
+        const OP: &str = "accuracy";
+        if n == 0 || n > data.len() {
+            return Err(Error::OutOfRange {
+                op: OP,
+                what: "images to evaluate".into(),
+                value: n.to_string(),
+                allowed: "1 to the images of the data set",
+            });
+        }
+        let batch = batch.max(1);
+        let mut count = self.b.alloc_zeros(2)?;
+        for start in (0..n).step_by(batch) {
+            let end = (start + batch).min(n);
+            self.plan_eval(end - start)?;
+            let plan = self.eval.as_mut().ok_or_else(no_step)?;
+            plan.gather("images", data, start)?;
+            plan.forward(&self.params)?;
+            let mut counts = self.b.view_mut(&mut count, 0..2)?;
+            plan.count_correct_loaded(&mut counts, start > 0)?;
+        }
+        let count = self.b.to_host(&count)?;
+        if count[1] > 0.0 {
+            return Err(Error::NonFinite {
+                op: OP,
+                what: format!(
+                    "the logits of {} of {n} images (the model's parameters are not finite?)",
+                    count[1]
+                ),
+                value: f32::NAN,
+            });
+        }
+        Ok(100.0 * f64::from(count[0]) / n as f64)
+    }
+
     /// Predicted classes of a batch (evaluation mode): the first largest logit of each image. A NaN logit
     /// (a diverged model) is an error naming the image, not a class.
     pub fn predict(&mut self, images: &[f32]) -> Result<Vec<u32>> {
@@ -584,22 +699,37 @@ impl<B: Backend> InceptionMnist<B> {
 
     /// [`Self::check_finite`] on a [`Self::host_state`] already read.
     pub(crate) fn check_finite_host(&self, state: &[Vec<f32>; 3]) -> Result<()> {
-        let whats = ["parameter", "Adam first moment of", "Adam second moment of"];
-        for (what, host) in whats.into_iter().zip(state) {
-            if let Some(i) = host.iter().position(|v| !v.is_finite()) {
-                let e = self.params().iter().find(|e| e.range.contains(&i));
-                let name = e.map_or("?".to_string(), |e| {
-                    format!("{}[{}]", e.name, i - e.range.start)
-                });
-                return Err(Error::NonFinite {
-                    op: "check_finite",
-                    what: format!("{what} {name} at step {}", self.step()),
-                    value: host[i],
-                });
-            }
-        }
-        Ok(())
+        check_finite_state(self.params(), self.step(), state)
     }
+
+    /// The parameters and Adam's two moments copied to host memory in stream order, not waited for.
+    pub(crate) fn download_state(&self) -> Result<[crate::backend::Download; 3]> {
+        self.params.download_state()
+    }
+}
+
+/// The first non-finite value of `state` (parameters, Adam's first and second moments, flat in the order of
+/// `entries`) as an error naming the buffer, the parameter, the index and `step`.
+pub(crate) fn check_finite_state(
+    entries: &[ParamEntry],
+    step: u64,
+    state: &[Vec<f32>; 3],
+) -> Result<()> {
+    let whats = ["parameter", "Adam first moment of", "Adam second moment of"];
+    for (what, host) in whats.into_iter().zip(state) {
+        if let Some(i) = host.iter().position(|v| !v.is_finite()) {
+            let e = entries.iter().find(|e| e.range.contains(&i));
+            let name = e.map_or("?".to_string(), |e| {
+                format!("{}[{}]", e.name, i - e.range.start)
+            });
+            return Err(Error::NonFinite {
+                op: "check_finite",
+                what: format!("{what} {name} at step {step}"),
+                value: host[i],
+            });
+        }
+    }
+    Ok(())
 }
 
 fn no_step() -> Error {

@@ -8,5 +8,6 @@ pub use inception::{
     inception, BranchMacs, InceptionModule, InceptionWidths, ModuleLayout, ModuleSaved,
     ModuleScratch,
 };
+pub(crate) use mnist::check_finite_state;
 pub use mnist::{InceptionMnist, MnistConfig, ParamEntry, StepStats, TrainState, LOSS_RING};
 pub use mnist_graph::MnistGraph;
