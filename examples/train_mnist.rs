@@ -46,12 +46,12 @@ enum Init {
     Writeup,
 }
 
-/// The arithmetic of the linear layers' products (`--precision`).
+/// The arithmetic of the convolutions' and linear layers' products (`--precision`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum PrecisionArg {
     /// f32 operands and accumulation.
     Fp32,
-    /// TF32 operands on the tensor cores (cvt.rna rounding), f32 accumulation; the convolutions stay fp32.
+    /// TF32 operands on the tensor cores (cvt.rna rounding), f32 accumulation, in every conv and linear layer.
     Tf32,
 }
 
@@ -146,7 +146,8 @@ struct Args {
     /// Initialisation [default: pytorch].
     #[arg(long, value_enum)]
     init: Option<Init>,
-    /// The linear layers' arithmetic [default: fp32; TF32's accuracy on the full schedule is unmeasured].
+    /// The products' arithmetic (convs, linear layers) [default: fp32; TF32's accuracy on the full schedule is
+    /// unmeasured].
     #[arg(long, value_enum)]
     precision: Option<PrecisionArg>,
     /// Validation accuracy (and the logged loss) every this many steps [default: 100].
