@@ -45,7 +45,7 @@ __device__ __forceinline__ void mma_tf32_m16n8k8(float d[4], const unsigned int 
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
 #ifdef __CUDA_ARCH__
   const unsigned int s = (unsigned int)__cvta_generic_to_shared(smem);
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
 #elif defined(INCEPTION_CUDA_EMU)
   ::emu::cp_async(smem, gmem, 16);
 #endif
@@ -54,7 +54,7 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
 // Closes the group of the cp.asyncs this thread issued since the last commit.
 __device__ __forceinline__ void cp_async_commit() {
 #ifdef __CUDA_ARCH__
-  asm volatile("cp.async.commit_group;" ::);
+  asm volatile("cp.async.commit_group;" ::: "memory");
 #elif defined(INCEPTION_CUDA_EMU)
   ::emu::cp_async_commit();
 #endif
@@ -64,7 +64,7 @@ __device__ __forceinline__ void cp_async_commit() {
 template <int N>
 __device__ __forceinline__ void cp_async_wait_group() {
 #ifdef __CUDA_ARCH__
-  asm volatile("cp.async.wait_group %0;" ::"n"(N));
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");  // "memory": no shared read moves above it
 #elif defined(INCEPTION_CUDA_EMU)
   ::emu::cp_async_wait(N);
 #endif
@@ -73,7 +73,7 @@ __device__ __forceinline__ void cp_async_wait_group() {
 // Waits for every cp.async this thread issued (committed or not).
 __device__ __forceinline__ void cp_async_wait_all() {
 #ifdef __CUDA_ARCH__
-  asm volatile("cp.async.wait_all;" ::);
+  asm volatile("cp.async.wait_all;" ::: "memory");
 #elif defined(INCEPTION_CUDA_EMU)
   ::emu::cp_async_commit();
   ::emu::cp_async_wait(0);

@@ -1,4 +1,4 @@
-//! The step-capture test (issue 6), alone in its own test binary: a capture in global mode records every
+//! The step-capture test (issue 6), alone in its own test binary: a capture records every
 //! launch on the device's stream, which the tests of one binary share across their threads, so another test
 //! running beside it would have its launches captured instead of run (seen on an H100 when this test sat in
 //! tests/gpu_kernels.rs: a concurrent module test lost part of its dx). `#[ignore]`d: it needs a CUDA GPU.
@@ -8,7 +8,7 @@ mod common;
 use common::{assert_bits_eq, uniform};
 use inception_cuda::Device;
 
-/// Issue 6's capture test: one training step captured in global mode (a host sync would fail the capture)
+/// Issue 6's capture test: one training step captured (a host sync on the capturing thread would fail it)
 /// holds only kernel, memset and device-to-device copy nodes (an allocation would show as a node), and replaying it gives the same
 /// parameters, bit for bit, as the same step run uncaptured on a twin net.
 #[test]

@@ -29,12 +29,13 @@ pub struct CapturedGraph {
 }
 
 impl CudaBackend {
-    /// Runs `f` with this device's stream in global capture mode and returns `f`'s result with the graph of
-    /// the work it issued. In global mode any host synchronisation inside `f` makes the capture fail (an
-    /// error here); allocations do not fail but show as [`GraphNode::Alloc`] nodes. Everything issued to the
-    /// device's one stream while `f` runs is captured, from any thread: work other threads launch on the same
-    /// device meanwhile is recorded into this graph instead of running, so capture while nothing else uses
-    /// the device.
+    /// Runs `f` with this device's stream in thread-local capture mode and returns `f`'s result with the
+    /// graph of the work it issued. A host synchronisation by the capturing thread inside `f` makes the
+    /// capture fail (an error here); other threads may synchronise meanwhile (the checkpoint writer waits on
+    /// its copy's event while the training thread recaptures a step: global mode would fail one of the two).
+    /// Allocations do not fail but show as [`GraphNode::Alloc`] nodes. Everything issued to the device's one
+    /// stream while `f` runs is captured, from any thread: work other threads launch on the same device
+    /// meanwhile is recorded into this graph instead of running, so capture while nothing else launches.
     pub fn capture<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<(T, CapturedGraph)> {
         const OP: &str = "capture";
         // cudarc records a per-buffer event around each launch for its multi-stream bookkeeping; those
@@ -44,7 +45,7 @@ impl CudaBackend {
         unsafe { self.ctx.disable_event_tracking() };
         let began = self
             .stream
-            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_GLOBAL);
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL);
         let result = began.map_err(driver_error(OP)).and_then(|()| f());
         let graph = self
             .stream

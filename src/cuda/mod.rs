@@ -43,7 +43,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut,
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut,
     DeviceRepr, DriverError, LaunchArgs, LaunchConfig, PinnedHostSlice, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
@@ -391,8 +391,17 @@ impl Backend for CudaBackend {
         self.stream
             .memcpy_dtoh(buf, &mut pinned)
             .map_err(driver_error(OP))?;
+        // The copy's own completion event: waiting on it does not depend on cudarc's per-buffer event
+        // tracking, which a capture switches off context-wide while it records.
+        let done = self
+            .stream
+            .record_event(Some(
+                cudarc::driver::sys::CUevent_flags::CU_EVENT_DISABLE_TIMING,
+            ))
+            .map_err(driver_error(OP))?;
         Ok(Download::pending(Box::new(PinnedDownload {
             pinned: Some(pinned),
+            done,
             pool: self.pinned.clone(),
         })))
     }
@@ -401,6 +410,8 @@ impl Backend for CudaBackend {
 /// A copy into pinned memory in flight; waiting returns the buffer to its device's pool.
 struct PinnedDownload {
     pinned: Option<PinnedHostSlice<f32>>,
+    /// Recorded on the stream right after the copy.
+    done: CudaEvent,
     pool: PinnedPool,
 }
 
@@ -409,6 +420,9 @@ impl PendingDownload for PinnedDownload {
         let Some(pinned) = self.pinned.take() else {
             return Ok(Vec::new());
         };
+        self.done
+            .synchronize()
+            .map_err(driver_error("download_async"))?;
         let values = pinned
             .as_slice()
             .map_err(driver_error("download_async"))?

@@ -207,12 +207,15 @@ fn next_step<B: Backend>(params: &Params<B>) -> Result<u64> {
 }
 
 /// What a captured training step was recorded with: a step replays only with the same parameters, Adam
-/// table and data set (their device addresses are in the graph).
+/// table, data set and input buffer (their device addresses are in the graph) and the same dropout seed (a
+/// value argument of the dropout launches; `Params::set_train_state` may change it under the same id).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct GraphKey {
     params: u64,
     table_version: u64,
     data: u64,
+    input: BufRef,
+    seed: u64,
 }
 
 /// The launch lists of a training step: `backward` with each fused linear layer that has an input gradient
@@ -1263,8 +1266,8 @@ impl<B: Backend> Plan<B> {
     ///
     /// On a backend that records graphs (CUDA) the second such step is captured as a graph (the first runs
     /// as it is issued and sizes the backend's working memory) and every later one replays it, while the
-    /// parameters, the Adam table and `data` are those it was captured with (otherwise it is captured
-    /// again); [`Self::set_capture`] turns this off. Elsewhere every step runs its launches directly: the
+    /// parameters, the Adam table, `data`, `input` and the dropout seed are those it was captured with
+    /// (otherwise it is captured again); [`Self::set_capture`] turns this off. Elsewhere every step runs its launches directly: the
     /// same launches, the same device-counter logic, the same results.
     pub fn step_gathered(
         &mut self,
@@ -1285,6 +1288,8 @@ impl<B: Backend> Plan<B> {
             params: params.id,
             table_version: params.table_version,
             data: data.id,
+            input: at,
+            seed: params.seed,
         };
         if self
             .graph
