@@ -136,6 +136,9 @@ pub struct CudaBackend {
     /// Pinned host buffers of finished [`Backend::download_async`] copies, reused by later ones of the same
     /// length (a checkpoint's three 562 MB copies would otherwise pin memory anew every time).
     pinned: PinnedPool,
+    /// The dynamic shared memory a block may opt in to on this device (227 KiB on H100/H200, 163 KiB on
+    /// A100, 99 KiB on consumer Ampere and Ada).
+    max_shared_optin: usize,
 }
 
 /// Pinned host buffers kept for reuse.
@@ -186,7 +189,13 @@ impl CudaBackend {
         let stream = ctx.new_stream().map_err(driver("creating a stream"))?;
         let name = ctx.name().map_err(driver("reading the device name"))?;
         let kernels = load_kernels(&ctx)?;
+        let max_shared_optin = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .map_err(driver("reading the shared memory limit"))?;
         Ok(Self {
+            max_shared_optin: usize::try_from(max_shared_optin).unwrap_or(0),
             ctx,
             stream,
             kernels,
@@ -465,6 +474,10 @@ unsafe impl DeviceRepr for GemmDims {}
 unsafe impl DeviceRepr for AdamScalars {}
 
 impl Driver for CudaBackend {
+    fn max_dynamic_shared(&self) -> usize {
+        self.max_shared_optin
+    }
+
     type Args<'a> = LaunchArgs<'a>;
 
     fn args(&self, kernel: Kernel) -> LaunchArgs<'_> {

@@ -244,8 +244,9 @@ pub fn linear_bgrad<D: Driver + ?Sized>(
 /// from the weight before its update, then `w, m, v` updated by Adam with `dyᵀ · x`, every element of the
 /// weight and its moments read and written once. `dx` equals [`linear_dgrad`]'s bits and `w, m, v`
 /// [`linear_wgrad_adam`]'s, in either precision (`linear_bwd_adam_tf32` on the tensor cores). Batches of more
-/// than `BWD_ADAM_MAX_BATCH` (64) rows take the two-kernel form ([`linear_dgrad`], then
-/// [`linear_wgrad_adam`]), with the same results. Shapes:
+/// than `BWD_ADAM_MAX_BATCH` (64) rows, and TF32 on a device that cannot give a block the kernel's 137 KB of
+/// shared memory, take the two-kernel form ([`linear_dgrad`], then [`linear_wgrad_adam`]), with the same
+/// results. Shapes:
 /// `dx [m, k_in]`, `w, adam_m, adam_v [n_out, k_in]`, `dy [m, n_out]`, `x [m, k_in]`.
 pub fn linear_bwd_adam<D: Driver + ?Sized>(
     d: &D,
@@ -300,7 +301,10 @@ fn bwd_adam<D: Driver + ?Sized>(
             ("x", s.x_len(OP)?, D::len_of(x)),
         ],
     )?;
-    if s.m > BWD_ADAM_MAX_BATCH as usize {
+    // The TF32 kernel's chunks of w, m, v and dy need BWD_TC_SHARED_FLOATS of shared memory (137 KB):
+    // devices that cannot give a block that much (consumer GPUs: 99 KB) take the two-kernel form too.
+    let tc_fits = (BWD_TC_SHARED_FLOATS as usize) * 4 <= d.max_dynamic_shared();
+    if s.m > BWD_ADAM_MAX_BATCH as usize || (s.precision == Precision::Tf32 && !tc_fits) {
         linear_dgrad(d, dx, dy, &D::reader(w), s)?;
         return wgrad_adam(d, [w, m, v], dy, x, s, args);
     }

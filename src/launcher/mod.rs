@@ -152,6 +152,12 @@ pub trait Driver: Backend {
         args: Self::Args<'_>,
     ) -> Result<()>;
 
+    /// The dynamic shared memory (bytes) one block may use on this driver's device after opting in: a
+    /// launcher whose fastest kernel needs more takes another form. The emulator and the test recorder have
+    /// no such limit and answer [`crate::launch::MAX_DYNAMIC_SHARED`], the smallest data-centre GPU's (A100).
+    fn max_dynamic_shared(&self) -> usize {
+        crate::launch::MAX_DYNAMIC_SHARED
+    }
     /// Fills `v` with zeros, in stream order.
     fn zero(&self, op: &'static str, v: &mut Self::ViewMut<'_>) -> Result<()>;
     /// Runs `f` with `len` floats of working memory (contents undefined: the kernels write before they read).
