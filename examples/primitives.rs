@@ -106,17 +106,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut scratch = stream.alloc_zeros::<f32>(n * 16 * h * w)?;
     let mut dpooled = stream.alloc_zeros::<f32>(x_h.len())?;
     let r = |name: &str| layout.range(name);
+    // dw and db in one kernel: the weight and its bias are adjacent in the block.
     cuda::conv_wgrad(
         gpu,
-        &mut dparams.slice_mut(r("branch1x1.weight")),
+        &mut dparams.slice_mut(r("branch1x1.weight").start..r("branch1x1.bias").end),
         &g.as_view(),
         &x.as_view(),
-        &s1,
-    )?;
-    cuda::conv_bgrad(
-        gpu,
-        &mut dparams.slice_mut(r("branch1x1.bias")),
-        &g.as_view(),
         &s1,
     )?;
     cuda::conv_dgrad(
@@ -145,17 +140,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             true,
         )?;
     }
+    // dw and db in one kernel: the weight and its bias are adjacent in the block.
     cuda::conv_wgrad(
         gpu,
-        &mut dparams.slice_mut(r("pool_proj.weight")),
+        &mut dparams.slice_mut(r("pool_proj.weight").start..r("pool_proj.bias").end),
         &g.as_view(),
         &pooled.as_view(),
-        &sp,
-    )?;
-    cuda::conv_bgrad(
-        gpu,
-        &mut dparams.slice_mut(r("pool_proj.bias")),
-        &g.as_view(),
         &sp,
     )?;
     cuda::conv_dgrad(

@@ -3,10 +3,10 @@
 // Provides: conv_fwd (a register tile per thread: 4 output channels × 4 pixels of a row, see conv_tile; bias
 //           and the optional ReLU in the epilogue; writes channels [c_offset, c_offset + c_out) of a
 //           c_total-channel output: concat is not a copy), conv_dgrad (the same tile over 4 input channels ×
-//           4 pixels with the kernel flipped, overwriting or accumulating), conv_wgrad (an implicit GEMM,
-//           WGRAD_TILE² tiles, split over images) and conv_bgrad (block tree sums, split over images): each
-//           writes per-split partial sums that conv_split_sum adds in split order (no float atomics: same
-//           inputs, same bits);
+//           4 pixels with the kernel flipped, overwriting or accumulating), conv_wgrad (the weight and the
+//           bias gradient: an implicit GEMM, WGRAD_TILE² tiles, split over images, the bias as row sums of
+//           its dy tiles): it writes per-split partial sums [dw | db] that conv_split_sum adds in split
+//           order in one launch (no float atomics: same inputs, same bits);
 //           reduce_conv_fwd: 1×1 (c_in → c_mid) + b1 → ReLU → k×k (c_mid → c_out) + b2 → ReLU in one kernel.
 //           Each block computes a tile of tile_h (4) rows of one image's reduced map, plus a halo of k/2 rows
 //           on each side (recomputed by the neighbouring tile too), into dynamic shared memory, once, and
@@ -96,19 +96,6 @@ __device__ __forceinline__ TileItem tile_item(unsigned long long t, unsigned int
   return it;
 }
 
-// Sum of one value per thread, in a fixed tree order (blockDim.x a power of two, at most 256).
-__device__ __forceinline__ float block_sum(float v, float* s) {
-  s[threadIdx.x] = v;
-  __syncthreads();
-  for (unsigned int o = blockDim.x / 2; o > 0; o >>= 1) {
-    if (threadIdx.x < o) s[threadIdx.x] += s[threadIdx.x + o];
-    __syncthreads();
-  }
-  const float total = s[0];
-  __syncthreads();
-  return total;
-}
-
 // One thread per tile item (4 output channels × 4 pixels of a row), grid-stride.
 extern "C" __global__ void conv_fwd(float* __restrict__ y,        // [n, c_total, h, w]
                                     const float* __restrict__ x,  // [n, c_in, h, w]
@@ -161,12 +148,15 @@ extern "C" __global__ void conv_dgrad(float* __restrict__ dx,        // [n, c_in
 
 #define WGRAD_TK 16
 
-// The weight gradient as an implicit GEMM split over images: dw[co, col] = Σ_(img, px) dy[img, co, px] ·
-// x[img, ci, px shifted by the tap], col = (ci, ky, kx). Grid (ceil(c_in·k·k / 64), ceil(c_out / 64), splits),
-// WGRAD_THREADS (256) threads (the loader assumes 256), 64 × 64 outputs per block (4 × 4 per thread); slice z
-// covers images [z · imgs_per_split, (z + 1) · imgs_per_split) and writes its partial sums into partials[z]
-// (conv_split_sum adds the slices in order: no float atomics).
-extern "C" __global__ void conv_wgrad(float* __restrict__ partials,  // [splits, c_out, c_in·k·k]
+// The weight and bias gradients as one implicit GEMM split over images: dw[co, col] = Σ_(img, px) dy[img, co,
+// px] · x[img, ci, px shifted by the tap], col = (ci, ky, kx), and db[co] = Σ_(img, px) dy[img, co, px]. Grid
+// (ceil(c_in·k·k / 64), ceil(c_out / 64), splits), WGRAD_THREADS (256) threads (the loader assumes 256), 64 × 64
+// outputs per block (4 × 4 per thread); slice z covers images [z · imgs_per_split, (z + 1) · imgs_per_split)
+// and writes its partial sums into partials[z] = [dw [c_out, c_in·k·k] | db [c_out]] (conv_split_sum adds the
+// slices in order: no float atomics). The bias partials come from the blocks of the first column tile
+// (blockIdx.x == 0): thread i < 64 adds row i of each chunk of dy in shared memory, so db[co] of slice z is
+// the sum of dy[., co, .] over the slice's pixels taken one by one in order (image, row, column), in f32.
+extern "C" __global__ void conv_wgrad(float* __restrict__ partials,  // [splits, c_out·(c_in·k·k + 1)]
                                       const float* __restrict__ dy,  // [n, c_total, h, w], slice read
                                       const float* __restrict__ x,   // [n, c_in, h, w]
                                       ConvDims d, unsigned int imgs_per_split) {
@@ -181,6 +171,9 @@ extern "C" __global__ void conv_wgrad(float* __restrict__ partials,  // [splits,
   const unsigned int img1 = img0 + imgs_per_split < d.n ? img0 + imgs_per_split : d.n;
   const unsigned int count = (img1 - img0) * hw;
   const int p = (int)d.k / 2;
+  // The bias row this thread sums (the first two warps of the first column tile's blocks: uniform per warp).
+  const bool bias_row = blockIdx.x == 0 && threadIdx.x < WGRAD_TILE;
+  float bsum = 0.0f;
   // Each thread loads the same position tt of every chunk for rows r = tid / 16 + 16q (q < 4) of both
   // operands: the per-row offsets are fixed, so only the position is decoded per chunk.
   const unsigned int tt = threadIdx.x % WGRAD_TK, rb = threadIdx.x / WGRAD_TK;
@@ -207,10 +200,10 @@ extern "C" __global__ void conv_wgrad(float* __restrict__ partials,  // [splits,
     float av[4] = {0.0f, 0.0f, 0.0f, 0.0f}, bv[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     if (t < count) {
       const unsigned int px = (unsigned int)oy * d.w + (unsigned int)ox;
-      const float* dy_img = dy + (unsigned long long)img * d.c_total * hw + px;
+      const unsigned long long dy_at = (unsigned long long)img * d.c_total * hw + px;
       const float* x_img = x + (unsigned long long)img * d.c_in * hw;
       for (int q = 0; q < 4; ++q) {
-        if (a_ok[q]) av[q] = dy_img[a_off[q]];
+        if (a_ok[q]) av[q] = dy[dy_at + a_off[q]];
         const int sy = oy + tap_y[q], sx = ox + tap_x[q];
         if (b_ok[q] && sy >= 0 && sy < (int)d.h && sx >= 0 && sx < (int)d.w)
           bv[q] = x_img[x_off[q] + (unsigned int)sy * d.w + (unsigned int)sx];
@@ -232,9 +225,13 @@ extern "C" __global__ void conv_wgrad(float* __restrict__ partials,  // [splits,
       for (int qi = 0; qi < 4; ++qi)
         for (int qj = 0; qj < 4; ++qj) acc[qi][qj] += a4[qi] * b4[qj];
     }
+    if (bias_row) {
+#pragma unroll
+      for (unsigned int k2 = 0; k2 < WGRAD_TK; ++k2) bsum += as[k2][threadIdx.x];  // positions past count are 0
+    }
     __syncthreads();
   }
-  float* out = partials + (unsigned long long)blockIdx.z * d.c_out * cols;
+  float* out = partials + (unsigned long long)blockIdx.z * d.c_out * (cols + 1);
   for (int qi = 0; qi < 4; ++qi) {
     const unsigned int i = i0 + ty * 4 + qi;
     if (i >= d.c_out) continue;
@@ -243,28 +240,11 @@ extern "C" __global__ void conv_wgrad(float* __restrict__ partials,  // [splits,
       if (j < cols) out[(unsigned long long)i * cols + j] = acc[qi][qj];
     }
   }
+  if (bias_row && i0 + threadIdx.x < d.c_out) out[(unsigned long long)d.c_out * cols + i0 + threadIdx.x] = bsum;
 }
 
-// The bias gradient's partial sums: grid (c_out, splits), 256 threads; block (co, z) sums dy over the images of
-// slice z in a fixed tree order into partials[z, co].
-extern "C" __global__ void conv_bgrad(float* __restrict__ partials,  // [splits, c_out]
-                                      const float* __restrict__ dy,  // [n, c_total, h, w], slice read
-                                      ConvDims d, unsigned int imgs_per_split) {
-  __shared__ float s[256];
-  const unsigned int co = blockIdx.x, hw = d.h * d.w;
-  const unsigned int img0 = blockIdx.y * imgs_per_split;
-  const unsigned int img1 = img0 + imgs_per_split < d.n ? img0 + imgs_per_split : d.n;
-  const unsigned int count = (img1 - img0) * hw;
-  float acc = 0.0f;
-  for (unsigned int t = threadIdx.x; t < count; t += blockDim.x) {
-    acc += dy[((unsigned long long)(img0 + t / hw) * d.c_total + d.c_offset + co) * hw + t % hw];
-  }
-  const float total = block_sum(acc, s);
-  if (threadIdx.x == 0) partials[(unsigned long long)blockIdx.y * d.c_out + co] = total;
-}
-
-// out[i] = Σ_z partials[z · len + i], z in order (the split sums of conv_wgrad and conv_bgrad). One thread per
-// output (grid-stride).
+// out[i] = Σ_z partials[z · len + i], z in order (the split sums of conv_wgrad and conv_wgrad_tf32: the weight
+// and the bias gradients together, out = [dw | db]). One thread per output (grid-stride).
 extern "C" __global__ void conv_split_sum(float* __restrict__ out,             // [len]
                                           const float* __restrict__ partials,  // [splits, len]
                                           unsigned long long len, unsigned int splits) {
@@ -408,8 +388,8 @@ extern "C" __global__ void reduce_conv_dmid(float* __restrict__ dpre,       // [
 // The tensor-core (TF32) convs: conv_fwd_tf32, conv_dgrad_tf32, conv_wgrad_tf32 compute what conv_fwd,
 // conv_dgrad, conv_wgrad compute (same arguments, same launch semantics) as implicit GEMMs on mma.sync m16n8k8
 // (mma.cuh): every operand element goes through tf32_bits (cvt.rna) as it is read from shared memory into a
-// fragment, and the products accumulate in f32. Bias, ReLU, the accumulate of dgrad and the split sum of wgrad
-// (conv_split_sum) stay f32.
+// fragment, and the products accumulate in f32. Bias, ReLU, the accumulate of dgrad, the bias gradient of wgrad
+// (a sum of unrounded dy) and its split sum (conv_split_sum) stay f32.
 //
 // A block of CONV_TC_THREADS (128) threads computes a CONV_TC_BM × CONV_TC_BN (32 × 128) tile; warp w owns
 // columns [32w, 32w + 32) of it, all 32 rows (2 × 4 tiles of 16 × 8, 32 accumulators a thread). The
@@ -632,7 +612,10 @@ extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) conv_dgrad_tf32(fl
 
 // The weight gradient as an implicit GEMM: dw(co, col) = Σ_p dy[img(p), c_offset + co, pix(p)] · X(col, p),
 // col = (ci, ky, kx), X the im2col of x, p over the pixels of the images [z · imgs_per_split, ...) of split z.
-// Grid (ceil(c_in·K² / 128), ceil(c_out / 32), splits); block (x, y, z) writes its tile of partials[z].
+// Grid (ceil(c_in·K² / 128), ceil(c_out / 32), splits); block (x, y, z) writes its tile of partials[z] =
+// [dw | db] (conv_wgrad's layout). The bias gradient stays f32 (dy unrounded): in the blocks of the first
+// column tile (blockIdx.x == 0) lane r of warp 0 adds row r of each step's dy tile from shared memory, so db of
+// slice z sums the slice's pixels one by one in order, as conv_wgrad's does.
 // Thread i loads 4 consecutive pixels of dy row i / 4 per step (cp.async16 when h·w is a multiple of 4 and dy
 // is 16-byte aligned: a group then never straddles an image, and the split's pixel count is a multiple of 4;
 // else scalars through registers) and gathers pixel i % 16 of 16 consecutive columns 16·(i / 16) + q (x is
@@ -709,6 +692,8 @@ __device__ __forceinline__ void conv_wgrad_tc_body(float* __restrict__ partials,
     if (!a_async) *reinterpret_cast<float4*>(&as[buf][ar][akq]) = make_float4(av[0], av[1], av[2], av[3]);
   };
   float acc[2][4][4] = {};
+  const bool bias_row = blockIdx.x == 0 && threadIdx.x < CONV_TC_BM;  // warp 0 of the first column tile
+  float bsum = 0.0f;
   if (steps > 0) {  // uniform
     load(0, 0);
     stash(0);
@@ -720,11 +705,16 @@ __device__ __forceinline__ void conv_wgrad_tc_body(float* __restrict__ partials,
     const bool more = s + 1 < steps;  // uniform
     if (more) load(s + 1, nxt);
     tc_step<true>(acc, as[cur], &bs[cur][0][0]);
+    if (bias_row) {
+#pragma unroll
+      for (int k = 0; k < CONV_TC_BK; ++k) bsum += as[cur][threadIdx.x][k];  // positions past count are 0
+    }
     if (more) stash(nxt);
     cp_async_wait_all();
     __syncthreads();
   }
-  float* out = partials + (unsigned long long)blockIdx.z * d.c_out * cols;
+  float* out = partials + (unsigned long long)blockIdx.z * d.c_out * (cols + 1);
+  if (bias_row && m0 + threadIdx.x < d.c_out) out[(unsigned long long)d.c_out * cols + m0 + threadIdx.x] = bsum;
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
@@ -736,8 +726,8 @@ __device__ __forceinline__ void conv_wgrad_tc_body(float* __restrict__ partials,
       }
 }
 
-// conv_wgrad on the tensor cores (TF32): split partials as conv_wgrad's, summed by conv_split_sum.
-extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) conv_wgrad_tf32(float* __restrict__ partials,  // [splits, c_out, c_in·k·k]
+// conv_wgrad on the tensor cores (TF32): split partials [dw | db] as conv_wgrad's, summed by conv_split_sum.
+extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) conv_wgrad_tf32(float* __restrict__ partials,  // [splits, c_out·(c_in·k·k + 1)]
                                                                             const float* __restrict__ dy,  // [n, c_total, h, w], slice read
                                                                             const float* __restrict__ x,   // [n, c_in, h, w]
                                                                             ConvDims d, unsigned int imgs_per_split) {

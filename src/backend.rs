@@ -34,10 +34,8 @@ macro_rules! for_each_kernel {
             fn conv_fwd(out y, inp x, inp w, inp b, val s: &$crate::shape::ConvShape, val relu: bool);
             /// Input gradient of a conv, overwriting or accumulating (see [`crate::cpu::conv_dgrad`]).
             fn conv_dgrad(out dx, inp dy, inp w, val s: &$crate::shape::ConvShape, val accumulate: bool);
-            /// Weight gradient of a conv (see [`crate::cpu::conv_wgrad`]).
-            fn conv_wgrad(out dw, inp dy, inp x, val s: &$crate::shape::ConvShape);
-            /// Bias gradient of a conv (see [`crate::cpu::conv_bgrad`]).
-            fn conv_bgrad(out db, inp dy, val s: &$crate::shape::ConvShape);
+            /// Weight and bias gradients of a conv into `dwdb = [dw | db]` (see [`crate::cpu::conv_wgrad`]).
+            fn conv_wgrad(out dwdb, inp dy, inp x, val s: &$crate::shape::ConvShape);
             /// The fused reduce conv forward; `mid` receives the reduced map (see
             /// [`crate::cpu::reduce_conv_fwd`]). `params` is `[w1 | b1 | w2 | b2]`, contiguous as in the flat
             /// parameter buffer.

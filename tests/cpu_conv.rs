@@ -121,8 +121,7 @@ fn conv_backward_passes_match_finite_differences() {
         let mut dw = vec![0.0; w.len()];
         let mut db = vec![0.0; b.len()];
         cpu::conv_dgrad(&mut dx, &r, &w, &s, false).unwrap();
-        cpu::conv_wgrad(&mut dw, &r, &x, &s).unwrap();
-        cpu::conv_bgrad(&mut db, &r, &s).unwrap();
+        wgrad_bgrad(&mut dw, &mut db, &r, &x, &s);
         gradcheck(
             &format!("conv_dgrad {s:?}"),
             &x,
@@ -142,7 +141,7 @@ fn conv_backward_passes_match_finite_differences() {
             |w| loss(&x, w, &b),
         );
         gradcheck(
-            &format!("conv_bgrad {s:?}"),
+            &format!("conv_wgrad (bias) {s:?}"),
             &b,
             &db,
             1e-2,
@@ -287,8 +286,7 @@ fn fused_reduce_conv_matches_the_composed_convs() {
             vec![0.0; s.c_out],
             vec![0.0; mid.len()],
         );
-        cpu::conv_wgrad(&mut dw2, &dy, &mid_ref, &s.conv()).unwrap();
-        cpu::conv_bgrad(&mut db2, &dy, &s.conv()).unwrap();
+        wgrad_bgrad(&mut dw2, &mut db2, &dy, &mid_ref, &s.conv());
         cpu::conv_dgrad(&mut dmid, &dy, &p.w2, &s.conv(), false).unwrap();
         let mut dpre = vec![0.0; mid.len()];
         cpu::relu_bwd(&mut dpre, &dmid, &mid_ref).unwrap();
@@ -297,8 +295,7 @@ fn fused_reduce_conv_matches_the_composed_convs() {
             vec![0.0; s.c_mid],
             vec![0.0; p.x.len()],
         );
-        cpu::conv_wgrad(&mut dw1, &dpre, &p.x, &s.reduce()).unwrap();
-        cpu::conv_bgrad(&mut db1, &dpre, &s.reduce()).unwrap();
+        wgrad_bgrad(&mut dw1, &mut db1, &dpre, &p.x, &s.reduce());
         cpu::conv_dgrad(&mut dx, &dpre, &p.w1, &s.reduce(), false).unwrap();
         for (what, got, want) in [
             ("dx", &g[0], &dx),
@@ -403,14 +400,13 @@ fn weight_gradients_do_not_depend_on_the_thread_count() {
             .unwrap();
         pool.install(|| {
             let (mut dw, mut db) = (vec![0.0; s.c_out * s.c_in * 9], vec![0.0; s.c_out]);
-            cpu::conv_wgrad(&mut dw, &dy, &x, &s).unwrap();
-            cpu::conv_bgrad(&mut db, &dy, &s).unwrap();
+            wgrad_bgrad(&mut dw, &mut db, &dy, &x, &s);
             (dw, db)
         })
     };
     let (one, three) = (run(1), run(3));
     assert_bits_eq("conv_wgrad 1 vs 3 threads", &one.0, &three.0);
-    assert_bits_eq("conv_bgrad 1 vs 3 threads", &one.1, &three.1);
+    assert_bits_eq("conv_wgrad (bias) 1 vs 3 threads", &one.1, &three.1);
 }
 
 #[test]
@@ -450,4 +446,12 @@ fn conv_twins_reject_bad_shapes_and_buffers() {
         err.to_string().contains("fused reduce conv kernel size 1"),
         "{err}"
     );
+}
+
+/// `conv_wgrad`'s `[dw | db]` into `dw` and `db`.
+fn wgrad_bgrad(dw: &mut [f32], db: &mut [f32], dy: &[f32], x: &[f32], s: &ConvShape) {
+    let mut dwdb = vec![0.0; dw.len() + db.len()];
+    cpu::conv_wgrad(&mut dwdb, dy, x, s).unwrap();
+    dw.copy_from_slice(&dwdb[..dw.len()]);
+    db.copy_from_slice(&dwdb[dw.len()..]);
 }

@@ -410,24 +410,19 @@ fn conv_gradients_of_an_empty_batch_are_zero() {
     for order in ORDERS {
         let b = EmuBackend { order };
         for backend_name in ["cpu", "emulated"] {
-            let (mut dw, mut db) = (vec![f32::NAN; wl], vec![f32::NAN; 4]);
+            let mut dwdb = vec![f32::NAN; wl + 4];
             let (dy, x): (Vec<f32>, Vec<f32>) = (Vec::new(), Vec::new());
             if backend_name == "cpu" {
                 CpuBackend
-                    .conv_wgrad(&mut dw.as_mut_slice(), &dy.as_slice(), &x.as_slice(), &s)
-                    .unwrap();
-                CpuBackend
-                    .conv_bgrad(&mut db.as_mut_slice(), &dy.as_slice(), &s)
+                    .conv_wgrad(&mut dwdb.as_mut_slice(), &dy.as_slice(), &x.as_slice(), &s)
                     .unwrap();
             } else {
-                b.conv_wgrad(&mut dw.as_mut_slice(), &dy.as_slice(), &x.as_slice(), &s)
-                    .unwrap();
-                b.conv_bgrad(&mut db.as_mut_slice(), &dy.as_slice(), &s)
+                b.conv_wgrad(&mut dwdb.as_mut_slice(), &dy.as_slice(), &x.as_slice(), &s)
                     .unwrap();
             }
             assert!(
-                dw.iter().chain(&db).all(|&v| v == 0.0),
-                "{backend_name} {order:?}: {dw:?} {db:?}"
+                dwdb.iter().all(|&v| v == 0.0),
+                "{backend_name} {order:?}: {dwdb:?}"
             );
         }
     }

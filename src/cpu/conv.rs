@@ -119,15 +119,27 @@ pub fn conv_dgrad(
         )
 }
 
-/// `dw = Σ_images dy_slice · im2col(x)ᵀ`. Shapes: `dw [c_out, c_in, k, k]`, `dy [n, c_total, h, w]` (slice
-/// read), `x [n, c_in, h, w]`. Overwrites `dw`.
-pub fn conv_wgrad(dw: &mut [f32], dy: &[f32], x: &[f32], s: &ConvShape) -> Result<()> {
+/// The weight and bias gradients: `dw = Σ_images dy_slice · im2col(x)ᵀ`, `db[c] = Σ_{images, pixels}
+/// dy[:, c_offset + c]`, into `dwdb = [dw | db]`. Shapes: `dwdb [c_out·c_in·k·k + c_out]`,
+/// `dy [n, c_total, h, w]` (slice read), `x [n, c_in, h, w]`. Overwrites `dwdb`. The bias gradient is a sum,
+/// not a product: f32 (of the unrounded `dy`) in every precision.
+pub fn conv_wgrad(dwdb: &mut [f32], dy: &[f32], x: &[f32], s: &ConvShape) -> Result<()> {
+    const OP: &str = "conv_wgrad";
+    s.validate(OP)?;
+    check_len(OP, "dwdb", s.w_len(OP)? + s.c_out, dwdb.len())?;
+    let (dw, db) = dwdb.split_at_mut(s.w_len(OP)?);
+    wgrad(dw, dy, x, s)?;
+    bgrad(db, dy, s)
+}
+
+/// The weight gradient of [`conv_wgrad`].
+fn wgrad(dw: &mut [f32], dy: &[f32], x: &[f32], s: &ConvShape) -> Result<()> {
     const OP: &str = "conv_wgrad";
     check_conv(OP, s, x, dw)?;
     check_len(OP, "dy", s.y_len(OP)?, dy.len())?;
     if s.precision == Precision::Tf32 {
         let fp32 = s.with_precision(Precision::Fp32);
-        return conv_wgrad(dw, &rounded(dy), &rounded(x), &fp32);
+        return wgrad(dw, &rounded(dy), &rounded(x), &fp32);
     }
     let (hw, ckk) = (s.h * s.w, s.c_in * s.k * s.k);
     sum_over_images(dw, s.n, |i, partial| {
@@ -150,12 +162,10 @@ pub fn conv_wgrad(dw: &mut [f32], dy: &[f32], x: &[f32], s: &ConvShape) -> Resul
     })
 }
 
-/// `db[c] = Σ_{images, pixels} dy[:, c_offset + c]`. Shapes: `db [c_out]`, `dy [n, c_total, h, w]`. A sum, not
-/// a product: f32 in every precision.
-pub fn conv_bgrad(db: &mut [f32], dy: &[f32], s: &ConvShape) -> Result<()> {
-    const OP: &str = "conv_bgrad";
-    s.validate(OP)?;
-    check_len(OP, "db", s.c_out, db.len())?;
+/// The bias gradient of [`conv_wgrad`]: per image, each channel's pixels summed in order; the images summed
+/// in order.
+fn bgrad(db: &mut [f32], dy: &[f32], s: &ConvShape) -> Result<()> {
+    const OP: &str = "conv_wgrad";
     check_len(OP, "dy", s.y_len(OP)?, dy.len())?;
     let hw = s.h * s.w;
     sum_over_images(db, s.n, |i, partial| {

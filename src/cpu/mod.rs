@@ -16,7 +16,7 @@ mod tf32;
 
 pub use adam::adam_step;
 pub use add::add_fwd;
-pub use conv::{conv_bgrad, conv_dgrad, conv_fwd, conv_wgrad};
+pub use conv::{conv_dgrad, conv_fwd, conv_wgrad};
 pub use dropout::{dropout_bwd, dropout_fwd, dropout_hash, dropout_threshold};
 pub use linear::{
     linear_bgrad, linear_bwd_adam, linear_dgrad, linear_fwd, linear_wgrad, linear_wgrad_adam,

@@ -29,10 +29,10 @@
 mod graph;
 
 pub use crate::launcher::{
-    adam_step, add_fwd, conv_bgrad, conv_dgrad, conv_fwd, conv_wgrad, count_correct, dropout_bwd,
-    dropout_fwd, linear_bgrad, linear_bwd_adam, linear_dgrad, linear_fwd, linear_wgrad,
-    linear_wgrad_adam, maxpool3x3s1_bwd, maxpool3x3s1_fwd, mma_tf32_tile, reduce_conv_bwd,
-    reduce_conv_fwd, relu_bwd, relu_fwd, softmax_xent,
+    adam_step, add_fwd, conv_dgrad, conv_fwd, conv_wgrad, count_correct, dropout_bwd, dropout_fwd,
+    linear_bgrad, linear_bwd_adam, linear_dgrad, linear_fwd, linear_wgrad, linear_wgrad_adam,
+    maxpool3x3s1_bwd, maxpool3x3s1_fwd, mma_tf32_tile, reduce_conv_bwd, reduce_conv_fwd, relu_bwd,
+    relu_fwd, softmax_xent,
 };
 pub use graph::{CapturedGraph, GraphNode};
 

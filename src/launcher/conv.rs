@@ -83,11 +83,13 @@ fn dgrad<D: Driver + ?Sized>(
     Ok(())
 }
 
-/// Weight gradient of a conv: an implicit GEMM split over images into the driver's scratch memory, then the
-/// splits summed in order. Shapes: `dw [c_out, c_in, k, k]`, `dy [n, c_total, h, w]`, `x [n, c_in, h, w]`.
+/// Weight and bias gradients of a conv in one kernel: an implicit GEMM split over images into the driver's
+/// scratch memory, the bias as row sums of its `dy` tiles, then the splits of both summed in order by one
+/// `conv_split_sum`. Shapes: `dwdb [c_out·c_in·k·k + c_out]` (`dw [c_out, c_in, k, k]` then `db [c_out]`, as a
+/// conv's weight and bias lie in the flat parameter buffer), `dy [n, c_total, h, w]`, `x [n, c_in, h, w]`.
 pub fn conv_wgrad<D: Driver + ?Sized>(
     d: &D,
-    dw: &mut D::ViewMut<'_>,
+    dwdb: &mut D::ViewMut<'_>,
     dy: &D::View<'_>,
     x: &D::View<'_>,
     s: &ConvShape,
@@ -97,18 +99,19 @@ pub fn conv_wgrad<D: Driver + ?Sized>(
     check_lens(
         OP,
         &[
-            ("dw", s.w_len(OP)?, D::len_of_mut(dw)),
+            ("dwdb", s.w_len(OP)? + s.c_out, D::len_of_mut(dwdb)),
             ("dy", s.y_len(OP)?, D::len_of(dy)),
             ("x", s.x_len(OP)?, D::len_of(x)),
         ],
     )?;
-    wgrad(d, OP, dw, dy, x, &cd, s.precision)
+    wgrad(d, OP, dwdb, dy, x, &cd, s.precision)
 }
 
+/// The launches of [`conv_wgrad`] (`dwdb` checked by the caller).
 fn wgrad<D: Driver + ?Sized>(
     d: &D,
     op: &'static str,
-    dw: &mut D::ViewMut<'_>,
+    dwdb: &mut D::ViewMut<'_>,
     dy: &D::View<'_>,
     x: &D::View<'_>,
     cd: &ConvDims,
@@ -119,12 +122,12 @@ fn wgrad<D: Driver + ?Sized>(
         Precision::Tf32 => (Kernel::ConvWgradTf32, cd.wgrad_tf32(op)?),
     };
     let Some(dims) = dims else {
-        return d.zero(op, dw); // no images: the gradient is zero
+        return d.zero(op, dwdb); // no images: the gradients are zero
     };
     d.with_scratch(op, cd.wgrad_partials_len(), |partials| {
         launch!(d, op, kernel, dims; out partials, inp dy, inp x, val cd,
             val &cd.imgs_per_split())?;
-        split_sum(d, op, dw, &D::reader(partials), cd.splits())
+        split_sum(d, op, dwdb, &D::reader(partials), cd.splits())
     })
 }
 
@@ -146,42 +149,6 @@ fn split_sum<D: Driver + ?Sized>(
     };
     launch!(d, op, Kernel::ConvSplitSum, dims; out out, inp partials, val &(len as u64), val &splits)?;
     Ok(())
-}
-
-/// Bias gradient of a conv: per-image-split block sums into the driver's scratch memory, then the splits
-/// summed in order. Shapes: `db [c_out]`, `dy [n, c_total, h, w]`.
-pub fn conv_bgrad<D: Driver + ?Sized>(
-    d: &D,
-    db: &mut D::ViewMut<'_>,
-    dy: &D::View<'_>,
-    s: &ConvShape,
-) -> Result<()> {
-    const OP: &str = "conv_bgrad";
-    let cd = ConvDims::of(OP, s)?;
-    check_lens(
-        OP,
-        &[
-            ("db", s.c_out, D::len_of_mut(db)),
-            ("dy", s.y_len(OP)?, D::len_of(dy)),
-        ],
-    )?;
-    bgrad(d, OP, db, dy, &cd)
-}
-
-fn bgrad<D: Driver + ?Sized>(
-    d: &D,
-    op: &'static str,
-    db: &mut D::ViewMut<'_>,
-    dy: &D::View<'_>,
-    cd: &ConvDims,
-) -> Result<()> {
-    let Some(dims) = cd.bgrad() else {
-        return d.zero(op, db);
-    };
-    d.with_scratch(op, cd.splits() as usize * cd.c_out as usize, |partials| {
-        launch!(d, op, Kernel::ConvBgrad, dims; out partials, inp dy, val cd, val &cd.imgs_per_split())?;
-        split_sum(d, op, db, &D::reader(partials), cd.splits())
-    })
 }
 
 /// The fused reduce conv forward; `mid` receives the reduced map. `params` is `[w1 | b1 | w2 | b2]`.
@@ -235,8 +202,9 @@ fn fwd_launch<D: Driver + ?Sized>(
     Ok(())
 }
 
-/// The fused reduce conv backward, as kernels over the saved reduced map: `dw2`, `db2` from `dy`; `dpre` (in
-/// `scratch`) through the k×k conv and the reduce ReLU; `dw1`, `db1`, `dx` from `dpre`. `dparams` receives
+/// The fused reduce conv backward, as kernels over the saved reduced map: `dw2`, `db2` from `dy` (one
+/// `conv_wgrad` and its split sum); `dpre` (in `scratch`) through the k×k conv and the reduce ReLU; `dw1`, `db1`
+/// (the same pair) and `dx` from `dpre`. `dparams` receives
 /// `[dw1 | db1 | dw2 | db2]`. Shapes: as the forward, `scratch [n, c_mid, h, w]`.
 #[allow(clippy::too_many_arguments)]
 pub fn reduce_conv_bwd<D: Driver + ?Sized>(
@@ -269,16 +237,16 @@ pub fn reduce_conv_bwd<D: Driver + ?Sized>(
     )?;
     let (w1, w2) = (D::sub(params, r1.clone())?, D::sub(params, r2.clone())?);
     let (conv, reduce) = (rd.conv(), rd.reduce());
+    // [dw2 | db2] and [dw1 | db1] are contiguous in the block: each pair is one conv_wgrad.
     wgrad(
         d,
         OP,
-        &mut D::sub_mut(dparams, r2)?,
+        &mut D::sub_mut(dparams, r2.start..rb2.end)?,
         dy,
         mid,
         &conv,
         s.precision,
     )?;
-    bgrad(d, OP, &mut D::sub_mut(dparams, rb2)?, dy, &conv)?;
     let (kernel, dims) = match s.precision {
         Precision::Fp32 => (Kernel::ReduceConvDmid, rd.dmid()),
         Precision::Tf32 => (Kernel::ReduceConvDmidTf32, rd.dmid_tf32(OP)?),
@@ -290,13 +258,12 @@ pub fn reduce_conv_bwd<D: Driver + ?Sized>(
     wgrad(
         d,
         OP,
-        &mut D::sub_mut(dparams, r1)?,
+        &mut D::sub_mut(dparams, r1.start..rb1.end)?,
         &dpre,
         x,
         &reduce,
         s.precision,
     )?;
-    bgrad(d, OP, &mut D::sub_mut(dparams, rb1)?, &dpre, &reduce)?;
     dgrad(d, OP, dx, &dpre, &w1, &reduce, s.precision, accumulate)
 }
 

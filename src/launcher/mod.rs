@@ -22,7 +22,7 @@ mod linear;
 mod mma;
 mod train;
 
-pub use conv::{conv_bgrad, conv_dgrad, conv_fwd, conv_wgrad, reduce_conv_bwd, reduce_conv_fwd};
+pub use conv::{conv_dgrad, conv_fwd, conv_wgrad, reduce_conv_bwd, reduce_conv_fwd};
 pub use linear::{
     linear_bgrad, linear_bwd_adam, linear_dgrad, linear_fwd, linear_wgrad, linear_wgrad_adam,
 };

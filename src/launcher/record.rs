@@ -149,12 +149,11 @@ fn call_every_kernel(r: &Recorder) -> Result<()> {
             false,
         )?;
         r.conv_wgrad(
-            &mut z(wl).as_mut_slice(),
+            &mut z(wl + 4).as_mut_slice(),
             &z(yl).as_slice(),
             &z(xl).as_slice(),
             &cs,
         )?;
-        r.conv_bgrad(&mut z(4).as_mut_slice(), &z(yl).as_slice(), &cs)?;
 
         let rs = ReduceConvShape {
             n: 2,

@@ -107,7 +107,7 @@ pub fn train_ops_on<B: Backend>(
 /// Value the outputs start from: channels outside a branch's slice must keep it.
 pub const SENTINEL: f32 = 7.0;
 
-/// conv_fwd (with and without ReLU), conv_dgrad (overwriting, accumulating), conv_wgrad, conv_bgrad on
+/// conv_fwd (with and without ReLU), conv_dgrad (overwriting, accumulating), conv_wgrad (dw, then db) on
 /// backend `b`, outputs on the host in that order.
 pub fn conv_on<B: Backend>(
     b: &B,
@@ -152,15 +152,17 @@ pub fn conv_on<B: Backend>(
         .unwrap();
         out.push(b.to_host(&dx).unwrap());
     }
-    let (mut dw, mut db) = (
-        up(&vec![SENTINEL; w.len()]),
-        up(&vec![SENTINEL; bias.len()]),
-    );
-    b.conv_wgrad(&mut b.view_mut(&mut dw, 0..w.len()).unwrap(), &dyv, &xv, s)
-        .unwrap();
-    b.conv_bgrad(&mut b.view_mut(&mut db, 0..bias.len()).unwrap(), &dyv, s)
-        .unwrap();
-    out.extend([b.to_host(&dw).unwrap(), b.to_host(&db).unwrap()]);
+    let wl = w.len();
+    let mut dwdb = up(&vec![SENTINEL; wl + bias.len()]);
+    b.conv_wgrad(
+        &mut b.view_mut(&mut dwdb, 0..wl + bias.len()).unwrap(),
+        &dyv,
+        &xv,
+        s,
+    )
+    .unwrap();
+    let dwdb = b.to_host(&dwdb).unwrap();
+    out.extend([dwdb[..wl].to_vec(), dwdb[wl..].to_vec()]);
     out
 }
 
