@@ -309,12 +309,19 @@ fn bench_naive<B: Backend>(
                 );
                 for (i, (s, (wt, _, dwdb))) in convs.iter().zip(ws.iter_mut()).enumerate() {
                     let len = b.len(dwdb);
-                    b.conv_wgrad(&mut b.view_mut(dwdb, 0..len).expect("view"), &gv, &xv, s)
-                        .expect("wgrad");
+                    b.conv_wgrad(
+                        &mut b.view_mut(dwdb, 0..len).expect("view"),
+                        &gv,
+                        None,
+                        &xv,
+                        s,
+                    )
+                    .expect("wgrad");
                     let wv = b.view(wt, 0..b.len(wt)).expect("view");
                     b.conv_dgrad(
                         &mut b.view_mut(&mut dx, 0..xl).expect("view"),
                         &gv,
+                        None,
                         &wv,
                         s,
                         i > 0,

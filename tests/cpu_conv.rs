@@ -120,7 +120,7 @@ fn conv_backward_passes_match_finite_differences() {
         let mut dx = vec![0.0; x.len()];
         let mut dw = vec![0.0; w.len()];
         let mut db = vec![0.0; b.len()];
-        cpu::conv_dgrad(&mut dx, &r, &w, &s, false).unwrap();
+        cpu::conv_dgrad(&mut dx, &r, None, &w, &s, false).unwrap();
         wgrad_bgrad(&mut dw, &mut db, &r, &x, &s);
         gradcheck(
             &format!("conv_dgrad {s:?}"),
@@ -152,7 +152,7 @@ fn conv_backward_passes_match_finite_differences() {
         // accumulate adds the same result to what dx held.
         let mut acc = uniform(8, x.len());
         let before = acc.clone();
-        cpu::conv_dgrad(&mut acc, &r, &w, &s, true).unwrap();
+        cpu::conv_dgrad(&mut acc, &r, None, &w, &s, true).unwrap();
         let want: Vec<f32> = before.iter().zip(&dx).map(|(a, d)| a + d).collect();
         assert_close("conv_dgrad accumulate", &acc, &want, 1e-6, 1e-6);
     }
@@ -240,6 +240,7 @@ fn fused_bwd(p: &Params, s: &ReduceConvShape, dy: &[f32], mid: &[f32]) -> [Vec<f
         &mut dblock,
         &mut scratch,
         dy,
+        None,
         &p.x,
         mid,
         &block,
@@ -287,7 +288,7 @@ fn fused_reduce_conv_matches_the_composed_convs() {
             vec![0.0; mid.len()],
         );
         wgrad_bgrad(&mut dw2, &mut db2, &dy, &mid_ref, &s.conv());
-        cpu::conv_dgrad(&mut dmid, &dy, &p.w2, &s.conv(), false).unwrap();
+        cpu::conv_dgrad(&mut dmid, &dy, None, &p.w2, &s.conv(), false).unwrap();
         let mut dpre = vec![0.0; mid.len()];
         cpu::relu_bwd(&mut dpre, &dmid, &mid_ref).unwrap();
         let (mut dw1, mut db1, mut dx) = (
@@ -296,7 +297,7 @@ fn fused_reduce_conv_matches_the_composed_convs() {
             vec![0.0; p.x.len()],
         );
         wgrad_bgrad(&mut dw1, &mut db1, &dpre, &p.x, &s.reduce());
-        cpu::conv_dgrad(&mut dx, &dpre, &p.w1, &s.reduce(), false).unwrap();
+        cpu::conv_dgrad(&mut dx, &dpre, None, &p.w1, &s.reduce(), false).unwrap();
         for (what, got, want) in [
             ("dx", &g[0], &dx),
             ("dw1", &g[1], &dw1),
@@ -451,7 +452,7 @@ fn conv_twins_reject_bad_shapes_and_buffers() {
 /// `conv_wgrad`'s `[dw | db]` into `dw` and `db`.
 fn wgrad_bgrad(dw: &mut [f32], db: &mut [f32], dy: &[f32], x: &[f32], s: &ConvShape) {
     let mut dwdb = vec![0.0; dw.len() + db.len()];
-    cpu::conv_wgrad(&mut dwdb, dy, x, s).unwrap();
+    cpu::conv_wgrad(&mut dwdb, dy, None, x, s).unwrap();
     dw.copy_from_slice(&dwdb[..dw.len()]);
     db.copy_from_slice(&dwdb[dw.len()..]);
 }

@@ -352,6 +352,12 @@ impl Driver for CudaBackend {
         args.arg(v);
     }
 
+    fn push_null(args: &mut LaunchArgs<'_>) {
+        // A device pointer is 8 bytes: a zero u64 is the null the kernel tests for.
+        static NULL: u64 = 0;
+        args.arg(&NULL);
+    }
+
     fn push_labels<'a>(args: &mut LaunchArgs<'a>, v: &'a CudaSlice<u32>) {
         args.arg(v);
     }

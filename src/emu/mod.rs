@@ -126,6 +126,10 @@ impl Driver for EmuBackend {
         args.slots.push(Slot::Ptr(v.as_ptr().cast_mut().cast()));
     }
 
+    fn push_null(args: &mut EmuArgs<'_>) {
+        args.slots.push(Slot::Ptr(std::ptr::null_mut()));
+    }
+
     fn push_labels<'a>(args: &mut EmuArgs<'a>, v: &'a Vec<u32>) {
         args.slots.push(Slot::Ptr(v.as_ptr().cast_mut().cast()));
     }

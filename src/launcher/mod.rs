@@ -130,6 +130,8 @@ pub trait Driver: Backend {
     fn push_out<'a>(args: &mut Self::Args<'a>, v: &'a mut Self::ViewMut<'_>);
     /// Appends an input buffer (`const float*`).
     fn push_in<'a>(args: &mut Self::Args<'a>, v: &'a Self::View<'_>);
+    /// Appends a null input buffer (`const float*` = null: an optional input left out).
+    fn push_null(args: &mut Self::Args<'_>);
     /// Appends a label buffer (`const unsigned int*`).
     fn push_labels<'a>(args: &mut Self::Args<'a>, v: &'a Self::Labels);
     /// Appends a value.
@@ -215,6 +217,15 @@ impl<'a, D: Driver + ?Sized> Launch<'a, D> {
     /// An input buffer.
     pub fn inp(mut self, v: &'a D::View<'_>) -> Self {
         D::push_in(&mut self.args, v);
+        self.kind(ParamKind::In)
+    }
+
+    /// An optional input buffer: null when `None`.
+    pub fn inp_opt(mut self, v: Option<&'a D::View<'_>>) -> Self {
+        match v {
+            Some(v) => D::push_in(&mut self.args, v),
+            None => D::push_null(&mut self.args),
+        }
         self.kind(ParamKind::In)
     }
 
