@@ -235,8 +235,7 @@ fn bench_naive<B: Backend>(
             (
                 b.upload(&rand(13 + i as u32, len)).expect("w"),
                 b.upload(&rand(23 + i as u32, s.c_out)).expect("b"),
-                b.alloc_zeros(len).expect("dw"),
-                b.alloc_zeros(s.c_out).expect("db"),
+                b.alloc_zeros(len + s.c_out).expect("dwdb"),
             )
         })
         .collect();
@@ -251,11 +250,10 @@ fn bench_naive<B: Backend>(
         <B as Backend>::Buf,
         <B as Backend>::Buf,
         <B as Backend>::Buf,
-        <B as Backend>::Buf,
-    ); // w, b, dw, db
+    ); // w, b, [dw | db]
     let forward = |y: &mut B::Buf, pooled: &mut B::Buf, ws: &[ConvBufs<B>]| {
         let xv = b.view(&x, 0..xl).expect("view");
-        for (s, (wt, bias, _, _)) in convs.iter().zip(ws) {
+        for (s, (wt, bias, _)) in convs.iter().zip(ws) {
             let (wv, bv) = (
                 b.view(wt, 0..b.len(wt)).expect("view"),
                 b.view(bias, 0..b.len(bias)).expect("view"),
@@ -313,16 +311,21 @@ fn bench_naive<B: Backend>(
                     b.view(&g, 0..yl).expect("view"),
                     b.view(&x, 0..xl).expect("view"),
                 );
-                for (i, (s, (wt, _, dw, db))) in convs.iter().zip(ws.iter_mut()).enumerate() {
-                    let (dwl, dbl) = (b.len(dw), b.len(db));
-                    b.conv_wgrad(&mut b.view_mut(dw, 0..dwl).expect("view"), &gv, &xv, s)
-                        .expect("wgrad");
-                    b.conv_bgrad(&mut b.view_mut(db, 0..dbl).expect("view"), &gv, s)
-                        .expect("bgrad");
+                for (i, (s, (wt, _, dwdb))) in convs.iter().zip(ws.iter_mut()).enumerate() {
+                    let len = b.len(dwdb);
+                    b.conv_wgrad(
+                        &mut b.view_mut(dwdb, 0..len).expect("view"),
+                        &gv,
+                        None,
+                        &xv,
+                        s,
+                    )
+                    .expect("wgrad");
                     let wv = b.view(wt, 0..b.len(wt)).expect("view");
                     b.conv_dgrad(
                         &mut b.view_mut(&mut dx, 0..xl).expect("view"),
                         &gv,
+                        None,
                         &wv,
                         s,
                         i > 0,

@@ -103,23 +103,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut scratch = stream.alloc_zeros::<f32>(n * 16 * h * w)?;
     let mut dpooled = stream.alloc_zeros::<f32>(x_h.len())?;
     let r = |name: &str| layout.range(name);
+    // dw and db in one kernel: the weight and its bias are adjacent in the block.
     cuda::conv_wgrad(
         gpu,
-        &mut dparams.slice_mut(r("branch1x1.weight")),
+        &mut dparams.slice_mut(r("branch1x1.weight").start..r("branch1x1.bias").end),
         &g.as_view(),
+        None,
         &x.as_view(),
-        &s1,
-    )?;
-    cuda::conv_bgrad(
-        gpu,
-        &mut dparams.slice_mut(r("branch1x1.bias")),
-        &g.as_view(),
         &s1,
     )?;
     cuda::conv_dgrad(
         gpu,
         &mut dx.as_view_mut(),
         &g.as_view(),
+        None,
         &p("branch1x1.weight"),
         &s1,
         false,
@@ -135,6 +132,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &mut dparams.slice_mut(range.clone()),
             &mut scratch.as_view_mut(),
             &g.as_view(),
+            None,
             &x.as_view(),
             &mid.as_view(),
             &params.slice(range),
@@ -142,23 +140,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             true,
         )?;
     }
+    // dw and db in one kernel: the weight and its bias are adjacent in the block.
     cuda::conv_wgrad(
         gpu,
-        &mut dparams.slice_mut(r("pool_proj.weight")),
+        &mut dparams.slice_mut(r("pool_proj.weight").start..r("pool_proj.bias").end),
         &g.as_view(),
+        None,
         &pooled.as_view(),
-        &sp,
-    )?;
-    cuda::conv_bgrad(
-        gpu,
-        &mut dparams.slice_mut(r("pool_proj.bias")),
-        &g.as_view(),
         &sp,
     )?;
     cuda::conv_dgrad(
         gpu,
         &mut dpooled.as_view_mut(),
         &g.as_view(),
+        None,
         &p("pool_proj.weight"),
         &sp,
         false,

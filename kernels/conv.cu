@@ -3,10 +3,10 @@
 // Provides: conv_fwd (a register tile per thread: 4 output channels × 4 pixels of a row, see conv_tile; bias
 //           and the optional ReLU in the epilogue; writes channels [c_offset, c_offset + c_out) of a
 //           c_total-channel output: concat is not a copy), conv_dgrad (the same tile over 4 input channels ×
-//           4 pixels with the kernel flipped, overwriting or accumulating), conv_wgrad (an implicit GEMM,
-//           WGRAD_TILE² tiles, split over images) and conv_bgrad (block tree sums, split over images): each
-//           writes per-split partial sums that conv_split_sum adds in split order (no float atomics: same
-//           inputs, same bits);
+//           4 pixels with the kernel flipped, overwriting or accumulating), conv_wgrad (the weight and the
+//           bias gradient: an implicit GEMM, WGRAD_TILE² tiles, split over images, the bias as row sums of
+//           its dy tiles): it writes per-split partial sums [dw | db] that conv_split_sum adds in split
+//           order in one launch (no float atomics: same inputs, same bits);
 //           reduce_conv_fwd: 1×1 (c_in → c_mid) + b1 → ReLU → k×k (c_mid → c_out) + b2 → ReLU in one kernel.
 //           Each block computes a tile of tile_h (4) rows of one image's reduced map, plus a halo of k/2 rows
 //           on each side (recomputed by the neighbouring tile too), into dynamic shared memory, once, and
@@ -15,6 +15,10 @@
 //           more than 48 KB of shared memory when a wide map needs it.
 // Backward needs saved: x and the weights for conv; for the fused conv also the reduced map `mid`
 //           (post-ReLU), which its backward (a sequence of the kernels above, see src/launcher/conv.rs) reads.
+// The module's ReLU backward is folded into the kernels that read dy (conv_dgrad, conv_wgrad, reduce_conv_dmid
+//           and their TF32 forms): given the forward output y (post-ReLU; null for none) they read dy where
+//           y > 0 and 0 elsewhere (relu_bwd's rule exactly, so the results are bit-identical to relu_bwd
+//           followed by the kernel), instead of a separate relu_bwd pass over the module output.
 // Write rules: dy of a branch is read in place from its channel slice; dx overwrites or accumulates (the
 //              module input is read by four branches). Grid-stride loops over elements; the gradient
 //              partials live in the launcher's scratch memory.
@@ -31,9 +35,13 @@ __device__ __forceinline__ float relu_epilogue(float pre, int relu) {
 // consecutive outputs channels o0 .. o0 + 3, summing over input channels c, then ky, then kx in order:
 // acc[j][i] += in[c, oy + ky - p, ox0 + i + kx - p] · wt[w_base + o·so + c·sc + ky·sky + kx·skx] (zero off the
 // image). Per (c, ky): 4 + K - 1 input values and 4·K weights feed 16·K FMAs. dgrad is this with the
-// kernel flipped (negative tap strides) and the channel roles swapped.
+// kernel flipped (negative tap strides) and the channel roles swapped. `mask` (null, or laid out as `in`):
+// an input value counts only where mask > 0, else it is 0 (relu_bwd's rule, applied as the value is read: the
+// module's ReLU backward folded into the kernel that first reads the gradient). A null mask is a literal at
+// every call that has none, so those kernels compile as without it.
 template <int K>
-__device__ __forceinline__ void conv_tile(float (&acc)[4][4], const float* __restrict__ in, unsigned int in_c,
+__device__ __forceinline__ void conv_tile(float (&acc)[4][4], const float* __restrict__ in,
+                                          const float* __restrict__ mask, unsigned int in_c,
                                           unsigned int h, unsigned int w, const float* __restrict__ wt,
                                           long long w_base, long long so, long long sc, long long sky,
                                           long long skx, unsigned int o0, unsigned int o_count, int oy, int ox0) {
@@ -47,10 +55,11 @@ __device__ __forceinline__ void conv_tile(float (&acc)[4][4], const float* __res
       const int sy = oy + ky - p;
       if (sy < 0 || sy >= (int)h) continue;
       const float* row = plane + (unsigned int)sy * w;
+      const float* mrow = mask ? mask + c * hw + (unsigned int)sy * w : nullptr;
       float seg[4 + K - 1];
       for (int u = 0; u < 4 + K - 1; ++u) {
         const int sx = ox0 + u - p;
-        seg[u] = (sx >= 0 && sx < (int)w) ? row[sx] : 0.0f;
+        seg[u] = (sx >= 0 && sx < (int)w && (!mrow || mrow[sx] > 0.0f)) ? row[sx] : 0.0f;
       }
       for (int kx = 0; kx < K; ++kx) {
         float wv[4];
@@ -66,16 +75,16 @@ __device__ __forceinline__ void conv_tile(float (&acc)[4][4], const float* __res
 
 // conv_tile for the runtime kernel size (1, 3 or 5).
 __device__ __forceinline__ void conv_tile_k(float (&acc)[4][4], unsigned int k, const float* __restrict__ in,
-                                            unsigned int in_c, unsigned int h, unsigned int w,
+                                            const float* __restrict__ mask, unsigned int in_c, unsigned int h, unsigned int w,
                                             const float* __restrict__ wt, long long w_base, long long so,
                                             long long sc, long long sky, long long skx, unsigned int o0,
                                             unsigned int o_count, int oy, int ox0) {
   if (k == 1)
-    conv_tile<1>(acc, in, in_c, h, w, wt, w_base, so, sc, sky, skx, o0, o_count, oy, ox0);
+    conv_tile<1>(acc, in, mask, in_c, h, w, wt, w_base, so, sc, sky, skx, o0, o_count, oy, ox0);
   else if (k == 3)
-    conv_tile<3>(acc, in, in_c, h, w, wt, w_base, so, sc, sky, skx, o0, o_count, oy, ox0);
+    conv_tile<3>(acc, in, mask, in_c, h, w, wt, w_base, so, sc, sky, skx, o0, o_count, oy, ox0);
   else
-    conv_tile<5>(acc, in, in_c, h, w, wt, w_base, so, sc, sky, skx, o0, o_count, oy, ox0);
+    conv_tile<5>(acc, in, mask, in_c, h, w, wt, w_base, so, sc, sky, skx, o0, o_count, oy, ox0);
 }
 
 // The work item of a tile kernel: (image, channel quad, row, pixel quad), pixel quads fastest so that a warp
@@ -96,19 +105,6 @@ __device__ __forceinline__ TileItem tile_item(unsigned long long t, unsigned int
   return it;
 }
 
-// Sum of one value per thread, in a fixed tree order (blockDim.x a power of two, at most 256).
-__device__ __forceinline__ float block_sum(float v, float* s) {
-  s[threadIdx.x] = v;
-  __syncthreads();
-  for (unsigned int o = blockDim.x / 2; o > 0; o >>= 1) {
-    if (threadIdx.x < o) s[threadIdx.x] += s[threadIdx.x + o];
-    __syncthreads();
-  }
-  const float total = s[0];
-  __syncthreads();
-  return total;
-}
-
 // One thread per tile item (4 output channels × 4 pixels of a row), grid-stride.
 extern "C" __global__ void conv_fwd(float* __restrict__ y,        // [n, c_total, h, w]
                                     const float* __restrict__ x,  // [n, c_in, h, w]
@@ -122,8 +118,8 @@ extern "C" __global__ void conv_fwd(float* __restrict__ y,        // [n, c_total
   for (unsigned long long t = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; t < items; t += stride) {
     const TileItem it = tile_item(t, d.c_out, d.h, d.w);
     float acc[4][4];
-    conv_tile_k(acc, d.k, x + (unsigned long long)it.img * d.c_in * hw, d.c_in, d.h, d.w, wt, 0, d.c_in * kk, kk,
-                d.k, 1, it.o0, d.c_out, it.oy, it.ox0);
+    conv_tile_k(acc, d.k, x + (unsigned long long)it.img * d.c_in * hw, nullptr, d.c_in, d.h, d.w, wt, 0,
+                d.c_in * kk, kk, d.k, 1, it.o0, d.c_out, it.oy, it.ox0);
     for (int j = 0; j < 4; ++j) {
       const unsigned int co = it.o0 + j;
       if (co >= d.c_out) continue;
@@ -135,9 +131,11 @@ extern "C" __global__ void conv_fwd(float* __restrict__ y,        // [n, c_total
 }
 
 // One thread per tile item of dx (4 input channels × 4 pixels), grid-stride: the forward tile over dy with
-// the kernel flipped and transposed.
+// the kernel flipped and transposed. y: null, or the forward output (after the module's ReLU): dy then counts
+// only where y > 0 (relu_bwd folded in, see conv_tile).
 extern "C" __global__ void conv_dgrad(float* __restrict__ dx,        // [n, c_in, h, w]
                                       const float* __restrict__ dy,  // [n, c_total, h, w], slice read
+                                      const float* __restrict__ y,   // [n, c_total, h, w], slice read, or null
                                       const float* __restrict__ wt,  // [c_out, c_in, k, k]
                                       ConvDims d, int accumulate) {
   const unsigned long long hw = (unsigned long long)d.h * d.w;
@@ -147,8 +145,9 @@ extern "C" __global__ void conv_dgrad(float* __restrict__ dx,        // [n, c_in
   for (unsigned long long t = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; t < items; t += stride) {
     const TileItem it = tile_item(t, d.c_in, d.h, d.w);
     float acc[4][4];
-    conv_tile_k(acc, d.k, dy + ((unsigned long long)it.img * d.c_total + d.c_offset) * hw, d.c_out, d.h, d.w, wt,
-                kk - 1, kk, d.c_in * kk, -(long long)d.k, -1, it.o0, d.c_in, it.oy, it.ox0);
+    const unsigned long long slice = ((unsigned long long)it.img * d.c_total + d.c_offset) * hw;
+    conv_tile_k(acc, d.k, dy + slice, y ? y + slice : nullptr, d.c_out, d.h, d.w, wt, kk - 1, kk, d.c_in * kk,
+                -(long long)d.k, -1, it.o0, d.c_in, it.oy, it.ox0);
     for (int j = 0; j < 4; ++j) {
       const unsigned int ci = it.o0 + j;
       if (ci >= d.c_in) continue;
@@ -161,13 +160,19 @@ extern "C" __global__ void conv_dgrad(float* __restrict__ dx,        // [n, c_in
 
 #define WGRAD_TK 16
 
-// The weight gradient as an implicit GEMM split over images: dw[co, col] = Σ_(img, px) dy[img, co, px] ·
-// x[img, ci, px shifted by the tap], col = (ci, ky, kx). Grid (ceil(c_in·k·k / 64), ceil(c_out / 64), splits),
-// WGRAD_THREADS (256) threads (the loader assumes 256), 64 × 64 outputs per block (4 × 4 per thread); slice z
-// covers images [z · imgs_per_split, (z + 1) · imgs_per_split) and writes its partial sums into partials[z]
-// (conv_split_sum adds the slices in order: no float atomics).
-extern "C" __global__ void conv_wgrad(float* __restrict__ partials,  // [splits, c_out, c_in·k·k]
+// The weight and bias gradients as one implicit GEMM split over images: dw[co, col] = Σ_(img, px) dy[img, co,
+// px] · x[img, ci, px shifted by the tap], col = (ci, ky, kx), and db[co] = Σ_(img, px) dy[img, co, px]. Grid
+// (ceil(c_in·k·k / 64), ceil(c_out / 64), splits), WGRAD_THREADS (256) threads (the loader assumes 256), 64 × 64
+// outputs per block (4 × 4 per thread); slice z covers images [z · imgs_per_split, (z + 1) · imgs_per_split)
+// and writes its partial sums into partials[z] = [dw [c_out, c_in·k·k] | db [c_out]] (conv_split_sum adds the
+// slices in order: no float atomics). The bias partials come from the blocks of the first column tile
+// (blockIdx.x == 0): thread i < 64 adds row i of each chunk of dy in shared memory, so db[co] of slice z is
+// the sum of dy[., co, .] over the slice's pixels taken one by one in order (image, row, column), in f32.
+// y: null, or the forward output (after the module's ReLU): dy then counts only where y > 0, in both
+// gradients (relu_bwd folded in: the same rule as the value is loaded).
+extern "C" __global__ void conv_wgrad(float* __restrict__ partials,  // [splits, c_out·(c_in·k·k + 1)]
                                       const float* __restrict__ dy,  // [n, c_total, h, w], slice read
+                                      const float* __restrict__ y,   // [n, c_total, h, w], slice read, or null
                                       const float* __restrict__ x,   // [n, c_in, h, w]
                                       ConvDims d, unsigned int imgs_per_split) {
   // as[t][i] = dy(co = i0 + i, position t of the chunk); bs[t][j] = x(col = j0 + j, position t), 0 off the
@@ -181,6 +186,9 @@ extern "C" __global__ void conv_wgrad(float* __restrict__ partials,  // [splits,
   const unsigned int img1 = img0 + imgs_per_split < d.n ? img0 + imgs_per_split : d.n;
   const unsigned int count = (img1 - img0) * hw;
   const int p = (int)d.k / 2;
+  // The bias row this thread sums (the first two warps of the first column tile's blocks: uniform per warp).
+  const bool bias_row = blockIdx.x == 0 && threadIdx.x < WGRAD_TILE;
+  float bsum = 0.0f;
   // Each thread loads the same position tt of every chunk for rows r = tid / 16 + 16q (q < 4) of both
   // operands: the per-row offsets are fixed, so only the position is decoded per chunk.
   const unsigned int tt = threadIdx.x % WGRAD_TK, rb = threadIdx.x / WGRAD_TK;
@@ -207,10 +215,11 @@ extern "C" __global__ void conv_wgrad(float* __restrict__ partials,  // [splits,
     float av[4] = {0.0f, 0.0f, 0.0f, 0.0f}, bv[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     if (t < count) {
       const unsigned int px = (unsigned int)oy * d.w + (unsigned int)ox;
-      const float* dy_img = dy + (unsigned long long)img * d.c_total * hw + px;
+      const unsigned long long dy_at = (unsigned long long)img * d.c_total * hw + px;
       const float* x_img = x + (unsigned long long)img * d.c_in * hw;
       for (int q = 0; q < 4; ++q) {
-        if (a_ok[q]) av[q] = dy_img[a_off[q]];
+        const unsigned long long at = dy_at + a_off[q];
+        if (a_ok[q] && (!y || y[at] > 0.0f)) av[q] = dy[at];
         const int sy = oy + tap_y[q], sx = ox + tap_x[q];
         if (b_ok[q] && sy >= 0 && sy < (int)d.h && sx >= 0 && sx < (int)d.w)
           bv[q] = x_img[x_off[q] + (unsigned int)sy * d.w + (unsigned int)sx];
@@ -232,9 +241,13 @@ extern "C" __global__ void conv_wgrad(float* __restrict__ partials,  // [splits,
       for (int qi = 0; qi < 4; ++qi)
         for (int qj = 0; qj < 4; ++qj) acc[qi][qj] += a4[qi] * b4[qj];
     }
+    if (bias_row) {
+#pragma unroll
+      for (unsigned int k2 = 0; k2 < WGRAD_TK; ++k2) bsum += as[k2][threadIdx.x];  // positions past count are 0
+    }
     __syncthreads();
   }
-  float* out = partials + (unsigned long long)blockIdx.z * d.c_out * cols;
+  float* out = partials + (unsigned long long)blockIdx.z * d.c_out * (cols + 1);
   for (int qi = 0; qi < 4; ++qi) {
     const unsigned int i = i0 + ty * 4 + qi;
     if (i >= d.c_out) continue;
@@ -243,28 +256,11 @@ extern "C" __global__ void conv_wgrad(float* __restrict__ partials,  // [splits,
       if (j < cols) out[(unsigned long long)i * cols + j] = acc[qi][qj];
     }
   }
+  if (bias_row && i0 + threadIdx.x < d.c_out) out[(unsigned long long)d.c_out * cols + i0 + threadIdx.x] = bsum;
 }
 
-// The bias gradient's partial sums: grid (c_out, splits), 256 threads; block (co, z) sums dy over the images of
-// slice z in a fixed tree order into partials[z, co].
-extern "C" __global__ void conv_bgrad(float* __restrict__ partials,  // [splits, c_out]
-                                      const float* __restrict__ dy,  // [n, c_total, h, w], slice read
-                                      ConvDims d, unsigned int imgs_per_split) {
-  __shared__ float s[256];
-  const unsigned int co = blockIdx.x, hw = d.h * d.w;
-  const unsigned int img0 = blockIdx.y * imgs_per_split;
-  const unsigned int img1 = img0 + imgs_per_split < d.n ? img0 + imgs_per_split : d.n;
-  const unsigned int count = (img1 - img0) * hw;
-  float acc = 0.0f;
-  for (unsigned int t = threadIdx.x; t < count; t += blockDim.x) {
-    acc += dy[((unsigned long long)(img0 + t / hw) * d.c_total + d.c_offset + co) * hw + t % hw];
-  }
-  const float total = block_sum(acc, s);
-  if (threadIdx.x == 0) partials[(unsigned long long)blockIdx.y * d.c_out + co] = total;
-}
-
-// out[i] = Σ_z partials[z · len + i], z in order (the split sums of conv_wgrad and conv_bgrad). One thread per
-// output (grid-stride).
+// out[i] = Σ_z partials[z · len + i], z in order (the split sums of conv_wgrad and conv_wgrad_tf32: the weight
+// and the bias gradients together, out = [dw | db]). One thread per output (grid-stride).
 extern "C" __global__ void conv_split_sum(float* __restrict__ out,             // [len]
                                           const float* __restrict__ partials,  // [splits, len]
                                           unsigned long long len, unsigned int splits) {
@@ -356,7 +352,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) reduce_conv_fwd(float* __re
     const int row = (int)(r0 + t % (rows * qpr) / qpr), ox0 = (int)(t % qpr) * 4;
     const unsigned int cm0 = t / (rows * qpr) * 4;
     float acc[4][4];
-    conv_tile<1>(acc, x_img, d.c_in, d.h, d.w, w1, 0, d.c_in, 1, 0, 0, cm0, d.c_mid, row, ox0);
+    conv_tile<1>(acc, x_img, nullptr, d.c_in, d.h, d.w, w1, 0, d.c_in, 1, 0, 0, cm0, d.c_mid, row, ox0);
     for (unsigned int j = 0; j < 4 && cm0 + j < d.c_mid; ++j) {
       const float bias = b1[cm0 + j];
       for (int i = 0; i < 4 && ox0 + i < (int)d.w; ++i) {
@@ -380,8 +376,10 @@ extern "C" __global__ void __launch_bounds__(256, 2) reduce_conv_fwd(float* __re
 
 // The fused conv's backward through its k×k conv and the reduce ReLU: dpre = (w2ᵀ ⊛ dy) where mid > 0, else
 // 0 (conv_dgrad's tile with the mask of the saved reduced map). One thread per tile item of [n, c_mid, h, w].
+// y: null, or the fused conv's output (after its ReLU): dy then counts only where y > 0 (as conv_dgrad's).
 extern "C" __global__ void reduce_conv_dmid(float* __restrict__ dpre,       // [n, c_mid, h, w]
                                             const float* __restrict__ dy,   // [n, c_total, h, w], slice read
+                                            const float* __restrict__ y,    // [n, c_total, h, w], slice read, or null
                                             const float* __restrict__ w2,   // [c_out, c_mid, k, k]
                                             const float* __restrict__ mid,  // [n, c_mid, h, w] saved
                                             ReduceDims d) {
@@ -392,8 +390,9 @@ extern "C" __global__ void reduce_conv_dmid(float* __restrict__ dpre,       // [
   for (unsigned long long t = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; t < items; t += stride) {
     const TileItem it = tile_item(t, d.c_mid, d.h, d.w);
     float acc[4][4];
-    conv_tile_k(acc, d.k, dy + ((unsigned long long)it.img * d.c_total + d.c_offset) * hw, d.c_out, d.h, d.w, w2,
-                kk - 1, kk, d.c_mid * kk, -(long long)d.k, -1, it.o0, d.c_mid, it.oy, it.ox0);
+    const unsigned long long slice = ((unsigned long long)it.img * d.c_total + d.c_offset) * hw;
+    conv_tile_k(acc, d.k, dy + slice, y ? y + slice : nullptr, d.c_out, d.h, d.w, w2, kk - 1, kk, d.c_mid * kk,
+                -(long long)d.k, -1, it.o0, d.c_mid, it.oy, it.ox0);
     for (int j = 0; j < 4; ++j) {
       const unsigned int cm = it.o0 + j;
       if (cm >= d.c_mid) continue;
@@ -408,8 +407,8 @@ extern "C" __global__ void reduce_conv_dmid(float* __restrict__ dpre,       // [
 // The tensor-core (TF32) convs: conv_fwd_tf32, conv_dgrad_tf32, conv_wgrad_tf32 compute what conv_fwd,
 // conv_dgrad, conv_wgrad compute (same arguments, same launch semantics) as implicit GEMMs on mma.sync m16n8k8
 // (mma.cuh): every operand element goes through tf32_bits (cvt.rna) as it is read from shared memory into a
-// fragment, and the products accumulate in f32. Bias, ReLU, the accumulate of dgrad and the split sum of wgrad
-// (conv_split_sum) stay f32.
+// fragment, and the products accumulate in f32. Bias, ReLU, the accumulate of dgrad, the bias gradient of wgrad
+// (a sum of unrounded dy) and its split sum (conv_split_sum) stay f32.
 //
 // A block of CONV_TC_THREADS (128) threads computes a CONV_TC_BM × CONV_TC_BN (32 × 128) tile; warp w owns
 // columns [32w, 32w + 32) of it, all 32 rows (2 × 4 tiles of 16 × 8, 32 accumulators a thread). The
@@ -478,7 +477,9 @@ __device__ __forceinline__ unsigned int tc_col(int nt, int e) {
 //   dgrad:   m = input channel, src = dy's slice (c_out channels), A(ci, (co, tap)) = wt[co, ci, flipped tap]
 //            (conv_dgrad's flipped, transposed kernel); with MASK (reduce_conv_dmid_tf32, the fused conv's k×k
 //            with c_in = c_mid) the result goes through the reduce ReLU: kept where aux (the saved mid) > 0.
-// aux: the bias of the forward, the saved reduced map of MASK, unused by plain dgrad.
+// aux: the bias of the forward, the saved reduced map of MASK, unused by plain dgrad. ymask (dgrad only; null,
+// or the forward output laid out as dy): a gathered dy value counts only where ymask > 0, else it is 0
+// (relu_bwd folded in, as conv_tile does).
 // Grid (ceil(n·h·w / 128), ceil(rows / 32)): block (x, y) computes channels [32y, 32y + 32) of pixels
 // [128x, 128x + 128) counted over all images. Thread i gathers pixel 128x + i of every B step (its image
 // position decoded once) and 4 consecutive k of row i / 4 of every A step.
@@ -489,7 +490,8 @@ __device__ __forceinline__ unsigned int tc_col(int nt, int e) {
 // through registers, loaded before the current step's mma and stored to shared memory after them.
 template <int K, bool DGRAD, bool MASK>
 __device__ __forceinline__ void conv_tc_body(float* __restrict__ out, const float* __restrict__ src,
-                                             const float* __restrict__ wt, const float* __restrict__ aux,
+                                             const float* __restrict__ ymask, const float* __restrict__ wt,
+                                             const float* __restrict__ aux,
                                              const ConvDims& d, int flag, float (*as)[CONV_TC_BM][TC_AROW],
                                              float (*bs)[CONV_TC_BK][TC_BROW]) {
   constexpr int KK = K * K, P = K / 2;
@@ -504,8 +506,10 @@ __device__ __forceinline__ void conv_tc_body(float* __restrict__ out, const floa
   const bool p_ok = pb < pixels;
   const unsigned int b_img = p_ok ? (unsigned int)(pb / hw) : 0, b_pix = p_ok ? (unsigned int)(pb % hw) : 0;
   const int oy = (int)(b_pix / d.w), ox = (int)(b_pix % d.w);
-  const float* src_img =
-      src + (DGRAD ? ((unsigned long long)b_img * d.c_total + d.c_offset) * hw : (unsigned long long)b_img * d.c_in * hw);
+  const unsigned long long src_off =
+      DGRAD ? ((unsigned long long)b_img * d.c_total + d.c_offset) * hw : (unsigned long long)b_img * d.c_in * hw;
+  const float* src_img = src + src_off;
+  const float* mask_img = ymask ? ymask + src_off : nullptr;
   // The running position (c, ky, kx) of the next B row this thread gathers: rows are gathered in order.
   unsigned int bc = 0;
   int bky = 0, bkx = 0;
@@ -520,7 +524,8 @@ __device__ __forceinline__ void conv_tc_body(float* __restrict__ out, const floa
       float v = 0.0f;
       if (p_ok && bc < in_c) {
         const int sy = oy + bky - P, sx = ox + bkx - P;
-        if (sy >= 0 && sy < (int)d.h && sx >= 0 && sx < (int)d.w) v = src_img[bc * hw + (unsigned int)sy * d.w + sx];
+        const unsigned int at = bc * hw + (unsigned int)sy * d.w + sx;
+        if (sy >= 0 && sy < (int)d.h && sx >= 0 && sx < (int)d.w && (!mask_img || mask_img[at] > 0.0f)) v = src_img[at];
       }
       bv[q] = v;
       if (++bkx == K) {
@@ -601,16 +606,16 @@ __device__ __forceinline__ void conv_tc_body(float* __restrict__ out, const floa
 
 template <bool DGRAD, bool MASK>
 __device__ __forceinline__ void conv_tc(float* __restrict__ out, const float* __restrict__ src,
-                                        const float* __restrict__ wt, const float* __restrict__ aux,
-                                        const ConvDims& d, int flag) {
+                                        const float* __restrict__ ymask, const float* __restrict__ wt,
+                                        const float* __restrict__ aux, const ConvDims& d, int flag) {
   __shared__ __align__(16) float as[2][CONV_TC_BM][TC_AROW];
   __shared__ __align__(16) float bs[2][CONV_TC_BK][TC_BROW];
   if (d.k == 1)
-    conv_tc_body<1, DGRAD, MASK>(out, src, wt, aux, d, flag, as, bs);
+    conv_tc_body<1, DGRAD, MASK>(out, src, ymask, wt, aux, d, flag, as, bs);
   else if (d.k == 3)
-    conv_tc_body<3, DGRAD, MASK>(out, src, wt, aux, d, flag, as, bs);
+    conv_tc_body<3, DGRAD, MASK>(out, src, ymask, wt, aux, d, flag, as, bs);
   else
-    conv_tc_body<5, DGRAD, MASK>(out, src, wt, aux, d, flag, as, bs);
+    conv_tc_body<5, DGRAD, MASK>(out, src, ymask, wt, aux, d, flag, as, bs);
 }
 
 // conv_fwd on the tensor cores (TF32). Grid (ceil(n·h·w / CONV_TC_BN), ceil(c_out / CONV_TC_BM)).
@@ -619,27 +624,32 @@ extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) conv_fwd_tf32(floa
                                                                           const float* __restrict__ wt, // [c_out, c_in, k, k]
                                                                           const float* __restrict__ b,  // [c_out]
                                                                           ConvDims d, int relu) {
-  conv_tc<false, false>(y, x, wt, b, d, relu);
+  conv_tc<false, false>(y, x, nullptr, wt, b, d, relu);
 }
 
 // conv_dgrad on the tensor cores (TF32). Grid (ceil(n·h·w / CONV_TC_BN), ceil(c_in / CONV_TC_BM)).
 extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) conv_dgrad_tf32(float* __restrict__ dx,        // [n, c_in, h, w]
                                                                             const float* __restrict__ dy,  // [n, c_total, h, w], slice read
+                                                                            const float* __restrict__ y,   // [n, c_total, h, w], slice read, or null
                                                                             const float* __restrict__ wt,  // [c_out, c_in, k, k]
                                                                             ConvDims d, int accumulate) {
-  conv_tc<true, false>(dx, dy, wt, nullptr, d, accumulate);
+  conv_tc<true, false>(dx, dy, y, wt, nullptr, d, accumulate);
 }
 
 // The weight gradient as an implicit GEMM: dw(co, col) = Σ_p dy[img(p), c_offset + co, pix(p)] · X(col, p),
 // col = (ci, ky, kx), X the im2col of x, p over the pixels of the images [z · imgs_per_split, ...) of split z.
-// Grid (ceil(c_in·K² / 128), ceil(c_out / 32), splits); block (x, y, z) writes its tile of partials[z].
+// Grid (ceil(c_in·K² / 128), ceil(c_out / 32), splits); block (x, y, z) writes its tile of partials[z] =
+// [dw | db] (conv_wgrad's layout). The bias gradient stays f32 (dy unrounded): in the blocks of the first
+// column tile (blockIdx.x == 0) lane r of warp 0 adds row r of each step's dy tile from shared memory, so db of
+// slice z sums the slice's pixels one by one in order, as conv_wgrad's does.
 // Thread i loads 4 consecutive pixels of dy row i / 4 per step (cp.async16 when h·w is a multiple of 4 and dy
 // is 16-byte aligned: a group then never straddles an image, and the split's pixel count is a multiple of 4;
 // else scalars through registers) and gathers pixel i % 16 of 16 consecutive columns 16·(i / 16) + q (x is
 // shifted by the tap and zero off the image: single floats, through registers).
 template <int K>
 __device__ __forceinline__ void conv_wgrad_tc_body(float* __restrict__ partials, const float* __restrict__ dy,
-                                                   const float* __restrict__ x, const ConvDims& d,
+                                                   const float* __restrict__ y, const float* __restrict__ x,
+                                                   const ConvDims& d,
                                                    unsigned int imgs_per_split, float (*as)[CONV_TC_BM][TC_AROW],
                                                    float (*bs)[CONV_TC_BN][TC_AROW]) {
   constexpr int KK = K * K, P = K / 2;
@@ -650,8 +660,11 @@ __device__ __forceinline__ void conv_wgrad_tc_body(float* __restrict__ partials,
   const unsigned int count = (img1 - img0) * hw, steps = (count + CONV_TC_BK - 1) / CONV_TC_BK;
   // A: row ar (output channel am), pixels akq .. akq + 3 of each step.
   const unsigned int ar = threadIdx.x / 4, akq = threadIdx.x % 4 * 4, am = m0 + ar;
-  const bool a_async = hw % 4 == 0 && ((unsigned long long)dy & 15) == 0;
-  const float* dy_row = dy + (unsigned long long)(d.c_offset + am) * hw;  // image 0's plane of channel am
+  // With a mask (y) every dy value is checked as it is loaded: through registers, never cp.async.
+  const bool a_async = !y && hw % 4 == 0 && ((unsigned long long)dy & 15) == 0;
+  const unsigned long long row_off = (unsigned long long)(d.c_offset + am) * hw;  // image 0's plane of channel am
+  const float* dy_row = dy + row_off;
+  const float* y_row = y ? y + row_off : nullptr;
   // B: pixel bk of each step, columns bn0 .. bn0 + 15 (their (ci, ky, kx) decoded once).
   const unsigned int bk = threadIdx.x % CONV_TC_BK, bn0 = threadIdx.x / CONV_TC_BK * 16, col0 = j0 + bn0;
   const unsigned int ci0 = col0 / KK;
@@ -697,9 +710,8 @@ __device__ __forceinline__ void conv_wgrad_tc_body(float* __restrict__ partials,
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
         const unsigned int tu = t + u;
-        av[u] = am < d.c_out && tu < count
-                    ? dy_row[(unsigned long long)(img0 + tu / hw) * d.c_total * hw + tu % hw]
-                    : 0.0f;
+        const unsigned long long at = (unsigned long long)(img0 + tu / hw) * d.c_total * hw + tu % hw;
+        av[u] = am < d.c_out && tu < count && (!y_row || y_row[at] > 0.0f) ? dy_row[at] : 0.0f;
       }
     }
   };
@@ -709,6 +721,8 @@ __device__ __forceinline__ void conv_wgrad_tc_body(float* __restrict__ partials,
     if (!a_async) *reinterpret_cast<float4*>(&as[buf][ar][akq]) = make_float4(av[0], av[1], av[2], av[3]);
   };
   float acc[2][4][4] = {};
+  const bool bias_row = blockIdx.x == 0 && threadIdx.x < CONV_TC_BM;  // warp 0 of the first column tile
+  float bsum = 0.0f;
   if (steps > 0) {  // uniform
     load(0, 0);
     stash(0);
@@ -720,11 +734,16 @@ __device__ __forceinline__ void conv_wgrad_tc_body(float* __restrict__ partials,
     const bool more = s + 1 < steps;  // uniform
     if (more) load(s + 1, nxt);
     tc_step<true>(acc, as[cur], &bs[cur][0][0]);
+    if (bias_row) {
+#pragma unroll
+      for (int k = 0; k < CONV_TC_BK; ++k) bsum += as[cur][threadIdx.x][k];  // positions past count are 0
+    }
     if (more) stash(nxt);
     cp_async_wait_all();
     __syncthreads();
   }
-  float* out = partials + (unsigned long long)blockIdx.z * d.c_out * cols;
+  float* out = partials + (unsigned long long)blockIdx.z * d.c_out * (cols + 1);
+  if (bias_row && m0 + threadIdx.x < d.c_out) out[(unsigned long long)d.c_out * cols + m0 + threadIdx.x] = bsum;
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
@@ -736,19 +755,20 @@ __device__ __forceinline__ void conv_wgrad_tc_body(float* __restrict__ partials,
       }
 }
 
-// conv_wgrad on the tensor cores (TF32): split partials as conv_wgrad's, summed by conv_split_sum.
-extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) conv_wgrad_tf32(float* __restrict__ partials,  // [splits, c_out, c_in·k·k]
+// conv_wgrad on the tensor cores (TF32): split partials [dw | db] as conv_wgrad's, summed by conv_split_sum.
+extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) conv_wgrad_tf32(float* __restrict__ partials,  // [splits, c_out·(c_in·k·k + 1)]
                                                                             const float* __restrict__ dy,  // [n, c_total, h, w], slice read
+                                                                            const float* __restrict__ y,   // [n, c_total, h, w], slice read, or null
                                                                             const float* __restrict__ x,   // [n, c_in, h, w]
                                                                             ConvDims d, unsigned int imgs_per_split) {
   __shared__ __align__(16) float as[2][CONV_TC_BM][TC_AROW];
   __shared__ __align__(16) float bs[2][CONV_TC_BN][TC_AROW];
   if (d.k == 1)
-    conv_wgrad_tc_body<1>(partials, dy, x, d, imgs_per_split, as, bs);
+    conv_wgrad_tc_body<1>(partials, dy, y, x, d, imgs_per_split, as, bs);
   else if (d.k == 3)
-    conv_wgrad_tc_body<3>(partials, dy, x, d, imgs_per_split, as, bs);
+    conv_wgrad_tc_body<3>(partials, dy, y, x, d, imgs_per_split, as, bs);
   else
-    conv_wgrad_tc_body<5>(partials, dy, x, d, imgs_per_split, as, bs);
+    conv_wgrad_tc_body<5>(partials, dy, y, x, d, imgs_per_split, as, bs);
 }
 
 // reduce_conv_dmid on the tensor cores (TF32): conv_dgrad_tf32's GEMM over the fused conv's k×k (c_mid input
@@ -756,11 +776,12 @@ extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) conv_wgrad_tf32(fl
 // CONV_TC_BM)).
 extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) reduce_conv_dmid_tf32(float* __restrict__ dpre,       // [n, c_mid, h, w]
                                                                                   const float* __restrict__ dy,   // [n, c_total, h, w], slice read
+                                                                                  const float* __restrict__ y,    // [n, c_total, h, w], slice read, or null
                                                                                   const float* __restrict__ w2,   // [c_out, c_mid, k, k]
                                                                                   const float* __restrict__ mid,  // [n, c_mid, h, w] saved
                                                                                   ReduceDims rd) {
   const ConvDims d = {rd.n, rd.c_mid, rd.c_out, rd.h, rd.w, rd.k, rd.c_total, rd.c_offset};
-  conv_tc<true, true>(dpre, dy, w2, mid, d, 0);
+  conv_tc<true, true>(dpre, dy, y, w2, mid, d, 0);
 }
 
 // The fused reduce conv forward on the tensor cores (TF32): reduce_conv_fwd's blocks, tiles and shared

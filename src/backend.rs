@@ -17,8 +17,9 @@ use crate::shape::ReduceConvShape;
 use crate::{Error, Result};
 
 /// The kernel methods of [`Backend`], each declared once: its docs, name and parameters. A parameter is
-/// `out name` (a writable view), `inp name` (a view), `outs3 name` (three writable views), `labels name` (a
-/// label buffer: class labels, or the device step counter), `labels_out name` (a writable one) or
+/// `out name` (a writable view), `inp name` (a view), `opt name` (an optional view: a null pointer for the
+/// kernel when `None`), `outs3 name` (three writable views), `labels name` (a label buffer: class labels, or
+/// the device step counter), `labels_out name` (a writable one) or
 /// `val name: Type`. `for_each_kernel!(m)` hands the whole list to the macro `m`:
 /// [`declare_kernels`] writes the trait's methods, `forward_to_twins` the CPU backend's (each calls
 /// `crate::cpu::<name>`), `forward_to_launchers` a driver's (each calls `crate::launcher::<name>`).
@@ -33,12 +34,12 @@ macro_rules! for_each_kernel {
             fn add_fwd(out y, inp a, inp b);
             /// Convolution into a channel slice, optional ReLU epilogue (see [`crate::cpu::conv_fwd`]).
             fn conv_fwd(out y, inp x, inp w, inp b, val s: &$crate::shape::ConvShape, val relu: bool);
-            /// Input gradient of a conv, overwriting or accumulating (see [`crate::cpu::conv_dgrad`]).
-            fn conv_dgrad(out dx, inp dy, inp w, val s: &$crate::shape::ConvShape, val accumulate: bool);
-            /// Weight gradient of a conv (see [`crate::cpu::conv_wgrad`]).
-            fn conv_wgrad(out dw, inp dy, inp x, val s: &$crate::shape::ConvShape);
-            /// Bias gradient of a conv (see [`crate::cpu::conv_bgrad`]).
-            fn conv_bgrad(out db, inp dy, val s: &$crate::shape::ConvShape);
+            /// Input gradient of a conv, overwriting or accumulating; with `y` (the conv's output after a ReLU)
+            /// `dy` counts only where `y > 0`, the ReLU's backward folded in (see [`crate::cpu::conv_dgrad`]).
+            fn conv_dgrad(out dx, inp dy, opt y, inp w, val s: &$crate::shape::ConvShape, val accumulate: bool);
+            /// Weight and bias gradients of a conv into `dwdb = [dw | db]`, `dy` masked by `y` as in
+            /// `conv_dgrad` (see [`crate::cpu::conv_wgrad`]).
+            fn conv_wgrad(out dwdb, inp dy, opt y, inp x, val s: &$crate::shape::ConvShape);
             /// The fused reduce conv forward; `mid` receives the reduced map (see
             /// [`crate::cpu::reduce_conv_fwd`]). `params` is `[w1 | b1 | w2 | b2]`, contiguous as in the flat
             /// parameter buffer.
@@ -46,9 +47,10 @@ macro_rules! for_each_kernel {
             /// The fused reduce conv backward (see [`crate::cpu::reduce_conv_bwd`]); `dparams` receives
             /// `[dw1 | db1 | dw2 | db2]`, `params` is `[w1 | b1 | w2 | b2]`; `scratch [n, c_mid, h, w]` is
             /// working memory (a backend that needs none only checks its length), so the pass allocates
-            /// nothing.
+            /// nothing. With `y` (its output, after its ReLU) `dy` is the gradient of `y` and counts only where
+            /// `y > 0`; without, `dy` is the gradient before that ReLU.
             fn reduce_conv_bwd(
-                out dx, out dparams, out scratch, inp dy, inp x, inp mid, inp params,
+                out dx, out dparams, out scratch, inp dy, opt y, inp x, inp mid, inp params,
                 val s: &$crate::shape::ReduceConvShape, val accumulate: bool
             );
             /// 3×3 stride-1 max pooling (see [`crate::cpu::maxpool3x3s1_fwd`]).
@@ -131,6 +133,7 @@ pub(crate) use for_each_kernel;
 macro_rules! kernel_param {
     (out) => { &mut Self::ViewMut<'_> };
     (inp) => { &Self::View<'_> };
+    (opt) => { Option<&Self::View<'_>> };
     (outs3) => { [&mut Self::ViewMut<'_>; 3] };
     (labels) => { &Self::Labels };
     (labels_out) => { &mut Self::Labels };
@@ -170,6 +173,9 @@ macro_rules! twin_arg {
     };
     (inp $a:ident) => {
         *$a
+    };
+    (opt $a:ident) => {
+        $a.map(|v| *v)
     };
     (outs3 $a:ident) => {
         $a.map(|v| &mut **v)

@@ -150,8 +150,6 @@ pub(crate) fn softmax_plan(
     )))
 }
 
-/// Threads per block of `conv_bgrad` (one block per output channel and image split, a fixed-order tree sum).
-pub const REDUCE_BLOCK: u32 = 256;
 /// At most this many image splits in the conv weight and bias gradients (their partials are summed in order).
 pub const WGRAD_MAX_SPLITS: u32 = 64;
 /// Output channels per block of `reduce_conv_fwd`.
@@ -224,9 +222,10 @@ impl ConvDims {
         self.n.div_ceil(self.imgs_per_split())
     }
 
-    /// Floats of the weight gradient's split partials: `[splits, c_out, c_in·k·k]`.
+    /// Floats of the weight and bias gradients' split partials: `[splits, c_out·c_in·k·k + c_out]`
+    /// (each split's `[dw | db]`).
     pub fn wgrad_partials_len(&self) -> usize {
-        self.splits() as usize * self.c_out as usize * (self.c_in * self.k * self.k) as usize
+        self.splits() as usize * self.c_out as usize * (self.c_in * self.k * self.k + 1) as usize
     }
 
     /// conv_wgrad: `WGRAD_TILE`² tiles of `[c_out, c_in·k·k]`, one grid z-slice per image split (None if empty).
@@ -303,18 +302,6 @@ impl ConvDims {
                 op,
                 reason: format!("{rows} × {cols} outputs exceed CUDA's grid limits"),
             })
-    }
-
-    /// conv_bgrad: one block per (output channel, image split) (None if empty).
-    pub fn bgrad(&self) -> Option<LaunchDims> {
-        if self.n == 0 || self.c_out == 0 {
-            return None;
-        }
-        Some(LaunchDims::new(
-            [self.c_out, self.splits(), 1],
-            REDUCE_BLOCK,
-            0,
-        ))
     }
 }
 

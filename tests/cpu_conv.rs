@@ -120,9 +120,8 @@ fn conv_backward_passes_match_finite_differences() {
         let mut dx = vec![0.0; x.len()];
         let mut dw = vec![0.0; w.len()];
         let mut db = vec![0.0; b.len()];
-        cpu::conv_dgrad(&mut dx, &r, &w, &s, false).unwrap();
-        cpu::conv_wgrad(&mut dw, &r, &x, &s).unwrap();
-        cpu::conv_bgrad(&mut db, &r, &s).unwrap();
+        cpu::conv_dgrad(&mut dx, &r, None, &w, &s, false).unwrap();
+        wgrad_bgrad(&mut dw, &mut db, &r, &x, &s);
         gradcheck(
             &format!("conv_dgrad {s:?}"),
             &x,
@@ -142,7 +141,7 @@ fn conv_backward_passes_match_finite_differences() {
             |w| loss(&x, w, &b),
         );
         gradcheck(
-            &format!("conv_bgrad {s:?}"),
+            &format!("conv_wgrad (bias) {s:?}"),
             &b,
             &db,
             1e-2,
@@ -153,7 +152,7 @@ fn conv_backward_passes_match_finite_differences() {
         // accumulate adds the same result to what dx held.
         let mut acc = uniform(8, x.len());
         let before = acc.clone();
-        cpu::conv_dgrad(&mut acc, &r, &w, &s, true).unwrap();
+        cpu::conv_dgrad(&mut acc, &r, None, &w, &s, true).unwrap();
         let want: Vec<f32> = before.iter().zip(&dx).map(|(a, d)| a + d).collect();
         assert_close("conv_dgrad accumulate", &acc, &want, 1e-6, 1e-6);
     }
@@ -241,6 +240,7 @@ fn fused_bwd(p: &Params, s: &ReduceConvShape, dy: &[f32], mid: &[f32]) -> [Vec<f
         &mut dblock,
         &mut scratch,
         dy,
+        None,
         &p.x,
         mid,
         &block,
@@ -287,9 +287,8 @@ fn fused_reduce_conv_matches_the_composed_convs() {
             vec![0.0; s.c_out],
             vec![0.0; mid.len()],
         );
-        cpu::conv_wgrad(&mut dw2, &dy, &mid_ref, &s.conv()).unwrap();
-        cpu::conv_bgrad(&mut db2, &dy, &s.conv()).unwrap();
-        cpu::conv_dgrad(&mut dmid, &dy, &p.w2, &s.conv(), false).unwrap();
+        wgrad_bgrad(&mut dw2, &mut db2, &dy, &mid_ref, &s.conv());
+        cpu::conv_dgrad(&mut dmid, &dy, None, &p.w2, &s.conv(), false).unwrap();
         let mut dpre = vec![0.0; mid.len()];
         cpu::relu_bwd(&mut dpre, &dmid, &mid_ref).unwrap();
         let (mut dw1, mut db1, mut dx) = (
@@ -297,9 +296,8 @@ fn fused_reduce_conv_matches_the_composed_convs() {
             vec![0.0; s.c_mid],
             vec![0.0; p.x.len()],
         );
-        cpu::conv_wgrad(&mut dw1, &dpre, &p.x, &s.reduce()).unwrap();
-        cpu::conv_bgrad(&mut db1, &dpre, &s.reduce()).unwrap();
-        cpu::conv_dgrad(&mut dx, &dpre, &p.w1, &s.reduce(), false).unwrap();
+        wgrad_bgrad(&mut dw1, &mut db1, &dpre, &p.x, &s.reduce());
+        cpu::conv_dgrad(&mut dx, &dpre, None, &p.w1, &s.reduce(), false).unwrap();
         for (what, got, want) in [
             ("dx", &g[0], &dx),
             ("dw1", &g[1], &dw1),
@@ -403,14 +401,13 @@ fn weight_gradients_do_not_depend_on_the_thread_count() {
             .unwrap();
         pool.install(|| {
             let (mut dw, mut db) = (vec![0.0; s.c_out * s.c_in * 9], vec![0.0; s.c_out]);
-            cpu::conv_wgrad(&mut dw, &dy, &x, &s).unwrap();
-            cpu::conv_bgrad(&mut db, &dy, &s).unwrap();
+            wgrad_bgrad(&mut dw, &mut db, &dy, &x, &s);
             (dw, db)
         })
     };
     let (one, three) = (run(1), run(3));
     assert_bits_eq("conv_wgrad 1 vs 3 threads", &one.0, &three.0);
-    assert_bits_eq("conv_bgrad 1 vs 3 threads", &one.1, &three.1);
+    assert_bits_eq("conv_wgrad (bias) 1 vs 3 threads", &one.1, &three.1);
 }
 
 #[test]
@@ -450,4 +447,12 @@ fn conv_twins_reject_bad_shapes_and_buffers() {
         err.to_string().contains("fused reduce conv kernel size 1"),
         "{err}"
     );
+}
+
+/// `conv_wgrad`'s `[dw | db]` into `dw` and `db`.
+fn wgrad_bgrad(dw: &mut [f32], db: &mut [f32], dy: &[f32], x: &[f32], s: &ConvShape) {
+    let mut dwdb = vec![0.0; dw.len() + db.len()];
+    cpu::conv_wgrad(&mut dwdb, dy, None, x, s).unwrap();
+    dw.copy_from_slice(&dwdb[..dw.len()]);
+    db.copy_from_slice(&dwdb[dw.len()..]);
 }

@@ -410,24 +410,31 @@ fn conv_gradients_of_an_empty_batch_are_zero() {
     for order in ORDERS {
         let b = EmuBackend { order };
         for backend_name in ["cpu", "emulated"] {
-            let (mut dw, mut db) = (vec![f32::NAN; wl], vec![f32::NAN; 4]);
+            let mut dwdb = vec![f32::NAN; wl + 4];
             let (dy, x): (Vec<f32>, Vec<f32>) = (Vec::new(), Vec::new());
             if backend_name == "cpu" {
                 CpuBackend
-                    .conv_wgrad(&mut dw.as_mut_slice(), &dy.as_slice(), &x.as_slice(), &s)
-                    .unwrap();
-                CpuBackend
-                    .conv_bgrad(&mut db.as_mut_slice(), &dy.as_slice(), &s)
+                    .conv_wgrad(
+                        &mut dwdb.as_mut_slice(),
+                        &dy.as_slice(),
+                        None,
+                        &x.as_slice(),
+                        &s,
+                    )
                     .unwrap();
             } else {
-                b.conv_wgrad(&mut dw.as_mut_slice(), &dy.as_slice(), &x.as_slice(), &s)
-                    .unwrap();
-                b.conv_bgrad(&mut db.as_mut_slice(), &dy.as_slice(), &s)
-                    .unwrap();
+                b.conv_wgrad(
+                    &mut dwdb.as_mut_slice(),
+                    &dy.as_slice(),
+                    None,
+                    &x.as_slice(),
+                    &s,
+                )
+                .unwrap();
             }
             assert!(
-                dw.iter().chain(&db).all(|&v| v == 0.0),
-                "{backend_name} {order:?}: {dw:?} {db:?}"
+                dwdb.iter().all(|&v| v == 0.0),
+                "{backend_name} {order:?}: {dwdb:?}"
             );
         }
     }
@@ -1312,5 +1319,106 @@ fn emulated_device_counter_kernels_equal_the_by_value_launches() {
     ] {
         let err = err.unwrap_err().to_string();
         assert!(err.contains("step 10 of a table of 9 rows"), "{err}");
+    }
+}
+
+/// The ReLU backward folded into the kernels that read the gradient (the default plan: the branches' dgrad,
+/// wgrad and the fused conv's first kernels read dy where the module output y > 0) gives the bits of the
+/// unfolded plan (`TrainOptions::separate_relu_bwd`: a relu_bwd pass over each module output, then the
+/// kernels without a mask), on the emulated kernels and on the twins, in both precisions: the loss, every
+/// gradient of `forward_backward`, and the parameters after a step. The folded plan has one launch fewer per
+/// module (its ReLU's backward pass).
+#[test]
+fn the_folded_relu_backward_gives_the_unfolded_steps_bits() {
+    use inception_cuda::graph::{Params, Plan, Precision, TrainOptions};
+    type Run = (f32, Vec<f32>, Vec<f32>, usize);
+    fn run<B: inception_cuda::Backend>(b: B, precision: Precision, separate: bool) -> Run {
+        let (cfg, images) = small_net(54);
+        let def = cfg.graph().unwrap();
+        let b = std::sync::Arc::new(b);
+        let mut params = Params::new(b.clone(), &def.graph, 7).unwrap();
+        let opts = TrainOptions {
+            precision,
+            separate_relu_bwd: separate,
+            ..TrainOptions::default()
+        };
+        let mut plan = Plan::train_with(b, &def.graph, 3, &opts).unwrap();
+        plan.set_input("images", &images).unwrap();
+        plan.set_labels(&[4, 0, 6]).unwrap();
+        plan.forward_backward(&mut params).unwrap();
+        let grads = params
+            .table()
+            .iter()
+            .flat_map(|e| params.grad(&e.name).unwrap())
+            .collect();
+        let loss = plan.loss().unwrap();
+        plan.step(&mut params, 1e-3).unwrap();
+        (loss, grads, params.values().unwrap(), plan.launches())
+    }
+    let check = |what: &str, folded: Run, unfolded: Run| {
+        assert_eq!(folded.0.to_bits(), unfolded.0.to_bits(), "{what}: loss");
+        common::assert_bits_eq(&format!("{what}: gradients"), &folded.1, &unfolded.1);
+        common::assert_bits_eq(&format!("{what}: after Adam"), &folded.2, &unfolded.2);
+        assert_eq!(folded.3 + 2, unfolded.3, "{what}: launches (two modules)");
+    };
+    for precision in [Precision::Fp32, Precision::Tf32] {
+        let emu = || EmuBackend {
+            order: ThreadOrder::Forward,
+        };
+        check(
+            &format!("emulated {precision:?}"),
+            run(emu(), precision, false),
+            run(emu(), precision, true),
+        );
+        check(
+            &format!("cpu {precision:?}"),
+            run(CpuBackend, precision, false),
+            run(CpuBackend, precision, true),
+        );
+    }
+}
+
+/// The kernels that fold the ReLU backward in (conv_dgrad, conv_wgrad, the fused conv's backward; fp32 and
+/// TF32) given the forward output `y` equal `relu_bwd` into a buffer followed by the same kernel without it,
+/// bit for bit, on the emulator and the twins: `y` holds positives, negatives, +0, -0 and NaN (only y > 0
+/// passes dy, as relu_bwd's rule), and the mask changes every result (so it is applied at all).
+#[test]
+fn kernels_with_the_relu_mask_equal_relu_bwd_then_the_kernel() {
+    use common::kernels::{masked_grads_on, relu_mask_inputs, MASK_SHAPES};
+    use inception_cuda::shape::Precision;
+    let emu = EmuBackend {
+        order: ThreadOrder::Reverse,
+    };
+    for precision in [Precision::Fp32, Precision::Tf32] {
+        let (s, rs) = MASK_SHAPES;
+        let (s, rs) = (&s.with_precision(precision), &rs.with_precision(precision));
+        let (dy, y, g) = relu_mask_inputs(s.y_len("t").unwrap());
+        let names = ["dx", "[dw | db]", "fused dx", "fused dparams"];
+        for (backend, folded, unfolded, plain) in [
+            (
+                "emulated",
+                masked_grads_on(&emu, s, rs, &dy, Some(&y)),
+                masked_grads_on(&emu, s, rs, &g, None),
+                masked_grads_on(&emu, s, rs, &dy, None),
+            ),
+            (
+                "cpu",
+                masked_grads_on(&CpuBackend, s, rs, &dy, Some(&y)),
+                masked_grads_on(&CpuBackend, s, rs, &g, None),
+                masked_grads_on(&CpuBackend, s, rs, &dy, None),
+            ),
+        ] {
+            for (i, name) in names.iter().enumerate() {
+                common::assert_bits_eq(
+                    &format!("{backend} {precision:?} {name}: masked vs relu_bwd first"),
+                    &folded[i],
+                    &unfolded[i],
+                );
+                assert!(
+                    folded[i].iter().zip(&plain[i]).any(|(a, b)| a != b),
+                    "{backend} {precision:?} {name}: the mask changed nothing"
+                );
+            }
+        }
     }
 }

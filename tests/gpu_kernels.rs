@@ -420,3 +420,37 @@ fn gpu_linear_bwd_adam_at_fc1_shape_is_dgrad_then_wgrad_adam() {
         }
     }
 }
+
+/// The kernels with the module's ReLU backward folded in (conv_dgrad, conv_wgrad and the fused conv's
+/// backward, fp32 and TF32) given `y` equal `relu_bwd` first, then the same kernels without it, bit for bit
+/// on the GPU (masking is exact); and the masked twins within the weight gradients' tolerance.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn small_gpu_relu_mask_equals_relu_bwd_first() {
+    use common::kernels::{masked_grads_on, relu_mask_inputs, MASK_SHAPES};
+    use inception_cuda::shape::Precision;
+    for precision in [Precision::Fp32, Precision::Tf32] {
+        let (s, rs) = MASK_SHAPES;
+        let (s, rs) = (&s.with_precision(precision), &rs.with_precision(precision));
+        let (dy, y, g) = relu_mask_inputs(s.y_len("t").unwrap());
+        let (folded, unfolded) = with_gpu(|b| {
+            (
+                masked_grads_on(b, s, rs, &dy, Some(&y)),
+                masked_grads_on(b, s, rs, &g, None),
+            )
+        });
+        let twin = masked_grads_on(&CpuBackend, s, rs, &dy, Some(&y));
+        for (i, name) in ["dx", "[dw | db]", "fused dx", "fused dparams"]
+            .iter()
+            .enumerate()
+        {
+            let what = format!("gpu {precision:?} {name}");
+            assert_bits_eq(
+                &format!("{what}: masked vs relu_bwd first"),
+                &folded[i],
+                &unfolded[i],
+            );
+            assert_close(&format!("{what} vs twin"), &folded[i], &twin[i], 1e-4, 1e-3);
+        }
+    }
+}

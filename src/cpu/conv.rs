@@ -2,7 +2,9 @@
 //!
 //! Forward writes channels `[c_offset, c_offset + c_out)` of a `[n, c_total, h, w]` output, optionally with
 //! the module's ReLU in the epilogue. Backward reads the branch's slice of the gradient in place; `dy` is the
-//! gradient of the conv's output *before* that ReLU (the module applies `relu_bwd` to its whole output once).
+//! gradient of the conv's output *before* that ReLU, or, given the output `y` after it, the gradient of `y`,
+//! passed through the ReLU as it is read (`relu_bwd`'s rule: the kernels fold the module's ReLU backward into
+//! the first kernels that read its gradient).
 //! Per image: im2col, then one matrix product (`W [c_out, c_in·k²] · col [c_in·k², h·w]`). Weight and bias
 //! gradients sum per-image partials in image order, so results do not depend on the thread count.
 //!
@@ -14,6 +16,7 @@
 use rayon::prelude::*;
 
 use super::matmul::{matmul, Mat, MatMut, Threads};
+use super::relu::through_relu;
 use super::sum_over_images;
 use super::tf32::rounded;
 use crate::shape::{check_len, ConvShape, Precision};
@@ -58,10 +61,13 @@ pub fn conv_fwd(
 
 /// `dx (+)= conv_fwdᵀ(dy)`: the input gradient. Shapes: `dx [n, c_in, h, w]`, `dy [n, c_total, h, w]` (its
 /// slice is read), `w [c_out, c_in, k, k]`. With `accumulate` the result is added to `dx` (a tensor read by
-/// several branches), else it overwrites `dx`.
+/// several branches), else it overwrites `dx`. With `y [n, c_total, h, w]` (the conv's output after a ReLU)
+/// `dy` is the gradient of `y` and counts only where `y > 0` (`relu_bwd` folded in); without, `dy` is the
+/// gradient of the conv's output itself.
 pub fn conv_dgrad(
     dx: &mut [f32],
     dy: &[f32],
+    y: Option<&[f32]>,
     w: &[f32],
     s: &ConvShape,
     accumulate: bool,
@@ -69,9 +75,10 @@ pub fn conv_dgrad(
     const OP: &str = "conv_dgrad";
     check_conv(OP, s, dx, w)?;
     check_len(OP, "dy", s.y_len(OP)?, dy.len())?;
+    let dy = &*through_relu(OP, dy, y)?;
     if s.precision == Precision::Tf32 {
         let fp32 = s.with_precision(Precision::Fp32);
-        return conv_dgrad(dx, &rounded(dy), &rounded(w), &fp32, accumulate);
+        return conv_dgrad(dx, &rounded(dy), None, &rounded(w), &fp32, accumulate);
     }
     let (hw, ckk) = (s.h * s.w, s.c_in * s.k * s.k);
     let wt = Mat::rows(w, s.c_out, ckk).t(); // [c_in·k², c_out]
@@ -119,15 +126,35 @@ pub fn conv_dgrad(
         )
 }
 
-/// `dw = Σ_images dy_slice · im2col(x)ᵀ`. Shapes: `dw [c_out, c_in, k, k]`, `dy [n, c_total, h, w]` (slice
-/// read), `x [n, c_in, h, w]`. Overwrites `dw`.
-pub fn conv_wgrad(dw: &mut [f32], dy: &[f32], x: &[f32], s: &ConvShape) -> Result<()> {
+/// The weight and bias gradients: `dw = Σ_images dy_slice · im2col(x)ᵀ`, `db[c] = Σ_{images, pixels}
+/// dy[:, c_offset + c]`, into `dwdb = [dw | db]`. Shapes: `dwdb [c_out·c_in·k·k + c_out]`,
+/// `dy [n, c_total, h, w]` (slice read), `x [n, c_in, h, w]`; `dy` masked by `y` as in [`conv_dgrad`].
+/// Overwrites `dwdb`. The bias gradient is a sum, not a product: f32 (of the unrounded `dy`) in every
+/// precision.
+pub fn conv_wgrad(
+    dwdb: &mut [f32],
+    dy: &[f32],
+    y: Option<&[f32]>,
+    x: &[f32],
+    s: &ConvShape,
+) -> Result<()> {
+    const OP: &str = "conv_wgrad";
+    s.validate(OP)?;
+    check_len(OP, "dwdb", s.w_len(OP)? + s.c_out, dwdb.len())?;
+    let dy = &*through_relu(OP, dy, y)?;
+    let (dw, db) = dwdb.split_at_mut(s.w_len(OP)?);
+    wgrad(dw, dy, x, s)?;
+    bgrad(db, dy, s)
+}
+
+/// The weight gradient of [`conv_wgrad`].
+fn wgrad(dw: &mut [f32], dy: &[f32], x: &[f32], s: &ConvShape) -> Result<()> {
     const OP: &str = "conv_wgrad";
     check_conv(OP, s, x, dw)?;
     check_len(OP, "dy", s.y_len(OP)?, dy.len())?;
     if s.precision == Precision::Tf32 {
         let fp32 = s.with_precision(Precision::Fp32);
-        return conv_wgrad(dw, &rounded(dy), &rounded(x), &fp32);
+        return wgrad(dw, &rounded(dy), &rounded(x), &fp32);
     }
     let (hw, ckk) = (s.h * s.w, s.c_in * s.k * s.k);
     sum_over_images(dw, s.n, |i, partial| {
@@ -150,12 +177,10 @@ pub fn conv_wgrad(dw: &mut [f32], dy: &[f32], x: &[f32], s: &ConvShape) -> Resul
     })
 }
 
-/// `db[c] = Σ_{images, pixels} dy[:, c_offset + c]`. Shapes: `db [c_out]`, `dy [n, c_total, h, w]`. A sum, not
-/// a product: f32 in every precision.
-pub fn conv_bgrad(db: &mut [f32], dy: &[f32], s: &ConvShape) -> Result<()> {
-    const OP: &str = "conv_bgrad";
-    s.validate(OP)?;
-    check_len(OP, "db", s.c_out, db.len())?;
+/// The bias gradient of [`conv_wgrad`]: per image, each channel's pixels summed in order; the images summed
+/// in order.
+fn bgrad(db: &mut [f32], dy: &[f32], s: &ConvShape) -> Result<()> {
+    const OP: &str = "conv_wgrad";
     check_len(OP, "dy", s.y_len(OP)?, dy.len())?;
     let hw = s.h * s.w;
     sum_over_images(db, s.n, |i, partial| {

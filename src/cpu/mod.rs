@@ -17,7 +17,7 @@ mod tf32;
 
 pub use adam::{adam_step, adam_step_at};
 pub use add::add_fwd;
-pub use conv::{conv_bgrad, conv_dgrad, conv_fwd, conv_wgrad};
+pub use conv::{conv_dgrad, conv_fwd, conv_wgrad};
 pub use dropout::{
     dropout_bwd, dropout_bwd_at, dropout_fwd, dropout_fwd_at, dropout_hash, dropout_threshold,
 };

@@ -191,7 +191,8 @@ fn fwd(
 }
 
 /// Gradients of the fused branch, all in one pass. `dy [n, c_total, h, w]` is the gradient of the branch
-/// output before the module's ReLU (its slice is read in place); `mid` is the forward's saved reduced map;
+/// output before the module's ReLU (its slice is read in place), or with `y` (the branch's output, after
+/// that ReLU) the gradient of `y`, counted only where `y > 0`; `mid` is the forward's saved reduced map;
 /// `params` is the block `[w1 | b1 | w2 | b2]` of [`reduce_conv_fwd`]. Writes `dparams` (the same layout:
 /// `[dw1 | db1 | dw2 | db2]`); adds the input gradient to `dx [n, c_in, h, w]` when `accumulate`, else
 /// overwrites it. `scratch [n, c_mid, h, w]` is the kernels' working memory: the twin needs none and only
@@ -202,6 +203,7 @@ pub fn reduce_conv_bwd(
     dparams: &mut [f32],
     scratch: &mut [f32],
     dy: &[f32],
+    y: Option<&[f32]>,
     x: &[f32],
     mid: &[f32],
     params: &[f32],
@@ -210,6 +212,7 @@ pub fn reduce_conv_bwd(
 ) -> Result<()> {
     const OP: &str = "reduce_conv_bwd";
     let [w1, _, w2, _] = split_params(OP, params, s)?;
+    let dy = &*super::relu::through_relu(OP, dy, y)?;
     check_len(OP, "dparams", params.len(), dparams.len())?;
     check_len(OP, "scratch", s.mid_len(OP)?, scratch.len())?;
     let [r1, rb1, r2, _] = reduce_conv_param_ranges(s);

@@ -31,3 +31,20 @@ pub fn relu_bwd(dx: &mut [f32], dy: &[f32], y: &[f32]) -> Result<()> {
         });
     Ok(())
 }
+
+/// `dy` through the ReLU whose output is `y` (relu_bwd into a new buffer), or `dy` itself when `y` is `None`:
+/// the twins' form of a ReLU backward folded into the kernel that reads the gradient (the kernels apply the
+/// same rule as they load `dy`, so both give the bits of `relu_bwd` followed by the kernel).
+pub(crate) fn through_relu<'a>(
+    op: &'static str,
+    dy: &'a [f32],
+    y: Option<&[f32]>,
+) -> Result<std::borrow::Cow<'a, [f32]>> {
+    let Some(y) = y else {
+        return Ok(std::borrow::Cow::Borrowed(dy));
+    };
+    check_same_len(op, dy.len(), &[("y", y.len())])?;
+    let mut g = vec![0.0; dy.len()];
+    relu_bwd(&mut g, dy, y)?;
+    Ok(std::borrow::Cow::Owned(g))
+}

@@ -29,8 +29,8 @@
 mod graph;
 
 pub use crate::launcher::{
-    adam_step, adam_step_at, add_fwd, batch_gather, batch_gather_at, conv_bgrad, conv_dgrad,
-    conv_fwd, conv_wgrad, count_correct, dropout_bwd, dropout_bwd_at, dropout_fwd, dropout_fwd_at,
+    adam_step, adam_step_at, add_fwd, batch_gather, batch_gather_at, conv_dgrad, conv_fwd,
+    conv_wgrad, count_correct, dropout_bwd, dropout_bwd_at, dropout_fwd, dropout_fwd_at,
     linear_bgrad, linear_bwd_adam, linear_bwd_adam_at, linear_dgrad, linear_fwd, linear_wgrad,
     linear_wgrad_adam, linear_wgrad_adam_at, maxpool3x3s1_bwd, maxpool3x3s1_fwd, mma_tf32_tile,
     reduce_conv_bwd, reduce_conv_fwd, relu_bwd, relu_fwd, softmax_xent, step_end,

@@ -1,6 +1,7 @@
 //! Planning a graph for one backend, batch size and precision: every buffer allocated once, a concat's parts
-//! placed as channel slices of its buffer, ReLUs fused into their producers' epilogues, and forward,
-//! backward and Adam as fixed launch lists that allocate nothing and never wait for the device.
+//! placed as channel slices of its buffer, ReLUs fused into their producers' epilogues (and, by default, their
+//! backward into the kernels that read their gradient), and forward, backward and Adam as fixed launch lists
+//! that allocate nothing and never wait for the device.
 
 use std::collections::BTreeSet;
 use std::ops::Range;
@@ -45,6 +46,12 @@ pub struct TrainOptions {
     pub precision: Precision,
     /// Which linear weights get the fused update.
     pub fuse_wgrad_adam: FuseWgradAdam,
+    /// Plan the backward of a ReLU applied in its producers' epilogues (a module's ReLU over its concat, a
+    /// conv's ReLU) and of a fused reduce conv's own ReLU as a `relu_bwd` pass of its own, as before the
+    /// fold. By default (`false`) it is folded into the kernels that first read the gradient (the convs'
+    /// dgrad and wgrad, the fused conv's first backward kernels), which read `dy` where the output `y > 0`:
+    /// one pass and one buffer fewer per ReLU, the same bits.
+    pub separate_relu_bwd: bool,
 }
 
 /// A buffer of the plan and the elements of it an op uses (from 0).
@@ -109,21 +116,25 @@ enum Launch {
         dy: BufRef,
         p: f32,
     },
+    /// `mask`: the output after a ReLU whose backward is folded in (`dy` read where it is > 0).
     ConvBwd {
         dx: Option<(BufRef, bool)>,
         dw: Range<usize>,
         db: Range<usize>,
         dy: BufRef,
+        mask: Option<BufRef>,
         x: BufRef,
         w: Range<usize>,
         s: ConvShape,
     },
+    /// `mask`: as [`Launch::ConvBwd`]'s (the fused conv's output, after its ReLU).
     ReduceConvBwd {
         dx: BufRef,
         accumulate: bool,
         dp: Range<usize>,
         scratch: BufRef,
         dy: BufRef,
+        mask: Option<BufRef>,
         x: BufRef,
         mid: BufRef,
         p: Range<usize>,
@@ -287,6 +298,9 @@ struct Planner<'g> {
     train: bool,
     /// The arithmetic of the convolutions' and linear layers' products.
     precision: Precision,
+    /// Whether epilogue and fused-conv ReLUs have their backward folded into the kernels that read their
+    /// gradient ([`TrainOptions::separate_relu_bwd`] unset).
+    fold_relu: bool,
     live: Vec<bool>,
     consumers: Vec<Vec<usize>>,
     bufs: Vec<(usize, &'static str)>,
@@ -342,6 +356,7 @@ impl<'g> Planner<'g> {
             n,
             train,
             precision: Precision::Fp32,
+            fold_relu: false,
             live,
             consumers,
             bufs: Vec::new(),
@@ -514,17 +529,27 @@ impl<'g> Planner<'g> {
         Ok(())
     }
 
-    /// A buffer for each concat's output (or its gradient), and its parts' channel slices inside it.
+    /// A buffer for each concat's output (or its gradient), and its parts' channel slices inside it. A
+    /// folded ReLU's input shares the ReLU's gradient ([`Self::share_folded_grads`]): no buffer here.
     fn place_concats(&mut self, grad: bool) {
         let g = self.g;
         for (i, node) in g.nodes.iter().enumerate() {
-            let Op::Concat { parts } = node else { continue };
-            if !self.live[i] || (grad && !self.needs_grad[i]) {
+            let Op::Concat { .. } = node else { continue };
+            if !self.live[i] || (grad && (!self.needs_grad[i] || self.folded_relu_of(i).is_some()))
+            {
                 continue;
             }
             let loc = self.full(i, if grad { "gradient" } else { "activation" });
-            let locs = if grad { &mut self.grad } else { &mut self.fwd };
-            locs[i] = Some(loc);
+            self.place_parts(i, loc, grad);
+        }
+    }
+
+    /// Concat `i` at `loc` (its output or gradient), its parts in channel slices of it.
+    fn place_parts(&mut self, i: usize, loc: Loc, grad: bool) {
+        let g = self.g;
+        let locs = if grad { &mut self.grad } else { &mut self.fwd };
+        locs[i] = Some(loc);
+        if let Op::Concat { parts } = &g.nodes[i] {
             let mut at = 0;
             for p in parts {
                 locs[p.0] = Some(Loc {
@@ -532,6 +557,31 @@ impl<'g> Planner<'g> {
                     ..loc
                 });
                 at += g.shapes[p.0].first().copied().unwrap_or(0);
+            }
+        }
+    }
+
+    /// The epilogue ReLU that is the only reader of value `v`, when the plan folds its backward into the
+    /// kernels that read its gradient: then `v`'s gradient is the ReLU's (the producers read it where the
+    /// output > 0).
+    fn folded_relu_of(&self, v: usize) -> Option<usize> {
+        match self.consumers[v].as_slice() {
+            [c] if self.fold_relu && self.relu[*c] == ReluKind::Epilogue => Some(*c),
+            _ => None,
+        }
+    }
+
+    /// With the ReLU backward folded: the input of each epilogue ReLU (a conv, or a concat and its parts)
+    /// gets the ReLU's gradient buffer as its own.
+    fn share_folded_grads(&mut self) {
+        let g = self.g;
+        for (i, node) in g.nodes.iter().enumerate() {
+            let Op::Relu { x } = node else { continue };
+            if !self.live[i] || self.folded_relu_of(x.0) != Some(i) {
+                continue;
+            }
+            if let Some(loc) = self.grad[i] {
+                self.place_parts(x.0, loc, true);
             }
         }
     }
@@ -584,6 +634,7 @@ impl<'g> Planner<'g> {
             self.grad[i] = match node {
                 Op::Concat { .. } => continue,
                 Op::Conv { .. } | Op::ReduceConv { .. } if self.part_of[i].is_some() => continue,
+                Op::Conv { .. } if self.folded_relu_of(i).is_some() => continue,
                 Op::Relu { x } if self.relu[i] == ReluKind::Alias => self.grad[x.0],
                 Op::Flatten { x } => self.grad[x.0].map(|l| Loc {
                     c_total: l.len / self.n,
@@ -592,6 +643,7 @@ impl<'g> Planner<'g> {
                 _ => Some(self.full(i, "gradient")),
             };
         }
+        self.share_folded_grads();
         // Shared weights would need their gradients summed: unsupported.
         let mut users = vec![0usize; g.params.len()];
         for (_, node) in self.live_nodes() {
@@ -801,6 +853,8 @@ impl<'g> Planner<'g> {
                 | Op::Flatten { .. }
                 | Op::SoftmaxXent { .. } => {}
                 Op::Relu { .. } if self.relu[i] == ReluKind::Alias => {}
+                // Folded into the kernels of its producers' backward (they read dy where y > 0).
+                Op::Relu { x } if self.folded_relu_of(x.0) == Some(i) => {}
                 Op::Relu { x } => {
                     let (dy, y) = (dy(self)?, Self::r(self.fwd_loc(i)?));
                     if let Some((dx, acc)) = self.contribute_plain(*x)? {
@@ -833,11 +887,22 @@ impl<'g> Planner<'g> {
                     let s = self.conv_shape(i, *x, *k)?;
                     let (dy, xr) = (dy(self)?, self.fwd_ref(*x)?);
                     let dx = self.contribute(*x)?;
+                    // Its epilogue ReLU's backward folded in: the output (after the ReLU) as the mask.
+                    let relu_folded = match self.part_of[i] {
+                        Some(concat) => self.folded_relu_of(concat).is_some(),
+                        None => self.folded_relu_of(i).is_some(),
+                    };
+                    let mask = if relu_folded {
+                        Some(Self::r(self.fwd_loc(i)?))
+                    } else {
+                        None
+                    };
                     self.backward.push(Launch::ConvBwd {
                         dx,
                         dw: self.param_range(*w),
                         db: self.param_range(*b),
                         dy,
+                        mask,
                         x: xr,
                         w: self.param_range(*w),
                         s,
@@ -846,17 +911,27 @@ impl<'g> Planner<'g> {
                 Op::ReduceConv { x, p, k } => {
                     let s = self.reduce_shape(i, *x, *k)?;
                     let mut dy = dy(self)?;
-                    if self.part_of[i].is_none() {
-                        // Its output ReLU: through it into a gradient of its own.
-                        let g_buf = self.new_buf(dy.len, "gradient");
-                        let y = Self::r(self.fwd_loc(i)?);
-                        let pre = BufRef {
-                            id: g_buf,
-                            len: dy.len,
-                        };
-                        self.backward.push(Launch::ReluBwd { dx: pre, dy, y });
-                        dy = pre;
-                    }
+                    // Its output ReLU (built in; the module's ReLU when it is a concat's part): folded into
+                    // the kernels that read dy, or through relu_bwd first. A part of a concat whose ReLU is
+                    // not folded gets its dy through that ReLU's own backward pass.
+                    let mask = match self.part_of[i] {
+                        Some(concat) if self.folded_relu_of(concat).is_some() => {
+                            Some(Self::r(self.fwd_loc(i)?))
+                        }
+                        Some(_) => None,
+                        None if self.fold_relu => Some(Self::r(self.fwd_loc(i)?)),
+                        None => {
+                            let g_buf = self.new_buf(dy.len, "gradient");
+                            let y = Self::r(self.fwd_loc(i)?);
+                            let pre = BufRef {
+                                id: g_buf,
+                                len: dy.len,
+                            };
+                            self.backward.push(Launch::ReluBwd { dx: pre, dy, y });
+                            dy = pre;
+                            None
+                        }
+                    };
                     let xr = self.fwd_ref(*x)?;
                     let (dx, accumulate) = match self.contribute(*x)? {
                         Some(t) => t,
@@ -873,6 +948,7 @@ impl<'g> Planner<'g> {
                         dp: pr.clone(),
                         scratch,
                         dy,
+                        mask,
                         x: xr,
                         mid,
                         p: pr,
@@ -1014,6 +1090,7 @@ impl<B: Backend> Plan<B> {
             .ok_or_else(|| plan_err(OP, "the graph has no loss (softmax_xent)".into()))?;
         let mut p = Planner::new(g, OP, batch, true, Value(loss))?;
         p.precision = opts.precision;
+        p.fold_relu = !opts.separate_relu_bwd;
         p.fuse()?;
         p.place_forward()?;
         p.place_grads()?;
@@ -1158,7 +1235,9 @@ impl<B: Backend> Plan<B> {
         self.bytes
     }
 
-    /// Kernel launches of a training step (forward, backward, Adam) or of an inference forward.
+    /// Launches of the plan's ops in a training step (forward, backward, Adam) or in an inference forward:
+    /// one per op, an op of several kernels (a conv's backward, the fused reduce conv's backward) counting
+    /// once.
     pub fn launches(&self) -> usize {
         self.forward.len() + self.backward.len() + self.adam.len()
     }
@@ -1799,6 +1878,7 @@ fn exec<B: Backend>(
             dw,
             db,
             dy,
+            mask,
             x,
             w,
             s,
@@ -1815,7 +1895,18 @@ fn exec<B: Backend>(
                     };
                     let dx = dxv.as_mut().map(|(v, a)| (v, *a));
                     let (dyv, xv, wv) = (view(b, bufs, *dy)?, view(b, bufs, *x)?, p(w)?);
-                    defs::conv_bwd(b, dx, grads, [dw.clone(), db.clone()], &dyv, &xv, &wv, s)
+                    let mv = mask.map(|m| view(b, bufs, m)).transpose()?;
+                    defs::conv_bwd(
+                        b,
+                        dx,
+                        grads,
+                        [dw.clone(), db.clone()],
+                        &dyv,
+                        mv.as_ref(),
+                        &xv,
+                        &wv,
+                        s,
+                    )
                 };
             match dx {
                 Some((d, acc)) => {
@@ -1830,6 +1921,7 @@ fn exec<B: Backend>(
             dp,
             scratch,
             dy,
+            mask,
             x,
             mid,
             p: pr,
@@ -1845,6 +1937,7 @@ fn exec<B: Backend>(
                     &mut b.view_mut(grads, dp.clone())?,
                     &mut b.view_mut(sb, 0..scratch.len)?,
                     &view(b, bufs, *dy)?,
+                    mask.map(|m| view(b, bufs, m)).transpose()?.as_ref(),
                     &view(b, bufs, *x)?,
                     &view(b, bufs, *mid)?,
                     &p(pr)?,

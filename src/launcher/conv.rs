@@ -39,11 +39,13 @@ pub fn conv_fwd<D: Driver + ?Sized>(
     Ok(())
 }
 
-/// Input gradient of a conv, overwriting or accumulating into `dx [n, c_in, h, w]`.
+/// Input gradient of a conv, overwriting or accumulating into `dx [n, c_in, h, w]`. With `y [n, c_total, h,
+/// w]` (the conv's output after a ReLU) `dy` counts only where `y > 0`: the ReLU's backward folded in.
 pub fn conv_dgrad<D: Driver + ?Sized>(
     d: &D,
     dx: &mut D::ViewMut<'_>,
     dy: &D::View<'_>,
+    y: Option<&D::View<'_>>,
     w: &D::View<'_>,
     s: &ConvShape,
     accumulate: bool,
@@ -58,7 +60,20 @@ pub fn conv_dgrad<D: Driver + ?Sized>(
             ("w", s.w_len(OP)?, D::len_of(w)),
         ],
     )?;
-    dgrad(d, OP, dx, dy, w, &cd, s.precision, accumulate)
+    check_mask::<D>(OP, y, s.y_len(OP)?)?;
+    dgrad(d, OP, dx, dy, y, w, &cd, s.precision, accumulate)
+}
+
+/// Checks the length of an optional ReLU mask `y` (the forward output, as long as `dy`).
+fn check_mask<D: Driver + ?Sized>(
+    op: &'static str,
+    y: Option<&D::View<'_>>,
+    len: usize,
+) -> Result<()> {
+    match y {
+        Some(y) => check_lens(op, &[("y", len, D::len_of(y))]),
+        None => Ok(()),
+    }
 }
 
 #[allow(clippy::too_many_arguments)] // the kernel's arguments, plus the op and the precision that picks it
@@ -67,6 +82,7 @@ fn dgrad<D: Driver + ?Sized>(
     op: &'static str,
     dx: &mut D::ViewMut<'_>,
     dy: &D::View<'_>,
+    y: Option<&D::View<'_>>,
     w: &D::View<'_>,
     cd: &ConvDims,
     precision: Precision,
@@ -79,16 +95,20 @@ fn dgrad<D: Driver + ?Sized>(
     let Some(dims) = dims else {
         return Ok(());
     };
-    launch!(d, op, kernel, dims; out dx, inp dy, inp w, val cd, val &i32::from(accumulate))?;
+    launch!(d, op, kernel, dims; out dx, inp dy, inp_opt y, inp w, val cd, val &i32::from(accumulate))?;
     Ok(())
 }
 
-/// Weight gradient of a conv: an implicit GEMM split over images into the driver's scratch memory, then the
-/// splits summed in order. Shapes: `dw [c_out, c_in, k, k]`, `dy [n, c_total, h, w]`, `x [n, c_in, h, w]`.
+/// Weight and bias gradients of a conv in one kernel: an implicit GEMM split over images into the driver's
+/// scratch memory, the bias as row sums of its `dy` tiles, then the splits of both summed in order by one
+/// `conv_split_sum`. Shapes: `dwdb [c_out·c_in·k·k + c_out]` (`dw [c_out, c_in, k, k]` then `db [c_out]`, as a
+/// conv's weight and bias lie in the flat parameter buffer), `dy [n, c_total, h, w]`, `x [n, c_in, h, w]`;
+/// `dy` masked by `y` as in [`conv_dgrad`].
 pub fn conv_wgrad<D: Driver + ?Sized>(
     d: &D,
-    dw: &mut D::ViewMut<'_>,
+    dwdb: &mut D::ViewMut<'_>,
     dy: &D::View<'_>,
+    y: Option<&D::View<'_>>,
     x: &D::View<'_>,
     s: &ConvShape,
 ) -> Result<()> {
@@ -97,19 +117,23 @@ pub fn conv_wgrad<D: Driver + ?Sized>(
     check_lens(
         OP,
         &[
-            ("dw", s.w_len(OP)?, D::len_of_mut(dw)),
+            ("dwdb", s.w_len(OP)? + s.c_out, D::len_of_mut(dwdb)),
             ("dy", s.y_len(OP)?, D::len_of(dy)),
             ("x", s.x_len(OP)?, D::len_of(x)),
         ],
     )?;
-    wgrad(d, OP, dw, dy, x, &cd, s.precision)
+    check_mask::<D>(OP, y, s.y_len(OP)?)?;
+    wgrad(d, OP, dwdb, dy, y, x, &cd, s.precision)
 }
 
+/// The launches of [`conv_wgrad`] (lengths checked by the caller).
+#[allow(clippy::too_many_arguments)] // the kernel's arguments, plus the op and the precision that picks it
 fn wgrad<D: Driver + ?Sized>(
     d: &D,
     op: &'static str,
-    dw: &mut D::ViewMut<'_>,
+    dwdb: &mut D::ViewMut<'_>,
     dy: &D::View<'_>,
+    y: Option<&D::View<'_>>,
     x: &D::View<'_>,
     cd: &ConvDims,
     precision: Precision,
@@ -119,12 +143,12 @@ fn wgrad<D: Driver + ?Sized>(
         Precision::Tf32 => (Kernel::ConvWgradTf32, cd.wgrad_tf32(op)?),
     };
     let Some(dims) = dims else {
-        return d.zero(op, dw); // no images: the gradient is zero
+        return d.zero(op, dwdb); // no images: the gradients are zero
     };
     d.with_scratch(op, cd.wgrad_partials_len(), |partials| {
-        launch!(d, op, kernel, dims; out partials, inp dy, inp x, val cd,
+        launch!(d, op, kernel, dims; out partials, inp dy, inp_opt y, inp x, val cd,
             val &cd.imgs_per_split())?;
-        split_sum(d, op, dw, &D::reader(partials), cd.splits())
+        split_sum(d, op, dwdb, &D::reader(partials), cd.splits())
     })
 }
 
@@ -146,42 +170,6 @@ fn split_sum<D: Driver + ?Sized>(
     };
     launch!(d, op, Kernel::ConvSplitSum, dims; out out, inp partials, val &(len as u64), val &splits)?;
     Ok(())
-}
-
-/// Bias gradient of a conv: per-image-split block sums into the driver's scratch memory, then the splits
-/// summed in order. Shapes: `db [c_out]`, `dy [n, c_total, h, w]`.
-pub fn conv_bgrad<D: Driver + ?Sized>(
-    d: &D,
-    db: &mut D::ViewMut<'_>,
-    dy: &D::View<'_>,
-    s: &ConvShape,
-) -> Result<()> {
-    const OP: &str = "conv_bgrad";
-    let cd = ConvDims::of(OP, s)?;
-    check_lens(
-        OP,
-        &[
-            ("db", s.c_out, D::len_of_mut(db)),
-            ("dy", s.y_len(OP)?, D::len_of(dy)),
-        ],
-    )?;
-    bgrad(d, OP, db, dy, &cd)
-}
-
-fn bgrad<D: Driver + ?Sized>(
-    d: &D,
-    op: &'static str,
-    db: &mut D::ViewMut<'_>,
-    dy: &D::View<'_>,
-    cd: &ConvDims,
-) -> Result<()> {
-    let Some(dims) = cd.bgrad() else {
-        return d.zero(op, db);
-    };
-    d.with_scratch(op, cd.splits() as usize * cd.c_out as usize, |partials| {
-        launch!(d, op, Kernel::ConvBgrad, dims; out partials, inp dy, val cd, val &cd.imgs_per_split())?;
-        split_sum(d, op, db, &D::reader(partials), cd.splits())
-    })
 }
 
 /// The fused reduce conv forward; `mid` receives the reduced map. `params` is `[w1 | b1 | w2 | b2]`.
@@ -235,9 +223,12 @@ fn fwd_launch<D: Driver + ?Sized>(
     Ok(())
 }
 
-/// The fused reduce conv backward, as kernels over the saved reduced map: `dw2`, `db2` from `dy`; `dpre` (in
-/// `scratch`) through the k×k conv and the reduce ReLU; `dw1`, `db1`, `dx` from `dpre`. `dparams` receives
-/// `[dw1 | db1 | dw2 | db2]`. Shapes: as the forward, `scratch [n, c_mid, h, w]`.
+/// The fused reduce conv backward, as kernels over the saved reduced map: `dw2`, `db2` from `dy` (one
+/// `conv_wgrad` and its split sum); `dpre` (in `scratch`) through the k×k conv and the reduce ReLU; `dw1`, `db1`
+/// (the same pair) and `dx` from `dpre`. `dparams` receives
+/// `[dw1 | db1 | dw2 | db2]`. With `y` (the forward output, after the fused conv's ReLU) `dy` is the gradient
+/// of `y`, read where `y > 0` by the two kernels that read it (the ReLU's backward folded in); without, `dy`
+/// is the gradient before that ReLU. Shapes: as the forward, `scratch [n, c_mid, h, w]`.
 #[allow(clippy::too_many_arguments)]
 pub fn reduce_conv_bwd<D: Driver + ?Sized>(
     d: &D,
@@ -245,6 +236,7 @@ pub fn reduce_conv_bwd<D: Driver + ?Sized>(
     dparams: &mut D::ViewMut<'_>,
     scratch: &mut D::ViewMut<'_>,
     dy: &D::View<'_>,
+    y: Option<&D::View<'_>>,
     x: &D::View<'_>,
     mid: &D::View<'_>,
     params: &D::View<'_>,
@@ -267,37 +259,49 @@ pub fn reduce_conv_bwd<D: Driver + ?Sized>(
             ("dparams", rb2.end, D::len_of_mut(dparams)),
         ],
     )?;
+    check_mask::<D>(OP, y, s.conv().y_len(OP)?)?;
     let (w1, w2) = (D::sub(params, r1.clone())?, D::sub(params, r2.clone())?);
     let (conv, reduce) = (rd.conv(), rd.reduce());
+    // [dw2 | db2] and [dw1 | db1] are contiguous in the block: each pair is one conv_wgrad.
     wgrad(
         d,
         OP,
-        &mut D::sub_mut(dparams, r2)?,
+        &mut D::sub_mut(dparams, r2.start..rb2.end)?,
         dy,
+        y,
         mid,
         &conv,
         s.precision,
     )?;
-    bgrad(d, OP, &mut D::sub_mut(dparams, rb2)?, dy, &conv)?;
     let (kernel, dims) = match s.precision {
         Precision::Fp32 => (Kernel::ReduceConvDmid, rd.dmid()),
         Precision::Tf32 => (Kernel::ReduceConvDmidTf32, rd.dmid_tf32(OP)?),
     };
     if let Some(dims) = dims {
-        dmid_launch(d, kernel, dims, scratch, dy, &w2, mid, &rd)?;
+        dmid_launch(d, kernel, dims, scratch, dy, y, &w2, mid, &rd)?;
     }
     let dpre = D::reader(scratch);
     wgrad(
         d,
         OP,
-        &mut D::sub_mut(dparams, r1)?,
+        &mut D::sub_mut(dparams, r1.start..rb1.end)?,
         &dpre,
+        None,
         x,
         &reduce,
         s.precision,
     )?;
-    bgrad(d, OP, &mut D::sub_mut(dparams, rb1)?, &dpre, &reduce)?;
-    dgrad(d, OP, dx, &dpre, &w1, &reduce, s.precision, accumulate)
+    dgrad(
+        d,
+        OP,
+        dx,
+        &dpre,
+        None,
+        &w1,
+        &reduce,
+        s.precision,
+        accumulate,
+    )
 }
 
 /// The launch of `reduce_conv_dmid` (the view of `w2` as an argument: see [`fwd_launch`]).
@@ -308,10 +312,11 @@ fn dmid_launch<D: Driver + ?Sized>(
     dims: LaunchDims,
     dpre: &mut D::ViewMut<'_>,
     dy: &D::View<'_>,
+    y: Option<&D::View<'_>>,
     w2: &D::View<'_>,
     mid: &D::View<'_>,
     rd: &ReduceDims,
 ) -> Result<()> {
-    launch!(d, "reduce_conv_bwd", kernel, dims; out dpre, inp dy, inp w2, inp mid, val rd)?;
+    launch!(d, "reduce_conv_bwd", kernel, dims; out dpre, inp dy, inp_opt y, inp w2, inp mid, val rd)?;
     Ok(())
 }

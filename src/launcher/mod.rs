@@ -22,7 +22,7 @@ mod linear;
 mod mma;
 mod train;
 
-pub use conv::{conv_bgrad, conv_dgrad, conv_fwd, conv_wgrad, reduce_conv_bwd, reduce_conv_fwd};
+pub use conv::{conv_dgrad, conv_fwd, conv_wgrad, reduce_conv_bwd, reduce_conv_fwd};
 pub use linear::{
     linear_bgrad, linear_bwd_adam, linear_bwd_adam_at, linear_dgrad, linear_fwd, linear_wgrad,
     linear_wgrad_adam, linear_wgrad_adam_at,
@@ -230,6 +230,15 @@ impl<'a, D: Driver + ?Sized> Launch<'a, D> {
     /// An input buffer.
     pub fn inp(mut self, v: &'a D::View<'_>) -> Self {
         D::push_in(&mut self.args, v);
+        self.kind(ParamKind::In)
+    }
+
+    /// An optional input buffer: null when `None`.
+    pub fn inp_opt(mut self, v: Option<&'a D::View<'_>>) -> Self {
+        match v {
+            Some(v) => D::push_in(&mut self.args, v),
+            None => D::push_null(&mut self.args, ParamKind::In),
+        }
         self.kind(ParamKind::In)
     }
 

@@ -3,7 +3,7 @@
 //! recorded argument list against the kernel's `.cu` parameter list and every launch plan against the
 //! hardware's limits, for every kernel: the CUDA launch code that CI cannot run is checked here.
 
-use std::cell::RefCell;
+use std::sync::{Mutex, PoisonError};
 
 use super::{Driver, Kernel, ParamKind, Value};
 use crate::backend::Backend;
@@ -11,7 +11,7 @@ use crate::launch::{LaunchDims, MAX_DYNAMIC_SHARED};
 use crate::shape::{AdamStep, ConvShape, LinearShape, PoolShape, Precision, ReduceConvShape};
 use crate::Result;
 
-/// The length recorded for a null pointer argument.
+/// The length recorded for a null pointer argument (an optional buffer left out).
 const NULL: usize = usize::MAX;
 
 /// One recorded launch: the kernel, its geometry, and each argument's kind and (for buffers) length.
@@ -24,7 +24,7 @@ struct Record {
 
 #[derive(Default)]
 struct Recorder {
-    log: RefCell<Vec<Record>>,
+    log: Mutex<Vec<Record>>,
 }
 
 impl Backend for Recorder {
@@ -76,11 +76,14 @@ impl Driver for Recorder {
         args: Self::Args<'_>,
     ) -> Result<()> {
         assert_eq!(args.0, kernel, "arguments built for another kernel");
-        self.log.borrow_mut().push(Record {
-            kernel,
-            dims,
-            args: args.1,
-        });
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Record {
+                kernel,
+                dims,
+                args: args.1,
+            });
         Ok(())
     }
 
@@ -182,20 +185,32 @@ fn call_every_kernel(r: &Recorder) -> Result<()> {
             &cs,
             true,
         )?;
+        // without and with the ReLU mask (a null pointer, then a buffer)
         r.conv_dgrad(
             &mut z(xl).as_mut_slice(),
             &z(yl).as_slice(),
+            None,
             &z(wl).as_slice(),
             &cs,
             false,
         )?;
-        r.conv_wgrad(
-            &mut z(wl).as_mut_slice(),
+        r.conv_dgrad(
+            &mut z(xl).as_mut_slice(),
             &z(yl).as_slice(),
-            &z(xl).as_slice(),
+            Some(&z(yl).as_slice()),
+            &z(wl).as_slice(),
             &cs,
+            true,
         )?;
-        r.conv_bgrad(&mut z(4).as_mut_slice(), &z(yl).as_slice(), &cs)?;
+        for y in [None, Some(&z(yl).as_slice())] {
+            r.conv_wgrad(
+                &mut z(wl + 4).as_mut_slice(),
+                &z(yl).as_slice(),
+                y,
+                &z(xl).as_slice(),
+                &cs,
+            )?;
+        }
 
         let rs = ReduceConvShape {
             n: 2,
@@ -218,17 +233,20 @@ fn call_every_kernel(r: &Recorder) -> Result<()> {
             &z(block).as_slice(),
             &rs,
         )?;
-        r.reduce_conv_bwd(
-            &mut z(xl).as_mut_slice(),
-            &mut z(block).as_mut_slice(),
-            &mut z(ml).as_mut_slice(),
-            &z(yl).as_slice(),
-            &z(xl).as_slice(),
-            &z(ml).as_slice(),
-            &z(block).as_slice(),
-            &rs,
-            true,
-        )?;
+        for y in [None, Some(&z(yl).as_slice())] {
+            r.reduce_conv_bwd(
+                &mut z(xl).as_mut_slice(),
+                &mut z(block).as_mut_slice(),
+                &mut z(ml).as_mut_slice(),
+                &z(yl).as_slice(),
+                y,
+                &z(xl).as_slice(),
+                &z(ml).as_slice(),
+                &z(block).as_slice(),
+                &rs,
+                true,
+            )?;
+        }
     }
 
     r.mma_tf32_tile(
@@ -322,7 +340,7 @@ fn call_every_kernel(r: &Recorder) -> Result<()> {
 fn every_kernel_is_launched_with_its_cu_parameter_list_and_a_valid_plan() {
     let r = Recorder::default();
     call_every_kernel(&r).expect("every launcher accepts its arguments");
-    let log = r.log.borrow();
+    let log = r.log.lock().unwrap_or_else(PoisonError::into_inner);
     for k in Kernel::ALL {
         assert!(
             log.iter().any(|rec| rec.kernel == k),
@@ -393,5 +411,90 @@ fn an_argument_list_that_drifts_from_the_kernel_is_an_error_not_a_launch() {
         .run()
         .expect_err("n missing");
     assert!(err.to_string().contains("relu_fwd"), "{err}");
-    assert!(r.log.borrow().is_empty(), "nothing was launched");
+    assert!(
+        r.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty(),
+        "nothing was launched"
+    );
+}
+
+/// Kernels recorded in one training step of the MNIST net `cfg` at batch `n`: `(Plan::launches(), kernel
+/// launches, launches of conv_wgrad or conv_wgrad_tf32, of conv_split_sum, of relu_bwd)`.
+fn step_kernels(
+    cfg: crate::nn::MnistConfig,
+    n: usize,
+    precision: Precision,
+    separate_relu_bwd: bool,
+) -> [usize; 5] {
+    use crate::graph::{Params, Plan, TrainOptions};
+    let r = std::sync::Arc::new(Recorder::default());
+    let def = cfg.graph().expect("net");
+    let mut params = Params::new(r.clone(), &def.graph, 1).expect("params");
+    let opts = TrainOptions {
+        precision,
+        separate_relu_bwd,
+        ..TrainOptions::default()
+    };
+    let mut plan = Plan::train_with(r.clone(), &def.graph, n, &opts).expect("plan");
+    let before = r.log.lock().unwrap_or_else(PoisonError::into_inner).len();
+    plan.step(&mut params, 1e-3).expect("step");
+    let log = r.log.lock().unwrap_or_else(PoisonError::into_inner);
+    let step = &log[before..];
+    let count = |ks: &[Kernel]| step.iter().filter(|rec| ks.contains(&rec.kernel)).count();
+    [
+        plan.launches(),
+        step.len(),
+        count(&[Kernel::ConvWgrad, Kernel::ConvWgradTf32]),
+        count(&[Kernel::ConvSplitSum]),
+        count(&[Kernel::ReluBwd]),
+    ]
+}
+
+/// The launch counts of a step with the ReLU backward folded and not, both precisions: the folded plan
+/// drops one relu_bwd pass per module (two here) and nothing else, and every conv's weight and bias
+/// gradients take one wgrad kernel and one split sum.
+fn assert_fewer_launches(cfg: crate::nn::MnistConfig, n: usize) {
+    for precision in [Precision::Fp32, Precision::Tf32] {
+        let folded = step_kernels(cfg, n, precision, false);
+        let separate = step_kernels(cfg, n, precision, true);
+        println!(
+            "{precision:?}, batch {n}: folded [plan launches, kernels, wgrads, split sums, relu_bwd] \
+             {folded:?}, separate relu_bwd {separate:?}"
+        );
+        assert_eq!(
+            folded[0] + 2,
+            separate[0],
+            "{precision:?}: Plan::launches()"
+        );
+        assert_eq!(folded[1] + 2, separate[1], "{precision:?}: kernels");
+        assert_eq!(separate[4], folded[4] + 2, "{precision:?}: relu_bwd passes");
+        // 6 convs per module (1×1, both reduces, 3×3, 5×5, pool projection), each its own wgrad + split sum.
+        assert_eq!(folded[2], 12, "{precision:?}: conv wgrads");
+        assert_eq!(
+            folded[3], folded[2],
+            "{precision:?}: one split sum per wgrad"
+        );
+    }
+}
+
+#[test]
+fn a_step_with_the_relu_backward_folded_launches_fewer_kernels() {
+    let cfg = crate::nn::MnistConfig {
+        map1: 2,
+        map2: 3,
+        reduce: 2,
+        hidden: 6,
+        dropout: 0.5,
+        image: 6,
+    };
+    assert_fewer_launches(cfg, 3);
+}
+
+#[test]
+#[ignore = "allocates the full MNIST net (2.2 GB of parameters, gradients and moments): run by hand with \
+            --ignored --nocapture for the launch counts of a batch-50 step"]
+fn the_mnist_step_at_batch_50_launches_fewer_kernels() {
+    assert_fewer_launches(crate::nn::MnistConfig::default(), 50);
 }

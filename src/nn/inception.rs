@@ -129,8 +129,6 @@ pub struct ModuleSaved<B: Backend> {
 
 /// Scratch of the backward pass.
 pub struct ModuleScratch<B: Backend> {
-    /// `[n, c_out, h, w]`: the output gradient through the module's ReLU.
-    pub g: B::Buf,
     /// `[n, c_in, h, w]`: the gradient of the pooled input.
     pub dpooled: B::Buf,
     /// `[n, max(#3×3 reduce, #5×5 reduce), h, w]`: working memory of the fused branches' backward.
@@ -269,7 +267,6 @@ impl InceptionModule {
     ) -> Result<ModuleScratch<B>> {
         let hw = n * h * w;
         Ok(ModuleScratch {
-            g: b.alloc_zeros(hw * self.c_out())?,
             dpooled: b.alloc_zeros(hw * self.c_in)?,
             dmid: b.alloc_zeros(hw * self.widths.c3x3_reduce.max(self.widths.c5x5_reduce))?,
         })
@@ -358,10 +355,9 @@ impl InceptionModule {
         let l = self.layout();
         let r = |name: &str| l.at(name, name, base);
         let p = |name: &str| b.view(params, r(name));
-        // Through the module's ReLU once; every branch then reads its slice of g in place.
-        let g_len = b.len(&scratch.g);
-        b.relu_bwd(&mut b.view_mut(&mut scratch.g, 0..g_len)?, dy, y)?;
-        let g = b.view(&scratch.g, 0..g_len)?;
+        // The module's ReLU backward is folded into the branches' kernels: each reads its slice of dy in place
+        // where y > 0 (relu_bwd's rule, the same bits as a relu_bwd pass before them).
+        let (g, y) = (dy, Some(y));
         let whole = |buf: &B::Buf| 0..b.len(buf);
         let (mid3, mid5, pooled) = (
             b.view(&saved.mid3, whole(&saved.mid3))?,
@@ -374,7 +370,8 @@ impl InceptionModule {
             None,
             dparams,
             [r("branch1x1.weight"), r("branch1x1.bias")],
-            &g,
+            g,
+            y,
             x,
             &p("branch1x1.weight")?,
             &s1,
@@ -389,7 +386,8 @@ impl InceptionModule {
                 None,
                 dparams,
                 [r("pool_proj.weight"), r("pool_proj.bias")],
-                &g,
+                g,
+                y,
                 &pooled,
                 &p("pool_proj.weight")?,
                 &sp,
@@ -400,7 +398,8 @@ impl InceptionModule {
                 &mut sink,
                 &mut b.view_mut(dparams, r3.clone())?,
                 &mut b.view_mut(&mut scratch.dmid, 0..s3.mid_len("reduce_conv_bwd")?)?,
-                &g,
+                g,
+                y,
                 x,
                 &mid3,
                 &b.view(params, r3)?,
@@ -411,7 +410,8 @@ impl InceptionModule {
                 &mut sink,
                 &mut b.view_mut(dparams, r5.clone())?,
                 &mut b.view_mut(&mut scratch.dmid, 0..s5.mid_len("reduce_conv_bwd")?)?,
-                &g,
+                g,
+                y,
                 x,
                 &mid5,
                 &b.view(params, r5)?,
@@ -419,12 +419,13 @@ impl InceptionModule {
                 false,
             );
         };
-        b.conv_dgrad(dx, &g, &p("branch1x1.weight")?, &s1, false)?;
+        b.conv_dgrad(dx, g, y, &p("branch1x1.weight")?, &s1, false)?;
         b.reduce_conv_bwd(
             dx,
             &mut b.view_mut(dparams, r3.clone())?,
             &mut b.view_mut(&mut scratch.dmid, 0..s3.mid_len("reduce_conv_bwd")?)?,
-            &g,
+            g,
+            y,
             x,
             &mid3,
             &b.view(params, r3)?,
@@ -435,7 +436,8 @@ impl InceptionModule {
             dx,
             &mut b.view_mut(dparams, r5.clone())?,
             &mut b.view_mut(&mut scratch.dmid, 0..s5.mid_len("reduce_conv_bwd")?)?,
-            &g,
+            g,
+            y,
             x,
             &mid5,
             &b.view(params, r5)?,
@@ -451,7 +453,8 @@ impl InceptionModule {
             )),
             dparams,
             [r("pool_proj.weight"), r("pool_proj.bias")],
-            &g,
+            g,
+            y,
             &pooled,
             &p("pool_proj.weight")?,
             &sp,

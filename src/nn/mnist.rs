@@ -345,6 +345,7 @@ impl<B: Backend> InceptionMnist<B> {
             let opts = TrainOptions {
                 fuse_wgrad_adam: FuseWgradAdam::Named(vec!["fc1.weight".into()]),
                 precision: self.precision,
+                ..TrainOptions::default()
             };
             self.train = None; // the old batch size's buffers go before the new ones are allocated
             let mut plan = Plan::train_with(self.b.clone(), &self.def.graph, n, &opts)?;

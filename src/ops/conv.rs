@@ -61,7 +61,7 @@ fn conv_bwd(dy: &Tensor, x: &Tensor, w: &Tensor, s: &ConvShape) -> Result<Vec<Te
         // dw and db as one block [dw | db] (the layout of a flat gradient buffer), then split.
         let (mut dx, mut block) = (be.alloc_zeros(x_len)?, be.alloc_zeros(w_len + s.c_out)?);
         let ranges = [0..w_len, w_len..w_len + s.c_out];
-        crate::graph::defs::conv_bwd(be, Some((&mut be.view_mut(&mut dx, 0..x_len)?, false)), &mut block, ranges.clone(), &dy, &x, &w, s)?;
+        crate::graph::defs::conv_bwd(be, Some((&mut be.view_mut(&mut dx, 0..x_len)?, false)), &mut block, ranges.clone(), &dy, None, &x, &w, s)?;
         let mut out = vec![dx];
         for r in ranges {
             let mut part = be.alloc_zeros(r.len())?;
@@ -197,6 +197,7 @@ fn reduce_conv_bwd(
             &mut be.view_mut(&mut dblock, 0..total)?,
             &mut be.view_mut(&mut scratch, 0..mid_len)?,
             &g,
+            None,
             &x,
             &mid,
             &block,

@@ -1,7 +1,7 @@
 //! Kernel sequences run on any backend (CPU twins, emulation, CUDA), outputs copied to the host, so each
 //! backend's results can be compared with the twins'.
 
-use inception_cuda::shape::{AdamStep, ConvShape, PoolShape, ReduceConvShape};
+use inception_cuda::shape::{AdamStep, ConvShape, PoolShape, Precision, ReduceConvShape};
 use inception_cuda::Backend;
 
 /// Max pooling forward, backward and accumulating backward on backend `b`, outputs on the host.
@@ -107,7 +107,7 @@ pub fn train_ops_on<B: Backend>(
 /// Value the outputs start from: channels outside a branch's slice must keep it.
 pub const SENTINEL: f32 = 7.0;
 
-/// conv_fwd (with and without ReLU), conv_dgrad (overwriting, accumulating), conv_wgrad, conv_bgrad on
+/// conv_fwd (with and without ReLU), conv_dgrad (overwriting, accumulating), conv_wgrad (dw, then db) on
 /// backend `b`, outputs on the host in that order.
 pub fn conv_on<B: Backend>(
     b: &B,
@@ -145,6 +145,7 @@ pub fn conv_on<B: Backend>(
         b.conv_dgrad(
             &mut b.view_mut(&mut dx, 0..x.len()).unwrap(),
             &dyv,
+            None,
             &wv,
             s,
             accumulate,
@@ -152,15 +153,18 @@ pub fn conv_on<B: Backend>(
         .unwrap();
         out.push(b.to_host(&dx).unwrap());
     }
-    let (mut dw, mut db) = (
-        up(&vec![SENTINEL; w.len()]),
-        up(&vec![SENTINEL; bias.len()]),
-    );
-    b.conv_wgrad(&mut b.view_mut(&mut dw, 0..w.len()).unwrap(), &dyv, &xv, s)
-        .unwrap();
-    b.conv_bgrad(&mut b.view_mut(&mut db, 0..bias.len()).unwrap(), &dyv, s)
-        .unwrap();
-    out.extend([b.to_host(&dw).unwrap(), b.to_host(&db).unwrap()]);
+    let wl = w.len();
+    let mut dwdb = up(&vec![SENTINEL; wl + bias.len()]);
+    b.conv_wgrad(
+        &mut b.view_mut(&mut dwdb, 0..wl + bias.len()).unwrap(),
+        &dyv,
+        None,
+        &xv,
+        s,
+    )
+    .unwrap();
+    let dwdb = b.to_host(&dwdb).unwrap();
+    out.extend([dwdb[..wl].to_vec(), dwdb[wl..].to_vec()]);
     out
 }
 
@@ -200,6 +204,7 @@ pub fn fused_on<B: Backend>(
         &mut b.view_mut(&mut dp, 0..params.len()).unwrap(),
         &mut b.view_mut(&mut scratch, 0..mid_len).unwrap(),
         &dyv,
+        None,
         &xv,
         &b.view(&mid, 0..mid_len).unwrap(),
         &pv,
@@ -827,4 +832,115 @@ pub fn assert_bwd_adam<B: Backend>(
             assert!(one[1] != w, "{what} {s:?}: the weights did not move");
         }
     }
+}
+
+/// The shapes of the ReLU-mask tests: a conv into a channel slice (odd image, channels off the tiles) and a
+/// fused 5×5 conv of the same slice.
+pub const MASK_SHAPES: (ConvShape, ReduceConvShape) = (
+    ConvShape {
+        n: 2,
+        c_in: 3,
+        c_out: 5,
+        h: 5,
+        w: 7,
+        k: 3,
+        c_total: 9,
+        c_offset: 2,
+        precision: Precision::Fp32,
+    },
+    ReduceConvShape {
+        n: 2,
+        c_in: 3,
+        c_mid: 4,
+        c_out: 5,
+        h: 5,
+        w: 7,
+        k: 5,
+        c_total: 9,
+        c_offset: 2,
+        precision: Precision::Fp32,
+    },
+);
+
+/// `(dy, y, relu_bwd(dy, y))` of `len` elements: `y` holds positives, negatives, +0, -0 and NaN (only y > 0
+/// passes dy).
+pub fn relu_mask_inputs(len: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let dy = super::uniform(75, len);
+    let specials = [0.0, -0.0, f32::NAN, -1.0];
+    let y: Vec<f32> = super::uniform(76, len)
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| if i % 3 == 0 { specials[i / 3 % 4] } else { v })
+        .collect();
+    let mut g = vec![0.0; len];
+    inception_cuda::cpu::relu_bwd(&mut g, &dy, &y).unwrap();
+    (dy, y, g)
+}
+
+/// conv_dgrad (accumulating), conv_wgrad and reduce_conv_bwd (accumulating) on backend `b` with `dy` and the
+/// optional ReLU mask `y`, the other inputs seeded: `[dx, [dw | db], fused dx, fused dparams]` on the host.
+pub fn masked_grads_on<B: Backend>(
+    b: &B,
+    s: &ConvShape,
+    rs: &ReduceConvShape,
+    dy: &[f32],
+    y: Option<&[f32]>,
+) -> Vec<Vec<f32>> {
+    let (xl, wl) = (s.x_len("t").unwrap(), s.w_len("t").unwrap());
+    let block = inception_cuda::backend::reduce_conv_param_ranges(rs)[3].end;
+    let mid: Vec<f32> = super::uniform(74, rs.mid_len("t").unwrap())
+        .iter()
+        .map(|v| v.max(0.0))
+        .collect();
+    let up = |v: &[f32]| b.upload(v).unwrap();
+    let (x, w, params, mid, dy) = (
+        up(&super::uniform(71, xl)),
+        up(&super::uniform(72, wl)),
+        up(&super::uniform(73, block)),
+        up(&mid),
+        up(dy),
+    );
+    let y = y.map(up);
+    fn whole<'a, B: Backend>(b: &'a B, buf: &'a B::Buf) -> B::View<'a> {
+        b.view(buf, 0..b.len(buf)).unwrap()
+    }
+    fn all<'a, B: Backend>(b: &'a B, buf: &'a mut B::Buf) -> B::ViewMut<'a> {
+        let len = b.len(buf);
+        b.view_mut(buf, 0..len).unwrap()
+    }
+    let (xv, wv, pv, mv, dyv) = (
+        whole(b, &x),
+        whole(b, &w),
+        whole(b, &params),
+        whole(b, &mid),
+        whole(b, &dy),
+    );
+    let yv = y.as_ref().map(|y| whole(b, y));
+    let (mut dx, mut dwdb) = (up(&vec![0.5; xl]), up(&vec![f32::NAN; wl + s.c_out]));
+    let (mut rdx, mut dparams, mut scratch) = (
+        up(&vec![0.25; xl]),
+        up(&vec![f32::NAN; block]),
+        up(&vec![f32::NAN; b.len(&mid)]),
+    );
+    b.conv_dgrad(&mut all(b, &mut dx), &dyv, yv.as_ref(), &wv, s, true)
+        .unwrap();
+    b.conv_wgrad(&mut all(b, &mut dwdb), &dyv, yv.as_ref(), &xv, s)
+        .unwrap();
+    b.reduce_conv_bwd(
+        &mut all(b, &mut rdx),
+        &mut all(b, &mut dparams),
+        &mut all(b, &mut scratch),
+        &dyv,
+        yv.as_ref(),
+        &xv,
+        &mv,
+        &pv,
+        rs,
+        true,
+    )
+    .unwrap();
+    [dx, dwdb, rdx, dparams]
+        .iter()
+        .map(|v| b.to_host(v).unwrap())
+        .collect()
 }
