@@ -223,6 +223,12 @@ pub trait Backend {
     where
         Self: 'a;
 
+    /// Whether a training plan folds a ReLU's backward into the kernels that first read its gradient
+    /// ([`crate::graph::TrainOptions::separate_relu_bwd`]): a pass over memory fewer on a GPU. The CPU twins
+    /// apply such a mask as a `relu_bwd` copy per reading kernel (several per ReLU), so the CPU backend keeps
+    /// the one separate pass (`false`); both forms give the same bits.
+    const FOLDS_RELU_BWD: bool = true;
+
     /// Short backend name for error messages ("cpu", "cuda").
     fn name(&self) -> &'static str;
     /// A zero-filled buffer of `len` elements.

@@ -215,6 +215,7 @@ impl crate::backend::BackendHandle for CpuBackend {
 
 impl Backend for CpuBackend {
     host_buffers!();
+    const FOLDS_RELU_BWD: bool = false;
 
     fn name(&self) -> &'static str {
         "cpu"

@@ -50,7 +50,8 @@ pub struct TrainOptions {
     /// conv's ReLU) and of a fused reduce conv's own ReLU as a `relu_bwd` pass of its own, as before the
     /// fold. By default (`false`) it is folded into the kernels that first read the gradient (the convs'
     /// dgrad and wgrad, the fused conv's first backward kernels), which read `dy` where the output `y > 0`:
-    /// one pass and one buffer fewer per ReLU, the same bits.
+    /// one pass and one buffer fewer per ReLU, the same bits; on backends that do not gain from it
+    /// ([`crate::Backend::FOLDS_RELU_BWD`]: the CPU) the pass stays separate either way.
     pub separate_relu_bwd: bool,
 }
 
@@ -1090,7 +1091,7 @@ impl<B: Backend> Plan<B> {
             .ok_or_else(|| plan_err(OP, "the graph has no loss (softmax_xent)".into()))?;
         let mut p = Planner::new(g, OP, batch, true, Value(loss))?;
         p.precision = opts.precision;
-        p.fold_relu = !opts.separate_relu_bwd;
+        p.fold_relu = !opts.separate_relu_bwd && B::FOLDS_RELU_BWD;
         p.fuse()?;
         p.place_forward()?;
         p.place_grads()?;
