@@ -551,8 +551,10 @@ fn run_all<B: Backend>(c: &mut Criterion, b: &B, dev: &Device, gpu: bool) {
     }
 }
 
-/// cuDNN modules (reduced and naive forward) and cuBLAS fc1 GEMMs at the shapes timed above, same stream, same
-/// run; skipped, with the reason, where a library is missing.
+/// cuDNN modules (reduced and naive forward, fp32 and TF32) and cuBLAS fc1 GEMMs at the shapes timed above,
+/// same stream, same run; skipped, with the reason, where a library is missing. cuDNN's algorithm here is its
+/// heuristic's for the fused bias + ReLU call; the module table (`scripts/module-table.py`) compares against
+/// PyTorch's cuDNN with `cudnn.benchmark` (the fastest algorithm per shape, timed), forward and backward.
 #[cfg(feature = "baselines")]
 fn bench_libraries(c: &mut Criterion, dev: &Device) {
     let Device::Cuda(cuda) = dev else { return };
@@ -560,17 +562,22 @@ fn bench_libraries(c: &mut Criterion, dev: &Device) {
     let header = device_header(dev);
     if libs::cudnn_present() {
         let [_, (_, m2, _), (_, g3a, _)] = modules();
-        for (label, m, n) in [
-            ("MNIST module 2", m2, 50),
-            ("GoogLeNet (3a)", g3a, 32),
-            ("GoogLeNet (3a)", g3a, 128),
-        ] {
+        for (label, m, n, p) in [Precision::Fp32, Precision::Tf32]
+            .into_iter()
+            .flat_map(|p| {
+                [
+                    ("MNIST module 2", m2.with_precision(p), 50, p),
+                    ("GoogLeNet (3a)", g3a.with_precision(p), 32, p),
+                    ("GoogLeNet (3a)", g3a.with_precision(p), 128, p),
+                ]
+            })
+        {
             for naive in [false, true] {
                 let form = if naive { "naive" } else { "reduced" };
                 let mut module = match libs::DnnModule::new(&stream, &m, (n, 28, 28), naive, rand) {
                     Ok(module) => module,
                     Err(e) => {
-                        println!("cuDNN {form} {label} batch {n}: not timed: {e}");
+                        println!("cuDNN {form} {p:?} {label} batch {n}: not timed: {e}");
                         continue;
                     }
                 };
@@ -579,7 +586,8 @@ fn bench_libraries(c: &mut Criterion, dev: &Device) {
                 } else {
                     m.macs_reduced(28, 28)
                 };
-                let mut group = configured_group(c, format!("cuDNN module, {form} [{header}]"));
+                let mut group =
+                    configured_group(c, format!("cuDNN module, {form} {p:?} [{header}]"));
                 group.throughput(Throughput::Elements(2 * macs.total() * n as u64));
                 group.bench_function(BenchmarkId::new(format!("{label} forward"), n), |bch| {
                     bch.iter(|| {

@@ -1,6 +1,6 @@
 //! The libraries a user would otherwise call, for `benches/inception.rs` (cargo feature `baselines`): fc1's
-//! three GEMMs from cuBLAS and the modules' forward from cuDNN convolutions, fp32 without TF32, on the
-//! crate's stream, through cudarc's dynamically loaded bindings. Both libraries are optional at run time:
+//! three GEMMs from cuBLAS (fp32 without TF32) and the modules' forward from cuDNN convolutions (fp32 or
+//! TF32, with cuDNN's heuristic algorithm for the fused bias + ReLU call), on the crate's stream, through cudarc's dynamically loaded bindings. Both libraries are optional at run time:
 //! [`cublas_present`] and [`cudnn_present`] say whether they load (cuDNN often lives in a Python
 //! environment's `nvidia/cudnn/lib`: put that folder on `LD_LIBRARY_PATH`).
 
@@ -15,6 +15,7 @@ use cudarc::cudnn::{
 };
 use cudarc::driver::{CudaSlice, CudaStream};
 use inception_cuda::nn::InceptionModule;
+use inception_cuda::shape::Precision;
 
 /// Errors of the baselines (library status codes and driver errors).
 pub type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -166,7 +167,9 @@ pub struct DnnModule {
 }
 
 impl DnnModule {
-    /// The module `m` at batch `n` on `h × w` images, reduced or naive, with weights from `rand`.
+    /// The module `m` at batch `n` on `h × w` images, reduced or naive, with weights from `rand`; its convs in
+    /// `m.precision` (fp32: `CUDNN_FMA_MATH`, no TF32; TF32: `CUDNN_TENSOR_OP_MATH`, which lets cuDNN round
+    /// fp32 operands to TF32 on the tensor cores).
     pub fn new(
         stream: &Arc<CudaStream>,
         m: &InceptionModule,
@@ -174,6 +177,10 @@ impl DnnModule {
         naive: bool,
         rand: impl Fn(u32, usize) -> Vec<f32>,
     ) -> Res<Self> {
+        let math = match m.precision {
+            Precision::Fp32 => dnn::cudnnMathType_t::CUDNN_FMA_MATH,
+            _ => dnn::cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
+        };
         let dnn = Cudnn::new(stream.clone())?;
         let wd = m.widths;
         let c_in = m.c_in;
@@ -242,7 +249,7 @@ impl DnnModule {
                 [1, 1],
                 dnn::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
             )?;
-            conv.set_math_type(dnn::cudnnMathType_t::CUDNN_FMA_MATH)?; // fp32, no TF32
+            conv.set_math_type(math)?;
             let relu_tmp = dnn.create_activation::<f32>(
                 dnn::cudnnActivationMode_t::CUDNN_ACTIVATION_RELU,
                 dnn::cudnnNanPropagation_t::CUDNN_PROPAGATE_NAN,
