@@ -33,6 +33,10 @@ trap 'tar -czf "$out/logs.tar.gz" -C "$logs" . 2>/dev/null' EXIT
 exec > >(tee "$out/suite.log") 2>&1
 start=$(date +%s)
 phase() { printf '\n== [%d s] %s\n' $(($(date +%s) - start)) "$*"; }
+# A carried stage.tar.xz (scripts/stage-gpu.sh) is unpacked when stage/ is absent or older than it.
+if [ -f stage.tar.xz ] && { [ ! -d stage/tests ] || [ stage.tar.xz -nt stage/MANIFEST ]; }; then
+  rm -rf stage/tests stage/examples stage/benches && tar -xJf stage.tar.xz
+fi
 [ -d stage/tests ] || { echo "error: no stage/: run scripts/stage-gpu.sh on the build machine and carry stage" >&2; exit 2; }
 status=0
 

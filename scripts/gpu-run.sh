@@ -17,6 +17,10 @@ export INCEPTION_CUDA_ROOT=$PWD   # tests read their fixtures (tests/golden) fro
 logs=${INCEPTION_CUDA_LOGS:-stage/logs}
 mkdir -p "$logs"
 status=0
+# A carried stage.tar.xz (scripts/stage-gpu.sh) is unpacked when stage/ is absent or older than it.
+if [ -f stage.tar.xz ] && { [ ! -d stage/tests ] || [ stage.tar.xz -nt stage/MANIFEST ]; }; then
+  rm -rf stage/tests stage/examples stage/benches && tar -xJf stage.tar.xz
+fi
 [ -d stage/tests ] || { echo "error: no stage/tests: run scripts/stage-gpu.sh on the build machine first" >&2; exit 2; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | sed 's/^/GPU: /'
 

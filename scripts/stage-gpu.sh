@@ -4,7 +4,8 @@
 # machine with only the NVIDIA driver (glibc >= 2.34 and libcuda are all they need). Then, on that machine,
 # from the repo root: scripts/gpu-run.sh (see there).
 #
-#   scripts/stage-gpu.sh            stage/{tests,examples,benches}/<name>, stage/MANIFEST
+#   scripts/stage-gpu.sh            stage/{tests,examples,benches}/<name>, stage/MANIFEST, and all of it
+#                                   in stage.tar.xz (the thing to carry: a few MB)
 #   PREV=<commit> scripts/stage-gpu.sh   also that commit's benches as stage/benches/<name>@prev (built in a
 #                                   temporary worktree into target/prev), which scripts/device-suite.sh runs
 #                                   right after ours: "not slower than the previous main" in one call
@@ -61,3 +62,10 @@ done
 strip stage/tests/* stage/examples/* stage/benches/*
 echo "staged $(wc -l <stage/MANIFEST) binaries in stage/ ($(du -sh stage | cut -f1)):"
 sed 's/^/  /' stage/MANIFEST
+# One solid xz archive to carry: every binary embeds the same PTX, which a solid archive stores once (56 MB of
+# binaries in about 4 MB), far under the 64 MiB that travels with the working tree. scripts/device-suite.sh and
+# scripts/gpu-run.sh unpack it when stage/ is absent or older.
+rm -f stage.tar.xz
+tar -cJf stage.tar.xz stage
+echo "carry stage.tar.xz ($(du -h stage.tar.xz | cut -f1)), or stage/ itself"
+
