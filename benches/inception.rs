@@ -562,16 +562,17 @@ fn bench_libraries(c: &mut Criterion, dev: &Device) {
     let header = device_header(dev);
     if libs::cudnn_present() {
         let [_, (_, m2, _), (_, g3a, _)] = modules();
-        for (label, m, n, p) in [Precision::Fp32, Precision::Tf32]
+        for (label, m, n) in [Precision::Fp32, Precision::Tf32]
             .into_iter()
             .flat_map(|p| {
                 [
-                    ("MNIST module 2", m2.with_precision(p), 50, p),
-                    ("GoogLeNet (3a)", g3a.with_precision(p), 32, p),
-                    ("GoogLeNet (3a)", g3a.with_precision(p), 128, p),
+                    ("MNIST module 2", m2.with_precision(p), 50),
+                    ("GoogLeNet (3a)", g3a.with_precision(p), 32),
+                    ("GoogLeNet (3a)", g3a.with_precision(p), 128),
                 ]
             })
         {
+            let p = m.precision;
             for naive in [false, true] {
                 let form = if naive { "naive" } else { "reduced" };
                 let mut module = match libs::DnnModule::new(&stream, &m, (n, 28, 28), naive, rand) {

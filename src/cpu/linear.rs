@@ -292,16 +292,10 @@ pub fn linear_bwd_adam<'s>(
     // TF32: the products' operands rounded as the tensor-core kernel rounds them (dy and x here, each strip of
     // w before its update below); Adam updates the unrounded weight.
     let tf32 = s.precision == Precision::Tf32;
-    let (dy_tf32, x_tf32) = if tf32 {
-        (rounded(dy), rounded(x))
-    } else {
-        (Vec::new(), Vec::new())
-    };
-    let (dy, x) = if tf32 {
-        (&dy_tf32[..], &x_tf32[..])
-    } else {
-        (dy, x)
-    };
+    let rounded_inputs = tf32.then(|| (rounded(dy), rounded(x)));
+    let (dy, x) = rounded_inputs
+        .as_ref()
+        .map_or((dy, x), |(dy, x)| (&dy[..], &x[..]));
     let LinearShape { m, k_in, n_out, .. } = *s;
     s.validate(OP)?;
     check(
