@@ -139,6 +139,9 @@ pub struct CudaBackend {
     /// The dynamic shared memory a block may opt in to on this device (227 KiB on H100/H200, 163 KiB on
     /// A100, 99 KiB on consumer Ampere and Ada).
     max_shared_optin: usize,
+    /// Per kernel, the dynamic shared memory it has been opted in to (bytes): the attribute is set once per
+    /// kernel and size, not at every launch of a step.
+    shared_opted_in: Mutex<[u32; Kernel::COUNT]>,
 }
 
 /// Pinned host buffers kept for reuse.
@@ -196,6 +199,7 @@ impl CudaBackend {
             .map_err(driver("reading the shared memory limit"))?;
         Ok(Self {
             max_shared_optin: usize::try_from(max_shared_optin).unwrap_or(0),
+            shared_opted_in: Mutex::new([48 * 1024; Kernel::COUNT]),
             ctx,
             stream,
             kernels,
@@ -528,13 +532,23 @@ impl Driver for CudaBackend {
         mut args: LaunchArgs<'_>,
     ) -> Result<()> {
         if dims.shared_bytes > 48 * 1024 {
-            // More than the default 48 KiB of dynamic shared memory needs the kernel's opt-in.
-            self.kernels[kernel as usize]
-                .set_attribute(
-                    CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    dims.shared_bytes as i32, // <= MAX_DYNAMIC_SHARED
-                )
-                .map_err(driver_error(op))?;
+            // More than the default 48 KiB of dynamic shared memory needs the kernel's opt-in: once per kernel
+            // and larger size (the attribute is the kernel's ceiling, kept until raised), under the lock so
+            // that concurrent launches never lower it.
+            let mut opted_in = self
+                .shared_opted_in
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let ceiling = &mut opted_in[kernel as usize];
+            if dims.shared_bytes > *ceiling {
+                self.kernels[kernel as usize]
+                    .set_attribute(
+                        CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        dims.shared_bytes as i32, // <= MAX_DYNAMIC_SHARED
+                    )
+                    .map_err(driver_error(op))?;
+                *ceiling = dims.shared_bytes;
+            }
         }
         let cfg = LaunchConfig {
             grid_dim: (dims.grid, dims.grid_y, dims.grid_z),
