@@ -273,6 +273,11 @@ fn emulated_maxpool_matches_its_twin_bit_for_bit() {
         (1, 1, 1, 3),
         (1, 2, 40, 5),
         (1, 1, 3, 7000),
+        // Planes one and two cells wide or high: every clipped window of the twin's separable passes.
+        (1, 1, 1, 1),
+        (1, 1, 6, 1),
+        (2, 1, 2, 2),
+        (1, 3, 1, 9),
     ] {
         let s = PoolShape { n, c, h, w };
         let len = n * c * h * w;
