@@ -133,6 +133,9 @@ pub struct ModuleScratch<B: Backend> {
     pub dpooled: B::Buf,
     /// `[n, max(#3×3 reduce, #5×5 reduce), h, w]`: working memory of the fused branches' backward.
     pub dmid: B::Buf,
+    /// `[n, c_out, h, w]`: the output gradient through the module's ReLU, on backends that do not fold the ReLU's
+    /// backward into the branches' kernels ([`Backend::FOLDS_RELU_BWD`] false: the CPU); `None` where they do.
+    pub dy_relu: Option<B::Buf>,
 }
 
 impl InceptionModule {
@@ -269,6 +272,11 @@ impl InceptionModule {
         Ok(ModuleScratch {
             dpooled: b.alloc_zeros(hw * self.c_in)?,
             dmid: b.alloc_zeros(hw * self.widths.c3x3_reduce.max(self.widths.c5x5_reduce))?,
+            dy_relu: if B::FOLDS_RELU_BWD {
+                None
+            } else {
+                Some(b.alloc_zeros(hw * self.c_out())?)
+            },
         })
     }
 
@@ -351,13 +359,48 @@ impl InceptionModule {
         params: &B::Buf,
         (n, h, w): (usize, usize, usize),
     ) -> Result<()> {
+        // The module's ReLU backward: folded into the branches' kernels, each reading its slice of dy in place
+        // where y > 0 (relu_bwd's rule, the same bits as a relu_bwd pass before them), or, where the backend
+        // does not fold it (the CPU: a folded mask costs a pass per reading kernel), one relu_bwd pass.
+        let ModuleScratch {
+            dpooled,
+            dmid,
+            dy_relu,
+        } = scratch;
+        let rest = (dx, (dparams, base), (dpooled, dmid));
+        match dy_relu {
+            Some(buf) if !B::FOLDS_RELU_BWD => {
+                let len = b.len(buf);
+                b.relu_bwd(&mut b.view_mut(buf, 0..len)?, dy, y)?;
+                let g = b.view(buf, 0..len)?;
+                self.branches_backward(b, rest, &g, None, x, saved, params, (n, h, w))
+            }
+            _ => self.branches_backward(b, rest, dy, Some(y), x, saved, params, (n, h, w)),
+        }
+    }
+
+    /// The branches' backward from `g`, the gradient of the module output before its ReLU, or, with `y`, after
+    /// it (each kernel then reads `g` where `y > 0`).
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn branches_backward<B: Backend>(
+        &self,
+        b: &B,
+        (dx, (dparams, base), (dpooled, dmid)): (
+            Option<&mut B::ViewMut<'_>>,
+            (&mut B::Buf, usize),
+            (&mut B::Buf, &mut B::Buf),
+        ),
+        g: &B::View<'_>,
+        y: Option<&B::View<'_>>,
+        x: &B::View<'_>,
+        saved: &ModuleSaved<B>,
+        params: &B::Buf,
+        (n, h, w): (usize, usize, usize),
+    ) -> Result<()> {
         let (s1, s3, s5, sp) = self.branch_shapes(n, h, w);
         let l = self.layout();
         let r = |name: &str| l.at(name, name, base);
         let p = |name: &str| b.view(params, r(name));
-        // The module's ReLU backward is folded into the branches' kernels: each reads its slice of dy in place
-        // where y > 0 (relu_bwd's rule, the same bits as a relu_bwd pass before them).
-        let (g, y) = (dy, Some(y));
         let whole = |buf: &B::Buf| 0..b.len(buf);
         let (mid3, mid5, pooled) = (
             b.view(&saved.mid3, whole(&saved.mid3))?,
@@ -392,12 +435,12 @@ impl InceptionModule {
                 &p("pool_proj.weight")?,
                 &sp,
             )?;
-            let len = b.len(&scratch.dpooled);
-            let mut sink = b.view_mut(&mut scratch.dpooled, 0..len)?;
+            let len = b.len(dpooled);
+            let mut sink = b.view_mut(dpooled, 0..len)?;
             b.reduce_conv_bwd(
                 &mut sink,
                 &mut b.view_mut(dparams, r3.clone())?,
-                &mut b.view_mut(&mut scratch.dmid, 0..s3.mid_len("reduce_conv_bwd")?)?,
+                &mut b.view_mut(dmid, 0..s3.mid_len("reduce_conv_bwd")?)?,
                 g,
                 y,
                 x,
@@ -409,7 +452,7 @@ impl InceptionModule {
             return b.reduce_conv_bwd(
                 &mut sink,
                 &mut b.view_mut(dparams, r5.clone())?,
-                &mut b.view_mut(&mut scratch.dmid, 0..s5.mid_len("reduce_conv_bwd")?)?,
+                &mut b.view_mut(dmid, 0..s5.mid_len("reduce_conv_bwd")?)?,
                 g,
                 y,
                 x,
@@ -423,7 +466,7 @@ impl InceptionModule {
         b.reduce_conv_bwd(
             dx,
             &mut b.view_mut(dparams, r3.clone())?,
-            &mut b.view_mut(&mut scratch.dmid, 0..s3.mid_len("reduce_conv_bwd")?)?,
+            &mut b.view_mut(dmid, 0..s3.mid_len("reduce_conv_bwd")?)?,
             g,
             y,
             x,
@@ -435,7 +478,7 @@ impl InceptionModule {
         b.reduce_conv_bwd(
             dx,
             &mut b.view_mut(dparams, r5.clone())?,
-            &mut b.view_mut(&mut scratch.dmid, 0..s5.mid_len("reduce_conv_bwd")?)?,
+            &mut b.view_mut(dmid, 0..s5.mid_len("reduce_conv_bwd")?)?,
             g,
             y,
             x,
@@ -444,13 +487,10 @@ impl InceptionModule {
             &s5,
             true,
         )?;
-        let dpooled_len = b.len(&scratch.dpooled);
+        let dpooled_len = b.len(dpooled);
         crate::graph::defs::conv_bwd(
             b,
-            Some((
-                &mut b.view_mut(&mut scratch.dpooled, 0..dpooled_len)?,
-                false,
-            )),
+            Some((&mut b.view_mut(dpooled, 0..dpooled_len)?, false)),
             dparams,
             [r("pool_proj.weight"), r("pool_proj.bias")],
             g,
@@ -465,13 +505,7 @@ impl InceptionModule {
             h,
             w,
         };
-        b.maxpool3x3s1_bwd(
-            dx,
-            &b.view(&scratch.dpooled, 0..dpooled_len)?,
-            x,
-            &pool,
-            true,
-        )
+        b.maxpool3x3s1_bwd(dx, &b.view(dpooled, 0..dpooled_len)?, x, &pool, true)
     }
 }
 
