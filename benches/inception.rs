@@ -6,12 +6,13 @@
 //!
 //!     cargo bench --bench inception
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
 use criterion::{
-    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+    criterion_group, criterion_main, Bencher, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
 };
 use inception_cuda::cpu::CpuBackend;
 use inception_cuda::nn::{BranchMacs, InceptionModule, InceptionWidths, MnistConfig};
@@ -25,6 +26,113 @@ use inception_cuda::{Backend, Device};
 mod libs;
 #[path = "support/secs.rs"]
 mod secs;
+
+/// One cell of the module table: (module label, batch, form "reduced"|"naive", side "ours"|"cuDNN",
+/// precision, pass "forward"|"forward+backward").
+type Cell = (
+    String,
+    usize,
+    &'static str,
+    &'static str,
+    Precision,
+    &'static str,
+);
+
+thread_local! {
+    /// Milliseconds per iteration of every criterion sample (warm-up included) of the GPU module benchmarks,
+    /// by table cell: the table reads the last [`SAMPLES`] of each, the samples criterion reports.
+    static TIMES: RefCell<Vec<(Cell, f64)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Samples per benchmark ([`configured_group`]).
+const SAMPLES: usize = 10;
+
+/// `bch.iter(f)`, also recording each sample's time per iteration under `cell` when there is one (GPU groups).
+fn timed(bch: &mut Bencher<'_>, cell: Option<Cell>, mut f: impl FnMut()) {
+    bch.iter_custom(|iters| {
+        let t = Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        let e = t.elapsed();
+        if let Some(cell) = &cell {
+            let ms = e.as_secs_f64() * 1e3 / iters.max(1) as f64;
+            TIMES.with(|t| t.borrow_mut().push((cell.clone(), ms)));
+        }
+        e
+    })
+}
+
+/// The module table from the recorded samples (medians, ms): ours and cuDNN's, reduced and naive, both
+/// precisions, each of ours against the faster of cuDNN's two forms in the same precision; every figure from
+/// this run. `None` when no GPU module benchmark ran.
+#[cfg(feature = "cuda")]
+fn module_table(device: &str) -> Option<String> {
+    let times = TIMES.with(|t| t.borrow().clone());
+    if times.is_empty() {
+        return None;
+    }
+    let median = |cell: &Cell| -> Option<f64> {
+        let mut v: Vec<f64> = times
+            .iter()
+            .filter(|(c, _)| c == cell)
+            .map(|&(_, ms)| ms)
+            .collect();
+        v.drain(..v.len().saturating_sub(SAMPLES));
+        v.sort_by(f64::total_cmp);
+        (!v.is_empty()).then(|| v[v.len() / 2])
+    };
+    let fmt = |v: Option<f64>| v.map_or_else(|| "not run".to_string(), |v| format!("{v:.3}"));
+    let mut md = format!(
+        "Module table, {device}: ms per call (median of {SAMPLES} samples), this run. cuDNN: every conv with the \
+         algorithm that ran fastest at its shape; its forward + backward leaves out the bias gradients (a lower \
+         bound). Ratio = ours reduced / the faster of cuDNN's reduced and naive.\n\n\
+         | module | batch | precision | pass | ours reduced | ours naive | cuDNN reduced | cuDNN naive | ratio |\n\
+         |---|---:|---|---|---:|---:|---:|---:|---:|\n"
+    );
+    let mut rows: Vec<(String, usize)> = Vec::new();
+    for ((label, n, ..), _) in &times {
+        if !rows.contains(&(label.clone(), *n)) {
+            rows.push((label.clone(), *n));
+        }
+    }
+    for (label, n) in rows {
+        for p in [Precision::Tf32, Precision::Fp32] {
+            for pass in ["forward", "forward+backward"] {
+                let get = |form, side| median(&(label.clone(), n, form, side, p, pass));
+                let (r, nv) = (get("reduced", "ours"), get("naive", "ours"));
+                let (cr, cn) = (get("reduced", "cuDNN"), get("naive", "cuDNN"));
+                let best = [cr, cn].into_iter().flatten().min_by(f64::total_cmp);
+                let ratio = match (r, best) {
+                    (Some(r), Some(b)) => format!("{:.2}", r / b),
+                    _ => "—".into(),
+                };
+                let _ = writeln!(
+                    md,
+                    "| {label} | {n} | {p:?} | {pass} | {} | {} | {} | {} | {ratio} |",
+                    fmt(r),
+                    fmt(nv),
+                    fmt(cr),
+                    fmt(cn)
+                );
+            }
+        }
+    }
+    Some(md)
+}
+
+/// The table cell of a module benchmark: GPU groups only (the table compares against cuDNN).
+fn cell(
+    dev: &Device,
+    label: &str,
+    n: usize,
+    form: &'static str,
+    side: &'static str,
+    p: Precision,
+    pass: &'static str,
+) -> Option<Cell> {
+    matches!(dev, Device::Cuda(_)).then(|| (label.to_string(), n, form, side, p, pass))
+}
 
 fn modules() -> [(&'static str, InceptionModule, usize); 3] {
     let (m1, m2, _) = MnistConfig::default().param_table();
@@ -81,12 +189,12 @@ fn flop_table() -> String {
     md
 }
 
-/// A benchmark group with this bench's settings: 10 samples, 0.3 s warm-up, 3 s of measurement (or
+/// A benchmark group with this bench's settings: [`SAMPLES`] samples, 0.3 s warm-up, 3 s of measurement (or
 /// `INCEPTION_BENCH_SECS`).
 fn configured_group<'a>(c: &'a mut Criterion, name: String) -> BenchmarkGroup<'a, WallTime> {
     let mut group = c.benchmark_group(name);
     group
-        .sample_size(10)
+        .sample_size(SAMPLES)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(secs::measurement_or(Duration::from_secs(3)));
     group
@@ -141,8 +249,9 @@ fn bench_module<B: Backend>(
     );
     group.throughput(Throughput::Elements(flops));
     let (yl, xl) = (b.len(&y), b.len(&x));
+    let fwd_cell = cell(dev, label, n, "reduced", "ours", precision, "forward");
     group.bench_function(BenchmarkId::new(format!("{label} forward"), n), |bch| {
-        bch.iter(|| {
+        timed(bch, fwd_cell.clone(), || {
             let xv = b.view(&x, 0..xl).expect("view");
             m.forward(
                 b,
@@ -157,10 +266,19 @@ fn bench_module<B: Backend>(
         })
     });
     group.throughput(Throughput::Elements(3 * flops)); // backward ≈ twice the forward's multiply-adds
+    let both_cell = cell(
+        dev,
+        label,
+        n,
+        "reduced",
+        "ours",
+        precision,
+        "forward+backward",
+    );
     group.bench_function(
         BenchmarkId::new(format!("{label} forward+backward"), n),
         |bch| {
-            bch.iter(|| {
+            timed(bch, both_cell.clone(), || {
                 let xv = b.view(&x, 0..xl).expect("view");
                 m.forward(
                     b,
@@ -289,17 +407,27 @@ fn bench_naive<B: Backend>(
         ),
     );
     group.throughput(Throughput::Elements(flops));
+    let fwd_cell = cell(dev, label, n, "naive", "ours", precision, "forward");
     group.bench_function(BenchmarkId::new(format!("{label} forward"), n), |bch| {
-        bch.iter(|| {
+        timed(bch, fwd_cell.clone(), || {
             forward(&mut y, &mut pooled, &ws);
             dev.synchronize().expect("sync");
         })
     });
     group.throughput(Throughput::Elements(3 * flops));
+    let both_cell = cell(
+        dev,
+        label,
+        n,
+        "naive",
+        "ours",
+        precision,
+        "forward+backward",
+    );
     group.bench_function(
         BenchmarkId::new(format!("{label} forward+backward"), n),
         |bch| {
-            bch.iter(|| {
+            timed(bch, both_cell.clone(), || {
                 forward(&mut y, &mut pooled, &ws);
                 b.relu_bwd(
                     &mut b.view_mut(&mut g, 0..yl).expect("view"),
@@ -551,10 +679,10 @@ fn run_all<B: Backend>(c: &mut Criterion, b: &B, dev: &Device, gpu: bool) {
     }
 }
 
-/// cuDNN modules (reduced and naive forward, fp32 and TF32) and cuBLAS fc1 GEMMs at the shapes timed above,
-/// same stream, same run; skipped, with the reason, where a library is missing. cuDNN's algorithm here is its
-/// heuristic's for the fused bias + ReLU call; the module table (`scripts/module-table.py`) compares against
-/// PyTorch's cuDNN with `cudnn.benchmark` (the fastest algorithm per shape, timed), forward and backward.
+/// cuDNN modules (reduced and naive, forward and forward + backward, fp32 and TF32; every conv with the
+/// algorithm that ran fastest at its shape) and cuBLAS fc1 GEMMs at the shapes timed above, same stream, same
+/// run; skipped, with the reason, where a library is missing. The module table printed at the end compares
+/// them with ours; `scripts/module-table.py` does the same against PyTorch's whole module (`cudnn.benchmark`).
 #[cfg(feature = "baselines")]
 fn bench_libraries(c: &mut Criterion, dev: &Device) {
     let Device::Cuda(cuda) = dev else { return };
@@ -587,15 +715,32 @@ fn bench_libraries(c: &mut Criterion, dev: &Device) {
                 } else {
                     m.macs_reduced(28, 28)
                 };
+                println!(
+                    "cuDNN {form} {p:?} {label} batch {n}: algorithms (forward/data/filter) {}",
+                    module.algorithms()
+                );
                 let mut group =
                     configured_group(c, format!("cuDNN module, {form} {p:?} [{header}]"));
                 group.throughput(Throughput::Elements(2 * macs.total() * n as u64));
+                let fwd_cell = cell(dev, label, n, form, "cuDNN", p, "forward");
                 group.bench_function(BenchmarkId::new(format!("{label} forward"), n), |bch| {
-                    bch.iter(|| {
+                    timed(bch, fwd_cell.clone(), || {
                         module.forward().expect("cuDNN forward");
                         dev.synchronize().expect("sync");
                     })
                 });
+                group.throughput(Throughput::Elements(3 * 2 * macs.total() * n as u64));
+                let both_cell = cell(dev, label, n, form, "cuDNN", p, "forward+backward");
+                group.bench_function(
+                    BenchmarkId::new(format!("{label} forward+backward"), n),
+                    |bch| {
+                        timed(bch, both_cell.clone(), || {
+                            module.forward().expect("cuDNN forward");
+                            module.backward(cuda.backend()).expect("cuDNN backward");
+                            dev.synchronize().expect("sync");
+                        })
+                    },
+                );
                 group.finish();
             }
         }
@@ -670,6 +815,10 @@ fn inception(c: &mut Criterion) {
                 run_all(c, cuda.backend(), &dev, true);
             }
             bench_libraries(c, &dev);
+            if let Some(md) = module_table(&dev.describe()) {
+                println!("\n{md}");
+                let _ = std::fs::write(dir.join("module-table.md"), &md);
+            }
         }
         Err(reason) => println!("GPU benchmarks skipped: {reason}"),
     }

@@ -101,8 +101,8 @@ PY
   for b in ${BENCHES:-train_step inception}; do
     # printed as it comes (a call cut short still returns what ran)
     LD_LIBRARY_PATH=${libdirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} INCEPTION_BENCH_SECS=1 INCEPTION_BENCH_CPU=0 \
-      timeout 150 stage/benches/$b --bench "${BENCH_FILTER:-cuda:}" --warm-up-time 0.5 --noplot 2>&1 | tee "$logs/bench-$b.log" \
-      | grep --line-buffered -E '^[A-Za-z].*(cuda:|/)|time:|thrpt:|skipped|not found|not timed' \
+      timeout 240 stage/benches/$b --bench "${BENCH_FILTER:-cuda:}" --warm-up-time 0.5 --noplot 2>&1 | tee "$logs/bench-$b.log" \
+      | grep --line-buffered -E '^[A-Za-z].*(cuda:|/)|time:|thrpt:|skipped|not found|not timed|algorithms|^Module table|^\|' \
       | grep --line-buffered -v 'Benchmarking'
     if [ -x "stage/benches/$b@prev" ]; then
       echo "-- the same groups from $(cat stage/PREV 2>/dev/null) (filter ${PREV_FILTER:-fc1 GEMMs Fp32})"

@@ -1,6 +1,7 @@
 //! The libraries a user would otherwise call, for `benches/inception.rs` (cargo feature `baselines`): fc1's
-//! three GEMMs from cuBLAS (fp32 without TF32) and the modules' forward from cuDNN convolutions (fp32 or
-//! TF32, with cuDNN's heuristic algorithm for the fused bias + ReLU call), on the crate's stream, through cudarc's dynamically loaded bindings. Both libraries are optional at run time:
+//! three GEMMs from cuBLAS (fp32 without TF32) and the modules' forward and backward from cuDNN convolutions
+//! (fp32 or TF32, each conv with the algorithm that ran fastest at its shape), on the crate's stream, through
+//! cudarc's dynamically loaded bindings. Both libraries are optional at run time:
 //! [`cublas_present`] and [`cudnn_present`] say whether they load (cuDNN often lives in a Python
 //! environment's `nvidia/cudnn/lib`: put that folder on `LD_LIBRARY_PATH`).
 
@@ -13,9 +14,14 @@ use cudarc::cudnn::{
     ActivationDescriptor, ActivationForward, ConvBiasActivationForward, ConvDescriptor, Cudnn,
     FilterDescriptor, PoolingDescriptor, PoolingForward, TensorDescriptor,
 };
-use cudarc::driver::{CudaSlice, CudaStream};
+use std::time::Instant;
+
+use cudarc::cudnn::{ConvBackwardData, ConvBackwardFilter};
+use cudarc::driver::{CudaSlice, CudaStream, CudaView};
+use inception_cuda::cuda::CudaBackend;
 use inception_cuda::nn::InceptionModule;
-use inception_cuda::shape::Precision;
+use inception_cuda::shape::{PoolShape, Precision};
+use inception_cuda::Backend;
 
 /// Errors of the baselines (library status codes and driver errors).
 pub type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -131,24 +137,40 @@ enum Place {
 /// One conv of a module plan: (reads, writes, c_in, c_out, k).
 type ConvPlan = (Place, Place, usize, usize, usize);
 
+/// An algorithm cuDNN ran fastest here, with the workspace it needs.
+struct Algo<A> {
+    algo: A,
+    ws: CudaSlice<u8>,
+}
+
 struct DnnConv {
     from: Place,
     to: Place,
     w: CudaSlice<f32>,
     b: CudaSlice<f32>,
+    dw: CudaSlice<f32>,
     wdesc: FilterDescriptor<f32>,
     bdesc: TensorDescriptor<f32>,
     xdesc: TensorDescriptor<f32>,
     ydesc: TensorDescriptor<f32>,
     conv: ConvDescriptor<f32>,
-    algo: dnn::cudnnConvolutionFwdAlgo_t,
-    ws: CudaSlice<u8>,
+    fwd: Algo<dnn::cudnnConvolutionFwdAlgo_t>,
+    data: Algo<dnn::cudnnConvolutionBwdDataAlgo_t>,
+    filter: Algo<dnn::cudnnConvolutionBwdFilterAlgo_t>,
 }
 
-/// One module's forward from cuDNN: each conv one `cudnnConvolutionBiasActivationForward` (bias and ReLU
-/// fused) writing its channel slice of the concat in place (strided descriptor), max pooling one
-/// `cudnnPoolingForward`. Reduced: the module as the crate computes it; naive: 1×1, 3×3, 5×5 on the input
-/// and the pooled input passed through (ReLU'd into its slice by `cudnnActivationForward`).
+/// One module's forward and backward from cuDNN, each conv with the algorithm cuDNN ran fastest at its shape
+/// (every algorithm timed, as `cudnnFind*` and PyTorch's `cudnn.benchmark` do).
+///
+/// Forward: each conv one `cudnnConvolutionBiasActivationForward` (bias and ReLU fused) writing its channel
+/// slice of the concat in place (strided descriptor), max pooling one `cudnnPoolingForward`. Reduced: the
+/// module as the crate computes it; naive: 1×1, 3×3, 5×5 on the input and the pooled input passed through
+/// (ReLU'd into its slice by `cudnnActivationForward`).
+///
+/// Backward: every conv's data and filter gradients from cuDNN (`cudnnConvolutionBackwardData` / `…Filter`,
+/// reading the concat gradient's slices in place). The ReLU and max-pool gradients are the crate's kernels,
+/// as in PyTorch they are PyTorch's own kernels rather than cuDNN's; the bias gradients are left out (cuDNN's
+/// safe API in cudarc has no call for them), which makes cuDNN's forward + backward a slight lower bound.
 pub struct DnnModule {
     convs: Vec<DnnConv>,
     x: CudaSlice<f32>,
@@ -156,20 +178,66 @@ pub struct DnnModule {
     y: CudaSlice<f32>,
     /// Zeros in y's layout: the `z` operand of the fused call (scaled by 0).
     z: CudaSlice<f32>,
+    /// The gradient of `y` (input of the backward), the same through the module's ReLU, the input gradient.
+    dy: CudaSlice<f32>,
+    g: CudaSlice<f32>,
+    dx: CudaSlice<f32>,
+    /// Gradients of the maps: as the conv reading them gives them, and (reduce maps) through their ReLU.
+    dmaps_raw: Vec<CudaSlice<f32>>,
+    dmaps: Vec<CudaSlice<f32>>,
     relu: ActivationDescriptor<f32>,
     pool: PoolingDescriptor<f32>,
     in_desc: TensorDescriptor<f32>,
     pooled_desc: TensorDescriptor<f32>,
-    /// The pooled map's index in `maps`, and for the naive module its slice's descriptor and offset.
-    pooled: usize,
+    /// For the naive module: the pooled input's slice of the concat (descriptor, channel offset).
     pass_through: Option<(TensorDescriptor<f32>, usize)>,
-    hw: usize,
+    shape: PoolShape,
+    c_total: usize,
+}
+
+/// The pooled input: map 0 of every module.
+const POOLED: usize = 0;
+
+/// Timed runs per candidate algorithm.
+const TRIALS: u32 = 5;
+
+/// The candidate whose `run` is fastest over [`TRIALS`] runs after one untimed run, candidates that fail
+/// (not supported at this shape, workspace too large) skipped, and that candidate's workspace.
+fn fastest<A: Copy>(
+    stream: &Arc<CudaStream>,
+    what: &str,
+    candidates: &[A],
+    workspace: impl Fn(A) -> Res<usize>,
+    mut run: impl FnMut(A, &mut CudaSlice<u8>) -> Res<()>,
+) -> Res<Algo<A>> {
+    let mut best: Option<(f64, Algo<A>)> = None;
+    for &algo in candidates {
+        let Ok(mut ws) = workspace(algo).and_then(|len| Ok(stream.alloc_zeros::<u8>(len.max(1))?))
+        else {
+            continue;
+        };
+        if run(algo, &mut ws)
+            .and_then(|()| Ok(stream.synchronize()?))
+            .is_err()
+        {
+            continue;
+        }
+        let t = Instant::now();
+        let ok = (0..TRIALS).try_for_each(|_| run(algo, &mut ws));
+        stream.synchronize()?;
+        let secs = t.elapsed().as_secs_f64();
+        if ok.is_ok() && best.as_ref().is_none_or(|(b, _)| secs < *b) {
+            best = Some((secs, Algo { algo, ws }));
+        }
+    }
+    best.map(|(_, a)| a)
+        .ok_or_else(|| format!("{what}: no cuDNN algorithm ran").into())
 }
 
 impl DnnModule {
     /// The module `m` at batch `n` on `h × w` images, reduced or naive, with weights from `rand`; its convs in
     /// `m.precision` (fp32: `CUDNN_FMA_MATH`, no TF32; TF32: `CUDNN_TENSOR_OP_MATH`, which lets cuDNN round
-    /// fp32 operands to TF32 on the tensor cores).
+    /// fp32 operands to TF32 on the tensor cores). Times every algorithm of every conv to choose the fastest.
     pub fn new(
         stream: &Arc<CudaStream>,
         m: &InceptionModule,
@@ -177,6 +245,9 @@ impl DnnModule {
         naive: bool,
         rand: impl Fn(u32, usize) -> Vec<f32>,
     ) -> Res<Self> {
+        use dnn::cudnnConvolutionBwdDataAlgo_t as D;
+        use dnn::cudnnConvolutionBwdFilterAlgo_t as F;
+        use dnn::cudnnConvolutionFwdAlgo_t as A;
         let math = match m.precision {
             Precision::Fp32 => dnn::cudnnMathType_t::CUDNN_FMA_MATH,
             _ => dnn::cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
@@ -211,7 +282,7 @@ impl DnnModule {
                 (Place::Map(1), Place::Slice(o3), wd.c3x3_reduce, wd.c3x3, 3),
                 (Place::Input, Place::Map(2), c_in, wd.c5x5_reduce, 1),
                 (Place::Map(2), Place::Slice(o5), wd.c5x5_reduce, wd.c5x5, 5),
-                (Place::Map(0), Place::Slice(op), c_in, wd.pool_proj, 1),
+                (Place::Map(POOLED), Place::Slice(op), c_in, wd.pool_proj, 1),
             ];
             (c_total, plan, vec![c_in, wd.c3x3_reduce, wd.c5x5_reduce])
         };
@@ -227,6 +298,28 @@ impl DnnModule {
             let hwi = i(hw)?;
             Ok(dnn.create_4d_tensor_ex::<f32>([ni, i(c)?, hi, wi], [cti * hwi, hwi, wi, 1])?)
         };
+        let x = stream.clone_htod(&rand(30, n * c_in * hw))?;
+        let mut maps = map_channels
+            .iter()
+            .map(|&c| stream.alloc_zeros::<f32>(n * c * hw))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut y = stream.alloc_zeros::<f32>(n * c_total * hw)?;
+        let z = stream.alloc_zeros::<f32>(n * c_total * hw)?;
+        let g = stream.clone_htod(&rand(29, n * c_total * hw))?;
+        let mut dx = stream.alloc_zeros::<f32>(n * c_in * hw)?;
+        let mut dmaps_raw = maps
+            .iter()
+            .map(|m| stream.alloc_zeros::<f32>(m.len()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let dmaps = maps
+            .iter()
+            .map(|m| stream.alloc_zeros::<f32>(m.len()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let relu = dnn.create_activation::<f32>(
+            dnn::cudnnActivationMode_t::CUDNN_ACTIVATION_RELU,
+            dnn::cudnnNanPropagation_t::CUDNN_PROPAGATE_NAN,
+            0.0,
+        )?;
         let mut convs = Vec::new();
         for (idx, &(from, to, ci, co, k)) in plan.iter().enumerate() {
             let xdesc = packed(ci)?;
@@ -250,52 +343,158 @@ impl DnnModule {
                 dnn::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
             )?;
             conv.set_math_type(math)?;
-            let relu_tmp = dnn.create_activation::<f32>(
-                dnn::cudnnActivationMode_t::CUDNN_ACTIVATION_RELU,
-                dnn::cudnnNanPropagation_t::CUDNN_PROPAGATE_NAN,
-                0.0,
-            )?;
+            let seed = 40 + 2 * idx as u32;
+            let wt = stream.clone_htod(&rand(seed, co * ci * k * k))?;
+            let b = stream.clone_htod(&rand(seed + 1, co))?;
+            let mut dw = stream.alloc_zeros::<f32>(co * ci * k * k)?;
+            let out_off = match to {
+                Place::Slice(off) => off * hw,
+                _ => 0,
+            };
+            let label = format!("conv {idx} ({k}×{k}, {ci} → {co})");
             let op = ConvBiasActivationForward {
                 conv: &conv,
-                act: &relu_tmp,
+                act: &relu,
                 x: &xdesc,
                 w: &wdesc,
                 z: &ydesc,
                 bias: &bdesc,
                 y: &ydesc,
             };
-            let algo = op.pick_algorithm()?;
-            let ws = stream.alloc_zeros::<u8>(op.get_workspace_size(algo)?.max(1))?;
-            let seed = 40 + 2 * idx as u32;
+            let fwd = {
+                let zv = z.slice(out_off..);
+                // The input and output are distinct buffers (a conv never reads the map it writes).
+                let (src, mut dst) = match (from, to) {
+                    (Place::Input, Place::Slice(_)) => (x.slice(0..), y.slice_mut(out_off..)),
+                    (Place::Input, Place::Map(j)) => (x.slice(0..), maps[j].slice_mut(0..)),
+                    (Place::Map(i), Place::Slice(_)) => {
+                        (maps[i].slice(0..), y.slice_mut(out_off..))
+                    }
+                    _ => return Err("unsupported conv placement".into()),
+                };
+                fastest(
+                    stream,
+                    &format!("{label} forward"),
+                    &[
+                        A::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+                        A::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
+                        A::CUDNN_CONVOLUTION_FWD_ALGO_GEMM,
+                        A::CUDNN_CONVOLUTION_FWD_ALGO_DIRECT,
+                        A::CUDNN_CONVOLUTION_FWD_ALGO_FFT,
+                        A::CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING,
+                        A::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD,
+                        A::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED,
+                    ],
+                    |a| Ok(op.get_workspace_size(a)?),
+                    |a, ws| {
+                        // SAFETY: every buffer has (at least) the extent of its descriptor; z is zeros.
+                        unsafe {
+                            op.launch(
+                                a,
+                                Some(ws),
+                                (1.0f32, 0.0f32),
+                                &src,
+                                &wt,
+                                &zv,
+                                &b.slice(0..),
+                                &mut dst,
+                            )
+                        }?;
+                        Ok(())
+                    },
+                )?
+            };
+            // The gradient this conv reads: the concat gradient's slice, or its output map's through the
+            // map's ReLU.
+            let dyv = match to {
+                Place::Slice(off) => g.slice(off * hw..),
+                Place::Map(j) => dmaps[j].slice(0..),
+                Place::Input => return Err("a conv writing the input".into()),
+            };
+            let filter_op = ConvBackwardFilter {
+                conv: &conv,
+                x: &xdesc,
+                dw: &wdesc,
+                dy: &ydesc,
+            };
+            let filter = fastest(
+                stream,
+                &format!("{label} filter gradient"),
+                &[
+                    F::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0,
+                    F::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1,
+                    F::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT,
+                    F::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3,
+                    F::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD,
+                    F::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED,
+                    F::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING,
+                ],
+                |a| Ok(filter_op.get_workspace_size(a)?),
+                |a, ws| {
+                    let src = place(from, &x, &maps);
+                    // SAFETY: as above; dw is [c_out, c_in, k, k].
+                    unsafe {
+                        filter_op.launch(a, Some(ws), (1.0f32, 0.0f32), &src, &mut dw, &dyv)
+                    }?;
+                    Ok(())
+                },
+            )?;
+            let data_op = ConvBackwardData {
+                conv: &conv,
+                dx: &xdesc,
+                w: &wdesc,
+                dy: &ydesc,
+            };
+            let data = {
+                let mut dst = match from {
+                    Place::Input => dx.slice_mut(0..),
+                    Place::Map(j) => dmaps_raw[j].slice_mut(0..),
+                    Place::Slice(_) => return Err("a conv reading the concat".into()),
+                };
+                fastest(
+                    stream,
+                    &format!("{label} data gradient"),
+                    &[
+                        D::CUDNN_CONVOLUTION_BWD_DATA_ALGO_0,
+                        D::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
+                        D::CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT,
+                        D::CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING,
+                        D::CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD,
+                        D::CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED,
+                    ],
+                    |a| Ok(data_op.get_workspace_size(a)?),
+                    |a, ws| {
+                        // SAFETY: as above; the input gradient has the input's layout.
+                        unsafe {
+                            data_op.launch(a, Some(ws), (1.0f32, 1.0f32), &mut dst, &wt, &dyv)
+                        }?;
+                        Ok(())
+                    },
+                )?
+            };
             convs.push(DnnConv {
                 from,
                 to,
-                w: stream.clone_htod(&rand(seed, co * ci * k * k))?,
-                b: stream.clone_htod(&rand(seed + 1, co))?,
+                w: wt,
+                b,
+                dw,
                 wdesc,
                 bdesc,
                 xdesc,
                 ydesc,
                 conv,
-                algo,
-                ws,
+                fwd,
+                data,
+                filter,
             });
         }
-        let maps = map_channels
-            .iter()
-            .map(|&c| stream.alloc_zeros::<f32>(n * c * hw))
-            .collect::<Result<Vec<_>, _>>()?;
         let pass_through = if naive {
             Some((slice(c_in)?, wd.c1x1 + wd.c3x3 + wd.c5x5))
         } else {
             None
         };
         Ok(DnnModule {
-            relu: dnn.create_activation::<f32>(
-                dnn::cudnnActivationMode_t::CUDNN_ACTIVATION_RELU,
-                dnn::cudnnNanPropagation_t::CUDNN_PROPAGATE_NAN,
-                0.0,
-            )?,
+            relu,
             pool: dnn.create_poolingnd::<f32>(
                 &[3, 3],
                 &[1, 1],
@@ -305,20 +504,47 @@ impl DnnModule {
             )?,
             in_desc: packed(c_in)?,
             pooled_desc: packed(c_in)?,
-            x: stream.clone_htod(&rand(30, n * c_in * hw))?,
-            y: stream.alloc_zeros(n * c_total * hw)?,
-            z: stream.alloc_zeros(n * c_total * hw)?,
+            dy: stream.clone_htod(&rand(28, n * c_total * hw))?,
+            dmaps,
+            x,
+            y,
+            z,
+            g,
+            dx,
             maps,
+            dmaps_raw,
             convs,
-            pooled: 0,
             pass_through,
-            hw,
+            shape: PoolShape { n, c: c_in, h, w },
+            c_total,
         })
+    }
+
+    /// The algorithm each conv runs (forward, data gradient, filter gradient), for the bench's log.
+    pub fn algorithms(&self) -> String {
+        let short = |s: String| {
+            s.trim_start_matches("CUDNN_CONVOLUTION_")
+                .replace("FWD_ALGO_", "")
+                .replace("BWD_DATA_ALGO_", "")
+                .replace("BWD_FILTER_ALGO_", "")
+        };
+        self.convs
+            .iter()
+            .map(|c| {
+                format!(
+                    "{}/{}/{}",
+                    short(format!("{:?}", c.fwd.algo)),
+                    short(format!("{:?}", c.data.algo)),
+                    short(format!("{:?}", c.filter.algo))
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// One forward, issued to the stream (not synchronised).
     pub fn forward(&mut self) -> Res<()> {
-        let hw = self.hw;
+        let hw = self.shape.h * self.shape.w;
         {
             let pool = PoolingForward {
                 pooling: &self.pool,
@@ -326,7 +552,7 @@ impl DnnModule {
                 y: &self.pooled_desc,
             };
             // SAFETY: x and the pooled map have the shapes of their descriptors.
-            unsafe { pool.launch((1.0f32, 0.0f32), &self.x, &mut self.maps[self.pooled]) }?;
+            unsafe { pool.launch((1.0f32, 0.0f32), &self.x, &mut self.maps[POOLED]) }?;
         }
         for c in &mut self.convs {
             let op = ConvBiasActivationForward {
@@ -356,8 +582,8 @@ impl DnnModule {
             // SAFETY: every buffer has (at least) the extent of its descriptor; z is all zeros in y's layout.
             unsafe {
                 op.launch(
-                    c.algo,
-                    Some(&mut c.ws),
+                    c.fwd.algo,
+                    Some(&mut c.fwd.ws),
                     (1.0f32, 0.0f32),
                     &src,
                     &c.w,
@@ -375,8 +601,109 @@ impl DnnModule {
             };
             let mut dst = self.y.slice_mut(off * hw..);
             // SAFETY: the pooled map is packed [n, c_in, h, w]; the slice descriptor stays inside y.
-            unsafe { act.launch((1.0f32, 0.0f32), &self.maps[self.pooled], &mut dst) }?;
+            unsafe { act.launch((1.0f32, 0.0f32), &self.maps[POOLED], &mut dst) }?;
         }
         Ok(())
+    }
+
+    /// One backward after [`DnnModule::forward`], issued to the stream: the module ReLU's gradient, then the
+    /// convs in reverse (filter gradient, data gradient into the input gradient or a map's), each reduce map's
+    /// ReLU, and the max pool's gradient added to the input gradient. `b` runs the ReLU and pool gradients.
+    pub fn backward(&mut self, b: &CudaBackend) -> Res<()> {
+        let hw = self.shape.h * self.shape.w;
+        b.relu_bwd(
+            &mut self.g.slice_mut(0..),
+            &self.dy.slice(0..),
+            &self.y.slice(0..),
+        )?;
+        let mut dx_written = false;
+        for c in self.convs.iter_mut().rev() {
+            let dyv = match c.to {
+                Place::Slice(off) => self.g.slice(off * hw..),
+                Place::Map(j) => self.dmaps[j].slice(0..),
+                Place::Input => return Err("a conv writing the input".into()),
+            };
+            let src = place(c.from, &self.x, &self.maps);
+            let filter = ConvBackwardFilter {
+                conv: &c.conv,
+                x: &c.xdesc,
+                dw: &c.wdesc,
+                dy: &c.ydesc,
+            };
+            // SAFETY: every buffer has (at least) the extent of its descriptor; dw is [c_out, c_in, k, k].
+            unsafe {
+                filter.launch(
+                    c.filter.algo,
+                    Some(&mut c.filter.ws),
+                    (1.0f32, 0.0f32),
+                    &src,
+                    &mut c.dw,
+                    &dyv,
+                )
+            }?;
+            let data = ConvBackwardData {
+                conv: &c.conv,
+                dx: &c.xdesc,
+                w: &c.wdesc,
+                dy: &c.ydesc,
+            };
+            let (mut dst, beta) = match c.from {
+                Place::Input => {
+                    let beta = if dx_written { 1.0f32 } else { 0.0 };
+                    dx_written = true;
+                    (self.dx.slice_mut(0..), beta)
+                }
+                Place::Map(j) => (self.dmaps_raw[j].slice_mut(0..), 0.0),
+                Place::Slice(_) => return Err("a conv reading the concat".into()),
+            };
+            // SAFETY: as above; the input gradient has the input's layout.
+            unsafe {
+                data.launch(
+                    c.data.algo,
+                    Some(&mut c.data.ws),
+                    (1.0f32, beta),
+                    &mut dst,
+                    &c.w,
+                    &dyv,
+                )
+            }?;
+            // A reduce map's gradient through its ReLU, before the reverse order reaches the conv that wrote it.
+            if let Place::Map(j) = c.from {
+                if j != POOLED {
+                    b.relu_bwd(
+                        &mut self.dmaps[j].slice_mut(0..),
+                        &self.dmaps_raw[j].slice(0..),
+                        &self.maps[j].slice(0..),
+                    )?;
+                }
+            }
+        }
+        if let Some((_, off)) = self.pass_through {
+            // The pooled input's gradient: its slice of the concat gradient, image by image.
+            let img = self.shape.c * hw;
+            for i in 0..self.shape.n {
+                let src = (i * self.c_total + off) * hw;
+                b.copy(
+                    &mut self.dmaps_raw[POOLED].slice_mut(i * img..(i + 1) * img),
+                    &self.g.slice(src..src + img),
+                )?;
+            }
+        }
+        b.maxpool3x3s1_bwd(
+            &mut self.dx.slice_mut(0..),
+            &self.dmaps_raw[POOLED].slice(0..),
+            &self.x.slice(0..),
+            &self.shape,
+            dx_written,
+        )?;
+        Ok(())
+    }
+}
+
+/// The buffer a conv reads.
+fn place<'a>(from: Place, x: &'a CudaSlice<f32>, maps: &'a [CudaSlice<f32>]) -> CudaView<'a, f32> {
+    match from {
+        Place::Map(i) => maps[i].slice(0..),
+        _ => x.slice(0..),
     }
 }
