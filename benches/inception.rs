@@ -557,6 +557,42 @@ fn bench_fused<B: Backend>(c: &mut Criterion, b: &B, dev: &Device) {
             dev.synchronize().expect("sync");
         })
     });
+    // Issue 12's question: should the backward recompute the reduced map from the module input or read the
+    // copy the forward saved? Recomputing costs one 1×1 conv + ReLU over the input (it reads x, 20 MB here);
+    // the saved copy costs its traffic, written once in the forward and read once in the backward: exactly one
+    // copy of the map (2.5 MB each way).
+    group.throughput(Throughput::Elements(2 * 50 * s.reduce().macs_per_image()));
+    for p in [Precision::Fp32, Precision::Tf32] {
+        group.bench_function(format!("map recomputed {p:?} (1×1 conv)"), |bch| {
+            bch.iter(|| {
+                let xv = b.view(&x, 0..xl).expect("v");
+                let p0 = b.view(&params, r[0].clone()).expect("v");
+                let p1 = b.view(&params, r[1].clone()).expect("v");
+                b.conv_fwd(
+                    &mut b.view_mut(&mut mid, 0..ml).expect("v"),
+                    &xv,
+                    &p0,
+                    &p1,
+                    &s.reduce().with_precision(p),
+                    true,
+                )
+                .expect("1×1");
+                dev.synchronize().expect("sync");
+            })
+        });
+    }
+    let mut copy = b.alloc_zeros(ml).expect("copy");
+    group.throughput(Throughput::Bytes(2 * 4 * ml as u64));
+    group.bench_function("map saved (one copy's traffic)", |bch| {
+        bch.iter(|| {
+            b.copy(
+                &mut b.view_mut(&mut copy, 0..ml).expect("v"),
+                &b.view(&mid, 0..ml).expect("v"),
+            )
+            .expect("copy");
+            dev.synchronize().expect("sync");
+        })
+    });
     group.finish();
 }
 
