@@ -7,7 +7,7 @@
 //! module output. Methods take outputs first, then inputs, then the shape, as the kernels do, and check
 //! every length against the shape: errors, never panics.
 //!
-//! The kernel methods are declared once, in [`for_each_kernel`]'s list, from which the trait's methods and
+//! The kernel methods are declared once, in `for_each_kernel!`'s list, from which the trait's methods and
 //! every backend's forwarding to its twin or launcher are generated: a kernel's argument list is written in
 //! the list, the CPU twin, the launcher and the tensor op, nowhere else.
 

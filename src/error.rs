@@ -86,7 +86,7 @@ pub enum Error {
     NonFinite {
         /// The op that checked.
         op: &'static str,
-        /// Which value (for example "logit 3 of image 0" or "parameter fc1.weight[12]").
+        /// Which value (for example "logit 3 of image 0" or "parameter fc1.weight\[12\]").
         what: String,
         /// The value found.
         value: f32,

@@ -156,8 +156,9 @@ pub const WGRAD_MAX_SPLITS: u32 = 64;
 pub const REDUCE_CO_GROUP: usize = crate::bindings::REDUCE_CO_GROUP as usize;
 /// Output rows per block of `reduce_conv_fwd` (fewer when a wide map's rows do not fit in shared memory).
 pub const REDUCE_TILE_H: usize = 4;
-/// Dynamic shared memory a block may use on Ampere and Hopper after opting in (227 KiB on H100/H200; the
-/// A100's 163 KiB is the smaller limit we design for).
+/// Dynamic shared memory a block may use after opting in on the smallest data-centre GPU we design for (A100:
+/// 163 KiB; H100 and H200: 227 KiB): what a driver without a device answers for
+/// [`crate::launcher::Driver::max_dynamic_shared`]. Launches size their tiles to the driver's answer.
 pub const MAX_DYNAMIC_SHARED: usize = 163 * 1024;
 
 /// A grid's x extent: at most 2³¹ − 1 blocks (CUDA's limit).
@@ -306,8 +307,14 @@ impl ConvDims {
 }
 
 impl ReduceDims {
-    /// The kernel's dims of a validated shape.
-    pub fn of(op: &'static str, s: &crate::shape::ReduceConvShape) -> crate::Result<Self> {
+    /// The kernel's dims of a validated shape, its row tiles sized to `max_shared` bytes of dynamic shared
+    /// memory per block (the device's opt-in limit, [`crate::launcher::Driver::max_dynamic_shared`]: 227 KiB on
+    /// H100 and H200, 163 KiB on A100, 99 KiB on most consumer GPUs).
+    pub fn of(
+        op: &'static str,
+        s: &crate::shape::ReduceConvShape,
+        max_shared: usize,
+    ) -> crate::Result<Self> {
         s.validate(op)?;
         let [n, c_in, c_mid, c_out, h, w, k, c_total, c_offset] = [
             s.n, s.c_in, s.c_mid, s.c_out, s.h, s.w, s.k, s.c_total, s.c_offset,
@@ -315,11 +322,15 @@ impl ReduceDims {
         .map(|v| u32_of(op, v));
         // REDUCE_TILE_H rows per tile, or as many as fit with their halo.
         let row_bytes = 4 * s.c_mid * s.w;
-        let fit = (MAX_DYNAMIC_SHARED / row_bytes.max(1)).saturating_sub(s.k - 1);
+        let fit = (max_shared / row_bytes.max(1)).saturating_sub(s.k - 1);
         if fit == 0 {
             return Err(crate::Error::InvalidShape {
                 op,
-                reason: format!("one row of the reduced map ({row_bytes} bytes) and its halo exceed shared memory"),
+                reason: format!(
+                    "one row of the reduced map ({row_bytes} bytes) and its halo of {} rows exceed this device's \
+                     {max_shared} bytes of shared memory per block",
+                    s.k - 1
+                ),
             });
         }
         Ok(ReduceDims {
@@ -340,7 +351,7 @@ impl ReduceDims {
     /// reduced map with its halo in dynamic shared memory. `None` for an empty batch.
     pub fn fwd(&self, op: &'static str) -> crate::Result<Option<LaunchDims>> {
         let rows = (self.tile_h + self.k - 1).min(self.h) as usize;
-        let bytes = 4 * self.c_mid as usize * rows * self.w as usize; // <= MAX_DYNAMIC_SHARED by tile_h
+        let bytes = 4 * self.c_mid as usize * rows * self.w as usize; // <= the device's limit by tile_h
         let groups = (self.c_out as usize).div_ceil(REDUCE_CO_GROUP);
         let tiles = (self.h as usize).div_ceil(self.tile_h as usize);
         let grid = u32_of(op, self.n as usize * groups * tiles)?;
@@ -539,6 +550,41 @@ pub(crate) fn check_lens(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reduce_conv_tiles_fit_the_devices_shared_memory() {
+        use crate::shape::ReduceConvShape;
+        // 64 reduce channels × 112 columns: 28 KiB a row, a 5×5 conv's halo 4 rows.
+        let s = ReduceConvShape {
+            n: 1,
+            c_in: 8,
+            c_mid: 64,
+            c_out: 16,
+            h: 112,
+            w: 112,
+            k: 5,
+            c_total: 16,
+            c_offset: 0,
+            precision: crate::shape::Precision::Fp32,
+        };
+        for (limit, tile_h) in [(227 * 1024, 4), (163 * 1024, 1), (200 * 1024, 3)] {
+            let rd = ReduceDims::of("t", &s, limit).unwrap();
+            assert_eq!(rd.tile_h, tile_h, "limit {limit}");
+            let bytes = rd.fwd("t").unwrap().unwrap().shared_bytes as usize;
+            assert!(bytes <= limit, "{bytes} > {limit}");
+        }
+        // A consumer GPU's 99 KiB cannot hold one row and its halo (5 × 28 KiB): a clear error, not a launch
+        // the driver refuses.
+        let e = ReduceDims::of("reduce_conv_fwd", &s, 99 * 1024)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("reduce_conv_fwd") && e.contains("101376 bytes of shared memory"),
+            "{e}"
+        );
+        let narrow = ReduceConvShape { w: 56, ..s }; // 14 KiB a row: 3 rows and the halo in 99 KiB
+        assert_eq!(ReduceDims::of("t", &narrow, 99 * 1024).unwrap().tile_h, 3);
+    }
 
     #[test]
     fn elementwise_grid_covers_small_sizes_and_caps_large_ones() {

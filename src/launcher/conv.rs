@@ -183,7 +183,7 @@ pub fn reduce_conv_fwd<D: Driver + ?Sized>(
     s: &ReduceConvShape,
 ) -> Result<()> {
     const OP: &str = "reduce_conv_fwd";
-    let rd = ReduceDims::of(OP, s)?;
+    let rd = ReduceDims::of(OP, s, d.max_dynamic_shared())?;
     let ranges = reduce_conv_param_ranges(s);
     check_lens(
         OP,
@@ -244,7 +244,7 @@ pub fn reduce_conv_bwd<D: Driver + ?Sized>(
     accumulate: bool,
 ) -> Result<()> {
     const OP: &str = "reduce_conv_bwd";
-    let rd = ReduceDims::of(OP, s)?;
+    let rd = ReduceDims::of(OP, s, d.max_dynamic_shared())?;
     let [r1, rb1, r2, rb2] = reduce_conv_param_ranges(s);
     let (x_len, mid_len) = (s.reduce().x_len(OP)?, s.mid_len(OP)?);
     check_lens(
