@@ -80,11 +80,16 @@ fn module_table(device: &str) -> Option<String> {
             .collect();
         v.drain(..v.len().saturating_sub(SAMPLES));
         v.sort_by(f64::total_cmp);
-        (!v.is_empty()).then(|| v[v.len() / 2])
+        let mid = v.len() / 2;
+        match v.len() {
+            0 => None,
+            len if len % 2 == 1 => Some(v[mid]),
+            _ => Some((v[mid - 1] + v[mid]) / 2.0),
+        }
     };
     let fmt = |v: Option<f64>| v.map_or_else(|| "not run".to_string(), |v| format!("{v:.3}"));
     let mut md = format!(
-        "Module table, {device}: ms per call (median of {SAMPLES} samples), this run. cuDNN: every conv with the \
+        "Module table, {device}: ms per call (median of the samples criterion reports), this run. cuDNN: every conv with the \
          algorithm that ran fastest at its shape; its forward + backward leaves out the bias gradients (a lower \
          bound). Ratio = ours reduced / the faster of cuDNN's reduced and naive.\n\n\
          | module | batch | precision | pass | ours reduced | ours naive | cuDNN reduced | cuDNN naive | ratio |\n\
@@ -785,6 +790,8 @@ fn bench_libraries(c: &mut Criterion, dev: &Device) {
             "cuDNN not found (libcudnn.so.9 on LD_LIBRARY_PATH?): the cuDNN modules are not timed"
         );
     }
+    // Before the cuBLAS groups: a run cut short after the modules still prints the table.
+    print_module_table(dev);
     if libs::cublas_present() {
         let (m, k, n) = (50, 200_704, 700); // fc1 at batch 50, as bench_fc1
         let mut fc1 = match libs::Fc1Blas::new(&stream, (m, k, n), rand) {
@@ -821,14 +828,29 @@ fn bench_libraries(c: &mut Criterion, dev: &Device) {
 fn bench_libraries(_: &mut Criterion, dev: &Device) {
     if matches!(dev, Device::Cuda(_)) {
         println!("cuDNN/cuBLAS side by side: build with `--features baselines` to time them");
+        print_module_table(dev);
+    }
+}
+
+/// Where criterion writes its reports (`target/criterion`); this bench's tables go there too.
+fn criterion_dir() -> std::path::PathBuf {
+    let target = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    target.parent().unwrap_or(target).join("criterion")
+}
+
+/// Prints the module table of the GPU groups run so far and writes it to `target/criterion/module-table.md`.
+#[cfg(feature = "cuda")]
+fn print_module_table(dev: &Device) {
+    if let Some(md) = module_table(&dev.describe()) {
+        println!("\n{md}");
+        let _ = std::fs::write(criterion_dir().join("module-table.md"), &md);
     }
 }
 
 fn inception(c: &mut Criterion) {
     let md = flop_table();
     println!("\n{md}");
-    let target = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let dir = target.parent().unwrap_or(target).join("criterion");
+    let dir = criterion_dir();
     if std::fs::create_dir_all(&dir)
         .and_then(|()| std::fs::write(dir.join("flops.md"), &md))
         .is_ok()
@@ -837,7 +859,7 @@ fn inception(c: &mut Criterion) {
     }
     println!(
         "CPU: batch 128 of (3a) is left to the GPU group to keep the default run short. On a GPU, with \
-         `--features baselines`, cuDNN (reduced and naive forward) and cuBLAS (fc1) run beside the crate's kernels.\n"
+         `--features baselines`, cuDNN (reduced and naive modules) and cuBLAS (fc1) run beside the crate's kernels.\n"
     );
     if std::env::var("INCEPTION_BENCH_CPU").is_ok_and(|v| v == "0") {
         println!("CPU groups skipped (INCEPTION_BENCH_CPU=0)");
@@ -851,10 +873,6 @@ fn inception(c: &mut Criterion) {
                 run_all(c, cuda.backend(), &dev, true);
             }
             bench_libraries(c, &dev);
-            if let Some(md) = module_table(&dev.describe()) {
-                println!("\n{md}");
-                let _ = std::fs::write(dir.join("module-table.md"), &md);
-            }
         }
         Err(reason) => println!("GPU benchmarks skipped: {reason}"),
     }

@@ -236,8 +236,9 @@ fn fastest<A: Copy>(
 
 impl DnnModule {
     /// The module `m` at batch `n` on `h × w` images, reduced or naive, with weights from `rand`; its convs in
-    /// `m.precision` (fp32: `CUDNN_FMA_MATH`, no TF32; TF32: `CUDNN_TENSOR_OP_MATH`, which lets cuDNN round
-    /// fp32 operands to TF32 on the tensor cores). Times every algorithm of every conv to choose the fastest.
+    /// `m.precision` (fp32: `CUDNN_FMA_MATH`, no TF32; TF32: `CUDNN_DEFAULT_MATH`, which lets cuDNN round fp32
+    /// operands to TF32 on the tensor cores: PyTorch's two settings). Times every algorithm of every conv, on
+    /// random data, to choose the fastest.
     pub fn new(
         stream: &Arc<CudaStream>,
         m: &InceptionModule,
@@ -250,7 +251,7 @@ impl DnnModule {
         use dnn::cudnnConvolutionFwdAlgo_t as A;
         let math = match m.precision {
             Precision::Fp32 => dnn::cudnnMathType_t::CUDNN_FMA_MATH,
-            _ => dnn::cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
+            _ => dnn::cudnnMathType_t::CUDNN_DEFAULT_MATH,
         };
         let dnn = Cudnn::new(stream.clone())?;
         let wd = m.widths;
@@ -299,9 +300,13 @@ impl DnnModule {
             Ok(dnn.create_4d_tensor_ex::<f32>([ni, i(c)?, hi, wi], [cti * hwi, hwi, wi, 1])?)
         };
         let x = stream.clone_htod(&rand(30, n * c_in * hw))?;
+        // Random maps and map gradients (the forward and backward overwrite them): algorithms are timed on
+        // data, not zeros.
+        let random = |seed: u32, len: usize| stream.clone_htod(&rand(seed, len));
         let mut maps = map_channels
             .iter()
-            .map(|&c| stream.alloc_zeros::<f32>(n * c * hw))
+            .enumerate()
+            .map(|(j, &c)| random(20 + j as u32, n * c * hw))
             .collect::<Result<Vec<_>, _>>()?;
         let mut y = stream.alloc_zeros::<f32>(n * c_total * hw)?;
         let z = stream.alloc_zeros::<f32>(n * c_total * hw)?;
@@ -313,8 +318,12 @@ impl DnnModule {
             .collect::<Result<Vec<_>, _>>()?;
         let dmaps = maps
             .iter()
-            .map(|m| stream.alloc_zeros::<f32>(m.len()))
+            .enumerate()
+            .map(|(j, m)| random(24 + j as u32, m.len()))
             .collect::<Result<Vec<_>, _>>()?;
+        // The backward's beta for each data gradient: 0 where it writes a map's gradient or first writes the
+        // input's (the backward runs the plan in reverse), 1 where it adds to the input's.
+        let first_input_write = plan.iter().rposition(|p| matches!(p.0, Place::Input));
         let relu = dnn.create_activation::<f32>(
             dnn::cudnnActivationMode_t::CUDNN_ACTIVATION_RELU,
             dnn::cudnnNanPropagation_t::CUDNN_PROPAGATE_NAN,
@@ -445,6 +454,10 @@ impl DnnModule {
                 w: &wdesc,
                 dy: &ydesc,
             };
+            let beta = match from {
+                Place::Input if Some(idx) != first_input_write => 1.0f32,
+                _ => 0.0,
+            };
             let data = {
                 let mut dst = match from {
                     Place::Input => dx.slice_mut(0..),
@@ -466,7 +479,7 @@ impl DnnModule {
                     |a, ws| {
                         // SAFETY: as above; the input gradient has the input's layout.
                         unsafe {
-                            data_op.launch(a, Some(ws), (1.0f32, 1.0f32), &mut dst, &wt, &dyv)
+                            data_op.launch(a, Some(ws), (1.0f32, beta), &mut dst, &wt, &dyv)
                         }?;
                         Ok(())
                     },
