@@ -10,6 +10,37 @@ use inception_cuda::cpu;
 use inception_cuda::shape::{AdamStep, LinearShape, PoolShape};
 use inception_cuda::Error;
 
+/// A plane past what a u32 index reaches (or whose cell count overflows) is an error naming the op, even in
+/// an empty batch; nothing is allocated for it.
+#[test]
+fn maxpool_refuses_planes_its_indices_cannot_reach() {
+    for (h, w) in [(1 << 16, 1 << 16), (usize::MAX / 2, 3)] {
+        let s = PoolShape { n: 0, c: 1, h, w };
+        let e = cpu::maxpool3x3s1_fwd(&mut [], &[], &s).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::InvalidShape {
+                    op: "maxpool3x3s1_fwd",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = cpu::maxpool3x3s1_bwd(&mut [], &[], &[], &s, false).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::InvalidShape {
+                    op: "maxpool3x3s1_bwd",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+}
+
 #[test]
 fn maxpool_ties_go_to_the_first_cell_and_padding_never_wins() {
     // A 3×3 plane of equal negative values: padding (which would be 0 if it counted) never wins, and every

@@ -104,13 +104,26 @@ fn winners(s: &mut Winners, plane: &[f32], h: usize, w: usize) {
     });
 }
 
+/// Cells of one plane, which [`winners`] indexes with `u32`.
+fn plane_len(op: &'static str, s: &PoolShape) -> Result<usize> {
+    s.h.checked_mul(s.w)
+        .filter(|&hw| u32::try_from(hw).is_ok())
+        .ok_or_else(|| crate::Error::InvalidShape {
+            op,
+            reason: format!(
+                "a {} × {} plane has more cells than a u32 index reaches",
+                s.h, s.w
+            ),
+        })
+}
+
 /// `y = maxpool3x3s1(x)`. Shapes: `y, x: [n, c, h, w]`.
 pub fn maxpool3x3s1_fwd(y: &mut [f32], x: &[f32], s: &PoolShape) -> Result<()> {
     const OP: &str = "maxpool3x3s1_fwd";
     let len = s.len(OP)?;
     check_len(OP, "y", len, y.len())?;
     check_len(OP, "x", len, x.len())?;
-    let hw = s.h * s.w;
+    let hw = plane_len(OP, s)?;
     if hw == 0 {
         return Ok(());
     }
@@ -140,7 +153,7 @@ pub fn maxpool3x3s1_bwd(
     check_len(OP, "dx", len, dx.len())?;
     check_len(OP, "dy", len, dy.len())?;
     check_len(OP, "x", len, x.len())?;
-    let hw = s.h * s.w;
+    let hw = plane_len(OP, s)?;
     if hw == 0 {
         return Ok(());
     }
