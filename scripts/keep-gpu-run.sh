@@ -5,15 +5,17 @@
 #   scripts/keep-gpu-run.sh FILES_AT          (the folder the device tool copied the run's $OUT into)
 #
 # Keeps suite.log, baseline*.json, modules.md, profile.md, ncu-*.csv, train-log.jsonl, curves.svg and, when it
-# is under 400 KB, logs.tar.gz (every phase's full log). The GPU's name comes from suite.log's device line
-# (nvidia-smi); <n> counts that day's runs on that GPU. Prints the folder; commit it with the change it measured.
+# is under 400 KiB, logs.tar.gz (every phase's full log). The GPU's name comes from suite.log's device line
+# (nvidia-smi); <date> is the day it is filed, <n> counts that day's runs on that GPU. Prints the folder; commit
+# it with the change it measured.
 set -euo pipefail
 src=${1:?usage: scripts/keep-gpu-run.sh FILES_AT}
 [ -f "$src/suite.log" ] || { echo "error: $src/suite.log not found (not a device-suite output folder?)" >&2; exit 2; }
+src=$(cd "$src" && pwd)
 cd "$(dirname "$0")/.."
-# The line after "== [.. s] device" is nvidia-smi's "name, driver, ...".
-gpu=$(awk '/^== \[[0-9]+ s\] device/{getline; print; exit}' "$src/suite.log" | cut -d, -f1 |
-  sed -E 's/^NVIDIA //; s/[^A-Za-z0-9]+/-/g; s/^-|-$//g' | tr 'A-Z' 'a-z')
+# The line after "== [.. s] device" is nvidia-smi's "NVIDIA <name>, driver, ..." (anything else: no name).
+gpu=$(awk '/^== \[[0-9]+ s\] device/{getline; print; exit}' "$src/suite.log" | grep '^NVIDIA ' | cut -d, -f1 |
+  sed -E 's/^NVIDIA //; s/[^A-Za-z0-9]+/-/g; s/^-|-$//g' | tr 'A-Z' 'a-z' || true)
 gpu=${gpu:-unknown-gpu}
 day=$(date +%F)
 n=1

@@ -320,16 +320,17 @@ impl ReduceDims {
             s.n, s.c_in, s.c_mid, s.c_out, s.h, s.w, s.k, s.c_total, s.c_offset,
         ]
         .map(|v| u32_of(op, v));
-        // REDUCE_TILE_H rows per tile, or as many as fit with their halo.
+        // REDUCE_TILE_H rows per tile, or as many as fit with their halo (k − 1 rows, fewer in a map of fewer
+        // rows: a tile loads at most the map's h rows).
         let row_bytes = 4 * s.c_mid * s.w;
-        let fit = (max_shared / row_bytes.max(1)).saturating_sub(s.k - 1);
+        let halo = (s.k - 1).min(s.h.saturating_sub(1));
+        let fit = (max_shared / row_bytes.max(1)).saturating_sub(halo);
         if fit == 0 {
             return Err(crate::Error::InvalidShape {
                 op,
                 reason: format!(
-                    "one row of the reduced map ({row_bytes} bytes) and its halo of {} rows exceed this device's \
-                     {max_shared} bytes of shared memory per block",
-                    s.k - 1
+                    "one row of the reduced map ({row_bytes} bytes) and its halo of {halo} rows exceed this \
+                     device's {max_shared} bytes of shared memory per block"
                 ),
             });
         }

@@ -173,16 +173,22 @@ struct DnnConv {
 /// safe API in cudarc has no call for them), which makes cuDNN's forward + backward a slight lower bound.
 pub struct DnnModule {
     convs: Vec<DnnConv>,
+    /// `[n, c_in, h, w]`: the module input.
     x: CudaSlice<f32>,
+    /// `[n, c, h, w]` each: the pooled input (`c_in` channels), then the reduce maps (reduced module only).
     maps: Vec<CudaSlice<f32>>,
+    /// `[n, c_total, h, w]`: the concat output.
     y: CudaSlice<f32>,
-    /// Zeros in y's layout: the `z` operand of the fused call (scaled by 0).
+    /// `[n, c_total, h, w]`, zeros: the `z` operand of the fused call (scaled by 0).
     z: CudaSlice<f32>,
-    /// The gradient of `y` (input of the backward), the same through the module's ReLU, the input gradient.
+    /// `[n, c_total, h, w]`: the gradient of `y` (input of the backward), and `g`, the same through the
+    /// module's ReLU.
     dy: CudaSlice<f32>,
     g: CudaSlice<f32>,
+    /// `[n, c_in, h, w]`: the input gradient.
     dx: CudaSlice<f32>,
-    /// Gradients of the maps: as the conv reading them gives them, and (reduce maps) through their ReLU.
+    /// Gradients of the maps, each in its map's shape: as the conv reading the map gives them, and (reduce
+    /// maps) through their ReLU.
     dmaps_raw: Vec<CudaSlice<f32>>,
     dmaps: Vec<CudaSlice<f32>>,
     relu: ActivationDescriptor<f32>,

@@ -10,7 +10,8 @@ use rayon::prelude::*;
 use crate::shape::{check_len, PoolShape};
 use crate::Result;
 
-/// Scratch of [`winners`]: the winner of each cell's row of three (value, plane index), then of its window.
+/// Scratch of [`winners`], each `[h·w]` for one plane: the winner of each cell's row of three (value, plane
+/// index), then of its window.
 #[derive(Default)]
 struct Winners {
     row_val: Vec<f32>,

@@ -544,7 +544,7 @@ impl Driver for CudaBackend {
                 self.kernels[kernel as usize]
                     .set_attribute(
                         CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        dims.shared_bytes as i32, // <= MAX_DYNAMIC_SHARED
+                        dims.shared_bytes as i32, // <= max_shared_optin: launches size their tiles to it
                     )
                     .map_err(driver_error(op))?;
                 *ceiling = dims.shared_bytes;
