@@ -213,6 +213,21 @@ pub enum CudaUnavailable {
         #[source]
         source: cudarc::driver::DriverError,
     },
+    /// The GPU is older than the kernels' target (compute capability 8.0, Ampere: the PTX uses `cp.async` and
+    /// TF32 `mma.sync`).
+    #[error(
+        "CUDA device {ordinal} ({name}) has compute capability {major}.{minor}; the kernels need 8.0 (Ampere) or newer"
+    )]
+    ComputeCapability {
+        /// The ordinal opened.
+        ordinal: usize,
+        /// The device's name.
+        name: String,
+        /// Its compute capability, major version.
+        major: i32,
+        /// Its compute capability, minor version.
+        minor: i32,
+    },
     /// A kernel module the crate needs was not embedded at build time (the build is inconsistent).
     #[cfg(feature = "cuda")]
     #[error("no PTX for kernels/{module}.cu was embedded at build time")]

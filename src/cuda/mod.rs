@@ -153,6 +153,9 @@ impl std::fmt::Debug for CudaBackend {
     }
 }
 
+/// The oldest GPUs the kernels run on: compute capability 8.0 (Ampere), the PTX's target.
+pub const MIN_COMPUTE_CAPABILITY: (i32, i32) = (8, 0);
+
 /// Devices opened so far, by ordinal: kernels are loaded once per device.
 static OPEN: Mutex<Vec<(usize, Arc<CudaBackend>)>> = Mutex::new(Vec::new());
 
@@ -191,6 +194,19 @@ impl CudaBackend {
         // A stream of our own: the legacy default stream cannot be captured into a CUDA graph.
         let stream = ctx.new_stream().map_err(driver("creating a stream"))?;
         let name = ctx.name().map_err(driver("reading the device name"))?;
+        // The PTX targets compute_80 (cp.async, TF32 mma.sync): an older GPU would reject it with a message about
+        // the driver; say what is wrong instead.
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(driver("reading the compute capability"))?;
+        if major < MIN_COMPUTE_CAPABILITY.0 {
+            return Err(CudaUnavailable::ComputeCapability {
+                ordinal,
+                name,
+                major,
+                minor,
+            });
+        }
         let kernels = load_kernels(&ctx)?;
         let max_shared_optin = ctx
             .attribute(
@@ -668,10 +684,23 @@ mod tests {
                 ptx.contains("\n.version 9.0\n"),
                 "{module}: PTX ISA is not 9.0 (nvcc 13.0)"
             );
+            let (major, minor) = MIN_COMPUTE_CAPABILITY;
             assert!(
-                ptx.contains("\n.target sm_80\n"),
-                "{module}: PTX does not target compute_80"
+                ptx.contains(&format!("\n.target sm_{major}{minor}\n")),
+                "{module}: PTX does not target MIN_COMPUTE_CAPABILITY"
             );
         }
+        // The refusal of an older GPU names the same minimum.
+        let e = CudaUnavailable::ComputeCapability {
+            ordinal: 0,
+            name: "Tesla T4".into(),
+            major: 7,
+            minor: 5,
+        };
+        let (major, minor) = MIN_COMPUTE_CAPABILITY;
+        assert!(
+            e.to_string().contains(&format!("need {major}.{minor} ")),
+            "{e}"
+        );
     }
 }
