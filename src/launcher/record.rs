@@ -22,9 +22,19 @@ struct Record {
     args: Vec<(ParamKind, usize)>,
 }
 
-#[derive(Default)]
 struct Recorder {
     log: Mutex<Vec<Record>>,
+    /// The dynamic shared memory per block of the device it stands for (`Driver::max_dynamic_shared`).
+    max_shared: usize,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder {
+            log: Mutex::default(),
+            max_shared: MAX_DYNAMIC_SHARED,
+        }
+    }
 }
 
 impl Backend for Recorder {
@@ -39,6 +49,10 @@ impl Backend for Recorder {
 
 impl Driver for Recorder {
     type Args<'a> = (Kernel, Vec<(ParamKind, usize)>);
+
+    fn max_dynamic_shared(&self) -> usize {
+        self.max_shared
+    }
 
     fn args(&self, kernel: Kernel) -> Self::Args<'_> {
         (kernel, Vec::new())
@@ -362,28 +376,92 @@ fn every_kernel_is_launched_with_its_cu_parameter_list_and_a_valid_plan() {
                 );
             }
         }
-        let d = rec.dims;
-        assert!(
-            d.grid >= 1 && d.grid_y >= 1 && d.grid_z >= 1 && d.grid <= i32::MAX as u32,
-            "{}: grid {d:?}",
-            rec.kernel.name()
-        );
-        assert!(
-            d.grid_y <= 65_535 && d.grid_z <= 65_535,
-            "{}: grid {d:?}",
-            rec.kernel.name()
-        );
-        assert!(
-            (1..=1024).contains(&d.block) && d.block % 32 == 0,
-            "{}: block {d:?}",
-            rec.kernel.name()
-        );
-        assert!(
-            d.shared_bytes as usize <= MAX_DYNAMIC_SHARED,
-            "{}: shared memory {d:?}",
-            rec.kernel.name()
-        );
+        assert_valid_plan(rec, r.max_shared);
     }
+}
+
+/// A launch plan the hardware accepts: CUDA's grid and block limits, and no more dynamic shared memory than
+/// the device grants a block (`max_shared`).
+fn assert_valid_plan(rec: &Record, max_shared: usize) {
+    let d = rec.dims;
+    assert!(
+        d.grid >= 1 && d.grid_y >= 1 && d.grid_z >= 1 && d.grid <= i32::MAX as u32,
+        "{}: grid {d:?}",
+        rec.kernel.name()
+    );
+    assert!(
+        d.grid_y <= 65_535 && d.grid_z <= 65_535,
+        "{}: grid {d:?}",
+        rec.kernel.name()
+    );
+    assert!(
+        (1..=1024).contains(&d.block) && d.block % 32 == 0,
+        "{}: block {d:?}",
+        rec.kernel.name()
+    );
+    assert!(
+        d.shared_bytes as usize <= max_shared,
+        "{}: shared memory {d:?} > {max_shared}",
+        rec.kernel.name()
+    );
+}
+
+/// On a GPU that grants a block 99 KiB of dynamic shared memory (most consumer parts), every kernel's launch
+/// fits: fc1's TF32 one pass (137 KiB) gives way to dgrad + wgrad_adam, and the fused reduce conv sizes its row
+/// tiles to the limit.
+#[test]
+fn every_launch_fits_a_consumer_gpus_shared_memory() {
+    let r = Recorder {
+        max_shared: 99 * 1024,
+        ..Recorder::default()
+    };
+    call_every_kernel(&r).expect("every launcher accepts its arguments");
+    // A wide reduced map: 64 channels × 56 columns, 14 KiB a row (3 rows and a 5×5 halo in 99 KiB).
+    let s = ReduceConvShape {
+        n: 1,
+        c_in: 4,
+        c_mid: 64,
+        c_out: 8,
+        h: 56,
+        w: 56,
+        k: 5,
+        c_total: 8,
+        c_offset: 0,
+        precision: Precision::Tf32,
+    };
+    let z = |n: usize| vec![0.0f32; n];
+    let (mut y, mut mid) = (z(8 * 56 * 56), z(64 * 56 * 56));
+    let params = z(64 * 4 + 64 + 8 * 64 * 25 + 8);
+    for precision in [Precision::Fp32, Precision::Tf32] {
+        r.reduce_conv_fwd(
+            &mut y.as_mut_slice(),
+            &mut mid.as_mut_slice(),
+            &z(4 * 56 * 56).as_slice(),
+            &params.as_slice(),
+            &s.with_precision(precision),
+        )
+        .expect("reduce_conv_fwd");
+    }
+    let log = r.log.lock().unwrap_or_else(PoisonError::into_inner);
+    for rec in log.iter() {
+        assert_valid_plan(rec, r.max_shared);
+    }
+    let launched = |k: Kernel| log.iter().any(|rec| rec.kernel == k);
+    assert!(
+        !launched(Kernel::LinearBwdAdamTf32),
+        "the one pass needs 137 KiB"
+    );
+    assert!(launched(Kernel::LinearWgradAdamTf32) && launched(Kernel::LinearDgradTf32));
+    let wide = log.iter().rev().take(2).all(|rec| {
+        matches!(
+            rec.kernel,
+            Kernel::ReduceConvFwd | Kernel::ReduceConvFwdTf32
+        ) && rec.dims.shared_bytes as usize > 48 * 1024
+    });
+    assert!(
+        wide,
+        "the wide map's tiles use more than the default 48 KiB"
+    );
 }
 
 #[test]
