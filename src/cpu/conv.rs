@@ -13,6 +13,8 @@
 //! rounded copies: forward rounds `x` and `w`, dgrad `dy` and `w`, wgrad `dy` and `x`; the bias, the ReLU and
 //! the bias gradient (a plain sum) stay f32.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::matmul::{matmul, Mat, MatMut, Threads};
@@ -214,23 +216,17 @@ pub(crate) fn bias_epilogue(out: &mut [f32], b: &[f32], hw: usize, relu: bool) {
 
 /// `col [c_in·k·k, h·w]`: row `(ci·k + ky)·k + kx` holds `x[ci]` shifted by `(ky - k/2, kx - k/2)`, zero outside.
 fn im2col<'a>(col: &'a mut Vec<f32>, x_n: &[f32], s: &ConvShape) -> &'a [f32] {
-    let (h, w, k, p) = (s.h, s.w, s.k, s.k / 2);
+    let (h, w, k) = (s.h, s.w, s.k);
     col.clear();
-    col.resize(s.c_in * k * k * h * w, 0.0);
+    col.resize(s.c_in * k * k * h * w, 0.0); // the padding's zeros
     let mut rows = col.chunks_mut(h * w);
     for plane in x_n.chunks(h * w) {
         for ky in 0..k {
             for kx in 0..k {
                 let Some(row) = rows.next() else { return col };
-                for yy in 0..h {
-                    let Some(sy) = (yy + ky).checked_sub(p).filter(|&sy| sy < h) else {
-                        continue;
-                    };
-                    for xx in 0..w {
-                        if let Some(sx) = (xx + kx).checked_sub(p).filter(|&sx| sx < w) {
-                            row[yy * w + xx] = plane[sy * w + sx];
-                        }
-                    }
+                for (yy, sy, xs, sxs) in tap_segments(s, ky, kx) {
+                    row[yy * w + xs.start..yy * w + xs.end]
+                        .copy_from_slice(&plane[sy * w + sxs.start..sy * w + sxs.end]);
                 }
             }
         }
@@ -238,23 +234,39 @@ fn im2col<'a>(col: &'a mut Vec<f32>, x_n: &[f32], s: &ConvShape) -> &'a [f32] {
     col
 }
 
-/// The adjoint of `im2col`: adds each `dcol` row back at its shift into `dx_n [c_in, h, w]`.
+/// For tap `(ky, kx)` of a 'same'-padded k×k conv: each output row `yy` whose source row `sy` lies inside the
+/// image, with the output columns `xs` whose source columns `sxs` (the same run shifted by `kx − k/2`) do. Rows
+/// and columns outside are the padding's zeros. Whole runs, so the copies and sums below are slice operations.
+fn tap_segments(
+    s: &ConvShape,
+    ky: usize,
+    kx: usize,
+) -> impl Iterator<Item = (usize, usize, Range<usize>, Range<usize>)> {
+    let (h, w, p) = (s.h, s.w, s.k / 2);
+    // sx = xx + kx − p ∈ [0, w)  ⇔  xx ∈ [p − kx, w + p − kx) ∩ [0, w)
+    let x0 = p.saturating_sub(kx);
+    let x1 = (w + p).saturating_sub(kx).min(w);
+    let run = (x0 < x1).then(|| (x0..x1, x0 + kx - p..x1 + kx - p));
+    (0..h).filter_map(move |yy| {
+        let sy = (yy + ky).checked_sub(p).filter(|&sy| sy < h)?;
+        let (xs, sxs) = run.clone()?;
+        Some((yy, sy, xs, sxs))
+    })
+}
+
+/// The adjoint of `im2col`: adds each `dcol` row back at its shift into `dx_n [c_in, h, w]` (per element, the
+/// taps' terms in tap order, as a loop over the elements would add them).
 fn col2im(dx_n: &mut [f32], dcol: &[f32], s: &ConvShape) {
-    let (h, w, k, p) = (s.h, s.w, s.k, s.k / 2);
+    let (h, w, k) = (s.h, s.w, s.k);
     let mut rows = dcol.chunks(h * w);
     for plane in dx_n.chunks_mut(h * w) {
         for ky in 0..k {
             for kx in 0..k {
                 let Some(row) = rows.next() else { return };
-                for yy in 0..h {
-                    let Some(sy) = (yy + ky).checked_sub(p).filter(|&sy| sy < h) else {
-                        continue;
-                    };
-                    for xx in 0..w {
-                        if let Some(sx) = (xx + kx).checked_sub(p).filter(|&sx| sx < w) {
-                            plane[sy * w + sx] += row[yy * w + xx];
-                        }
-                    }
+                for (yy, sy, xs, sxs) in tap_segments(s, ky, kx) {
+                    let dst = &mut plane[sy * w + sxs.start..sy * w + sxs.end];
+                    let src = &row[yy * w + xs.start..yy * w + xs.end];
+                    dst.iter_mut().zip(src).for_each(|(d, &v)| *d += v);
                 }
             }
         }
