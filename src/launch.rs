@@ -94,11 +94,15 @@ pub(crate) fn pool_plan(
     for &(what, got) in bufs {
         crate::shape::check_len(op, what, len, got)?;
     }
+    // The kernels index a plane's cells with u32 (as the CPU twins do).
     let (h, w) = (u32::try_from(s.h), u32::try_from(s.w));
-    let (Ok(h), Ok(w)) = (h, w) else {
+    let (Ok(h), Ok(w), Some(_)) = (h, w, h.ok().and_then(|h| h.checked_mul(w.ok()?))) else {
         return Err(crate::Error::InvalidShape {
             op,
-            reason: format!("image {}×{} exceeds u32", s.h, s.w),
+            reason: format!(
+                "a {} × {} plane has more cells than a u32 index reaches",
+                s.h, s.w
+            ),
         });
     };
     let (tile_h, shared) = pool_bwd_tile(s.h, s.w);

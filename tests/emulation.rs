@@ -296,6 +296,34 @@ fn emulated_maxpool_matches_its_twin_bit_for_bit() {
     }
 }
 
+/// A plane past what a u32 index reaches is refused alike by the twin and by the kernels' launcher (both index
+/// a plane's cells with u32), even in an empty batch.
+#[test]
+fn maxpool_planes_past_u32_are_refused_on_every_backend() {
+    use inception_cuda::shape::PoolShape;
+    fn refused<B: Backend>(b: &B) {
+        for (h, w) in [(1 << 16, 1 << 16), (usize::MAX / 2, 3)] {
+            let s = PoolShape { n: 0, c: 1, h, w };
+            let (mut dx, e) = (b.alloc_zeros(0).unwrap(), b.alloc_zeros(0).unwrap());
+            let ev = b.view(&e, 0..0).unwrap();
+            let fwd = b.maxpool3x3s1_fwd(&mut b.view_mut(&mut dx, 0..0).unwrap(), &ev, &s);
+            let bwd =
+                b.maxpool3x3s1_bwd(&mut b.view_mut(&mut dx, 0..0).unwrap(), &ev, &ev, &s, false);
+            for (r, op) in [(fwd, "maxpool3x3s1_fwd"), (bwd, "maxpool3x3s1_bwd")] {
+                assert!(
+                    matches!(&r, Err(Error::InvalidShape { op: o, .. }) if *o == op),
+                    "{} {h}×{w}: {r:?}",
+                    b.name()
+                );
+            }
+        }
+    }
+    refused(&CpuBackend);
+    refused(&EmuBackend {
+        order: ThreadOrder::Forward,
+    });
+}
+
 /// Dropout, Adam and softmax_xent: the same operations in the same order on the same libm, so bit for bit
 /// here (on the GPU, expf/logf differ by ulps and softmax_xent's test allows 1e-5).
 #[test]
