@@ -94,13 +94,16 @@ pub(crate) fn pool_plan(
     for &(what, got) in bufs {
         crate::shape::check_len(op, what, len, got)?;
     }
-    // The kernels index a plane's cells with u32 (as the CPU twins do).
-    let (h, w) = (u32::try_from(s.h), u32::try_from(s.w));
-    let (Ok(h), Ok(w), Some(_)) = (h, w, h.ok().and_then(|h| h.checked_mul(w.ok()?))) else {
+    // The kernels index a plane's cells, and rows and columns a few past its edge, in 32 bits (the CPU twins
+    // refuse the same planes).
+    let plane =
+        s.h.checked_mul(s.w)
+            .filter(|&hw| hw <= crate::shape::I32_INDEX);
+    let (Ok(h), Ok(w), Some(_)) = (u32::try_from(s.h), u32::try_from(s.w), plane) else {
         return Err(crate::Error::InvalidShape {
             op,
             reason: format!(
-                "a {} × {} plane has more cells than a u32 index reaches",
+                "a {} × {} plane has more cells than a 32-bit index reaches",
                 s.h, s.w
             ),
         });

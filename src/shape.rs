@@ -9,6 +9,24 @@ use crate::{Error, Result};
 /// The kernel sizes the convs support (stride 1, 'same' zero padding of `k / 2`).
 pub const CONV_KERNEL_SIZES: [usize; 3] = [1, 3, 5];
 
+/// The largest index the kernels compute in 32-bit signed arithmetic (`i32::MAX`): shapes whose per-image,
+/// per-plane or per-weight element counts pass it are refused on every backend.
+pub const I32_INDEX: usize = i32::MAX as usize;
+
+/// Rows one `count_correct` call may count: its counts are f32, exact below 2^24 (the kernel's and the
+/// twin's alike).
+pub(crate) fn check_count_rows(op: &'static str, m: usize) -> Result<()> {
+    if m >= 1 << 24 {
+        return Err(Error::InvalidShape {
+            op,
+            reason: format!(
+                "{m} rows: its f32 counts are exact only below 2^24 (16,777,216); count in parts"
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn invalid(op: &'static str, reason: String) -> Error {
     Error::InvalidShape { op, reason }
 }
@@ -124,7 +142,32 @@ impl ConvShape {
         }
         self.x_len(op)?;
         self.y_len(op)?;
-        self.w_len(op)?;
+        let w_len = self.w_len(op)?;
+        // The kernels index within one image's channels, within the weight and bias, and within an image split
+        // of the weight gradient (crate::launch::WGRAD_MAX_SPLITS) in 32-bit signed arithmetic; every backend
+        // refuses the shapes beyond it alike.
+        let hw = self.h.saturating_mul(self.w);
+        let per_image = self.c_in.max(self.c_total).saturating_mul(hw);
+        let per_split = self
+            .n
+            .div_ceil(crate::launch::WGRAD_MAX_SPLITS as usize)
+            .max(1)
+            .saturating_mul(hw);
+        let weight_and_bias = w_len.saturating_add(self.c_out);
+        for (what, v) in [
+            ("one image's channels", per_image),
+            ("the weight and bias", weight_and_bias),
+            ("an image split of the weight gradient", per_split),
+        ] {
+            if v > I32_INDEX {
+                return Err(invalid(
+                    op,
+                    format!(
+                        "{what} hold {v} elements: past the kernels' 32-bit index ({I32_INDEX})"
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -281,6 +324,15 @@ impl LinearShape {
         product(op, &[self.m, self.k_in])?;
         product(op, &[self.m, self.n_out])?;
         product(op, &[self.n_out, self.k_in])?;
+        // The kernels count rows, columns and k in 32-bit arithmetic (offsets are 64-bit).
+        for (what, v) in [("m", self.m), ("k_in", self.k_in), ("n_out", self.n_out)] {
+            if v > I32_INDEX {
+                return Err(invalid(
+                    op,
+                    format!("{what} = {v}: past the kernels' 32-bit index ({I32_INDEX})"),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -447,5 +499,60 @@ impl AdamSource<'_> {
                 allowed: "a step the table covers",
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Shapes past the kernels' 32-bit indices are refused by `validate`, which every backend calls, with a
+    /// reason that says which count is too large; shapes just inside pass.
+    #[test]
+    fn shapes_past_the_kernels_32_bit_indices_are_refused() {
+        let refused = |r: Result<()>, what: &str| match r {
+            Err(Error::InvalidShape { op: "t", reason }) => {
+                assert!(reason.contains(what), "{reason}")
+            }
+            other => panic!("{what}: {other:?}"),
+        };
+        // 1024 channels of 2048 × 2048: one image holds 2^32 elements.
+        refused(
+            ConvShape::new(1, 1024, 4, 2048, 2048, 3).validate("t"),
+            "one image's channels",
+        );
+        // The concat's channels count too.
+        refused(
+            ConvShape::new(1, 4, 4, 2048, 2048, 1)
+                .into_slice(1024, 0)
+                .validate("t"),
+            "one image's channels",
+        );
+        refused(
+            ConvShape::new(1, 1 << 20, 1 << 9, 1, 1, 3).validate("t"),
+            "the weight and bias",
+        );
+        // 384 images in 64 splits of 6, each 6 × 20000² pixels.
+        refused(
+            ConvShape::new(384, 1, 1, 20_000, 20_000, 1).validate("t"),
+            "an image split",
+        );
+        assert!(ConvShape::new(320, 1, 1, 20_000, 20_000, 1)
+            .validate("t")
+            .is_ok()); // splits of 5: 2.0e9
+                       // 511 channels of 2048 × 2048: 2,143,289,344 elements, just inside.
+        assert!(ConvShape::new(1, 511, 4, 2048, 2048, 3)
+            .validate("t")
+            .is_ok());
+        for (m, k_in, n_out, what) in [
+            (1 << 31, 0, 1, "m = "),
+            (0, 1 << 31, 1, "k_in = "),
+            (0, 1, 1 << 31, "n_out = "),
+        ] {
+            refused(LinearShape::new(m, k_in, n_out).validate("t"), what);
+        }
+        assert!(LinearShape::new(50, 200_704, 700).validate("t").is_ok());
+        refused(check_count_rows("t", 1 << 24), "2^24");
+        assert!(check_count_rows("t", (1 << 24) - 1).is_ok());
     }
 }

@@ -10,11 +10,11 @@ use inception_cuda::cpu;
 use inception_cuda::shape::{AdamStep, LinearShape, PoolShape};
 use inception_cuda::Error;
 
-/// A plane past what a u32 index reaches (or whose cell count overflows) is an error naming the op, even in
+/// A plane past the kernels' 32-bit index (or whose cell count overflows) is an error naming the op, even in
 /// an empty batch; nothing is allocated for it.
 #[test]
-fn maxpool_refuses_planes_its_indices_cannot_reach() {
-    for (h, w) in [(1 << 16, 1 << 16), (usize::MAX / 2, 3)] {
+fn maxpool_refuses_planes_past_a_32_bit_index() {
+    for (h, w) in [(1 << 16, 1 << 15), (1 << 16, 1 << 16), (usize::MAX / 2, 3)] {
         let s = PoolShape { n: 0, c: 1, h, w };
         let e = cpu::maxpool3x3s1_fwd(&mut [], &[], &s).unwrap_err();
         assert!(

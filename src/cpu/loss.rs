@@ -103,6 +103,7 @@ pub fn count_correct(
         });
     }
     check_len(OP, "logits", m.saturating_mul(classes), logits.len())?;
+    crate::shape::check_count_rows(OP, m)?;
     let (mut hits, mut nans) = (0usize, 0usize);
     for (row, &label) in logits.chunks(classes.max(1)).zip(labels) {
         let best = row

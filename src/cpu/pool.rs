@@ -105,14 +105,15 @@ fn winners(s: &mut Winners, plane: &[f32], h: usize, w: usize) {
     });
 }
 
-/// Cells of one plane, which [`winners`] indexes with `u32`.
+/// Cells of one plane, which [`winners`] indexes with `u32`; planes past the kernels' 32-bit index
+/// ([`crate::shape::I32_INDEX`]) are refused, as the kernels' launcher refuses them.
 fn plane_len(op: &'static str, s: &PoolShape) -> Result<usize> {
     s.h.checked_mul(s.w)
-        .filter(|&hw| u32::try_from(hw).is_ok())
+        .filter(|&hw| hw <= crate::shape::I32_INDEX)
         .ok_or_else(|| crate::Error::InvalidShape {
             op,
             reason: format!(
-                "a {} × {} plane has more cells than a u32 index reaches",
+                "a {} × {} plane has more cells than a 32-bit index reaches",
                 s.h, s.w
             ),
         })

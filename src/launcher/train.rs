@@ -215,6 +215,7 @@ pub fn count_correct<D: Driver + ?Sized>(
             ("logits", rows_of, D::len_of(logits)),
         ],
     )?;
+    crate::shape::check_count_rows(OP, m)?;
     let (Ok(m32), Ok(c32)) = (u32::try_from(m), u32::try_from(classes)) else {
         return Err(crate::Error::InvalidShape {
             op: OP,
