@@ -362,7 +362,7 @@ impl ReduceDims {
         let bytes = 4 * self.c_mid as usize * rows * self.w as usize; // <= the device's limit by tile_h
         let groups = (self.c_out as usize).div_ceil(REDUCE_CO_GROUP);
         let tiles = (self.h as usize).div_ceil(self.tile_h as usize);
-        let grid = u32_of(op, self.n as usize * groups * tiles)?;
+        let grid = grid_x(op, (self.n as usize).saturating_mul(groups * tiles))?;
         Ok((grid > 0).then_some(LaunchDims::new([grid, 1, 1], 256, bytes as u32)))
     }
 

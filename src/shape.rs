@@ -154,6 +154,17 @@ impl ConvShape {
             .max(1)
             .saturating_mul(hw);
         let weight_and_bias = w_len.saturating_add(self.c_out);
+        // conv_wgrad's grid has one row of blocks per WGRAD_TILE output channels, at most 65,535 (CUDA's limit).
+        let max_c_out = 65_535 * crate::bindings::WGRAD_TILE as usize;
+        if self.c_out > max_c_out {
+            return Err(invalid(
+                op,
+                format!(
+                    "{} output channels: the weight gradient's grid takes at most {max_c_out}",
+                    self.c_out
+                ),
+            ));
+        }
         for (what, v) in [
             ("one image's channels", per_image),
             ("the weight and bias", weight_and_bias),
@@ -551,6 +562,10 @@ mod tests {
         ] {
             refused(LinearShape::new(m, k_in, n_out).validate("t"), what);
         }
+        refused(
+            ConvShape::new(1, 1, 65_535 * 64 + 1, 1, 1, 1).validate("t"),
+            "output channels",
+        );
         assert!(LinearShape::new(50, 200_704, 700).validate("t").is_ok());
         refused(check_count_rows("t", 1 << 24), "2^24");
         assert!(check_count_rows("t", (1 << 24) - 1).is_ok());
