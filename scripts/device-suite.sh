@@ -20,6 +20,9 @@
 #     profile     one training step under ncu, fp32 and tf32 (PROFILE_PRECISIONS) → per-kernel tables
 #                 (scripts/ncu-summary.py) in profile.md
 #     sanitizers  compute-sanitizer memcheck and racecheck over the small GPU tests
+# Caps: tests 240 s, examples 9 × 60 s, benches 240 s per bench binary (two by default) and 150 s per @prev,
+# baseline 120 s, profile 120 s per precision, sanitizers until DEADLINE; so even `benches baseline` can pass one
+# 600 s call at its caps (BENCHES=inception, or split it).
 # DEADLINE (seconds from the start, default 560) boxes the sanitizers (SANITIZER_SECS caps each run): what does
 # not fit is reported as not run. EXAMPLES_QUICK=1 runs only primitives. Every phase has its own timeout. Output: $OUT (else stage/out): suite.log (all that
 # was printed), logs.tar.gz (every log), baseline.json, modules.md, ncu-<precision>.csv, profile.md, train-log.jsonl, curves.svg.

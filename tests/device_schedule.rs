@@ -12,17 +12,6 @@ use inception_cuda::data::Dataset;
 use inception_cuda::nn::{InceptionMnist, MnistConfig};
 use inception_cuda::{Backend, BackendHandle};
 
-fn tiny() -> MnistConfig {
-    MnistConfig {
-        map1: 2,
-        map2: 3,
-        reduce: 2,
-        hidden: 6,
-        dropout: 0.5,
-        image: 6,
-    }
-}
-
 /// `n` images of 6×6 in [0, 1] (the loader's values: k / 255) and their digits.
 fn data(n: usize, seed: u64) -> Dataset {
     Dataset {
@@ -51,8 +40,8 @@ fn params<B: Backend>(net: &InceptionMnist<B>) -> Vec<f32> {
 fn gathered_equals_host_fed<H: BackendHandle + Clone>(b: H, steps: u64, batch: usize) {
     let set = data(23, 3);
     let lr = 3e-3;
-    let mut host = InceptionMnist::new(b.clone(), tiny(), 5).unwrap();
-    let mut dev = InceptionMnist::new(b, tiny(), 5).unwrap();
+    let mut host = InceptionMnist::new(b.clone(), MnistConfig::tiny(), 5).unwrap();
+    let mut dev = InceptionMnist::new(b, MnistConfig::tiny(), 5).unwrap();
     let resident = dev.to_device(&set).unwrap();
     dev.reserve_steps(lr, steps).unwrap();
     for s in 0..steps {
@@ -83,7 +72,7 @@ fn gathered_equals_host_fed<H: BackendHandle + Clone>(b: H, steps: u64, batch: u
     assert_bits_eq("Adam v", &ds.adam_v, &hs.adam_v);
     assert_ne!(
         params(&dev),
-        params(&InceptionMnist::new(CpuBackend, tiny(), 5).unwrap())
+        params(&InceptionMnist::new(CpuBackend, MnistConfig::tiny(), 5).unwrap())
     );
 }
 
@@ -110,17 +99,17 @@ fn a_gathered_run_equals_the_host_fed_run_bit_for_bit_emulated() {
 fn a_resumed_gathered_run_equals_the_uninterrupted_one() {
     let set = data(23, 4);
     let (lr, batch) = (3e-3, 4);
-    let mut whole = InceptionMnist::new(CpuBackend, tiny(), 8).unwrap();
+    let mut whole = InceptionMnist::new(CpuBackend, MnistConfig::tiny(), 8).unwrap();
     let resident = whole.to_device(&set).unwrap();
     for _ in 0..9 {
         whole.train_gathered(&resident, batch, lr).unwrap();
     }
-    let mut first = InceptionMnist::new(CpuBackend, tiny(), 8).unwrap();
+    let mut first = InceptionMnist::new(CpuBackend, MnistConfig::tiny(), 8).unwrap();
     for _ in 0..5 {
         first.train_gathered(&resident, batch, lr).unwrap();
     }
     let state = first.train_state().unwrap();
-    let mut resumed = InceptionMnist::new(CpuBackend, tiny(), 99).unwrap();
+    let mut resumed = InceptionMnist::new(CpuBackend, MnistConfig::tiny(), 99).unwrap();
     for e in first.params().to_vec() {
         resumed
             .set_param(&e.name, &first.param(&e.name).unwrap())
@@ -145,8 +134,8 @@ fn a_resumed_gathered_run_equals_the_uninterrupted_one() {
 fn the_adam_table_grows_and_follows_the_learning_rate() {
     let set = data(23, 5);
     let batch = 4;
-    let mut host = InceptionMnist::new(CpuBackend, tiny(), 2).unwrap();
-    let mut dev = InceptionMnist::new(CpuBackend, tiny(), 2).unwrap();
+    let mut host = InceptionMnist::new(CpuBackend, MnistConfig::tiny(), 2).unwrap();
+    let mut dev = InceptionMnist::new(CpuBackend, MnistConfig::tiny(), 2).unwrap();
     let resident = dev.to_device(&set).unwrap();
     dev.reserve_steps(1e-3, 1).unwrap();
     for (s, lr) in [(0u64, 1e-3), (1, 1e-3), (2, 2e-3), (3, 1e-3)] {
@@ -162,7 +151,7 @@ fn the_adam_table_grows_and_follows_the_learning_rate() {
 #[test]
 fn a_gathered_evaluation_equals_the_host_fed_one() {
     let set = data(23, 6);
-    let mut net = InceptionMnist::new(CpuBackend, tiny(), 3).unwrap();
+    let mut net = InceptionMnist::new(CpuBackend, MnistConfig::tiny(), 3).unwrap();
     for s in 0..4 {
         let (x, y) = set.batch(s, 5).unwrap();
         net.train_step(x, y, 1e-2).unwrap();

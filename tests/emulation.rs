@@ -742,14 +742,7 @@ fn emulated_linear_wgrad_adam_is_wgrad_then_adam() {
 
 /// The small net of the emulated step tests (dropout on) and a batch of 3 images drawn from `seed`.
 fn small_net(seed: u64) -> (inception_cuda::nn::MnistConfig, Vec<f32>) {
-    let cfg = inception_cuda::nn::MnistConfig {
-        map1: 2,
-        map2: 3,
-        reduce: 2,
-        hidden: 6,
-        dropout: 0.5,
-        image: 6,
-    };
+    let cfg = inception_cuda::nn::MnistConfig::tiny();
     let images = uniform(seed, 3 * 36)
         .iter()
         .map(|v| (v + 1.0) / 2.0)

@@ -290,17 +290,7 @@ fn step_case(config: inception_cuda::nn::MnistConfig, batch: usize) {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn small_gpu_training_step_matches_twin() {
-    step_case(
-        inception_cuda::nn::MnistConfig {
-            map1: 2,
-            map2: 3,
-            reduce: 2,
-            hidden: 6,
-            dropout: 0.5,
-            image: 6,
-        },
-        3,
-    );
+    step_case(inception_cuda::nn::MnistConfig::tiny(), 3);
 }
 
 #[test]

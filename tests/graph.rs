@@ -48,12 +48,8 @@ fn planned_module_forward_equals_the_nn_module() {
 
 fn tiny(dropout: f32) -> MnistConfig {
     MnistConfig {
-        map1: 2,
-        map2: 3,
-        reduce: 2,
-        hidden: 6,
         dropout,
-        image: 6,
+        ..MnistConfig::tiny()
     }
 }
 

@@ -2073,14 +2073,7 @@ mod tests {
     /// forward and backward) as well as the linear layers. An inference plan stays fp32.
     #[test]
     fn every_product_of_a_training_plan_runs_in_its_precision() {
-        let cfg = MnistConfig {
-            map1: 2,
-            map2: 3,
-            reduce: 2,
-            hidden: 6,
-            dropout: 0.5,
-            image: 6,
-        };
+        let cfg = MnistConfig::tiny();
         let def = cfg.graph().expect("small net");
         for precision in [Precision::Fp32, Precision::Tf32] {
             let opts = TrainOptions {

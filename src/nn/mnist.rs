@@ -81,6 +81,19 @@ fn module_param_count(c: usize, map: usize, reduce: usize) -> Option<usize> {
 }
 
 impl MnistConfig {
+    /// The write-up's net shrunk to 6 × 6 images (map widths 2 and 3, reduce 2, hidden 6, dropout 0.5): every
+    /// layer and launch of the full net at a size that runs in milliseconds, for tests and quick checks.
+    pub const fn tiny() -> Self {
+        MnistConfig {
+            map1: 2,
+            map2: 3,
+            reduce: 2,
+            hidden: 6,
+            dropout: 0.5,
+            image: 6,
+        }
+    }
+
     /// Checks the config before anything is sized from it (as [`InceptionMnist::new`] and
     /// [`InceptionMnist::load`] do): every width at least 1, dropout finite in [0, 1), and every size, up to
     /// the total parameter count it returns, within `usize`.
@@ -592,18 +605,7 @@ impl<B: Backend> InceptionMnist<B> {
             let mut counts = self.b.view_mut(&mut count, 0..2)?;
             plan.count_correct(&mut counts, &labels[start..end], start > 0)?;
         }
-        let count = self.b.to_host(&count)?;
-        if count[1] > 0.0 {
-            return Err(Error::NonFinite {
-                op: OP,
-                what: format!(
-                    "the logits of {} of {n} images (the model's parameters are not finite?)",
-                    count[1]
-                ),
-                value: f32::NAN,
-            });
-        }
-        Ok(100.0 * f64::from(count[0]) / n as f64)
+        self.percent_correct(OP, &count, n)
     }
 
     /// The accuracy (%) on the first `n` images of the resident data set `data`, in evaluation mode, in
@@ -631,10 +633,16 @@ impl<B: Backend> InceptionMnist<B> {
             let mut counts = self.b.view_mut(&mut count, 0..2)?;
             plan.count_correct_loaded(&mut counts, start > 0)?;
         }
-        let count = self.b.to_host(&count)?;
+        self.percent_correct(OP, &count, n)
+    }
+
+    /// The accuracy (%) from `count [2]` (correct predictions, images with NaN logits) over `n` images, read
+    /// once; any NaN logits are an error naming how many images had them.
+    fn percent_correct(&self, op: &'static str, count: &B::Buf, n: usize) -> Result<f64> {
+        let count = self.b.to_host(count)?;
         if count[1] > 0.0 {
             return Err(Error::NonFinite {
-                op: OP,
+                op,
                 what: format!(
                     "the logits of {} of {n} images (the model's parameters are not finite?)",
                     count[1]
