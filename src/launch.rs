@@ -94,18 +94,12 @@ pub(crate) fn pool_plan(
     for &(what, got) in bufs {
         crate::shape::check_len(op, what, len, got)?;
     }
-    // The kernels index a plane's cells, and rows and columns a few past its edge, in 32 bits (the CPU twins
-    // refuse the same planes).
-    let plane =
-        s.h.checked_mul(s.w)
-            .filter(|&hw| hw <= crate::shape::I32_INDEX);
-    let (Ok(h), Ok(w), Some(_)) = (u32::try_from(s.h), u32::try_from(s.w), plane) else {
+    // The kernels index a plane's cells, and rows and columns a few past its edge, in 32 bits.
+    s.plane(op)?;
+    let (Ok(h), Ok(w)) = (u32::try_from(s.h), u32::try_from(s.w)) else {
         return Err(crate::Error::InvalidShape {
             op,
-            reason: format!(
-                "a {} × {} plane has more cells than a 32-bit index reaches",
-                s.h, s.w
-            ),
+            reason: format!("image {}×{} exceeds u32", s.h, s.w),
         });
     };
     let (tile_h, shared) = pool_bwd_tile(s.h, s.w);

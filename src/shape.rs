@@ -286,6 +286,23 @@ impl PoolShape {
     pub fn len(&self, op: &'static str) -> Result<usize> {
         product(op, &[self.n, self.c, self.h, self.w])
     }
+
+    /// Cells of one plane, `h·w`; planes past the kernels' and the twin's 32-bit cell index ([`I32_INDEX`])
+    /// are an error, even in an empty batch.
+    pub fn plane(&self, op: &'static str) -> Result<usize> {
+        self.h
+            .checked_mul(self.w)
+            .filter(|&hw| hw <= I32_INDEX)
+            .ok_or_else(|| {
+                invalid(
+                    op,
+                    format!(
+                        "a {} × {} plane has more cells than a 32-bit index reaches",
+                        self.h, self.w
+                    ),
+                )
+            })
+    }
 }
 
 /// The arithmetic of a kernel's products (DESIGN.md, "Precision"). Half types come later.

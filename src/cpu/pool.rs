@@ -105,27 +105,13 @@ fn winners(s: &mut Winners, plane: &[f32], h: usize, w: usize) {
     });
 }
 
-/// Cells of one plane, which [`winners`] indexes with `u32`; planes past the kernels' 32-bit index
-/// ([`crate::shape::I32_INDEX`]) are refused, as the kernels' launcher refuses them.
-fn plane_len(op: &'static str, s: &PoolShape) -> Result<usize> {
-    s.h.checked_mul(s.w)
-        .filter(|&hw| hw <= crate::shape::I32_INDEX)
-        .ok_or_else(|| crate::Error::InvalidShape {
-            op,
-            reason: format!(
-                "a {} × {} plane has more cells than a 32-bit index reaches",
-                s.h, s.w
-            ),
-        })
-}
-
 /// `y = maxpool3x3s1(x)`. Shapes: `y, x: [n, c, h, w]`.
 pub fn maxpool3x3s1_fwd(y: &mut [f32], x: &[f32], s: &PoolShape) -> Result<()> {
     const OP: &str = "maxpool3x3s1_fwd";
     let len = s.len(OP)?;
     check_len(OP, "y", len, y.len())?;
     check_len(OP, "x", len, x.len())?;
-    let hw = plane_len(OP, s)?;
+    let hw = s.plane(OP)?; // winners indexes a plane with u32
     if hw == 0 {
         return Ok(());
     }
@@ -155,7 +141,7 @@ pub fn maxpool3x3s1_bwd(
     check_len(OP, "dx", len, dx.len())?;
     check_len(OP, "dy", len, dy.len())?;
     check_len(OP, "x", len, x.len())?;
-    let hw = plane_len(OP, s)?;
+    let hw = s.plane(OP)?; // winners indexes a plane with u32
     if hw == 0 {
         return Ok(());
     }
