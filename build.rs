@@ -24,6 +24,9 @@ nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 nvidia-cuda-crt==13.0.88 
 const NVCC_FLAGS: &[&str] = &["--ptx", "-arch=compute_80", "-std=c++17", "-O3"];
 /// With the `emulation` feature: `INCEPTION_CUDA_EMU_ASAN=1` builds the emulated kernels with AddressSanitizer.
 const EMU_ASAN: &str = "INCEPTION_CUDA_EMU_ASAN";
+/// With the `emulation` feature: `INCEPTION_CUDA_EMU_RACECHECK=1` builds the emulated kernels with gcc's
+/// ThreadSanitizer instrumentation, whose callbacks the emulator's race checker takes (kernels/emu/emu.cpp).
+const EMU_RACECHECK: &str = "INCEPTION_CUDA_EMU_RACECHECK";
 
 fn main() -> ExitCode {
     match run() {
@@ -43,6 +46,7 @@ fn run() -> Result<(), String> {
         "CUDA_PATH",
         "PATH",
         EMU_ASAN,
+        EMU_RACECHECK,
     ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
@@ -511,16 +515,38 @@ mod emulation {
                 sources.push((dir, stem));
             }
         }
-        let mut build = cc::Build::new();
-        build
-            .cpp(true)
-            .std("c++20")
-            .opt_level(2)
-            .include(root.join("kernels/emu"))
-            .include(root.join("kernels")) // adam.cuh, args.h
-            .flag("-Wno-unknown-pragmas")
-            .flag("-Wno-volatile")
-            .file(root.join("kernels/emu/emu.cpp"));
+        let flag_set = |var| env::var(var).is_ok_and(|v| !v.is_empty() && v != "0");
+        let (asan, racecheck) = (flag_set(EMU_ASAN), flag_set(EMU_RACECHECK));
+        if asan && racecheck {
+            return Err(format!(
+                "{EMU_ASAN} and {EMU_RACECHECK} cannot be combined (gcc's address and thread \
+                 instrumentation exclude each other): set one"
+            ));
+        }
+        let new_build = || {
+            let mut build = cc::Build::new();
+            build
+                .cpp(true)
+                .std("c++20")
+                .opt_level(2)
+                .include(root.join("kernels/emu"))
+                .include(root.join("kernels")) // adam.cuh, args.h
+                .flag("-Wno-unknown-pragmas")
+                .flag("-Wno-volatile");
+            build
+        };
+        let mut build = new_build();
+        // The runtime is never instrumented: under racecheck it is the instrumentation's callee.
+        let mut runtime = new_build();
+        runtime.file(root.join("kernels/emu/emu.cpp"));
+        if racecheck {
+            runtime.define("EMU_RACECHECK", "1");
+            build
+                .flag("-fsanitize=thread")
+                .flag("--param=tsan-instrument-func-entry-exit=0");
+            println!("cargo:rustc-cfg=emu_racecheck");
+        }
+        println!("cargo:rustc-check-cfg=cfg(emu_racecheck)");
         let mut next_id = 0;
         for (dir, stem) in &sources {
             let src = format!("{dir}/{stem}.cu");
@@ -545,17 +571,21 @@ mod emulation {
         fs::write(&dispatch, dispatcher(sigs))
             .map_err(|e| format!("writing {}: {e}", dispatch.display()))?;
         build.file(dispatch);
-        if env::var(EMU_ASAN).is_ok_and(|v| !v.is_empty() && v != "0") {
-            build
-                .flag("-fsanitize=address")
-                .flag("-fno-omit-frame-pointer");
+        if asan {
+            for b in [&mut build, &mut runtime] {
+                b.flag("-fsanitize=address").flag("-fno-omit-frame-pointer");
+            }
             println!("cargo:rustc-link-lib=dylib=asan");
             println!("cargo:rustc-cfg=emu_asan");
         }
         println!("cargo:rustc-check-cfg=cfg(emu_asan)");
+        // Kernels first: the linker then meets the runtime they call after them.
         build
             .try_compile("inception_cuda_emu")
-            .map_err(|e| format!("compiling the emulated kernels: {e}"))
+            .map_err(|e| format!("compiling the emulated kernels: {e}"))?;
+        runtime
+            .try_compile("inception_cuda_emu_runtime")
+            .map_err(|e| format!("compiling the emulator (kernels/emu/emu.cpp): {e}"))
     }
 
     fn list_dir(dir: &Path) -> Result<Vec<String>, String> {

@@ -6,7 +6,7 @@ mod common;
 use common::kernels::{mma_inputs, mma_tile_on, pool_on, train_ops_on};
 use common::{assert_bits_eq, uniform};
 use inception_cuda::cpu::CpuBackend;
-use inception_cuda::emu::{planted, EmuBackend, ThreadOrder};
+use inception_cuda::emu::{planted, racecheck_build, EmuBackend, ThreadOrder};
 use inception_cuda::launch::{self, LaunchDims, ELEMENTWISE_BLOCK, ELEMENTWISE_MAX_GRID};
 use inception_cuda::{Backend, Error};
 
@@ -103,7 +103,8 @@ fn a_divergent_barrier_is_an_error() {
     }
 }
 
-/// Integer-valued inputs make every partial sum exact, so the expected values are exact too.
+/// Integer-valued inputs make every partial sum exact, so the expected values are exact too. The racecheck
+/// build names the race instead.
 #[test]
 fn a_missing_barrier_shows_in_one_thread_order_and_the_fixed_kernel_passes_both() {
     let x: Vec<f32> = (0..128).map(|i| (i % 7) as f32 - 3.0).collect();
@@ -111,8 +112,16 @@ fn a_missing_barrier_shows_in_one_thread_order_and_the_fixed_kernel_passes_both(
     let mut wrong_orders = 0;
     for order in ORDERS {
         let mut y = [f32::NAN];
-        planted::missing_barrier_sum(&mut y, &x, order).unwrap();
-        wrong_orders += usize::from(y[0].to_bits() != total.to_bits());
+        match planted::missing_barrier_sum(&mut y, &x, order) {
+            Err(e) if racecheck_build() => assert!(
+                e.to_string().contains("hazard on __shared__ array"),
+                "{order:?}: {e}"
+            ),
+            got => {
+                got.unwrap();
+                wrong_orders += usize::from(y[0].to_bits() != total.to_bits());
+            }
+        }
         let mut fixed = vec![f32::NAN; 5];
         planted::block_sum(&mut fixed, &x, order).unwrap();
         let warps: Vec<f32> = x.chunks(32).map(|w| w.iter().sum()).collect();
@@ -120,7 +129,7 @@ fn a_missing_barrier_shows_in_one_thread_order_and_the_fixed_kernel_passes_both(
         assert_eq!(&fixed[1..], &warps[..], "{order:?}: warp shuffle sums");
     }
     assert!(
-        wrong_orders >= 1,
+        racecheck_build() || wrong_orders >= 1,
         "the missing __syncthreads() went unnoticed in both thread orders"
     );
 }
@@ -135,8 +144,9 @@ fn a_shuffle_naming_an_exited_lane_is_an_error() {
 }
 
 /// `cp.async` under emulation: the correct staging (issue, commit, wait, barrier, read) gives the input in both
-/// thread orders; reading before the wait or without the barrier reads the old shared memory (NaN), a copy
-/// from a misaligned address and a thread that exits with its copy in flight are errors.
+/// thread orders; reading before the wait or without the barrier reads the old shared memory (NaN; the
+/// racecheck build reports the race), a copy from a misaligned address and a thread that exits with its copy
+/// in flight are errors.
 #[test]
 fn cp_async_misuse_is_caught() {
     use planted::CpAsyncBug;
@@ -156,6 +166,11 @@ fn cp_async_misuse_is_caught() {
             "{order:?}: correct staging"
         );
         for bug in [CpAsyncBug::ReadBeforeWait, CpAsyncBug::MissingBarrier] {
+            if racecheck_build() {
+                let err = run(bug).unwrap_err().to_string();
+                assert!(err.contains("racecheck: "), "{order:?} {bug:?}: {err}");
+                continue;
+            }
             let y = run(bug).unwrap();
             let stale = y.iter().filter(|v| v.is_nan()).count();
             assert!(
@@ -167,6 +182,89 @@ fn cp_async_misuse_is_caught() {
         assert!(err.contains("misaligned"), "{order:?}: {err}");
         let err = run(CpAsyncBug::NeverWaited).unwrap_err().to_string();
         assert!(err.contains("never waited for"), "{order:?}: {err}");
+    }
+}
+
+/// Races no thread order of the plain emulator shows, which the racecheck build (CI runs it) reports with
+/// both threads named: a double-buffered `cp.async` pipeline refilling a stage before the barrier that ends
+/// the other threads' reads of it, and two blocks writing one output. The fixed pipeline passes, and a warp
+/// exchanging through shared memory passes with its `__syncwarp()` and fails without it.
+#[test]
+#[ignore = "needs the racecheck build: INCEPTION_CUDA_EMU_RACECHECK=1 cargo test --features emulation --test emulation -- --ignored racecheck"]
+fn racecheck_reports_what_thread_orders_cannot_show() {
+    assert!(
+        racecheck_build(),
+        "not the racecheck build: set INCEPTION_CUDA_EMU_RACECHECK=1"
+    );
+    #[repr(C, align(16))]
+    struct Tiles([f32; 3 * 4 * 64]);
+    let mut x = Tiles([0.0; 3 * 4 * 64]);
+    x.0.iter_mut()
+        .enumerate()
+        .for_each(|(i, v)| *v = (i % 97) as f32);
+    let want: Vec<f32> = (0..4 * 64)
+        .map(|i| (0..3).map(|k| x.0[k * 256 + (i + 4) % 256]).sum::<f32>())
+        .collect();
+    for order in ORDERS {
+        let mut y = vec![0.0f32; 4 * 64];
+        planted::cp_async_pipeline(&mut y, &x.0, false, order).unwrap();
+        assert_eq!(y, want, "{order:?}: the pipeline with its barrier");
+        let err = planted::cp_async_pipeline(&mut y, &x.0, true, order)
+            .unwrap_err()
+            .to_string();
+        // Seen from the copy (it overwrites what a neighbour read) or from the reader (it reads a copy in flight).
+        assert!(
+            err.contains("write-after-read hazard on __shared__ array")
+                || err.contains("read of a cp.async destination in flight"),
+            "{order:?}: {err}"
+        );
+
+        let mut out = vec![0.0f32; 64];
+        let err = planted::blocks_share_output(&mut out, 3, order)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("write-after-write hazard on global memory")
+                && err.contains("the blocks of a launch are unordered"),
+            "{order:?}: {err}"
+        );
+        planted::blocks_share_output(&mut out, 1, order).unwrap();
+
+        let mut lanes = [f32::NAN; 32];
+        planted::warp_exchange(&mut lanes, true, order).unwrap();
+        let next: Vec<f32> = (0..32).map(|l| ((l + 1) % 32) as f32).collect();
+        assert_eq!(&lanes[..], &next[..], "{order:?}");
+        let err = planted::warp_exchange(&mut lanes, false, order)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("hazard on __shared__ array"),
+            "{order:?}: {err}"
+        );
+    }
+}
+
+/// The plain emulator runs the same planted races without an error, with the results of its one schedule:
+/// the pipeline's race is invisible (its copies land at the wait) and the last block wins. This is why CI
+/// also runs the racecheck build, where both are errors.
+#[test]
+fn the_plain_emulator_cannot_see_those_races() {
+    #[repr(C, align(16))]
+    struct Tiles([f32; 3 * 4 * 32]);
+    let x = Tiles([1.0; 3 * 4 * 32]);
+    for order in ORDERS {
+        let mut y = vec![0.0f32; 4 * 32];
+        let pipeline = planted::cp_async_pipeline(&mut y, &x.0, true, order);
+        let mut out = vec![0.0f32; 32];
+        let blocks = planted::blocks_share_output(&mut out, 3, order);
+        if racecheck_build() {
+            assert!(pipeline.is_err() && blocks.is_err(), "{order:?}");
+            continue;
+        }
+        pipeline.unwrap();
+        blocks.unwrap();
+        assert!(y.iter().all(|&v| v == 3.0), "{order:?}: {y:?}");
+        assert!(out.iter().all(|&v| v == 2.0), "{order:?}: {out:?}");
     }
 }
 

@@ -9,7 +9,12 @@
 //
 // Tensor cores: kernels/mma.cuh's helpers (mma.sync m16n8k8 TF32, cvt.rna.tf32, cp.async) become warp
 // collectives and checked copies here (mma_tf32_m16n8k8, tf32_rna, cp_async below).
-// Out of reach: other inline PTX, wmma, timing, and the memory model between blocks (blocks never overlap).
+// Racecheck (INCEPTION_CUDA_EMU_RACECHECK=1): the kernels are compiled with gcc's ThreadSanitizer
+// instrumentation and emu.cpp takes its callbacks to check every shared and global access as
+// compute-sanitizer racecheck does and more: two threads of a block touching the same 4 bytes between the same
+// two barriers (one of them writing), two blocks of a launch doing so (blocks are unordered on a GPU), and any
+// access to a cp.async destination before its owner's wait are errors naming both threads.
+// Out of reach: other inline PTX, wmma, timing, and fences or flags between blocks (blocks never overlap).
 #pragma once
 
 // Lets shared headers (kernels/mma.cuh) tell the emulator's compile from nvcc's host pass.
@@ -68,6 +73,9 @@ const uint3& block_idx();
 const dim3& block_dim();
 const dim3& grid_dim();
 void syncthreads();
+// __syncwarp(mask): a warp rendezvous that also orders the shared and global memory accesses of its lanes
+// (the racecheck build counts it; shuffles, votes and mma do not order memory).
+void syncwarp(unsigned int mask);
 // Warp rendezvous: deposits `value`, waits for every lane of `mask`, returns lane `src`'s value (for
 // shuffles) or the ballot of the deposited values (for votes).
 unsigned long long warp_exchange(unsigned int mask, unsigned long long value, int src, bool ballot);
@@ -144,7 +152,7 @@ inline unsigned int lane_id() {
 #define warpSize 32
 
 inline void __syncthreads() { ::emu::syncthreads(); }
-inline void __syncwarp(unsigned int mask = 0xffffffffu) { ::emu::warp_exchange(mask, 0, 0, false); }
+inline void __syncwarp(unsigned int mask = 0xffffffffu) { ::emu::syncwarp(mask); }
 inline void __threadfence() {}
 inline void __threadfence_block() {}
 

@@ -6,10 +6,17 @@
 #include <sys/mman.h>
 #include <ucontext.h>
 
+#include <array>
 #include <cstdio>
 #include <map>
+#include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
+
+#ifndef EMU_RACECHECK
+#define EMU_RACECHECK 0
+#endif
 
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
@@ -48,6 +55,7 @@ struct Fiber {
   };
   std::vector<PendingCopy> pending;
   unsigned long long open_group = 0;  // groups committed so far (the id of the group being filled)
+  unsigned int warp_syncs = 0;        // __syncwarp()s this lane has completed (racecheck: orders its warp)
 };
 
 struct Block {
@@ -60,8 +68,15 @@ struct Block {
   void (*body)(void*) = nullptr;
   void* body_ctx = nullptr;
   std::map<int, std::vector<unsigned char>> shared;
+  struct Slot {
+    std::uintptr_t begin, end;
+    int id;
+  };
+  std::vector<Slot> slots;  // where this block's `__shared__` arrays lie (racecheck tells them from global)
   unsigned char* dynamic = nullptr;
   std::string error;
+  unsigned int linear_block = 0;      // blockIdx as one number (x fastest)
+  unsigned int interval = 0;          // __syncthreads() completed by this block (racecheck: orders the block)
 };
 
 thread_local Block* g_block = nullptr;
@@ -177,6 +192,7 @@ void schedule(Block& b) {
         return;
       }
       for (Fiber& f : b.fibers) f.state = State::Ready;  // barrier complete
+      b.interval += 1;
       continue;
     }
     fail("deadlock: threads wait at a barrier and in warp intrinsics that can never complete");
@@ -185,6 +201,163 @@ void schedule(Block& b) {
 }
 
 }  // namespace
+
+#if EMU_RACECHECK
+// Racecheck (INCEPTION_CUDA_EMU_RACECHECK=1 builds the kernels with -fsanitize=thread, whose callbacks at the
+// end of this file land here). Every 4-byte granule a kernel touches has a cell: the last write and the two
+// latest reads by distinct threads, each as (block, barrier interval, thread, the thread's __syncwarp count),
+// and the owner of a cp.async still in flight to it. Two accesses conflict (one of them a write) when they
+// come from two blocks of one launch (global memory: blocks are unordered), or from two threads of a block
+// between the same two __syncthreads() and not ordered by a __syncwarp() of their warp. Cells live for one
+// launch (kernel boundaries order everything); a shared-memory cell of an earlier block is another block's
+// buffer, not a conflict. Accesses to the thread's own stack are not checked.
+namespace race {
+
+constexpr unsigned int kNone = 0xffffffffu;
+
+struct Access {
+  unsigned int block = kNone;  // linear block index; kNone: nothing recorded
+  unsigned int interval = 0;
+  unsigned int thread = 0;  // linear thread index in the block
+  unsigned int warp_syncs = 0;
+};
+
+struct Cell {
+  Access write;
+  Access read[2];              // the latest reader first
+  unsigned int in_flight = 0;  // 1 + the thread whose cp.async to this granule has not landed
+};
+
+constexpr std::size_t kPageBytes = 4096, kCells = kPageBytes / 4;
+using Page = std::array<Cell, kCells>;
+
+thread_local std::unordered_map<std::uintptr_t, std::unique_ptr<Page>> t_pages;
+thread_local std::uintptr_t t_last_key = ~(std::uintptr_t)0;
+thread_local Page* t_last = nullptr;
+
+void reset() {
+  t_pages.clear();
+  t_last_key = ~(std::uintptr_t)0;
+  t_last = nullptr;
+}
+
+Cell& cell(std::uintptr_t addr) {
+  const std::uintptr_t key = addr / kPageBytes;
+  if (key != t_last_key) {
+    auto& page = t_pages[key];
+    if (!page) page = std::make_unique<Page>();
+    t_last_key = key;
+    t_last = page.get();
+  }
+  return (*t_last)[addr % kPageBytes / 4];
+}
+
+// Where `addr` lies, for a report.
+std::string region(std::uintptr_t addr) {
+  const Block& b = *g_block;
+  const auto dyn = (std::uintptr_t)b.dynamic;
+  if (b.dynamic && addr >= dyn && addr < dyn + b.cfg.shared_bytes)
+    return "dynamic shared memory (byte " + std::to_string(addr - dyn) + ")";
+  for (const Block::Slot& s : b.slots)
+    if (addr >= s.begin && addr < s.end)
+      return "__shared__ array #" + std::to_string(s.id) + " (byte " + std::to_string(addr - s.begin) + ")";
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "global memory at %#llx", (unsigned long long)addr);
+  return buf;
+}
+
+bool in_shared(std::uintptr_t addr) {
+  const Block& b = *g_block;
+  const auto dyn = (std::uintptr_t)b.dynamic;
+  if (b.dynamic && addr >= dyn && addr < dyn + b.cfg.shared_bytes) return true;
+  for (const Block::Slot& s : b.slots)
+    if (addr >= s.begin && addr < s.end) return true;
+  return false;
+}
+
+bool unordered(const Access& prior, const Access& now, bool shared) {
+  if (prior.block == kNone) return false;
+  if (prior.block != now.block) return !shared;
+  if (prior.interval != now.interval || prior.thread == now.thread) return false;
+  return !(prior.thread / 32 == now.thread / 32 && now.warp_syncs > prior.warp_syncs);
+}
+
+std::string who(const Access& a) {
+  const Block& b = *g_block;
+  const unsigned int bx = b.block.x, by = b.block.y, t = a.thread;
+  char buf[96];
+  if (a.block == b.linear_block) {
+    std::snprintf(buf, sizeof buf, "thread (%u,%u,%u)", t % bx, t / bx % by, t / (bx * by));
+  } else {
+    const unsigned int gx = b.grid.x, gy = b.grid.y, k = a.block;
+    std::snprintf(buf, sizeof buf, "block (%u,%u,%u) thread (%u,%u,%u)", k % gx, k / gx % gy, k / (gx * gy), t % bx,
+                  t / bx % by, t / (bx * by));
+  }
+  return buf;
+}
+
+void report(const char* hazard, std::uintptr_t addr, const Access& prior, const char* prior_did, bool write) {
+  const Block& b = *g_block;
+  fail(std::string("racecheck: ") + hazard + " hazard on " + region(addr) + ": " + where(*b.current) +
+       (write ? " writes" : " reads") + " 4 bytes that " + who(prior) + " " + prior_did +
+       (prior.block == b.linear_block ? " since the last __syncthreads()"
+                                      : " in the same launch (the blocks of a launch are unordered)"));
+}
+
+void check(std::uintptr_t granule, bool write, bool shared, const Access& now) {
+  Cell& c = cell(granule);
+  if (c.in_flight) {
+    const unsigned int owner = c.in_flight - 1;
+    Access o{now.block, now.interval, owner, 0};
+    fail("racecheck: " + std::string(write ? "write to" : "read of") + " a cp.async destination in flight (" +
+         region(granule) + "): " + where(*g_block->current) +
+         (owner == now.thread ? " before its own cp.async.wait_group"
+                              : ", issued by " + who(o) + ", before that copy's wait and a __syncthreads()"));
+    c.in_flight = 0;
+  }
+  if (unordered(c.write, now, shared)) report(write ? "write-after-write" : "read-after-write", granule, c.write, "wrote", write);
+  if (write) {
+    for (const Access& r : c.read)
+      if (unordered(r, now, shared)) {
+        report("write-after-read", granule, r, "read", true);
+        break;
+      }
+    c.write = now;
+    return;
+  }
+  auto same = [&](const Access& r) { return r.block == now.block && r.thread == now.thread; };
+  if (!same(c.read[0])) c.read[1] = c.read[0];  // drops the older reader (or this thread's older read)
+  c.read[0] = now;
+}
+
+// The access of `bytes` at `p` by the running thread, if a kernel thread is running and `p` is not on its stack.
+void on_access(const void* p, std::size_t bytes, bool write) {
+  Block* b = g_block;
+  if (!b || !b->current || bytes == 0) return;
+  const Fiber& f = *b->current;
+  const auto stack = (std::uintptr_t)f.stack, here = (std::uintptr_t)__builtin_frame_address(0);
+  if (here < stack || here >= stack + kStack) return;  // not on a kernel thread (the launcher, the scheduler)
+  const auto addr = (std::uintptr_t)p;
+  if (addr >= stack && addr < stack + kStack) return;  // the thread's own locals
+  const bool shared = in_shared(addr);
+  const Access now{b->linear_block, b->interval, f.linear, f.warp_syncs};
+  for (std::uintptr_t g = addr & ~(std::uintptr_t)3; g < addr + bytes; g += 4) check(g, write, shared, now);
+}
+
+void on_cp_async_issue(void* dst, const void* src, unsigned int bytes) {
+  on_access(src, bytes, false);
+  on_access(dst, bytes, true);
+  for (std::uintptr_t g = (std::uintptr_t)dst; g < (std::uintptr_t)dst + bytes; g += 4)
+    cell(g).in_flight = g_block->current->linear + 1;
+}
+
+void on_cp_async_land(void* dst, unsigned int bytes) {
+  for (std::uintptr_t g = (std::uintptr_t)dst; g < (std::uintptr_t)dst + bytes; g += 4) cell(g).in_flight = 0;
+  on_access(dst, bytes, true);
+}
+
+}  // namespace race
+#endif  // EMU_RACECHECK
 
 const uint3& thread_idx() { return g_block->current->tid; }
 const uint3& block_idx() { return g_block->block_idx; }
@@ -211,6 +384,11 @@ void rendezvous(unsigned int mask, unsigned long long value) {
   yield();
 }
 }  // namespace
+
+void syncwarp(unsigned int mask) {
+  rendezvous(mask, 0);
+  g_block->current->warp_syncs += 1;
+}
 
 unsigned long long warp_exchange(unsigned int mask, unsigned long long value, int src, bool ballot) {
   Block& b = *g_block;
@@ -306,6 +484,9 @@ void cp_async(void* dst, const void* src, unsigned int bytes) {
     yield();
   }
   Fiber& f = *g_block->current;
+#if EMU_RACECHECK
+  race::on_cp_async_issue(dst, src, bytes);
+#endif
   Fiber::PendingCopy c{dst, {}, bytes, f.open_group};
   std::memcpy(c.data, src, bytes);
   f.pending.push_back(c);
@@ -318,9 +499,12 @@ void cp_async_wait(unsigned int newest_pending) {
   const unsigned long long keep_from = f.open_group > newest_pending ? f.open_group - newest_pending : 0;
   std::vector<Fiber::PendingCopy> left;
   for (const Fiber::PendingCopy& c : f.pending) {
-    if (c.group < keep_from)
+    if (c.group < keep_from) {
       std::memcpy(c.dst, c.data, c.bytes);
-    else
+#if EMU_RACECHECK
+      race::on_cp_async_land(c.dst, c.bytes);
+#endif
+    } else
       left.push_back(c);
   }
   f.pending.swap(left);
@@ -328,7 +512,11 @@ void cp_async_wait(unsigned int newest_pending) {
 
 void* shared_static(int id, std::size_t bytes) {
   auto& v = g_block->shared[id];
-  if (v.empty()) v.assign(bytes, 0xFF);  // NaN as float, -1 as int: uninitialised reads show
+  if (v.empty()) {
+    v.assign(bytes, 0xFF);  // NaN as float, -1 as int: uninitialised reads show
+    const auto begin = (std::uintptr_t)v.data();
+    g_block->slots.push_back({begin, begin + bytes, id});
+  }
   return v.data();
 }
 
@@ -336,6 +524,9 @@ void* shared_dynamic() { return g_block->dynamic; }
 
 int run(const Launch& cfg, void (*body)(void*), void* ctx) {
   g_error.clear();
+#if EMU_RACECHECK
+  race::reset();
+#endif
   const std::size_t threads = (std::size_t)cfg.block[0] * cfg.block[1] * cfg.block[2];
   if (threads == 0 || threads > 1024 || cfg.grid[0] * (unsigned long long)cfg.grid[1] * cfg.grid[2] == 0 ||
       cfg.block[2] > 64 || cfg.grid[1] > 65535 || cfg.grid[2] > 65535) {
@@ -359,6 +550,9 @@ int run(const Launch& cfg, void (*body)(void*), void* ctx) {
       for (unsigned int bx = 0; bx < cfg.grid[0] && b.error.empty(); ++bx) {
         b.block_idx = {bx, by, bz};
         b.shared.clear();
+        b.slots.clear();
+        b.linear_block = bx + cfg.grid[0] * (by + cfg.grid[1] * bz);
+        b.interval = 0;
         std::fill(dynamic.begin(), dynamic.end(), 0xFF);
         std::fill(dynamic.begin() + cfg.shared_bytes, dynamic.end(), kGuardByte);
         // Under ASan the buffer is exactly the launch's size, so an overflow is a heap-buffer-overflow.
@@ -403,3 +597,32 @@ extern "C" void __assert_fail(const char* expr, const char* file, unsigned int l
 }
 
 extern "C" const char* emu_last_error() { return emu::last_error(); }
+
+#if EMU_RACECHECK
+// gcc's -fsanitize=thread instrumentation of the kernels calls these for every memory access (no ThreadSanitizer
+// runtime is linked: these are the whole runtime). Atomics are not instrumented: the kernels use none.
+extern "C" {
+void __tsan_init() {}
+void __tsan_func_entry(void*) {}
+void __tsan_func_exit() {}
+void __tsan_vptr_update(void**, void*) {}
+void __tsan_vptr_read(void**) {}
+void __tsan_read_range(void* p, unsigned long n) { emu::race::on_access(p, n, false); }
+void __tsan_write_range(void* p, unsigned long n) { emu::race::on_access(p, n, true); }
+#define EMU_TSAN_SIZE(n)                                                                \
+  void __tsan_read##n(void* p) { emu::race::on_access(p, n, false); }                  \
+  void __tsan_write##n(void* p) { emu::race::on_access(p, n, true); }                  \
+  void __tsan_unaligned_read##n(void* p) { emu::race::on_access(p, n, false); }        \
+  void __tsan_unaligned_write##n(void* p) { emu::race::on_access(p, n, true); }        \
+  void __tsan_volatile_read##n(void* p) { emu::race::on_access(p, n, false); }         \
+  void __tsan_volatile_write##n(void* p) { emu::race::on_access(p, n, true); }         \
+  void __tsan_unaligned_volatile_read##n(void* p) { emu::race::on_access(p, n, false); } \
+  void __tsan_unaligned_volatile_write##n(void* p) { emu::race::on_access(p, n, true); }
+EMU_TSAN_SIZE(1)
+EMU_TSAN_SIZE(2)
+EMU_TSAN_SIZE(4)
+EMU_TSAN_SIZE(8)
+EMU_TSAN_SIZE(16)
+#undef EMU_TSAN_SIZE
+}
+#endif  // EMU_RACECHECK

@@ -2,7 +2,9 @@
 //! `kernels/emu/cuda_emu.h`, run on the CPU with the launch geometry of [`crate::launch`], the same the CUDA
 //! backend uses. Threads of a block run as fibers in a chosen order, blocks in sequence; the emulator turns
 //! the CUDA undefined behaviour it can see (divergent barriers, inactive lanes in warp intrinsics, writes
-//! past dynamic shared memory, device asserts) into errors. It is for tests, not speed.
+//! past dynamic shared memory, device asserts) into errors. It is for tests, not speed. Two builds check
+//! more: `INCEPTION_CUDA_EMU_ASAN=1` (AddressSanitizer: out-of-bounds and use-after-free accesses) and
+//! `INCEPTION_CUDA_EMU_RACECHECK=1` (races in shared and global memory, see [`racecheck_build`]).
 //!
 //! All `unsafe` of this backend is the FFI into the emulated launchers, each with a `// SAFETY:` line.
 
@@ -19,6 +21,13 @@ pub mod planted;
 /// Whether the emulated kernels were built with AddressSanitizer (`INCEPTION_CUDA_EMU_ASAN=1`).
 pub fn asan_build() -> bool {
     cfg!(emu_asan)
+}
+
+/// Whether the emulated kernels were built for the race checker (`INCEPTION_CUDA_EMU_RACECHECK=1`): every
+/// shared and global access of a kernel is checked, and a conflict between two threads of a block not
+/// separated by a barrier, or between two blocks of a launch, fails the launch with an error naming both.
+pub fn racecheck_build() -> bool {
+    cfg!(emu_racecheck)
 }
 
 /// A launch as the emulator takes it (`emu::Launch` in `cuda_emu.h`).

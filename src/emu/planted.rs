@@ -38,6 +38,15 @@ extern "C" {
         x: *const f32,
         mode: u32,
     ) -> i32;
+    fn emu_launch_planted_cp_async_pipeline(
+        cfg: *const Launch,
+        y: *mut f32,
+        x: *const f32,
+        tiles: u32,
+        bug: u32,
+    ) -> i32;
+    fn emu_launch_planted_blocks_share_output(cfg: *const Launch, y: *mut f32) -> i32;
+    fn emu_launch_planted_warp_exchange(cfg: *const Launch, y: *mut f32, synced: u32) -> i32;
 }
 
 fn one_block(threads: usize, shared_bytes: u32) -> Result<LaunchDims> {
@@ -202,5 +211,58 @@ pub fn cp_async_stage(y: &mut [f32], x: &[f32], bug: CpAsyncBug, order: ThreadOr
     // spare) and writes y[4t .. 4t + 4).
     run(OP, dims, order, |cfg| unsafe {
         emu_launch_planted_cp_async_stage(cfg, y.as_mut_ptr(), x.as_ptr(), bug as u32)
+    })
+}
+
+/// `y[4·t + u] = Σₖ x[k][4·((t + 1) % threads) + u]` over `x.len() / y.len()` tiles of `y.len() / 4` ≤ 256
+/// float4s, double-buffered through shared memory by `cp.async`; with `missing_barrier` a stage is refilled
+/// without the barrier that ends the other threads' reads of it (a race only the racecheck build reports).
+pub fn cp_async_pipeline(
+    y: &mut [f32],
+    x: &[f32],
+    missing_barrier: bool,
+    order: ThreadOrder,
+) -> Result<()> {
+    const OP: &str = "planted_cp_async_pipeline";
+    let threads = y.len() / 4;
+    check_len(OP, "y", 4 * threads, y.len())?;
+    if threads == 0 || x.len() % y.len() != 0 || x.as_ptr() as usize % 16 != 0 {
+        return Err(Error::InvalidShape {
+            op: OP,
+            reason: "x: whole tiles of y.len() floats, 16-byte aligned".into(),
+        });
+    }
+    let tiles = (x.len() / y.len()) as u32;
+    let dims = one_block(threads, 0)?;
+    // SAFETY: one block of y.len() / 4 threads; thread t reads x[4(k·threads + t) ..][..4] for k < tiles (all
+    // in x) and writes y[4t ..][..4].
+    run(OP, dims, order, |cfg| unsafe {
+        emu_launch_planted_cp_async_pipeline(
+            cfg,
+            y.as_mut_ptr(),
+            x.as_ptr(),
+            tiles,
+            u32::from(missing_barrier),
+        )
+    })
+}
+
+/// `blocks` blocks of `y.len()` ≤ 256 threads, each writing `y[tid] = blockIdx.x`: a race between blocks.
+pub fn blocks_share_output(y: &mut [f32], blocks: u32, order: ThreadOrder) -> Result<()> {
+    let mut dims = one_block(y.len(), 0)?;
+    dims.grid = blocks;
+    // SAFETY: every block's thread t writes y[t], t < y.len().
+    run("planted_blocks_share_output", dims, order, |cfg| unsafe {
+        emu_launch_planted_blocks_share_output(cfg, y.as_mut_ptr())
+    })
+}
+
+/// One warp: `y[lane] = (lane + 1) % 32` through shared memory, with or without the `__syncwarp()` between
+/// the writes and the reads.
+pub fn warp_exchange(y: &mut [f32; 32], synced: bool, order: ThreadOrder) -> Result<()> {
+    let dims = one_block(32, 0)?;
+    // SAFETY: one warp; lane l writes y[l], l < 32.
+    run("planted_warp_exchange", dims, order, |cfg| unsafe {
+        emu_launch_planted_warp_exchange(cfg, y.as_mut_ptr(), u32::from(synced))
     })
 }

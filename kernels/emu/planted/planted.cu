@@ -95,3 +95,45 @@ extern "C" __global__ void planted_cp_async_stage(float* y, const float* x, unsi
   for (int u = 0; u < 4; ++u) y[4 * t + u] = stage[4 * from + u];
   if (mode == 1) cp_async_wait_group<0>();
 }
+
+// The racecheck build's planted races (kernels/emu/emu.cpp, INCEPTION_CUDA_EMU_RACECHECK=1): bugs that no
+// thread order of the plain emulator shows, since its blocks never overlap and its copies land at the wait.
+
+// y[4 · t + u] = Σ_k x[k][4 · ((t + 1) % n) + u] for `tiles` tiles of n float4s (n = blockDim.x threads),
+// double-buffered through shared memory with cp.async: tile k + 1's copy is issued before tile k is read.
+// BUG when `bug` is 1: no __syncthreads() before a stage is refilled, while the other threads may still read
+// it (tile k - 1's reads and tile k + 1's copies share a barrier interval): on a GPU the copy can land under
+// a neighbour's read.
+extern "C" __global__ void planted_cp_async_pipeline(float* y, const float* x, unsigned int tiles, unsigned int bug) {
+  __shared__ __align__(16) float stage[2][256 * 4];
+  const unsigned int t = threadIdx.x, n = blockDim.x, from = (t + 1) % n;
+  cp_async16(&stage[0][4 * t], x + 4 * t);
+  cp_async_commit();
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (unsigned int k = 0; k < tiles; ++k) {
+    if (k + 1 < tiles) {
+      if (!bug) __syncthreads();  // every thread is done reading stage (k + 1) % 2 (tile k - 1)
+      cp_async16(&stage[(k + 1) % 2][4 * t], x + 4 * ((k + 1) * n + t));
+    }
+    cp_async_commit();
+    cp_async_wait_group<1>();  // tile k has landed (tile k + 1 may be in flight)
+    __syncthreads();           // every thread's piece of tile k has
+    for (int u = 0; u < 4; ++u) acc[u] += stage[k % 2][4 * from + u];
+  }
+  cp_async_wait_group<0>();
+  for (int u = 0; u < 4; ++u) y[4 * t + u] = acc[u];
+}
+
+// BUG: every block writes y[threadIdx.x]: the blocks of a launch are unordered, so which one wins is not
+// defined (the plain emulator runs the last block last and always gets the same answer).
+extern "C" __global__ void planted_blocks_share_output(float* y) { y[threadIdx.x] = (float)blockIdx.x; }
+
+// One warp: y[lane] = lane + 1 mod 32 through shared memory. BUG when `synced` is 0: no __syncwarp() between
+// the lanes' writes and their reads of a neighbour's (since Volta the lanes of a warp are not in lock step).
+extern "C" __global__ void planted_warp_exchange(float* y, unsigned int synced) {
+  __shared__ float s[32];
+  const unsigned int lane = threadIdx.x % 32;
+  s[lane] = (float)lane;
+  if (synced) __syncwarp();
+  y[lane] = s[(lane + 1) % 32];
+}
