@@ -542,6 +542,7 @@ mod emulation {
         if racecheck {
             runtime.define("EMU_RACECHECK", "1");
             build
+                .define("INCEPTION_CUDA_EMU_RACECHECK", "1")
                 .flag("-fsanitize=thread")
                 .flag("--param=tsan-instrument-func-entry-exit=0");
             println!("cargo:rustc-cfg=emu_racecheck");

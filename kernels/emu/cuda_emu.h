@@ -41,17 +41,51 @@ struct uint3 {
 struct dim3 {
   unsigned int x, y, z;
 };
-struct float2 {
+
+namespace emu {
+// A copy of `bytes` from src to dst as one access of that width (racecheck build).
+void vector_copy(void* dst, const void* src, unsigned int bytes, const void* pc);
+}  // namespace emu
+
+// The vector types, aligned as CUDA aligns them. Under the racecheck build a copy of one is one access of its
+// width, as on the GPU (LDS.128, STS.64, ...), made by its caller (the instruction the shared-memory traffic
+// counter groups lanes by): gcc would copy member by member, which the counter would take for several
+// instructions.
+#if INCEPTION_CUDA_EMU_RACECHECK
+#define EMU_VECTOR_COPIES(T)                                              \
+  T() = default;                                                          \
+  __attribute__((noinline)) T(const T& o) {                               \
+    ::emu::vector_copy(this, &o, sizeof(T), __builtin_return_address(0)); \
+  }                                                                       \
+  __attribute__((noinline)) T& operator=(const T& o) {                    \
+    ::emu::vector_copy(this, &o, sizeof(T), __builtin_return_address(0)); \
+    return *this;                                                         \
+  }
+#define EMU_VECTOR2(T, E) \
+  EMU_VECTOR_COPIES(T)    \
+  constexpr T(E x_, E y_) : x(x_), y(y_) {}
+#define EMU_VECTOR4(T, E) \
+  EMU_VECTOR_COPIES(T)    \
+  constexpr T(E x_, E y_, E z_, E w_) : x(x_), y(y_), z(z_), w(w_) {}
+#else
+#define EMU_VECTOR2(T, E)
+#define EMU_VECTOR4(T, E)
+#endif
+struct alignas(8) float2 {
   float x, y;
+  EMU_VECTOR2(float2, float)
 };
 struct alignas(16) float4 {
   float x, y, z, w;
+  EMU_VECTOR4(float4, float)
 };
-struct int2 {
+struct alignas(8) int2 {
   int x, y;
+  EMU_VECTOR2(int2, int)
 };
 struct alignas(16) int4 {
   int x, y, z, w;
+  EMU_VECTOR4(int4, int)
 };
 inline float2 make_float2(float x, float y) { return {x, y}; }
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }

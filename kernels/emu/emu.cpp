@@ -3,14 +3,18 @@
 // state is thread_local, so concurrent launches (cargo test threads) do not interact.
 #include "cuda_emu.h"
 
+#include <dlfcn.h>
 #include <sys/mman.h>
 #include <ucontext.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <unordered_map>
 #include <vector>
 
@@ -330,8 +334,120 @@ void check(std::uintptr_t granule, bool write, bool shared, const Access& now) {
   c.read[0] = now;
 }
 
-// The access of `bytes` at `p` by the running thread, if a kernel thread is running and `p` is not on its stack.
-void on_access(const void* p, std::size_t bytes, bool write) {
+// Shared-memory wavefronts, counted while enabled (emu_shared_traffic). The accesses of a block are grouped
+// into warp instructions: the k-th execution of one instruction (the callback's return address) by each lane
+// of a warp, as converged SIMT code issues them. Each instruction is served in phases of 128 bytes (a whole
+// warp for accesses up to 4 bytes, half-warps for 8, quarter-warps for 16); a phase takes as many wavefronts
+// as the most distinct 4-byte words that fall in one of the 32 banks (the same word is broadcast). Banks are
+// counted from the start of each shared array, as the GPU lays arrays out on 128-byte boundaries or finer.
+namespace traffic {
+
+struct Lane {
+  const void* pc;
+  unsigned int k;      // this lane's executions of pc before this one
+  unsigned int warp;
+  unsigned char lane, bytes;
+  bool store;
+  unsigned long long word;  // 4-byte word: array id << 32 | byte offset / 4
+};
+
+thread_local bool t_on = false;
+thread_local std::vector<Lane> t_block;                                 // this block's shared accesses
+thread_local std::vector<std::unordered_map<const void*, unsigned int>> t_seen;  // per thread: pc → count
+thread_local unsigned long long t_totals[6];  // loads: requests, wavefronts, ideal; stores: the same
+// Per instruction, when INCEPTION_CUDA_EMU_TRAFFIC_DUMP names a file: the same three counts, appended to the
+// file as "module+offset load|store requests wavefronts ideal" lines when counting stops (for addr2line).
+thread_local std::map<std::pair<const void*, bool>, std::array<unsigned long long, 3>> t_by_pc;
+
+void record(const void* pc, std::uintptr_t addr, std::size_t bytes, bool store) {
+  const Block& b = *g_block;
+  const auto dyn = (std::uintptr_t)b.dynamic;
+  unsigned long long array = 0, offset = 0;
+  if (b.dynamic && addr >= dyn && addr < dyn + b.cfg.shared_bytes) {
+    offset = addr - dyn;
+  } else {
+    for (const Block::Slot& s : b.slots)
+      if (addr >= s.begin && addr < s.end) {
+        array = 1 + (unsigned long long)s.id;
+        offset = addr - s.begin;
+      }
+  }
+  const Fiber& f = *b.current;
+  if (t_seen.size() < b.fibers.size()) t_seen.resize(b.fibers.size());
+  const unsigned int k = t_seen[f.linear][pc]++;
+  t_block.push_back({pc, k, f.linear / 32, (unsigned char)(f.linear % 32), (unsigned char)bytes, store,
+                     array << 32 | offset / 4});
+}
+
+const char* dump_path() {
+  static const char* path = std::getenv("INCEPTION_CUDA_EMU_TRAFFIC_DUMP");
+  return path && *path ? path : nullptr;
+}
+
+void dump() {
+  if (!dump_path() || t_by_pc.empty()) return;
+  if (FILE* f = std::fopen(dump_path(), "a")) {
+    for (const auto& [key, c] : t_by_pc) {
+      Dl_info info{};
+      const bool found = dladdr(key.first, &info) && info.dli_fname;
+      std::fprintf(f, "%s+%#llx %s %llu %llu %llu\n", found ? info.dli_fname : "?",
+                   (unsigned long long)((const char*)key.first - (found ? (const char*)info.dli_fbase : nullptr)),
+                   key.second ? "store" : "load", c[0], c[1], c[2]);
+    }
+    std::fclose(f);
+  }
+  t_by_pc.clear();
+}
+
+// Folds the block's accesses into the totals and starts the next block.
+void end_block() {
+  if (!t_on) return;
+  std::sort(t_block.begin(), t_block.end(), [](const Lane& a, const Lane& b) {
+    return std::tie(a.warp, a.pc, a.store, a.k, a.lane) < std::tie(b.warp, b.pc, b.store, b.k, b.lane);
+  });
+  for (std::size_t i = 0; i < t_block.size();) {
+    std::size_t j = i;
+    unsigned int widest = 0;
+    while (j < t_block.size() && t_block[j].warp == t_block[i].warp && t_block[j].pc == t_block[i].pc &&
+           t_block[j].store == t_block[i].store && t_block[j].k == t_block[i].k)
+      widest = std::max<unsigned int>(widest, t_block[j++].bytes);
+    const unsigned int per_phase = widest <= 4 ? 32 : 128 / widest;
+    unsigned long long wavefronts = 0, ideal = 0;
+    for (unsigned int phase = 0; phase * per_phase < 32; ++phase) {
+      std::vector<unsigned long long> words;
+      for (std::size_t e = i; e < j; ++e)
+        if (t_block[e].lane / per_phase == phase)
+          for (unsigned int w = 0; w < std::max(1u, (unsigned int)t_block[e].bytes / 4); ++w)
+            words.push_back(t_block[e].word + w);
+      if (words.empty()) continue;
+      std::sort(words.begin(), words.end());
+      words.erase(std::unique(words.begin(), words.end()), words.end());
+      unsigned int per_bank[32] = {};
+      for (unsigned long long w : words) per_bank[w % 32] += 1;
+      ideal += 1;
+      wavefronts += *std::max_element(per_bank, per_bank + 32);
+    }
+    unsigned long long* t = t_totals + (t_block[i].store ? 3 : 0);
+    t[0] += 1;
+    t[1] += wavefronts;
+    t[2] += ideal;
+    if (dump_path()) {
+      auto& p = t_by_pc[{t_block[i].pc, t_block[i].store}];
+      p[0] += 1;
+      p[1] += wavefronts;
+      p[2] += ideal;
+    }
+    i = j;
+  }
+  t_block.clear();
+  for (auto& m : t_seen) m.clear();
+}
+
+}  // namespace traffic
+
+// The access of `bytes` at `p` by the running thread, if a kernel thread is running and `p` is not on its
+// stack; `pc`: the kernel instruction (counted as shared-memory traffic), or null.
+void on_access(const void* p, std::size_t bytes, bool write, const void* pc) {
   Block* b = g_block;
   if (!b || !b->current || bytes == 0) return;
   const Fiber& f = *b->current;
@@ -340,20 +456,21 @@ void on_access(const void* p, std::size_t bytes, bool write) {
   const auto addr = (std::uintptr_t)p;
   if (addr >= stack && addr < stack + kStack) return;  // the thread's own locals
   const bool shared = in_shared(addr);
+  if (shared && pc && traffic::t_on) traffic::record(pc, addr, bytes, write);
   const Access now{b->linear_block, b->interval, f.linear, f.warp_syncs};
   for (std::uintptr_t g = addr & ~(std::uintptr_t)3; g < addr + bytes; g += 4) check(g, write, shared, now);
 }
 
-void on_cp_async_issue(void* dst, const void* src, unsigned int bytes) {
-  on_access(src, bytes, false);
-  on_access(dst, bytes, true);
+void on_cp_async_issue(void* dst, const void* src, unsigned int bytes, const void* pc) {
+  on_access(src, bytes, false, pc);
+  on_access(dst, bytes, true, pc);
   for (std::uintptr_t g = (std::uintptr_t)dst; g < (std::uintptr_t)dst + bytes; g += 4)
     cell(g).in_flight = g_block->current->linear + 1;
 }
 
 void on_cp_async_land(void* dst, unsigned int bytes) {
   for (std::uintptr_t g = (std::uintptr_t)dst; g < (std::uintptr_t)dst + bytes; g += 4) cell(g).in_flight = 0;
-  on_access(dst, bytes, true);
+  on_access(dst, bytes, true, nullptr);  // the copy's second write: not traffic again
 }
 
 }  // namespace race
@@ -485,7 +602,7 @@ void cp_async(void* dst, const void* src, unsigned int bytes) {
   }
   Fiber& f = *g_block->current;
 #if EMU_RACECHECK
-  race::on_cp_async_issue(dst, src, bytes);
+  race::on_cp_async_issue(dst, src, bytes, __builtin_return_address(0));
 #endif
   Fiber::PendingCopy c{dst, {}, bytes, f.open_group};
   std::memcpy(c.data, src, bytes);
@@ -569,6 +686,9 @@ int run(const Launch& cfg, void (*body)(void*), void* ctx) {
           }
         }
         if (b.error.empty()) schedule(b);
+#if EMU_RACECHECK
+        race::traffic::end_block();
+#endif
         for (std::size_t i = cfg.shared_bytes; i < dynamic.size() && b.error.empty(); ++i)
           if (dynamic[i] != kGuardByte)
             b.error = "block (" + std::to_string(bx) + "," + std::to_string(by) + "," + std::to_string(bz) +
@@ -607,17 +727,17 @@ void __tsan_func_entry(void*) {}
 void __tsan_func_exit() {}
 void __tsan_vptr_update(void**, void*) {}
 void __tsan_vptr_read(void**) {}
-void __tsan_read_range(void* p, unsigned long n) { emu::race::on_access(p, n, false); }
-void __tsan_write_range(void* p, unsigned long n) { emu::race::on_access(p, n, true); }
+void __tsan_read_range(void* p, unsigned long n) { emu::race::on_access(p, n, false, __builtin_return_address(0)); }
+void __tsan_write_range(void* p, unsigned long n) { emu::race::on_access(p, n, true, __builtin_return_address(0)); }
 #define EMU_TSAN_SIZE(n)                                                                \
-  void __tsan_read##n(void* p) { emu::race::on_access(p, n, false); }                  \
-  void __tsan_write##n(void* p) { emu::race::on_access(p, n, true); }                  \
-  void __tsan_unaligned_read##n(void* p) { emu::race::on_access(p, n, false); }        \
-  void __tsan_unaligned_write##n(void* p) { emu::race::on_access(p, n, true); }        \
-  void __tsan_volatile_read##n(void* p) { emu::race::on_access(p, n, false); }         \
-  void __tsan_volatile_write##n(void* p) { emu::race::on_access(p, n, true); }         \
-  void __tsan_unaligned_volatile_read##n(void* p) { emu::race::on_access(p, n, false); } \
-  void __tsan_unaligned_volatile_write##n(void* p) { emu::race::on_access(p, n, true); }
+  void __tsan_read##n(void* p) { emu::race::on_access(p, n, false, __builtin_return_address(0)); }                  \
+  void __tsan_write##n(void* p) { emu::race::on_access(p, n, true, __builtin_return_address(0)); }                  \
+  void __tsan_unaligned_read##n(void* p) { emu::race::on_access(p, n, false, __builtin_return_address(0)); }        \
+  void __tsan_unaligned_write##n(void* p) { emu::race::on_access(p, n, true, __builtin_return_address(0)); }        \
+  void __tsan_volatile_read##n(void* p) { emu::race::on_access(p, n, false, __builtin_return_address(0)); }         \
+  void __tsan_volatile_write##n(void* p) { emu::race::on_access(p, n, true, __builtin_return_address(0)); }         \
+  void __tsan_unaligned_volatile_read##n(void* p) { emu::race::on_access(p, n, false, __builtin_return_address(0)); } \
+  void __tsan_unaligned_volatile_write##n(void* p) { emu::race::on_access(p, n, true, __builtin_return_address(0)); }
 EMU_TSAN_SIZE(1)
 EMU_TSAN_SIZE(2)
 EMU_TSAN_SIZE(4)
@@ -626,3 +746,28 @@ EMU_TSAN_SIZE(16)
 #undef EMU_TSAN_SIZE
 }
 #endif  // EMU_RACECHECK
+
+#if EMU_RACECHECK
+void emu::vector_copy(void* dst, const void* src, unsigned int bytes, const void* pc) {
+  emu::race::on_access(src, bytes, false, pc);
+  emu::race::on_access(dst, bytes, true, pc);
+  std::memcpy(dst, src, bytes);
+}
+#else
+void emu::vector_copy(void* dst, const void* src, unsigned int bytes, const void*) { std::memcpy(dst, src, bytes); }
+#endif
+
+#if EMU_RACECHECK
+// Shared-memory traffic (see emu::race::traffic): `on` starts counting on the calling thread (and clears the
+// totals); emu_take_shared_traffic writes loads' requests, wavefronts, ideal wavefronts, then the same for
+// stores, and clears them.
+extern "C" void emu_shared_traffic(int on) {
+  if (!on) emu::race::traffic::dump();
+  emu::race::traffic::t_on = on != 0;
+  std::fill(std::begin(emu::race::traffic::t_totals), std::end(emu::race::traffic::t_totals), 0ull);
+}
+extern "C" void emu_take_shared_traffic(unsigned long long out[6]) {
+  std::copy(std::begin(emu::race::traffic::t_totals), std::end(emu::race::traffic::t_totals), out);
+  std::fill(std::begin(emu::race::traffic::t_totals), std::end(emu::race::traffic::t_totals), 0ull);
+}
+#endif

@@ -30,6 +30,102 @@ pub fn racecheck_build() -> bool {
     cfg!(emu_racecheck)
 }
 
+/// Shared-memory traffic of emulated launches, as the racecheck build counts it (the lanes' accesses grouped
+/// into warp instructions; each instruction served in phases of 128 bytes, a phase taking as many wavefronts
+/// as the most distinct words in one of the 32 banks). It predicts `ncu`'s shared-memory wavefronts and bank
+/// conflicts of the same instructions, for kernels whose lanes stay converged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SharedTraffic {
+    /// Warp-level shared-memory loads.
+    pub load_requests: u64,
+    /// The wavefronts they took.
+    pub load_wavefronts: u64,
+    /// The wavefronts they would take without bank conflicts.
+    pub load_ideal: u64,
+    /// Warp-level shared-memory stores (`cp.async` destinations included).
+    pub store_requests: u64,
+    /// The wavefronts they took.
+    pub store_wavefronts: u64,
+    /// The wavefronts they would take without bank conflicts.
+    pub store_ideal: u64,
+}
+
+impl SharedTraffic {
+    /// Wavefronts beyond the conflict-free count, loads and stores together.
+    pub fn conflicts(&self) -> u64 {
+        self.load_wavefronts + self.store_wavefronts - self.load_ideal - self.store_ideal
+    }
+}
+
+impl std::ops::AddAssign for SharedTraffic {
+    fn add_assign(&mut self, o: SharedTraffic) {
+        self.load_requests += o.load_requests;
+        self.load_wavefronts += o.load_wavefronts;
+        self.load_ideal += o.load_ideal;
+        self.store_requests += o.store_requests;
+        self.store_wavefronts += o.store_wavefronts;
+        self.store_ideal += o.store_ideal;
+    }
+}
+
+/// Per kernel (its op name, in order of first launch), the shared-memory traffic counted on this thread.
+type TrafficLog = Vec<(&'static str, SharedTraffic)>;
+
+thread_local! {
+    static TRAFFIC: std::cell::RefCell<Option<TrafficLog>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with the shared-memory traffic of its emulated launches on this thread counted; returns its
+/// result and the traffic per kernel (by op name, in order of first launch). Needs the racecheck build
+/// (`INCEPTION_CUDA_EMU_RACECHECK=1`): elsewhere an error that says so.
+pub fn count_shared_traffic<R>(f: impl FnOnce() -> R) -> Result<(R, TrafficLog)> {
+    #[cfg(emu_racecheck)]
+    {
+        // SAFETY: sets a flag of the calling thread and clears its totals.
+        unsafe { emu_shared_traffic(1) };
+        TRAFFIC.with(|t| *t.borrow_mut() = Some(Vec::new()));
+        let r = f();
+        // SAFETY: as above.
+        unsafe { emu_shared_traffic(0) };
+        let log = TRAFFIC.with(|t| t.borrow_mut().take()).unwrap_or_default();
+        Ok((r, log))
+    }
+    #[cfg(not(emu_racecheck))]
+    {
+        let _ = f;
+        Err(Error::Emulation {
+            op: "count_shared_traffic",
+            message: "shared-memory traffic is counted by the racecheck build only: set \
+                      INCEPTION_CUDA_EMU_RACECHECK=1"
+                .into(),
+        })
+    }
+}
+
+/// Adds the traffic of the launch that just ran to `op`'s, if counting.
+#[cfg(emu_racecheck)]
+fn log_traffic(op: &'static str) {
+    TRAFFIC.with(|t| {
+        let mut t = t.borrow_mut();
+        let Some(log) = t.as_mut() else { return };
+        let mut raw = [0u64; 6];
+        // SAFETY: writes six u64 into `raw`.
+        unsafe { emu_take_shared_traffic(raw.as_mut_ptr()) };
+        let one = SharedTraffic {
+            load_requests: raw[0],
+            load_wavefronts: raw[1],
+            load_ideal: raw[2],
+            store_requests: raw[3],
+            store_wavefronts: raw[4],
+            store_ideal: raw[5],
+        };
+        match log.iter_mut().find(|(name, _)| *name == op) {
+            Some((_, sum)) => *sum += one,
+            None => log.push((op, one)),
+        }
+    });
+}
+
 /// A launch as the emulator takes it (`emu::Launch` in `cuda_emu.h`).
 #[repr(C)]
 pub(crate) struct Launch {
@@ -45,6 +141,15 @@ extern "C" {
     /// number `kernel` of `Kernel::ALL` with `params[i]` pointing at the value of its parameter `i`, as
     /// `cuLaunchKernel`'s kernelParams. 0 on success, -1 for an unknown kernel, else an emulator error.
     fn emu_launch(kernel: u32, cfg: *const Launch, params: *const *mut c_void) -> i32;
+}
+
+#[cfg(emu_racecheck)]
+extern "C" {
+    /// Starts (1) or stops (0) counting shared-memory traffic on the calling thread; clears its totals.
+    fn emu_shared_traffic(on: i32);
+    /// Writes the calling thread's totals (loads: requests, wavefronts, ideal; stores: the same) to
+    /// `out[0..6]` and clears them.
+    fn emu_take_shared_traffic(out: *mut u64);
 }
 
 /// The order in which the emulator runs the threads of a block: each exposes different missing-barrier
@@ -77,7 +182,10 @@ pub(crate) fn run(
         shared_bytes: dims.shared_bytes,
         reverse: u32::from(order == ThreadOrder::Reverse),
     };
-    if launch(&cfg) == 0 {
+    let status = launch(&cfg);
+    #[cfg(emu_racecheck)]
+    log_traffic(op);
+    if status == 0 {
         return Ok(());
     }
     // SAFETY: emu_last_error returns a pointer to the calling thread's NUL-terminated message, valid until

@@ -47,6 +47,7 @@ extern "C" {
     ) -> i32;
     fn emu_launch_planted_blocks_share_output(cfg: *const Launch, y: *mut f32) -> i32;
     fn emu_launch_planted_warp_exchange(cfg: *const Launch, y: *mut f32, synced: u32) -> i32;
+    fn emu_launch_bank_pattern(cfg: *const Launch, y: *mut f32, stride: u32, width: u32) -> i32;
 }
 
 fn one_block(threads: usize, shared_bytes: u32) -> Result<LaunchDims> {
@@ -264,5 +265,24 @@ pub fn warp_exchange(y: &mut [f32; 32], synced: bool, order: ThreadOrder) -> Res
     // SAFETY: one warp; lane l writes y[l], l < 32.
     run("planted_warp_exchange", dims, order, |cfg| unsafe {
         emu_launch_planted_warp_exchange(cfg, y.as_mut_ptr(), u32::from(synced))
+    })
+}
+
+/// One warp: lane `l` loads `width` (1, 2 or 4) floats at once from `s[l · stride]` of a shared array of
+/// 4,096 floats holding `s[i] = i`, and writes their sum to `y[l]`: bank patterns for the shared-memory
+/// traffic counter ([`super::count_shared_traffic`]).
+pub fn bank_pattern(y: &mut [f32; 32], stride: u32, width: u32) -> Result<()> {
+    if ![1, 2, 4].contains(&width) || stride % width != 0 || 31 * stride + width > 4096 {
+        return Err(Error::InvalidShape {
+            op: "bank_pattern",
+            reason: format!(
+                "width {width} (1, 2 or 4), stride {stride} (a multiple of it, in the array)"
+            ),
+        });
+    }
+    let dims = one_block(32, 0)?;
+    // SAFETY: one warp; lane l reads shared memory only and writes y[l], l < 32.
+    run("bank_pattern", dims, ThreadOrder::Forward, |cfg| unsafe {
+        emu_launch_bank_pattern(cfg, y.as_mut_ptr(), stride, width)
     })
 }

@@ -137,3 +137,23 @@ extern "C" __global__ void planted_warp_exchange(float* y, unsigned int synced) 
   if (synced) __syncwarp();
   y[lane] = s[(lane + 1) % 32];
 }
+
+// Shared-memory bank patterns for the racecheck build's traffic counter (not a bug): one warp loads
+// `width` floats (1, 2 or 4: a float, float2 or float4 load) from s[lane * stride] and stores their sum to y[lane].
+extern "C" __global__ void bank_pattern(float* y, unsigned int stride, unsigned int width) {
+  __shared__ __align__(16) float s[32 * 32 * 4];
+  for (unsigned int i = threadIdx.x; i < 32 * 32 * 4; i += 32) s[i] = (float)i;
+  __syncthreads();
+  const unsigned int at = threadIdx.x * stride;
+  float sum;
+  if (width == 4) {
+    const float4 v = *reinterpret_cast<const float4*>(&s[at]);
+    sum = v.x + v.y + v.z + v.w;
+  } else if (width == 2) {
+    const float2 v = *reinterpret_cast<const float2*>(&s[at]);
+    sum = v.x + v.y;
+  } else {
+    sum = s[at];
+  }
+  y[threadIdx.x] = sum;
+}
