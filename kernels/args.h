@@ -20,14 +20,15 @@
 
 // linear_bwd_adam_tf32 (linear.cu): BWD_TC_THREADS threads (8 warps of 16 columns) own a strip of BWD_TC_COLS
 // columns and walk the rows in chunks of BWD_TC_ROWS, BWD_TC_STAGES chunks of w, m, v and dy in shared memory
-// at once (cp.async), rows padded by BWD_TC_PAD floats. Dynamic shared memory: BWD_TC_SHARED_FLOATS floats.
+// at once (cp.async), rows of w, m, v padded by BWD_TC_PAD floats (dy's rows are swizzled instead). Dynamic
+// shared memory: BWD_TC_SHARED_FLOATS floats.
 #define BWD_TC_COLS 128
 #define BWD_TC_ROWS 32
 #define BWD_TC_THREADS 256
 #define BWD_TC_STAGES 2
-#define BWD_TC_PAD 4
-#define BWD_TC_TILE_FLOATS (BWD_TC_ROWS * (BWD_TC_COLS + BWD_TC_PAD))         // one chunk of w, m or v; g
-#define BWD_TC_DY_FLOATS (BWD_ADAM_MAX_BATCH * (BWD_TC_ROWS + BWD_TC_PAD))    // one chunk of dy, [batch][row]
+#define BWD_TC_PAD 8
+#define BWD_TC_TILE_FLOATS (BWD_TC_ROWS * (BWD_TC_COLS + BWD_TC_PAD))  // one chunk of w, m or v; g
+#define BWD_TC_DY_FLOATS (BWD_ADAM_MAX_BATCH * BWD_TC_ROWS)           // one chunk of dy, [batch][row]
 #define BWD_TC_STAGE_FLOATS (3 * BWD_TC_TILE_FLOATS + BWD_TC_DY_FLOATS)
 #define BWD_TC_SHARED_FLOATS (BWD_TC_STAGES * BWD_TC_STAGE_FLOATS + BWD_TC_TILE_FLOATS)
 

@@ -632,11 +632,23 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS) linear_bwd_adam(float
     if (b < (int)rows) dx[(u64)b * k_in + col] = n_out % GEMM_BK ? acc[b] + 0.0f : acc[b];
 }
 
+// Where dy[b, r0 + r] lies in a chunk of linear_bwd_adam_tf32's dy tile: rows of BWD_TC_ROWS (32) floats, r
+// XOR-swizzled by s(b) = 8 · (b % 4) + 4 · (b / 4 % 2). Both A-fragment reads hit 32 distinct banks: lane
+// (g, t) reads b = 8j + g, r = 4i + t (dx's product: s takes 8 distinct multiples of 4 over g) and b = 4j + t,
+// r = 8i + g (g's product: s = 8t + const moves the 8-row groups apart); a quarter-warp's 16-byte stores fill
+// one row (the swizzle permutes its 4-float pieces). No padding: rows 36 floats apart served one read or the
+// other conflict-free, never both.
+__device__ __forceinline__ unsigned int bwd_dy_at(unsigned int b, unsigned int r) {
+  static_assert(BWD_TC_ROWS == 32, "the swizzle spans the 32 banks");
+  return b * BWD_TC_ROWS + (r ^ ((b % 4) << 3 | (b / 4 % 2) << 2));
+}
+
 // One chunk of linear_bwd_adam_tf32 into shared memory: rows [r0, r0 + BWD_TC_ROWS) of the strip [c0, c0 +
-// BWD_TC_COLS) of w, m and v (tiles [row][col], rows BWD_TC_COLS + BWD_TC_PAD apart), then dy[:, r0 .. r0 +
-// BWD_TC_ROWS) as [batch][row] (rows BWD_TC_ROWS + BWD_TC_PAD apart); zeros outside the matrices and past the
-// batch. `async`: every 16-byte piece is aligned (k_in and n_out multiples of 4, 16-byte aligned pointers), so
-// the pieces go by cp.async and land at the caller's wait; otherwise plain loads.
+// BWD_TC_COLS) of w, m and v (tiles [row][col], rows BWD_TC_COLS + BWD_TC_PAD ≡ 8 mod 32 apart: the B-fragment
+// reads, lane (g, t) at word 8t + g, hit 32 banks), then dy[:, r0 .. r0 + BWD_TC_ROWS) (bwd_dy_at); zeros
+// outside the matrices and past the batch. `async`: every 16-byte piece is aligned (k_in and n_out multiples of
+// 4, 16-byte aligned pointers), so the pieces go by cp.async and land at the caller's wait; otherwise plain
+// loads, stored as one float4 a piece.
 __device__ __forceinline__ void bwd_tc_stage(float* __restrict__ st, const float* __restrict__ w,
                                              const float* __restrict__ m, const float* __restrict__ v,
                                              const float* __restrict__ dy, unsigned int r0, unsigned int c0,
@@ -651,19 +663,23 @@ __device__ __forceinline__ void bwd_tc_stage(float* __restrict__ st, const float
     if (async && row < n_out && col < k_in) {  // k_in % 4 == 0: col < k_in means the whole float4 is inside
       cp_async16(dst, src + at);
     } else {
-      for (unsigned int u = 0; u < 4; ++u) dst[u] = row < n_out && col + u < k_in ? src[at + u] : 0.0f;
+      float e4[4];
+      for (unsigned int u = 0; u < 4; ++u) e4[u] = row < n_out && col + u < k_in ? src[at + u] : 0.0f;
+      *reinterpret_cast<float4*>(dst) = make_float4(e4[0], e4[1], e4[2], e4[3]);
     }
   }
-  constexpr unsigned int R4 = BWD_TC_ROWS / 4, DLD = BWD_TC_ROWS + BWD_TC_PAD;
+  constexpr unsigned int R4 = BWD_TC_ROWS / 4;
   float* dys = st + 3 * BWD_TC_TILE_FLOATS;
   for (unsigned int e = threadIdx.x; e < BWD_ADAM_MAX_BATCH * R4; e += BWD_TC_THREADS) {
     const unsigned int b = e / R4, rq = e % R4 * 4, row = r0 + rq;
-    float* dst = dys + b * DLD + rq;
+    float* dst = dys + bwd_dy_at(b, rq);  // the swizzle moves whole pieces: their 4 floats stay in order
     const u64 at = (u64)b * n_out + row;
     if (async && b < rows && row < n_out) {
       cp_async16(dst, dy + at);
     } else {
-      for (unsigned int u = 0; u < 4; ++u) dst[u] = b < rows && row + u < n_out ? dy[at + u] : 0.0f;
+      float e4[4];
+      for (unsigned int u = 0; u < 4; ++u) e4[u] = b < rows && row + u < n_out ? dy[at + u] : 0.0f;
+      *reinterpret_cast<float4*>(dst) = make_float4(e4[0], e4[1], e4[2], e4[3]);
     }
   }
 }
@@ -696,7 +712,7 @@ extern "C" __global__ void __launch_bounds__(BWD_TC_THREADS, 1) linear_bwd_adam_
   static_assert(BWD_TC_STAGES == 2, "the pipeline below keeps one chunk in flight");
   static_assert(BWD_TC_THREADS / 32 * 16 == BWD_TC_COLS, "8 warps of 16 columns");
   extern __shared__ __align__(16) float bwd_tc_s[];  // BWD_TC_STAGES × (w, m, v, dy chunk), then g
-  constexpr unsigned int LD = BWD_TC_COLS + BWD_TC_PAD, DLD = BWD_TC_ROWS + BWD_TC_PAD, W4 = BWD_TC_COLS / 4;
+  constexpr unsigned int LD = BWD_TC_COLS + BWD_TC_PAD, W4 = BWD_TC_COLS / 4;
   constexpr int KB = BWD_ADAM_MAX_BATCH / 8;  // k8 steps of g at most
   float* const gs = bwd_tc_s + BWD_TC_STAGES * BWD_TC_STAGE_FLOATS;  // g of the chunk, [row][col]
   const unsigned int c0 = blockIdx.x * BWD_TC_COLS;
@@ -746,8 +762,9 @@ extern "C" __global__ void __launch_bounds__(BWD_TC_THREADS, 1) linear_bwd_adam_
 #pragma unroll
       for (int mt = 0; mt < 4; ++mt) {
         if (mt >= (int)mts) break;  // uniform: past the batch
-        const float* a = dys + (mt * 16 + g) * DLD + k8 + t;  // A(i = b, k = row) = dy[b, r0 + row]
-        const unsigned int af[4] = {tf32_bits(a[0]), tf32_bits(a[8 * DLD]), tf32_bits(a[4]), tf32_bits(a[8 * DLD + 4])};
+        const unsigned int b = mt * 16 + g, r = k8 + t;  // A(i = b, k = row) = dy[b, r0 + row]
+        const unsigned int af[4] = {tf32_bits(dys[bwd_dy_at(b, r)]), tf32_bits(dys[bwd_dy_at(b + 8, r)]),
+                                    tf32_bits(dys[bwd_dy_at(b, r + 4)]), tf32_bits(dys[bwd_dy_at(b + 8, r + 4)])};
 #pragma unroll
         for (int nt = 0; nt < 2; ++nt) mma_tf32_m16n8k8(dacc[mt][nt], af, bf[nt], dacc[mt][nt]);
       }
@@ -758,8 +775,9 @@ extern "C" __global__ void __launch_bounds__(BWD_TC_THREADS, 1) linear_bwd_adam_
       if (k8 * 8 >= (int)kb) break;    // uniform: past linear_wgrad_adam's padded k
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt) {
-        const float* a = dys + (k8 * 8 + t) * DLD + mt * 16 + g;  // A(i = row, k = b) = dy[b, r0 + row]
-        const unsigned int af[4] = {tf32_bits(a[0]), tf32_bits(a[8]), tf32_bits(a[4 * DLD]), tf32_bits(a[4 * DLD + 8])};
+        const unsigned int b = k8 * 8 + t, r = mt * 16 + g;  // A(i = row, k = b) = dy[b, r0 + row]
+        const unsigned int af[4] = {tf32_bits(dys[bwd_dy_at(b, r)]), tf32_bits(dys[bwd_dy_at(b, r + 8)]),
+                                    tf32_bits(dys[bwd_dy_at(b + 4, r)]), tf32_bits(dys[bwd_dy_at(b + 4, r + 8)])};
 #pragma unroll
         for (int nt = 0; nt < 2; ++nt) mma_tf32_m16n8k8(gacc[mt][nt], af, xf[k8][nt], gacc[mt][nt]);
       }
@@ -769,7 +787,9 @@ extern "C" __global__ void __launch_bounds__(BWD_TC_THREADS, 1) linear_bwd_adam_
 #pragma unroll
       for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) gs[(mt * 16 + g + e / 2 * 8) * LD + wc + nt * 8 + 2 * t + e % 2] = gacc[mt][nt][e];
+        for (int h = 0; h < 2; ++h)  // float2 stores: a half-warp's words 8g + 2t (+1) fill 32 banks
+          *reinterpret_cast<float2*>(gs + (mt * 16 + g + h * 8) * LD + wc + nt * 8 + 2 * t) =
+              make_float2(gacc[mt][nt][2 * h], gacc[mt][nt][2 * h + 1]);
     __syncthreads();
     for (unsigned int e = threadIdx.x; e < BWD_TC_ROWS * W4; e += BWD_TC_THREADS) {  // Adam on the chunk
       const unsigned int r = e / W4, cq = e % W4 * 4, row = r0 + r, col = c0 + cq;
