@@ -416,11 +416,15 @@ extern "C" __global__ void reduce_conv_dmid(float* __restrict__ dpre,       // [
 // loaded (cp.async straight into shared memory, or into registers) while step s's are multiplied, then one
 // barrier per step. Every output sums its products in reduction order, k in steps of 8 (one mma each).
 //
-// Shared layouts (padding chosen so that the fragment reads of a warp hit 32 different banks):
+// Shared layouts: a warp's fragment reads and its stores hit 32 different banks (as the emulator's traffic count
+// checks: tests/shared_traffic.rs, scripts/shared-traffic.py).
 //   [rows][CONV_TC_BK + 4]   (A of every pass, B of wgrad): row stride 20 words, lane (g, t) reads word
 //                            20g + t (+ const): distinct mod 32; rows of 80 bytes keep cp.async's 16-byte
-//                            alignment.
-//   [CONV_TC_BK][CONV_TC_BN + 8] (B of fwd and dgrad): row stride 136 ≡ 8 mod 32, lane (g, t) reads 8t + g.
+//                            alignment. Rows r and r + 1 share 4 banks, r and r + 4 none: a quarter-warp stores
+//                            the 16-byte pieces of rows r and r + 4 (piece20_row, mma.cuh), and wgrad's half-warps
+//                            store rows 12 or 20 apart (b_skew).
+//   [CONV_TC_BK][CONV_TC_BN + 8] (B of fwd and dgrad): row stride 136 ≡ 8 mod 32, lane (g, t) reads 8t + g; a
+//                            warp's stores fill 32 consecutive words of one row.
 #define TC_APAD 4
 #define TC_BPAD 8
 #define TC_AROW (CONV_TC_BK + TC_APAD)
@@ -514,7 +518,7 @@ __device__ __forceinline__ void conv_tc_body(float* __restrict__ out, const floa
   unsigned int bc = 0;
   int bky = 0, bkx = 0;
   // This thread's A row and k group.
-  const unsigned int ar = threadIdx.x / 4, akq = threadIdx.x % 4 * 4, am = m0 + ar;
+  const unsigned int ar = piece20_row(threadIdx.x), akq = threadIdx.x % 4 * 4, am = m0 + ar;
   const bool a_async = !DGRAD && ktot % 4 == 0 && ((unsigned long long)wt & 15) == 0;
   float bv[CONV_TC_BK], av[4];
   auto load = [&](unsigned int s, int buf) {
@@ -659,7 +663,7 @@ __device__ __forceinline__ void conv_wgrad_tc_body(float* __restrict__ partials,
   const unsigned int img1 = img0 + imgs_per_split < d.n ? img0 + imgs_per_split : d.n;
   const unsigned int count = (img1 - img0) * hw, steps = (count + CONV_TC_BK - 1) / CONV_TC_BK;
   // A: row ar (output channel am), pixels akq .. akq + 3 of each step.
-  const unsigned int ar = threadIdx.x / 4, akq = threadIdx.x % 4 * 4, am = m0 + ar;
+  const unsigned int ar = piece20_row(threadIdx.x), akq = threadIdx.x % 4 * 4, am = m0 + ar;
   // With a mask (y) every dy value is checked as it is loaded: through registers, never cp.async.
   const bool a_async = !y && hw % 4 == 0 && ((unsigned long long)dy & 15) == 0;
   const unsigned long long row_off = (unsigned long long)(d.c_offset + am) * hw;  // image 0's plane of channel am
@@ -667,6 +671,7 @@ __device__ __forceinline__ void conv_wgrad_tc_body(float* __restrict__ partials,
   const float* y_row = y ? y + row_off : nullptr;
   // B: pixel bk of each step, columns bn0 .. bn0 + 15 (their (ci, ky, kx) decoded once).
   const unsigned int bk = threadIdx.x % CONV_TC_BK, bn0 = threadIdx.x / CONV_TC_BK * 16, col0 = j0 + bn0;
+  const int b_skew = threadIdx.x / 16 % 2 * 4;
   const unsigned int ci0 = col0 / KK;
   const int ky0 = (int)(col0 % KK / K), kx0 = (int)(col0 % K);
   // This thread's B pixel as (image, row, column), advanced by CONV_TC_BK per step without divisions.
@@ -717,7 +722,11 @@ __device__ __forceinline__ void conv_wgrad_tc_body(float* __restrict__ partials,
   };
   auto stash = [&](int buf) {
 #pragma unroll
-    for (int q = 0; q < 16; ++q) bs[buf][bn0 + q][bk] = bv[q];
+    for (int q = 0; q < 16; ++q) {
+      // The upper half-warp stores its rows in the order q ^ 4 (b_skew): the two halves' rows are then 12 or 20
+      // apart, 16 words mod 32, and fill the 32 banks (in order they would be 16 apart, on the same banks).
+      bs[buf][bn0 + (q ^ b_skew)][bk] = b_skew ? bv[q ^ 4] : bv[q];
+    }
     if (!a_async) *reinterpret_cast<float4*>(&as[buf][ar][akq]) = make_float4(av[0], av[1], av[2], av[3]);
   };
   float acc[2][4][4] = {};
@@ -736,7 +745,13 @@ __device__ __forceinline__ void conv_wgrad_tc_body(float* __restrict__ partials,
     tc_step<true>(acc, as[cur], &bs[cur][0][0]);
     if (bias_row) {
 #pragma unroll
-      for (int k = 0; k < CONV_TC_BK; ++k) bsum += as[cur][threadIdx.x][k];  // positions past count are 0
+      for (int kq = 0; kq < CONV_TC_BK; kq += 4) {  // float4s of the row, k in order: a quarter-warp's 8 rows
+        const float4 a4 = *reinterpret_cast<const float4*>(&as[cur][threadIdx.x][kq]);  // fill the 32 banks
+        bsum += a4.x;  // positions past count are 0
+        bsum += a4.y;
+        bsum += a4.z;
+        bsum += a4.w;
+      }
     }
     if (more) stash(nxt);
     cp_async_wait_all();

@@ -206,13 +206,12 @@ __device__ __forceinline__ void gemm_block_fma(float (&acc)[TM][8], const float*
 // The TF32 GEMM core: acc as gemm_block states it, on mma.sync m16n8k8 (mma.cuh), from shared-memory tiles
 // that cp.async fills GEMM_STAGES − 1 k-steps ahead (the copies hold no registers, so more bytes are in flight
 // than the fp32 core's register pipeline allows). Each operand X(r, k) is staged in the layout its memory order
-// copies in 16-byte pieces: k fastest when X is contiguous in k (rows of GEMM_BK floats, the row's four pieces
-// XOR-swizzled by (r / 2) % 4: tc_kfast_at), r fastest when contiguous in r (s[k][r], rows R + TC_RPAD apart);
-// pieces at the matrix's edges and strided or unaligned operands are loaded by the threads (zeros outside the
-// matrix). Both layouts serve a warp's fragment loads and a quarter-warp's 16-byte stores from 32 distinct
-// banks: k fastest, lane (g, t) reads piece (k / 4) ^ (g / 2 % 4) of row g: 16 · (g % 2) + 4 · piece + t
-// (mod 32), and 8 lanes store rows r, r + 1 (two halves of the banks); r fastest, lane (g, t) reads word 8t + g
-// and 8 lanes store 32 consecutive words. The block's 4 warps split
+// copies in 16-byte pieces: k fastest when X is contiguous in k (s[r][k], rows GEMM_BK + GEMM_PAD apart), r
+// fastest when contiguous in r (s[k][r], rows R + TC_RPAD apart); pieces at the matrix's edges and strided or
+// unaligned operands are loaded by the threads (zeros outside the matrix). Both layouts serve a warp's fragment
+// loads and a quarter-warp's 16-byte stores from 32 distinct banks: k fastest, lane (g, t) reads word 20g + t
+// and 8 threads store the pieces of rows r and r + 4 (piece20_row, mma.cuh); r fastest, lane (g, t) reads word
+// 8t + g and 8 threads store 32 consecutive words. The block's 4 warps split
 // the tile 2 × 2 (TM 8: 32 × 64 each) or 1 × 4 (TM 4: 32 × 32 each); the accumulators go through shared memory
 // (rows GEMM_BN + TC_RPAD apart: a half-warp's float2 stores of C fragments, words 8g + 2t, fill 32 banks) into
 // acc's layout, read back as float4s, so every epilogue serves both cores. Each output is the same chain of mma instructions (k in steps of 8, from zero,
@@ -226,26 +225,21 @@ struct TcOperand {
   unsigned int r_end;    // rows r >= r_end are zeros
   bool kfast;            // staged as s[r][k] (else s[k][r])
   bool async;            // 16-byte pieces by cp.async where whole and inside the matrix
-  unsigned int sks;      // r fastest: X(r, k) of the tile at s[k · sks + r] (k fastest: tc_kfast_at)
+  unsigned int srs, sks; // X(r, k) of the tile at s[r · srs + k · sks]
 };
-
-// Where X(r, k) lies in a stage of a k-fastest operand: rows of GEMM_BK floats, the 4-float piece k / 4
-// swizzled by (r / 2) % 4 (see above: conflict-free fragment loads and cp.async stores).
-__device__ __forceinline__ unsigned int tc_kfast_at(unsigned int r, unsigned int k) {
-  return r * GEMM_BK + ((k / 4 ^ r / 2 % 4) * 4 | k % 4);
-}
 
 template <int R>
 __device__ __forceinline__ TcOperand tc_operand(const float* p, u64 rs, u64 ks, unsigned int r_end) {
   const int mode = gemm_read_mode(p, rs, ks);
   const bool kfast = mode == READ_K4 || (mode == READ_SCALAR && ks == 1);
-  return TcOperand{p, rs, ks, r_end, kfast, mode != READ_SCALAR, kfast ? 0u : (unsigned int)(R + TC_RPAD)};
+  return TcOperand{p, rs, ks, r_end, kfast, mode != READ_SCALAR, kfast ? GEMM_BK + GEMM_PAD : 1u,
+                   kfast ? 1u : (unsigned int)(R + TC_RPAD)};
 }
 
 // The floats one stage of an R-row operand needs in either layout.
 template <int R>
 __host__ __device__ constexpr int tc_tile_floats() {
-  return R * GEMM_BK > GEMM_BK * (R + TC_RPAD) ? R * GEMM_BK : GEMM_BK * (R + TC_RPAD);
+  return R * (GEMM_BK + GEMM_PAD) > GEMM_BK * (R + TC_RPAD) ? R * (GEMM_BK + GEMM_PAD) : GEMM_BK * (R + TC_RPAD);
 }
 
 // Stages the GEMM_BK (k) × R (r) tile of X at rows [r0, r0 + R), k in [k0, k0 + GEMM_BK), as 4-element pieces
@@ -254,9 +248,9 @@ template <int R>
 __device__ __forceinline__ void tc_fill(float* __restrict__ s, const TcOperand& o, unsigned int r0, u64 k0,
                                         u64 k_end) {
   for (unsigned int q = threadIdx.x; q < R * GEMM_BK / 4; q += GEMM_THREADS) {
-    const unsigned int r = o.kfast ? q / (GEMM_BK / 4) : q % (R / 4) * 4;
+    const unsigned int r = o.kfast ? piece20_row(q) : q % (R / 4) * 4;
     const unsigned int kk = o.kfast ? q % (GEMM_BK / 4) * 4 : q / (R / 4);
-    float* dst = s + (o.kfast ? tc_kfast_at(r, kk) : kk * o.sks + r);  // the piece's 4 floats are contiguous
+    float* dst = s + r * o.srs + kk * o.sks;  // the piece's 4 elements are contiguous in either layout
     const unsigned int rr = r0 + r;
     const u64 k = k0 + kk;
     const float* src = o.p + (u64)rr * o.rs + k * o.ks;
@@ -280,6 +274,7 @@ __device__ __forceinline__ void gemm_block_tc(float (&acc)[TM][8], const float* 
                                               const float* __restrict__ b, const GemmDims& d) {
   constexpr int BM = TM * 8, A_FLOATS = tc_tile_floats<BM>(), STAGE = A_FLOATS + tc_tile_floats<GEMM_BN>();
   static_assert(GEMM_STAGES * STAGE >= BM * (GEMM_BN + TC_RPAD), "the epilogue reuses the stages");
+  static_assert(GEMM_BK == 16 && BM % 8 == 0, "k-fastest stages: piece20_row's rows of 16 floats, in groups of 8");
   __shared__ __align__(16) float tc_s[GEMM_STAGES * STAGE];  // GEMM_STAGES × (A tile, B tile); then C
   const GemmTile tile = gemm_tile_of<BM>(d);
   const u64 k_begin = (u64)blockIdx.z * d.k_chunk;
@@ -321,16 +316,16 @@ __device__ __forceinline__ void gemm_block_tc(float (&acc)[TM][8], const float* 
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt) {
         const unsigned int r = wr0 + mt * 16 + g;
-        af[mt][0] = tf32_bits(as[ao.kfast ? tc_kfast_at(r, k8 + t) : (k8 + t) * ao.sks + r]);
-        af[mt][1] = tf32_bits(as[ao.kfast ? tc_kfast_at(r + 8, k8 + t) : (k8 + t) * ao.sks + r + 8]);
-        af[mt][2] = tf32_bits(as[ao.kfast ? tc_kfast_at(r, k8 + t + 4) : (k8 + t + 4) * ao.sks + r]);
-        af[mt][3] = tf32_bits(as[ao.kfast ? tc_kfast_at(r + 8, k8 + t + 4) : (k8 + t + 4) * ao.sks + r + 8]);
+        af[mt][0] = tf32_bits(as[r * ao.srs + (k8 + t) * ao.sks]);
+        af[mt][1] = tf32_bits(as[(r + 8) * ao.srs + (k8 + t) * ao.sks]);
+        af[mt][2] = tf32_bits(as[r * ao.srs + (k8 + t + 4) * ao.sks]);
+        af[mt][3] = tf32_bits(as[(r + 8) * ao.srs + (k8 + t + 4) * ao.sks]);
       }
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
         const unsigned int c = wc0 + nt * 8 + g;
-        bf[nt][0] = tf32_bits(bs[bo.kfast ? tc_kfast_at(c, k8 + t) : (k8 + t) * bo.sks + c]);
-        bf[nt][1] = tf32_bits(bs[bo.kfast ? tc_kfast_at(c, k8 + t + 4) : (k8 + t + 4) * bo.sks + c]);
+        bf[nt][0] = tf32_bits(bs[c * bo.srs + (k8 + t) * bo.sks]);
+        bf[nt][1] = tf32_bits(bs[c * bo.srs + (k8 + t + 4) * bo.sks]);
       }
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt)

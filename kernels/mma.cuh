@@ -25,6 +25,16 @@ __device__ __forceinline__ unsigned int tf32_bits(float x) {
 #endif
 }
 
+// Tiles of 16-float rows padded to 20 floats (A, or a B stored n-major) serve a warp's fragment loads from 32
+// banks (lane (g, t) reads word 20g + t + const), but rows r and r + 1 share 4 banks, so a quarter-warp's 16-byte
+// stores of two whole rows would conflict; rows r and r + 4 share none. piece20_row(q): the row of the q-th
+// 16-byte piece when 8 consecutive pieces (a quarter-warp's) cover rows 8i + j and 8i + j + 4 (j < 4): every
+// row of the tile once for q < 4 · rows (rows a multiple of 8); the piece's column is 4 · (q % 4).
+__device__ __forceinline__ unsigned int piece20_row(unsigned int q) {
+  const unsigned int j = q / 8;
+  return j / 4 * 8 + j % 4 + q % 8 / 4 * 4;
+}
+
 // d = a · b + c for one 16 × 8 × 8 tile, the whole warp together (every lane must call it).
 __device__ __forceinline__ void mma_tf32_m16n8k8(float d[4], const unsigned int a[4], const unsigned int b[2],
                                                  const float c[4]) {
