@@ -813,6 +813,11 @@ extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) reduce_conv_dmid_t
 // memory (a few KB, read by every block: L1 and L2 hold them), x from global memory (8 consecutive pixels of
 // 4 channels per fragment load), and mid from shared memory. The reduced map is stored in f32 (the saved copy
 // is f32) and rounded by cvt.rna where it feeds the k×k conv, as every operand is.
+// The k×k conv runs its reduction tap-major, k = tap · cmp + cm (c_mid padded with zero channels to cmp, a
+// multiple of 8, so that each k8 step has one tap): a B fragment load then reads 4 channels (t) at one tap for
+// 8 consecutive pixels (g), and with the planes REDUCE_TC_PLANE apart (≡ 8 mod 32) the 32 lanes hit 32 banks
+// (in cm-major order the 4 k's were neighbouring taps of one channel, offsets 0, 1, 2, w: up to 3-way). Every
+// output sums tap by tap, channels in order within a tap.
 template <int K>
 __device__ __forceinline__ void reduce_conv_tc_body(float* __restrict__ y, float* __restrict__ mid,
                                                     const float* __restrict__ x, const float* __restrict__ w1,
@@ -828,8 +833,9 @@ __device__ __forceinline__ void reduce_conv_tc_body(float* __restrict__ y, float
   const unsigned int r0 = y0 > (unsigned int)P ? y0 - P : 0, r1 = y1 + P < d.h ? y1 + P : d.h, rows = r1 - r0;
   const unsigned int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
   const unsigned int nwarps = blockDim.x / 32;
-  // 1. The reduced map of rows r0 .. r1.
+  // 1. The reduced map of rows r0 .. r1: plane cm at mid_s + cm · mplane.
   const unsigned int mpix = rows * d.w, m_slabs = (d.c_mid + 31) / 32, n_slabs1 = (mpix + 31) / 32;
+  const unsigned int mplane = REDUCE_TC_PLANE(mpix);
   const float* x_img = x + (unsigned long long)img * d.c_in * hw + r0 * d.w;
   for (unsigned int slab = warp; slab < m_slabs * n_slabs1; slab += nwarps) {
     const unsigned int cm0 = slab / n_slabs1 * 32, q0 = slab % n_slabs1 * 32;
@@ -861,20 +867,29 @@ __device__ __forceinline__ void reduce_conv_tc_body(float* __restrict__ y, float
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const unsigned int cm = cm0 + mt * 16 + g + e / 2 * 8, q = q0 + nt * 8 + 2 * t + e % 2;
+        for (int h = 0; h < 2; ++h) {  // c[2h], c[2h + 1]: channel cm, pixels q and q + 1
+          const unsigned int cm = cm0 + mt * 16 + g + h * 8, q = q0 + nt * 8 + 2 * t;
           if (cm >= d.c_mid || q >= mpix) continue;
-          const float v = relu_epilogue(acc[mt][nt][e] + b1[cm], 1);
-          mid_s[cm * mpix + q] = v;
-          const unsigned int row = r0 + q / d.w;
-          if (group == 0 && row >= y0 && row < y1) mid[((unsigned long long)img * d.c_mid + cm) * hw + r0 * d.w + q] = v;
+          float v[2];
+#pragma unroll
+          for (int e = 0; e < 2; ++e) v[e] = relu_epilogue(acc[mt][nt][2 * h + e] + b1[cm], 1);
+          // One float2 store (q even, mplane even): a half-warp's words 8g + 2t (+1) fill 32 banks. A pixel
+          // q + 1 = mpix lands in the plane's padding (mplane > mpix when mpix is odd), never read.
+          *reinterpret_cast<float2*>(&mid_s[cm * mplane + q]) = make_float2(v[0], v[1]);
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const unsigned int qe = q + e, row = r0 + qe / d.w;
+            if (qe < mpix && group == 0 && row >= y0 && row < y1)
+              mid[((unsigned long long)img * d.c_mid + cm) * hw + r0 * d.w + qe] = v[e];
+          }
         }
   }
   __syncthreads();
   // 2. The k×k conv of the tile's rows for this block's output channels.
   const unsigned int co0 = group * REDUCE_CO_GROUP;
   const unsigned int co1 = co0 + REDUCE_CO_GROUP < d.c_out ? co0 + REDUCE_CO_GROUP : d.c_out;
-  const unsigned int opix = (y1 - y0) * d.w, n_slabs2 = (opix + 31) / 32, ktot = d.c_mid * KK;
+  const unsigned int opix = (y1 - y0) * d.w, n_slabs2 = (opix + 31) / 32;
+  const unsigned int cmp = (d.c_mid + 7) / 8 * 8, ktot = cmp * KK, wrow = d.c_mid * KK;  // k = tap · cmp + cm
   const unsigned int o_slabs = (co1 - co0 + 31) / 32;
   for (unsigned int slab = warp; slab < o_slabs * n_slabs2; slab += nwarps) {
     const unsigned int m0 = co0 + slab / n_slabs2 * 32, q0 = slab % n_slabs2 * 32;
@@ -888,28 +903,26 @@ __device__ __forceinline__ void reduce_conv_tc_body(float* __restrict__ y, float
     float acc[2][4][4] = {};
     for (unsigned int k8 = 0; k8 < ktot; k8 += 8) {
       unsigned int af[2][4], bf[4][2];
-      const unsigned int ka = k8 + t, kb = k8 + t + 4;
+      const unsigned int tap = k8 / cmp, ca = k8 % cmp + t, cb = ca + 4;  // the step's tap; channels of k, k + 4
+      const bool a_in = ca < d.c_mid, b_in = cb < d.c_mid;
+      const int dy = (int)(tap / K) - P, dx = (int)(tap % K) - P;
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt) {
         const unsigned int m = m0 + mt * 16 + g;
-        const float* wa = w2 + (unsigned long long)m * ktot;
-        const float* wb = w2 + (unsigned long long)(m + 8) * ktot;
-        af[mt][0] = tf32_bits(m < co1 && ka < ktot ? __ldg(wa + ka) : 0.0f);
-        af[mt][1] = tf32_bits(m + 8 < co1 && ka < ktot ? __ldg(wb + ka) : 0.0f);
-        af[mt][2] = tf32_bits(m < co1 && kb < ktot ? __ldg(wa + kb) : 0.0f);
-        af[mt][3] = tf32_bits(m + 8 < co1 && kb < ktot ? __ldg(wb + kb) : 0.0f);
+        const float* wa = w2 + (unsigned long long)m * wrow + tap;  // w2[m, cm, tap] at wa[cm · KK]
+        const float* wb = w2 + (unsigned long long)(m + 8) * wrow + tap;
+        af[mt][0] = tf32_bits(m < co1 && a_in ? __ldg(wa + ca * KK) : 0.0f);
+        af[mt][1] = tf32_bits(m + 8 < co1 && a_in ? __ldg(wb + ca * KK) : 0.0f);
+        af[mt][2] = tf32_bits(m < co1 && b_in ? __ldg(wa + cb * KK) : 0.0f);
+        af[mt][3] = tf32_bits(m + 8 < co1 && b_in ? __ldg(wb + cb * KK) : 0.0f);
       }
-      // The B rows ka and kb as (reduce channel, tap offset).
-      const unsigned int cma = ka / KK, cmb = kb / KK;
-      const int dya = (int)(ka % KK / K) - P, dxa = (int)(ka % K) - P;
-      const int dyb = (int)(kb % KK / K) - P, dxb = (int)(kb % K) - P;
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {
-        const int sya = oy[nt] + dya, sxa = ox[nt] + dxa, syb = oy[nt] + dyb, sxb = ox[nt] + dxb;
-        const bool in_a = ka < ktot && sya >= 0 && sya < (int)d.h && sxa >= 0 && sxa < (int)d.w;
-        const bool in_b = kb < ktot && syb >= 0 && syb < (int)d.h && sxb >= 0 && sxb < (int)d.w;
-        bf[nt][0] = tf32_bits(in_a ? mid_s[cma * mpix + (unsigned int)(sya - (int)r0) * d.w + sxa] : 0.0f);
-        bf[nt][1] = tf32_bits(in_b ? mid_s[cmb * mpix + (unsigned int)(syb - (int)r0) * d.w + sxb] : 0.0f);
+        const int sy = oy[nt] + dy, sx = ox[nt] + dx;
+        const bool in = sy >= 0 && sy < (int)d.h && sx >= 0 && sx < (int)d.w;
+        const unsigned int at = (unsigned int)(sy - (int)r0) * d.w + sx;  // the pixel in a plane of mid_s
+        bf[nt][0] = tf32_bits(in && a_in ? mid_s[ca * mplane + at] : 0.0f);
+        bf[nt][1] = tf32_bits(in && b_in ? mid_s[cb * mplane + at] : 0.0f);
       }
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt)
@@ -930,7 +943,8 @@ __device__ __forceinline__ void reduce_conv_tc_body(float* __restrict__ y, float
   }
 }
 
-// Grid and dynamic shared memory as reduce_conv_fwd's; CONV_TC_THREADS (128) threads. k is 3 or 5.
+// Grid as reduce_conv_fwd's; dynamic shared memory c_mid · REDUCE_TC_PLANE(min(h, tile_h + k − 1) · w) floats;
+// CONV_TC_THREADS (128) threads. k is 3 or 5.
 extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) reduce_conv_fwd_tf32(float* __restrict__ y,         // [n, c_total, h, w]
                                                                                  float* __restrict__ mid,       // [n, c_mid, h, w] saved
                                                                                  const float* __restrict__ x,   // [n, c_in, h, w]
@@ -939,7 +953,7 @@ extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) reduce_conv_fwd_tf
                                                                                  const float* __restrict__ w2,  // [c_out, c_mid, k, k]
                                                                                  const float* __restrict__ b2,  // [c_out]
                                                                                  ReduceDims d) {
-  extern __shared__ float mid_s[];  // [c_mid, rows, w]: rows r0..r1 of the reduced map
+  extern __shared__ float mid_s[];  // c_mid planes REDUCE_TC_PLANE(rows · w) floats apart: rows r0..r1 of the map
   if (d.k == 3)
     reduce_conv_tc_body<3>(y, mid, x, w1, b1, w2, b2, d, mid_s);
   else

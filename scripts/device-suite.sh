@@ -18,10 +18,11 @@
 #     modules     the module table (scripts/module-table.py: our modules from the benches phase next to PyTorch +
 #                 cuDNN's from the baseline phase, both of this run) → modules.md
 #     profile     one training step under ncu, fp32 and tf32 (PROFILE_PRECISIONS) → per-kernel tables
-#                 (scripts/ncu-summary.py) in profile.md
+#                 (scripts/ncu-summary.py) in profile.md, then the tf32 step's shared-memory wavefronts and
+#                 bank conflicts per kernel (to check the emulator's count, scripts/shared-traffic.py)
 #     sanitizers  compute-sanitizer memcheck and racecheck over the small GPU tests
 # Caps: tests 240 s, examples 9 × 60 s, benches 240 s per bench binary (two by default) and 150 s per @prev,
-# baseline 120 s, profile 120 s per precision, sanitizers until DEADLINE; so even `benches baseline` can pass one
+# baseline 120 s, profile 120 s per precision + 90 s, sanitizers until DEADLINE; so even `benches baseline` can pass one
 # 600 s call at its caps (BENCHES=inception, or split it).
 # DEADLINE (seconds from the start, default 560) boxes the sanitizers (SANITIZER_SECS caps each run): what does
 # not fit is reported as not run. EXAMPLES_QUICK=1 runs only primitives. Every phase has its own timeout. Output: $OUT (else stage/out): suite.log (all that
@@ -145,6 +146,16 @@ profile() {
     { echo "## $p"; python3 scripts/ncu-summary.py "$out/ncu-$p.csv" $copy; echo; } | tee -a "$out/profile.md"
     tail -n 3 "$logs/ncu-$p.err"
   done
+  # Shared-memory wavefronts and bank conflicts per kernel of the TF32 step, beside the emulator's count
+  # (scripts/shared-traffic.py): a separate run, so a metric this ncu lacks costs only this table.
+  phase "shared-memory wavefronts of the tf32 step under ncu (against the emulator's count)"
+  if timeout 90 ncu --clock-control none --print-units base --csv --metrics "$(python3 scripts/ncu-summary.py --metrics-smem)" \
+    stage/examples/profile_step 50 0 1 loaded tf32 >"$out/ncu-smem-tf32.csv" 2>"$logs/ncu-smem.err"; then
+    { echo "## tf32, shared memory"; python3 scripts/ncu-summary.py --smem "$out/ncu-smem-tf32.csv"; echo; } \
+      | tee -a "$out/profile.md"
+  else
+    echo "not run: $(tail -n 2 "$logs/ncu-smem.err")"
+  fi
 }
 
 sanitizers() {

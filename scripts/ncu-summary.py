@@ -4,11 +4,27 @@
 rate (2·FFMA + FADD + FMUL thread instructions), grouped by kernel name, slowest first.
 
     python3 scripts/ncu-summary.py ncu.csv [COPY_TBPS]   (COPY_TBPS: measured copy bandwidth, for the floor column)
+    python3 scripts/ncu-summary.py --metrics-smem        the metrics --smem reads, for ncu --metrics
+    python3 scripts/ncu-summary.py --smem ncu.csv        shared-memory loads and stores per kernel: warp
+                                                         instructions, wavefronts, and wavefronts over the
+                                                         conflict-free count (SMEM_METRICS below), to set
+                                                         beside the emulator's (scripts/shared-traffic.py)
 """
 import csv
 import sys
 from collections import defaultdict
 
+SMEM_METRICS = ",".join([
+    "smsp__inst_executed_op_shared_ld.sum", "smsp__inst_executed_op_shared_st.sum",
+    "l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum", "l1tex__data_pipe_lsu_wavefronts_mem_shared_op_st.sum",
+    "l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum", "l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum",
+])
+if sys.argv[1:2] == ["--metrics-smem"]:
+    print(SMEM_METRICS)
+    sys.exit(0)
+smem = sys.argv[1:2] == ["--smem"]
+if smem:
+    sys.argv.pop(1)
 rows = defaultdict(dict)  # launch id -> metric -> value
 names = {}
 with open(sys.argv[1], newline="") as f:
@@ -20,6 +36,24 @@ for r in csv.DictReader(lines):
         rows[i][r["Metric Name"]] = float(r["Metric Value"].replace(",", ""))
     except ValueError:
         pass
+if smem:
+    agg = defaultdict(lambda: defaultdict(float))
+    for i, m in rows.items():
+        a = agg[names[i]]
+        for op in ("ld", "st"):
+            a[op + " inst"] += m.get(f"smsp__inst_executed_op_shared_{op}.sum", 0.0)
+            a[op + " wf"] += m.get(f"l1tex__data_pipe_lsu_wavefronts_mem_shared_op_{op}.sum", 0.0)
+            a[op + " conflicts"] += m.get(f"l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_{op}.sum", 0.0)
+    ratio = lambda a, op: (f"{a[op + ' wf'] / (a[op + ' wf'] - a[op + ' conflicts']):.2f}"
+                           if a[op + " wf"] > a[op + " conflicts"] else "—")
+    print("| kernel | shared loads | load wavefronts | × conflict-free | shared stores | store wavefronts | × conflict-free |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, a in sorted(agg.items(), key=lambda kv: -(kv[1]["ld wf"] + kv[1]["st wf"])):
+        if a["ld inst"] + a["st inst"] == 0:
+            continue
+        print(f"| {name} | {a['ld inst']:.0f} | {a['ld wf']:.0f} | {ratio(a, 'ld')} | {a['st inst']:.0f} "
+              f"| {a['st wf']:.0f} | {ratio(a, 'st')} |")
+    sys.exit(0)
 copy_tbps = float(sys.argv[2]) if len(sys.argv) > 2 else None
 agg = defaultdict(lambda: defaultdict(float))
 for i, m in rows.items():

@@ -322,11 +322,18 @@ impl ReduceDims {
         ]
         .map(|v| u32_of(op, v));
         // REDUCE_TILE_H rows per tile, or as many as fit with their halo (k − 1 rows, fewer in a map of fewer
-        // rows: a tile loads at most the map's h rows).
+        // rows: a tile loads at most the map's h rows); in TF32 each plane padded to `tc_plane` floats.
         let row_bytes = 4 * s.c_mid * s.w;
         let halo = (s.k - 1).min(s.h.saturating_sub(1));
-        let fit = (max_shared / row_bytes.max(1)).saturating_sub(halo);
-        if fit == 0 {
+        let tf32 = s.precision == crate::shape::Precision::Tf32;
+        let bytes = |tile_h: usize| {
+            let pixels = (tile_h + s.k - 1).min(s.h) * s.w;
+            4 * s.c_mid * if tf32 { Self::tc_plane(pixels) } else { pixels }
+        };
+        let Some(fit) = (1..=s.h.min(REDUCE_TILE_H))
+            .rev()
+            .find(|&t| bytes(t) <= max_shared)
+        else {
             return Err(crate::Error::InvalidShape {
                 op,
                 reason: format!(
@@ -334,7 +341,7 @@ impl ReduceDims {
                      device's {max_shared} bytes of shared memory per block"
                 ),
             });
-        }
+        };
         Ok(ReduceDims {
             n: n?,
             c_in: c_in?,
@@ -345,7 +352,7 @@ impl ReduceDims {
             k: k?,
             c_total: c_total?,
             c_offset: c_offset?,
-            tile_h: u32_of(op, fit.min(s.h).min(REDUCE_TILE_H))?,
+            tile_h: u32_of(op, fit)?,
         })
     }
 
@@ -360,12 +367,22 @@ impl ReduceDims {
         Ok((grid > 0).then_some(LaunchDims::new([grid, 1, 1], 256, bytes as u32)))
     }
 
-    /// reduce_conv_fwd_tf32: [`Self::fwd`]'s blocks and shared memory, `CONV_TC_THREADS` threads.
+    /// reduce_conv_fwd_tf32: [`Self::fwd`]'s blocks, `CONV_TC_THREADS` threads, the reduced map's planes
+    /// [`Self::tc_plane`] floats apart.
     pub fn fwd_tf32(&self, op: &'static str) -> crate::Result<Option<LaunchDims>> {
+        let rows = (self.tile_h + self.k - 1).min(self.h) as usize;
+        let bytes = 4 * self.c_mid as usize * Self::tc_plane(rows * self.w as usize); // <= the limit (`of`)
         Ok(self.fwd(op)?.map(|d| LaunchDims {
             block: crate::bindings::CONV_TC_THREADS,
+            shared_bytes: bytes as u32,
             ..d
         }))
+    }
+
+    /// Floats between the planes of reduce_conv_fwd_tf32's reduced map of `pixels` pixels: the next count
+    /// ≡ 8 mod 32, so that its B-fragment reads hit 32 banks (`REDUCE_TC_PLANE` of kernels/args.h).
+    pub const fn tc_plane(pixels: usize) -> usize {
+        pixels + (40 - pixels % 32) % 32
     }
 
     /// reduce_conv_dmid_tf32: conv_dgrad_tf32's tiles of the k×k conv (`c_in` = `c_mid`): `[c_mid, n·h·w]`.
@@ -574,6 +591,16 @@ mod tests {
             assert_eq!(rd.tile_h, tile_h, "limit {limit}");
             let bytes = rd.fwd("t").unwrap().unwrap().shared_bytes as usize;
             assert!(bytes <= limit, "{bytes} > {limit}");
+        }
+        // TF32 pads each plane (tc_plane): 4 rows and the halo, 896 floats a plane, pad to 904, 231,424 bytes
+        // (fit in 227 KiB); 3 rows, 784 → 808 floats, 206,848 bytes: more than 200 KiB, so 2 rows there.
+        let tf32 = s.with_precision(crate::shape::Precision::Tf32);
+        assert_eq!(ReduceDims::tc_plane(784), 808);
+        for (limit, tile_h) in [(227 * 1024, 4), (200 * 1024, 2)] {
+            let rd = ReduceDims::of("t", &tf32, limit).unwrap();
+            assert_eq!(rd.tile_h, tile_h, "tf32, limit {limit}");
+            let bytes = rd.fwd_tf32("t").unwrap().unwrap().shared_bytes as usize;
+            assert!(bytes <= limit, "tf32: {bytes} > {limit}");
         }
         // A consumer GPU's 99 KiB cannot hold one row and its halo (5 × 28 KiB): a clear error, not a launch
         // the driver refuses.

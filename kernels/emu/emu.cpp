@@ -336,7 +336,10 @@ void check(std::uintptr_t granule, bool write, bool shared, const Access& now) {
 
 // Shared-memory wavefronts, counted while enabled (emu_shared_traffic). The accesses of a block are grouped
 // into warp instructions: the k-th execution of one instruction (the callback's return address) by each lane
-// of a warp, as converged SIMT code issues them. Each instruction is served in phases of 128 bytes (a whole
+// of a warp since the lane's last barrier or warp collective (mma, shuffle, vote, __syncwarp: every lane of a
+// warp meets the same sequence of them), as converged SIMT code issues them. A lane that skips an access (a
+// predicated load) thus falls out of step only until the next collective or barrier: exact for the tensor-core
+// kernels (an mma between a loop's iterations), approximate in loops without one. Each instruction is served in phases of 128 bytes (a whole
 // warp for accesses up to 4 bytes, half-warps for 8, quarter-warps for 16); a phase takes as many wavefronts
 // as the most distinct 4-byte words that fall in one of the 32 banks (the same word is broadcast). Banks are
 // counted from the start of each shared array, as the GPU lays arrays out on 128-byte boundaries or finer.
@@ -344,7 +347,9 @@ namespace traffic {
 
 struct Lane {
   const void* pc;
-  unsigned int k;      // this lane's executions of pc before this one
+  unsigned int interval;          // the block's barrier interval
+  unsigned long long warp_seq;    // the lane's warp collectives so far
+  unsigned int k;                 // this lane's executions of pc since both last changed
   unsigned int warp;
   unsigned char lane, bytes;
   bool store;
@@ -353,7 +358,12 @@ struct Lane {
 
 thread_local bool t_on = false;
 thread_local std::vector<Lane> t_block;                                 // this block's shared accesses
-thread_local std::vector<std::unordered_map<const void*, unsigned int>> t_seen;  // per thread: pc → count
+struct Seen {
+  unsigned int interval = ~0u;
+  unsigned long long warp_seq = ~0ull;
+  std::unordered_map<const void*, unsigned int> count;  // pc → executions in this epoch
+};
+thread_local std::vector<Seen> t_seen;  // per thread of the block
 thread_local unsigned long long t_totals[6];  // loads: requests, wavefronts, ideal; stores: the same
 // Per instruction, when INCEPTION_CUDA_EMU_TRAFFIC_DUMP names a file: the same three counts, appended to the
 // file as "module+offset load|store requests wavefronts ideal" lines when counting stops (for addr2line).
@@ -374,9 +384,15 @@ void record(const void* pc, std::uintptr_t addr, std::size_t bytes, bool store) 
   }
   const Fiber& f = *b.current;
   if (t_seen.size() < b.fibers.size()) t_seen.resize(b.fibers.size());
-  const unsigned int k = t_seen[f.linear][pc]++;
-  t_block.push_back({pc, k, f.linear / 32, (unsigned char)(f.linear % 32), (unsigned char)bytes, store,
-                     array << 32 | offset / 4});
+  Seen& seen = t_seen[f.linear];
+  if (seen.interval != b.interval || seen.warp_seq != f.warp_seq) {
+    seen.interval = b.interval;
+    seen.warp_seq = f.warp_seq;
+    seen.count.clear();
+  }
+  const unsigned int k = seen.count[pc]++;
+  t_block.push_back({pc, b.interval, f.warp_seq, k, f.linear / 32, (unsigned char)(f.linear % 32),
+                     (unsigned char)bytes, store, array << 32 | offset / 4});
 }
 
 const char* dump_path() {
@@ -402,14 +418,14 @@ void dump() {
 // Folds the block's accesses into the totals and starts the next block.
 void end_block() {
   if (!t_on) return;
-  std::sort(t_block.begin(), t_block.end(), [](const Lane& a, const Lane& b) {
-    return std::tie(a.warp, a.pc, a.store, a.k, a.lane) < std::tie(b.warp, b.pc, b.store, b.k, b.lane);
+  const auto key = [](const Lane& a) { return std::tie(a.warp, a.pc, a.store, a.interval, a.warp_seq, a.k); };
+  std::sort(t_block.begin(), t_block.end(), [&](const Lane& a, const Lane& b) {
+    return std::tuple_cat(key(a), std::tie(a.lane)) < std::tuple_cat(key(b), std::tie(b.lane));
   });
   for (std::size_t i = 0; i < t_block.size();) {
     std::size_t j = i;
     unsigned int widest = 0;
-    while (j < t_block.size() && t_block[j].warp == t_block[i].warp && t_block[j].pc == t_block[i].pc &&
-           t_block[j].store == t_block[i].store && t_block[j].k == t_block[i].k)
+    while (j < t_block.size() && key(t_block[j]) == key(t_block[i]))
       widest = std::max<unsigned int>(widest, t_block[j++].bytes);
     const unsigned int per_phase = widest <= 4 ? 32 : 128 / widest;
     unsigned long long wavefronts = 0, ideal = 0;
@@ -440,7 +456,7 @@ void end_block() {
     i = j;
   }
   t_block.clear();
-  for (auto& m : t_seen) m.clear();
+  for (Seen& m : t_seen) m = Seen{};
 }
 
 }  // namespace traffic
