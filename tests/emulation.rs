@@ -188,7 +188,8 @@ fn cp_async_misuse_is_caught() {
 /// Races no thread order of the plain emulator shows, which the racecheck build (CI runs it) reports with
 /// both threads named: a double-buffered `cp.async` pipeline refilling a stage before the barrier that ends
 /// the other threads' reads of it, and two blocks writing one output. The fixed pipeline passes, and a warp
-/// exchanging through shared memory passes with its `__syncwarp()` and fails without it.
+/// exchanging through shared memory passes with its `__syncwarp()` and fails without it; a misaligned float4
+/// load is an error.
 #[test]
 #[ignore = "needs the racecheck build: INCEPTION_CUDA_EMU_RACECHECK=1 cargo test --features emulation --test emulation -- --ignored racecheck"]
 fn racecheck_reports_what_thread_orders_cannot_show() {
@@ -242,6 +243,17 @@ fn racecheck_reports_what_thread_orders_cannot_show() {
             "{order:?}: {err}"
         );
     }
+    // The same build checks the alignment of vector loads and stores, which a GPU faults on.
+    #[repr(C, align(16))]
+    struct Eight([f32; 8]);
+    let x = Eight([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]);
+    let mut y = [0.0f32; 32];
+    planted::misaligned_float4(&mut y, &x.0, 4).unwrap();
+    assert!(y.iter().all(|&v| v == 26.0), "{y:?}");
+    let err = planted::misaligned_float4(&mut y, &x.0, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("misaligned 16-byte vector access"), "{err}");
 }
 
 /// The plain emulator runs the same planted races without an error, with the results of its one schedule:

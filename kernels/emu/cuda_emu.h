@@ -13,7 +13,8 @@
 // instrumentation and emu.cpp takes its callbacks to check every shared and global access as
 // compute-sanitizer racecheck does and more: two threads of a block touching the same 4 bytes between the same
 // two barriers (one of them writing), two blocks of a launch doing so (blocks are unordered on a GPU), and any
-// access to a cp.async destination before its owner's wait are errors naming both threads.
+// access to a cp.async destination before its owner's wait are errors naming both threads; so is a vector
+// load or store not aligned to its width.
 // Out of reach: other inline PTX, wmma, timing, and fences or flags between blocks (blocks never overlap).
 #pragma once
 

@@ -764,7 +764,14 @@ EMU_TSAN_SIZE(16)
 #endif  // EMU_RACECHECK
 
 #if EMU_RACECHECK
+// A vector load or store at an address not aligned to its width faults on the GPU ("misaligned address");
+// reported here (copies between registers and the stack are aligned by the types' alignas).
 void emu::vector_copy(void* dst, const void* src, unsigned int bytes, const void* pc) {
+  if (emu::g_block && emu::g_block->current && ((std::uintptr_t)dst | (std::uintptr_t)src) % bytes) {
+    char buf[96];
+    std::snprintf(buf, sizeof buf, "misaligned %u-byte vector access (from %p to %p) at ", bytes, src, dst);
+    emu::fail(buf + emu::where(*emu::g_block->current));
+  }
   emu::race::on_access(src, bytes, false, pc);
   emu::race::on_access(dst, bytes, true, pc);
   std::memcpy(dst, src, bytes);

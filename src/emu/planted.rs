@@ -48,6 +48,12 @@ extern "C" {
     fn emu_launch_planted_blocks_share_output(cfg: *const Launch, y: *mut f32) -> i32;
     fn emu_launch_planted_warp_exchange(cfg: *const Launch, y: *mut f32, synced: u32) -> i32;
     fn emu_launch_bank_pattern(cfg: *const Launch, y: *mut f32, stride: u32, width: u32) -> i32;
+    fn emu_launch_planted_misaligned_float4(
+        cfg: *const Launch,
+        y: *mut f32,
+        x: *const f32,
+        offset: u32,
+    ) -> i32;
 }
 
 fn one_block(threads: usize, shared_bytes: u32) -> Result<LaunchDims> {
@@ -284,5 +290,33 @@ pub fn bank_pattern(y: &mut [f32; 32], stride: u32, width: u32) -> Result<()> {
     // SAFETY: one warp; lane l reads shared memory only and writes y[l], l < 32.
     run("bank_pattern", dims, ThreadOrder::Forward, |cfg| unsafe {
         emu_launch_bank_pattern(cfg, y.as_mut_ptr(), stride, width)
+    })
+}
+
+/// One warp: lane `l` writes `y[l]` = the sum of the float4 at `x[offset..offset + 4]`, which is misaligned
+/// unless `offset` is a multiple of 4 (`x` 16-byte aligned). The racecheck build reports the misaligned
+/// access; other builds refuse the launch (their emulated copy may use aligned vector moves).
+pub fn misaligned_float4(y: &mut [f32; 32], x: &[f32], offset: u32) -> Result<()> {
+    const OP: &str = "planted_misaligned_float4";
+    if !super::racecheck_build() {
+        return Err(Error::InvalidShape {
+            op: OP,
+            reason: "launched by the racecheck build only (INCEPTION_CUDA_EMU_RACECHECK=1)".into(),
+        });
+    }
+    if x.as_ptr() as usize % 16 != 0 || x.len() < offset as usize + 4 {
+        return Err(Error::InvalidShape {
+            op: OP,
+            reason: format!(
+                "x: 16-byte aligned, at least {} floats",
+                offset as usize + 4
+            ),
+        });
+    }
+    let dims = one_block(32, 0)?;
+    // SAFETY: one warp reads x[offset..offset + 4] (inside x, checked above) through the racecheck build's
+    // byte-wise vector copy, and lane l writes y[l], l < 32.
+    run(OP, dims, ThreadOrder::Forward, |cfg| unsafe {
+        emu_launch_planted_misaligned_float4(cfg, y.as_mut_ptr(), x.as_ptr(), offset)
     })
 }

@@ -157,3 +157,10 @@ extern "C" __global__ void bank_pattern(float* y, unsigned int stride, unsigned 
   }
   y[threadIdx.x] = sum;
 }
+
+// BUG when `offset` is not a multiple of 4: every thread loads the float4 at x + offset (a GPU faults with a
+// misaligned address). Launched by the racecheck build only, whose vector copies check their alignment.
+extern "C" __global__ void planted_misaligned_float4(float* y, const float* x, unsigned int offset) {
+  const float4 v = *reinterpret_cast<const float4*>(x + offset);
+  y[threadIdx.x] = v.x + v.y + v.z + v.w;
+}
