@@ -189,9 +189,11 @@ extern "C" __global__ void conv_wgrad(float* __restrict__ partials,  // [splits,
   // The bias row this thread sums (the first two warps of the first column tile's blocks: uniform per warp).
   const bool bias_row = blockIdx.x == 0 && threadIdx.x < WGRAD_TILE;
   float bsum = 0.0f;
-  // Each thread loads the same position tt of every chunk for rows r = tid / 16 + 16q (q < 4) of both
-  // operands: the per-row offsets are fixed, so only the position is decoded per chunk.
-  const unsigned int tt = threadIdx.x % WGRAD_TK, rb = threadIdx.x / WGRAD_TK;
+  // Each thread loads the same position tt of every chunk for rows r = rb + 16q (q < 4) of both operands: the
+  // per-row offsets are fixed, so only the position is decoded per chunk. Lane l of warp v takes tt = l % 8 +
+  // 8 · (v % 2), rb = l / 8 + 4 · (v / 2): its stores to as[tt][rb + 16q] (68-float rows: bank 4 · tt + rb + 16q)
+  // hit 32 banks (tt = lane % 16 put two lanes on each bank), and each row's 8 positions are one 32-byte sector.
+  const unsigned int tt = threadIdx.x % 8 + threadIdx.x / 32 % 2 * 8, rb = threadIdx.x % 32 / 8 + threadIdx.x / 64 * 4;
   unsigned long long a_off[4], x_off[4];
   int tap_y[4], tap_x[4];
   bool a_ok[4], b_ok[4];
