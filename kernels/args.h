@@ -48,8 +48,8 @@
 // reduce_conv_fwd (conv.cu): output channels per block.
 #define REDUCE_CO_GROUP 64
 // reduce_conv_fwd_tf32 keeps each plane of its reduced map (rows · w floats) REDUCE_TC_PLANE(rows · w) floats
-// apart: the next count ≡ 8 mod 32, so that the k×k conv's B fragments (lane (g, t) reads channel c + t at 8
-// consecutive pixels) hit 32 banks. src/launch.rs (ReduceDims::tc_plane) computes the same.
+// apart: the next count ≡ 8 mod 32, so that a half-warp's float2 stores of C fragments (channels g, pixels 2t)
+// hit 32 banks. src/launch.rs (ReduceDims::tc_plane) computes the same.
 #define REDUCE_TC_PLANE(px) ((px) + (40u - (px) % 32u) % 32u)
 
 /// A stride-1 'same' convolution into channels [c_offset, c_offset + c_out) of a c_total-channel output.

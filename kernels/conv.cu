@@ -815,11 +815,12 @@ extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) reduce_conv_dmid_t
 // memory (a few KB, read by every block: L1 and L2 hold them), x from global memory (8 consecutive pixels of
 // 4 channels per fragment load), and mid from shared memory. The reduced map is stored in f32 (the saved copy
 // is f32) and rounded by cvt.rna where it feeds the k×k conv, as every operand is.
-// The k×k conv runs its reduction tap-major, k = tap · cmp + cm (c_mid padded with zero channels to cmp, a
-// multiple of 8, so that each k8 step has one tap): a B fragment load then reads 4 channels (t) at one tap for
-// 8 consecutive pixels (g), and with the planes REDUCE_TC_PLANE apart (≡ 8 mod 32) the 32 lanes hit 32 banks
-// (in cm-major order the 4 k's were neighbouring taps of one channel, offsets 0, 1, 2, w: up to 3-way). Every
-// output sums tap by tap, channels in order within a tap.
+// The reduced map's planes lie REDUCE_TC_PLANE(rows · w) floats apart (≡ 8 mod 32), so that a half-warp's
+// float2 stores of C fragments into it (words 8g + 2t) fill the 32 banks. The k×k conv's B loads read 4
+// neighbouring taps of one channel (t) at 8 consecutive pixels (g): offsets such as 0, 1, 2, w put up to 2–3
+// distinct words in one bank (1.44× the conflict-free wavefronts by the emulator's count). A tap-major order
+// (4 channels at one tap) makes them conflict-free but scatters the weight loads (__ldg of A: 32 lines a
+// request instead of 8), a worse trade through the same L1: not taken (notes/perf.md).
 template <int K>
 __device__ __forceinline__ void reduce_conv_tc_body(float* __restrict__ y, float* __restrict__ mid,
                                                     const float* __restrict__ x, const float* __restrict__ w1,
@@ -891,7 +892,7 @@ __device__ __forceinline__ void reduce_conv_tc_body(float* __restrict__ y, float
   const unsigned int co0 = group * REDUCE_CO_GROUP;
   const unsigned int co1 = co0 + REDUCE_CO_GROUP < d.c_out ? co0 + REDUCE_CO_GROUP : d.c_out;
   const unsigned int opix = (y1 - y0) * d.w, n_slabs2 = (opix + 31) / 32;
-  const unsigned int cmp = (d.c_mid + 7) / 8 * 8, ktot = cmp * KK, wrow = d.c_mid * KK;  // k = tap · cmp + cm
+  const unsigned int ktot = d.c_mid * KK;
   const unsigned int o_slabs = (co1 - co0 + 31) / 32;
   for (unsigned int slab = warp; slab < o_slabs * n_slabs2; slab += nwarps) {
     const unsigned int m0 = co0 + slab / n_slabs2 * 32, q0 = slab % n_slabs2 * 32;
@@ -905,26 +906,28 @@ __device__ __forceinline__ void reduce_conv_tc_body(float* __restrict__ y, float
     float acc[2][4][4] = {};
     for (unsigned int k8 = 0; k8 < ktot; k8 += 8) {
       unsigned int af[2][4], bf[4][2];
-      const unsigned int tap = k8 / cmp, ca = k8 % cmp + t, cb = ca + 4;  // the step's tap; channels of k, k + 4
-      const bool a_in = ca < d.c_mid, b_in = cb < d.c_mid;
-      const int dy = (int)(tap / K) - P, dx = (int)(tap % K) - P;
+      const unsigned int ka = k8 + t, kb = k8 + t + 4;
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt) {
         const unsigned int m = m0 + mt * 16 + g;
-        const float* wa = w2 + (unsigned long long)m * wrow + tap;  // w2[m, cm, tap] at wa[cm · KK]
-        const float* wb = w2 + (unsigned long long)(m + 8) * wrow + tap;
-        af[mt][0] = tf32_bits(m < co1 && a_in ? __ldg(wa + ca * KK) : 0.0f);
-        af[mt][1] = tf32_bits(m + 8 < co1 && a_in ? __ldg(wb + ca * KK) : 0.0f);
-        af[mt][2] = tf32_bits(m < co1 && b_in ? __ldg(wa + cb * KK) : 0.0f);
-        af[mt][3] = tf32_bits(m + 8 < co1 && b_in ? __ldg(wb + cb * KK) : 0.0f);
+        const float* wa = w2 + (unsigned long long)m * ktot;
+        const float* wb = w2 + (unsigned long long)(m + 8) * ktot;
+        af[mt][0] = tf32_bits(m < co1 && ka < ktot ? __ldg(wa + ka) : 0.0f);
+        af[mt][1] = tf32_bits(m + 8 < co1 && ka < ktot ? __ldg(wb + ka) : 0.0f);
+        af[mt][2] = tf32_bits(m < co1 && kb < ktot ? __ldg(wa + kb) : 0.0f);
+        af[mt][3] = tf32_bits(m + 8 < co1 && kb < ktot ? __ldg(wb + kb) : 0.0f);
       }
+      // The B rows ka and kb as (reduce channel, tap offset).
+      const unsigned int cma = ka / KK, cmb = kb / KK;
+      const int dya = (int)(ka % KK / K) - P, dxa = (int)(ka % K) - P;
+      const int dyb = (int)(kb % KK / K) - P, dxb = (int)(kb % K) - P;
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {
-        const int sy = oy[nt] + dy, sx = ox[nt] + dx;
-        const bool in = sy >= 0 && sy < (int)d.h && sx >= 0 && sx < (int)d.w;
-        const unsigned int at = (unsigned int)(sy - (int)r0) * d.w + sx;  // the pixel in a plane of mid_s
-        bf[nt][0] = tf32_bits(in && a_in ? mid_s[ca * mplane + at] : 0.0f);
-        bf[nt][1] = tf32_bits(in && b_in ? mid_s[cb * mplane + at] : 0.0f);
+        const int sya = oy[nt] + dya, sxa = ox[nt] + dxa, syb = oy[nt] + dyb, sxb = ox[nt] + dxb;
+        const bool in_a = ka < ktot && sya >= 0 && sya < (int)d.h && sxa >= 0 && sxa < (int)d.w;
+        const bool in_b = kb < ktot && syb >= 0 && syb < (int)d.h && sxb >= 0 && sxb < (int)d.w;
+        bf[nt][0] = tf32_bits(in_a ? mid_s[cma * mplane + (unsigned int)(sya - (int)r0) * d.w + sxa] : 0.0f);
+        bf[nt][1] = tf32_bits(in_b ? mid_s[cmb * mplane + (unsigned int)(syb - (int)r0) * d.w + sxb] : 0.0f);
       }
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt)

@@ -380,7 +380,7 @@ impl ReduceDims {
     }
 
     /// Floats between the planes of reduce_conv_fwd_tf32's reduced map of `pixels` pixels: the next count
-    /// ≡ 8 mod 32, so that its B-fragment reads hit 32 banks (`REDUCE_TC_PLANE` of kernels/args.h).
+    /// ≡ 8 mod 32, so that the kernel's stores into the map hit 32 banks (`REDUCE_TC_PLANE` of kernels/args.h).
     pub const fn tc_plane(pixels: usize) -> usize {
         pixels + (40 - pixels % 32) % 32
     }

@@ -87,7 +87,8 @@ fn row(name: &str, t: &SharedTraffic) -> String {
 /// fc1's products at batch 50 over a slice of its columns), both precisions: the table of warp requests,
 /// wavefronts and the wavefronts beyond the conflict-free count, printed and written to
 /// `target/emu-shared-traffic.md`. The tensor-core kernels must stay free of bank conflicts (their layouts are
-/// chosen for it: notes/perf.md); the fp32 kernels and max pooling are reported only.
+/// chosen for it: notes/perf.md), the fused conv's loads within 1.5× of it; the fp32 kernels and max pooling
+/// are reported only.
 #[test]
 #[ignore = "needs the racecheck build: INCEPTION_CUDA_EMU_RACECHECK=1 cargo test --features emulation --test shared_traffic -- --ignored --nocapture"]
 fn shared_traffic_of_the_kernels() {
@@ -138,8 +139,15 @@ fn shared_traffic_of_the_kernels() {
             if t.load_requests + t.store_requests > 0 {
                 lines.push(row(&format!("{name} ({p:?})"), t));
             }
-            if p == Precision::Tf32 && !name.starts_with("maxpool") {
-                conflicted.extend((t.conflicts() > 0).then(|| format!("{name}: {t:?}")));
+            // The fused conv's k×k B loads read neighbouring taps of one channel: up to 1.5× by choice
+            // (notes/perf.md: the conflict-free order scatters its weight loads).
+            let allowed = if *name == "reduce_conv_fwd" {
+                t.load_ideal / 2
+            } else {
+                0
+            };
+            if p == Precision::Tf32 && !name.starts_with("maxpool") && t.conflicts() > allowed {
+                conflicted.push(format!("{name}: {t:?}"));
             }
         }
     }
