@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Shared-memory bank conflicts of the kernels by source line, from the emulator's traffic counter.
+"""Shared-memory bank conflicts and scattered global accesses of the kernels by source line, from the
+emulator's traffic counter.
 
 Runs tests/shared_traffic.rs (the racecheck build: every shared-memory kernel at the MNIST net's shapes, both
 precisions) with INCEPTION_CUDA_EMU_TRAFFIC_DUMP set, resolves each counted instruction to its kernel source
 line with addr2line, and prints the lines by wavefronts beyond the conflict-free count (a GPU serves a warp's
 shared access in phases of 128 bytes; a phase with two words in one bank takes two wavefronts):
 
-    scripts/shared-traffic.py [N]     the N worst lines (default 30), then the per-kernel table
+    scripts/shared-traffic.py [N]     the N worst lines (default 30) for shared memory (wavefronts against the
+                                      conflict-free count), then for global memory (32-byte sectors against
+                                      the sectors the accessed bytes fill), then the per-kernel shared table
 
 Needs g++ and addr2line (binutils); no GPU. The counts predict ncu's shared-memory wavefronts for the same
 instructions where a warp's lanes stay converged (see kernels/emu/emu.cpp, namespace traffic).
@@ -46,12 +49,19 @@ for module, offset, kind, requests, wavefronts, ideal in rows:
     acc[0] += requests
     acc[1] += wavefronts
     acc[2] += ideal
-print("| source line | access | warp requests | wavefronts | × conflict-free |")
-print("|---|---|---:|---:|---:|")
-worst = sorted(by_line.items(), key=lambda kv: -(kv[1][1] - kv[1][2]))
-for (where, kind), (requests, wavefronts, ideal) in worst[:top]:
-    if wavefronts == ideal:
-        break
-    print(f"| {where} | {kind} | {requests} | {wavefronts} | {wavefronts / ideal:.2f} |")
-print()
+def table(kinds, unit, ideal_name):
+    print(f"| source line | access | warp requests | {unit} | × {ideal_name} |")
+    print("|---|---|---:|---:|---:|")
+    rows = [kv for kv in by_line.items() if kv[0][1] in kinds]
+    for (where, kind), (requests, count, ideal) in sorted(rows, key=lambda kv: -(kv[1][1] - kv[1][2]))[:top]:
+        if count == ideal:
+            break
+        print(f"| {where} | {kind} | {requests} | {count} | {count / ideal:.2f} |")
+    print()
+
+
+table(("load", "store"), "wavefronts", "conflict-free")
+# Global memory: 32-byte sectors per warp request against the sectors the request's distinct bytes fill
+# (ncu: l1tex__t_sectors_pipe_lsu_mem_global_op_ld over requests); a scattered load shows here.
+table(("global-load", "global-store"), "sectors", "contiguous")
 print(run.stdout[run.stdout.find("| kernel"):run.stdout.rfind("|") + 1])

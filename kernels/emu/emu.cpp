@@ -4,6 +4,7 @@
 #include "cuda_emu.h"
 
 #include <dlfcn.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <ucontext.h>
 
@@ -80,6 +81,7 @@ struct Block {
   unsigned char* dynamic = nullptr;
   std::string error;
   unsigned int linear_block = 0;      // blockIdx as one number (x fastest)
+  std::uintptr_t main_stack[2] = {0, 0};  // the calling OS thread's stack (racecheck: not global memory)
   unsigned int interval = 0;          // __syncthreads() completed by this block (racecheck: orders the block)
 };
 
@@ -353,7 +355,8 @@ struct Lane {
   unsigned int warp;
   unsigned char lane, bytes;
   bool store;
-  unsigned long long word;  // 4-byte word: array id << 32 | byte offset / 4
+  bool global;              // a global-memory access (counted in the dump only: 32-byte sectors)
+  unsigned long long word;  // shared: 4-byte word, array id << 32 | byte offset / 4; global: the address
 };
 
 thread_local bool t_on = false;
@@ -366,14 +369,18 @@ struct Seen {
 thread_local std::vector<Seen> t_seen;  // per thread of the block
 thread_local unsigned long long t_totals[6];  // loads: requests, wavefronts, ideal; stores: the same
 // Per instruction, when INCEPTION_CUDA_EMU_TRAFFIC_DUMP names a file: the same three counts, appended to the
-// file as "module+offset load|store requests wavefronts ideal" lines when counting stops (for addr2line).
-thread_local std::map<std::pair<const void*, bool>, std::array<unsigned long long, 3>> t_by_pc;
+// file as "module+offset load|store|global-load|global-store requests wavefronts|sectors ideal" lines when
+// counting stops (for addr2line).
+// Global accesses go to the dump only: requests, 32-byte sectors, and the sectors their distinct bytes fill.
+thread_local std::map<std::pair<const void*, int>, std::array<unsigned long long, 3>> t_by_pc;
 
-void record(const void* pc, std::uintptr_t addr, std::size_t bytes, bool store) {
+void record(const void* pc, std::uintptr_t addr, std::size_t bytes, bool store, bool global) {
   const Block& b = *g_block;
   const auto dyn = (std::uintptr_t)b.dynamic;
   unsigned long long array = 0, offset = 0;
-  if (b.dynamic && addr >= dyn && addr < dyn + b.cfg.shared_bytes) {
+  if (global) {
+    // word: the address itself (below)
+  } else if (b.dynamic && addr >= dyn && addr < dyn + b.cfg.shared_bytes) {
     offset = addr - dyn;
   } else {
     for (const Block::Slot& s : b.slots)
@@ -392,7 +399,7 @@ void record(const void* pc, std::uintptr_t addr, std::size_t bytes, bool store) 
   }
   const unsigned int k = seen.count[pc]++;
   t_block.push_back({pc, b.interval, f.warp_seq, k, f.linear / 32, (unsigned char)(f.linear % 32),
-                     (unsigned char)bytes, store, array << 32 | offset / 4});
+                     (unsigned char)bytes, store, global, global ? addr : array << 32 | offset / 4});
 }
 
 const char* dump_path() {
@@ -406,9 +413,10 @@ void dump() {
     for (const auto& [key, c] : t_by_pc) {
       Dl_info info{};
       const bool found = dladdr(key.first, &info) && info.dli_fname;
+      static const char* const kinds[4] = {"load", "store", "global-load", "global-store"};
       std::fprintf(f, "%s+%#llx %s %llu %llu %llu\n", found ? info.dli_fname : "?",
                    (unsigned long long)((const char*)key.first - (found ? (const char*)info.dli_fbase : nullptr)),
-                   key.second ? "store" : "load", c[0], c[1], c[2]);
+                   kinds[key.second], c[0], c[1], c[2]);
     }
     std::fclose(f);
   }
@@ -418,7 +426,9 @@ void dump() {
 // Folds the block's accesses into the totals and starts the next block.
 void end_block() {
   if (!t_on) return;
-  const auto key = [](const Lane& a) { return std::tie(a.warp, a.pc, a.store, a.interval, a.warp_seq, a.k); };
+  const auto key = [](const Lane& a) {
+    return std::tie(a.warp, a.pc, a.store, a.global, a.interval, a.warp_seq, a.k);
+  };
   std::sort(t_block.begin(), t_block.end(), [&](const Lane& a, const Lane& b) {
     return std::tuple_cat(key(a), std::tie(a.lane)) < std::tuple_cat(key(b), std::tie(b.lane));
   });
@@ -427,6 +437,26 @@ void end_block() {
     unsigned int widest = 0;
     while (j < t_block.size() && key(t_block[j]) == key(t_block[i]))
       widest = std::max<unsigned int>(widest, t_block[j++].bytes);
+    if (t_block[i].global) {  // 32-byte sectors touched, and the fewest the distinct bytes could fill
+      std::vector<unsigned long long> sectors, bytes;
+      for (std::size_t e = i; e < j; ++e)
+        for (unsigned int u = 0; u < t_block[e].bytes; ++u) {
+          sectors.push_back((t_block[e].word + u) / 32);
+          bytes.push_back(t_block[e].word + u);
+        }
+      for (auto* v : {&sectors, &bytes}) {
+        std::sort(v->begin(), v->end());
+        v->erase(std::unique(v->begin(), v->end()), v->end());
+      }
+      if (dump_path()) {
+        auto& p = t_by_pc[{t_block[i].pc, 2 + (int)t_block[i].store}];
+        p[0] += 1;
+        p[1] += sectors.size();
+        p[2] += (bytes.size() + 31) / 32;
+      }
+      i = j;
+      continue;
+    }
     const unsigned int per_phase = widest <= 4 ? 32 : 128 / widest;
     unsigned long long wavefronts = 0, ideal = 0;
     for (unsigned int phase = 0; phase * per_phase < 32; ++phase) {
@@ -448,7 +478,7 @@ void end_block() {
     t[1] += wavefronts;
     t[2] += ideal;
     if (dump_path()) {
-      auto& p = t_by_pc[{t_block[i].pc, t_block[i].store}];
+      auto& p = t_by_pc[{t_block[i].pc, (int)t_block[i].store}];
       p[0] += 1;
       p[1] += wavefronts;
       p[2] += ideal;
@@ -472,7 +502,8 @@ void on_access(const void* p, std::size_t bytes, bool write, const void* pc) {
   const auto addr = (std::uintptr_t)p;
   if (addr >= stack && addr < stack + kStack) return;  // the thread's own locals
   const bool shared = in_shared(addr);
-  if (shared && pc && traffic::t_on) traffic::record(pc, addr, bytes, write);
+  if (pc && traffic::t_on && (shared || (traffic::dump_path() && (addr < b->main_stack[0] || addr >= b->main_stack[1]))))
+    traffic::record(pc, addr, bytes, write, !shared);  // not the launcher's locals (the kernel's arguments)
   const Access now{b->linear_block, b->interval, f.linear, f.warp_syncs};
   for (std::uintptr_t g = addr & ~(std::uintptr_t)3; g < addr + bytes; g += 4) check(g, write, shared, now);
 }
@@ -674,6 +705,16 @@ int run(const Launch& cfg, void (*body)(void*), void* ctx) {
   b.block = {cfg.block[0], cfg.block[1], cfg.block[2]};
   b.body = body;
   b.body_ctx = ctx;
+#if EMU_RACECHECK
+  pthread_attr_t attr;
+  if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+    void* base = nullptr;
+    std::size_t size = 0;
+    if (pthread_attr_getstack(&attr, &base, &size) == 0)
+      b.main_stack[0] = (std::uintptr_t)base, b.main_stack[1] = (std::uintptr_t)base + size;
+    pthread_attr_destroy(&attr);
+  }
+#endif
   b.fibers.resize(threads);
   Block* outer = g_block;
   g_block = &b;
