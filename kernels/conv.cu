@@ -488,7 +488,7 @@ __device__ __forceinline__ unsigned int tc_col(int nt, int e) {
 // (relu_bwd folded in, as conv_tile does).
 // Grid (ceil(n·h·w / 128), ceil(rows / 32)): block (x, y) computes channels [32y, 32y + 32) of pixels
 // [128x, 128x + 128) counted over all images. Thread i gathers pixel 128x + i of every B step (its image
-// position decoded once) and 4 consecutive k of row i / 4 of every A step.
+// position decoded once) and 4 consecutive k of row piece20_row(i) of every A step.
 // The loads: A of the forward is cp.async16 straight into shared memory when the weight rows allow it
 // (c_in·K² a multiple of 4 and the view 16-byte aligned: then a 4-float group never straddles a row or the
 // end of the row); dgrad's A reads the kernel flipped (descending addresses) and the im2col of B is a gather
@@ -648,7 +648,7 @@ extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) conv_dgrad_tf32(fl
 // [dw | db] (conv_wgrad's layout). The bias gradient stays f32 (dy unrounded): in the blocks of the first
 // column tile (blockIdx.x == 0) lane r of warp 0 adds row r of each step's dy tile from shared memory, so db of
 // slice z sums the slice's pixels one by one in order, as conv_wgrad's does.
-// Thread i loads 4 consecutive pixels of dy row i / 4 per step (cp.async16 when h·w is a multiple of 4 and dy
+// Thread i loads 4 consecutive pixels of dy row piece20_row(i) per step (cp.async16 when h·w is a multiple of 4 and dy
 // is 16-byte aligned: a group then never straddles an image, and the split's pixel count is a multiple of 4;
 // else scalars through registers) and gathers pixel i % 16 of 16 consecutive columns 16·(i / 16) + q (x is
 // shifted by the tap and zero off the image: single floats, through registers).
@@ -818,7 +818,7 @@ extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) reduce_conv_dmid_t
 // The reduced map's planes lie REDUCE_TC_PLANE(rows · w) floats apart (≡ 8 mod 32), so that a half-warp's
 // float2 stores of C fragments into it (words 8g + 2t) fill the 32 banks. The k×k conv's B loads read 4
 // neighbouring taps of one channel (t) at 8 consecutive pixels (g): offsets such as 0, 1, 2, w put up to 2–3
-// distinct words in one bank (1.44× the conflict-free wavefronts by the emulator's count). A tap-major order
+// distinct words in one bank (≈ 1.45× the conflict-free wavefronts by the emulator's count). A tap-major order
 // (4 channels at one tap) makes them conflict-free but scatters the weight loads (__ldg of A: 32 lines a
 // request instead of 8), a worse trade through the same L1: not taken (notes/perf.md).
 template <int K>

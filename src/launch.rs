@@ -337,8 +337,9 @@ impl ReduceDims {
             return Err(crate::Error::InvalidShape {
                 op,
                 reason: format!(
-                    "one row of the reduced map ({row_bytes} bytes) and its halo of {halo} rows exceed this \
-                     device's {max_shared} bytes of shared memory per block"
+                    "one row of the reduced map ({row_bytes} bytes) and its halo of {halo} rows{} exceed \
+                     this device's {max_shared} bytes of shared memory per block",
+                    if tf32 { " (TF32: padded to tc_plane floats a channel)" } else { "" }
                 ),
             });
         };

@@ -502,7 +502,9 @@ void on_access(const void* p, std::size_t bytes, bool write, const void* pc) {
   const auto addr = (std::uintptr_t)p;
   if (addr >= stack && addr < stack + kStack) return;  // the thread's own locals
   const bool shared = in_shared(addr);
-  if (pc && traffic::t_on && (shared || (traffic::dump_path() && (addr < b->main_stack[0] || addr >= b->main_stack[1]))))
+  // Ranges (__tsan_*_range: aggregate copies) are not one instruction: checked for races, not counted.
+  if (pc && traffic::t_on && bytes <= 16 &&
+      (shared || (traffic::dump_path() && (addr < b->main_stack[0] || addr >= b->main_stack[1]))))
     traffic::record(pc, addr, bytes, write, !shared);  // not the launcher's locals (the kernel's arguments)
   const Access now{b->linear_block, b->interval, f.linear, f.warp_syncs};
   for (std::uintptr_t g = addr & ~(std::uintptr_t)3; g < addr + bytes; g += 4) check(g, write, shared, now);
@@ -777,7 +779,8 @@ extern "C" const char* emu_last_error() { return emu::last_error(); }
 
 #if EMU_RACECHECK
 // gcc's -fsanitize=thread instrumentation of the kernels calls these for every memory access (no ThreadSanitizer
-// runtime is linked: these are the whole runtime). Atomics are not instrumented: the kernels use none.
+// runtime is linked: these are the whole runtime). Atomics are not instrumented: the kernels use none. Nor are
+// calls to memcpy/memset (the runtime's interceptors would see those): no kernel object calls them (nm -u).
 extern "C" {
 void __tsan_init() {}
 void __tsan_func_entry(void*) {}

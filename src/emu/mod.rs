@@ -81,12 +81,20 @@ thread_local! {
 pub fn count_shared_traffic<R>(f: impl FnOnce() -> R) -> Result<(R, TrafficLog)> {
     #[cfg(emu_racecheck)]
     {
+        /// Stops counting when dropped, also when `f` panics.
+        struct Counting;
+        impl Drop for Counting {
+            fn drop(&mut self) {
+                // SAFETY: clears a flag of the calling thread and its totals.
+                unsafe { emu_shared_traffic(0) };
+            }
+        }
         // SAFETY: sets a flag of the calling thread and clears its totals.
         unsafe { emu_shared_traffic(1) };
+        let counting = Counting;
         TRAFFIC.with(|t| *t.borrow_mut() = Some(Vec::new()));
         let r = f();
-        // SAFETY: as above.
-        unsafe { emu_shared_traffic(0) };
+        drop(counting);
         let log = TRAFFIC.with(|t| t.borrow_mut().take()).unwrap_or_default();
         Ok((r, log))
     }
