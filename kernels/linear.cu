@@ -19,9 +19,9 @@
 //              compared within tolerances).
 
 #include "adam.cuh"
-#include "args.h"
-#include "mma.cuh"  // the TF32 path: tf32_bits, mma_tf32_m16n8k8  // GemmDims; GEMM_BM × GEMM_BN tiles of C per block (WGRAD_ADAM_BM rows for linear_wgrad_adam),
+#include "args.h"  // GemmDims; GEMM_BM × GEMM_BN tiles of C per block (WGRAD_ADAM_BM rows for linear_wgrad_adam),
                    // k in steps of GEMM_BK, GEMM_THREADS threads: 16 column groups × 8 row groups, 8 × 8 outputs each
+#include "mma.cuh"  // the TF32 path: tf32_bits, mma_tf32_m16n8k8, cp_async16, piece20_row
 #define GEMM_PAD 4        // shared row padding: keeps rows 16-byte aligned for float4 reads
 #define GEMM_MIN_BLOCKS 3   // blocks per SM the register budget must allow (≤ 168 registers a thread)
 
@@ -203,19 +203,19 @@ __device__ __forceinline__ void gemm_block_fma(float (&acc)[TM][8], const float*
   }
 }
 
-// The TF32 GEMM core: acc as gemm_block states it, on mma.sync m16n8k8 (mma.cuh), from shared-memory tiles
-// that cp.async fills GEMM_STAGES − 1 k-steps ahead (the copies hold no registers, so more bytes are in flight
-// than the fp32 core's register pipeline allows). Each operand X(r, k) is staged in the layout its memory order
-// copies in 16-byte pieces: k fastest when X is contiguous in k (s[r][k], rows GEMM_BK + GEMM_PAD apart), r
-// fastest when contiguous in r (s[k][r], rows R + TC_RPAD apart); pieces at the matrix's edges and strided or
-// unaligned operands are loaded by the threads (zeros outside the matrix). Both layouts serve a warp's fragment
-// loads and a quarter-warp's 16-byte stores from 32 distinct banks: k fastest, lane (g, t) reads word 20g + t
-// and 8 threads store the pieces of rows r and r + 4 (piece20_row, mma.cuh); r fastest, lane (g, t) reads word
-// 8t + g and 8 threads store 32 consecutive words. The block's 4 warps split
-// the tile 2 × 2 (TM 8: 32 × 64 each) or 1 × 4 (TM 4: 32 × 32 each); the accumulators go through shared memory
-// (rows GEMM_BN + TC_RPAD apart: a half-warp's float2 stores of C fragments, words 8g + 2t, fill 32 banks) into
-// acc's layout, read back as float4s, so every epilogue serves both cores. Each output is the same chain of mma instructions (k in steps of 8, from zero,
-// padded with zeros to a multiple of GEMM_BK) for every TM.
+// The TF32 GEMM core: acc as gemm_block states it, on mma.sync m16n8k8 (mma.cuh), from shared-memory tiles that
+// cp.async fills GEMM_STAGES − 1 k-steps ahead (the copies hold no registers, so more bytes are in flight than the
+// fp32 core's register pipeline allows). Each operand X(r, k) is staged in the layout its memory order copies in
+// 16-byte pieces: k fastest when X is contiguous in k (s[r][k], rows GEMM_BK + GEMM_PAD apart), r fastest when
+// contiguous in r (s[k][r], rows R + TC_RPAD apart); pieces at the matrix's edges and strided or unaligned operands
+// are loaded by the threads (zeros outside the matrix). Both layouts serve a warp's fragment loads and a
+// quarter-warp's 16-byte stores from 32 distinct banks: k fastest, lane (g, t) reads word 20g + t and 8 threads
+// store the pieces of rows r and r + 4 (piece20_row, mma.cuh); r fastest, lane (g, t) reads word 8t + g and 8
+// threads store 32 consecutive words. The block's 4 warps split the tile 2 × 2 (TM 8: 32 × 64 each) or 1 × 4 (TM 4:
+// 32 × 32 each); the accumulators go through shared memory (rows GEMM_BN + TC_RPAD apart: a half-warp's float2
+// stores of C fragments, words 8g + 2t, fill 32 banks) into acc's layout, read back as float4s, so every epilogue
+// serves both cores. Each output is the same chain of mma instructions (k in steps of 8, from zero, padded with
+// zeros to a multiple of GEMM_BK) for every TM.
 #define GEMM_STAGES 3
 #define TC_RPAD 8  // row padding of the r-fastest stage layout and of C: rows ≡ 8 words mod 32
 

@@ -14,12 +14,15 @@
 #include <cstdlib>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <unordered_map>
 #include <vector>
 
-#ifndef EMU_RACECHECK
+#if INCEPTION_CUDA_EMU_RACECHECK
+#define EMU_RACECHECK 1
+#else
 #define EMU_RACECHECK 0
 #endif
 
@@ -258,27 +261,29 @@ Cell& cell(std::uintptr_t addr) {
   return (*t_last)[addr % kPageBytes / 4];
 }
 
-// Where `addr` lies, for a report.
-std::string region(std::uintptr_t addr) {
+// The shared array `addr` lies in (0: the dynamic buffer, 1 + id: the __shared__ array `id`) and its byte
+// offset there; nothing when `addr` is not shared memory of the running block.
+struct SharedAt {
+  unsigned long long array, offset;
+};
+std::optional<SharedAt> shared_at(std::uintptr_t addr) {
   const Block& b = *g_block;
   const auto dyn = (std::uintptr_t)b.dynamic;
-  if (b.dynamic && addr >= dyn && addr < dyn + b.cfg.shared_bytes)
-    return "dynamic shared memory (byte " + std::to_string(addr - dyn) + ")";
+  if (b.dynamic && addr >= dyn && addr < dyn + b.cfg.shared_bytes) return SharedAt{0, addr - dyn};
   for (const Block::Slot& s : b.slots)
-    if (addr >= s.begin && addr < s.end)
-      return "__shared__ array #" + std::to_string(s.id) + " (byte " + std::to_string(addr - s.begin) + ")";
+    if (addr >= s.begin && addr < s.end) return SharedAt{1 + (unsigned long long)s.id, addr - s.begin};
+  return std::nullopt;
+}
+
+// Where `addr` lies, for a report.
+std::string region(std::uintptr_t addr) {
+  if (const auto at = shared_at(addr))
+    return (at->array == 0 ? std::string("dynamic shared memory")
+                           : "__shared__ array #" + std::to_string(at->array - 1)) +
+           " (byte " + std::to_string(at->offset) + ")";
   char buf[48];
   std::snprintf(buf, sizeof buf, "global memory at %#llx", (unsigned long long)addr);
   return buf;
-}
-
-bool in_shared(std::uintptr_t addr) {
-  const Block& b = *g_block;
-  const auto dyn = (std::uintptr_t)b.dynamic;
-  if (b.dynamic && addr >= dyn && addr < dyn + b.cfg.shared_bytes) return true;
-  for (const Block::Slot& s : b.slots)
-    if (addr >= s.begin && addr < s.end) return true;
-  return false;
 }
 
 bool unordered(const Access& prior, const Access& now, bool shared) {
@@ -321,7 +326,8 @@ void check(std::uintptr_t granule, bool write, bool shared, const Access& now) {
                               : ", issued by " + who(o) + ", before that copy's wait and a __syncthreads()"));
     c.in_flight = 0;
   }
-  if (unordered(c.write, now, shared)) report(write ? "write-after-write" : "read-after-write", granule, c.write, "wrote", write);
+  if (unordered(c.write, now, shared))
+    report(write ? "write-after-write" : "read-after-write", granule, c.write, "wrote", write);
   if (write) {
     for (const Access& r : c.read)
       if (unordered(r, now, shared)) {
@@ -336,15 +342,15 @@ void check(std::uintptr_t granule, bool write, bool shared, const Access& now) {
   c.read[0] = now;
 }
 
-// Shared-memory wavefronts, counted while enabled (emu_shared_traffic). The accesses of a block are grouped
-// into warp instructions: the k-th execution of one instruction (the callback's return address) by each lane
-// of a warp since the lane's last barrier or warp collective (mma, shuffle, vote, __syncwarp: every lane of a
-// warp meets the same sequence of them), as converged SIMT code issues them. A lane that skips an access (a
-// predicated load) thus falls out of step only until the next collective or barrier: exact for the tensor-core
-// kernels (an mma between a loop's iterations), approximate in loops without one. Each instruction is served in phases of 128 bytes (a whole
-// warp for accesses up to 4 bytes, half-warps for 8, quarter-warps for 16); a phase takes as many wavefronts
-// as the most distinct 4-byte words that fall in one of the 32 banks (the same word is broadcast). Banks are
-// counted from the start of each shared array, as the GPU lays arrays out on 128-byte boundaries or finer.
+// Shared-memory wavefronts, counted while enabled (emu_shared_traffic). The accesses of a block are grouped into
+// warp instructions: the k-th execution of one instruction (the callback's return address) by each lane of a warp
+// since the lane's last barrier or warp collective (mma, shuffle, vote, __syncwarp: every lane of a warp meets the
+// same sequence of them), as converged SIMT code issues them. A lane that skips an access (a predicated load) thus
+// falls out of step only until the next collective or barrier: exact for the tensor-core kernels (an mma between a
+// loop's iterations), approximate in loops without one. Each instruction is served in phases of 128 bytes (a whole
+// warp for accesses up to 4 bytes, half-warps for 8, quarter-warps for 16); a phase takes as many wavefronts as the
+// most distinct 4-byte words that fall in one of the 32 banks (the same word is broadcast). Banks are counted from
+// the start of each shared array, as the GPU lays arrays out on 128-byte boundaries or finer.
 namespace traffic {
 
 struct Lane {
@@ -367,28 +373,23 @@ struct Seen {
   std::unordered_map<const void*, unsigned int> count;  // pc → executions in this epoch
 };
 thread_local std::vector<Seen> t_seen;  // per thread of the block
-thread_local unsigned long long t_totals[6];  // loads: requests, wavefronts, ideal; stores: the same
+using Counts = std::array<unsigned long long, 3>;  // requests, wavefronts (or sectors), conflict-free count
+thread_local Counts t_totals[2];                     // loads, stores
 // Per instruction, when INCEPTION_CUDA_EMU_TRAFFIC_DUMP names a file: the same three counts, appended to the
 // file as "module+offset load|store|global-load|global-store requests wavefronts|sectors ideal" lines when
 // counting stops (for addr2line).
 // Global accesses go to the dump only: requests, 32-byte sectors, and the sectors their distinct bytes fill.
-thread_local std::map<std::pair<const void*, int>, std::array<unsigned long long, 3>> t_by_pc;
+thread_local std::map<std::pair<const void*, int>, Counts> t_by_pc;
 
-void record(const void* pc, std::uintptr_t addr, std::size_t bytes, bool store, bool global) {
+void tally(Counts& c, unsigned long long count, unsigned long long ideal) {
+  c[0] += 1;
+  c[1] += count;
+  c[2] += ideal;
+}
+
+// One access of the running thread: shared (`at`: its array and offset) or, without `at`, global.
+void record(const void* pc, std::uintptr_t addr, std::size_t bytes, bool store, std::optional<SharedAt> at) {
   const Block& b = *g_block;
-  const auto dyn = (std::uintptr_t)b.dynamic;
-  unsigned long long array = 0, offset = 0;
-  if (global) {
-    // word: the address itself (below)
-  } else if (b.dynamic && addr >= dyn && addr < dyn + b.cfg.shared_bytes) {
-    offset = addr - dyn;
-  } else {
-    for (const Block::Slot& s : b.slots)
-      if (addr >= s.begin && addr < s.end) {
-        array = 1 + (unsigned long long)s.id;
-        offset = addr - s.begin;
-      }
-  }
   const Fiber& f = *b.current;
   if (t_seen.size() < b.fibers.size()) t_seen.resize(b.fibers.size());
   Seen& seen = t_seen[f.linear];
@@ -399,7 +400,7 @@ void record(const void* pc, std::uintptr_t addr, std::size_t bytes, bool store, 
   }
   const unsigned int k = seen.count[pc]++;
   t_block.push_back({pc, b.interval, f.warp_seq, k, f.linear / 32, (unsigned char)(f.linear % 32),
-                     (unsigned char)bytes, store, global, global ? addr : array << 32 | offset / 4});
+                     (unsigned char)bytes, store, !at, at ? at->array << 32 | at->offset / 4 : addr});
 }
 
 const char* dump_path() {
@@ -448,12 +449,8 @@ void end_block() {
         std::sort(v->begin(), v->end());
         v->erase(std::unique(v->begin(), v->end()), v->end());
       }
-      if (dump_path()) {
-        auto& p = t_by_pc[{t_block[i].pc, 2 + (int)t_block[i].store}];
-        p[0] += 1;
-        p[1] += sectors.size();
-        p[2] += (bytes.size() + 31) / 32;
-      }
+      if (dump_path())
+        tally(t_by_pc[{t_block[i].pc, 2 + (int)t_block[i].store}], sectors.size(), (bytes.size() + 31) / 32);
       i = j;
       continue;
     }
@@ -473,16 +470,8 @@ void end_block() {
       ideal += 1;
       wavefronts += *std::max_element(per_bank, per_bank + 32);
     }
-    unsigned long long* t = t_totals + (t_block[i].store ? 3 : 0);
-    t[0] += 1;
-    t[1] += wavefronts;
-    t[2] += ideal;
-    if (dump_path()) {
-      auto& p = t_by_pc[{t_block[i].pc, (int)t_block[i].store}];
-      p[0] += 1;
-      p[1] += wavefronts;
-      p[2] += ideal;
-    }
+    tally(t_totals[t_block[i].store], wavefronts, ideal);
+    if (dump_path()) tally(t_by_pc[{t_block[i].pc, (int)t_block[i].store}], wavefronts, ideal);
     i = j;
   }
   t_block.clear();
@@ -501,11 +490,12 @@ void on_access(const void* p, std::size_t bytes, bool write, const void* pc) {
   if (here < stack || here >= stack + kStack) return;  // not on a kernel thread (the launcher, the scheduler)
   const auto addr = (std::uintptr_t)p;
   if (addr >= stack && addr < stack + kStack) return;  // the thread's own locals
-  const bool shared = in_shared(addr);
+  const auto at = shared_at(addr);
+  const bool shared = at.has_value();
   // Ranges (__tsan_*_range: aggregate copies) are not one instruction: checked for races, not counted.
   if (pc && traffic::t_on && bytes <= 16 &&
       (shared || (traffic::dump_path() && (addr < b->main_stack[0] || addr >= b->main_stack[1]))))
-    traffic::record(pc, addr, bytes, write, !shared);  // not the launcher's locals (the kernel's arguments)
+    traffic::record(pc, addr, bytes, write, at);  // not the launcher's locals (the kernel's arguments)
   const Access now{b->linear_block, b->interval, f.linear, f.warp_syncs};
   for (std::uintptr_t g = addr & ~(std::uintptr_t)3; g < addr + bytes; g += 4) check(g, write, shared, now);
 }
@@ -831,10 +821,12 @@ void emu::vector_copy(void* dst, const void* src, unsigned int bytes, const void
 extern "C" void emu_shared_traffic(int on) {
   if (!on) emu::race::traffic::dump();
   emu::race::traffic::t_on = on != 0;
-  std::fill(std::begin(emu::race::traffic::t_totals), std::end(emu::race::traffic::t_totals), 0ull);
+  for (auto& c : emu::race::traffic::t_totals) c = {};
 }
 extern "C" void emu_take_shared_traffic(unsigned long long out[6]) {
-  std::copy(std::begin(emu::race::traffic::t_totals), std::end(emu::race::traffic::t_totals), out);
-  std::fill(std::begin(emu::race::traffic::t_totals), std::end(emu::race::traffic::t_totals), 0ull);
+  auto& t = emu::race::traffic::t_totals;
+  std::copy(t[0].begin(), t[0].end(), out);
+  std::copy(t[1].begin(), t[1].end(), out + 3);
+  for (auto& c : t) c = {};
 }
 #endif

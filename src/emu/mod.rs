@@ -35,6 +35,7 @@ pub fn racecheck_build() -> bool {
 /// as the most distinct words in one of the 32 banks). It predicts `ncu`'s shared-memory wavefronts and bank
 /// conflicts of the same instructions, for kernels whose lanes stay converged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)] // six u64 in this order, as emu_take_shared_traffic writes them
 pub struct SharedTraffic {
     /// Warp-level shared-memory loads.
     pub load_requests: u64,
@@ -116,17 +117,9 @@ fn log_traffic(op: &'static str) {
     TRAFFIC.with(|t| {
         let mut t = t.borrow_mut();
         let Some(log) = t.as_mut() else { return };
-        let mut raw = [0u64; 6];
-        // SAFETY: writes six u64 into `raw`.
-        unsafe { emu_take_shared_traffic(raw.as_mut_ptr()) };
-        let one = SharedTraffic {
-            load_requests: raw[0],
-            load_wavefronts: raw[1],
-            load_ideal: raw[2],
-            store_requests: raw[3],
-            store_wavefronts: raw[4],
-            store_ideal: raw[5],
-        };
+        let mut one = SharedTraffic::default();
+        // SAFETY: writes six u64 into `one` (repr(C): six u64 fields in the order the emulator writes them).
+        unsafe { emu_take_shared_traffic(std::ptr::from_mut(&mut one).cast()) };
         match log.iter_mut().find(|(name, _)| *name == op) {
             Some((_, sum)) => *sum += one,
             None => log.push((op, one)),
