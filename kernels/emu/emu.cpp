@@ -219,7 +219,9 @@ void schedule(Block& b) {
 // come from two blocks of one launch (global memory: blocks are unordered), or from two threads of a block
 // between the same two __syncthreads() and not ordered by a __syncwarp() of their warp. Cells live for one
 // launch (kernel boundaries order everything); a shared-memory cell of an earlier block is another block's
-// buffer, not a conflict. Accesses to the thread's own stack are not checked.
+// buffer, not a conflict. Accesses to the thread's own stack are not checked. Limits: atomics are not
+// modelled (the kernels use none); a partial-mask __syncwarp() counts as a full one; with two reader slots a
+// third, earlier reader can hide behind two that a __syncwarp() orders.
 namespace race {
 
 constexpr unsigned int kNone = 0xffffffffu;
