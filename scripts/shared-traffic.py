@@ -41,8 +41,15 @@ with tempfile.TemporaryDirectory() as tmp:
 lines = {}
 for module in {r[0] for r in rows}:
     addrs = sorted({hex(r[1]) for r in rows if r[0] == module})
-    out = subprocess.run(["addr2line", "-e", module] + addrs, capture_output=True, text=True).stdout.split("\n")
-    lines.update({(module, a): where.split(" ")[0].replace(root + "/", "") for a, where in zip(addrs, out)})
+    # -i: the chain of inlined frames, innermost first, each address's chain ended by the "??" line of the
+    # -a marker; an access inside an emulator helper (__ldg, vector copies) is charged to the kernel line that
+    # called it.
+    out = subprocess.run(["addr2line", "-i", "-a", "-e", module] + addrs, capture_output=True, text=True).stdout
+    chains = [c.strip().split("\n")[1:] for c in ("\n" + out).split("\n0x")[1:]]
+    for a, chain in zip(addrs, chains):
+        frames = [f.split(" ")[0].replace(root + "/", "") for f in chain]
+        kernel = [f for f in frames if f.startswith("kernels/") and not f.startswith("kernels/emu/")]
+        lines[(module, a)] = (kernel or frames or ["??"])[0]
 by_line = collections.defaultdict(lambda: [0, 0, 0])
 for module, offset, kind, requests, wavefronts, ideal in rows:
     acc = by_line[(lines[(module, hex(offset))], kind)]

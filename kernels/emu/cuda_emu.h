@@ -103,10 +103,12 @@ struct Launch {
   unsigned int reverse;  // run the threads of each block in reverse order
 };
 
-const uint3& thread_idx();
-const uint3& block_idx();
-const dim3& block_dim();
-const dim3& grid_dim();
+// By value: a kernel's reads of its indices are register reads on a GPU, not memory traffic (a reference
+// into the emulator's per-thread state would count as a scattered global load in the traffic dump).
+uint3 thread_idx();
+uint3 block_idx();
+dim3 block_dim();
+dim3 grid_dim();
 void syncthreads();
 // __syncwarp(mask): a warp rendezvous that also orders the shared and global memory accesses of its lanes
 // (the racecheck build counts it; shuffles, votes and mma do not order memory).
@@ -173,8 +175,8 @@ T shfl(unsigned int mask, T v, int src) {
 }
 
 inline unsigned int lane_id() {
-  const uint3& t = thread_idx();
-  const dim3& b = block_dim();
+  const uint3 t = thread_idx();
+  const dim3 b = block_dim();
   return (t.x + t.y * b.x + t.z * b.x * b.y) % 32;
 }
 

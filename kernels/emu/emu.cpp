@@ -517,10 +517,10 @@ void on_cp_async_land(void* dst, unsigned int bytes) {
 }  // namespace race
 #endif  // EMU_RACECHECK
 
-const uint3& thread_idx() { return g_block->current->tid; }
-const uint3& block_idx() { return g_block->block_idx; }
-const dim3& block_dim() { return g_block->block; }
-const dim3& grid_dim() { return g_block->grid; }
+uint3 thread_idx() { return g_block->current->tid; }
+uint3 block_idx() { return g_block->block_idx; }
+dim3 block_dim() { return g_block->block; }
+dim3 grid_dim() { return g_block->grid; }
 
 void syncthreads() {
   g_block->current->state = State::AtBarrier;
