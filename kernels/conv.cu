@@ -431,6 +431,8 @@ extern "C" __global__ void reduce_conv_dmid(float* __restrict__ dpre,       // [
 #define TC_BPAD 8
 #define TC_AROW (CONV_TC_BK + TC_APAD)
 #define TC_BROW (CONV_TC_BN + TC_BPAD)
+static_assert(CONV_TC_BN == CONV_TC_THREADS, "a block gathers one B pixel per thread");
+static_assert(2 * CONV_TC_BK >= CONV_TC_BM, "the C tile (CONV_TC_BM rows of TC_BROW) is staged in bs");
 
 // One CONV_TC_BK step of the block's tile: acc (this warp's 2 × 4 tiles of 16 × 8) += A · B with A as[m][k]
 // (32 × 16) and B bs[k][n] (16 × 128, B_NK false) or bs[n][k] (128 × 16, B_NK true). Fragments by the PTX
@@ -582,32 +584,34 @@ __device__ __forceinline__ void conv_tc_body(float* __restrict__ out, const floa
     __syncthreads();
   }
   // Epilogue: the forward adds the bias and applies the optional ReLU into its channel slice; dgrad
-  // overwrites or accumulates.
+  // overwrites or accumulates. The tile goes out through shared memory (bs's space, free after the loop's last
+  // barrier): thread i then writes pixel 128x + i (its B pixel) of each of the tile's channels, so a warp's
+  // request is 32 consecutive pixels of one plane, not 8 planes × 4 pixel pairs (2–4× the sectors).
+  // Staged by float2 (pixels 2t, 2t + 1): a half-warp's words 8g + 2t fill the 32 banks (TC_BROW ≡ 8 mod 32).
+  float* cs = &bs[0][0][0];  // [CONV_TC_BM][TC_BROW]
 #pragma unroll
-  for (int nt = 0; nt < 4; ++nt)
+  for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-    for (int e2 = 0; e2 < 2; ++e2) {
-      const unsigned long long p = p0 + tc_col(nt, e2);
-      if (p >= pixels) continue;
-      const unsigned int img = (unsigned int)(p / hw), pix = (unsigned int)(p % hw);
+    for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
-      for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-        for (int eh = 0; eh < 2; ++eh) {
-          const unsigned int m = m0 + tc_row(mt, eh * 2);
-          if (m >= rows) continue;
-          const float v = acc[mt][nt][eh * 2 + e2];
-          if (DGRAD) {
-            const unsigned long long at = ((unsigned long long)img * d.c_in + m) * hw + pix;
-            if (MASK)
-              out[at] = aux[at] > 0.0f ? v : 0.0f;
-            else
-              out[at] = flag ? out[at] + v : v;
-          } else {
-            out[((unsigned long long)img * d.c_total + d.c_offset + m) * hw + pix] = relu_epilogue(v + aux[m], flag);
-          }
-        }
+      for (int eh = 0; eh < 2; ++eh)
+        *reinterpret_cast<float2*>(&cs[tc_row(mt, eh * 2) * TC_BROW + tc_col(nt, 0)]) =
+            make_float2(acc[mt][nt][eh * 2], acc[mt][nt][eh * 2 + 1]);
+  __syncthreads();
+  if (!p_ok) return;
+  for (unsigned int r = 0; r < CONV_TC_BM && m0 + r < rows; ++r) {
+    const unsigned int m = m0 + r;
+    const float v = cs[r * TC_BROW + threadIdx.x];
+    if (DGRAD) {
+      const unsigned long long at = ((unsigned long long)b_img * d.c_in + m) * hw + b_pix;
+      if (MASK)
+        out[at] = aux[at] > 0.0f ? v : 0.0f;
+      else
+        out[at] = flag ? out[at] + v : v;
+    } else {
+      out[((unsigned long long)b_img * d.c_total + d.c_offset + m) * hw + b_pix] = relu_epilogue(v + aux[m], flag);
     }
+  }
 }
 
 template <bool DGRAD, bool MASK>
@@ -648,10 +652,11 @@ extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) conv_dgrad_tf32(fl
 // [dw | db] (conv_wgrad's layout). The bias gradient stays f32 (dy unrounded): in the blocks of the first
 // column tile (blockIdx.x == 0) lane r of warp 0 adds row r of each step's dy tile from shared memory, so db of
 // slice z sums the slice's pixels one by one in order, as conv_wgrad's does.
-// Thread i loads 4 consecutive pixels of dy row piece20_row(i) per step (cp.async16 when h·w is a multiple of 4 and dy
-// is 16-byte aligned: a group then never straddles an image, and the split's pixel count is a multiple of 4;
-// else scalars through registers) and gathers pixel i % 16 of 16 consecutive columns 16·(i / 16) + q (x is
-// shifted by the tap and zero off the image: single floats, through registers).
+// Thread i loads 4 consecutive pixels of dy row piece20_row(i) per step by cp.async16 when h·w is a multiple of 4,
+// dy is 16-byte aligned and there is no mask (a group then never straddles an image, and the split's pixel count
+// is a multiple of 4); else pixel i % 16 of 4 rows, as scalars through registers. It also gathers pixel i % 16
+// of 16 consecutive columns 16·(i / 16) + q (x is shifted by the tap and zero off the image: single floats,
+// through registers).
 template <int K>
 __device__ __forceinline__ void conv_wgrad_tc_body(float* __restrict__ partials, const float* __restrict__ dy,
                                                    const float* __restrict__ y, const float* __restrict__ x,
@@ -664,13 +669,17 @@ __device__ __forceinline__ void conv_wgrad_tc_body(float* __restrict__ partials,
   const unsigned int img0 = blockIdx.z * imgs_per_split;
   const unsigned int img1 = img0 + imgs_per_split < d.n ? img0 + imgs_per_split : d.n;
   const unsigned int count = (img1 - img0) * hw, steps = (count + CONV_TC_BK - 1) / CONV_TC_BK;
-  // A: row ar (output channel am), pixels akq .. akq + 3 of each step.
+  // A by cp.async: row ar (output channel am), pixels akq .. akq + 3 of each step.
   const unsigned int ar = piece20_row(threadIdx.x), akq = threadIdx.x % 4 * 4, am = m0 + ar;
   // With a mask (y) every dy value is checked as it is loaded: through registers, never cp.async.
   const bool a_async = !y && hw % 4 == 0 && ((unsigned long long)dy & 15) == 0;
-  const unsigned long long row_off = (unsigned long long)(d.c_offset + am) * hw;  // image 0's plane of channel am
-  const float* dy_row = dy + row_off;
-  const float* y_row = y ? y + row_off : nullptr;
+  const float* dy_row = dy + (unsigned long long)(d.c_offset + am) * hw;  // image 0's plane of channel am
+  // A through registers: pixel ak of each step in rows ar0 + 8u (u < 4). A half-warp reads 16 consecutive
+  // pixels of one row (a warp's request: 2 runs of 64 bytes, not 8 rows × 4 pixels 4 apart); the two halves of
+  // a warp take rows r and r + 4, whose 16-word runs of shared memory fill the 32 banks.
+  const unsigned int ak = threadIdx.x % CONV_TC_BK, ar0 = threadIdx.x / 32 + threadIdx.x / 16 % 2 * 4;
+  static_assert(CONV_TC_BK == 16 && CONV_TC_BM == 32 && CONV_TC_THREADS == 128, "the register A mapping");
+  const unsigned long long plane0 = (unsigned long long)(d.c_offset + m0 + ar0) * hw;  // of row ar0, image 0
   // B: pixel bk of each step, columns bn0 .. bn0 + 15 (their (ci, ky, kx) decoded once).
   const unsigned int bk = threadIdx.x % CONV_TC_BK, bn0 = threadIdx.x / CONV_TC_BK * 16, col0 = j0 + bn0;
   const int b_skew = threadIdx.x / 16 % 2 * 4;
@@ -714,11 +723,12 @@ __device__ __forceinline__ void conv_wgrad_tc_body(float* __restrict__ partials,
         *reinterpret_cast<float4*>(&as[buf][ar][akq]) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
       }
     } else {
+      const unsigned int tu = t0 + ak;
+      const unsigned long long at = plane0 + (unsigned long long)(img0 + tu / hw) * d.c_total * hw + tu % hw;
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const unsigned int tu = t + u;
-        const unsigned long long at = (unsigned long long)(img0 + tu / hw) * d.c_total * hw + tu % hw;
-        av[u] = am < d.c_out && tu < count && (!y_row || y_row[at] > 0.0f) ? dy_row[at] : 0.0f;
+        const unsigned long long au = at + (unsigned long long)(8 * u) * hw;
+        av[u] = m0 + ar0 + 8 * u < d.c_out && tu < count && (!y || y[au] > 0.0f) ? dy[au] : 0.0f;
       }
     }
   };
@@ -729,7 +739,9 @@ __device__ __forceinline__ void conv_wgrad_tc_body(float* __restrict__ partials,
       // apart, 16 words mod 32, and fill the 32 banks (in order they would be 16 apart, on the same banks).
       bs[buf][bn0 + (q ^ b_skew)][bk] = b_skew ? bv[q ^ 4] : bv[q];
     }
-    if (!a_async) *reinterpret_cast<float4*>(&as[buf][ar][akq]) = make_float4(av[0], av[1], av[2], av[3]);
+    if (!a_async)
+#pragma unroll
+      for (int u = 0; u < 4; ++u) as[buf][ar0 + 8 * u][ak] = av[u];
   };
   float acc[2][4][4] = {};
   const bool bias_row = blockIdx.x == 0 && threadIdx.x < CONV_TC_BM;  // warp 0 of the first column tile
@@ -761,15 +773,23 @@ __device__ __forceinline__ void conv_wgrad_tc_body(float* __restrict__ partials,
   }
   float* out = partials + (unsigned long long)blockIdx.z * d.c_out * (cols + 1);
   if (bias_row && m0 + threadIdx.x < d.c_out) out[(unsigned long long)d.c_out * cols + m0 + threadIdx.x] = bsum;
+  // The tile goes out through shared memory as conv_tc_body's does (bs's space; the last barrier of the loop
+  // freed it): thread i writes column j0 + i of each row, a warp's request 32 consecutive floats.
+  static_assert(2 * CONV_TC_BN * TC_AROW >= CONV_TC_BM * TC_BROW, "the C tile is staged in bs");
+  float* cs = &bs[0][0][0];  // [CONV_TC_BM][TC_BROW]
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const unsigned int co = m0 + tc_row(mt, e), col = j0 + tc_col(nt, e);
-        if (co < d.c_out && col < cols) out[(unsigned long long)co * cols + col] = acc[mt][nt][e];
-      }
+      for (int eh = 0; eh < 2; ++eh)
+        *reinterpret_cast<float2*>(&cs[tc_row(mt, eh * 2) * TC_BROW + tc_col(nt, 0)]) =
+            make_float2(acc[mt][nt][eh * 2], acc[mt][nt][eh * 2 + 1]);
+  __syncthreads();
+  const unsigned int col = j0 + threadIdx.x;
+  if (col >= cols) return;
+  for (unsigned int r = 0; r < CONV_TC_BM && m0 + r < d.c_out; ++r)
+    out[(unsigned long long)(m0 + r) * cols + col] = cs[r * TC_BROW + threadIdx.x];
 }
 
 // conv_wgrad on the tensor cores (TF32): split partials [dw | db] as conv_wgrad's, summed by conv_split_sum.
