@@ -132,9 +132,11 @@ modules() {
 }
 
 profile() {
-  local metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum
-  metrics=$metrics,smsp__sass_thread_inst_executed_op_ffma_pred_on.sum
-  metrics=$metrics,smsp__sass_thread_inst_executed_op_fadd_pred_on.sum,smsp__sass_thread_inst_executed_op_fmul_pred_on.sum
+  # Only the metrics this ncu lists for this GPU are asked for (a missing name would fail the whole run); the
+  # missing ones are named in the log.
+  timeout 60 ncu --query-metrics >"$logs/ncu-query.txt" 2>&1 || echo "ncu --query-metrics failed: asking for every metric"
+  local metrics
+  metrics=$(python3 scripts/ncu-summary.py --metrics "$logs/ncu-query.txt")
   local copy
   copy=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["copy_read_write_TBps"])' \
     "$out/baseline.json" 2>/dev/null)
@@ -149,7 +151,7 @@ profile() {
   # Shared-memory wavefronts and bank conflicts per kernel of the TF32 step, beside the emulator's count
   # (scripts/shared-traffic.py): a separate run, so a metric this ncu lacks costs only this table.
   phase "shared-memory wavefronts of the tf32 step under ncu (against the emulator's count)"
-  if timeout 90 ncu --clock-control none --print-units base --csv --metrics "$(python3 scripts/ncu-summary.py --metrics-smem)" \
+  if timeout 90 ncu --clock-control none --print-units base --csv --metrics "$(python3 scripts/ncu-summary.py --metrics-smem "$logs/ncu-query.txt")" \
     stage/examples/profile_step 50 0 1 loaded tf32 >"$out/ncu-smem-tf32.csv" 2>"$logs/ncu-smem.err"; then
     { echo "## tf32, shared memory"; python3 scripts/ncu-summary.py --smem "$out/ncu-smem-tf32.csv"; echo; } \
       | tee -a "$out/profile.md"
