@@ -478,11 +478,20 @@ __device__ __forceinline__ unsigned int tc_col(int nt, int e) {
   return threadIdx.x / 32 * 32 + nt * 8 + threadIdx.x % 4 * 2 + e % 2;
 }
 
-// The forward and the input gradient as one implicit GEMM: out(m, p) = Σ_kidx A(m, kidx) · X(kidx, p) over
-// kidx = (c, ky, kx), c < in_c, with X(kidx, p) = src[img(p), c, oy(p) + ky - K/2, ox(p) + kx - K/2] (zero off
-// the image): the im2col of src, gathered on the fly (never stored).
-//   forward: m = output channel, src = x (c_in channels), A(co, kidx) = wt[co, kidx] (a row of the weight);
-//   dgrad:   m = input channel, src = dy's slice (c_out channels), A(ci, (co, tap)) = wt[co, ci, flipped tap]
+// A position k = tap · in_c + c in the tap-major reduction of the TF32 convs (tap = ky · K + kx), advanced
+// without divisions.
+struct TapPos {
+  unsigned int tap, c;
+};
+__device__ __forceinline__ void tap_advance(TapPos& p, unsigned int n, unsigned int in_c) {
+  for (p.c += n; p.c >= in_c; p.c -= in_c) ++p.tap;
+}
+
+// The forward and the input gradient as one implicit GEMM: out(m, p) = Σ_k A(m, k) · X(k, p) over
+// k = tap · in_c + c (tap-major; c < in_c, tap = ky · K + kx), with X(k, p) = src[img(p), c, oy(p) + ky - K/2,
+// ox(p) + kx - K/2] (zero off the image): the im2col of src, gathered on the fly (never stored).
+//   forward: m = output channel, src = x (c_in channels), A(co, k) = wt[co, c, tap];
+//   dgrad:   m = input channel, src = dy's slice (c_out channels, c = co), A(ci, k) = wt[co, ci, flipped tap]
 //            (conv_dgrad's flipped, transposed kernel); with MASK (reduce_conv_dmid_tf32, the fused conv's k×k
 //            with c_in = c_mid) the result goes through the reduce ReLU: kept where aux (the saved mid) > 0.
 // aux: the bias of the forward, the saved reduced map of MASK, unused by plain dgrad. ymask (dgrad only; null,
@@ -491,12 +500,18 @@ __device__ __forceinline__ unsigned int tc_col(int nt, int e) {
 // Grid (ceil(n·h·w / 128), ceil(rows / 32)): block (x, y) computes channels [32y, 32y + 32) of pixels
 // [128x, 128x + 128) counted over all images. Thread i gathers pixel 128x + i of every B step (its image
 // position decoded once) and 4 consecutive k of row piece20_row(i) of every A step.
-// The loads: A of the forward is cp.async16 straight into shared memory when the weight rows allow it
-// (c_in·K² a multiple of 4 and the view 16-byte aligned: then a 4-float group never straddles a row or the
-// end of the row); dgrad's A reads the kernel flipped (descending addresses) and the im2col of B is a gather
-// of single floats with zero fill at the border and shifts by kx that break 16-byte alignment: both go
-// through registers, loaded before the current step's mma and stored to shared memory after them.
-template <int K, bool DGRAD, bool MASK>
+// Why tap-major: with in_c a multiple of CONV_TC_BK (every conv of the net but the first layer's) a step's 16
+// rows are 16 channels at one tap, so the thread checks the image border and forms the address once per step
+// and its 16 loads lie one plane apart; in the channel-major order each load had its own tap, border check
+// and 64-bit address (≈ 30 SASS instructions a load, ≈ 55 a tensor-core instruction). The order of the sums
+// is the twin's up to TF32 summation order (within the tolerances of the tests either way).
+// The loads: A of a 1×1 forward is cp.async16 straight into shared memory when the weight rows allow it
+// (c_in a multiple of 4 and the view 16-byte aligned: then a 4-float group never straddles a row or the
+// end of the row); A of the k×k forward reads the weight K² floats apart, dgrad's reads the kernel flipped and
+// transposed, and the im2col of B is a gather of single floats with zero fill at the border and shifts by kx
+// that break 16-byte alignment: they go through registers, loaded before the current step's mma and stored
+// to shared memory after them.
+template <int K, bool DGRAD, bool MASK, bool ONE_TAP>
 __device__ __forceinline__ void conv_tc_body(float* __restrict__ out, const float* __restrict__ src,
                                              const float* __restrict__ ymask, const float* __restrict__ wt,
                                              const float* __restrict__ aux,
@@ -518,51 +533,75 @@ __device__ __forceinline__ void conv_tc_body(float* __restrict__ out, const floa
       DGRAD ? ((unsigned long long)b_img * d.c_total + d.c_offset) * hw : (unsigned long long)b_img * d.c_in * hw;
   const float* src_img = src + src_off;
   const float* mask_img = ymask ? ymask + src_off : nullptr;
-  // The running position (c, ky, kx) of the next B row this thread gathers: rows are gathered in order.
-  unsigned int bc = 0;
-  int bky = 0, bkx = 0;
-  // This thread's A row and k group.
+  TapPos bp = {0, 0};  // the next B row this thread gathers: rows are gathered in order
+  // This thread's A row and k group, and the k group's position (advanced by CONV_TC_BK a step).
   const unsigned int ar = piece20_row(threadIdx.x), akq = threadIdx.x % 4 * 4, am = m0 + ar;
-  const bool a_async = !DGRAD && ktot % 4 == 0 && ((unsigned long long)wt & 15) == 0;
+  const bool a_async = !DGRAD && K == 1 && ktot % 4 == 0 && ((unsigned long long)wt & 15) == 0;
+  TapPos ap = {0, 0};
+  tap_advance(ap, akq, in_c);
   float bv[CONV_TC_BK], av[4];
   auto load = [&](unsigned int s, int buf) {
     const unsigned int k0 = s * CONV_TC_BK;
+    if (ONE_TAP) {  // in_c % CONV_TC_BK == 0: channels bp.c .. bp.c + 15 at tap bp.tap (< KK: k0 < ktot)
+      const int sy = oy + (int)(bp.tap / K) - P, sx = ox + (int)(bp.tap % K) - P;
+      const bool ok = p_ok && sy >= 0 && sy < (int)d.h && sx >= 0 && sx < (int)d.w;
+      const unsigned int at = ok ? bp.c * hw + (unsigned int)sy * d.w + sx : 0;
+      // Predicated loads without branches between them, so that all 16 (32 with the mask) are in flight at
+      // once: the mask is loaded beside the value, not before it.
+      // The pointers step by a plane (one wide multiply-add each), not recomputed from 64-bit offsets.
+      const float* sp = src_img + at;
+      if (mask_img) {  // uniform
+        const float* mp = mask_img + at;
 #pragma unroll
-    for (int q = 0; q < CONV_TC_BK; ++q) {
-      float v = 0.0f;
-      if (p_ok && bc < in_c) {
-        const int sy = oy + bky - P, sx = ox + bkx - P;
-        const unsigned int at = bc * hw + (unsigned int)sy * d.w + sx;
-        if (sy >= 0 && sy < (int)d.h && sx >= 0 && sx < (int)d.w && (!mask_img || mask_img[at] > 0.0f)) v = src_img[at];
+        for (int q = 0; q < CONV_TC_BK; ++q, sp += hw, mp += hw) {
+          const float v = ok ? *sp : 0.0f, m = ok ? *mp : 0.0f;
+          bv[q] = m > 0.0f ? v : 0.0f;
+        }
+      } else {
+#pragma unroll
+        for (int q = 0; q < CONV_TC_BK; ++q, sp += hw) bv[q] = ok ? *sp : 0.0f;
       }
-      bv[q] = v;
-      if (++bkx == K) {
-        bkx = 0;
-        if (++bky == K) bky = 0, ++bc;
+      tap_advance(bp, CONV_TC_BK, in_c);
+    } else {
+#pragma unroll
+      for (int q = 0; q < CONV_TC_BK; ++q) {
+        float v = 0.0f;
+        if (p_ok && bp.tap < KK) {
+          const int sy = oy + (int)(bp.tap / K) - P, sx = ox + (int)(bp.tap % K) - P;
+          const unsigned int at = bp.c * hw + (unsigned int)sy * d.w + sx;
+          if (sy >= 0 && sy < (int)d.h && sx >= 0 && sx < (int)d.w && (!mask_img || mask_img[at] > 0.0f)) v = src_img[at];
+        }
+        bv[q] = v;
+        tap_advance(bp, 1, in_c);
       }
     }
-    const unsigned int ak = k0 + akq;
-    if (a_async) {
+    if (a_async) {  // 1×1: k = c
+      const unsigned int ak = k0 + akq;
       if (am < rows && ak < ktot)
         cp_async16(&as[buf][ar][akq], wt + (unsigned long long)am * ktot + ak);
       else
         *reinterpret_cast<float4*>(&as[buf][ar][akq]) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    } else if (ONE_TAP) {  // the 4 k share a tap: channels ap.c .. ap.c + 3
+      const bool ok = am < rows;
+      const unsigned long long at = !ok ? 0
+                                    : DGRAD ? ((unsigned long long)ap.c * d.c_in + am) * KK + (KK - 1 - ap.tap)
+                                            : ((unsigned long long)am * in_c + ap.c) * KK + ap.tap;
+      const unsigned long long du = DGRAD ? (unsigned long long)d.c_in * KK : KK;
+#pragma unroll
+      for (int u = 0; u < 4; ++u) av[u] = ok ? wt[at + u * du] : 0.0f;
     } else {
+      TapPos p = ap;
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const unsigned int k = ak + u;
         float v = 0.0f;
-        if (am < rows && k < ktot) {
-          if (DGRAD) {
-            const unsigned int co = k / KK, tap = k % KK;
-            v = wt[((unsigned long long)co * d.c_in + am) * KK + (KK - 1 - tap)];
-          } else {
-            v = wt[(unsigned long long)am * ktot + k];
-          }
-        }
+        if (am < rows && p.tap < KK)
+          v = DGRAD ? wt[((unsigned long long)p.c * d.c_in + am) * KK + (KK - 1 - p.tap)]
+                    : wt[((unsigned long long)am * in_c + p.c) * KK + p.tap];
         av[u] = v;
+        tap_advance(p, 1, in_c);
       }
     }
+    tap_advance(ap, CONV_TC_BK, in_c);
   };
   auto stash = [&](int buf) {
 #pragma unroll
@@ -620,12 +659,22 @@ __device__ __forceinline__ void conv_tc(float* __restrict__ out, const float* __
                                         const float* __restrict__ aux, const ConvDims& d, int flag) {
   __shared__ __align__(16) float as[2][CONV_TC_BM][TC_AROW];
   __shared__ __align__(16) float bs[2][CONV_TC_BK][TC_BROW];
-  if (d.k == 1)
-    conv_tc_body<1, DGRAD, MASK>(out, src, ymask, wt, aux, d, flag, as, bs);
-  else if (d.k == 3)
-    conv_tc_body<3, DGRAD, MASK>(out, src, ymask, wt, aux, d, flag, as, bs);
-  else
-    conv_tc_body<5, DGRAD, MASK>(out, src, ymask, wt, aux, d, flag, as, bs);
+  // One tap a k step when the channels of the reduction fill whole steps (see conv_tc_body).
+  if ((DGRAD ? d.c_out : d.c_in) % CONV_TC_BK == 0) {
+    if (d.k == 1)
+      conv_tc_body<1, DGRAD, MASK, true>(out, src, ymask, wt, aux, d, flag, as, bs);
+    else if (d.k == 3)
+      conv_tc_body<3, DGRAD, MASK, true>(out, src, ymask, wt, aux, d, flag, as, bs);
+    else
+      conv_tc_body<5, DGRAD, MASK, true>(out, src, ymask, wt, aux, d, flag, as, bs);
+  } else {
+    if (d.k == 1)
+      conv_tc_body<1, DGRAD, MASK, false>(out, src, ymask, wt, aux, d, flag, as, bs);
+    else if (d.k == 3)
+      conv_tc_body<3, DGRAD, MASK, false>(out, src, ymask, wt, aux, d, flag, as, bs);
+    else
+      conv_tc_body<5, DGRAD, MASK, false>(out, src, ymask, wt, aux, d, flag, as, bs);
+  }
 }
 
 // conv_fwd on the tensor cores (TF32). Grid (ceil(n·h·w / CONV_TC_BN), ceil(c_out / CONV_TC_BM)).

@@ -618,7 +618,8 @@ fn emulated_fused_reduce_conv_matches_its_twin() {
 #[test]
 fn emulated_tf32_fused_reduce_conv_matches_its_twin() {
     use common::kernels::{
-        assert_outputs, differs_beyond, fused_on, fused_tf32_shapes, FUSED_TF32_TOL,
+        assert_outputs, differs_beyond, fused_on, fused_tf32_shapes, fused_tf32_stages,
+        FUSED_TF32_TOL,
     };
     use inception_cuda::shape::Precision;
     for s in fused_tf32_shapes() {
@@ -629,7 +630,6 @@ fn emulated_tf32_fused_reduce_conv_matches_its_twin() {
             uniform(23, s.n * s.c_total * s.h * s.w),
             uniform(24, x.len()),
         );
-        let want = fused_on(&CpuBackend, &s, &x, &params, &dy, &dx0);
         let fp32 = fused_on(
             &CpuBackend,
             &s.with_precision(Precision::Fp32),
@@ -639,7 +639,7 @@ fn emulated_tf32_fused_reduce_conv_matches_its_twin() {
             &dx0,
         );
         for order in ORDERS {
-            let got = fused_on(&EmuBackend { order }, &s, &x, &params, &dy, &dx0);
+            let [got, want] = fused_tf32_stages(&EmuBackend { order }, &s, &x, &params, &dy, &dx0);
             assert_outputs(
                 &format!("emulated tf32 reduce_conv {s:?} {order:?}"),
                 &FUSED_TF32_TOL,

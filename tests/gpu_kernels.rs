@@ -98,26 +98,42 @@ fn conv_case_tol(shapes: &[inception_cuda::shape::ConvShape], tol: &[(&str, f32,
     }
 }
 
-fn fused_case(shapes: &[inception_cuda::shape::ReduceConvShape]) {
-    fused_case_tol(shapes, &common::kernels::FUSED_TOL);
+fn fused_inputs(s: &inception_cuda::shape::ReduceConvShape) -> [Vec<f32>; 4] {
+    let x = uniform(21, s.n * s.c_in * s.h * s.w);
+    let params = uniform(
+        22,
+        s.c_mid * s.c_in + s.c_mid + s.c_out * s.c_mid * s.k * s.k + s.c_out,
+    );
+    let (dy, dx0) = (
+        uniform(23, s.n * s.c_total * s.h * s.w),
+        uniform(24, x.len()),
+    );
+    [x, params, dy, dx0]
 }
 
-/// [`fused_case`] with the tolerances `tol` (the TF32 kernels use `FUSED_TF32_TOL`).
-fn fused_case_tol(shapes: &[inception_cuda::shape::ReduceConvShape], tol: &[(&str, f32, f32); 4]) {
-    use common::kernels::{assert_outputs, fused_on};
+fn fused_case(shapes: &[inception_cuda::shape::ReduceConvShape]) {
+    use common::kernels::{assert_outputs, fused_on, FUSED_TOL};
     for s in shapes {
-        let x = uniform(21, s.n * s.c_in * s.h * s.w);
-        let params = uniform(
-            22,
-            s.c_mid * s.c_in + s.c_mid + s.c_out * s.c_mid * s.k * s.k + s.c_out,
-        );
-        let (dy, dx0) = (
-            uniform(23, s.n * s.c_total * s.h * s.w),
-            uniform(24, x.len()),
-        );
+        let [x, params, dy, dx0] = fused_inputs(s);
         let want = fused_on(&CpuBackend, s, &x, &params, &dy, &dx0);
         let got = with_gpu(|g| fused_on(g, s, &x, &params, &dy, &dx0));
-        assert_outputs(&format!("gpu reduce_conv {s:?}"), tol, &got, &want);
+        assert_outputs(&format!("gpu reduce_conv {s:?}"), &FUSED_TOL, &got, &want);
+    }
+}
+
+/// The TF32 fused conv stage by stage against the TF32 twins (`fused_tf32_stages`: each stage fed the GPU's
+/// own inputs to it, so a sum that rounds to TF32 on the other side of a boundary is not a failure).
+fn fused_tf32_case(shapes: &[inception_cuda::shape::ReduceConvShape]) {
+    use common::kernels::{assert_outputs, fused_tf32_stages, FUSED_TF32_TOL};
+    for s in shapes {
+        let [x, params, dy, dx0] = fused_inputs(s);
+        let [got, want] = with_gpu(|g| fused_tf32_stages(g, s, &x, &params, &dy, &dx0));
+        assert_outputs(
+            &format!("gpu tf32 reduce_conv {s:?}"),
+            &FUSED_TF32_TOL,
+            &got,
+            &want,
+        );
     }
 }
 
@@ -150,14 +166,14 @@ fn small_gpu_tf32_convs_match_twins() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn small_gpu_tf32_fused_reduce_conv_matches_twin() {
-    use common::kernels::{fused_tf32_shapes, fused_tiled_shapes, FUSED_TF32_TOL};
+    use common::kernels::{fused_tf32_shapes, fused_tiled_shapes};
     use inception_cuda::shape::Precision;
     let tiled: Vec<_> = fused_tiled_shapes()
         .into_iter()
         .map(|s| s.with_precision(Precision::Tf32))
         .collect();
-    fused_case_tol(&fused_tf32_shapes(), &FUSED_TF32_TOL);
-    fused_case_tol(&tiled, &FUSED_TF32_TOL);
+    fused_tf32_case(&fused_tf32_shapes());
+    fused_tf32_case(&tiled);
 }
 
 /// Module 2's convs at batch 50 on the tensor cores: the 1×1 branch, and both fused branches (the reduced
@@ -165,7 +181,7 @@ fn small_gpu_tf32_fused_reduce_conv_matches_twin() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn gpu_tf32_convs_at_module_2_size_match_twins() {
-    use common::kernels::{CONV_TF32_TOL, FUSED_TF32_TOL};
+    use common::kernels::CONV_TF32_TOL;
     use inception_cuda::shape::{ConvShape, Precision, ReduceConvShape};
     conv_case_tol(
         &[ConvShape::new(50, 128, 64, 28, 28, 1)
@@ -185,7 +201,7 @@ fn gpu_tf32_convs_at_module_2_size_match_twins() {
         c_offset: off,
         precision: Precision::Tf32,
     };
-    fused_case_tol(&[fused(3, 64), fused(5, 128)], &FUSED_TF32_TOL);
+    fused_tf32_case(&[fused(3, 64), fused(5, 128)]);
 }
 
 /// Module 2 of the MNIST net at batch 50: the 28×28×16 reduced map (50 KB) needs the shared-memory opt-in.

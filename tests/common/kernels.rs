@@ -177,6 +177,21 @@ pub fn fused_on<B: Backend>(
     dy: &[f32],
     dx0: &[f32],
 ) -> Vec<Vec<f32>> {
+    let mut out = fused_with_scratch_on(b, s, x, params, dy, dx0);
+    out.truncate(4);
+    out
+}
+
+/// [`fused_on`]'s outputs and the backward's scratch (dpre, the reduced map's gradient, where the GPU and
+/// emulated backends leave it; the CPU twin does not use it).
+fn fused_with_scratch_on<B: Backend>(
+    b: &B,
+    s: &ReduceConvShape,
+    x: &[f32],
+    params: &[f32],
+    dy: &[f32],
+    dx0: &[f32],
+) -> Vec<Vec<f32>> {
     let up = |v: &[f32]| b.upload(v).unwrap();
     let mid_len = s.n * s.c_mid * s.h * s.w;
     let (xb, pb, dyb) = (up(x), up(params), up(dy));
@@ -217,7 +232,110 @@ pub fn fused_on<B: Backend>(
         b.to_host(&mid).unwrap(),
         b.to_host(&dx).unwrap(),
         b.to_host(&dp).unwrap(),
+        b.to_host(&scratch).unwrap(),
     ]
+}
+
+/// The whole of `buf`.
+fn whole<'a, B: Backend>(b: &'a B, buf: &'a B::Buf) -> B::View<'a> {
+    b.view(buf, 0..b.len(buf)).unwrap()
+}
+
+/// The TF32 fused reduce conv on backend `b` checked stage by stage against the TF32 twins: `b`'s outputs
+/// `[y, mid, dx, dparams, dpre]` ([`fused_on`]; dpre, the reduced map's gradient, is left in its scratch), and
+/// each stage's twin fed with `b`'s own inputs to that stage: mid from x (the twin's fused forward), y from
+/// `b`'s mid (conv_fwd, ReLU, into the slice), dpre from dy and `b`'s mid (conv_dgrad, kept where mid > 0),
+/// dx and dparams from `b`'s dpre and mid (conv_dgrad onto dx0, conv_wgrad of both convs).
+///
+/// Why not the twin's whole chain: mid and dpre are f32 sums, in another order on each side, that are then
+/// rounded to TF32 as operands of the next product. A sum within its last-bit difference of a TF32 rounding
+/// boundary rounds one TF32 ulp (2⁻¹⁰ relative) apart on the two sides, and that moves every output it feeds
+/// by more than summation order (seen under emulation: 2 of 2,695 dpre values, dx off by 6e-3 against a
+/// tolerance of 2.4e-3; at module 2's size on a GPU, tens of values a run). Fed the same operands, each
+/// stage is within its summation-order tolerance ([`FUSED_TF32_TOL`]).
+pub fn fused_tf32_stages<B: Backend>(
+    b: &B,
+    s: &ReduceConvShape,
+    x: &[f32],
+    params: &[f32],
+    dy: &[f32],
+    dx0: &[f32],
+) -> [Vec<Vec<f32>>; 2] {
+    let got = fused_with_scratch_on(b, s, x, params, dy, dx0);
+    let (mid, dpre) = (&got[1], &got[4]);
+    let t = inception_cuda::cpu::CpuBackend;
+    let up = |v: &[f32]| t.upload(v).unwrap();
+    let (w1_len, w2_len) = (s.c_mid * s.c_in, s.c_out * s.c_mid * s.k * s.k);
+    let (w1, rest) = params.split_at(w1_len);
+    let (b1, rest) = rest.split_at(s.c_mid);
+    let (w2, b2) = rest.split_at(w2_len);
+    let outer = ConvShape::new(s.n, s.c_mid, s.c_out, s.h, s.w, s.k)
+        .into_slice(s.c_total, s.c_offset)
+        .with_precision(s.precision);
+    let reduce = ConvShape::new(s.n, s.c_in, s.c_mid, s.h, s.w, 1).with_precision(s.precision);
+    let (xb, midb, dpreb, dyb, w1b, w2b, b2b) =
+        (up(x), up(mid), up(dpre), up(dy), up(w1), up(w2), up(b2));
+    let mut y = up(&vec![SENTINEL; dy.len()]);
+    t.conv_fwd(
+        &mut t.view_mut(&mut y, 0..dy.len()).unwrap(),
+        &whole(&t, &midb),
+        &whole(&t, &w2b),
+        &whole(&t, &b2b),
+        &outer,
+        true,
+    )
+    .unwrap();
+    let mut dp = up(&vec![0.0; mid.len()]);
+    t.conv_dgrad(
+        &mut t.view_mut(&mut dp, 0..mid.len()).unwrap(),
+        &whole(&t, &dyb),
+        None,
+        &whole(&t, &w2b),
+        &outer,
+        false,
+    )
+    .unwrap();
+    let mut dp = t.to_host(&dp).unwrap();
+    for (g, &m) in dp.iter_mut().zip(mid) {
+        if !(m > 0.0) {
+            *g = 0.0;
+        }
+    }
+    let mut dx = up(dx0);
+    t.conv_dgrad(
+        &mut t.view_mut(&mut dx, 0..x.len()).unwrap(),
+        &whole(&t, &dpreb),
+        None,
+        &whole(&t, &w1b),
+        &reduce,
+        true,
+    )
+    .unwrap();
+    let mut dparams = Vec::with_capacity(params.len());
+    for (shape, grad, input, len) in [
+        (&reduce, &dpreb, &xb, w1.len() + b1.len()),
+        (&outer, &dyb, &midb, w2.len() + b2.len()),
+    ] {
+        let mut dwdb = up(&vec![SENTINEL; len]);
+        t.conv_wgrad(
+            &mut t.view_mut(&mut dwdb, 0..len).unwrap(),
+            &whole(&t, grad),
+            None,
+            &whole(&t, input),
+            shape,
+        )
+        .unwrap();
+        dparams.extend(t.to_host(&dwdb).unwrap());
+    }
+    let mid_twin = fused_on(&t, s, x, params, dy, dx0).swap_remove(1);
+    let want = vec![
+        t.to_host(&y).unwrap(),
+        mid_twin,
+        t.to_host(&dx).unwrap(),
+        dparams,
+        dp,
+    ];
+    [got, want]
 }
 
 /// Names and tolerances `(atol, rtol)` of the conv outputs of [`conv_on`] and [`fused_on`] (DESIGN.md: 1e-4 for
@@ -269,6 +387,11 @@ pub fn conv_tf32_shapes() -> Vec<ConvShape> {
     v.push(ConvShape::new(3, 8, 6, 5, 9, 5));
     v.push(ConvShape::new(1, 35, 3, 4, 7, 3).into_slice(4, 1));
     v.push(ConvShape::new(130, 2, 3, 3, 3, 3));
+    // Channel counts that are multiples of the k step (16): the TF32 convs' one-tap-a-step gathers (the
+    // forward's c_in, dgrad's c_out, wgrad's c_in).
+    v.push(ConvShape::new(2, 16, 32, 5, 7, 3).into_slice(40, 8));
+    v.push(ConvShape::new(1, 32, 16, 6, 5, 5));
+    v.push(ConvShape::new(3, 16, 48, 4, 3, 1));
     v.into_iter()
         .map(|s| s.with_precision(inception_cuda::shape::Precision::Tf32))
         .collect()
@@ -352,7 +475,8 @@ pub fn fused_shapes() -> Vec<ReduceConvShape> {
 /// three row tiles of 9 × 9 with 5 reduce channels; batch 1 with k = 5 on 5 × 5 (one tile, the halo clipped
 /// both sides); batch 3 with k = 3 and k = 5 on 7 × 7 (two row tiles); and 11 input channels (two k steps of
 /// 8 in the 1×1), 35 reduce channels (two 32-row slabs of the reduced map and of dmid's tiles), 33 output
-/// channels (two slabs in the k×k) on an odd 7 × 11 image. All write a channel slice.
+/// channels (two slabs in the k×k) on an odd 7 × 11 image; then reduce and output channels that are multiples
+/// of 16 (the one-tap-a-step gathers). All but the last write a channel slice.
 pub fn fused_tf32_shapes() -> Vec<ReduceConvShape> {
     let shape = |n, c_in, c_mid, c_out, (h, w), k, c_total, c_offset| ReduceConvShape {
         n,
@@ -372,17 +496,22 @@ pub fn fused_tf32_shapes() -> Vec<ReduceConvShape> {
         shape(3, 3, 2, 6, (7, 7), 3, 8, 1),
         shape(3, 3, 2, 6, (7, 7), 5, 8, 2),
         shape(1, 11, 35, 33, (7, 11), 3, 40, 4),
+        // c_out and c_mid multiples of 16: the one-tap-a-step gathers of dpre's conv and both weight gradients
+        shape(2, 5, 16, 32, (6, 7), 3, 40, 8),
+        shape(1, 4, 16, 16, (5, 9), 5, 16, 0),
     ]
 }
 
-/// Tolerances of [`fused_on`]'s outputs for the TF32 kernels against the TF32 twin: those of [`FUSED_TOL`],
-/// for the reason given at [`CONV_TF32_TOL`] (the same rounded operands, sums in another order). One more
-/// effect, not bounded by them: the reduced map (forward) and `dpre` (backward) are f32 sums, in another
-/// order on each side, that are then rounded to TF32 as operands of the next product; where such a sum lies
-/// within its last-bit difference of a TF32 rounding boundary (about one value in 2¹³ of those that differ
-/// at all), the two sides round it one TF32 ulp (2⁻¹⁰ relative) apart. These shapes' values do not hit one
-/// under emulation; on another device a failure confined to one such value is that, not a wrong kernel.
-pub const FUSED_TF32_TOL: [(&str, f32, f32); 4] = FUSED_TOL;
+/// Tolerances of [`fused_tf32_stages`]' outputs `[y, mid, dx, dparams, dpre]`: those of [`FUSED_TOL`] for
+/// the reason given at [`CONV_TF32_TOL`] (the same rounded operands, sums in another order), and dpre's as
+/// conv_dgrad's.
+pub const FUSED_TF32_TOL: [(&str, f32, f32); 5] = [
+    FUSED_TOL[0],
+    FUSED_TOL[1],
+    FUSED_TOL[2],
+    FUSED_TOL[3],
+    ("dpre", 1e-5, 1e-4),
+];
 
 /// One Inception module forward and backward on backend `b`: `[y, dx, dparams]` on the host. The backward
 /// runs on the CPU twin's forward results (y and the saved maps, uploaded), not on `b`'s own: where a
@@ -901,9 +1030,6 @@ pub fn masked_grads_on<B: Backend>(
         up(dy),
     );
     let y = y.map(up);
-    fn whole<'a, B: Backend>(b: &'a B, buf: &'a B::Buf) -> B::View<'a> {
-        b.view(buf, 0..b.len(buf)).unwrap()
-    }
     fn all<'a, B: Backend>(b: &'a B, buf: &'a mut B::Buf) -> B::ViewMut<'a> {
         let len = b.len(buf);
         b.view_mut(buf, 0..len).unwrap()
