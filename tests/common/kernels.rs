@@ -297,7 +297,8 @@ pub fn fused_tf32_stages<B: Backend>(
     .unwrap();
     let mut dp = t.to_host(&dp).unwrap();
     for (g, &m) in dp.iter_mut().zip(mid) {
-        if !(m > 0.0) {
+        // reduce_conv_dmid's rule: kept where mid > 0 (a NaN mid drops it)
+        if m.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
             *g = 0.0;
         }
     }
