@@ -698,7 +698,10 @@ extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) conv_dgrad_tf32(fl
 // The weight gradient as an implicit GEMM: dw(co, col) = Σ_p dy[img(p), c_offset + co, pix(p)] · X(col, p),
 // col = (ci, ky, kx), X the im2col of x, p over the pixels of the images [z · imgs_per_split, ...) of split z.
 // Grid (ceil(c_in·K² / 128), ceil(c_out / 32), splits); block (x, y, z) writes its tile of partials[z] =
-// [dw | db] (conv_wgrad's layout). The bias gradient stays f32 (dy unrounded): in the blocks of the first
+// [dw | db] (conv_wgrad's layout). ONE_TAP (c_in a multiple of 16): the GEMM's columns run tap-major,
+// n = tap · c_in + ci, so that a thread's 16 columns are 16 channels at one tap (one border check and one
+// address a step, as in conv_tc_body); the epilogue writes column n to dw's col = ci · K² + tap. Each dw value
+// is the same sum over the same pixels in the same order either way: the same bits. The bias gradient stays f32 (dy unrounded): in the blocks of the first
 // column tile (blockIdx.x == 0) lane r of warp 0 adds row r of each step's dy tile from shared memory, so db of
 // slice z sums the slice's pixels one by one in order, as conv_wgrad's does.
 // Thread i loads 4 consecutive pixels of dy row piece20_row(i) per step by cp.async16 when h·w is a multiple of 4,
@@ -706,7 +709,7 @@ extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) conv_dgrad_tf32(fl
 // is a multiple of 4); else pixel i % 16 of 4 rows, as scalars through registers. It also gathers pixel i % 16
 // of 16 consecutive columns 16·(i / 16) + q (x is shifted by the tap and zero off the image: single floats,
 // through registers).
-template <int K>
+template <int K, bool ONE_TAP>
 __device__ __forceinline__ void conv_wgrad_tc_body(float* __restrict__ partials, const float* __restrict__ dy,
                                                    const float* __restrict__ y, const float* __restrict__ x,
                                                    const ConvDims& d,
@@ -732,15 +735,21 @@ __device__ __forceinline__ void conv_wgrad_tc_body(float* __restrict__ partials,
   // B: pixel bk of each step, columns bn0 .. bn0 + 15 (their (ci, ky, kx) decoded once).
   const unsigned int bk = threadIdx.x % CONV_TC_BK, bn0 = threadIdx.x / CONV_TC_BK * 16, col0 = j0 + bn0;
   const int b_skew = threadIdx.x / 16 % 2 * 4;
-  const unsigned int ci0 = col0 / KK;
-  const int ky0 = (int)(col0 % KK / K), kx0 = (int)(col0 % K);
+  const unsigned int ci0 = ONE_TAP ? col0 % d.c_in : col0 / KK, tap0 = ONE_TAP ? col0 / d.c_in : col0 % KK;
+  const int ky0 = (int)(tap0 / K), kx0 = (int)(tap0 % K);
   // This thread's B pixel as (image, row, column), advanced by CONV_TC_BK per step without divisions.
   unsigned int b_img = img0 + bk / hw;
   int b_oy = (int)(bk % hw / d.w), b_ox = (int)(bk % d.w);
   float bv[16], av[4];
   auto load = [&](unsigned int s, int buf) {
     const unsigned int t0 = s * CONV_TC_BK;
-    if (t0 + bk < count) {
+    if (ONE_TAP) {  // channels ci0 .. ci0 + 15 at tap (ky0, kx0); col0 < cols covers all 16 (cols % 16 == 0)
+      const int sy = b_oy + ky0 - P, sx = b_ox + kx0 - P;
+      const bool ok = t0 + bk < count && col0 < cols && sy >= 0 && sy < (int)d.h && sx >= 0 && sx < (int)d.w;
+      const float* xp = x + (ok ? ((unsigned long long)b_img * d.c_in + ci0) * hw + (unsigned int)sy * d.w + sx : 0);
+#pragma unroll
+      for (int q = 0; q < 16; ++q, xp += hw) bv[q] = ok ? *xp : 0.0f;  // predicated, all in flight
+    } else if (t0 + bk < count) {
       const float* x_img = x + (unsigned long long)b_img * d.c_in * hw;
       unsigned int ci = ci0;
       int ky = ky0, kx = kx0;
@@ -775,9 +784,11 @@ __device__ __forceinline__ void conv_wgrad_tc_body(float* __restrict__ partials,
       const unsigned int tu = t0 + ak;
       const unsigned long long at = plane0 + (unsigned long long)(img0 + tu / hw) * d.c_total * hw + tu % hw;
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
+      for (int u = 0; u < 4; ++u) {  // the mask loaded beside the value (no branch between the loads)
         const unsigned long long au = at + (unsigned long long)(8 * u) * hw;
-        av[u] = m0 + ar0 + 8 * u < d.c_out && tu < count && (!y || y[au] > 0.0f) ? dy[au] : 0.0f;
+        const bool ok = m0 + ar0 + 8 * u < d.c_out && tu < count;
+        const float v = ok ? dy[au] : 0.0f, m = !ok ? 0.0f : y ? y[au] : 1.0f;
+        av[u] = m > 0.0f ? v : 0.0f;
       }
     }
   };
@@ -835,8 +846,9 @@ __device__ __forceinline__ void conv_wgrad_tc_body(float* __restrict__ partials,
         *reinterpret_cast<float2*>(&cs[tc_row(mt, eh * 2) * TC_BROW + tc_col(nt, 0)]) =
             make_float2(acc[mt][nt][eh * 2], acc[mt][nt][eh * 2 + 1]);
   __syncthreads();
-  const unsigned int col = j0 + threadIdx.x;
-  if (col >= cols) return;
+  const unsigned int n = j0 + threadIdx.x;
+  if (n >= cols) return;
+  const unsigned int col = ONE_TAP ? n % d.c_in * KK + n / d.c_in : n;  // dw's column of GEMM column n
   for (unsigned int r = 0; r < CONV_TC_BM && m0 + r < d.c_out; ++r)
     out[(unsigned long long)(m0 + r) * cols + col] = cs[r * TC_BROW + threadIdx.x];
 }
@@ -849,12 +861,21 @@ extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) conv_wgrad_tf32(fl
                                                                             ConvDims d, unsigned int imgs_per_split) {
   __shared__ __align__(16) float as[2][CONV_TC_BM][TC_AROW];
   __shared__ __align__(16) float bs[2][CONV_TC_BN][TC_AROW];
-  if (d.k == 1)
-    conv_wgrad_tc_body<1>(partials, dy, y, x, d, imgs_per_split, as, bs);
-  else if (d.k == 3)
-    conv_wgrad_tc_body<3>(partials, dy, y, x, d, imgs_per_split, as, bs);
-  else
-    conv_wgrad_tc_body<5>(partials, dy, y, x, d, imgs_per_split, as, bs);
+  if (d.c_in % CONV_TC_BK == 0) {
+    if (d.k == 1)
+      conv_wgrad_tc_body<1, true>(partials, dy, y, x, d, imgs_per_split, as, bs);
+    else if (d.k == 3)
+      conv_wgrad_tc_body<3, true>(partials, dy, y, x, d, imgs_per_split, as, bs);
+    else
+      conv_wgrad_tc_body<5, true>(partials, dy, y, x, d, imgs_per_split, as, bs);
+  } else {
+    if (d.k == 1)
+      conv_wgrad_tc_body<1, false>(partials, dy, y, x, d, imgs_per_split, as, bs);
+    else if (d.k == 3)
+      conv_wgrad_tc_body<3, false>(partials, dy, y, x, d, imgs_per_split, as, bs);
+    else
+      conv_wgrad_tc_body<5, false>(partials, dy, y, x, d, imgs_per_split, as, bs);
+  }
 }
 
 // reduce_conv_dmid on the tensor cores (TF32): conv_dgrad_tf32's GEMM over the fused conv's k×k (c_mid input
