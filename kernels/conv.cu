@@ -891,6 +891,114 @@ extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) reduce_conv_dmid_t
   conv_tc<true, true>(dpre, dy, y, w2, mid, d, 0);
 }
 
+// conv_taps_tf32: a conv weight in the tap-major order of the TF32 convs' reduction, rounded to TF32 (cvt.rna):
+// wt[co, tap, c] = tf32(w[co, c, tap]). reduce_conv_fwd_tf32's k×k weights, made by its launcher before each
+// forward (w changes every step): the fragments of a k step are then 4 consecutive floats of a row, as in the
+// channel-major order, and need no rounding. Grid-stride over the c_out · k² · c_in outputs.
+extern "C" __global__ void conv_taps_tf32(float* __restrict__ wt,       // [c_out, k·k, c_in]
+                                          const float* __restrict__ w,  // [c_out, c_in, k, k]
+                                          unsigned int c_out, unsigned int c_in, unsigned int kk) {
+  const unsigned long long len = (unsigned long long)c_out * kk * c_in;
+  const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+  for (unsigned long long e = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; e < len; e += stride) {
+    const unsigned long long co = e / ((unsigned long long)kk * c_in);
+    const unsigned int tap = (unsigned int)(e / c_in % kk), c = (unsigned int)(e % c_in);
+    wt[e] = tf32_round(w[(co * c_in + c) * kk + tap]);
+  }
+}
+
+// The k×k stage of reduce_conv_fwd_tf32 with the reduction tap-major, k = tap · c_mid + cm (c_mid a multiple
+// of 8, so that a k step of 8 is 8 channels at one tap): each warp takes 32 × 32 slabs of the output (2 × 4
+// tiles of 16 × 8) in turn. Per slab and tap, a lane's B column (pixel of n tile nt) is one shifted pixel of the
+// map, checked against the image and addressed once; its fragments are then channels t and t + 4 of that
+// pixel, words 8t + g + const of shared memory (planes mplane ≡ 8 mod 32 apart): conflict-free. A's fragments
+// are 4 consecutive floats of rows of w2t (conv_taps_tf32: tap-major, already rounded), through L1 like the
+// channel-major weight rows. The map on chip is already rounded too (stage 1), so no operand is converted here.
+template <int K>
+__device__ __forceinline__ void reduce_conv_tc_taps(float* __restrict__ y, const float* __restrict__ w2t,
+                                                    const float* __restrict__ b2, const ReduceDims& d,
+                                                    const float* __restrict__ mid_s, unsigned int mplane,
+                                                    unsigned int img, unsigned int co0, unsigned int co1,
+                                                    unsigned int y0, unsigned int y1, unsigned int r0) {
+  constexpr int KK = K * K, P = K / 2;
+  const unsigned int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+  const unsigned int nwarps = blockDim.x / 32, hw = d.h * d.w;
+  const unsigned int opix = (y1 - y0) * d.w, n_slabs2 = (opix + 31) / 32, o_slabs = (co1 - co0 + 31) / 32;
+  const unsigned int ktot = d.c_mid * KK;
+  for (unsigned int slab = warp; slab < o_slabs * n_slabs2; slab += nwarps) {
+    const unsigned int m0 = co0 + slab / n_slabs2 * 32, q0 = slab % n_slabs2 * 32;
+    int oy[4], ox[4];  // this lane's B column (pixel) of each n tile, in image coordinates
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+      const unsigned int q = q0 + nt * 8 + g;
+      oy[nt] = q < opix ? (int)(y0 + q / d.w) : -(K + 1);  // a pixel past the tile reads only zeros
+      ox[nt] = (int)(q % d.w);
+    }
+    // This lane's A rows m0 + 16mt + g + 8h (h = 0, 1), from column t: zeros past the group's channels.
+    const float* wr[2][2];
+    bool wok[2][2];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const unsigned int m = m0 + mt * 16 + g + h * 8;
+        wok[mt][h] = m < co1;
+        wr[mt][h] = w2t + (unsigned long long)(wok[mt][h] ? m : co0) * ktot + t;
+      }
+    float acc[2][4][4] = {};
+    for (int tap = 0; tap < KK; ++tap) {
+      const int dy = tap / K - P, dx = tap % K - P;
+      unsigned int boff[4];  // channel t of this lane's shifted pixel in the map
+      bool bin[4];
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        const int sy = oy[nt] + dy, sx = ox[nt] + dx;
+        bin[nt] = sy >= 0 && sy < (int)d.h && sx >= 0 && sx < (int)d.w;
+        boff[nt] = bin[nt] ? t * mplane + (unsigned int)(sy - (int)r0) * d.w + sx : 0;
+      }
+      const unsigned int ktap = tap * d.c_mid;
+      for (unsigned int c8 = 0; c8 < d.c_mid; c8 += 8) {
+        unsigned int af[2][4], bf[4][2];
+        const unsigned int k = ktap + c8;
+        // Unpredicated loads from addresses that are always valid (a row or pixel that does not count reads
+        // row co0 or offset 0), then a select: no per-load predicate for the compiler to rematerialise
+        // addresses around.
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          const float a0 = __ldg(wr[mt][0] + k), a1 = __ldg(wr[mt][1] + k), a2 = __ldg(wr[mt][0] + k + 4),
+                      a3 = __ldg(wr[mt][1] + k + 4);
+          af[mt][0] = wok[mt][0] ? __float_as_uint(a0) : 0u;
+          af[mt][1] = wok[mt][1] ? __float_as_uint(a1) : 0u;
+          af[mt][2] = wok[mt][0] ? __float_as_uint(a2) : 0u;
+          af[mt][3] = wok[mt][1] ? __float_as_uint(a3) : 0u;
+        }
+        const float* ms = mid_s + c8 * mplane;
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+          const float b0 = ms[boff[nt]], b1 = ms[boff[nt] + 4 * mplane];
+          bf[nt][0] = bin[nt] ? __float_as_uint(b0) : 0u;
+          bf[nt][1] = bin[nt] ? __float_as_uint(b1) : 0u;
+        }
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+          for (int nt = 0; nt < 4; ++nt) mma_tf32_m16n8k8(acc[mt][nt], af[mt], bf[nt], acc[mt][nt]);
+      }
+    }
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const unsigned int co = m0 + mt * 16 + g + e / 2 * 8, q = q0 + nt * 8 + 2 * t + e % 2;
+          if (co >= co1 || q >= opix) continue;
+          y[((unsigned long long)img * d.c_total + d.c_offset + co) * hw + y0 * d.w + q] =
+              relu_epilogue(acc[mt][nt][e] + b2[co], 1);
+        }
+  }
+}
+
 // The fused reduce conv forward on the tensor cores (TF32): reduce_conv_fwd's blocks, tiles and shared
 // reduced map (one block per image, group of REDUCE_CO_GROUP output channels and tile of tile_h rows; the
 // tile's rows of the reduced map with their halo in dynamic shared memory, computed once, never leaving the
@@ -903,20 +1011,22 @@ extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) reduce_conv_dmid_t
 // Each warp takes 32 × 32 slabs of the output (2 × 4 tiles of 16 × 8) in turn, columns first. The fragments
 // are read straight from memory, without a shared-memory staging of the operands: the weights from global
 // memory (a few KB, read by every block: L1 and L2 hold them), x from global memory (8 consecutive pixels of
-// 4 channels per fragment load), and mid from shared memory. The reduced map is stored in f32 (the saved copy
-// is f32) and rounded by cvt.rna where it feeds the k×k conv, as every operand is.
+// 4 channels per fragment load), and mid from shared memory. The reduced map is stored in f32 in the saved copy
+// and rounded to TF32 (cvt.rna) in shared memory, where it is the k×k conv's operand.
 // The reduced map's planes lie REDUCE_TC_PLANE(rows · w) floats apart (≡ 8 mod 32), so that a half-warp's
-// float2 stores of C fragments into it (words 8g + 2t) fill the 32 banks. The k×k conv's B loads read 4
-// neighbouring taps of one channel (t) at 8 consecutive pixels (g): offsets such as 0, 1, 2, w put up to 2–3
-// distinct words in one bank (≈ 1.45× the conflict-free wavefronts by the emulator's count). A tap-major order
-// (4 channels at one tap) makes them conflict-free but scatters the weight loads (__ldg of A: 32 lines a
-// request instead of 8), a worse trade through the same L1: not taken (notes/perf.md).
+// float2 stores of C fragments into it (words 8g + 2t) fill the 32 banks.
+// The k×k stage: with w2t (c_mid a multiple of 8; the launcher makes it by conv_taps_tf32) it runs tap-major
+// (reduce_conv_tc_taps: one border check and address per pixel and tap, conflict-free loads, no conversions).
+// Without (other c_mid), channel-major, as below: B loads read 4 neighbouring taps of one channel (t) at 8
+// consecutive pixels (g), whose offsets such as 0, 1, 2, w put up to 2–3 distinct words in one bank (≈ 1.45×
+// the conflict-free wavefronts by the emulator's count), and each operand is checked, addressed and converted
+// on its own. (Tap-major from w2 itself would scatter the weight loads: 32 lines a request instead of 8.)
 template <int K>
 __device__ __forceinline__ void reduce_conv_tc_body(float* __restrict__ y, float* __restrict__ mid,
                                                     const float* __restrict__ x, const float* __restrict__ w1,
                                                     const float* __restrict__ b1, const float* __restrict__ w2,
-                                                    const float* __restrict__ b2, const ReduceDims& d,
-                                                    float* __restrict__ mid_s) {
+                                                    const float* __restrict__ w2t, const float* __restrict__ b2,
+                                                    const ReduceDims& d, float* __restrict__ mid_s) {
   constexpr int KK = K * K, P = K / 2;
   const unsigned int groups = (d.c_out + REDUCE_CO_GROUP - 1) / REDUCE_CO_GROUP;
   const unsigned int tiles = (d.h + d.tile_h - 1) / d.tile_h;
@@ -967,8 +1077,10 @@ __device__ __forceinline__ void reduce_conv_tc_body(float* __restrict__ y, float
 #pragma unroll
           for (int e = 0; e < 2; ++e) v[e] = relu_epilogue(acc[mt][nt][2 * h + e] + b1[cm], 1);
           // One float2 store (q even, mplane even): a half-warp's words 8g + 2t (+1) fill 32 banks. A pixel
-          // q + 1 = mpix lands in the plane's padding (mplane > mpix when mpix is odd), never read.
-          *reinterpret_cast<float2*>(&mid_s[cm * mplane + q]) = make_float2(v[0], v[1]);
+          // q + 1 = mpix lands in the plane's padding (mplane > mpix when mpix is odd), never read. The map on
+          // chip is the k×k conv's B operand, rounded here once (cvt.rna, as at every operand load; rounding
+          // again is the identity); the saved copy below stays f32.
+          *reinterpret_cast<float2*>(&mid_s[cm * mplane + q]) = make_float2(tf32_round(v[0]), tf32_round(v[1]));
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             const unsigned int qe = q + e, row = r0 + qe / d.w;
@@ -984,6 +1096,10 @@ __device__ __forceinline__ void reduce_conv_tc_body(float* __restrict__ y, float
   const unsigned int opix = (y1 - y0) * d.w, n_slabs2 = (opix + 31) / 32;
   const unsigned int ktot = d.c_mid * KK;
   const unsigned int o_slabs = (co1 - co0 + 31) / 32;
+  if (w2t) {  // uniform: c_mid % 8 == 0, the weight tap-major and rounded (conv_taps_tf32)
+    reduce_conv_tc_taps<K>(y, w2t, b2, d, mid_s, mplane, img, co0, co1, y0, y1, r0);
+    return;
+  }
   for (unsigned int slab = warp; slab < o_slabs * n_slabs2; slab += nwarps) {
     const unsigned int m0 = co0 + slab / n_slabs2 * 32, q0 = slab % n_slabs2 * 32;
     int oy[4], ox[4];  // this lane's B column (pixel) of each n tile, in image coordinates
@@ -1046,11 +1162,12 @@ extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) reduce_conv_fwd_tf
                                                                                  const float* __restrict__ w1,  // [c_mid, c_in]
                                                                                  const float* __restrict__ b1,  // [c_mid]
                                                                                  const float* __restrict__ w2,  // [c_out, c_mid, k, k]
+                                                                                 const float* __restrict__ w2t, // [c_out, k·k, c_mid] (conv_taps_tf32), or null
                                                                                  const float* __restrict__ b2,  // [c_out]
                                                                                  ReduceDims d) {
   extern __shared__ float mid_s[];  // c_mid planes REDUCE_TC_PLANE(rows · w) floats apart: rows r0..r1 of the map
   if (d.k == 3)
-    reduce_conv_tc_body<3>(y, mid, x, w1, b1, w2, b2, d, mid_s);
+    reduce_conv_tc_body<3>(y, mid, x, w1, b1, w2, w2t, b2, d, mid_s);
   else
-    reduce_conv_tc_body<5>(y, mid, x, w1, b1, w2, b2, d, mid_s);
+    reduce_conv_tc_body<5>(y, mid, x, w1, b1, w2, w2t, b2, d, mid_s);
 }

@@ -25,6 +25,9 @@ __device__ __forceinline__ unsigned int tf32_bits(float x) {
 #endif
 }
 
+// x rounded to TF32 (cvt.rna), as a float: an operand rounded once where it is stored, not at each load.
+__device__ __forceinline__ float tf32_round(float x) { return __uint_as_float(tf32_bits(x)); }
+
 // Tiles of 16-float rows padded to 20 floats (A, or a B stored n-major) serve a warp's fragment loads from 32
 // banks (lane (g, t) reads word 20g + t + const), but rows r and r + 1 share 4 banks, so a quarter-warp's 16-byte
 // stores of two whole rows would conflict; rows r and r + 4 share none. piece20_row(q): the row of the q-th

@@ -194,32 +194,65 @@ pub fn reduce_conv_fwd<D: Driver + ?Sized>(
             ("params", ranges[3].end, D::len_of(params)),
         ],
     )?;
-    let (kernel, dims) = match s.precision {
-        Precision::Fp32 => (Kernel::ReduceConvFwd, rd.fwd(OP)?),
-        Precision::Tf32 => (Kernel::ReduceConvFwdTf32, rd.fwd_tf32(OP)?),
+    let dims = match s.precision {
+        Precision::Fp32 => rd.fwd(OP)?,
+        Precision::Tf32 => rd.fwd_tf32(OP)?,
     };
     let Some(dims) = dims else {
         return Ok(());
     };
+    let w2_len = ranges[2].len();
     let [w1, b1, w2, b2] = ranges.map(|r| D::sub(params, r));
-    fwd_launch(d, kernel, dims, y, mid, x, [&w1?, &b1?, &w2?, &b2?], &rd)
+    let views = [&w1?, &b1?, &w2?, &b2?];
+    // In TF32 with c_mid a multiple of 8 the kernel's k×k conv runs tap-major on a rounded, tap-major copy of
+    // w2 (conv_taps_tf32, into scratch memory before each forward: w2 changes every step).
+    match (s.precision, elementwise(w2_len)) {
+        (Precision::Tf32, Some(taps)) if s.c_mid % 8 == 0 => d.with_scratch(OP, w2_len, |w2t| {
+            launch!(d, OP, Kernel::ConvTapsTf32, taps; out w2t, inp views[2],
+                val &rd.c_out, val &rd.c_mid, val &(rd.k * rd.k))?;
+            fwd_launch(
+                d,
+                s.precision,
+                dims,
+                y,
+                mid,
+                x,
+                views,
+                Some(&D::reader(w2t)),
+                &rd,
+            )
+        }),
+        _ => fwd_launch(d, s.precision, dims, y, mid, x, views, None, &rd),
+    }
 }
 
-/// The launch of [`reduce_conv_fwd`]. The parameter views come in as arguments: a generic driver's view made
-/// in a function and pushed there is beyond what the borrow checker can prove lives long enough.
-#[allow(clippy::too_many_arguments)] // the kernel's arguments, plus the kernel of the precision
+/// The launch of [`reduce_conv_fwd`]: the fp32 kernel, or the TF32 one with `w2t` (its k×k weights
+/// tap-major: the output of kernel conv_taps_tf32) or without. The parameter views come in as arguments: a generic
+/// driver's view made in a function and pushed there is beyond what the borrow checker can prove lives long
+/// enough.
+#[allow(clippy::too_many_arguments)] // the kernel's arguments, plus the precision that picks it
 fn fwd_launch<D: Driver + ?Sized>(
     d: &D,
-    kernel: Kernel,
+    precision: Precision,
     dims: LaunchDims,
     y: &mut D::ViewMut<'_>,
     mid: &mut D::ViewMut<'_>,
     x: &D::View<'_>,
     [w1, b1, w2, b2]: [&D::View<'_>; 4],
+    w2t: Option<&D::View<'_>>,
     rd: &ReduceDims,
 ) -> Result<()> {
-    launch!(d, "reduce_conv_fwd", kernel, dims; out y, out mid, inp x, inp w1, inp b1,
-        inp w2, inp b2, val rd)?;
+    const OP: &str = "reduce_conv_fwd";
+    match precision {
+        Precision::Fp32 => {
+            launch!(d, OP, Kernel::ReduceConvFwd, dims; out y, out mid, inp x, inp w1,
+            inp b1, inp w2, inp b2, val rd)
+        }
+        Precision::Tf32 => {
+            launch!(d, OP, Kernel::ReduceConvFwdTf32, dims; out y, out mid, inp x, inp w1,
+            inp b1, inp w2, inp_opt w2t, inp b2, val rd)
+        }
+    }?;
     Ok(())
 }
 

@@ -477,7 +477,8 @@ pub fn fused_shapes() -> Vec<ReduceConvShape> {
 /// both sides); batch 3 with k = 3 and k = 5 on 7 × 7 (two row tiles); and 11 input channels (two k steps of
 /// 8 in the 1×1), 35 reduce channels (two 32-row slabs of the reduced map and of dmid's tiles), 33 output
 /// channels (two slabs in the k×k) on an odd 7 × 11 image; then reduce and output channels that are multiples
-/// of 16 (the one-tap-a-step gathers). All but the last write a channel slice.
+/// of 16 (the one-tap-a-step gathers; with c_mid a multiple of 8 the forward's k×k runs tap-major), and
+/// c_mid 8 with two groups of output channels. All but the second to last write a channel slice.
 pub fn fused_tf32_shapes() -> Vec<ReduceConvShape> {
     let shape = |n, c_in, c_mid, c_out, (h, w), k, c_total, c_offset| ReduceConvShape {
         n,
@@ -500,6 +501,9 @@ pub fn fused_tf32_shapes() -> Vec<ReduceConvShape> {
         // c_out and c_mid multiples of 16: the one-tap-a-step gathers of dpre's conv and both weight gradients
         shape(2, 5, 16, 32, (6, 7), 3, 40, 8),
         shape(1, 4, 16, 16, (5, 9), 5, 16, 0),
+        // c_mid 8 and 70 output channels: the tap-major k×k with one k step a tap and a second channel group
+        // of 6 (rows past the group's channels)
+        shape(1, 3, 8, 70, (5, 6), 5, 75, 2),
     ]
 }
 
