@@ -907,6 +907,103 @@ extern "C" __global__ void conv_taps_tf32(float* __restrict__ wt,       // [c_ou
   }
 }
 
+// The k loop of a stage-1 slab (reduce_map_tc): acc += w1 rows wr · x at xp, k steps of 8 over c_in. WHOLE: every
+// row, pixel and k counts (no checks); else mok, qok and c_in say which do.
+template <int MT, bool WHOLE>
+__device__ __forceinline__ void reduce_map_steps(float (&acc)[MT][8 / MT][4], const float* __restrict__ xp,
+                                                 const float* const (&wr)[MT][2], const bool (&mok)[MT][2],
+                                                 const bool (&qok)[8 / MT], unsigned int c_in, unsigned int hw) {
+  constexpr int NT = 8 / MT;
+  const unsigned int t = threadIdx.x % 4;
+  for (unsigned int k8 = 0; k8 < c_in; k8 += 8, xp += 8ull * hw) {
+    const bool ka = WHOLE || k8 + t < c_in, kb = WHOLE || k8 + t + 4 < c_in;
+    unsigned int af[MT][4], bf[NT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      af[mt][0] = tf32_bits((WHOLE || mok[mt][0]) && ka ? __ldg(wr[mt][0] + k8) : 0.0f);
+      af[mt][1] = tf32_bits((WHOLE || mok[mt][1]) && ka ? __ldg(wr[mt][1] + k8) : 0.0f);
+      af[mt][2] = tf32_bits((WHOLE || mok[mt][0]) && kb ? __ldg(wr[mt][0] + k8 + 4) : 0.0f);
+      af[mt][3] = tf32_bits((WHOLE || mok[mt][1]) && kb ? __ldg(wr[mt][1] + k8 + 4) : 0.0f);
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      bf[nt][0] = tf32_bits((WHOLE || qok[nt]) && ka ? xp[nt * 8] : 0.0f);
+      bf[nt][1] = tf32_bits((WHOLE || qok[nt]) && kb ? xp[4ull * hw + nt * 8] : 0.0f);
+    }
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) mma_tf32_m16n8k8(acc[mt][nt], af[mt], bf[nt], acc[mt][nt]);
+  }
+}
+
+// Stage 1 of reduce_conv_fwd_tf32: the reduced map of rows r0 .. r0 + rows of image img, relu(b1 + w1 · x), into
+// shared memory (plane cm at mid_s + cm · mplane, rounded to TF32: the k×k conv's operand) and, by the blocks of
+// channel group 0, the rows y0 .. y1 of the saved copy `mid` (f32). M = c_mid, N = rows·w, K = c_in. Each warp
+// takes slabs of 16·MT channels × 64/MT pixels (MT × 8/MT tiles of 16 × 8) in turn: MT = 1 for c_mid <= 16,
+// where 32-channel slabs would be half zeros. A lane's pixels and weight rows are checked once a slab; its x
+// fragments are channel t (and t + 4) of pixels q0 + g + 8nt, at one pointer stepped by 8 planes a k step.
+template <int MT>
+__device__ __forceinline__ void reduce_map_tc(float* __restrict__ mid_s, float* __restrict__ mid,
+                                              const float* __restrict__ x, const float* __restrict__ w1,
+                                              const float* __restrict__ b1, const ReduceDims& d,
+                                              unsigned int img, unsigned int group, unsigned int y0,
+                                              unsigned int y1, unsigned int r0, unsigned int rows,
+                                              unsigned int mplane) {
+  constexpr int NT = 8 / MT, SM = 16 * MT, SN = 8 * NT;  // tiles per slab; slab rows and columns
+  const unsigned int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+  const unsigned int nwarps = blockDim.x / 32, hw = d.h * d.w;
+  const unsigned int mpix = rows * d.w, m_slabs = (d.c_mid + SM - 1) / SM, n_slabs = (mpix + SN - 1) / SN;
+  const float* x_img = x + (unsigned long long)img * d.c_in * hw + r0 * d.w;
+  for (unsigned int slab = warp; slab < m_slabs * n_slabs; slab += nwarps) {
+    const unsigned int cm0 = slab / n_slabs * SM, q0 = slab % n_slabs * SN;
+    bool qok[NT];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) qok[nt] = q0 + nt * 8 + g < mpix;
+    bool mok[MT][2];
+    const float* wr[MT][2];  // weight rows cm0 + 16mt + g + 8h from column t (row 0 when past c_mid)
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const unsigned int m = cm0 + mt * 16 + g + h * 8;
+        mok[mt][h] = m < d.c_mid;
+        wr[mt][h] = w1 + (unsigned long long)(mok[mt][h] ? m : 0) * d.c_in + t;
+      }
+    const float* xp = x_img + (unsigned long long)t * hw + q0 + g;  // channel k8 + t, pixel q0 + g
+    float acc[MT][NT][4] = {};
+    // Whole slabs over whole k steps (the net's shapes but the last pixel slab) need no per-load checks: more
+    // than the 7 predicate registers a thread has would otherwise be live through the loop.
+    if (cm0 + SM <= d.c_mid && q0 + SN <= mpix && d.c_in % 8 == 0)
+      reduce_map_steps<MT, true>(acc, xp, wr, mok, qok, d.c_in, hw);
+    else
+      reduce_map_steps<MT, false>(acc, xp, wr, mok, qok, d.c_in, hw);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {  // c[2h], c[2h + 1]: channel cm, pixels q and q + 1
+          const unsigned int cm = cm0 + mt * 16 + g + h * 8, q = q0 + nt * 8 + 2 * t;
+          if (cm >= d.c_mid || q >= mpix) continue;
+          float v[2];
+#pragma unroll
+          for (int e = 0; e < 2; ++e) v[e] = relu_epilogue(acc[mt][nt][2 * h + e] + b1[cm], 1);
+          // One float2 store (q even, mplane even): a half-warp's words 8g + 2t (+1) fill 32 banks. A pixel
+          // q + 1 = mpix lands in the plane's padding (mplane > mpix when mpix is odd), never read. The map on
+          // chip is the k×k conv's B operand, rounded here once (cvt.rna, as at every operand load; rounding
+          // again is the identity); the saved copy below stays f32.
+          *reinterpret_cast<float2*>(&mid_s[cm * mplane + q]) = make_float2(tf32_round(v[0]), tf32_round(v[1]));
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const unsigned int qe = q + e, row = r0 + qe / d.w;
+            if (qe < mpix && group == 0 && row >= y0 && row < y1)
+              mid[((unsigned long long)img * d.c_mid + cm) * hw + r0 * d.w + qe] = v[e];
+          }
+        }
+  }
+}
+
 // The k×k stage of reduce_conv_fwd_tf32 with the reduction tap-major, k = tap · c_mid + cm (c_mid a multiple
 // of 8, so that a k step of 8 is 8 channels at one tap): each warp takes 32 × 32 slabs of the output (2 × 4
 // tiles of 16 × 8) in turn. Per slab and tap, a lane's B column (pixel of n tile nt) is one shifted pixel of the
@@ -1037,58 +1134,11 @@ __device__ __forceinline__ void reduce_conv_tc_body(float* __restrict__ y, float
   const unsigned int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
   const unsigned int nwarps = blockDim.x / 32;
   // 1. The reduced map of rows r0 .. r1: plane cm at mid_s + cm · mplane.
-  const unsigned int mpix = rows * d.w, m_slabs = (d.c_mid + 31) / 32, n_slabs1 = (mpix + 31) / 32;
-  const unsigned int mplane = REDUCE_TC_PLANE(mpix);
-  const float* x_img = x + (unsigned long long)img * d.c_in * hw + r0 * d.w;
-  for (unsigned int slab = warp; slab < m_slabs * n_slabs1; slab += nwarps) {
-    const unsigned int cm0 = slab / n_slabs1 * 32, q0 = slab % n_slabs1 * 32;
-    float acc[2][4][4] = {};
-    for (unsigned int k8 = 0; k8 < d.c_in; k8 += 8) {
-      unsigned int af[2][4], bf[4][2];
-      const unsigned int ka = k8 + t, kb = k8 + t + 4;
-#pragma unroll
-      for (int mt = 0; mt < 2; ++mt) {
-        const unsigned int m = cm0 + mt * 16 + g;
-        af[mt][0] = tf32_bits(m < d.c_mid && ka < d.c_in ? __ldg(w1 + m * d.c_in + ka) : 0.0f);
-        af[mt][1] = tf32_bits(m + 8 < d.c_mid && ka < d.c_in ? __ldg(w1 + (m + 8) * d.c_in + ka) : 0.0f);
-        af[mt][2] = tf32_bits(m < d.c_mid && kb < d.c_in ? __ldg(w1 + m * d.c_in + kb) : 0.0f);
-        af[mt][3] = tf32_bits(m + 8 < d.c_mid && kb < d.c_in ? __ldg(w1 + (m + 8) * d.c_in + kb) : 0.0f);
-      }
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
-        const unsigned int q = q0 + nt * 8 + g;
-        bf[nt][0] = tf32_bits(q < mpix && ka < d.c_in ? x_img[(unsigned long long)ka * hw + q] : 0.0f);
-        bf[nt][1] = tf32_bits(q < mpix && kb < d.c_in ? x_img[(unsigned long long)kb * hw + q] : 0.0f);
-      }
-#pragma unroll
-      for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < 4; ++nt) mma_tf32_m16n8k8(acc[mt][nt], af[mt], bf[nt], acc[mt][nt]);
-    }
-#pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {  // c[2h], c[2h + 1]: channel cm, pixels q and q + 1
-          const unsigned int cm = cm0 + mt * 16 + g + h * 8, q = q0 + nt * 8 + 2 * t;
-          if (cm >= d.c_mid || q >= mpix) continue;
-          float v[2];
-#pragma unroll
-          for (int e = 0; e < 2; ++e) v[e] = relu_epilogue(acc[mt][nt][2 * h + e] + b1[cm], 1);
-          // One float2 store (q even, mplane even): a half-warp's words 8g + 2t (+1) fill 32 banks. A pixel
-          // q + 1 = mpix lands in the plane's padding (mplane > mpix when mpix is odd), never read. The map on
-          // chip is the k×k conv's B operand, rounded here once (cvt.rna, as at every operand load; rounding
-          // again is the identity); the saved copy below stays f32.
-          *reinterpret_cast<float2*>(&mid_s[cm * mplane + q]) = make_float2(tf32_round(v[0]), tf32_round(v[1]));
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const unsigned int qe = q + e, row = r0 + qe / d.w;
-            if (qe < mpix && group == 0 && row >= y0 && row < y1)
-              mid[((unsigned long long)img * d.c_mid + cm) * hw + r0 * d.w + qe] = v[e];
-          }
-        }
-  }
+  const unsigned int mplane = REDUCE_TC_PLANE(rows * d.w);
+  if (d.c_mid <= 16)  // uniform: slabs of 16 channels × 64 pixels (32 × 32 would be half zeros)
+    reduce_map_tc<1>(mid_s, mid, x, w1, b1, d, img, group, y0, y1, r0, rows, mplane);
+  else
+    reduce_map_tc<2>(mid_s, mid, x, w1, b1, d, img, group, y0, y1, r0, rows, mplane);
   __syncthreads();
   // 2. The k×k conv of the tile's rows for this block's output channels.
   const unsigned int co0 = group * REDUCE_CO_GROUP;
@@ -1155,8 +1205,9 @@ __device__ __forceinline__ void reduce_conv_tc_body(float* __restrict__ y, float
 }
 
 // Grid as reduce_conv_fwd's; dynamic shared memory c_mid · REDUCE_TC_PLANE(min(h, tile_h + k − 1) · w) floats;
-// CONV_TC_THREADS (128) threads. k is 3 or 5.
-extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) reduce_conv_fwd_tf32(float* __restrict__ y,         // [n, c_total, h, w]
+// CONV_TC_THREADS (128) threads. k is 3 or 5. The launch bound's 4 blocks an SM lets ptxas use up to 128
+// registers: by its own choice it stopped at 96 for sm_90 and spilled two values at the slab loop's head.
+extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS, 4) reduce_conv_fwd_tf32(float* __restrict__ y,         // [n, c_total, h, w]
                                                                                  float* __restrict__ mid,       // [n, c_mid, h, w] saved
                                                                                  const float* __restrict__ x,   // [n, c_in, h, w]
                                                                                  const float* __restrict__ w1,  // [c_mid, c_in]

@@ -478,7 +478,8 @@ pub fn fused_shapes() -> Vec<ReduceConvShape> {
 /// 8 in the 1×1), 35 reduce channels (two 32-row slabs of the reduced map and of dmid's tiles), 33 output
 /// channels (two slabs in the k×k) on an odd 7 × 11 image; then reduce and output channels that are multiples
 /// of 16 (the one-tap-a-step gathers; with c_mid a multiple of 8 the forward's k×k runs tap-major), and
-/// c_mid 8 with two groups of output channels. All but the second to last write a channel slice.
+/// c_mid 8 with two groups of output channels; then c_in a multiple of 8 (the 1×1's whole slabs). All but two
+/// write a channel slice.
 pub fn fused_tf32_shapes() -> Vec<ReduceConvShape> {
     let shape = |n, c_in, c_mid, c_out, (h, w), k, c_total, c_offset| ReduceConvShape {
         n,
@@ -504,6 +505,10 @@ pub fn fused_tf32_shapes() -> Vec<ReduceConvShape> {
         // c_mid 8 and 70 output channels: the tap-major k×k with one k step a tap and a second channel group
         // of 6 (rows past the group's channels)
         shape(1, 3, 8, 70, (5, 6), 5, 75, 2),
+        // c_in a multiple of 8 and 16-column rows: the 1×1's whole slabs (no per-load checks), 16 and 32
+        // reduce channels (slabs of 16 × 64 and 32 × 32)
+        shape(1, 8, 16, 16, (6, 16), 3, 20, 4),
+        shape(1, 16, 32, 8, (6, 16), 5, 8, 0),
     ]
 }
 
