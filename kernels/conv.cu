@@ -834,7 +834,9 @@ __device__ __forceinline__ void conv_wgrad_tc_body(float* __restrict__ partials,
   float* out = partials + (unsigned long long)blockIdx.z * d.c_out * (cols + 1);
   if (bias_row && m0 + threadIdx.x < d.c_out) out[(unsigned long long)d.c_out * cols + m0 + threadIdx.x] = bsum;
   // The tile goes out through shared memory as conv_tc_body's does (bs's space; the last barrier of the loop
-  // freed it): thread i writes column j0 + i of each row, a warp's request 32 consecutive floats.
+  // freed it): thread i writes GEMM column j0 + i of each row, a warp's request 32 consecutive floats in the
+  // natural column order (k = 1, or c_in not a multiple of 16); in the tap-major order dw's columns of
+  // neighbouring threads lie K² apart (dw is small: c_out · c_in · K² floats a split).
   static_assert(2 * CONV_TC_BN * TC_AROW >= CONV_TC_BM * TC_BROW, "the C tile is staged in bs");
   float* cs = &bs[0][0][0];  // [CONV_TC_BM][TC_BROW]
 #pragma unroll

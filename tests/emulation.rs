@@ -1528,8 +1528,10 @@ fn kernels_with_the_relu_mask_equal_relu_bwd_then_the_kernel() {
     let emu = EmuBackend {
         order: ThreadOrder::Reverse,
     };
-    for precision in [Precision::Fp32, Precision::Tf32] {
-        let (s, rs) = MASK_SHAPES;
+    for ((s, rs), precision) in MASK_SHAPES
+        .into_iter()
+        .flat_map(|pair| [Precision::Fp32, Precision::Tf32].map(|p| (pair, p)))
+    {
         let (s, rs) = (&s.with_precision(precision), &rs.with_precision(precision));
         let (dy, y, g) = relu_mask_inputs(s.y_len("t").unwrap());
         let names = ["dx", "[dw | db]", "fused dx", "fused dparams"];

@@ -973,33 +973,61 @@ pub fn assert_bwd_adam<B: Backend>(
     }
 }
 
-/// The shapes of the ReLU-mask tests: a conv into a channel slice (odd image, channels off the tiles) and a
-/// fused 5×5 conv of the same slice.
-pub const MASK_SHAPES: (ConvShape, ReduceConvShape) = (
-    ConvShape {
-        n: 2,
-        c_in: 3,
-        c_out: 5,
-        h: 5,
-        w: 7,
-        k: 3,
-        c_total: 9,
-        c_offset: 2,
-        precision: Precision::Fp32,
-    },
-    ReduceConvShape {
-        n: 2,
-        c_in: 3,
-        c_mid: 4,
-        c_out: 5,
-        h: 5,
-        w: 7,
-        k: 5,
-        c_total: 9,
-        c_offset: 2,
-        precision: Precision::Fp32,
-    },
-);
+/// The shapes of the ReLU-mask tests, pairs of a conv into a channel slice and a fused conv of the same slice
+/// (the same dy and y): odd image and channels off the tiles (a 5×5 fused conv); then 16-channel convs, whose
+/// TF32 kernels gather one tap a k step (the masked fast paths of dgrad, wgrad and the fused conv's dmid).
+pub const MASK_SHAPES: [(ConvShape, ReduceConvShape); 2] = [
+    (
+        ConvShape {
+            n: 2,
+            c_in: 3,
+            c_out: 5,
+            h: 5,
+            w: 7,
+            k: 3,
+            c_total: 9,
+            c_offset: 2,
+            precision: Precision::Fp32,
+        },
+        ReduceConvShape {
+            n: 2,
+            c_in: 3,
+            c_mid: 4,
+            c_out: 5,
+            h: 5,
+            w: 7,
+            k: 5,
+            c_total: 9,
+            c_offset: 2,
+            precision: Precision::Fp32,
+        },
+    ),
+    (
+        ConvShape {
+            n: 1,
+            c_in: 16,
+            c_out: 16,
+            h: 5,
+            w: 6,
+            k: 3,
+            c_total: 20,
+            c_offset: 3,
+            precision: Precision::Fp32,
+        },
+        ReduceConvShape {
+            n: 1,
+            c_in: 16,
+            c_mid: 16,
+            c_out: 16,
+            h: 5,
+            w: 6,
+            k: 3,
+            c_total: 20,
+            c_offset: 3,
+            precision: Precision::Fp32,
+        },
+    ),
+];
 
 /// `(dy, y, relu_bwd(dy, y))` of `len` elements: `y` holds positives, negatives, +0, -0 and NaN (only y > 0
 /// passes dy).
