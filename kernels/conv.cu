@@ -507,11 +507,11 @@ __device__ __forceinline__ void tap_advance(TapPos& p, unsigned int n, unsigned 
 // is the twin's up to TF32 summation order (within the tolerances of the tests either way).
 // The loads: A of a 1×1 forward is cp.async16 straight into shared memory when the weight rows allow it
 // (c_in a multiple of 4 and the view 16-byte aligned: then a 4-float group never straddles a row or the
-// end of the row); A of the k×k forward reads the weight K² floats apart, dgrad's reads the kernel flipped and
-// transposed, and the im2col of B is a gather of single floats with zero fill at the border and shifts by kx
-// that break 16-byte alignment: they go through registers, loaded before the current step's mma and stored
-// to shared memory after them.
-template <int K, bool DGRAD, bool MASK, bool ONE_TAP>
+// end of the row), and so is B of a 1×1 without a mask (rows of pixels, see b_async); A of the k×k forward
+// reads the weight K² floats apart, dgrad's reads the kernel flipped and transposed, and the im2col of B is a
+// gather of single floats with zero fill at the border and shifts by kx that break 16-byte alignment: they
+// go through registers, loaded before the current step's mma and stored to shared memory after them.
+template <int K, bool DGRAD, bool MASK, bool ONE_TAP, bool B_ASYNC = false>
 __device__ __forceinline__ void conv_tc_body(float* __restrict__ out, const float* __restrict__ src,
                                              const float* __restrict__ ymask, const float* __restrict__ wt,
                                              const float* __restrict__ aux,
@@ -539,10 +539,33 @@ __device__ __forceinline__ void conv_tc_body(float* __restrict__ out, const floa
   const bool a_async = !DGRAD && K == 1 && ktot % 4 == 0 && ((unsigned long long)wt & 15) == 0;
   TapPos ap = {0, 0};
   tap_advance(ap, akq, in_c);
+  // A 1×1 without a mask reads B as rows of pixels: by cp.async, 16 bytes at a time, when h·w is a multiple
+  // of 4 and src 16-byte aligned (a 4-pixel group then never straddles an image, and n·h·w pixels are whole
+  // groups). Thread i copies pixels 4(i % 32) .. + 3 of rows i / 32 + 4j (j < 4) of each step: a warp a row of
+  // 128 pixels, one 512-byte request; fixed pixels, so their image is decoded once.
+  static_assert(CONV_TC_THREADS == 128 && CONV_TC_BN == 128 && CONV_TC_BK == 16, "the cp.async B mapping");
+  static_assert(!B_ASYNC || (K == 1 && ONE_TAP), "B by cp.async: 1×1, whole k steps (conv_tc checks the rest)");
+  constexpr bool b_async = B_ASYNC;
+  const unsigned long long pg = p0 + threadIdx.x % 32 * 4;
+  const bool g_ok = pg < pixels;
+  const float* g_src = src + (!g_ok ? 0
+                              : DGRAD ? (pg / hw * d.c_total + d.c_offset) * hw + pg % hw
+                                      : pg / hw * d.c_in * hw + pg % hw);
   float bv[CONV_TC_BK], av[4];
   auto load = [&](unsigned int s, int buf) {
     const unsigned int k0 = s * CONV_TC_BK;
-    if (ONE_TAP) {  // in_c % CONV_TC_BK == 0: channels bp.c .. bp.c + 15 at tap bp.tap (< KK: k0 < ktot)
+    if (b_async) {  // k = c (tap 0)
+#pragma unroll
+      for (int j = 0; j < CONV_TC_BK / 4; ++j) {
+        const unsigned int r = threadIdx.x / 32 + 4 * j;
+        float* dst = &bs[buf][r][threadIdx.x % 32 * 4];
+        if (g_ok)
+          cp_async16(dst, g_src + (unsigned long long)(bp.c + r) * hw);
+        else
+          *reinterpret_cast<float4*>(dst) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
+      tap_advance(bp, CONV_TC_BK, in_c);
+    } else if (ONE_TAP) {  // in_c % CONV_TC_BK == 0: channels bp.c .. bp.c + 15 at tap bp.tap (< KK: k0 < ktot)
       const int sy = oy + (int)(bp.tap / K) - P, sx = ox + (int)(bp.tap % K) - P;
       const bool ok = p_ok && sy >= 0 && sy < (int)d.h && sx >= 0 && sx < (int)d.w;
       const unsigned int at = ok ? bp.c * hw + (unsigned int)sy * d.w + sx : 0;
@@ -604,8 +627,9 @@ __device__ __forceinline__ void conv_tc_body(float* __restrict__ out, const floa
     tap_advance(ap, CONV_TC_BK, in_c);
   };
   auto stash = [&](int buf) {
+    if (!b_async)
 #pragma unroll
-    for (int q = 0; q < CONV_TC_BK; ++q) bs[buf][q][threadIdx.x] = bv[q];
+      for (int q = 0; q < CONV_TC_BK; ++q) bs[buf][q][threadIdx.x] = bv[q];
     if (!a_async) *reinterpret_cast<float4*>(&as[buf][ar][akq]) = make_float4(av[0], av[1], av[2], av[3]);
   };
   float acc[2][4][4] = {};
@@ -659,9 +683,13 @@ __device__ __forceinline__ void conv_tc(float* __restrict__ out, const float* __
                                         const float* __restrict__ aux, const ConvDims& d, int flag) {
   __shared__ __align__(16) float as[2][CONV_TC_BM][TC_AROW];
   __shared__ __align__(16) float bs[2][CONV_TC_BK][TC_BROW];
-  // One tap a k step when the channels of the reduction fill whole steps (see conv_tc_body).
+  // One tap a k step when the channels of the reduction fill whole steps (see conv_tc_body); a 1×1 without a
+  // mask whose 4-pixel groups are 16-byte aligned copies B by cp.async.
   if ((DGRAD ? d.c_out : d.c_in) % CONV_TC_BK == 0) {
-    if (d.k == 1)
+    const bool b_async = !ymask && d.h * d.w % 4 == 0 && ((unsigned long long)src & 15) == 0;
+    if (d.k == 1 && b_async)
+      conv_tc_body<1, DGRAD, MASK, true, true>(out, src, ymask, wt, aux, d, flag, as, bs);
+    else if (d.k == 1)
       conv_tc_body<1, DGRAD, MASK, true>(out, src, ymask, wt, aux, d, flag, as, bs);
     else if (d.k == 3)
       conv_tc_body<3, DGRAD, MASK, true>(out, src, ymask, wt, aux, d, flag, as, bs);
