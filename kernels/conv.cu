@@ -737,7 +737,7 @@ extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) conv_dgrad_tf32(fl
 // is a multiple of 4); else pixel i % 16 of 4 rows, as scalars through registers. It also gathers pixel i % 16
 // of 16 consecutive columns 16·(i / 16) + q (x is shifted by the tap and zero off the image: single floats,
 // through registers).
-template <int K, bool ONE_TAP>
+template <int K, bool ONE_TAP, bool B_ASYNC = false>
 __device__ __forceinline__ void conv_wgrad_tc_body(float* __restrict__ partials, const float* __restrict__ dy,
                                                    const float* __restrict__ y, const float* __restrict__ x,
                                                    const ConvDims& d,
@@ -768,10 +768,28 @@ __device__ __forceinline__ void conv_wgrad_tc_body(float* __restrict__ partials,
   // This thread's B pixel as (image, row, column), advanced by CONV_TC_BK per step without divisions.
   unsigned int b_img = img0 + bk / hw;
   int b_oy = (int)(bk % hw / d.w), b_ox = (int)(bk % d.w);
+  // B_ASYNC (a 1×1 with c_in a multiple of 16, h·w a multiple of 4, x 16-byte aligned): B by cp.async, a
+  // 4-pixel group (never straddling an image) of rows piece20_row(i) + 32j (j < 4) of each step, so that a
+  // quarter-warp's 16-byte stores hit rows r and r + 4 of the 20-float rows: all 32 banks. The thread's group
+  // is pixels gq .. gq + 3 of every step; its image and pixel advance by 16 a step without divisions.
+  static_assert(!B_ASYNC || (K == 1 && ONE_TAP), "B by cp.async: 1×1, whole column groups");
+  const unsigned int g_row = piece20_row(threadIdx.x), gq = threadIdx.x % 4 * 4;
+  unsigned int g_img = img0 + gq / hw, g_pix = gq % hw;
   float bv[16], av[4];
   auto load = [&](unsigned int s, int buf) {
     const unsigned int t0 = s * CONV_TC_BK;
-    if (ONE_TAP) {  // channels ci0 .. ci0 + 15 at tap (ky0, kx0); col0 < cols covers all 16 (cols % 16 == 0)
+    if (B_ASYNC) {
+#pragma unroll
+      for (int j = 0; j < CONV_TC_BN / 32; ++j) {
+        const unsigned int row = g_row + 32 * j, ci = j0 + row;
+        float* dst = &bs[buf][row][gq];
+        if (t0 + gq < count && ci < cols)
+          cp_async16(dst, x + ((unsigned long long)g_img * d.c_in + ci) * hw + g_pix);
+        else
+          *reinterpret_cast<float4*>(dst) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
+      for (g_pix += CONV_TC_BK; g_pix >= hw; g_pix -= hw) ++g_img;
+    } else if (ONE_TAP) {  // channels ci0 .. ci0 + 15 at tap (ky0, kx0); col0 < cols covers all 16 (cols % 16 == 0)
       const int sy = b_oy + ky0 - P, sx = b_ox + kx0 - P;
       const bool ok = t0 + bk < count && col0 < cols && sy >= 0 && sy < (int)d.h && sx >= 0 && sx < (int)d.w;
       const float* xp = x + (ok ? ((unsigned long long)b_img * d.c_in + ci0) * hw + (unsigned int)sy * d.w + sx : 0);
@@ -822,7 +840,7 @@ __device__ __forceinline__ void conv_wgrad_tc_body(float* __restrict__ partials,
   };
   auto stash = [&](int buf) {
 #pragma unroll
-    for (int q = 0; q < 16; ++q) {
+    for (int q = 0; q < 16 && !B_ASYNC; ++q) {
       // The upper half-warp stores its rows in the order q ^ 4 (b_skew): the two halves' rows are then 12 or 20
       // apart, 16 words mod 32, and fill the 32 banks (in order they would be 16 apart, on the same banks).
       bs[buf][bn0 + (q ^ b_skew)][bk] = b_skew ? bv[q ^ 4] : bv[q];
@@ -884,7 +902,7 @@ __device__ __forceinline__ void conv_wgrad_tc_body(float* __restrict__ partials,
 }
 
 // conv_wgrad on the tensor cores (TF32): split partials [dw | db] as conv_wgrad's, summed by conv_split_sum.
-extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) conv_wgrad_tf32(float* __restrict__ partials,  // [splits, c_out·(c_in·k·k + 1)]
+extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS, 4) conv_wgrad_tf32(float* __restrict__ partials,  // [splits, c_out·(c_in·k·k + 1)]
                                                                             const float* __restrict__ dy,  // [n, c_total, h, w], slice read
                                                                             const float* __restrict__ y,   // [n, c_total, h, w], slice read, or null
                                                                             const float* __restrict__ x,   // [n, c_in, h, w]
@@ -892,7 +910,9 @@ extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) conv_wgrad_tf32(fl
   __shared__ __align__(16) float as[2][CONV_TC_BM][TC_AROW];
   __shared__ __align__(16) float bs[2][CONV_TC_BN][TC_AROW];
   if (d.c_in % CONV_TC_BK == 0) {
-    if (d.k == 1)
+    if (d.k == 1 && d.h * d.w % 4 == 0 && ((unsigned long long)x & 15) == 0)
+      conv_wgrad_tc_body<1, true, true>(partials, dy, y, x, d, imgs_per_split, as, bs);
+    else if (d.k == 1)
       conv_wgrad_tc_body<1, true>(partials, dy, y, x, d, imgs_per_split, as, bs);
     else if (d.k == 3)
       conv_wgrad_tc_body<3, true>(partials, dy, y, x, d, imgs_per_split, as, bs);
