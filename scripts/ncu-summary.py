@@ -44,7 +44,7 @@ def listed(metrics, query, unknown):
     names = set()
     if query:
         with open(query) as f:
-            names = {line.split()[0] for line in f if line.strip()}
+            names = {line.split()[0].split(".")[0] for line in f if line.strip()}  # with or without rollups
     if not any(a.split(".")[0] in names for a in ALWAYS):
         print(f"warning: no metric list from ncu --query-metrics ({query}): asking for "
               f"{'all' if unknown else 'none'} of {', '.join(metrics)}", file=sys.stderr)
