@@ -1054,6 +1054,41 @@ __device__ __forceinline__ void reduce_map_tc(float* __restrict__ mid_s, float* 
   }
 }
 
+// The k×k stage of reduce_conv_fwd_tf32, both orders: a lane's B column (pixel q0 + 8nt + g of the tile's
+// opix pixels, rows from y0) of each n tile of a 32 × 32 slab, in image coordinates; a pixel past the tile
+// gets a row that reads only zeros.
+template <int K>
+__device__ __forceinline__ void slab_pixels(int (&oy)[4], int (&ox)[4], unsigned int q0, unsigned int opix,
+                                            unsigned int y0, unsigned int w) {
+  const unsigned int g = threadIdx.x % 32 / 4;
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt) {
+    const unsigned int q = q0 + nt * 8 + g;
+    oy[nt] = q < opix ? (int)(y0 + q / w) : -(K + 1);
+    ox[nt] = (int)(q % w);
+  }
+}
+
+// ... and its epilogue: channels m0 + (the C fragments' rows) below co1, pixels q0 + (their columns) below
+// opix, + b2 and the ReLU, into the channel slice of image img.
+__device__ __forceinline__ void slab_store(float* __restrict__ y, const float (&acc)[2][4][4],
+                                           const float* __restrict__ b2, const ReduceDims& d, unsigned int img,
+                                           unsigned int m0, unsigned int q0, unsigned int co1, unsigned int opix,
+                                           unsigned int y0) {
+  const unsigned int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4, hw = d.h * d.w;
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const unsigned int co = m0 + mt * 16 + g + e / 2 * 8, q = q0 + nt * 8 + 2 * t + e % 2;
+        if (co >= co1 || q >= opix) continue;
+        y[((unsigned long long)img * d.c_total + d.c_offset + co) * hw + y0 * d.w + q] =
+            relu_epilogue(acc[mt][nt][e] + b2[co], 1);
+      }
+}
+
 // The k×k stage of reduce_conv_fwd_tf32 with the reduction tap-major, k = tap · c_mid + cm (c_mid a multiple
 // of 8, so that a k step of 8 is 8 channels at one tap): each warp takes 32 × 32 slabs of the output (2 × 4
 // tiles of 16 × 8) in turn. Per slab and tap, a lane's B column (pixel of n tile nt) is one shifted pixel of the
@@ -1069,18 +1104,13 @@ __device__ __forceinline__ void reduce_conv_tc_taps(float* __restrict__ y, const
                                                     unsigned int y0, unsigned int y1, unsigned int r0) {
   constexpr int KK = K * K, P = K / 2;
   const unsigned int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
-  const unsigned int nwarps = blockDim.x / 32, hw = d.h * d.w;
+  const unsigned int nwarps = blockDim.x / 32;
   const unsigned int opix = (y1 - y0) * d.w, n_slabs2 = (opix + 31) / 32, o_slabs = (co1 - co0 + 31) / 32;
   const unsigned int ktot = d.c_mid * KK;
   for (unsigned int slab = warp; slab < o_slabs * n_slabs2; slab += nwarps) {
     const unsigned int m0 = co0 + slab / n_slabs2 * 32, q0 = slab % n_slabs2 * 32;
     int oy[4], ox[4];  // this lane's B column (pixel) of each n tile, in image coordinates
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
-      const unsigned int q = q0 + nt * 8 + g;
-      oy[nt] = q < opix ? (int)(y0 + q / d.w) : -(K + 1);  // a pixel past the tile reads only zeros
-      ox[nt] = (int)(q % d.w);
-    }
+    slab_pixels<K>(oy, ox, q0, opix, y0, d.w);
     // This lane's A rows m0 + 16mt + g + 8h (h = 0, 1), from column t: zeros past the group's channels.
     const float* wr[2][2];
     bool wok[2][2];
@@ -1132,17 +1162,7 @@ __device__ __forceinline__ void reduce_conv_tc_taps(float* __restrict__ y, const
           for (int nt = 0; nt < 4; ++nt) mma_tf32_m16n8k8(acc[mt][nt], af[mt], bf[nt], acc[mt][nt]);
       }
     }
-#pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const unsigned int co = m0 + mt * 16 + g + e / 2 * 8, q = q0 + nt * 8 + 2 * t + e % 2;
-          if (co >= co1 || q >= opix) continue;
-          y[((unsigned long long)img * d.c_total + d.c_offset + co) * hw + y0 * d.w + q] =
-              relu_epilogue(acc[mt][nt][e] + b2[co], 1);
-        }
+    slab_store(y, acc, b2, d, img, m0, q0, co1, opix, y0);
   }
 }
 
@@ -1178,7 +1198,6 @@ __device__ __forceinline__ void reduce_conv_tc_body(float* __restrict__ y, float
   const unsigned int groups = (d.c_out + REDUCE_CO_GROUP - 1) / REDUCE_CO_GROUP;
   const unsigned int tiles = (d.h + d.tile_h - 1) / d.tile_h;
   const unsigned int img = blockIdx.x / (groups * tiles), group = blockIdx.x / tiles % groups, tile = blockIdx.x % tiles;
-  const unsigned int hw = d.h * d.w;
   const unsigned int y0 = tile * d.tile_h, y1 = y0 + d.tile_h < d.h ? y0 + d.tile_h : d.h;
   const unsigned int r0 = y0 > (unsigned int)P ? y0 - P : 0, r1 = y1 + P < d.h ? y1 + P : d.h, rows = r1 - r0;
   const unsigned int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
@@ -1203,12 +1222,7 @@ __device__ __forceinline__ void reduce_conv_tc_body(float* __restrict__ y, float
   for (unsigned int slab = warp; slab < o_slabs * n_slabs2; slab += nwarps) {
     const unsigned int m0 = co0 + slab / n_slabs2 * 32, q0 = slab % n_slabs2 * 32;
     int oy[4], ox[4];  // this lane's B column (pixel) of each n tile, in image coordinates
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
-      const unsigned int q = q0 + nt * 8 + g;
-      oy[nt] = q < opix ? (int)(y0 + q / d.w) : -(K + 1);  // a pixel past the tile reads only zeros
-      ox[nt] = (int)(q % d.w);
-    }
+    slab_pixels<K>(oy, ox, q0, opix, y0, d.w);
     float acc[2][4][4] = {};
     for (unsigned int k8 = 0; k8 < ktot; k8 += 8) {
       unsigned int af[2][4], bf[4][2];
@@ -1240,17 +1254,7 @@ __device__ __forceinline__ void reduce_conv_tc_body(float* __restrict__ y, float
 #pragma unroll
         for (int nt = 0; nt < 4; ++nt) mma_tf32_m16n8k8(acc[mt][nt], af[mt], bf[nt], acc[mt][nt]);
     }
-#pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const unsigned int co = m0 + mt * 16 + g + e / 2 * 8, q = q0 + nt * 8 + 2 * t + e % 2;
-          if (co >= co1 || q >= opix) continue;
-          y[((unsigned long long)img * d.c_total + d.c_offset + co) * hw + y0 * d.w + q] =
-              relu_epilogue(acc[mt][nt][e] + b2[co], 1);
-        }
+    slab_store(y, acc, b2, d, img, m0, q0, co1, opix, y0);
   }
 }
 
