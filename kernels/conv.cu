@@ -13,6 +13,9 @@
 //           from it up to 64 output channels of those rows; the blocks of group 0 save the tile's rows for
 //           backward. Small row tiles give enough blocks (MNIST, batch 50: 350); the launcher opts in to
 //           more than 48 KB of shared memory when a wide map needs it.
+//           The TF32 forms (conv_fwd_tf32, conv_dgrad_tf32, conv_wgrad_tf32, reduce_conv_fwd_tf32,
+//           reduce_conv_dmid_tf32): the same computations as implicit GEMMs on mma.sync, summed tap-major
+//           (conv_tc_body); conv_taps_tf32 lays a weight out tap-major and rounded for the fused forward's k×k.
 // Backward needs saved: x and the weights for conv; for the fused conv also the reduced map `mid`
 //           (post-ReLU), which its backward (a sequence of the kernels above, see src/launcher/conv.rs) reads.
 // The module's ReLU backward is folded into the kernels that read dy (conv_dgrad, conv_wgrad, reduce_conv_dmid
