@@ -502,7 +502,8 @@ __device__ __forceinline__ void tap_advance(TapPos& p, unsigned int n, unsigned 
 // (relu_bwd folded in, as conv_tile does).
 // Grid (ceil(n·h·w / 128), ceil(rows / 32)): block (x, y) computes channels [32y, 32y + 32) of pixels
 // [128x, 128x + 128) counted over all images. Thread i gathers pixel 128x + i of every B step (its image
-// position decoded once) and 4 consecutive k of row piece20_row(i) of every A step.
+// position decoded once; with B_ASYNC it copies 4-pixel groups instead, see b_async) and 4 consecutive k of
+// row piece20_row(i) of every A step.
 // Why tap-major: with in_c a multiple of CONV_TC_BK (every conv of the net but the first layer's) a step's 16
 // rows are 16 channels at one tap, so the thread checks the image border and forms the address once per step
 // and its 16 loads lie one plane apart; in the channel-major order each load had its own tap, border check
@@ -739,7 +740,7 @@ extern "C" __global__ void __launch_bounds__(CONV_TC_THREADS) conv_dgrad_tf32(fl
 // dy is 16-byte aligned and there is no mask (a group then never straddles an image, and the split's pixel count
 // is a multiple of 4); else pixel i % 16 of 4 rows, as scalars through registers. It also gathers pixel i % 16
 // of 16 consecutive columns 16·(i / 16) + q (x is shifted by the tap and zero off the image: single floats,
-// through registers).
+// through registers), except with B_ASYNC (a 1×1: x's rows of pixels by cp.async, see below).
 template <int K, bool ONE_TAP, bool B_ASYNC = false>
 __device__ __forceinline__ void conv_wgrad_tc_body(float* __restrict__ partials, const float* __restrict__ dy,
                                                    const float* __restrict__ y, const float* __restrict__ x,
