@@ -326,13 +326,9 @@ impl ReduceDims {
         let row_bytes = 4 * s.c_mid * s.w;
         let halo = (s.k - 1).min(s.h.saturating_sub(1));
         let tf32 = s.precision == crate::shape::Precision::Tf32;
-        let bytes = |tile_h: usize| {
-            let pixels = (tile_h + s.k - 1).min(s.h) * s.w;
-            4 * s.c_mid * if tf32 { Self::tc_plane(pixels) } else { pixels }
-        };
         let Some(fit) = (1..=s.h.min(REDUCE_TILE_H))
             .rev()
-            .find(|&t| bytes(t) <= max_shared)
+            .find(|&t| Self::map_bytes(s.c_mid, s.h, s.w, s.k, t, tf32) <= max_shared)
         else {
             return Err(crate::Error::InvalidShape {
                 op,
@@ -360,8 +356,7 @@ impl ReduceDims {
     /// reduce_conv_fwd: one block per (image, group of output channels, tile of `tile_h` rows), the tile's
     /// reduced map with its halo in dynamic shared memory. `None` for an empty batch.
     pub fn fwd(&self, op: &'static str) -> crate::Result<Option<LaunchDims>> {
-        let rows = (self.tile_h + self.k - 1).min(self.h) as usize;
-        let bytes = 4 * self.c_mid as usize * rows * self.w as usize; // <= the device's limit by tile_h
+        let bytes = self.shared_bytes(false); // <= the device's limit by tile_h
         let groups = (self.c_out as usize).div_ceil(REDUCE_CO_GROUP);
         let tiles = (self.h as usize).div_ceil(self.tile_h as usize);
         let grid = grid_x(op, (self.n as usize).saturating_mul(groups * tiles))?;
@@ -371,13 +366,26 @@ impl ReduceDims {
     /// reduce_conv_fwd_tf32: [`Self::fwd`]'s blocks, `CONV_TC_THREADS` threads, the reduced map's planes
     /// [`Self::tc_plane`] floats apart.
     pub fn fwd_tf32(&self, op: &'static str) -> crate::Result<Option<LaunchDims>> {
-        let rows = (self.tile_h + self.k - 1).min(self.h) as usize;
-        let bytes = 4 * self.c_mid as usize * Self::tc_plane(rows * self.w as usize); // <= the limit (`of`)
+        let bytes = self.shared_bytes(true); // <= the limit (`of`)
         Ok(self.fwd(op)?.map(|d| LaunchDims {
             block: crate::bindings::CONV_TC_THREADS,
             shared_bytes: bytes as u32,
             ..d
         }))
+    }
+
+    /// Bytes of the reduced map a block holds in shared memory: `tile_h` rows and their halo (at most the
+    /// map's `h` rows) of `c_mid` channels, each plane padded to [`Self::tc_plane`] floats in TF32.
+    fn map_bytes(c_mid: usize, h: usize, w: usize, k: usize, tile_h: usize, tf32: bool) -> usize {
+        let pixels = (tile_h + k - 1).min(h) * w;
+        4 * c_mid * if tf32 { Self::tc_plane(pixels) } else { pixels }
+    }
+
+    /// [`Self::map_bytes`] of these dims.
+    fn shared_bytes(&self, tf32: bool) -> usize {
+        let [c_mid, h, w, k, tile_h] =
+            [self.c_mid, self.h, self.w, self.k, self.tile_h].map(|v| v as usize);
+        Self::map_bytes(c_mid, h, w, k, tile_h, tf32)
     }
 
     /// Floats between the planes of reduce_conv_fwd_tf32's reduced map of `pixels` pixels: the next count

@@ -86,7 +86,7 @@ pub struct ConvShape {
 
 impl ConvShape {
     /// A conv writing its own `[n, c_out, h, w]` output (no concat slice).
-    pub fn new(n: usize, c_in: usize, c_out: usize, h: usize, w: usize, k: usize) -> Self {
+    pub const fn new(n: usize, c_in: usize, c_out: usize, h: usize, w: usize, k: usize) -> Self {
         ConvShape {
             n,
             c_in,
@@ -106,7 +106,7 @@ impl ConvShape {
     }
 
     /// The same conv writing channels `[c_offset, c_offset + c_out)` of a `c_total`-channel output.
-    pub fn into_slice(self, c_total: usize, c_offset: usize) -> Self {
+    pub const fn into_slice(self, c_total: usize, c_offset: usize) -> Self {
         ConvShape {
             c_total,
             c_offset,

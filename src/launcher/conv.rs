@@ -226,8 +226,8 @@ pub fn reduce_conv_fwd<D: Driver + ?Sized>(
     }
 }
 
-/// The launch of [`reduce_conv_fwd`]: the fp32 kernel, or the TF32 one with `w2t` (its k×k weights
-/// tap-major: the output of kernel conv_taps_tf32) or without. The parameter views come in as arguments: a generic
+/// The launch of [`reduce_conv_fwd`]: the fp32 kernel, or the TF32 one with `w2t` (its k×k weights tap-major:
+/// the output of kernel conv_taps_tf32) or without. The parameter views come in as arguments: a generic
 /// driver's view made in a function and pushed there is beyond what the borrow checker can prove lives long
 /// enough.
 #[allow(clippy::too_many_arguments)] // the kernel's arguments, plus the precision that picks it

@@ -981,17 +981,7 @@ pub fn assert_bwd_adam<B: Backend>(
 /// TF32 kernels gather one tap a k step (the masked fast paths of dgrad, wgrad and the fused conv's dmid).
 pub const MASK_SHAPES: [(ConvShape, ReduceConvShape); 2] = [
     (
-        ConvShape {
-            n: 2,
-            c_in: 3,
-            c_out: 5,
-            h: 5,
-            w: 7,
-            k: 3,
-            c_total: 9,
-            c_offset: 2,
-            precision: Precision::Fp32,
-        },
+        ConvShape::new(2, 3, 5, 5, 7, 3).into_slice(9, 2),
         ReduceConvShape {
             n: 2,
             c_in: 3,
@@ -1006,17 +996,7 @@ pub const MASK_SHAPES: [(ConvShape, ReduceConvShape); 2] = [
         },
     ),
     (
-        ConvShape {
-            n: 1,
-            c_in: 16,
-            c_out: 16,
-            h: 5,
-            w: 6,
-            k: 3,
-            c_total: 20,
-            c_offset: 3,
-            precision: Precision::Fp32,
-        },
+        ConvShape::new(1, 16, 16, 5, 6, 3).into_slice(20, 3),
         ReduceConvShape {
             n: 1,
             c_in: 16,
