@@ -72,15 +72,7 @@ fn train_step_gpu(c: &mut Criterion) {
         net.load_batch(&images, Some(&labels)).expect("load");
         net.train_loaded(1e-4).expect("warm-up step"); // workspace and scratch exist from here on
         dev.synchronize().expect("sync");
-        let name = format!(
-            "batch {batch}, {}",
-            if precision == Precision::Tf32 {
-                "tf32 (linear layers)"
-            } else {
-                "fp32"
-            }
-        );
-        group.bench_function(name, |b| {
+        group.bench_function(format!("batch {batch}, {precision}"), |b| {
             b.iter(|| {
                 net.train_loaded(1e-4).expect("step");
                 dev.synchronize().expect("sync");

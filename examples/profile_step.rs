@@ -33,10 +33,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if !["loaded", "gathered", "replayed"].contains(&mode.as_str()) {
         return Err(format!("MODE {mode:?}: loaded, gathered or replayed").into());
     }
-    let precision = match std::env::args().nth(5).as_deref() {
-        None | Some("fp32") => Precision::Fp32,
-        Some("tf32") => Precision::Tf32,
-        Some(other) => return Err(format!("PRECISION {other:?}: fp32 or tf32").into()),
+    let precision: Precision = match std::env::args().nth(5) {
+        None => Precision::Fp32,
+        Some(name) => name.parse()?,
     };
     let dev = match Device::cuda(0) {
         Ok(dev) => dev,

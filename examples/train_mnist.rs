@@ -55,32 +55,6 @@ enum PrecisionArg {
     Tf32,
 }
 
-impl PrecisionArg {
-    fn name(self) -> &'static str {
-        match self {
-            PrecisionArg::Fp32 => "fp32",
-            PrecisionArg::Tf32 => "tf32",
-        }
-    }
-}
-
-impl std::fmt::Display for PrecisionArg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for PrecisionArg {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "fp32" => Ok(PrecisionArg::Fp32),
-            "tf32" => Ok(PrecisionArg::Tf32),
-            _ => Err(format!("precision {s:?} (fp32 or tf32)")),
-        }
-    }
-}
-
 impl From<PrecisionArg> for Precision {
     fn from(p: PrecisionArg) -> Precision {
         match p {
@@ -581,12 +555,20 @@ fn train<H: BackendHandle>(
             }
             let lr = resumed_value(r, "lr", args.lr, false, &manifest)?.unwrap_or(1e-4);
             let batch = resumed_value(r, "batch", args.batch, false, &manifest)?.unwrap_or(50);
-            let precision = resumed_value(r, "precision", args.precision, false, &manifest)?;
+            let precision = resumed_value(
+                r,
+                "precision",
+                args.precision.map(Precision::from),
+                false,
+                &manifest,
+            )?;
             let mut recipe = r.clone();
             recipe.insert("lr".into(), lr.to_string());
             recipe.insert("batch".into(), batch.to_string());
-            let precision = precision.unwrap_or(PrecisionArg::Fp32);
-            recipe.insert("precision".into(), precision.name().into());
+            recipe.insert(
+                "precision".into(),
+                precision.unwrap_or_default().to_string(),
+            );
             for (key, given) in [
                 ("steps", args.steps),
                 ("log_every", args.log_every),
@@ -635,8 +617,8 @@ fn train<H: BackendHandle>(
                 (
                     "precision",
                     args.precision
-                        .unwrap_or(PrecisionArg::Fp32)
-                        .name()
+                        .map(Precision::from)
+                        .unwrap_or_default()
                         .to_string(),
                 ),
                 ("log_every", args.log_every.unwrap_or(100).to_string()),
@@ -655,9 +637,9 @@ fn train<H: BackendHandle>(
     };
     let precision = recipe
         .get("precision")
-        .and_then(|v| v.parse::<PrecisionArg>().ok())
-        .unwrap_or(PrecisionArg::Fp32);
-    net.set_precision(precision.into())?;
+        .and_then(|v| v.parse::<Precision>().ok())
+        .unwrap_or_default();
+    net.set_precision(precision)?;
     let number = |key: &str| recipe.get(key).and_then(|v| v.parse::<f64>().ok());
     let lr = number("lr").unwrap_or(1e-4);
     let batch = recipe

@@ -318,6 +318,44 @@ pub enum Precision {
     Tf32,
 }
 
+impl Precision {
+    /// Every precision, in declaration order.
+    pub const ALL: [Precision; 2] = [Precision::Fp32, Precision::Tf32];
+
+    /// The precision's name, as [`Display`](std::fmt::Display) writes it and [`FromStr`](std::str::FromStr)
+    /// reads it: `"fp32"` or `"tf32"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Tf32 => "tf32",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Reads a precision by its [`Precision::name`] (`"fp32"`, `"tf32"`), as a command line or a run's recipe
+/// spells it; anything else is [`Error::OutOfRange`] naming the value.
+impl std::str::FromStr for Precision {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Precision::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| Error::OutOfRange {
+                op: "Precision::from_str",
+                what: "precision".into(),
+                value: format!("{s:?}"),
+                allowed: "fp32 or tf32",
+            })
+    }
+}
+
 /// A linear layer `y [m, n_out] = x [m, k_in] · wᵀ + b` with PyTorch's weight layout `w [n_out, k_in]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LinearShape {
@@ -533,6 +571,23 @@ impl AdamSource<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A precision's name reads back as the same precision; other spellings are refused, naming the value.
+    #[test]
+    fn precision_names_round_trip_and_others_are_refused() {
+        for p in Precision::ALL {
+            assert_eq!(p.to_string(), p.name());
+            assert_eq!(p.name().parse::<Precision>().unwrap(), p);
+        }
+        for bad in ["", "FP32", "tf16", "fp32 "] {
+            match bad.parse::<Precision>() {
+                Err(e @ Error::OutOfRange { .. }) => {
+                    assert!(e.to_string().contains(&format!("{bad:?}")), "{e}")
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+    }
 
     /// Shapes past the kernels' 32-bit indices are refused by `validate`, which every backend calls, with a
     /// reason that says which count is too large; shapes just inside pass.
