@@ -24,8 +24,9 @@
 # Caps: tests 240 s, examples 9 × 60 s, benches 240 s per bench binary (two by default) and 150 s per @prev,
 # baseline 120 s, profile 120 s per precision + 90 s, sanitizers until DEADLINE; so even `benches baseline` can pass one
 # 600 s call at its caps (BENCHES=inception, or split it).
-# DEADLINE (seconds from the start, default 560) boxes the sanitizers (SANITIZER_SECS caps each run): what does
-# not fit is reported as not run. EXAMPLES_QUICK=1 runs only primitives. Every phase has its own timeout. Output: $OUT (else stage/out): suite.log (all that
+# DEADLINE (seconds from the start, default 560) boxes every phase: each run is capped at what is left before it,
+# and a run with under 15 s left is not started but reported as not run (SANITIZER_SECS caps each sanitizer
+# run). So one call with timeout_s ≥ DEADLINE + 40 always ends by itself, its summary written. EXAMPLES_QUICK=1 runs only primitives. Every phase has its own timeout. Output: $OUT (else stage/out): suite.log (all that
 # was printed), logs.tar.gz (every log), baseline.json, modules.md, ncu-<precision>.csv, profile.md, train-log.jsonl, curves.svg.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +37,17 @@ export INCEPTION_CUDA_ROOT=$PWD INCEPTION_CUDA_LOGS=$logs
 trap 'tar -czf "$out/logs.tar.gz" -C "$logs" . 2>/dev/null' EXIT
 exec > >(tee "$out/suite.log") 2>&1
 start=$(date +%s)
+deadline=$((start + ${DEADLINE:-560}))
+# budget N WHAT: sets t to N seconds, or to what is left before DEADLINE if less; with under 15 s left it says
+# WHAT was not run, marks the round incomplete and fails, so the caller skips the run.
+budget() {
+  local left=$((deadline - $(date +%s)))
+  t=$((left < $1 ? left : $1))
+  [ "$t" -ge 15 ] && return 0
+  echo "NOT RUN: $2 (DEADLINE ${DEADLINE:-560} s)"
+  status=1
+  return 1
+}
 phase() { printf '\n== [%d s] %s\n' $(($(date +%s) - start)) "$*"; }
 # A carried stage.tar.xz (scripts/stage-gpu.sh) is unpacked when stage/ is absent or older than it.
 if [ -f stage.tar.xz ] && { [ ! -d stage/tests ] || [ stage.tar.xz -nt stage/MANIFEST ]; }; then
@@ -50,13 +62,14 @@ python3 -c 'import torch; print("torch", torch.__version__, "cudnn", torch.backe
 
 tests() {
   phase "GPU tests"
-  timeout 240 scripts/gpu-run.sh --no-sanitizers || status=1
+  budget 240 "GPU tests" && { timeout "$t" scripts/gpu-run.sh --no-sanitizers || status=1; }
 }
 
 train() {
   phase "train_mnist, default GPU schedule ${TRAIN_ARGS:-}"
+  budget "${TRAIN_TIMEOUT:-300}" train_mnist || return
   # shellcheck disable=SC2086
-  timeout "${TRAIN_TIMEOUT:-300}" stage/examples/train_mnist --data data --out /tmp/run ${TRAIN_ARGS:-} 2>&1 \
+  timeout "$t" stage/examples/train_mnist --data data --out /tmp/run ${TRAIN_ARGS:-} 2>&1 \
     | tr '\r' '\n' | grep -v '^\s*$' | awk 'NR % 25 == 1 || /accuracy|steps in|error|device/'
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
   cp /tmp/run/log.jsonl "$out/train-log.jsonl" 2>/dev/null
@@ -70,20 +83,24 @@ train() {
   esac
   if [ -n "$modes" ]; then
     phase "PyTorch schedule (pytorch_baseline.py $modes)"
+    budget "${SCHEDULE_TIMEOUT:-300}" "PyTorch's schedule" || return
     # shellcheck disable=SC2086
-    PYTHONUNBUFFERED=1 timeout "${SCHEDULE_TIMEOUT:-300}" python3 scripts/baseline/pytorch_baseline.py data \
+    PYTHONUNBUFFERED=1 timeout "$t" python3 scripts/baseline/pytorch_baseline.py data \
       "$out/baseline-schedule.json" $modes ${BASELINE_ARGS:-} | grep -A12 -E '"(schedule|cadence)"'
   fi
 }
 
 examples() {
   phase "examples"
-  timeout 60 stage/examples/primitives 2>&1 | tail -n 3
+  budget 60 primitives || return
+  timeout "$t" stage/examples/primitives 2>&1 | tail -n 3
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
   if [ "${EXAMPLES_QUICK:-0}" != 1 ]; then
     for p in fp32 tf32; do
       for b in 50 256; do
-        for mode in loaded replayed; do timeout 60 stage/examples/profile_step $b 5 30 $mode $p; done
+        for mode in loaded replayed; do
+          budget 60 "profile_step $b $mode $p" && timeout "$t" stage/examples/profile_step $b 5 30 $mode $p
+        done
       done
     done
   fi
@@ -104,14 +121,15 @@ PY
   echo "cuDNN/cuBLAS folders: ${libdirs:-none found}"
   for b in ${BENCHES:-train_step inception}; do
     # printed as it comes (a call cut short still returns what ran)
+    budget 240 "bench $b" || continue
     LD_LIBRARY_PATH=${libdirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} INCEPTION_BENCH_SECS=1 INCEPTION_BENCH_CPU=0 \
-      timeout 240 stage/benches/$b --bench "${BENCH_FILTER:-cuda:}" --warm-up-time 0.5 --noplot 2>&1 | tee "$logs/bench-$b.log" \
+      timeout "$t" stage/benches/$b --bench "${BENCH_FILTER:-cuda:}" --warm-up-time 0.5 --noplot 2>&1 | tee "$logs/bench-$b.log" \
       | grep --line-buffered -E '^[A-Za-z].*(cuda:|/)|time:|thrpt:|skipped|not found|not timed|algorithms|^Module table|^\|' \
       | grep --line-buffered -v 'Benchmarking'
-    if [ -x "stage/benches/$b@prev" ]; then
+    if [ -x "stage/benches/$b@prev" ] && budget 150 "bench $b@prev"; then
       echo "-- the same groups from $(cat stage/PREV 2>/dev/null) (filter ${PREV_FILTER:-fc1 GEMMs Fp32})"
       LD_LIBRARY_PATH=${libdirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} INCEPTION_BENCH_SECS=1 INCEPTION_BENCH_CPU=0 \
-        timeout 150 "stage/benches/$b@prev" --bench "${PREV_FILTER:-fc1 GEMMs Fp32}" --warm-up-time 0.5 --noplot 2>&1 \
+        timeout "$t" "stage/benches/$b@prev" --bench "${PREV_FILTER:-fc1 GEMMs Fp32}" --warm-up-time 0.5 --noplot 2>&1 \
         | tee "$logs/bench-$b-prev.log" | grep --line-buffered -E '^[A-Za-z].*(cuda:|/)|time:|thrpt:|skipped' \
         | grep --line-buffered -v 'Benchmarking'
     fi
@@ -120,8 +138,9 @@ PY
 
 baseline() {
   phase "PyTorch baseline (same GPU, same run)"
+  budget 120 "PyTorch baseline" || return
   # shellcheck disable=SC2086
-  PYTHONUNBUFFERED=1 timeout 120 python3 scripts/baseline/pytorch_baseline.py data "$out/baseline.json" \
+  PYTHONUNBUFFERED=1 timeout "$t" python3 scripts/baseline/pytorch_baseline.py data "$out/baseline.json" \
     ${BASELINE_ARGS:-} >"$logs/baseline.log" 2>&1
   tail -n 42 "$logs/baseline.log"
 }
@@ -134,7 +153,8 @@ modules() {
 profile() {
   # Only the metrics this ncu lists for this GPU are asked for (a missing name would fail the whole run); the
   # missing ones are named in the log.
-  timeout 60 ncu --query-metrics >"$logs/ncu-query.txt" 2>&1 || echo "ncu --query-metrics failed: asking for every metric"
+  budget 60 "ncu profile" || return
+  timeout "$t" ncu --query-metrics >"$logs/ncu-query.txt" 2>&1 || echo "ncu --query-metrics failed: asking for every metric"
   local metrics
   metrics=$(python3 scripts/ncu-summary.py --metrics "$logs/ncu-query.txt")
   local copy
@@ -143,7 +163,8 @@ profile() {
   : >"$out/profile.md"
   for p in ${PROFILE_PRECISIONS:-fp32 tf32}; do
     phase "one training step (batch 50, $p) under ncu"
-    timeout 120 ncu --clock-control none --print-units base --csv --metrics "$metrics" \
+    budget 120 "ncu step profile $p" || continue
+    timeout "$t" ncu --clock-control none --print-units base --csv --metrics "$metrics" \
       stage/examples/profile_step 50 0 1 loaded "$p" >"$out/ncu-$p.csv" 2>"$logs/ncu-$p.err"
     { echo "## $p"; python3 scripts/ncu-summary.py "$out/ncu-$p.csv" $copy; echo; } | tee -a "$out/profile.md"
     tail -n 3 "$logs/ncu-$p.err"
@@ -151,7 +172,8 @@ profile() {
   # Shared-memory wavefronts and bank conflicts per kernel of the TF32 step, beside the emulator's count
   # (scripts/shared-traffic.py): a separate run, so a metric this ncu lacks costs only this table.
   phase "shared-memory wavefronts of the tf32 step under ncu (against the emulator's count)"
-  if timeout 90 ncu --clock-control none --print-units base --csv --metrics "$(python3 scripts/ncu-summary.py --metrics-smem "$logs/ncu-query.txt")" \
+  budget 90 "ncu shared-memory profile" || return
+  if timeout "$t" ncu --clock-control none --print-units base --csv --metrics "$(python3 scripts/ncu-summary.py --metrics-smem "$logs/ncu-query.txt")" \
     stage/examples/profile_step 50 0 1 loaded tf32 >"$out/ncu-smem-tf32.csv" 2>"$logs/ncu-smem.err"; then
     { echo "## tf32, shared memory"; python3 scripts/ncu-summary.py --smem "$out/ncu-smem-tf32.csv"; echo; } \
       | tee -a "$out/profile.md"
@@ -162,7 +184,7 @@ profile() {
 
 sanitizers() {
   phase "compute-sanitizer memcheck, racecheck (small GPU tests; until $((${DEADLINE:-560})) s)"
-  SANITIZER_DEADLINE=$((start + ${DEADLINE:-560})) SANITIZER_SECS=${SANITIZER_SECS:-120} \
+  SANITIZER_DEADLINE=$deadline SANITIZER_SECS=${SANITIZER_SECS:-120} \
     scripts/gpu-run.sh --sanitizers-only || status=1
 }
 

@@ -1,12 +1,33 @@
-//! The step-capture test (issue 6), alone in its own test binary: a capture records every
-//! launch on the device's stream, which the tests of one binary share across their threads, so another test
-//! running beside it would have its launches captured instead of run (seen on an H100 when this test sat in
-//! tests/gpu_kernels.rs: a concurrent module test lost part of its dx). `#[ignore]`d: it needs a CUDA GPU.
+//! The step-capture tests (issues 6 and 17), in their own test binary: a capture records every launch on the
+//! device's stream, which the tests of one binary share across their threads, so another test running beside
+//! it would have its launches captured instead of run (seen on an H100 when the first of them sat in
+//! tests/gpu_kernels.rs: a concurrent module test lost part of its dx), and its host syncs would invalidate
+//! the capture. The harness runs tests on parallel threads, so each test here holds [`one_at_a_time`]'s lock.
+//! `#[ignore]`d: they need a CUDA GPU.
 
 mod common;
 
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
 use common::{assert_bits_eq, uniform};
+use inception_cuda::nn::MnistConfig;
 use inception_cuda::Device;
+
+/// Serialises this binary's tests (see the module header); a failed test's poisoned lock still serves.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static STREAM: Mutex<()> = Mutex::new(());
+    STREAM.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The small net every test here trains.
+const CFG: MnistConfig = MnistConfig {
+    map1: 4,
+    map2: 4,
+    reduce: 2,
+    hidden: 16,
+    dropout: 0.5,
+    image: 28,
+};
 
 /// Issue 6's capture test: one training step captured (a host sync on the capturing thread would fail it)
 /// holds only kernel, memset and device-to-device copy nodes (an allocation would show as a node), and replaying it gives the same
@@ -15,25 +36,18 @@ use inception_cuda::Device;
 #[ignore = "needs a CUDA GPU"]
 fn small_gpu_training_step_captures_into_a_graph() {
     use inception_cuda::cuda::GraphNode;
-    use inception_cuda::nn::{InceptionMnist, MnistConfig};
+    use inception_cuda::nn::InceptionMnist;
+    let _stream = one_at_a_time();
     let dev = common::gpu();
     let Device::Cuda(cuda) = &dev else {
         unreachable!("common::gpu() returns a CUDA device")
-    };
-    let cfg = MnistConfig {
-        map1: 4,
-        map2: 4,
-        reduce: 2,
-        hidden: 16,
-        dropout: 0.5,
-        image: 28,
     };
     let images: Vec<f32> = uniform(61, 8 * 784)
         .iter()
         .map(|v| (v + 1.0) / 2.0)
         .collect();
     let labels: Vec<u32> = (0..8).collect();
-    let mut nets = [0, 1].map(|_| InceptionMnist::new(cuda.backend_arc(), cfg, 3).unwrap());
+    let mut nets = [0, 1].map(|_| InceptionMnist::new(cuda.backend_arc(), CFG, 3).unwrap());
     for net in &mut nets {
         net.load_batch(&images, Some(&labels)).unwrap();
         net.train_loaded(1e-3).unwrap(); // first step: the workspace and scratch exist from here on
@@ -74,18 +88,11 @@ fn small_gpu_training_step_captures_into_a_graph() {
 #[ignore = "needs a CUDA GPU"]
 fn small_gpu_replayed_run_equals_the_uncaptured_run() {
     use inception_cuda::data::Dataset;
-    use inception_cuda::nn::{InceptionMnist, MnistConfig};
+    use inception_cuda::nn::InceptionMnist;
+    let _stream = one_at_a_time();
     let dev = common::gpu();
     let Device::Cuda(cuda) = &dev else {
         unreachable!("common::gpu() returns a CUDA device")
-    };
-    let cfg = MnistConfig {
-        map1: 4,
-        map2: 4,
-        reduce: 2,
-        hidden: 16,
-        dropout: 0.5,
-        image: 28,
     };
     let n = 300;
     let set = Dataset {
@@ -98,7 +105,7 @@ fn small_gpu_replayed_run_equals_the_uncaptured_run() {
         cols: 28,
     };
     let (steps, batch, lr) = (60u64, 8, 1e-3);
-    let mut nets = [0, 1].map(|_| InceptionMnist::new(cuda.backend_arc(), cfg, 3).unwrap());
+    let mut nets = [0, 1].map(|_| InceptionMnist::new(cuda.backend_arc(), CFG, 3).unwrap());
     let data = nets[0].to_device(&set).unwrap();
     nets[1].set_capture(false);
     for net in &mut nets {
@@ -128,7 +135,7 @@ fn small_gpu_replayed_run_equals_the_uncaptured_run() {
         }
         if s == 40 {
             let src = &nets[0];
-            let mut r = InceptionMnist::new(cuda.backend_arc(), cfg, 77).unwrap();
+            let mut r = InceptionMnist::new(cuda.backend_arc(), CFG, 77).unwrap();
             for e in src.params().to_vec() {
                 r.set_param(&e.name, &src.param(&e.name).unwrap()).unwrap();
             }
@@ -174,26 +181,19 @@ fn small_gpu_replayed_run_equals_the_uncaptured_run() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn small_gpu_checkpoint_copy_in_stream_order_equals_a_synchronous_one() {
-    use inception_cuda::nn::{InceptionMnist, MnistConfig};
+    use inception_cuda::nn::InceptionMnist;
     use std::collections::BTreeMap;
+    let _stream = one_at_a_time();
     let dev = common::gpu();
     let Device::Cuda(cuda) = &dev else {
         unreachable!("common::gpu() returns a CUDA device")
-    };
-    let cfg = MnistConfig {
-        map1: 4,
-        map2: 4,
-        reduce: 2,
-        hidden: 16,
-        dropout: 0.5,
-        image: 28,
     };
     let images: Vec<f32> = uniform(62, 8 * 784)
         .iter()
         .map(|v| (v + 1.0) / 2.0)
         .collect();
     let labels: Vec<u32> = (0..8).collect();
-    let mut net = InceptionMnist::new(cuda.backend_arc(), cfg, 3).unwrap();
+    let mut net = InceptionMnist::new(cuda.backend_arc(), CFG, 3).unwrap();
     for _ in 0..3 {
         net.train_step(&images, &labels, 1e-3).unwrap();
     }

@@ -557,6 +557,9 @@ impl Driver for CudaBackend {
                 .unwrap_or_else(PoisonError::into_inner);
             let ceiling = &mut opted_in[kernel as usize];
             if dims.shared_bytes > *ceiling {
+                // cuFuncSetAttribute does not make the context current (the launch below does): bind it, for a
+                // thread whose first driver call this is.
+                self.ctx.bind_to_thread().map_err(driver_error(op))?;
                 self.kernels[kernel as usize]
                     .set_attribute(
                         CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
