@@ -1043,11 +1043,13 @@ __device__ __forceinline__ void reduce_map_tc(float* __restrict__ mid_s, float* 
           float v[2];
 #pragma unroll
           for (int e = 0; e < 2; ++e) v[e] = relu_epilogue(acc[mt][nt][2 * h + e] + b1[cm], 1);
-          // One float2 store (q even, mplane even): a half-warp's words 8g + 2t (+1) fill 32 banks. A pixel
+          // One 8-byte store (q even, mplane even): a half-warp's words 8g + 2t (+1) fill 32 banks. A pixel
           // q + 1 = mpix lands in the plane's padding (mplane > mpix when mpix is odd), never read. The map on
-          // chip is the k×k conv's B operand, rounded here once (cvt.rna, as at every operand load; rounding
-          // again is the identity); the saved copy below stays f32.
-          *reinterpret_cast<float2*>(&mid_s[cm * mplane + q]) = make_float2(tf32_round(v[0]), tf32_round(v[1]));
+          // chip is the k×k conv's B operand, rounded here once (tf32_round; the k×k stage passes its bits to
+          // the mma as they are); the saved copy below stays f32. Written as a uint2 indexed from the plane's
+          // start: through &mid_s[cm · mplane + q], NVVM split the store into two 4-byte ones.
+          reinterpret_cast<uint2*>(mid_s + cm * mplane)[q / 2] =
+              make_uint2(__float_as_uint(tf32_round(v[0])), __float_as_uint(tf32_round(v[1])));
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             const unsigned int qe = q + e, row = r0 + qe / d.w;
@@ -1250,8 +1252,9 @@ __device__ __forceinline__ void reduce_conv_tc_body(float* __restrict__ y, float
         const int sya = oy[nt] + dya, sxa = ox[nt] + dxa, syb = oy[nt] + dyb, sxb = ox[nt] + dxb;
         const bool in_a = ka < ktot && sya >= 0 && sya < (int)d.h && sxa >= 0 && sxa < (int)d.w;
         const bool in_b = kb < ktot && syb >= 0 && syb < (int)d.h && sxb >= 0 && sxb < (int)d.w;
-        bf[nt][0] = tf32_bits(in_a ? mid_s[cma * mplane + (unsigned int)(sya - (int)r0) * d.w + sxa] : 0.0f);
-        bf[nt][1] = tf32_bits(in_b ? mid_s[cmb * mplane + (unsigned int)(syb - (int)r0) * d.w + sxb] : 0.0f);
+        // The map on chip holds TF32 values (tf32_round at its store): their bits are the operand.
+        bf[nt][0] = in_a ? __float_as_uint(mid_s[cma * mplane + (unsigned int)(sya - (int)r0) * d.w + sxa]) : 0u;
+        bf[nt][1] = in_b ? __float_as_uint(mid_s[cmb * mplane + (unsigned int)(syb - (int)r0) * d.w + sxb]) : 0u;
       }
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt)

@@ -12,7 +12,10 @@
 // accumulation is f32.
 #pragma once
 
-// The TF32 operand of x: cvt.rna.tf32.f32, as the bits of a .b32 register (the low 13 bits zero).
+// The TF32 operand of x: cvt.rna.tf32.f32, as the .b32 register an mma takes. Only its upper 19 bits (sign,
+// exponent, 10 mantissa bits) are defined: the PTX ISA leaves the tf32 register layout to the implementation,
+// and ptxas drops the masking of the low 13 bits where the value only feeds an mma, which ignores them (sm_90:
+// FSETP + IADD 0x1000, no LOP3). Never read it as a float: tf32_round is that.
 __device__ __forceinline__ unsigned int tf32_bits(float x) {
 #ifdef __CUDA_ARCH__
   unsigned int r;
@@ -25,8 +28,13 @@ __device__ __forceinline__ unsigned int tf32_bits(float x) {
 #endif
 }
 
-// x rounded to TF32 (cvt.rna), as a float: an operand rounded once where it is stored, not at each load.
-__device__ __forceinline__ float tf32_round(float x) { return __uint_as_float(tf32_bits(x)); }
+// The low 13 bits of an f32, which a TF32 value has zero.
+#define TF32_LOW_BITS 0x1fffu
+
+// x rounded to TF32 (cvt.rna) as a float whose low 13 bits are zero: an operand rounded once where it is
+// stored (and read back into an mma by __float_as_uint, no second cvt), not at each load. The mask is explicit
+// (tf32_bits' low bits are undefined); ptxas merges it with its own where it masks anyway.
+__device__ __forceinline__ float tf32_round(float x) { return __uint_as_float(tf32_bits(x) & ~TF32_LOW_BITS); }
 
 // Tiles of 16-float rows padded to 20 floats (A, or a B stored n-major) serve a warp's fragment loads from 32
 // banks (lane (g, t) reads word 20g + t + const), but rows r and r + 1 share 4 banks, so a quarter-warp's 16-byte

@@ -80,6 +80,10 @@ struct alignas(16) float4 {
   float x, y, z, w;
   EMU_VECTOR4(float4, float)
 };
+struct alignas(8) uint2 {
+  unsigned int x, y;
+  EMU_VECTOR2(uint2, unsigned int)
+};
 struct alignas(8) int2 {
   int x, y;
   EMU_VECTOR2(int2, int)
@@ -90,6 +94,7 @@ struct alignas(16) int4 {
 };
 inline float2 make_float2(float x, float y) { return {x, y}; }
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+inline uint2 make_uint2(unsigned int x, unsigned int y) { return {x, y}; }
 inline int2 make_int2(int x, int y) { return {x, y}; }
 inline int4 make_int4(int x, int y, int z, int w) { return {x, y, z, w}; }
 
@@ -125,8 +130,11 @@ void warp_gather(unsigned int mask, unsigned long long value, unsigned long long
 // t = lane % 4). The operands' low 13 bits are dropped as the hardware does; products are exact in f32 and
 // summed in k order onto c.
 void mma_tf32_m16n8k8(float d[4], const unsigned int a[4], const unsigned int b[2], const float c[4]);
-// cvt.rna.tf32.f32: round to the nearest TF32 (10 explicit mantissa bits), ties away from zero; the bits
-// of the result (low 13 zero).
+// cvt.rna.tf32.f32: round to the nearest TF32 (10 explicit mantissa bits), ties away from zero, as the bits
+// the hardware's register holds where the value only feeds an mma: half a TF32 ulp added to a finite value's
+// magnitude, the low 13 bits left as they fall (ptxas masks them only where the value is stored), so a kernel
+// that reads them as a float goes wrong here as it would on a GPU. The mma drops them (tf32_operand);
+// ±inf and NaN come back masked, a NaN kept a NaN.
 unsigned int tf32_rna(float x);
 // cp.async.{ca,cg}.shared.global of `bytes` (4, 8 or 16): an error unless both addresses are aligned to it.
 // The source is read now, the destination written when a wait completes the copy's group (cp_async_wait),

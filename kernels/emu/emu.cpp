@@ -629,7 +629,7 @@ unsigned int tf32_rna(float x) {
   unsigned int bits;
   std::memcpy(&bits, &x, 4);
   if ((bits & 0x7f800000u) == 0x7f800000u) return (bits & ~0x1fffu) | (bits & 0x1fffu ? 0x1000u : 0u);  // inf, NaN
-  return (bits + 0x1000u) & ~0x1fffu;  // add half an ulp of TF32 to the magnitude, truncate: ties away
+  return bits + 0x1000u;  // half an ulp of TF32 added to the magnitude: truncated, ties away from zero
 }
 
 void cp_async(void* dst, const void* src, unsigned int bytes) {
