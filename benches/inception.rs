@@ -47,13 +47,17 @@ thread_local! {
 /// Samples per benchmark ([`configured_group`]).
 const SAMPLES: usize = 10;
 
-/// `bch.iter(f)`, also recording each sample's time per iteration under `cell` when there is one (GPU groups).
-fn timed(bch: &mut Bencher<'_>, cell: Option<Cell>, mut f: impl FnMut()) {
+/// `bch.iter(f)` with the device synchronised once a sample, after its iterations (back-to-back launches, as
+/// PyTorch's baseline times its modules with CUDA events: a host round trip per iteration would add 10–20 µs
+/// to sub-millisecond modules on one side only), also recording each sample's time per iteration under
+/// `cell` when there is one (GPU groups).
+fn timed(bch: &mut Bencher<'_>, cell: Option<Cell>, dev: &Device, mut f: impl FnMut()) {
     bch.iter_custom(|iters| {
         let t = Instant::now();
         for _ in 0..iters {
             f();
         }
+        dev.synchronize().expect("sync");
         let e = t.elapsed();
         if let Some(cell) = &cell {
             let ms = e.as_secs_f64() * 1e3 / iters.max(1) as f64;
@@ -256,7 +260,7 @@ fn bench_module<B: Backend>(
     let (yl, xl) = (b.len(&y), b.len(&x));
     let fwd_cell = cell(dev, label, n, "reduced", "ours", precision, "forward");
     group.bench_function(BenchmarkId::new(format!("{label} forward"), n), |bch| {
-        timed(bch, fwd_cell.clone(), || {
+        timed(bch, fwd_cell.clone(), dev, || {
             let xv = b.view(&x, 0..xl).expect("view");
             m.forward(
                 b,
@@ -267,7 +271,6 @@ fn bench_module<B: Backend>(
                 (n, h, w),
             )
             .expect("forward");
-            dev.synchronize().expect("sync");
         })
     });
     group.throughput(Throughput::Elements(3 * flops)); // backward ≈ twice the forward's multiply-adds
@@ -283,7 +286,7 @@ fn bench_module<B: Backend>(
     group.bench_function(
         BenchmarkId::new(format!("{label} forward+backward"), n),
         |bch| {
-            timed(bch, both_cell.clone(), || {
+            timed(bch, both_cell.clone(), dev, || {
                 let xv = b.view(&x, 0..xl).expect("view");
                 m.forward(
                     b,
@@ -312,7 +315,6 @@ fn bench_module<B: Backend>(
                     (n, h, w),
                 )
                 .expect("backward");
-                dev.synchronize().expect("sync");
             })
         },
     );
@@ -414,9 +416,8 @@ fn bench_naive<B: Backend>(
     group.throughput(Throughput::Elements(flops));
     let fwd_cell = cell(dev, label, n, "naive", "ours", precision, "forward");
     group.bench_function(BenchmarkId::new(format!("{label} forward"), n), |bch| {
-        timed(bch, fwd_cell.clone(), || {
+        timed(bch, fwd_cell.clone(), dev, || {
             forward(&mut y, &mut pooled, &ws);
-            dev.synchronize().expect("sync");
         })
     });
     group.throughput(Throughput::Elements(3 * flops));
@@ -432,7 +433,7 @@ fn bench_naive<B: Backend>(
     group.bench_function(
         BenchmarkId::new(format!("{label} forward+backward"), n),
         |bch| {
-            timed(bch, both_cell.clone(), || {
+            timed(bch, both_cell.clone(), dev, || {
                 forward(&mut y, &mut pooled, &ws);
                 b.relu_bwd(
                     &mut b.view_mut(&mut g, 0..yl).expect("view"),
@@ -483,7 +484,6 @@ fn bench_naive<B: Backend>(
                     true,
                 )
                 .expect("pool bwd");
-                dev.synchronize().expect("sync");
             })
         },
     );
@@ -765,9 +765,8 @@ fn bench_libraries(c: &mut Criterion, dev: &Device) {
                 group.throughput(Throughput::Elements(2 * macs.total() * n as u64));
                 let fwd_cell = cell(dev, label, n, form, "cuDNN", p, "forward");
                 group.bench_function(BenchmarkId::new(format!("{label} forward"), n), |bch| {
-                    timed(bch, fwd_cell.clone(), || {
+                    timed(bch, fwd_cell.clone(), dev, || {
                         module.forward().expect("cuDNN forward");
-                        dev.synchronize().expect("sync");
                     })
                 });
                 group.throughput(Throughput::Elements(3 * 2 * macs.total() * n as u64));
@@ -775,10 +774,9 @@ fn bench_libraries(c: &mut Criterion, dev: &Device) {
                 group.bench_function(
                     BenchmarkId::new(format!("{label} forward+backward"), n),
                     |bch| {
-                        timed(bch, both_cell.clone(), || {
+                        timed(bch, both_cell.clone(), dev, || {
                             module.forward().expect("cuDNN forward");
                             module.backward(cuda.backend()).expect("cuDNN backward");
-                            dev.synchronize().expect("sync");
                         })
                     },
                 );

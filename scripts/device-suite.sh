@@ -148,6 +148,7 @@ baseline() {
 modules() {
   phase "module table (ours from the benches phase, PyTorch + cuDNN from the baseline phase)"
   python3 scripts/module-table.py "$logs/bench-inception.log" "$out/baseline.json" | tee "$out/modules.md"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 }
 
 profile() {

@@ -7,9 +7,12 @@ cuDNN's reduced and naive module in the same precision.
 
     python3 scripts/module-table.py BENCH_LOG BASELINE_JSON     (markdown on stdout)
 
-A cell with no figure says so ("not run"); nothing is filled in from another run.
+A cell with no figure says so ("not run"); nothing is filled in from another run. A missing file (the bench or
+the baseline phase not run, or cut short before it wrote anything) leaves its side "not run" and is named.
+Our figures and PyTorch's are criterion's estimate and the mean of 50 back-to-back reps, both per iteration.
 """
 import json
+import os
 import re
 import sys
 
@@ -19,11 +22,14 @@ PASSES = [("forward", "fwd"), ("forward+backward", "fwdbwd")]
 
 
 def ours(log_path):
-    """{(label, batch, form, precision, pass): median ms} from criterion's output; the bench names its groups
+    """{(label, batch, form, precision, pass): ms (criterion's estimate, the middle figure)} from its output; the bench names its groups
     `inception module, <form> <Precision> [<device>]`, benchmark `<label> <pass>/<batch>`; GPU groups only."""
     head = re.compile(r"^inception module, (reduced|naive) (Fp32|Tf32) \[(cuda[^\]]*)\]/(.+) (forward\+backward|forward)/(\d+)")
     time = re.compile(r"time:\s+\[\S+ \S+ (\S+) (\S+) \S+ \S+\]")
     out, key = {}, None
+    if not os.path.exists(log_path):
+        print(f"(no bench log {log_path}: our columns not run)")
+        return out
     with open(log_path, encoding="utf-8", errors="replace") as f:
         for line in f:
             m = head.match(line.strip())
@@ -43,10 +49,14 @@ def fmt(v):
 
 def main():
     mine = ours(sys.argv[1])
-    with open(sys.argv[2]) as f:
-        base = json.load(f)
+    base = {}
+    if os.path.exists(sys.argv[2]):
+        with open(sys.argv[2]) as f:
+            base = json.load(f)
+    else:
+        print(f"(no baseline {sys.argv[2]}: the PyTorch + cuDNN columns not run)")
     print(f"Module table, {base.get('device', 'unknown GPU')} (PyTorch {base.get('torch', '?')}, cuDNN "
-          f"{base.get('cudnn', '?')}); ms, medians; ratio = ours / the faster of cuDNN's reduced and naive\n")
+          f"{base.get('cudnn', '?')}); ms per iteration; ratio = ours / the faster of cuDNN's reduced and naive\n")
     print("| module | batch | precision | pass | ours reduced | ours naive | cuDNN reduced | cuDNN naive | ratio |")
     print("|---|---:|---|---|---:|---:|---:|---:|---:|")
     for label, batch, key in SHAPES:
