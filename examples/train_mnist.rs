@@ -120,8 +120,8 @@ struct Args {
     /// Initialisation [default: pytorch].
     #[arg(long, value_enum)]
     init: Option<Init>,
-    /// The products' arithmetic (convs, linear layers) [default: fp32; TF32's accuracy on the full schedule is
-    /// unmeasured].
+    /// The products' arithmetic (convs, linear layers), in training and evaluation [default: fp32; TF32's
+    /// accuracy on the full schedule is unmeasured].
     #[arg(long, value_enum)]
     precision: Option<PrecisionArg>,
     /// Validation accuracy (and the logged loss) every this many steps [default: 100].
@@ -490,6 +490,7 @@ fn train<H: BackendHandle>(
             .as_deref()
             .ok_or("--eval-only needs --checkpoint FILE")?;
         let mut net = InceptionMnist::load(path, backend, args.seed.unwrap_or(0))?;
+        net.set_precision(args.precision.map(Precision::from).unwrap_or_default())?;
         check_data(&data, &args.data, Some(net.config().image), 1)?;
         let acc = accuracy(
             &mut net,
@@ -501,7 +502,7 @@ fn train<H: BackendHandle>(
         println!("test accuracy: {acc:.2}%");
         return Ok(());
     }
-    let (out, mut net, recipe, mut curve) = match &args.resume {
+    let (out, mut net, mut recipe, mut curve) = match &args.resume {
         Some(dir) => {
             let removed = if dir.is_dir() {
                 remove_stale_temporaries(dir)?
@@ -651,6 +652,9 @@ fn train<H: BackendHandle>(
     let steps = count("steps").unwrap_or(if gpu { 20_000 } else { 200 });
     let log_every = count("log_every").unwrap_or(100).max(1);
     let checkpoint_every = count("checkpoint_every").unwrap_or(5000).max(1);
+    // The run's length as resolved here, in its checkpoints' recipe: a resume on another kind of device keeps
+    // it (the default differs by device).
+    recipe.insert("steps".into(), steps.to_string());
     if net.step() > steps {
         return Err(format!(
             "{}: the checkpoint is at step {}, past --steps {steps}",
@@ -712,23 +716,22 @@ fn train<H: BackendHandle>(
     // GPU, no wait), then a background thread waits for the copy, checks every value is finite and writes the
     // unit while training goes on. At most one in flight: the previous writer is joined before the next copy
     // is issued. A diverged model or an I/O error in the writer stops the run at the next checkpoint or at the
-    // end, naming the step or the file.
+    // end, naming the step or the file. Whatever ends the run, the checkpoint in flight is finished first, and
+    // the error names the last good one.
     type Writer = (
         u64,
         std::thread::JoinHandle<inception_cuda::Result<Checkpoint>>,
     );
     let mut writer: Option<Writer> = None;
-    let join = |(step, h): Writer, last_good: Option<u64>| -> Res<Checkpoint> {
+    let join = |(step, h): Writer| -> Res<Checkpoint> {
         match h
             .join()
             .map_err(|_| "the checkpoint writer thread panicked")?
         {
             Ok(c) => Ok(c),
-            Err(e @ inception_cuda::Error::NonFinite { .. }) => Err(format!(
-                "diverged, checkpoint of step {step} not saved: {e}; {}",
-                last_good_msg(last_good)
-            )
-            .into()),
+            Err(e @ inception_cuda::Error::NonFinite { .. }) => {
+                Err(format!("diverged, checkpoint of step {step} not saved: {e}").into())
+            }
             Err(e) => Err(format!("checkpoint of step {step} not saved: {e}").into()),
         }
     };
@@ -740,88 +743,93 @@ fn train<H: BackendHandle>(
         ..Timing::default()
     };
     let (start, first) = (Instant::now(), net.step());
-    while net.step() < steps {
-        let t = Instant::now();
-        match &resident {
-            Some(r) => {
-                net.train_gathered(&r.train, batch, lr)?;
-            }
-            None => {
-                let (x, y) = data.train.batch(net.step(), batch)?;
-                net.train_step(x, y, lr)?;
-            }
-        }
-        time.steps += t.elapsed().as_secs_f64();
-        let s = net.step();
-        if s % log_every == 0 || s == steps {
+    let mut run = || -> Res<f64> {
+        while net.step() < steps {
             let t = Instant::now();
-            let loss = net.take_mean_loss()?.unwrap_or(f32::NAN);
-            time.host_waits += t.elapsed().as_secs_f64();
-            if !loss.is_finite() {
-                pb.abandon();
-                return Err(format!(
-                    "non-finite loss {loss} at step {s}; {}",
-                    last_good_msg(last_good)
-                )
-                .into());
-            }
-            let t = Instant::now();
-            let val = match &resident {
-                Some(r) => net.accuracy_on(&r.val, val_n, eval_batch)?,
-                None => accuracy(&mut net, &data.val, val_n, eval_batch)?,
-            };
-            time.validation += t.elapsed().as_secs_f64();
-            let secs = start.elapsed().as_secs_f64();
-            writeln!(log, "{{\"step\": {s}, \"loss\": {loss}, \"val_accuracy\": {val:.4}, \"seconds\": {secs:.2}}}")
-                .and_then(|()| log.flush())
-                .map_err(|e| format!("{}: cannot write: {e}", log_path.display()))?;
-            curve.push((s, loss, val));
-            pb.set_message(format!(
-                "loss {loss:.4} val {val:.2}% ({:.0} img/s)",
-                ((s - first) as f64 * batch as f64) / secs.max(1e-9)
-            ));
-        }
-        if s % checkpoint_every == 0 || s == steps {
-            let t = Instant::now();
-            if let Some(w) = writer.take() {
-                // the previous checkpoint, written meanwhile
-                match join(w, last_good) {
-                    Ok(c) => last_good = Some(c.step),
-                    Err(e) => {
-                        pb.abandon();
-                        return Err(e);
-                    }
+            match &resident {
+                Some(r) => {
+                    net.train_gathered(&r.train, batch, lr)?;
+                }
+                None => {
+                    let (x, y) = data.train.batch(net.step(), batch)?;
+                    net.train_step(x, y, lr)?;
                 }
             }
-            let pending = net.checkpoint_snapshot_async()?;
-            let (dir, recipe) = (out.clone(), recipe.clone());
-            let h = std::thread::spawn(move || pending.finish()?.write(&dir, &recipe));
-            writer = Some((s, h));
-            time.checkpoints += t.elapsed().as_secs_f64();
+            time.steps += t.elapsed().as_secs_f64();
+            let s = net.step();
+            if s % log_every == 0 || s == steps {
+                let t = Instant::now();
+                let loss = net.take_mean_loss()?.unwrap_or(f32::NAN);
+                time.host_waits += t.elapsed().as_secs_f64();
+                if !loss.is_finite() {
+                    return Err(format!("non-finite loss {loss} at step {s}").into());
+                }
+                let t = Instant::now();
+                let val = match &resident {
+                    Some(r) => net.accuracy_on(&r.val, val_n, eval_batch)?,
+                    None => accuracy(&mut net, &data.val, val_n, eval_batch)?,
+                };
+                time.validation += t.elapsed().as_secs_f64();
+                let secs = start.elapsed().as_secs_f64();
+                writeln!(log, "{{\"step\": {s}, \"loss\": {loss}, \"val_accuracy\": {val:.4}, \"seconds\": {secs:.2}}}")
+                .and_then(|()| log.flush())
+                .map_err(|e| format!("{}: cannot write: {e}", log_path.display()))?;
+                curve.push((s, loss, val));
+                pb.set_message(format!(
+                    "loss {loss:.4} val {val:.2}% ({:.0} img/s)",
+                    ((s - first) as f64 * batch as f64) / secs.max(1e-9)
+                ));
+            }
+            if s % checkpoint_every == 0 || s == steps {
+                let t = Instant::now();
+                if let Some(w) = writer.take() {
+                    // the previous checkpoint, written meanwhile
+                    last_good = Some(join(w)?.step);
+                }
+                let pending = net.checkpoint_snapshot_async()?;
+                let (dir, recipe) = (out.clone(), recipe.clone());
+                let h = std::thread::spawn(move || pending.finish()?.write(&dir, &recipe));
+                writer = Some((s, h));
+                time.checkpoints += t.elapsed().as_secs_f64();
+            }
+            pb.set_position(s);
         }
-        pb.set_position(s);
-    }
-    pb.finish();
-    let t = Instant::now();
-    if let Some(w) = writer.take() {
-        join(w, last_good)?;
-    }
-    time.checkpoints += t.elapsed().as_secs_f64();
-    log.sync_all()
-        .map_err(|e| format!("{}: cannot write: {e}", log_path.display()))?;
-    write_curves(&out.join("curves.svg"), &curve)?;
-    eprintln!(
-        "{} steps in {:.1} s; outputs in {}",
-        net.step() - first,
-        start.elapsed().as_secs_f64(),
-        out.display()
-    );
-    let t = Instant::now();
-    let acc = match &resident {
-        Some(r) => net.accuracy_on(&r.test, data.test.len(), eval_batch)?,
-        None => accuracy(&mut net, &data.test, data.test.len(), eval_batch)?,
+        pb.finish();
+        log.sync_all()
+            .map_err(|e| format!("{}: cannot write: {e}", log_path.display()))?;
+        write_curves(&out.join("curves.svg"), &curve)?;
+        eprintln!(
+            "{} steps in {:.1} s; outputs in {}",
+            net.step() - first,
+            start.elapsed().as_secs_f64(),
+            out.display()
+        );
+        let t = Instant::now();
+        let acc = match &resident {
+            Some(r) => net.accuracy_on(&r.test, data.test.len(), eval_batch)?,
+            None => accuracy(&mut net, &data.test, data.test.len(), eval_batch)?,
+        };
+        time.test = t.elapsed().as_secs_f64();
+        Ok(acc)
     };
-    time.test = t.elapsed().as_secs_f64();
+    let result = run();
+    // The last checkpoint is written while the test set is evaluated; an error above waits for the one in
+    // flight too, so that it is never lost.
+    let t = Instant::now();
+    let written = writer.take().map(join);
+    time.checkpoints += t.elapsed().as_secs_f64();
+    let outcome = match (result, written) {
+        (Ok(acc), None | Some(Ok(_))) => Ok(acc),
+        (Err(e), Some(Ok(c))) => {
+            last_good = Some(c.step);
+            Err(e)
+        }
+        (Err(e), _) | (Ok(_), Some(Err(e))) => Err(e),
+    };
+    let acc = outcome.map_err(|e| {
+        pb.abandon();
+        format!("{e}; {}", last_good_msg(last_good))
+    })?;
     time.capture = net.capture_seconds();
     time.replays = net.replays();
     time.total = started.elapsed().as_secs_f64();

@@ -26,7 +26,8 @@
 # 600 s call at its caps (BENCHES=inception, or split it).
 # DEADLINE (seconds from the start, default 560) boxes every phase: each run is capped at what is left before it,
 # and a run with under 15 s left is not started but reported as not run (SANITIZER_SECS caps each sanitizer
-# run). So one call with timeout_s ≥ DEADLINE + 40 always ends by itself, its summary written. EXAMPLES_QUICK=1 runs only primitives. Every phase has its own timeout. Output: $OUT (else stage/out): suite.log (all that
+# run). So one call with timeout_s ≥ DEADLINE + 40 always ends by itself, its summary written: for a shorter
+# call lower DEADLINE with it (e.g. a train call of timeout_s 300: DEADLINE=260). EXAMPLES_QUICK=1 runs only primitives. Every phase has its own timeout. Output: $OUT (else stage/out): suite.log (all that
 # was printed), logs.tar.gz (every log), baseline.json, modules.md, ncu-<precision>.csv, profile.md, train-log.jsonl, curves.svg.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +58,7 @@ fi
 status=0
 
 phase "device"
+echo "staged from: $(cat stage/COMMIT 2>/dev/null || echo 'unknown (stage/COMMIT missing: staged before it existed)')"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader
 python3 -c 'import torch; print("torch", torch.__version__, "cudnn", torch.backends.cudnn.version())' 2>&1 | tail -1
 
@@ -68,8 +70,11 @@ tests() {
 train() {
   phase "train_mnist, default GPU schedule ${TRAIN_ARGS:-}"
   budget "${TRAIN_TIMEOUT:-300}" train_mnist || return
+  # --device cuda: a GPU that cannot be opened is an error, not a silent 200-step CPU run; a fresh /tmp/run, so
+  # that a second call on the same machine neither is refused nor copies the last run's log.
+  rm -rf /tmp/run
   # shellcheck disable=SC2086
-  timeout "$t" stage/examples/train_mnist --data data --out /tmp/run ${TRAIN_ARGS:-} 2>&1 \
+  timeout "$t" stage/examples/train_mnist --device cuda --data data --out /tmp/run ${TRAIN_ARGS:-} 2>&1 \
     | tr '\r' '\n' | grep -v '^\s*$' | awk 'NR % 25 == 1 || /accuracy|steps in|error|device/'
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
   cp /tmp/run/log.jsonl "$out/train-log.jsonl" 2>/dev/null

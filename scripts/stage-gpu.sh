@@ -60,6 +60,9 @@ done
 # Symbols and debug sections off: the working tree and stage/ travel together under 64 MiB (panics keep
 # their messages; backtraces lose function names).
 strip stage/tests/* stage/examples/* stage/benches/*
+# The commit the binaries were built from (dirty: with uncommitted changes), printed by the device suite, so a
+# GPU run names what it measured and a stale stage shows.
+echo "$(git describe --always --dirty) $(git log -1 --format='%cI %s' | cut -c1-100)" >stage/COMMIT
 echo "staged $(wc -l <stage/MANIFEST) binaries in stage/ ($(du -sh stage | cut -f1)):"
 sed 's/^/  /' stage/MANIFEST
 # One solid xz archive to carry: every binary embeds the same PTX, which a solid archive stores once (56 MB of

@@ -227,3 +227,22 @@ fn accuracy_counted_on_the_device_equals_the_hosts_count_of_predictions() {
         assert_eq!(got, want, "batch {batch}");
     }
 }
+
+/// Evaluation runs in the net's precision: a TF32 net's logits are the TF32 forward's (within TF32's rounding
+/// of the fp32 logits, and not equal to them), and switching back re-plans the fp32 evaluation, same bits.
+#[test]
+fn evaluation_runs_in_the_nets_precision() {
+    use inception_cuda::shape::Precision;
+    let (images, _) = batch(4, 25, 5);
+    let mut net = InceptionMnist::new(CpuBackend, tiny(0.5), 3).unwrap();
+    let fp32 = net.logits(&images).unwrap();
+    net.set_precision(Precision::Tf32).unwrap();
+    let tf32 = net.logits(&images).unwrap();
+    assert!(
+        fp32.iter().zip(&tf32).any(|(a, b)| a != b),
+        "TF32 evaluation gave the fp32 logits bit for bit"
+    );
+    common::assert_close_scaled("TF32 logits vs fp32", &tf32, &fp32, 1e-2, 1e-2);
+    net.set_precision(Precision::Fp32).unwrap();
+    assert_bits_eq("fp32 logits again", &net.logits(&images).unwrap(), &fp32);
+}

@@ -429,6 +429,38 @@ fn fuzzed_command_line_numbers_give_errors_never_panics() {
     assert!(ok >= 10 && errors >= 10, "{ok} runs, {errors} errors");
 }
 
+/// An error on the training thread while a checkpoint is being written (`--lr 1e30`: step 1's parameters are
+/// huge but finite, step 2's loss is not) waits for that checkpoint: it is committed and named as the last
+/// good one, not lost with the process.
+#[test]
+fn an_error_while_a_checkpoint_is_written_keeps_it_and_names_it() {
+    let (data, dir) = (tiny_data(), scratch("error-in-flight"));
+    let out = dir.join("run");
+    let err = run(argv(
+        &data,
+        Some(&out),
+        &[
+            "--steps",
+            "4",
+            "--log-every",
+            "2",
+            "--checkpoint-every",
+            "1",
+            "--lr",
+            "1e30",
+        ],
+    ))
+    .unwrap_err();
+    assert!(err.contains("non-finite loss"), "{err}");
+    assert!(err.contains("last good checkpoint is step 1"), "{err}");
+    let m = read_manifest(&out)
+        .unwrap()
+        .expect("step 1's unit committed");
+    assert_eq!(m.step, 1);
+    let (net, _) = InceptionMnist::load_checkpoint(&out, CpuBackend).unwrap();
+    net.check_finite().unwrap();
+}
+
 /// A checkpoint the background writer cannot write (its model file's name taken by a folder, as when the
 /// folder is unwritable) ends the run with an error naming the file and the step, not lost in the thread;
 /// the run's earlier state is untouched.

@@ -1124,15 +1124,28 @@ impl<B: Backend> Plan<B> {
     }
 
     /// An inference plan of `g` for batches of `batch`, computing `output` (dropout is the identity; nothing
-    /// is saved for backward).
+    /// is saved for backward), in fp32.
     pub fn inference(
         b: impl BackendHandle<Backend = B>,
         g: &Graph,
         batch: usize,
         output: Value,
     ) -> Result<Self> {
+        Self::inference_with(b, g, batch, output, Precision::Fp32)
+    }
+
+    /// [`Plan::inference`] with the products (convolutions, linear layers) in `precision`, as a training plan
+    /// of [`TrainOptions::precision`] runs its forward.
+    pub fn inference_with(
+        b: impl BackendHandle<Backend = B>,
+        g: &Graph,
+        batch: usize,
+        output: Value,
+        precision: Precision,
+    ) -> Result<Self> {
         const OP: &str = "Plan::inference";
         let mut p = Planner::new(g, OP, batch, false, output)?;
+        p.precision = precision;
         if matches!(g.nodes[output.0], Op::SoftmaxXent { .. }) {
             return Err(plan_err(
                 OP,
@@ -1151,7 +1164,7 @@ impl<B: Backend> Plan<B> {
             ));
         }
         let len = param_table(g).last().map_or(0, |e| e.range.end);
-        Self::allocate(b, p, Precision::Fp32, Planner::r(out), Vec::new(), len)
+        Self::allocate(b, p, precision, Planner::r(out), Vec::new(), len)
     }
 
     fn allocate(
@@ -2070,7 +2083,7 @@ mod tests {
     use crate::nn::MnistConfig;
 
     /// A training plan's precision reaches every launch with products: the convolutions (plain and fused,
-    /// forward and backward) as well as the linear layers. An inference plan stays fp32.
+    /// forward and backward) as well as the linear layers; an inference plan's too, fp32 by default.
     #[test]
     fn every_product_of_a_training_plan_runs_in_its_precision() {
         let cfg = MnistConfig::tiny();
@@ -2108,8 +2121,14 @@ mod tests {
                 }
             }
             let logits = def.logits;
-            let eval = Plan::inference(CpuBackend, &def.graph, 2, logits).expect("inference plan");
-            assert!(eval
+            let eval = Plan::inference_with(CpuBackend, &def.graph, 2, logits, precision)
+                .expect("inference plan");
+            assert_eq!(eval.precision(), precision);
+            let products = eval.forward.iter().filter_map(|l| l.precision());
+            assert!(products.clone().count() >= 4, "{:?}", eval.forward);
+            assert!(products.into_iter().all(|p| p == precision));
+            let fp32 = Plan::inference(CpuBackend, &def.graph, 2, logits).expect("inference plan");
+            assert!(fp32
                 .forward
                 .iter()
                 .all(|l| l.precision().is_none_or(|p| p == Precision::Fp32)));

@@ -337,7 +337,9 @@ impl<B: Backend> InceptionMnist<B> {
 
     /// Trains in `precision` from the next batch on: [`Precision::Tf32`] runs the products of the
     /// convolutions (plain and fused reduce convs, forward and backward) and of the linear layers (fc1, fc2)
-    /// on the tensor cores with TF32 operands, f32 accumulation. Evaluation stays fp32. The losses not yet read by [`Self::take_mean_loss`] are kept.
+    /// on the tensor cores with TF32 operands, f32 accumulation; evaluation ([`Self::logits`],
+    /// [`Self::accuracy`]) runs in the same precision. The losses not yet read by [`Self::take_mean_loss`] are
+    /// kept.
     pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
         if precision != self.precision {
             if let Some(plan) = self.train.take() {
@@ -578,11 +580,16 @@ impl<B: Backend> InceptionMnist<B> {
         plan.output()
     }
 
-    /// Plans the inference plan for batches of `n` (once per size).
+    /// Plans the inference plan for batches of `n` in the net's precision (once per size and precision).
     fn plan_eval(&mut self, n: usize) -> Result<()> {
-        if self.eval.as_ref().is_none_or(|p| p.batch() != n) {
+        if self
+            .eval
+            .as_ref()
+            .is_none_or(|p| p.batch() != n || p.precision() != self.precision)
+        {
             self.eval = None;
-            let plan = Plan::inference(self.b.clone(), &self.def.graph, n, self.def.logits)?;
+            let (g, logits) = (&self.def.graph, self.def.logits);
+            let plan = Plan::inference_with(self.b.clone(), g, n, logits, self.precision)?;
             self.eval = Some(plan);
         }
         Ok(())
