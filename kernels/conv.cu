@@ -662,8 +662,7 @@ __device__ __forceinline__ void conv_tc_body(float* __restrict__ out, const floa
     for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
       for (int eh = 0; eh < 2; ++eh)
-        *reinterpret_cast<float2*>(&cs[tc_row(mt, eh * 2) * TC_BROW + tc_col(nt, 0)]) =
-            make_float2(acc[mt][nt][eh * 2], acc[mt][nt][eh * 2 + 1]);
+        st_pair(cs + tc_row(mt, eh * 2) * TC_BROW, tc_col(nt, 0), acc[mt][nt][eh * 2], acc[mt][nt][eh * 2 + 1]);
   __syncthreads();
   if (!p_ok) return;
   for (unsigned int r = 0; r < CONV_TC_BM && m0 + r < rows; ++r) {
@@ -895,8 +894,7 @@ __device__ __forceinline__ void conv_wgrad_tc_body(float* __restrict__ partials,
     for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
       for (int eh = 0; eh < 2; ++eh)
-        *reinterpret_cast<float2*>(&cs[tc_row(mt, eh * 2) * TC_BROW + tc_col(nt, 0)]) =
-            make_float2(acc[mt][nt][eh * 2], acc[mt][nt][eh * 2 + 1]);
+        st_pair(cs + tc_row(mt, eh * 2) * TC_BROW, tc_col(nt, 0), acc[mt][nt][eh * 2], acc[mt][nt][eh * 2 + 1]);
   __syncthreads();
   const unsigned int n = j0 + threadIdx.x;
   if (n >= cols) return;
@@ -1046,10 +1044,8 @@ __device__ __forceinline__ void reduce_map_tc(float* __restrict__ mid_s, float* 
           // One 8-byte store (q even, mplane even): a half-warp's words 8g + 2t (+1) fill 32 banks. A pixel
           // q + 1 = mpix lands in the plane's padding (mplane > mpix when mpix is odd), never read. The map on
           // chip is the k×k conv's B operand, rounded here once (tf32_round; the k×k stage passes its bits to
-          // the mma as they are); the saved copy below stays f32. Written as a uint2 indexed from the plane's
-          // start: through &mid_s[cm · mplane + q], NVVM split the store into two 4-byte ones.
-          reinterpret_cast<uint2*>(mid_s + cm * mplane)[q / 2] =
-              make_uint2(__float_as_uint(tf32_round(v[0])), __float_as_uint(tf32_round(v[1])));
+          // the mma as they are); the saved copy below stays f32.
+          st_pair(mid_s + cm * mplane, q, tf32_round(v[0]), tf32_round(v[1]));
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             const unsigned int qe = q + e, row = r0 + qe / d.w;

@@ -250,7 +250,8 @@ __device__ __forceinline__ void tc_fill(float* __restrict__ s, const TcOperand& 
   for (unsigned int q = threadIdx.x; q < R * GEMM_BK / 4; q += GEMM_THREADS) {
     const unsigned int r = o.kfast ? piece20_row(q) : q % (R / 4) * 4;
     const unsigned int kk = o.kfast ? q % (GEMM_BK / 4) * 4 : q / (R / 4);
-    float* dst = s + r * o.srs + kk * o.sks;  // the piece's 4 elements are contiguous in either layout
+    const unsigned int at = r * o.srs + kk * o.sks;  // the piece's 4 elements are contiguous in either layout
+    float* dst = s + at;
     const unsigned int rr = r0 + r;
     const u64 k = k0 + kk;
     const float* src = o.p + (u64)rr * o.rs + k * o.ks;
@@ -264,7 +265,9 @@ __device__ __forceinline__ void tc_fill(float* __restrict__ s, const TcOperand& 
         const bool in = o.kfast ? rr < o.r_end && k + u < k_end : k < k_end && rr + u < o.r_end;
         e[u] = in ? src[u * step] : 0.0f;
       }
-      *reinterpret_cast<float4*>(dst) = make_float4(e[0], e[1], e[2], e[3]);  // one 16-byte store, as cp.async's
+      // One 16-byte store, as cp.async's (at is a multiple of 4): indexed from the stage's start, as through
+      // dst NVVM split it into 4-byte stores.
+      reinterpret_cast<float4*>(s)[at / 4] = make_float4(e[0], e[1], e[2], e[3]);
     }
   }
 }
@@ -342,8 +345,7 @@ __device__ __forceinline__ void gemm_block_tc(float (&acc)[TM][8], const float* 
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
       for (int h = 0; h < 2; ++h)
-        *reinterpret_cast<float2*>(&cs[wr0 + mt * 16 + g + h * 8][wc0 + nt * 8 + 2 * t]) =
-            make_float2(mc[mt][nt][2 * h], mc[mt][nt][2 * h + 1]);
+        st_pair(cs[wr0 + mt * 16 + g + h * 8], wc0 + nt * 8 + 2 * t, mc[mt][nt][2 * h], mc[mt][nt][2 * h + 1]);
   __syncthreads();
 #pragma unroll
   for (int r = 0; r < TM; ++r)
@@ -652,7 +654,8 @@ __device__ __forceinline__ void bwd_tc_stage(float* __restrict__ st, const float
   for (unsigned int e = threadIdx.x; e < 3 * BWD_TC_ROWS * W4; e += BWD_TC_THREADS) {
     const unsigned int which = e / (BWD_TC_ROWS * W4), r = e / W4 % BWD_TC_ROWS, cq = e % W4 * 4;
     const float* src = which == 0 ? w : which == 1 ? m : v;
-    float* dst = st + which * BWD_TC_TILE_FLOATS + r * LD + cq;
+    const unsigned int at_s = which * BWD_TC_TILE_FLOATS + r * LD + cq;  // a multiple of 4
+    float* dst = st + at_s;
     const unsigned int row = r0 + r, col = c0 + cq;
     const u64 at = (u64)row * k_in + col;
     if (async && row < n_out && col < k_in) {  // k_in % 4 == 0: col < k_in means the whole float4 is inside
@@ -660,21 +663,21 @@ __device__ __forceinline__ void bwd_tc_stage(float* __restrict__ st, const float
     } else {
       float e4[4];
       for (unsigned int u = 0; u < 4; ++u) e4[u] = row < n_out && col + u < k_in ? src[at + u] : 0.0f;
-      *reinterpret_cast<float4*>(dst) = make_float4(e4[0], e4[1], e4[2], e4[3]);
+      reinterpret_cast<float4*>(st)[at_s / 4] = make_float4(e4[0], e4[1], e4[2], e4[3]);  // one store (tc_fill)
     }
   }
   constexpr unsigned int R4 = BWD_TC_ROWS / 4;
-  float* dys = st + 3 * BWD_TC_TILE_FLOATS;
   for (unsigned int e = threadIdx.x; e < BWD_ADAM_MAX_BATCH * R4; e += BWD_TC_THREADS) {
     const unsigned int b = e / R4, rq = e % R4 * 4, row = r0 + rq;
-    float* dst = dys + bwd_dy_at(b, rq);  // the swizzle moves whole pieces: their 4 floats stay in order
+    const unsigned int at_s = 3 * BWD_TC_TILE_FLOATS + bwd_dy_at(b, rq);  // a multiple of 4
+    float* dst = st + at_s;  // the swizzle moves whole pieces: their 4 floats stay in order
     const u64 at = (u64)b * n_out + row;
     if (async && b < rows && row < n_out) {
       cp_async16(dst, dy + at);
     } else {
       float e4[4];
       for (unsigned int u = 0; u < 4; ++u) e4[u] = b < rows && row + u < n_out ? dy[at + u] : 0.0f;
-      *reinterpret_cast<float4*>(dst) = make_float4(e4[0], e4[1], e4[2], e4[3]);
+      reinterpret_cast<float4*>(st)[at_s / 4] = make_float4(e4[0], e4[1], e4[2], e4[3]);  // one store (tc_fill)
     }
   }
 }
@@ -783,8 +786,7 @@ extern "C" __global__ void __launch_bounds__(BWD_TC_THREADS, 1) linear_bwd_adam_
       for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
         for (int h = 0; h < 2; ++h)  // float2 stores: a half-warp's words 8g + 2t (+1) fill 32 banks
-          *reinterpret_cast<float2*>(gs + (mt * 16 + g + h * 8) * LD + wc + nt * 8 + 2 * t) =
-              make_float2(gacc[mt][nt][2 * h], gacc[mt][nt][2 * h + 1]);
+          st_pair(gs + (mt * 16 + g + h * 8) * LD, wc + nt * 8 + 2 * t, gacc[mt][nt][2 * h], gacc[mt][nt][2 * h + 1]);
     __syncthreads();
     for (unsigned int e = threadIdx.x; e < BWD_TC_ROWS * W4; e += BWD_TC_THREADS) {  // Adam on the chunk
       const unsigned int r = e / W4, cq = e % W4 * 4, row = r0 + r, col = c0 + cq;

@@ -36,6 +36,13 @@ __device__ __forceinline__ unsigned int tf32_bits(float x) {
 // (tf32_bits' low bits are undefined); ptxas merges it with its own where it masks anyway.
 __device__ __forceinline__ float tf32_round(float x) { return __uint_as_float(tf32_bits(x) & ~TF32_LOW_BITS); }
 
+// Stores (x, y) at row[col], row[col + 1] as one 8-byte shared-memory store (col even, row 8-byte aligned).
+// Indexing the float2 array from the row's start keeps NVVM from splitting the store in two 4-byte ones, as
+// it did for some `*reinterpret_cast<float2*>(&row[col])` (the emulator counts a float2 as one access).
+__device__ __forceinline__ void st_pair(float* row, unsigned int col, float x, float y) {
+  reinterpret_cast<float2*>(row)[col / 2] = make_float2(x, y);
+}
+
 // Tiles of 16-float rows padded to 20 floats (A, or a B stored n-major) serve a warp's fragment loads from 32
 // banks (lane (g, t) reads word 20g + t + const), but rows r and r + 1 share 4 banks, so a quarter-warp's 16-byte
 // stores of two whole rows would conflict; rows r and r + 4 share none. piece20_row(q): the row of the q-th
