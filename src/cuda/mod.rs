@@ -680,6 +680,45 @@ mod tests {
         }
     }
 
+    /// The tensor-core kernels' shared-memory stores are as wide as the source writes them: no two 4-byte
+    /// `st.shared` to the same address register at offsets 8k and 8k + 4 in a row, the form NVVM gave a
+    /// `float2`/`float4` store it split (two or four store instructions on the GPU, where the emulator's traffic
+    /// count, which sees the source's vector type, counts one).
+    #[test]
+    fn tensor_core_kernels_store_shared_memory_in_the_widths_written() {
+        /// `(address register, byte offset)` of a 4-byte `st.shared`.
+        fn scalar_store(line: &str) -> Option<(&str, u64)> {
+            let rest = line.trim().strip_prefix("st.shared.")?;
+            let (ty, rest) = rest.split_once(char::is_whitespace)?;
+            if !["f32", "u32", "b32"].contains(&ty) {
+                return None;
+            }
+            let addr = rest.trim().strip_prefix('[')?.split(']').next()?;
+            Some(match addr.split_once('+') {
+                Some((reg, off)) => (reg, off.parse().ok()?),
+                None => (addr, 0),
+            })
+        }
+        let mut split = Vec::new();
+        for (module, ptx) in embedded::MODULES {
+            for body in ptx.split(".visible .entry ").skip(1) {
+                let name = body.split('(').next().unwrap_or(body);
+                if !name.ends_with("_tf32") {
+                    continue;
+                }
+                let stores: Vec<Option<(&str, u64)>> = body.lines().map(scalar_store).collect();
+                for (i, pair) in stores.windows(2).enumerate() {
+                    if let [Some((r0, o0)), Some((r1, o1))] = pair {
+                        if r0 == r1 && o0 % 8 == 0 && *o1 == o0 + 4 {
+                            split.push(format!("{module}: {name}, line {} of its body", i + 1));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(split.is_empty(), "split vector stores: {split:#?}");
+    }
+
     #[test]
     fn ptx_targets_compute_80_with_isa_9_0() {
         for (module, ptx) in embedded::MODULES {
