@@ -649,6 +649,7 @@ fn train<H: BackendHandle>(
         .unwrap_or(50);
     check_data(&data, &args.data, Some(net.config().image), batch)?;
     let count = |key: &str| recipe.get(key).and_then(|v| v.parse::<u64>().ok());
+    let steps_defaulted = count("steps").is_none();
     let steps = count("steps").unwrap_or(if gpu { 20_000 } else { 200 });
     let log_every = count("log_every").unwrap_or(100).max(1);
     let checkpoint_every = count("checkpoint_every").unwrap_or(5000).max(1);
@@ -684,7 +685,7 @@ fn train<H: BackendHandle>(
         None
     };
     let upload = t.elapsed().as_secs_f64();
-    if !gpu && !recipe.contains_key("steps") {
+    if !gpu && steps_defaulted {
         eprintln!("shortened CPU run: {steps} steps (the write-up's advice without a GPU; --steps overrides)");
     }
     if val_n < data.val.len() {
@@ -824,7 +825,8 @@ fn train<H: BackendHandle>(
             last_good = Some(c.step);
             Err(e)
         }
-        (Err(e), _) | (Ok(_), Some(Err(e))) => Err(e),
+        (Err(e), Some(Err(w))) => Err(format!("{e}; and {w}").into()),
+        (Err(e), None) | (Ok(_), Some(Err(e))) => Err(e),
     };
     let acc = outcome.map_err(|e| {
         pb.abandon();

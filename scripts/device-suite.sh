@@ -24,6 +24,7 @@
 # Caps: tests 240 s, examples 9 × 60 s, benches 240 s per bench binary (two by default) and 150 s per @prev,
 # baseline 120 s, profile 120 s per precision + 90 s, sanitizers until DEADLINE; so even `benches baseline` can pass one
 # 600 s call at its caps (BENCHES=inception, or split it).
+# Caps (DEADLINE, TRAIN_TIMEOUT, SCHEDULE_TIMEOUT, SANITIZER_SECS) are whole seconds.
 # DEADLINE (seconds from the start, default 560) boxes every phase: each run is capped at what is left before it,
 # and a run with under 15 s left is not started but reported as not run (SANITIZER_SECS caps each sanitizer
 # run). So one call with timeout_s ≥ DEADLINE + 40 always ends by itself, its summary written: for a shorter
@@ -38,10 +39,12 @@ export INCEPTION_CUDA_ROOT=$PWD INCEPTION_CUDA_LOGS=$logs
 trap 'tar -czf "$out/logs.tar.gz" -C "$logs" . 2>/dev/null' EXIT
 exec > >(tee "$out/suite.log") 2>&1
 start=$(date +%s)
+[[ ${DEADLINE:-560} =~ ^[0-9]+$ ]] || { echo "error: DEADLINE=$DEADLINE is not whole seconds" >&2; exit 2; }
 deadline=$((start + ${DEADLINE:-560}))
 # budget N WHAT: sets t to N seconds, or to what is left before DEADLINE if less; with under 15 s left it says
 # WHAT was not run, marks the round incomplete and fails, so the caller skips the run.
 budget() {
+  [[ $1 =~ ^[0-9]+$ ]] || { echo "NOT RUN: $2 (cap '$1' is not whole seconds)"; status=1; return 1; }
   local left=$((deadline - $(date +%s)))
   t=$((left < $1 ? left : $1))
   [ "$t" -ge 15 ] && return 0

@@ -187,7 +187,7 @@ pub struct InceptionMnist<B: Backend> {
     restored_losses: Vec<f32>,
     /// Whether gathered training steps are captured as a graph and replayed (where the backend can).
     capture: bool,
-    /// The arithmetic of the training plan's linear layers.
+    /// The arithmetic of the products (convolutions, linear layers) in training and evaluation.
     precision: Precision,
 }
 
@@ -329,8 +329,8 @@ impl<B: Backend> InceptionMnist<B> {
         Ok(n)
     }
 
-    /// The arithmetic of the training steps' products, convolutions and linear layers (fp32 unless
-    /// [`Self::set_precision`] chose another).
+    /// The arithmetic of the products, convolutions and linear layers, in training and evaluation (fp32
+    /// unless [`Self::set_precision`] chose another).
     pub fn precision(&self) -> Precision {
         self.precision
     }
