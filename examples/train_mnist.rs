@@ -649,8 +649,8 @@ fn train<H: BackendHandle>(
         .unwrap_or(50);
     check_data(&data, &args.data, Some(net.config().image), batch)?;
     let count = |key: &str| recipe.get(key).and_then(|v| v.parse::<u64>().ok());
-    let steps_defaulted = count("steps").is_none();
-    let steps = count("steps").unwrap_or(if gpu { 20_000 } else { 200 });
+    let stored_steps = count("steps");
+    let steps = stored_steps.unwrap_or(if gpu { 20_000 } else { 200 });
     let log_every = count("log_every").unwrap_or(100).max(1);
     let checkpoint_every = count("checkpoint_every").unwrap_or(5000).max(1);
     // The run's length as resolved here, in its checkpoints' recipe: a resume on another kind of device keeps
@@ -685,7 +685,7 @@ fn train<H: BackendHandle>(
         None
     };
     let upload = t.elapsed().as_secs_f64();
-    if !gpu && steps_defaulted {
+    if !gpu && stored_steps.is_none() {
         eprintln!("shortened CPU run: {steps} steps (the write-up's advice without a GPU; --steps overrides)");
     }
     if val_n < data.val.len() {
@@ -773,8 +773,8 @@ fn train<H: BackendHandle>(
                 time.validation += t.elapsed().as_secs_f64();
                 let secs = start.elapsed().as_secs_f64();
                 writeln!(log, "{{\"step\": {s}, \"loss\": {loss}, \"val_accuracy\": {val:.4}, \"seconds\": {secs:.2}}}")
-                .and_then(|()| log.flush())
-                .map_err(|e| format!("{}: cannot write: {e}", log_path.display()))?;
+                    .and_then(|()| log.flush())
+                    .map_err(|e| format!("{}: cannot write: {e}", log_path.display()))?;
                 curve.push((s, loss, val));
                 pb.set_message(format!(
                     "loss {loss:.4} val {val:.2}% ({:.0} img/s)",

@@ -265,14 +265,8 @@ pub fn fused_tf32_stages<B: Backend>(
     let (mid, dpre) = (&got[1], &got[4]);
     let t = inception_cuda::cpu::CpuBackend;
     let up = |v: &[f32]| t.upload(v).unwrap();
-    let (w1_len, w2_len) = (s.c_mid * s.c_in, s.c_out * s.c_mid * s.k * s.k);
-    let (w1, rest) = params.split_at(w1_len);
-    let (b1, rest) = rest.split_at(s.c_mid);
-    let (w2, b2) = rest.split_at(w2_len);
-    let outer = ConvShape::new(s.n, s.c_mid, s.c_out, s.h, s.w, s.k)
-        .into_slice(s.c_total, s.c_offset)
-        .with_precision(s.precision);
-    let reduce = ConvShape::new(s.n, s.c_in, s.c_mid, s.h, s.w, 1).with_precision(s.precision);
+    let [w1, b1, w2, b2] = inception_cuda::backend::reduce_conv_param_ranges(s).map(|r| &params[r]);
+    let (outer, reduce) = (s.conv(), s.reduce());
     let (xb, midb, dpreb, dyb, w1b, w2b, b2b) =
         (up(x), up(mid), up(dpre), up(dy), up(w1), up(w2), up(b2));
     let mut y = up(&vec![SENTINEL; dy.len()]);
