@@ -613,16 +613,24 @@ fn emulated_fused_reduce_conv_matches_its_twin() {
 }
 
 /// The fused reduce conv in TF32 (reduce_conv_fwd_tf32 with the reduced map on chip; the backward's
-/// reduce_conv_dmid_tf32 and TF32 conv kernels) against the TF32 twin, in both thread orders; and the
-/// rounding shows in the output and every gradient (an fp32 kernel in place of a TF32 one fails).
+/// reduce_conv_dmid_tf32 and TF32 conv kernels) against the TF32 twin, in both thread orders (the maps too
+/// large for one block, split into row tiles of padded planes, in one: slow to emulate); and the rounding
+/// shows in the output and every gradient (an fp32 kernel in place of a TF32 one fails).
 #[test]
 fn emulated_tf32_fused_reduce_conv_matches_its_twin() {
     use common::kernels::{
         assert_outputs, differs_beyond, fused_on, fused_tf32_shapes, fused_tf32_stages,
-        FUSED_TF32_TOL,
+        fused_tiled_shapes, FUSED_TF32_TOL,
     };
     use inception_cuda::shape::Precision;
-    for s in fused_tf32_shapes() {
+    let tiled = fused_tiled_shapes()
+        .into_iter()
+        .map(|s| (s.with_precision(Precision::Tf32), &ORDERS[..1]));
+    for (s, orders) in fused_tf32_shapes()
+        .into_iter()
+        .map(|s| (s, &ORDERS[..]))
+        .chain(tiled)
+    {
         let x = uniform(21, s.n * s.c_in * s.h * s.w);
         let plen = s.c_mid * s.c_in + s.c_mid + s.c_out * s.c_mid * s.k * s.k + s.c_out;
         let params = uniform(22, plen);
@@ -638,7 +646,7 @@ fn emulated_tf32_fused_reduce_conv_matches_its_twin() {
             &dy,
             &dx0,
         );
-        for order in ORDERS {
+        for &order in orders {
             let [got, want] = fused_tf32_stages(&EmuBackend { order }, &s, &x, &params, &dy, &dx0);
             assert_outputs(
                 &format!("emulated tf32 reduce_conv {s:?} {order:?}"),
@@ -732,31 +740,67 @@ fn emulated_module_2_parity_survives_a_relu_kink() {
 }
 
 /// The GEMMs at small shapes: an odd one inside one tile (scalar loads), one with split-K (3 slices of k) and
-/// two column tiles, and one at the edges of the float4 loads and stores.
+/// two column tiles, one at the edges of the float4 loads and stores, and one whose strides are all multiples
+/// of 4 (the float4 paths throughout) run also on views one float into their buffers (16-byte misaligned
+/// pointers: the scalar paths).
 #[test]
 fn emulated_linear_kernels_match_their_twins() {
     use common::kernels::{assert_outputs, linear_inputs, linear_on, LINEAR_TOL};
     use inception_cuda::shape::LinearShape;
-    for s in [
-        LinearShape::new(5, 37, 13),
-        LinearShape::new(3, 9000, 70),
+    let emu = EmuBackend {
+        order: ThreadOrder::Reverse,
+    };
+    for (s, offsets) in [
+        (LinearShape::new(5, 37, 13), &[0][..]),
+        (LinearShape::new(3, 9000, 70), &[0]),
         // float4 paths with tails: two row tiles (66 rows), a 4-wide last k slice (4100 = 4096 + 4), 70
         // columns (a partial float4 group at the edge)
-        LinearShape::new(66, 4100, 70),
+        (LinearShape::new(66, 4100, 70), &[0]),
+        (LinearShape::new(9, 2060, 72), &[0, 1]),
     ] {
-        let [x, w, b, dy] = linear_inputs(&s);
-        let want = linear_on(&CpuBackend, &s, &x, &w, &b, &dy);
-        let got = linear_on(
-            &EmuBackend {
-                order: ThreadOrder::Reverse,
-            },
-            &s,
-            &x,
-            &w,
-            &b,
-            &dy,
-        );
-        assert_outputs(&format!("emulated linear {s:?}"), &LINEAR_TOL, &got, &want);
+        let inputs = linear_inputs(&s);
+        let want = linear_on(&CpuBackend, &s, &inputs, 0);
+        for &offset in offsets {
+            let got = linear_on(&emu, &s, &inputs, offset);
+            let what = format!("emulated linear {s:?} offset {offset}");
+            assert_outputs(&what, &LINEAR_TOL, &got, &want);
+        }
+    }
+}
+
+/// The tensor-core (TF32) linear kernels against their twins, which round the same operands the same way, on
+/// shapes that hit every tile edge (rows, columns and k not multiples of the tiles; several split-K slices),
+/// one with every stride a multiple of 4 (the cp.async tiles) also on views one float into their buffers
+/// (16-byte misaligned: the scalar paths); and the rounding shows in every product (an fp32 kernel in place of
+/// a TF32 one fails).
+#[test]
+fn emulated_tf32_linear_kernels_match_their_twins() {
+    use common::kernels::{assert_outputs, differs_beyond, linear_inputs, linear_on, LINEAR_TOL};
+    use inception_cuda::shape::{LinearShape, Precision};
+    let emu = EmuBackend {
+        order: ThreadOrder::Forward,
+    };
+    for (s, offsets) in [
+        (LinearShape::new(5, 37, 13), &[0][..]),
+        (LinearShape::new(66, 2100, 70), &[0]),
+        (LinearShape::new(17, 9, 130), &[0]),
+        (LinearShape::new(17, 2060, 72), &[0, 1]),
+    ] {
+        let s = s.with_precision(Precision::Tf32);
+        let inputs = linear_inputs(&s);
+        let want = linear_on(&CpuBackend, &s, &inputs, 0);
+        for &offset in offsets {
+            let got = linear_on(&emu, &s, &inputs, offset);
+            let what = format!("emulated tf32 linear {s:?} offset {offset}");
+            assert_outputs(&what, &LINEAR_TOL, &got, &want);
+        }
+        let fp32 = linear_on(&CpuBackend, &s.with_precision(Precision::Fp32), &inputs, 0);
+        for (i, &(name, atol, rtol)) in LINEAR_TOL[..3].iter().enumerate() {
+            assert!(
+                differs_beyond(&fp32[i], &want[i], atol, rtol),
+                "{s:?}: the TF32 twin's {name} is within tolerance of fp32's"
+            );
+        }
     }
 }
 
@@ -764,67 +808,15 @@ fn emulated_linear_kernels_match_their_twins() {
 /// arithmetic), and within the GEMM tolerance of its CPU twin; at an odd shape (scalar loads and
 /// stores), one at the float4 edges (partial column group, a row tile of 6, 66 = 64 + 2 rows of k), and
 /// an empty batch (zero gradient: Adam still decays the moments).
-/// The tensor-core (TF32) linear kernels against their twins, which round the same operands the same way, on
-/// shapes that hit every tile edge (rows, columns and k not multiples of the tiles; several split-K slices),
-/// and at an unaligned view offset (the operands' scalar read paths).
 #[test]
-fn emulated_tf32_linear_kernels_match_their_twins() {
-    use common::kernels::{assert_outputs, linear_inputs, linear_on, LINEAR_TOL};
-    use inception_cuda::shape::{LinearShape, Precision};
+fn emulated_linear_wgrad_adam_is_wgrad_then_adam() {
+    use inception_cuda::shape::LinearShape;
     let emu = EmuBackend {
-        order: ThreadOrder::Forward,
+        order: ThreadOrder::Reverse,
     };
-    for s in [
-        LinearShape::new(5, 37, 13),
-        LinearShape::new(66, 2100, 70),
-        LinearShape::new(17, 9, 130),
-    ] {
-        let s = s.with_precision(Precision::Tf32);
-        let [x, w, b, dy] = linear_inputs(&s);
-        let want = linear_on(&CpuBackend, &s, &x, &w, &b, &dy);
-        let got = linear_on(&emu, &s, &x, &w, &b, &dy);
-        assert_outputs(
-            &format!("emulated tf32 linear {s:?}"),
-            &LINEAR_TOL,
-            &got,
-            &want,
-        );
-        // the same product in fp32 differs (the operands' rounding shows)
-        let fp32 = linear_on(
-            &CpuBackend,
-            &s.with_precision(Precision::Fp32),
-            &x,
-            &w,
-            &b,
-            &dy,
-        );
-        assert!(
-            fp32[0] != want[0],
-            "{s:?}: TF32 and fp32 forward agree bit for bit"
-        );
-    }
-    // an unaligned view: x and w one element into their buffers
-    let s = LinearShape::new(6, 41, 10).with_precision(Precision::Tf32);
-    let [x, w, _, _] = linear_inputs(&s);
-    let (xb, wb) = ([&[0.0][..], &x].concat(), [&[0.0][..], &w].concat());
-    let mut want = vec![0.0; 60];
-    inception_cuda::cpu::linear_fwd(&mut want, &x, &w, &[0.0; 10], &s).unwrap();
-    let mut got = vec![f32::NAN; 60];
-    emu.linear_fwd(
-        &mut got.as_mut_slice(),
-        &&xb[1..],
-        &&wb[1..],
-        &&[0.0; 10][..],
-        &s,
-    )
-    .unwrap();
-    common::assert_close(
-        "emulated tf32 linear_fwd, unaligned views",
-        &got,
-        &want,
-        1e-4,
-        1e-3,
-    );
+    let empty_batch = LinearShape::new(0, 8, 3);
+    let [odd, edges] = common::kernels::WGRAD_ADAM_SMALL_SHAPES;
+    common::kernels::assert_wgrad_adam("emulated", &emu, &[odd, edges, empty_batch]);
 }
 
 /// linear_wgrad_adam on the tensor cores equals linear_wgrad on them then adam_step, bit for bit.
@@ -837,17 +829,6 @@ fn emulated_tf32_linear_wgrad_adam_is_wgrad_then_adam() {
     let shapes =
         common::kernels::WGRAD_ADAM_SMALL_SHAPES.map(|s| s.with_precision(Precision::Tf32));
     common::kernels::assert_wgrad_adam("emulated tf32", &emu, &shapes);
-}
-
-#[test]
-fn emulated_linear_wgrad_adam_is_wgrad_then_adam() {
-    use inception_cuda::shape::LinearShape;
-    let emu = EmuBackend {
-        order: ThreadOrder::Reverse,
-    };
-    let empty_batch = LinearShape::new(0, 8, 3);
-    let [odd, edges] = common::kernels::WGRAD_ADAM_SMALL_SHAPES;
-    common::kernels::assert_wgrad_adam("emulated", &emu, &[odd, edges, empty_batch]);
 }
 
 /// The small net of the emulated step tests (dropout on) and a batch of 3 images drawn from `seed`.

@@ -121,15 +121,15 @@ fn shared_traffic_of_the_kernels() {
         })
         .unwrap();
         let s = LinearShape::new(50, 1024, 96).with_precision(p);
-        let [lx, lw, lb, ldy] = common::kernels::linear_inputs(&s);
+        let linear = common::kernels::linear_inputs(&s);
         let ((), log2) = count_shared_traffic(|| {
-            drop(common::kernels::linear_on(&emu, &s, &lx, &lw, &lb, &ldy));
+            drop(common::kernels::linear_on(&emu, &s, &linear, 0));
             let [wm, mm, vm] = common::kernels::wgrad_adam_state(&s);
             drop(common::kernels::bwd_adam_on(
                 &emu,
                 &s,
-                &ldy,
-                &lx,
+                &linear[3],
+                &linear[0],
                 [&wm, &mm, &vm],
                 0,
             ));
