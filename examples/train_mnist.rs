@@ -676,6 +676,9 @@ fn train<H: BackendHandle>(
     let resident = if gpu {
         net.set_capture(!args.no_graph);
         net.reserve_steps(lr, steps)?;
+        // The evaluations' plans and working memory exist before the step is captured, so a validation
+        // neither allocates nor makes the captured step stale.
+        net.reserve_eval(val_n, eval_batch)?;
         Some(Resident {
             train: net.to_device(&data.train)?,
             val: net.to_device(&data.val.slice(0..val_n)?)?,
@@ -834,6 +837,7 @@ fn train<H: BackendHandle>(
     })?;
     time.capture = net.capture_seconds();
     time.replays = net.replays();
+    time.captures = net.captures();
     time.total = started.elapsed().as_secs_f64();
     eprintln!("{}", time.summary());
     writeln!(log, "{}", time.json())
@@ -853,7 +857,7 @@ struct Timing {
     data_load: f64,
     /// Opening the device: the driver, the context, the kernels' PTX loaded (JIT-compiled).
     kernel_load: f64,
-    /// A GPU run's data sets and Adam table uploaded to the device.
+    /// A GPU run's data sets and Adam table uploaded to the device, and its evaluation plans prepared.
     upload: f64,
     /// Issuing the training steps (on a GPU the kernels run asynchronously; their time shows up in the
     /// host waits), the graph captures excluded.
@@ -862,6 +866,8 @@ struct Timing {
     capture: f64,
     /// Steps run by replaying the captured graph.
     replays: u64,
+    /// Graphs of the step recorded (1 on a GPU run with graphs, 0 without).
+    captures: u64,
     /// Reading the mean loss at logging points: the host's waits for the device (the queued steps).
     host_waits: f64,
     /// Validation passes.
@@ -883,7 +889,7 @@ impl Timing {
     fn summary(&self) -> String {
         format!(
             "time: {:.1} s in all: start-up {:.1} s (data {:.1} s, device and kernels {:.1} s, upload {:.2} s), \
-             steps {:.1} s (+ graph capture {:.2} s; {} steps replayed), host waits {:.1} s, validation {:.1} s, \
+             steps {:.1} s (+ {} graph captures {:.2} s; {} steps replayed), host waits {:.1} s, validation {:.1} s, \
              checkpoints {:.1} s (writing runs in the background), test {:.1} s",
             self.total,
             self.startup,
@@ -891,6 +897,7 @@ impl Timing {
             self.kernel_load,
             self.upload,
             self.steps_only(),
+            self.captures,
             self.capture,
             self.replays,
             self.host_waits,
@@ -903,8 +910,8 @@ impl Timing {
     fn json(&self) -> String {
         format!(
             "{{\"time\": {{\"total\": {:.3}, \"startup\": {:.3}, \"data_load\": {:.3}, \"kernel_load\": {:.3}, \
-             \"upload\": {:.3}, \"steps\": {:.3}, \"capture\": {:.3}, \"replayed_steps\": {}, \"host_waits\": {:.3}, \
-             \"validation\": {:.3}, \"checkpoints\": {:.3}, \"test\": {:.3}}}}}",
+             \"upload\": {:.3}, \"steps\": {:.3}, \"capture\": {:.3}, \"captures\": {}, \"replayed_steps\": {}, \
+             \"host_waits\": {:.3}, \"validation\": {:.3}, \"checkpoints\": {:.3}, \"test\": {:.3}}}}}",
             self.total,
             self.startup,
             self.data_load,
@@ -912,6 +919,7 @@ impl Timing {
             self.upload,
             self.steps_only(),
             self.capture,
+            self.captures,
             self.replays,
             self.host_waits,
             self.validation,

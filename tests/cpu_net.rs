@@ -190,7 +190,8 @@ fn full_size_net_runs_a_small_batch() {
 }
 
 /// `InceptionMnist::accuracy` (counts on the device, batches of any size) equals the host's count of
-/// `predict`'s classes.
+/// `predict`'s classes, after `reserve_eval` (which changes no parameter or step) and again with the plans
+/// kept from the pass before (a batch that does not divide 23 uses two).
 #[test]
 fn accuracy_counted_on_the_device_equals_the_hosts_count_of_predictions() {
     use inception_cuda::cpu::CpuBackend;
@@ -222,10 +223,13 @@ fn accuracy_counted_on_the_device_equals_the_hosts_count_of_predictions() {
             .filter(|(p, l)| p == l)
             .count() as f64
         / n as f64;
-    for batch in [1, 5, 23, 64] {
+    net.reserve_eval(n, 5).unwrap();
+    assert_eq!(net.step(), 0);
+    for batch in [5, 5, 1, 23, 64, 5] {
         let got = net.accuracy(&images, &labels, batch).unwrap();
         assert_eq!(got, want, "batch {batch}");
     }
+    assert_eq!(net.predict(&images).unwrap(), predicted);
 }
 
 /// Evaluation runs in the net's precision: a TF32 net's logits are the TF32 forward's (within TF32's rounding

@@ -526,6 +526,7 @@ fn the_evaluation_batch_changes_no_result_and_the_time_is_logged() {
         "upload",
         "steps",
         "capture",
+        "captures",
         "replayed_steps",
         "host_waits",
         "validation",
@@ -537,4 +538,9 @@ fn the_evaluation_batch_changes_no_result_and_the_time_is_logged() {
             "{key} missing: {time}"
         );
     }
+    // the CPU captures no graph
+    assert_eq!(
+        (time["captures"].as_u64(), time["replayed_steps"].as_u64()),
+        (Some(0), Some(0))
+    );
 }

@@ -1052,6 +1052,8 @@ pub struct Plan<B: Backend> {
     replays: u64,
     /// Seconds spent recording graphs.
     capture_secs: f64,
+    /// Graphs of the step recorded so far.
+    captures: u64,
 }
 
 impl<B: Backend> std::fmt::Debug for Plan<B> {
@@ -1230,6 +1232,7 @@ impl<B: Backend> Plan<B> {
             graph: None,
             replays: 0,
             capture_secs: 0.0,
+            captures: 0,
         })
     }
 
@@ -1398,6 +1401,7 @@ impl<B: Backend> Plan<B> {
             if let Some(g) = graph {
                 self.graph = Some((key, g));
                 self.capture_secs += t.elapsed().as_secs_f64();
+                self.captures += 1;
             }
         }
         match &self.graph {
@@ -1430,6 +1434,13 @@ impl<B: Backend> Plan<B> {
     /// Seconds spent recording graphs of the step (on the host, the graph's instantiation included).
     pub fn capture_seconds(&self) -> f64 {
         self.capture_secs
+    }
+
+    /// Graphs of the step recorded so far: one for a run whose step never changed what it was captured
+    /// with (a parameter set, the Adam table, the data set, the input, the seed, the backend's working
+    /// memory), more for each time one did.
+    pub fn captures(&self) -> u64 {
+        self.captures
     }
 
     /// Copies images `start..start + batch` of the resident data set `data` into input `input` and their

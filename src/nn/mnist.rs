@@ -22,6 +22,10 @@ pub use crate::graph::{ParamEntry, LOSS_RING};
 /// Classes of MNIST.
 pub const CLASSES: usize = 10;
 
+/// Inference plans [`InceptionMnist`] keeps, by batch size: an evaluation whose batch does not divide its
+/// image count uses two (the full batches' and the last one's), and neither is planned again for the next.
+const EVAL_PLANS: usize = 2;
+
 /// Shapes and hyperparameters of the net. Defaults: the write-up's 32, 64, 16, 700, dropout 0.5, 28×28.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct MnistConfig {
@@ -181,8 +185,8 @@ pub struct InceptionMnist<B: Backend> {
     params: Params<B>,
     /// The training plan of the last training batch size.
     train: Option<Plan<B>>,
-    /// The inference plan of the last evaluation batch size.
-    eval: Option<Plan<B>>,
+    /// Inference plans of the last [`EVAL_PLANS`] evaluation batch sizes, oldest first, all in `precision`.
+    eval: Vec<Plan<B>>,
     /// Losses restored by [`InceptionMnist::set_pending_losses`] before a training plan existed.
     restored_losses: Vec<f32>,
     /// Whether gathered training steps are captured as a graph and replayed (where the backend can).
@@ -232,7 +236,7 @@ impl<B: Backend> InceptionMnist<B> {
             m2,
             def,
             train: None,
-            eval: None,
+            eval: Vec::new(),
             restored_losses: Vec::new(),
             capture: true,
             precision: Precision::Fp32,
@@ -482,6 +486,11 @@ impl<B: Backend> InceptionMnist<B> {
         self.train.as_ref().map_or(0.0, Plan::capture_seconds)
     }
 
+    /// Graphs of the step the current training plan recorded (see [`Plan::captures`]).
+    pub fn captures(&self) -> u64 {
+        self.train.as_ref().map_or(0, Plan::captures)
+    }
+
     /// The mean loss of the training steps since the last call (at most the last [`LOSS_RING`]), read from
     /// the device: the one synchronisation of a logging point. `None` when no step ran since.
     pub fn take_mean_loss(&mut self) -> Result<Option<f32>> {
@@ -573,24 +582,49 @@ impl<B: Backend> InceptionMnist<B> {
     /// Logits `[n, 10]` of a batch in evaluation mode (no dropout), by the inference plan of its batch size.
     pub fn logits(&mut self, images: &[f32]) -> Result<Vec<f32>> {
         let n = self.check_batch("logits", images, None)?;
-        self.plan_eval(n)?;
-        let plan = self.eval.as_mut().ok_or_else(no_step)?;
+        let plan = self.plan_eval(n)?;
+        let plan = &mut self.eval[plan];
         plan.set_input("images", images)?;
         plan.forward(&self.params)?;
         plan.output()
     }
 
-    /// Plans the inference plan for batches of `n` in the net's precision (once per size and precision).
-    fn plan_eval(&mut self, n: usize) -> Result<()> {
-        if self
-            .eval
-            .as_ref()
-            .is_none_or(|p| p.batch() != n || p.precision() != self.precision)
-        {
-            self.eval = None;
-            let (g, logits) = (&self.def.graph, self.def.logits);
-            let plan = Plan::inference_with(self.b.clone(), g, n, logits, self.precision)?;
-            self.eval = Some(plan);
+    /// The index in `self.eval` of the inference plan for batches of `n` in the net's precision, planned on
+    /// first use of that size (the oldest plan goes first when [`EVAL_PLANS`] are kept; plans of another
+    /// precision are dropped).
+    fn plan_eval(&mut self, n: usize) -> Result<usize> {
+        let precision = self.precision;
+        self.eval.retain(|p| p.precision() == precision);
+        if let Some(i) = self.eval.iter().position(|p| p.batch() == n) {
+            return Ok(i);
+        }
+        if self.eval.len() >= EVAL_PLANS {
+            self.eval.remove(0); // its buffers go before the new plan's are allocated
+        }
+        let (g, logits) = (&self.def.graph, self.def.logits);
+        let plan = Plan::inference_with(self.b.clone(), g, n, logits, precision)?;
+        self.eval.push(plan);
+        Ok(self.eval.len() - 1)
+    }
+
+    /// Prepares evaluations of `images` images in batches of at most `batch` (as [`Self::accuracy`] and
+    /// [`Self::accuracy_on`] run them): plans their inference plans (the full batches' and, when `batch` does
+    /// not divide `images`, the last one's) and runs each forward once, so that everything an evaluation
+    /// needs on the device exists — its own workspace, and the backend's working memory grown to its
+    /// largest use (the linear layers' split-K partials grow with the batch: about 0.55 GB for fc1 at a
+    /// batch of 1,000). A run calls it once before its first training step, as [`Self::reserve_steps`]: the
+    /// evaluations then allocate nothing, and a captured training step stays current (on a GPU, growing the
+    /// backend's working memory later costs the step a second capture). The parameters, Adam's state and
+    /// the step count are untouched.
+    pub fn reserve_eval(&mut self, images: usize, batch: usize) -> Result<()> {
+        let batch = batch.max(1);
+        let mut sizes = vec![batch.min(images)];
+        if images > batch && images % batch != 0 {
+            sizes.push(images % batch);
+        }
+        for n in sizes.into_iter().filter(|&n| n > 0) {
+            let plan = self.plan_eval(n)?;
+            self.eval[plan].forward(&self.params)?;
         }
         Ok(())
     }
@@ -605,8 +639,8 @@ impl<B: Backend> InceptionMnist<B> {
         let mut count = self.b.alloc_zeros(2)?;
         for start in (0..n).step_by(batch) {
             let end = (start + batch).min(n);
-            self.plan_eval(end - start)?;
-            let plan = self.eval.as_mut().ok_or_else(no_step)?;
+            let plan = self.plan_eval(end - start)?;
+            let plan = &mut self.eval[plan];
             plan.set_input("images", &images[start * px..end * px])?;
             plan.forward(&self.params)?;
             let mut counts = self.b.view_mut(&mut count, 0..2)?;
@@ -633,8 +667,8 @@ impl<B: Backend> InceptionMnist<B> {
         let mut count = self.b.alloc_zeros(2)?;
         for start in (0..n).step_by(batch) {
             let end = (start + batch).min(n);
-            self.plan_eval(end - start)?;
-            let plan = self.eval.as_mut().ok_or_else(no_step)?;
+            let plan = self.plan_eval(end - start)?;
+            let plan = &mut self.eval[plan];
             plan.gather("images", data, start)?;
             plan.forward(&self.params)?;
             let mut counts = self.b.view_mut(&mut count, 0..2)?;
