@@ -1,8 +1,8 @@
 // pool.cu: 3×3 max pooling, stride 1, 'same' padding in which padded cells never win.
 //
 // Provides: maxpool3x3s1_fwd (one thread per output cell), maxpool3x3s1_bwd (a gather: each input cell sums,
-//           in row-major order of the outputs, the dy of the outputs it wins; no atomics; row tiles of a plane
-//           and their windows' winners in shared memory, each winner found once).
+//           in row-major order of the outputs, the dy of the outputs it wins; no atomics; row tiles of a plane,
+//           their windows' winners and the dy of those windows in shared memory, each winner found once).
 // Tie rule (PyTorch's): the FIRST maximal cell of the window in row-major order wins; a NaN wins over every
 //           number and a later NaN over an earlier one.
 // Backward needs saved: the forward input x (winners are recomputed).
@@ -43,9 +43,12 @@ extern "C" __global__ void maxpool3x3s1_fwd(float* __restrict__ y,        // [pl
 }
 
 // With tile_h > 0: one block per (plane, tile of tile_h rows), grid-stride over them: the tile's input rows
-// and two more on each side go to shared memory, then the winner of every window centred within one row
-// of the tile, then each input cell of the tile gathers the dy of the windows it wins (outputs in row-major
-// order, as below). Dynamic shared memory: (tile_h + 4) · w floats + (tile_h + 2) · w winners.
+// and two more on each side, and the dy rows of the windows centred within one row of the tile, go to shared
+// memory (coalesced), then the winner of each of those windows, then each input cell of the tile gathers the
+// dy of the windows it wins (outputs in row-major order, as below) from shared memory (from global memory,
+// its up to 9 conditional loads would go out one after another, each a full memory latency).
+// Dynamic shared memory: (tile_h + 4) · w floats of x, (tile_h + 2) · w winners, (tile_h + 2) · w floats of
+// dy.
 // With tile_h = 0 (rows too wide for that): one thread per input cell recomputes its neighbours' winners.
 extern "C" __global__ void maxpool3x3s1_bwd(float* __restrict__ dx,        // [planes, h, w]
                                             const float* __restrict__ dy,  // [planes, h, w]
@@ -54,16 +57,18 @@ extern "C" __global__ void maxpool3x3s1_bwd(float* __restrict__ dx,        // [p
                                             int accumulate, unsigned int tile_h) {
   const unsigned long long hw = (unsigned long long)h * w;
   if (tile_h > 0) {
-    extern __shared__ float pool_s[];  // x rows [xa, xb), then the winners of the windows of rows [oa, ob)
+    extern __shared__ float pool_s[];  // x rows [xa, xb); the winners and dy of the windows of rows [oa, ob)
     const unsigned int tiles = (h + tile_h - 1) / tile_h;
     float* xs = pool_s;
     unsigned int* win = reinterpret_cast<unsigned int*>(pool_s + (tile_h + 4) * w);
+    float* dys = pool_s + (2 * tile_h + 6) * w;
     for (unsigned long long bi = blockIdx.x; bi < planes * tiles; bi += gridDim.x) {
       const unsigned long long base = bi / tiles * hw;
       const unsigned int y0 = (unsigned int)(bi % tiles) * tile_h, y1 = y0 + tile_h < h ? y0 + tile_h : h;
       const unsigned int xa = y0 > 2 ? y0 - 2 : 0, xb = y1 + 2 < h ? y1 + 2 : h;
       const unsigned int oa = y0 > 1 ? y0 - 1 : 0, ob = y1 + 1 < h ? y1 + 1 : h;
       for (unsigned int t = threadIdx.x; t < (xb - xa) * w; t += blockDim.x) xs[t] = x[base + xa * w + t];
+      for (unsigned int t = threadIdx.x; t < (ob - oa) * w; t += blockDim.x) dys[t] = dy[base + oa * w + t];
       __syncthreads();
       for (unsigned int t = threadIdx.x; t < (ob - oa) * w; t += blockDim.x)
         win[t] = pool_winner(xs, xa, h, w, oa + t / w, t % w);
@@ -75,7 +80,7 @@ extern "C" __global__ void maxpool3x3s1_bwd(float* __restrict__ dx,        // [p
         float g = 0.0f;
         for (unsigned int oy = oy0; oy < oy1; ++oy)
           for (unsigned int ox = ox0; ox < ox1; ++ox)
-            if (win[(oy - oa) * w + ox] == me) g += dy[base + oy * w + ox];
+            if (win[(oy - oa) * w + ox] == me) g += dys[(oy - oa) * w + ox];
         dx[base + me] = accumulate ? dx[base + me] + g : g;
       }
       __syncthreads();  // the next tile reuses the shared rows

@@ -73,14 +73,15 @@ pub(crate) struct PoolPlan {
 pub const POOL_TILE_H: usize = 16;
 
 /// The tiled pool backward's rows per block and shared bytes for `w`-wide rows: `(tile_h + 4) · w` floats
-/// and `(tile_h + 2) · w` winners within 48 KiB; `(0, 0)` when not even one row fits.
+/// of x, `(tile_h + 2) · w` winners and `(tile_h + 2) · w` floats of dy within 48 KiB; `(0, 0)` when not
+/// even one row fits.
 fn pool_bwd_tile(h: usize, w: usize) -> (usize, usize) {
-    let fit = (48 * 1024 / (8 * w.max(1))).saturating_sub(3); // 4·w·(2·tile_h + 6) <= 48 KiB
+    let fit = (48 * 1024 / (4 * w.max(1))).saturating_sub(8) / 3; // 4·w·(3·tile_h + 8) <= 48 KiB
     let tile_h = fit.min(POOL_TILE_H).min(h);
     if tile_h == 0 {
         return (0, 0);
     }
-    (tile_h, 4 * w * (2 * tile_h + 6))
+    (tile_h, 4 * w * (3 * tile_h + 8))
 }
 
 /// Checks the buffers of a pooling kernel against `s` (each must hold `n·c·h·w` elements). `None` when

@@ -374,7 +374,8 @@ fn pool_input(len: usize, seed: u64) -> Vec<f32> {
 #[test]
 fn emulated_maxpool_matches_its_twin_bit_for_bit() {
     use inception_cuda::shape::PoolShape;
-    // 40 rows: three row tiles of the backward (16, 16, 8); 7,000 columns: rows too wide for the tiles (the
+    // 40 rows: three row tiles of the backward (16, 16, 8); 700 columns: tiles of 3 rows (as many as fit in
+    // 48 KiB with their halo, winners and dy); 7,000 columns: rows too wide for the tiles (the
     // one-thread-per-cell path).
     for (n, c, h, w) in [
         (1, 1, 5, 5),
@@ -382,6 +383,7 @@ fn emulated_maxpool_matches_its_twin_bit_for_bit() {
         (2, 3, 28, 28),
         (1, 1, 1, 3),
         (1, 2, 40, 5),
+        (1, 1, 8, 700),
         (1, 1, 3, 7000),
         // Planes one and two cells wide or high: every clipped window of the twin's separable passes.
         (1, 1, 1, 1),
