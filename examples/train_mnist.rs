@@ -677,7 +677,7 @@ fn train<H: BackendHandle>(
         net.set_capture(!args.no_graph);
         net.reserve_steps(lr, steps)?;
         // The evaluations' plans and working memory exist before the step is captured, so a validation
-        // neither allocates nor makes the captured step stale.
+        // neither grows the working memory nor makes the captured step stale.
         net.reserve_eval(val_n, eval_batch)?;
         Some(Resident {
             train: net.to_device(&data.train)?,
@@ -889,7 +889,7 @@ impl Timing {
     fn summary(&self) -> String {
         format!(
             "time: {:.1} s in all: start-up {:.1} s (data {:.1} s, device and kernels {:.1} s, upload {:.2} s), \
-             steps {:.1} s (+ {} graph captures {:.2} s; {} steps replayed), host waits {:.1} s, validation {:.1} s, \
+             steps {:.1} s (+ graph captures: {} in {:.2} s; {} steps replayed), host waits {:.1} s, validation {:.1} s, \
              checkpoints {:.1} s (writing runs in the background), test {:.1} s",
             self.total,
             self.startup,

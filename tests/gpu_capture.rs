@@ -9,37 +9,14 @@ mod common;
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use common::capture::{data_set, CFG};
 use common::{assert_bits_eq, uniform};
-use inception_cuda::nn::MnistConfig;
 use inception_cuda::Device;
 
 /// Serialises this binary's tests (see the module header); a failed test's poisoned lock still serves.
 fn one_at_a_time() -> MutexGuard<'static, ()> {
     static STREAM: Mutex<()> = Mutex::new(());
     STREAM.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// The small net every test here trains.
-const CFG: MnistConfig = MnistConfig {
-    map1: 4,
-    map2: 4,
-    reduce: 2,
-    hidden: 16,
-    dropout: 0.5,
-    image: 28,
-};
-
-/// `n` 28 × 28 images of bytes over 255 and their labels.
-fn data_set(n: usize) -> inception_cuda::data::Dataset {
-    inception_cuda::data::Dataset {
-        images: uniform(71, n * 784)
-            .iter()
-            .map(|v| (((v + 1.0) * 127.5).round() as u8) as f32 / 255.0)
-            .collect(),
-        labels: (0..n as u32).map(|i| (i * 7 + 1) % 10).collect(),
-        rows: 28,
-        cols: 28,
-    }
 }
 
 /// Issue 6's capture test: one training step captured (a host sync on the capturing thread would fail it)
@@ -158,6 +135,9 @@ fn small_gpu_replayed_run_equals_the_uncaptured_run() {
         nets[0].replays()
     );
     assert_eq!(nets[1].replays(), 0);
+    // captured at step 2 and again after the validation grew the working memory (no other test of this
+    // binary grows it as far: tests/gpu_eval_reserve.rs, which would, runs in a process of its own)
+    assert_eq!(nets[0].captures(), 2);
     let resumed = resumed.unwrap();
     for e in nets[0].params().to_vec() {
         let replayed = nets[0].param(&e.name).unwrap();
@@ -238,48 +218,4 @@ fn small_gpu_checkpoint_copy_in_stream_order_equals_a_synchronous_one() {
         }
     }
     std::fs::remove_dir_all(&root).unwrap();
-}
-
-/// Issue 17's validation that does not stall the step: an evaluation in batches larger than any before grows
-/// the device's working memory (fc1's split-K partials) and costs the captured step a second capture; after
-/// `reserve_eval` (as `train_mnist` calls it before its first step) an evaluation in still larger batches, a
-/// remainder batch included, leaves the one capture current. Batches of 300 and 500 images, larger than
-/// the other tests of this binary use, so the growth is this test's own.
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn small_gpu_a_reserved_evaluation_keeps_the_captured_step() {
-    use inception_cuda::nn::InceptionMnist;
-    let _stream = one_at_a_time();
-    let dev = common::gpu();
-    let Device::Cuda(cuda) = &dev else {
-        unreachable!("common::gpu() returns a CUDA device")
-    };
-    let (steps, batch, lr) = (8u64, 8, 1e-3);
-    let run = |images: usize, eval_batch: usize, reserve: bool| {
-        let mut net = InceptionMnist::new(cuda.backend_arc(), CFG, 3).unwrap();
-        let data = net.to_device(&data_set(images)).unwrap();
-        net.reserve_steps(lr, steps).unwrap();
-        if reserve {
-            net.reserve_eval(images, eval_batch).unwrap();
-        }
-        for s in 1..=steps {
-            net.train_gathered(&data, batch, lr).unwrap();
-            if s == 4 {
-                let acc = net.accuracy_on(&data, images, eval_batch).unwrap();
-                assert!((0.0..=100.0).contains(&acc), "{acc}");
-            }
-        }
-        assert_eq!(net.replays(), steps - 1, "the first step runs uncaptured");
-        net.captures()
-    };
-    assert_eq!(
-        run(300, 300, false),
-        2,
-        "the grown working memory is recaptured"
-    );
-    assert_eq!(
-        run(500, 400, true),
-        1,
-        "reserve_eval sized the working memory"
-    );
 }

@@ -185,7 +185,8 @@ pub struct InceptionMnist<B: Backend> {
     params: Params<B>,
     /// The training plan of the last training batch size.
     train: Option<Plan<B>>,
-    /// Inference plans of the last [`EVAL_PLANS`] evaluation batch sizes, oldest first, all in `precision`.
+    /// Inference plans of the last [`EVAL_PLANS`] evaluation batch sizes used, least recently used first, all
+    /// in `precision`.
     eval: Vec<Plan<B>>,
     /// Losses restored by [`InceptionMnist::set_pending_losses`] before a training plan existed.
     restored_losses: Vec<f32>,
@@ -590,13 +591,15 @@ impl<B: Backend> InceptionMnist<B> {
     }
 
     /// The index in `self.eval` of the inference plan for batches of `n` in the net's precision, planned on
-    /// first use of that size (the oldest plan goes first when [`EVAL_PLANS`] are kept; plans of another
-    /// precision are dropped).
+    /// first use of that size; the plan used last is kept last, and the one used longest ago goes first when
+    /// [`EVAL_PLANS`] are kept (plans of another precision are dropped).
     fn plan_eval(&mut self, n: usize) -> Result<usize> {
         let precision = self.precision;
         self.eval.retain(|p| p.precision() == precision);
         if let Some(i) = self.eval.iter().position(|p| p.batch() == n) {
-            return Ok(i);
+            let plan = self.eval.remove(i);
+            self.eval.push(plan);
+            return Ok(self.eval.len() - 1);
         }
         if self.eval.len() >= EVAL_PLANS {
             self.eval.remove(0); // its buffers go before the new plan's are allocated
@@ -613,7 +616,8 @@ impl<B: Backend> InceptionMnist<B> {
     /// needs on the device exists — its own workspace, and the backend's working memory grown to its
     /// largest use (the linear layers' split-K partials grow with the batch: about 0.55 GB for fc1 at a
     /// batch of 1,000). A run calls it once before its first training step, as [`Self::reserve_steps`]: the
-    /// evaluations then allocate nothing, and a captured training step stays current (on a GPU, growing the
+    /// evaluations then plan nothing and grow no working memory, and a captured training step stays current
+    /// (on a GPU, growing the
     /// backend's working memory later costs the step a second capture). The parameters, Adam's state and
     /// the step count are untouched.
     pub fn reserve_eval(&mut self, images: usize, batch: usize) -> Result<()> {
