@@ -567,7 +567,7 @@ fn bench_fused<B: Backend>(c: &mut Criterion, b: &B, dev: &Device) {
     // the saved copy costs its traffic, written once in the forward and read once in the backward: exactly one
     // copy of the map (2.5 MB each way).
     group.throughput(Throughput::Elements(2 * 50 * s.reduce().macs_per_image()));
-    for p in [Precision::Fp32, Precision::Tf32] {
+    for p in Precision::ALL {
         group.bench_function(format!("map recomputed {p:?} (1×1 conv)"), |bch| {
             bch.iter(|| {
                 let xv = b.view(&x, 0..xl).expect("v");
@@ -698,7 +698,7 @@ fn run_all<B: Backend>(c: &mut Criterion, b: &B, dev: &Device, gpu: bool) {
     let [_, (_, m2, _), (_, g3a, _)] = modules();
     // TF32 on the GPU only: on the CPU the twins round the operands and run the same fp32 products.
     let precisions: &[Precision] = if gpu {
-        &[Precision::Fp32, Precision::Tf32]
+        &Precision::ALL
     } else {
         &[Precision::Fp32]
     };
@@ -731,16 +731,13 @@ fn bench_libraries(c: &mut Criterion, dev: &Device) {
     let header = device_header(dev);
     if libs::cudnn_present() {
         let [_, (_, m2, _), (_, g3a, _)] = modules();
-        for (label, m, n) in [Precision::Fp32, Precision::Tf32]
-            .into_iter()
-            .flat_map(|p| {
-                [
-                    ("MNIST module 2", m2.with_precision(p), 50),
-                    ("GoogLeNet (3a)", g3a.with_precision(p), 32),
-                    ("GoogLeNet (3a)", g3a.with_precision(p), 128),
-                ]
-            })
-        {
+        for (label, m, n) in Precision::ALL.into_iter().flat_map(|p| {
+            [
+                ("MNIST module 2", m2.with_precision(p), 50),
+                ("GoogLeNet (3a)", g3a.with_precision(p), 32),
+                ("GoogLeNet (3a)", g3a.with_precision(p), 128),
+            ]
+        }) {
             let p = m.precision;
             for naive in [false, true] {
                 let form = if naive { "naive" } else { "reduced" };

@@ -64,6 +64,13 @@ impl From<PrecisionArg> for Precision {
     }
 }
 
+impl Args {
+    /// `--precision`, when given.
+    fn precision(&self) -> Option<Precision> {
+        self.precision.map(Precision::from)
+    }
+}
+
 impl Init {
     fn name(self) -> &'static str {
         match self {
@@ -490,7 +497,7 @@ fn train<H: BackendHandle>(
             .as_deref()
             .ok_or("--eval-only needs --checkpoint FILE")?;
         let mut net = InceptionMnist::load(path, backend, args.seed.unwrap_or(0))?;
-        net.set_precision(args.precision.map(Precision::from).unwrap_or_default())?;
+        net.set_precision(args.precision().unwrap_or_default())?;
         check_data(&data, &args.data, Some(net.config().image), 1)?;
         let acc = accuracy(
             &mut net,
@@ -556,13 +563,7 @@ fn train<H: BackendHandle>(
             }
             let lr = resumed_value(r, "lr", args.lr, false, &manifest)?.unwrap_or(1e-4);
             let batch = resumed_value(r, "batch", args.batch, false, &manifest)?.unwrap_or(50);
-            let precision = resumed_value(
-                r,
-                "precision",
-                args.precision.map(Precision::from),
-                false,
-                &manifest,
-            )?;
+            let precision = resumed_value(r, "precision", args.precision(), false, &manifest)?;
             let mut recipe = r.clone();
             recipe.insert("lr".into(), lr.to_string());
             recipe.insert("batch".into(), batch.to_string());
@@ -617,10 +618,7 @@ fn train<H: BackendHandle>(
                 ("init", init.name().to_string()),
                 (
                     "precision",
-                    args.precision
-                        .map(Precision::from)
-                        .unwrap_or_default()
-                        .to_string(),
+                    args.precision().unwrap_or_default().to_string(),
                 ),
                 ("log_every", args.log_every.unwrap_or(100).to_string()),
                 (

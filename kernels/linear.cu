@@ -251,23 +251,20 @@ __device__ __forceinline__ void tc_fill(float* __restrict__ s, const TcOperand& 
     const unsigned int r = o.kfast ? piece20_row(q) : q % (R / 4) * 4;
     const unsigned int kk = o.kfast ? q % (GEMM_BK / 4) * 4 : q / (R / 4);
     const unsigned int at = r * o.srs + kk * o.sks;  // the piece's 4 elements are contiguous in either layout
-    float* dst = s + at;
     const unsigned int rr = r0 + r;
     const u64 k = k0 + kk;
     const float* src = o.p + (u64)rr * o.rs + k * o.ks;
     const u64 step = o.kfast ? o.ks : o.rs;  // from one element of the piece to the next
     const bool whole = o.kfast ? rr < o.r_end && k + 3 < k_end : k < k_end && rr + 3 < o.r_end;
     if (o.async && whole) {
-      cp_async16(dst, src);
+      cp_async16(s + at, src);
     } else {
       float e[4];
       for (unsigned int u = 0; u < 4; ++u) {
         const bool in = o.kfast ? rr < o.r_end && k + u < k_end : k < k_end && rr + u < o.r_end;
         e[u] = in ? src[u * step] : 0.0f;
       }
-      // One 16-byte store, as cp.async's (at is a multiple of 4): indexed from the stage's start, as through
-      // dst NVVM split it into 4-byte stores.
-      reinterpret_cast<float4*>(s)[at / 4] = make_float4(e[0], e[1], e[2], e[3]);
+      st_quad(s, at, e);
     }
   }
 }
@@ -655,29 +652,28 @@ __device__ __forceinline__ void bwd_tc_stage(float* __restrict__ st, const float
     const unsigned int which = e / (BWD_TC_ROWS * W4), r = e / W4 % BWD_TC_ROWS, cq = e % W4 * 4;
     const float* src = which == 0 ? w : which == 1 ? m : v;
     const unsigned int at_s = which * BWD_TC_TILE_FLOATS + r * LD + cq;  // a multiple of 4
-    float* dst = st + at_s;
     const unsigned int row = r0 + r, col = c0 + cq;
     const u64 at = (u64)row * k_in + col;
     if (async && row < n_out && col < k_in) {  // k_in % 4 == 0: col < k_in means the whole float4 is inside
-      cp_async16(dst, src + at);
+      cp_async16(st + at_s, src + at);
     } else {
       float e4[4];
       for (unsigned int u = 0; u < 4; ++u) e4[u] = row < n_out && col + u < k_in ? src[at + u] : 0.0f;
-      reinterpret_cast<float4*>(st)[at_s / 4] = make_float4(e4[0], e4[1], e4[2], e4[3]);  // one store (tc_fill)
+      st_quad(st, at_s, e4);
     }
   }
   constexpr unsigned int R4 = BWD_TC_ROWS / 4;
   for (unsigned int e = threadIdx.x; e < BWD_ADAM_MAX_BATCH * R4; e += BWD_TC_THREADS) {
     const unsigned int b = e / R4, rq = e % R4 * 4, row = r0 + rq;
-    const unsigned int at_s = 3 * BWD_TC_TILE_FLOATS + bwd_dy_at(b, rq);  // a multiple of 4
-    float* dst = st + at_s;  // the swizzle moves whole pieces: their 4 floats stay in order
+    // a multiple of 4: the swizzle moves whole pieces, their 4 floats stay in order
+    const unsigned int at_s = 3 * BWD_TC_TILE_FLOATS + bwd_dy_at(b, rq);
     const u64 at = (u64)b * n_out + row;
     if (async && b < rows && row < n_out) {
-      cp_async16(dst, dy + at);
+      cp_async16(st + at_s, dy + at);
     } else {
       float e4[4];
       for (unsigned int u = 0; u < 4; ++u) e4[u] = b < rows && row + u < n_out ? dy[at + u] : 0.0f;
-      reinterpret_cast<float4*>(st)[at_s / 4] = make_float4(e4[0], e4[1], e4[2], e4[3]);  // one store (tc_fill)
+      st_quad(st, at_s, e4);
     }
   }
 }

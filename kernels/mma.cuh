@@ -43,6 +43,12 @@ __device__ __forceinline__ void st_pair(float* row, unsigned int col, float x, f
   reinterpret_cast<float2*>(row)[col / 2] = make_float2(x, y);
 }
 
+// Stores e[0..4) at base[at .. at + 4) as one 16-byte shared-memory store, as a cp.async16 of the same piece
+// would land (at a multiple of 4, base 16-byte aligned); indexed from base for the reason st_pair is.
+__device__ __forceinline__ void st_quad(float* base, unsigned int at, const float (&e)[4]) {
+  reinterpret_cast<float4*>(base)[at / 4] = make_float4(e[0], e[1], e[2], e[3]);
+}
+
 // Tiles of 16-float rows padded to 20 floats (A, or a B stored n-major) serve a warp's fragment loads from 32
 // banks (lane (g, t) reads word 20g + t + const), but rows r and r + 1 share 4 banks, so a quarter-warp's 16-byte
 // stores of two whole rows would conflict; rows r and r + 4 share none. piece20_row(q): the row of the q-th

@@ -262,7 +262,7 @@ fn fused_bwd(p: &Params, s: &ReduceConvShape, dy: &[f32], mid: &[f32]) -> [Vec<f
 fn fused_reduce_conv_matches_the_composed_convs() {
     use inception_cuda::shape::Precision;
     let shapes = reduce_shapes().into_iter();
-    for s in shapes.flat_map(|s| [Precision::Fp32, Precision::Tf32].map(|p| s.with_precision(p))) {
+    for s in shapes.flat_map(|s| Precision::ALL.map(|p| s.with_precision(p))) {
         let p = params(&s, 10);
         let (y, mid) = fused_fwd(&p, &s);
         // Composition: 1×1 conv + ReLU, then k×k conv + ReLU into the slice.

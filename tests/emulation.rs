@@ -677,7 +677,7 @@ fn emulated_inception_module_matches_its_twin() {
     let (n, h, w) = (2, 7, 7);
     let x = uniform(31, n * 3 * h * w);
     let mut twins = Vec::new();
-    for p in [Precision::Fp32, Precision::Tf32] {
+    for p in Precision::ALL {
         let m = InceptionModule::new(3, InceptionWidths::uniform(4, 2)).with_precision(p);
         let params = uniform(32, m.layout().len());
         let dy = uniform(33, n * m.c_out() * h * w);
@@ -747,7 +747,7 @@ fn emulated_module_2_parity_survives_a_relu_kink() {
 /// pointers: the scalar paths).
 #[test]
 fn emulated_linear_kernels_match_their_twins() {
-    use common::kernels::{assert_outputs, linear_inputs, linear_on, LINEAR_TOL};
+    use common::kernels::assert_linear_matches_twin;
     use inception_cuda::shape::LinearShape;
     let emu = EmuBackend {
         order: ThreadOrder::Reverse,
@@ -760,13 +760,7 @@ fn emulated_linear_kernels_match_their_twins() {
         (LinearShape::new(66, 4100, 70), &[0]),
         (LinearShape::new(9, 2060, 72), &[0, 1]),
     ] {
-        let inputs = linear_inputs(&s);
-        let want = linear_on(&CpuBackend, &s, &inputs, 0);
-        for &offset in offsets {
-            let got = linear_on(&emu, &s, &inputs, offset);
-            let what = format!("emulated linear {s:?} offset {offset}");
-            assert_outputs(&what, &LINEAR_TOL, &got, &want);
-        }
+        assert_linear_matches_twin("emulated linear", &emu, &s, offsets);
     }
 }
 
@@ -777,7 +771,7 @@ fn emulated_linear_kernels_match_their_twins() {
 /// a TF32 one fails).
 #[test]
 fn emulated_tf32_linear_kernels_match_their_twins() {
-    use common::kernels::{assert_outputs, differs_beyond, linear_inputs, linear_on, LINEAR_TOL};
+    use common::kernels::{assert_linear_matches_twin, differs_beyond, linear_on, LINEAR_TOL};
     use inception_cuda::shape::{LinearShape, Precision};
     let emu = EmuBackend {
         order: ThreadOrder::Forward,
@@ -789,13 +783,7 @@ fn emulated_tf32_linear_kernels_match_their_twins() {
         (LinearShape::new(17, 2060, 72), &[0, 1]),
     ] {
         let s = s.with_precision(Precision::Tf32);
-        let inputs = linear_inputs(&s);
-        let want = linear_on(&CpuBackend, &s, &inputs, 0);
-        for &offset in offsets {
-            let got = linear_on(&emu, &s, &inputs, offset);
-            let what = format!("emulated tf32 linear {s:?} offset {offset}");
-            assert_outputs(&what, &LINEAR_TOL, &got, &want);
-        }
+        let (inputs, want) = assert_linear_matches_twin("emulated tf32 linear", &emu, &s, offsets);
         let fp32 = linear_on(&CpuBackend, &s.with_precision(Precision::Fp32), &inputs, 0);
         for (i, &(name, atol, rtol)) in LINEAR_TOL[..3].iter().enumerate() {
             assert!(
@@ -854,7 +842,7 @@ fn emulated_training_step_is_forward_backward_then_adam() {
     let emu = EmuBackend {
         order: ThreadOrder::Forward,
     };
-    for p in [Precision::Fp32, Precision::Tf32] {
+    for p in Precision::ALL {
         common::kernels::assert_step_is_forward_backward_then_adam(
             &format!("emulated {p:?} step"),
             || {
@@ -978,7 +966,7 @@ fn emulated_planned_step_matches_the_cpu_plan() {
     let (_, images) = small_net(53);
     let labels = [2u32, 5, 7];
     let (_, fp32_grads, _) = run(CpuBackend, Precision::Fp32, &images, &labels);
-    for precision in [Precision::Fp32, Precision::Tf32] {
+    for precision in Precision::ALL {
         let (loss, grads, after) = run(CpuBackend, precision, &images, &labels);
         let (eloss, egrads, eafter) = run(
             EmuBackend {
@@ -1312,7 +1300,7 @@ fn emulated_device_counter_kernels_equal_the_by_value_launches() {
         b.dropout_bwd_at(&mut y2.as_mut_slice(), &g.as_slice(), 0.3, 9, &counter)
             .unwrap();
         out.push(("dropout_bwd".into(), y1, y2));
-        for precision in [Precision::Fp32, Precision::Tf32] {
+        for precision in Precision::ALL {
             let s = LinearShape::new(3, 37, 5).with_precision(precision);
             let (dy, x) = (uniform(84, 3 * 5), uniform(85, 3 * 37));
             let w0 = [uniform(86, 5 * 37), uniform(87, 5 * 37), vec![0.01; 5 * 37]];
@@ -1481,7 +1469,7 @@ fn the_folded_relu_backward_gives_the_unfolded_steps_bits() {
         common::assert_bits_eq(&format!("{what}: after Adam"), &folded.2, &unfolded.2);
         assert_eq!(folded.3 + fewer, unfolded.3, "{what}: launches");
     };
-    for precision in [Precision::Fp32, Precision::Tf32] {
+    for precision in Precision::ALL {
         let emu = || EmuBackend {
             order: ThreadOrder::Forward,
         };
@@ -1513,7 +1501,7 @@ fn kernels_with_the_relu_mask_equal_relu_bwd_then_the_kernel() {
     };
     for ((s, rs), precision) in MASK_SHAPES
         .into_iter()
-        .flat_map(|pair| [Precision::Fp32, Precision::Tf32].map(|p| (pair, p)))
+        .flat_map(|pair| Precision::ALL.map(|p| (pair, p)))
     {
         let (s, rs) = (&s.with_precision(precision), &rs.with_precision(precision));
         let (dy, y, g) = relu_mask_inputs(s.y_len("t").unwrap());

@@ -251,12 +251,8 @@ fn module_case(c_in: usize, widths: InceptionWidths, (n, h, w): (usize, usize, u
 }
 
 fn linear_case(shapes: &[inception_cuda::shape::LinearShape]) {
-    use common::kernels::{assert_outputs, linear_inputs, linear_on, LINEAR_TOL};
     for s in shapes {
-        let inputs = linear_inputs(s);
-        let want = linear_on(&CpuBackend, s, &inputs, 0);
-        let got = with_gpu(|g| linear_on(g, s, &inputs, 0));
-        assert_outputs(&format!("gpu linear {s:?}"), &LINEAR_TOL, &got, &want);
+        with_gpu(|g| common::kernels::assert_linear_matches_twin("gpu linear", g, s, &[0]));
     }
 }
 
@@ -347,7 +343,7 @@ fn gpu_training_step_is_forward_backward_then_adam() {
         .map(|v| (v + 1.0) / 2.0)
         .collect();
     let labels: Vec<u32> = (0..50).map(|i| (i * 3 + 1) % 10).collect();
-    for p in [Precision::Fp32, Precision::Tf32] {
+    for p in Precision::ALL {
         common::kernels::assert_step_is_forward_backward_then_adam(
             &format!("gpu {p:?} step"),
             || {
@@ -412,7 +408,7 @@ fn small_gpu_linear_bwd_adam_is_dgrad_then_wgrad_adam() {
 fn gpu_linear_bwd_adam_at_fc1_shape_is_dgrad_then_wgrad_adam() {
     use common::kernels::{bwd_adam_on, linear_inputs, wgrad_adam_state};
     use inception_cuda::shape::Precision;
-    for p in [Precision::Fp32, Precision::Tf32] {
+    for p in Precision::ALL {
         let s = inception_cuda::shape::LinearShape::new(50, 200_704, 700).with_precision(p);
         let [x, _, _, dy] = linear_inputs(&s);
         let [w, m, v] = wgrad_adam_state(&s);
@@ -437,7 +433,7 @@ fn small_gpu_relu_mask_equals_relu_bwd_first() {
     use inception_cuda::shape::Precision;
     for ((s, rs), precision) in MASK_SHAPES
         .into_iter()
-        .flat_map(|pair| [Precision::Fp32, Precision::Tf32].map(|p| (pair, p)))
+        .flat_map(|pair| Precision::ALL.map(|p| (pair, p)))
     {
         let (s, rs) = (&s.with_precision(precision), &rs.with_precision(precision));
         let (dy, y, g) = relu_mask_inputs(s.y_len("t").unwrap());

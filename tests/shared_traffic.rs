@@ -103,7 +103,7 @@ fn shared_traffic_of_the_kernels() {
         "| kernel | loads | load wavefronts | beyond conflict-free | stores | store wavefronts | beyond conflict-free |".to_string(),
         "|---|---:|---:|---:|---:|---:|---:|".to_string(),
     ];
-    for p in [Precision::Fp32, Precision::Tf32] {
+    for p in Precision::ALL {
         let m = InceptionModule::new(128, InceptionWidths::uniform(64, 16)).with_precision(p);
         let (n, h, w) = (1, 28, 28);
         let x = uniform(1, n * m.c_in * h * w);

@@ -2099,7 +2099,7 @@ mod tests {
     fn every_product_of_a_training_plan_runs_in_its_precision() {
         let cfg = MnistConfig::tiny();
         let def = cfg.graph().expect("small net");
-        for precision in [Precision::Fp32, Precision::Tf32] {
+        for precision in Precision::ALL {
             let opts = TrainOptions {
                 precision,
                 ..TrainOptions::default()

@@ -187,7 +187,7 @@ fn call_every_kernel(r: &Recorder) -> Result<()> {
 
     // the convs and the fused reduce conv, fp32 and on the tensor cores
     let (xl, yl, wl) = (2 * 3 * 30, 2 * 9 * 30, 4 * 3 * 9);
-    for precision in [Precision::Fp32, Precision::Tf32] {
+    for precision in Precision::ALL {
         let cs = ConvShape::new(2, 3, 4, 5, 6, 3)
             .into_slice(9, 2)
             .with_precision(precision);
@@ -272,7 +272,7 @@ fn call_every_kernel(r: &Recorder) -> Result<()> {
 
     // the linear kernels, fp32 and their tensor-core twins
     let (xl, yl, wl) = (3 * 70, 3 * 5, 5 * 70);
-    for precision in [Precision::Fp32, Precision::Tf32] {
+    for precision in Precision::ALL {
         let ls = LinearShape::new(3, 70, 5).with_precision(precision);
         r.linear_fwd(
             &mut z(yl).as_mut_slice(),
@@ -432,7 +432,7 @@ fn every_launch_fits_a_consumer_gpus_shared_memory() {
     let z = |n: usize| vec![0.0f32; n];
     let (mut y, mut mid) = (z(8 * 56 * 56), z(64 * 56 * 56));
     let params = z(64 * 4 + 64 + 8 * 64 * 25 + 8);
-    for precision in [Precision::Fp32, Precision::Tf32] {
+    for precision in Precision::ALL {
         r.reduce_conv_fwd(
             &mut y.as_mut_slice(),
             &mut mid.as_mut_slice(),
@@ -542,7 +542,7 @@ fn step_kernels(
 /// drops one relu_bwd pass per module (two here) and nothing else, and every conv's weight and bias
 /// gradients take one wgrad kernel and one split sum.
 fn assert_fewer_launches(cfg: crate::nn::MnistConfig, n: usize) {
-    for precision in [Precision::Fp32, Precision::Tf32] {
+    for precision in Precision::ALL {
         let folded = step_kernels(cfg, n, precision, false);
         let separate = step_kernels(cfg, n, precision, true);
         println!(

@@ -617,9 +617,8 @@ impl<B: Backend> InceptionMnist<B> {
     /// largest use (the linear layers' split-K partials grow with the batch: about 0.55 GB for fc1 at a
     /// batch of 1,000). A run calls it once before its first training step, as [`Self::reserve_steps`]: the
     /// evaluations then plan nothing and grow no working memory, and a captured training step stays current
-    /// (on a GPU, growing the
-    /// backend's working memory later costs the step a second capture). The parameters, Adam's state and
-    /// the step count are untouched.
+    /// (on a GPU, growing the backend's working memory later costs the step a second capture). The
+    /// parameters, Adam's state and the step count are untouched.
     pub fn reserve_eval(&mut self, images: usize, batch: usize) -> Result<()> {
         let batch = batch.max(1);
         let mut sizes = vec![batch.min(images)];

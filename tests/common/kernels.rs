@@ -667,6 +667,28 @@ pub fn linear_inputs(s: &inception_cuda::shape::LinearShape) -> [Vec<f32>; 4] {
     ]
 }
 
+/// [`linear_on`] on `b` at each view offset of `offsets` against the CPU twin's outputs (offset 0), within
+/// [`LINEAR_TOL`]; returns the inputs and the twin's outputs.
+pub fn assert_linear_matches_twin<B: Backend>(
+    what: &str,
+    b: &B,
+    s: &inception_cuda::shape::LinearShape,
+    offsets: &[usize],
+) -> ([Vec<f32>; 4], Vec<Vec<f32>>) {
+    let inputs = linear_inputs(s);
+    let want = linear_on(&inception_cuda::cpu::CpuBackend, s, &inputs, 0);
+    for &offset in offsets {
+        let got = linear_on(b, s, &inputs, offset);
+        assert_outputs(
+            &format!("{what} {s:?} offset {offset}"),
+            &LINEAR_TOL,
+            &got,
+            &want,
+        );
+    }
+    (inputs, want)
+}
+
 /// One training step's forward and backward (no Adam) of a net built from `seed` on backend `b`: the loss
 /// and every parameter's gradient, in the reference's order.
 pub fn step_on<B: Backend>(
@@ -942,7 +964,7 @@ pub fn bwd_adam_shapes() -> Vec<inception_cuda::shape::LinearShape> {
         LinearShape::new(64, 131, 16),
         LinearShape::new(65, 70, 9),
     ];
-    [Precision::Fp32, Precision::Tf32]
+    Precision::ALL
         .into_iter()
         .flat_map(|p| shapes.map(|s| s.with_precision(p)))
         .collect()
